@@ -1,0 +1,1 @@
+"""Shared plumbing: settings, logging, client factories, the stage runner and the CLI."""

@@ -1,0 +1,63 @@
+"""Client factories. Callers own the lifetime: the FastAPI lifespan or the stage runner opens and closes."""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+import redis
+import redis.asyncio as aioredis
+from minio import Minio
+from pgvector.psycopg import register_vector
+from psycopg import Connection
+from psycopg_pool import ConnectionPool
+
+from common.settings import DatabaseSettings, RedisSettings, S3Settings
+
+
+def redis_client(settings: RedisSettings) -> redis.Redis:
+    return redis.Redis.from_url(settings.redis_url, decode_responses=False, health_check_interval=30)
+
+
+def async_redis_client(settings: RedisSettings) -> aioredis.Redis:
+    return aioredis.Redis.from_url(settings.redis_url, decode_responses=False, health_check_interval=30)
+
+
+def minio_client(settings: S3Settings) -> Minio:
+    endpoint = settings.s3_endpoint
+    secure = settings.s3_secure
+    if "://" in endpoint:  # accept a URL as well as host:port
+        parts = urlsplit(endpoint)
+        endpoint, secure = parts.netloc, parts.scheme == "https"
+    return Minio(
+        endpoint,
+        access_key=settings.s3_access_key.get_secret_value(),
+        secret_key=settings.s3_secret_key.get_secret_value(),
+        secure=secure,
+        region=settings.s3_region,
+    )
+
+
+def _configure_vector_connection(conn: Connection) -> None:
+    register_vector(conn)
+    conn.commit()
+
+
+def main_db_pool(settings: DatabaseSettings, *, open_now: bool = False) -> ConnectionPool:
+    return ConnectionPool(
+        settings.main_db_dsn.get_secret_value(),
+        min_size=settings.db_pool_min,
+        max_size=settings.db_pool_max,
+        open=open_now,
+        name="main",
+    )
+
+
+def vector_db_pool(settings: DatabaseSettings, *, open_now: bool = False) -> ConnectionPool:
+    return ConnectionPool(
+        settings.vector_db_dsn.get_secret_value(),
+        min_size=settings.db_pool_min,
+        max_size=settings.db_pool_max,
+        configure=_configure_vector_connection,
+        open=open_now,
+        name="vector",
+    )

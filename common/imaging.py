@@ -1,0 +1,98 @@
+"""Robust image decoding: any common format -> 8-bit BGR, with a pixel-count guard before full decode."""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+SUPPORTED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF", "MPO"})
+
+# Our own max_pixels check replaces Pillow's global bomb warning, which would otherwise fire first.
+Image.MAX_IMAGE_PIXELS = None
+
+
+class ImageError(ValueError):
+    pass
+
+
+class NotAnImage(ImageError):
+    """Not an image, or a format we do not accept."""
+
+
+class ImageTooLarge(ImageError):
+    """More pixels than allowed: refused from the header, before any pixel is decoded."""
+
+
+class UndecodableImage(ImageError):
+    """Looks like an image, but its pixels cannot be read (truncated, corrupt)."""
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    format: str
+    width: int
+    height: int
+
+    @property
+    def content_type(self) -> str:
+        return Image.MIME.get(self.format, "application/octet-stream")
+
+
+def probe(data: bytes, max_pixels: int) -> ImageInfo:
+    """Read only the header: format and size."""
+    if not data:
+        raise NotAnImage("empty file")
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            info = ImageInfo(format=image.format or "", width=image.width, height=image.height)
+    except UnidentifiedImageError as exc:
+        raise NotAnImage("not a recognised image format") from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise UndecodableImage(f"unreadable image header: {exc}") from exc
+    if info.format not in SUPPORTED_FORMATS:
+        raise NotAnImage(f"unsupported image format {info.format}")
+    if info.width < 1 or info.height < 1:
+        raise UndecodableImage("image has no pixels")
+    if info.width * info.height > max_pixels:
+        raise ImageTooLarge(f"{info.width}x{info.height} is more than {max_pixels} pixels")
+    return info
+
+
+def decode(data: bytes, max_pixels: int) -> np.ndarray:
+    """Decode to an HxWx3 uint8 BGR array, EXIF orientation applied, first frame of animations."""
+    probe(data, max_pixels)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(data)) as image:
+                image.seek(0)
+                image.load()
+                oriented = ImageOps.exif_transpose(image) or image
+                rgb = _to_rgb8(oriented)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise UndecodableImage(f"cannot decode image: {exc}") from exc
+    return np.ascontiguousarray(rgb[:, :, ::-1])
+
+
+def _to_rgb8(image: Image.Image) -> np.ndarray:
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        pixels = np.asarray(image, dtype=np.float64)
+        high = 65535.0 if image.mode.startswith("I;16") or pixels.max(initial=0) > 255 else 255.0
+        gray = np.clip(pixels / high * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return np.stack([gray] * 3, axis=-1)
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        # Transparent areas become white, not black: black backgrounds make spurious dark "faces".
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return np.asarray(Image.alpha_composite(background, rgba).convert("RGB"))
+    return np.asarray(image.convert("RGB"))
+
+
+def encode_png(image_bgr: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(image_bgr[:, :, ::-1])).save(buffer, format="PNG")
+    return buffer.getvalue()

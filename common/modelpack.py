@@ -1,0 +1,88 @@
+"""Find and load an insightface-layout model pack (``<root>/models/<pack>/*.onnx``) without downloading.
+
+insightface silently tries to download a pack that is not on disk; in production that means a request
+hanging on the internet. Here a missing pack is a start-up error that says where it looked.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnxruntime
+
+from common.settings import ModelSettings
+
+
+class ModelPackError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class PackFiles:
+    name: str
+    directory: Path
+    detector: Path
+    recognizer: Path
+
+
+def pack_directory(settings: ModelSettings) -> Path:
+    return settings.model_root.expanduser() / "models" / settings.model_pack
+
+
+def _session(path: Path, threads: int) -> onnxruntime.InferenceSession:
+    options = onnxruntime.SessionOptions()
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Some packs declare a fixed batch of 1 yet run any batch; onnxruntime warns on every call otherwise.
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    return onnxruntime.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+
+
+def _is_detector(session: onnxruntime.InferenceSession) -> bool:
+    # SCRFD/RetinaFace graphs have score/box(/keypoint) outputs per stride: 6, 9, 10 or 15 of them.
+    return len(session.get_outputs()) >= 5
+
+
+def _is_recognizer(session: onnxruntime.InferenceSession) -> bool:
+    shape = session.get_inputs()[0].shape
+    return (
+        len(session.get_outputs()) == 1
+        and isinstance(shape[2], int)
+        and shape[2] == shape[3]
+        and shape[2] >= 112
+        and shape[2] % 16 == 0
+    )
+
+
+def find_pack(settings: ModelSettings) -> PackFiles:
+    """Locate the pack's detector and recognizer, as FaceAnalysis would (first file per task by name)."""
+    directory = pack_directory(settings)
+    if not directory.is_dir():
+        raise ModelPackError(
+            f"model pack {settings.model_pack!r} not found at {directory}; set FECAPASS_MODEL_ROOT to the folder "
+            f"holding models/{settings.model_pack}/ or FECAPASS_MODEL_PACK to a pack that is there"
+        )
+    detector: Path | None = None
+    recognizer: Path | None = None
+    for path in sorted(directory.glob("*.onnx")):
+        if detector is not None and recognizer is not None:
+            break
+        try:
+            session = _session(path, threads=1)
+        except Exception as exc:  # onnxruntime raises its own untyped errors for bad files
+            raise ModelPackError(f"cannot load {path}: {exc}") from exc
+        if detector is None and _is_detector(session):
+            detector = path
+        elif recognizer is None and _is_recognizer(session):
+            recognizer = path
+    if detector is None or recognizer is None:
+        missing = "detector" if detector is None else "recognizer"
+        raise ModelPackError(f"model pack {settings.model_pack!r} at {directory} has no {missing} .onnx file")
+    return PackFiles(settings.model_pack, directory, detector, recognizer)
+
+
+def load_session(path: Path, settings: ModelSettings) -> onnxruntime.InferenceSession:
+    return _session(path, settings.ort_threads)

@@ -1,0 +1,295 @@
+"""The one stage runner: every stage process is this loop around a handler.
+
+It owns all stream commands: XREADGROUP (block, count), the handler call, then in one MULTI/EXEC the
+XADD of the outputs, the status change and the XACK, so an entry is acknowledged only together with
+its durable output. Entries idle past the visibility timeout are taken over with XAUTOCLAIM; an entry
+delivered more than ``max_deliveries`` times goes to ``<stream>:dead`` with its last error. SIGTERM
+stops reading, lets the batch in hand finish and be acked, then leaves the group cleanly.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import Any, Protocol
+
+import redis
+import structlog
+
+from common import status
+from common.errors import JobFailed, PoisonMessage, StageError
+from common.settings import StreamSettings
+from schemas.jobs import ErrorCode
+from schemas.streams import MalformedMessage, PipelineMessage, Stage
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass
+class Outcome:
+    """What a handler produced for one message."""
+
+    forward: PipelineMessage | None = None  # sent to the next stage's stream
+    result: dict[str, Any] | None = None  # final job result: the job is done
+    status_fields: dict[str, str] = field(default_factory=dict)
+
+
+HandlerResult = Outcome | BaseException
+
+
+class StageHandler(Protocol):
+    stage: Stage
+
+    def handle_batch(self, messages: Sequence[PipelineMessage]) -> list[HandlerResult]:
+        """One result per message, in order. An exception in the list fails only its own message."""
+        ...
+
+
+def per_message(handle: Callable[[PipelineMessage], Outcome]) -> Callable[[Sequence[PipelineMessage]], list[HandlerResult]]:
+    """Adapt a one-message handler to the batch interface, isolating failures per message."""
+
+    def handle_batch(messages: Sequence[PipelineMessage]) -> list[HandlerResult]:
+        results: list[HandlerResult] = []
+        for message in messages:
+            try:
+                results.append(handle(message))
+            except Exception as exc:
+                results.append(exc)
+        return results
+
+    return handle_batch
+
+
+@dataclass
+class Entry:
+    message_id: str
+    fields: dict[bytes, bytes]
+    deliveries: int
+
+
+def consumer_name() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
+
+
+def ensure_group(client: redis.Redis, stage: Stage) -> None:
+    try:
+        client.xgroup_create(stage.stream, stage.group, id="0", mkstream=True)
+    except redis.ResponseError as exc:
+        if "BUSYGROUP" not in str(exc):
+            raise
+
+
+def errors_key(stage: Stage) -> str:
+    """Hash of the last error per pending message id, so a dead letter can say why."""
+    return f"{stage.stream}:errors"
+
+
+class StageRunner:
+    def __init__(
+        self,
+        client: redis.Redis,
+        handler: StageHandler,
+        settings: StreamSettings,
+        *,
+        job_ttl_seconds: int,
+        consumer: str | None = None,
+    ) -> None:
+        self.client = client
+        self.handler = handler
+        self.stage = handler.stage
+        self.settings = settings
+        self.job_ttl_seconds = job_ttl_seconds
+        self.consumer = consumer or consumer_name()
+        self._stopping = False
+        self._next_claim = 0.0
+        self.log = log.bind(stage=self.stage.value, consumer=self.consumer)
+
+    # -- lifecycle -------------------------------------------------------------------------------------
+
+    def request_stop(self, *_: object) -> None:
+        if self._stopping:  # a second signal: leave now; pending entries will be claimed by others
+            raise SystemExit(1)
+        self.log.info("stage.draining")
+        self._stopping = True
+
+    def install_signal_handlers(self) -> None:
+        def handler(signum: int, frame: FrameType | None) -> None:
+            self.request_stop()
+
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+
+    def run(self, *, max_iterations: int | None = None) -> None:
+        ensure_group(self.client, self.stage)
+        self.log.info("stage.started", stream=self.stage.stream, group=self.stage.group)
+        iterations = 0
+        while not self._stopping and (max_iterations is None or iterations < max_iterations):
+            self.run_once()
+            iterations += 1
+        self._leave_group()
+        self.log.info("stage.stopped")
+
+    def _leave_group(self) -> None:
+        pending = self.client.xpending_range(
+            self.stage.stream, self.stage.group, min="-", max="+", count=1, consumername=self.consumer
+        )
+        if not pending:
+            self.client.xgroup_delconsumer(self.stage.stream, self.stage.group, self.consumer)
+
+    # -- one iteration ---------------------------------------------------------------------------------
+
+    def run_once(self) -> int:
+        """Claim stale work or read new work, process it; returns how many entries were handled."""
+        entries = self._claim_stale() if time.monotonic() >= self._next_claim else []
+        if not entries:
+            entries = self._read_new()
+        if entries:
+            self._process(entries)
+        return len(entries)
+
+    def _read_new(self) -> list[Entry]:
+        response = self.client.xreadgroup(
+            self.stage.group,
+            self.consumer,
+            {self.stage.stream: ">"},
+            count=self.settings.read_count,
+            block=self.settings.block_ms,
+        )
+        entries: list[Entry] = []
+        for _stream, messages in response or []:
+            for message_id, fields in messages:
+                entries.append(Entry(_text(message_id), fields or {}, deliveries=1))
+        return entries
+
+    def _claim_stale(self) -> list[Entry]:
+        self._next_claim = time.monotonic() + self.settings.claim_idle_ms / 2000
+        claimed = self.client.xautoclaim(
+            self.stage.stream,
+            self.stage.group,
+            self.consumer,
+            min_idle_time=self.settings.claim_idle_ms,
+            start_id="0-0",
+            count=self.settings.read_count,
+        )
+        messages = claimed[1]
+        if not messages:
+            return []
+        self._next_claim = 0.0  # there may be more stale work: look again next iteration
+        ids = [_text(message_id) for message_id, _ in messages]
+        counts = {
+            _text(row["message_id"]): int(row["times_delivered"])
+            for row in self.client.xpending_range(
+                self.stage.stream, self.stage.group, min=ids[0], max=ids[-1], count=len(ids) + 100,
+                consumername=self.consumer,
+            )
+        }
+        self.log.warning("stage.claimed_stale", count=len(ids))
+        return [Entry(message_id, fields or {}, counts.get(message_id, 1)) for message_id, (_, fields) in zip(ids, messages, strict=True)]
+
+    def _process(self, entries: list[Entry]) -> None:
+        runnable: list[tuple[Entry, PipelineMessage]] = []
+        for entry in entries:
+            if entry.deliveries > self.settings.max_deliveries:
+                last_error = self.client.hget(errors_key(self.stage), entry.message_id)
+                self._dead_letter(
+                    entry, None, ErrorCode.TOO_MANY_DELIVERIES,
+                    f"delivered {entry.deliveries} times; last error: {_text(last_error or b'unknown')}",
+                )
+                continue
+            try:
+                runnable.append((entry, PipelineMessage.from_fields(entry.fields)))
+            except MalformedMessage as exc:
+                self._dead_letter(entry, None, ErrorCode.MALFORMED_MESSAGE, str(exc))
+        if not runnable:
+            return
+
+        with self.client.pipeline(transaction=False) as pipe:
+            for _, message in runnable:
+                status.queue_stage_started(pipe, message.job_id, self.stage, self.job_ttl_seconds)
+            pipe.execute()
+
+        started = time.perf_counter()
+        try:
+            results = self.handler.handle_batch([message for _, message in runnable])
+        except Exception as exc:  # a batch-wide failure (dependency down): every entry stays pending
+            results = [exc] * len(runnable)
+        elapsed_ms = (time.perf_counter() - started) * 1000
+
+        for (entry, message), result in zip(runnable, results, strict=True):
+            bound = self.log.bind(job_id=message.job_id, message_id=entry.message_id)
+            if isinstance(result, Outcome):
+                self._complete(entry, message, result)
+                bound.info("stage.handled", batch=len(runnable), batch_ms=round(elapsed_ms, 1))
+            elif isinstance(result, JobFailed):
+                self._fail_job(entry, message, result)
+                bound.info("stage.job_failed", code=str(result.code), reason=result.message)
+            elif isinstance(result, PoisonMessage):
+                self._dead_letter(entry, message, result.code, result.message)
+            else:
+                self._record_retry(entry, result)
+                bound.warning(
+                    "stage.retry_later", deliveries=entry.deliveries, error=repr(result),
+                )
+
+    # -- outcomes, each one MULTI/EXEC -----------------------------------------------------------------
+
+    def _complete(self, entry: Entry, message: PipelineMessage, outcome: Outcome) -> None:
+        with self.client.pipeline(transaction=True) as pipe:
+            if outcome.forward is not None:
+                next_stage = self.stage.next
+                if next_stage is None:
+                    raise RuntimeError(f"{self.stage} has no next stage to forward to")
+                pipe.xadd(next_stage.stream, outcome.forward.to_fields())
+            status.queue_stage_finished(pipe, message.job_id, self.stage, outcome.status_fields)
+            if outcome.result is not None:
+                status.queue_done(pipe, message.job_id, outcome.result)
+            pipe.xack(self.stage.stream, self.stage.group, entry.message_id)
+            pipe.hdel(errors_key(self.stage), entry.message_id)
+            pipe.execute()
+
+    def _fail_job(self, entry: Entry, message: PipelineMessage, error: StageError) -> None:
+        with self.client.pipeline(transaction=True) as pipe:
+            status.queue_stage_finished(pipe, message.job_id, self.stage)
+            status.queue_failed(pipe, message.job_id, error.code, error.message)
+            pipe.xack(self.stage.stream, self.stage.group, entry.message_id)
+            pipe.hdel(errors_key(self.stage), entry.message_id)
+            pipe.execute()
+
+    def _dead_letter(
+        self, entry: Entry, message: PipelineMessage | None, code: ErrorCode, reason: str
+    ) -> None:
+        job_id = message.job_id if message else _text(entry.fields.get(b"job_id", b""))
+        dead_fields = {_text(k): _text(v) for k, v in entry.fields.items()}
+        dead_fields.update(
+            {
+                "dead_original_id": entry.message_id,
+                "dead_stage": self.stage.value,
+                "dead_error_code": str(code),
+                "dead_error": reason[:2000],
+                "dead_deliveries": str(entry.deliveries),
+                "dead_at": status.now(),
+            }
+        )
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.xadd(self.stage.dead_letter_stream, dead_fields)
+            if job_id:
+                status.queue_failed(pipe, job_id, code, reason)
+            pipe.xack(self.stage.stream, self.stage.group, entry.message_id)
+            pipe.hdel(errors_key(self.stage), entry.message_id)
+            pipe.execute()
+        self.log.error(
+            "stage.dead_lettered", job_id=job_id or None, message_id=entry.message_id, code=str(code), reason=reason
+        )
+
+    def _record_retry(self, entry: Entry, error: BaseException) -> None:
+        self.client.hset(errors_key(self.stage), entry.message_id, f"{type(error).__name__}: {error}"[:2000])
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

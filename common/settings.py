@@ -1,0 +1,100 @@
+"""Settings, one class per concern, read from ``FECAPASS_*`` environment variables (and ``.env``).
+
+Secrets (database DSNs, S3 keys) have no defaults: a missing one stops the process at start-up
+with the variable's name. Every other setting has a default that works for a local run.
+Each process builds only the classes it needs in ``main()`` and passes them down.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TypeVar
+
+from pydantic import Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "FECAPASS_"
+
+
+class _Base(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_file=".env", extra="ignore")
+
+
+class RedisSettings(_Base):
+    redis_url: str = "redis://127.0.0.1:6379/0"
+
+
+class S3Settings(_Base):
+    s3_endpoint: str = "127.0.0.1:9000"
+    s3_access_key: SecretStr
+    s3_secret_key: SecretStr
+    s3_bucket: str = "fecapass"
+    s3_region: str = "us-east-1"
+    s3_secure: bool = False
+
+
+class DatabaseSettings(_Base):
+    main_db_dsn: SecretStr = Field(description="PostgreSQL DSN of the main database (users, faces)")
+    vector_db_dsn: SecretStr = Field(description="PostgreSQL DSN of the pgvector database; may be the main one")
+    db_pool_min: int = 1
+    db_pool_max: int = 8
+
+
+class ModelSettings(_Base):
+    model_pack: str = "buffalo_l"
+    # insightface layout: <model_root>/models/<model_pack>/*.onnx
+    model_root: Path = Path("~/.insightface").expanduser()
+    det_size: int = Field(default=640, ge=160, le=1920)
+    det_threshold: float = Field(default=0.5, gt=0.0, lt=1.0)
+    min_face_size: int = Field(default=20, ge=1, description="smaller faces (shorter box side, px) are ignored")
+    # 0 lets onnxruntime pick; 1 is best when several stage processes share the cores.
+    ort_threads: int = Field(default=0, ge=0)
+
+
+class PipelineSettings(_Base):
+    # Cosine similarity above which a stored face counts as the same person (see CALIBRATION.md).
+    similarity_threshold: float = Field(default=0.30, ge=-1.0, le=1.0)
+    search_limit: int = Field(default=10, ge=1, le=100)
+    max_upload_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    max_image_pixels: int = Field(default=50_000_000, ge=1)
+    job_ttl_seconds: int = Field(default=7 * 24 * 3600, ge=60)
+    max_wait_seconds: float = Field(default=30.0, ge=0)
+    crop_size: int = Field(default=112, description="side of the aligned crop the recognizer takes")
+
+
+class StreamSettings(_Base):
+    read_count: int = Field(default=16, ge=1, description="entries per XREADGROUP; the embed stage's batch")
+    block_ms: int = Field(default=1000, ge=1)
+    claim_idle_ms: int = Field(default=30_000, ge=1, description="pending this long -> claimed by another")
+    max_deliveries: int = Field(default=5, ge=1, description="deliveries before an entry is dead-lettered")
+    drain_seconds: float = Field(default=30.0, ge=0, description="grace to finish in-flight work on SIGTERM")
+
+
+class ApiSettings(_Base):
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    public_url: str = ""
+
+
+class LogSettings(_Base):
+    log_level: str = "INFO"
+    log_json: bool = True
+
+
+class SettingsError(RuntimeError):
+    """Raised with a readable message when required settings are missing or invalid."""
+
+
+S = TypeVar("S", bound=BaseSettings)
+
+
+def load(cls: type[S]) -> S:
+    """Build a settings class, turning pydantic's error into one naming the variables."""
+    try:
+        return cls()
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            variable = ENV_PREFIX + "_".join(str(part) for part in error["loc"]).upper()
+            problems.append(f"{variable}: {error['msg']}")
+        raise SettingsError("invalid settings: " + "; ".join(problems)) from None

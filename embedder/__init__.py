@@ -1,0 +1,1 @@
+"""Face embedding with an ArcFace-style ONNX recognizer: the embed stage."""

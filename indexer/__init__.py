@@ -1,0 +1,1 @@
+"""Storage: PostgreSQL (users, faces) and pgvector (embeddings), migrations, and the index stage."""

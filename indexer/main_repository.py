@@ -1,0 +1,111 @@
+"""SQL for the main database: users and faces."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from psycopg.rows import class_row
+from psycopg_pool import ConnectionPool
+
+
+class DuplicateEmail(ValueError):
+    pass
+
+
+class UnknownUser(LookupError):
+    pass
+
+
+@dataclass(frozen=True)
+class UserRow:
+    id: int
+    email: str
+    full_name: str
+    is_active: bool
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class NewFace:
+    user_id: int
+    job_id: str
+    image_key: str
+    crop_key: str
+    box: Sequence[float]
+    det_score: float
+    faces_seen: int
+    model_pack: str
+
+
+@dataclass(frozen=True)
+class FaceOwner:
+    face_id: int
+    user_id: int
+    image_key: str
+
+
+_USER_COLUMNS = "id, email, full_name, is_active, created_at, updated_at"
+
+
+class MainRepository:
+    def __init__(self, pool: ConnectionPool) -> None:
+        self.pool = pool
+
+    def create_user(self, email: str, full_name: str) -> UserRow:
+        with self.pool.connection() as conn, conn.cursor(row_factory=class_row(UserRow)) as cur:
+            cur.execute(
+                f"INSERT INTO users (email, full_name) VALUES (%s, %s)"
+                f" ON CONFLICT (lower(email)) DO NOTHING RETURNING {_USER_COLUMNS}",
+                (email, full_name),
+            )
+            row = cur.fetchone()
+        if row is None:
+            raise DuplicateEmail(email)
+        return row
+
+    def get_user(self, user_id: int) -> UserRow | None:
+        with self.pool.connection() as conn, conn.cursor(row_factory=class_row(UserRow)) as cur:
+            cur.execute(f"SELECT {_USER_COLUMNS} FROM users WHERE id = %s", (user_id,))
+            return cur.fetchone()
+
+    def add_face(self, face: NewFace) -> int:
+        """Insert the face of an enroll job, or return the id it already has (redelivery)."""
+        with self.pool.connection() as conn:
+            row = conn.execute(
+                "WITH inserted AS ("
+                "  INSERT INTO faces (user_id, job_id, image_key, crop_key, box, det_score, faces_seen, model_pack)"
+                "  SELECT id, %s, %s, %s, %s, %s, %s, %s FROM users WHERE id = %s AND is_active"
+                "  ON CONFLICT (job_id) DO NOTHING RETURNING id"
+                ") SELECT id FROM inserted UNION ALL SELECT id FROM faces WHERE job_id = %s",
+                (
+                    face.job_id, face.image_key, face.crop_key, list(face.box), face.det_score,
+                    face.faces_seen, face.model_pack, face.user_id, face.job_id,
+                ),
+            ).fetchone()
+        if row is None:
+            raise UnknownUser(face.user_id)
+        return int(row[0])
+
+    def face_owners(self, face_ids: Sequence[int]) -> dict[int, FaceOwner]:
+        """Owners of the given faces, active users only."""
+        if not face_ids:
+            return {}
+        with self.pool.connection() as conn, conn.cursor(row_factory=class_row(FaceOwner)) as cur:
+            cur.execute(
+                "SELECT f.id AS face_id, f.user_id, f.image_key FROM faces f JOIN users u ON u.id = f.user_id"
+                " WHERE f.id = ANY(%s) AND u.is_active",
+                (list(face_ids),),
+            )
+            return {row.face_id: row for row in cur.fetchall()}
+
+    def count_faces(self, user_id: int) -> int:
+        with self.pool.connection() as conn:
+            row = conn.execute("SELECT count(*) FROM faces WHERE user_id = %s", (user_id,)).fetchone()
+        return int(row[0]) if row else 0
+
+    def ping(self) -> None:
+        with self.pool.connection() as conn:
+            conn.execute("SELECT 1")

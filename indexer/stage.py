@@ -1,0 +1,111 @@
+"""The index stage: enroll writes the face and its embedding; search runs k-NN and finishes the job."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import psycopg
+
+from common.errors import JobFailed, PoisonMessage, TransientError
+from common.runner import HandlerResult, Outcome, per_message
+from indexer.main_repository import MainRepository, NewFace, UnknownUser
+from indexer.vector_repository import PackMismatch, VectorRepository
+from schemas.jobs import ErrorCode
+from schemas.streams import FaceBox, JobKind, MalformedMessage, PipelineMessage, Stage
+
+# Several faces of one person can be near the query; read this many more candidates than the limit
+# so that, after keeping each person's best face, the limit can still be filled with distinct people.
+CANDIDATES_PER_RESULT = 4
+
+
+class IndexHandler:
+    stage = Stage.INDEX
+
+    def __init__(self, main: MainRepository, vectors: VectorRepository, default_threshold: float) -> None:
+        self.main = main
+        self.vectors = vectors
+        self.default_threshold = default_threshold
+
+    def handle(self, message: PipelineMessage) -> Outcome:
+        try:
+            matrix = message.embedding_matrix()
+            if message.pack is None:
+                raise MalformedMessage("message carries no model pack")
+        except MalformedMessage as exc:
+            raise PoisonMessage(ErrorCode.MALFORMED_MESSAGE, str(exc)) from exc
+        try:
+            if message.kind is JobKind.ENROLL:
+                return Outcome(result=self._enroll(message, message.pack, matrix))
+            return Outcome(result=self._search(message, message.pack, matrix))
+        except PackMismatch as exc:
+            raise PoisonMessage(ErrorCode.MALFORMED_MESSAGE, str(exc)) from exc
+        except psycopg.OperationalError as exc:
+            raise TransientError(f"database unavailable: {exc}") from exc
+
+    def handle_batch(self, messages: Sequence[PipelineMessage]) -> list[HandlerResult]:
+        return per_message(self.handle)(messages)
+
+    def _enroll(self, message: PipelineMessage, pack: str, matrix: np.ndarray) -> dict[str, Any]:
+        if message.user_id is None:
+            raise PoisonMessage(ErrorCode.MALFORMED_MESSAGE, "enroll message without user_id")
+        face = message.require_faces()[0]
+        if face.crop_key is None:
+            raise PoisonMessage(ErrorCode.MALFORMED_MESSAGE, "face without crop_key reached index")
+        try:
+            face_id = self.main.add_face(
+                NewFace(
+                    user_id=message.user_id,
+                    job_id=message.job_id,
+                    image_key=message.image_key,
+                    crop_key=face.crop_key,
+                    box=face.box,
+                    det_score=face.score,
+                    faces_seen=message.faces_seen or 1,
+                    model_pack=pack,
+                )
+            )
+        except UnknownUser as exc:
+            raise JobFailed(ErrorCode.USER_NOT_FOUND, f"user {message.user_id} does not exist or is inactive") from exc
+        # Second database, second commit: if we crash between the two, the redelivered message finds
+        # the face row above and this insert completes the enrollment.
+        self.vectors.add_embedding(face_id, pack, matrix[0])
+        return {
+            "user_id": message.user_id,
+            "face_id": face_id,
+            "faces_seen": message.faces_seen or 1,
+            "face": _face_json(face),
+            "model_pack": pack,
+        }
+
+    def _search(self, message: PipelineMessage, pack: str, matrix: np.ndarray) -> dict[str, Any]:
+        threshold = message.threshold if message.threshold is not None else self.default_threshold
+        limit = message.limit or 10
+        faces = message.require_faces()
+        neighbours = [self.vectors.nearest(pack, row, limit * CANDIDATES_PER_RESULT) for row in matrix]
+        owners = self.main.face_owners(sorted({n.face_id for found in neighbours for n in found}))
+        results = []
+        for face, found in zip(faces, neighbours, strict=True):
+            matches: list[dict[str, Any]] = []
+            seen_users: set[int] = set()
+            for neighbour in found:  # nearest first
+                owner = owners.get(neighbour.face_id)
+                if owner is None or neighbour.similarity < threshold or owner.user_id in seen_users:
+                    continue
+                seen_users.add(owner.user_id)
+                matches.append(
+                    {
+                        "user_id": owner.user_id,
+                        "face_id": neighbour.face_id,
+                        "similarity": round(neighbour.similarity, 4),
+                    }
+                )
+                if len(matches) == limit:
+                    break
+            results.append({**_face_json(face), "matches": matches})
+        return {"faces": results, "threshold": threshold, "model_pack": pack, "faces_seen": len(faces)}
+
+
+def _face_json(face: FaceBox) -> dict[str, Any]:
+    return {"box": list(face.box), "score": face.score, "crop_key": face.crop_key}

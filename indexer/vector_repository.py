@@ -1,0 +1,104 @@
+"""SQL for the vector database: embeddings per model pack, cosine k-NN through a per-pack HNSW index."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+from psycopg import sql
+from psycopg_pool import ConnectionPool
+
+_PACK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+
+# HNSW build parameters (pgvector defaults); ef_search is set per query from the limit.
+HNSW_M = 16
+HNSW_EF_CONSTRUCTION = 64
+MIN_EF_SEARCH = 40
+
+
+@dataclass(frozen=True)
+class Neighbour:
+    face_id: int
+    similarity: float  # cosine similarity, -1..1
+
+
+class PackMismatch(ValueError):
+    pass
+
+
+def index_name(pack: str) -> str:
+    return "face_embeddings_hnsw_" + re.sub(r"[^a-z0-9]+", "_", pack.lower())
+
+
+class VectorRepository:
+    def __init__(self, pool: ConnectionPool) -> None:
+        self.pool = pool
+        self._known_dims: dict[str, int] = {}
+
+    def ensure_pack(self, pack: str, dim: int) -> None:
+        """Register the pack and build its partial HNSW index once; refuse a second dimension."""
+        if self._known_dims.get(pack) == dim:
+            return
+        if not _PACK_NAME.match(pack):
+            raise ValueError(f"invalid model pack name {pack!r}")
+        with self.pool.connection() as conn, conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (pack,))
+            row = conn.execute("SELECT dim FROM model_packs WHERE name = %s", (pack,)).fetchone()
+            if row is not None and int(row[0]) != dim:
+                raise PackMismatch(f"pack {pack} is registered with dimension {row[0]}, got {dim}")
+            if row is None:
+                conn.execute(
+                    "INSERT INTO model_packs (name, dim, index_name) VALUES (%s, %s, %s)",
+                    (pack, dim, index_name(pack)),
+                )
+            conn.execute(
+                sql.SQL(
+                    "CREATE INDEX IF NOT EXISTS {index} ON face_embeddings USING hnsw"
+                    " ((embedding::vector({dim})) vector_cosine_ops) WITH (m = {m}, ef_construction = {ef})"
+                    " WHERE model_pack = {pack}"
+                ).format(
+                    index=sql.Identifier(index_name(pack)),
+                    dim=sql.Literal(dim),
+                    m=sql.Literal(HNSW_M),
+                    ef=sql.Literal(HNSW_EF_CONSTRUCTION),
+                    pack=sql.Literal(pack),
+                )
+            )
+        self._known_dims[pack] = dim
+
+    def add_embedding(self, face_id: int, pack: str, embedding: np.ndarray) -> None:
+        self.ensure_pack(pack, int(embedding.shape[0]))
+        with self.pool.connection() as conn:
+            conn.execute(
+                "INSERT INTO face_embeddings (face_id, model_pack, embedding) VALUES (%s, %s, %s)"
+                " ON CONFLICT (face_id, model_pack) DO NOTHING",
+                (face_id, pack, embedding.astype(np.float32)),
+            )
+
+    def nearest(self, pack: str, query: np.ndarray, limit: int) -> list[Neighbour]:
+        """The ``limit`` stored faces closest to ``query`` by cosine distance, through the pack's index."""
+        dim = int(query.shape[0])
+        self.ensure_pack(pack, dim)
+        # The pack is a literal, not a parameter, so the planner can match the partial index predicate
+        # in every plan (a generic plan of `model_pack = $1` could not use it).
+        statement = sql.SQL(
+            "SELECT face_id, 1 - (embedding::vector({dim}) <=> %(q)s::vector({dim})) AS similarity"
+            " FROM face_embeddings WHERE model_pack = {pack}"
+            " ORDER BY embedding::vector({dim}) <=> %(q)s::vector({dim}) LIMIT %(limit)s"
+        ).format(dim=sql.Literal(dim), pack=sql.Literal(pack))
+        with self.pool.connection() as conn, conn.transaction():
+            conn.execute(
+                sql.SQL("SET LOCAL hnsw.ef_search = {}").format(sql.Literal(max(MIN_EF_SEARCH, limit)))
+            )
+            rows = conn.execute(statement, {"q": query.astype(np.float32), "limit": limit}).fetchall()
+        return [Neighbour(int(face_id), float(similarity)) for face_id, similarity in rows]
+
+    def count(self, pack: str) -> int:
+        with self.pool.connection() as conn:
+            row = conn.execute("SELECT count(*) FROM face_embeddings WHERE model_pack = %s", (pack,)).fetchone()
+        return int(row[0]) if row else 0
+
+    def ping(self) -> None:
+        with self.pool.connection() as conn:
+            conn.execute("SELECT 1")

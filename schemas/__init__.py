@@ -1,0 +1,1 @@
+"""Wire formats: stream names, versioned stream messages, job status and HTTP API models."""

@@ -1,0 +1,50 @@
+"""The job status hash: one Redis hash per job, read by the API, written by the stages."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from schemas.streams import Stage
+
+JOB_KEY_PREFIX = "fecapass:job:"
+# Finishers publish the job id here; the API wakes waiting requests from one subscription.
+JOB_DONE_CHANNEL = "fecapass:jobs:finished"
+
+
+class JobState(StrEnum):
+    QUEUED = "queued"
+    DETECTING = "detecting"
+    ALIGNING = "aligning"
+    EMBEDDING = "embedding"
+    INDEXING = "indexing"
+    DONE = "done"
+    FAILED = "failed"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (JobState.DONE, JobState.FAILED)
+
+
+STAGE_STATE = {
+    Stage.DETECT: JobState.DETECTING,
+    Stage.ALIGN: JobState.ALIGNING,
+    Stage.EMBED: JobState.EMBEDDING,
+    Stage.INDEX: JobState.INDEXING,
+}
+
+
+class ErrorCode(StrEnum):
+    """Stable machine-readable reasons a job failed."""
+
+    NO_FACE = "no_face"
+    UNDECODABLE_IMAGE = "undecodable_image"
+    IMAGE_TOO_LARGE = "image_too_large"
+    OBJECT_MISSING = "object_missing"
+    USER_NOT_FOUND = "user_not_found"
+    MALFORMED_MESSAGE = "malformed_message"
+    TOO_MANY_DELIVERIES = "too_many_deliveries"
+    INTERNAL = "internal_error"
+
+
+def job_key(job_id: str) -> str:
+    return f"{JOB_KEY_PREFIX}{job_id}"

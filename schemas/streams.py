@@ -1,0 +1,141 @@
+"""Stream names, consumer groups and the flat string messages carried between stages.
+
+Every stream entry is a flat map of readable strings, so operators can read it with
+``redis-cli XRANGE``. Structured parts (faces) are compact JSON strings; embeddings are
+base64 of little-endian float32, the only binary-ish field, and it never holds image bytes.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from enum import StrEnum
+from typing import Any, Self
+
+import numpy as np
+from pydantic import BaseModel, Field, ValidationError
+
+SCHEMA_VERSION = "1"
+STREAM_PREFIX = "fecapass"
+
+
+class Stage(StrEnum):
+    DETECT = "detect"
+    ALIGN = "align"
+    EMBED = "embed"
+    INDEX = "index"
+
+    @property
+    def stream(self) -> str:
+        return f"{STREAM_PREFIX}:{self.value}"
+
+    @property
+    def group(self) -> str:
+        return self.value
+
+    @property
+    def dead_letter_stream(self) -> str:
+        return f"{self.stream}:dead"
+
+    @property
+    def next(self) -> Stage | None:
+        order = list(Stage)
+        index = order.index(self)
+        return order[index + 1] if index + 1 < len(order) else None
+
+
+class JobKind(StrEnum):
+    ENROLL = "enroll"
+    SEARCH = "search"
+
+
+class MalformedMessage(ValueError):
+    """A stream entry that no version of this code can read; retrying cannot help."""
+
+
+class FaceBox(BaseModel):
+    """One detected face in original-image pixel coordinates."""
+
+    box: tuple[float, float, float, float] = Field(description="x1, y1, x2, y2")
+    keypoints: list[tuple[float, float]] = Field(
+        description="left eye, right eye, nose, left mouth corner, right mouth corner"
+    )
+    score: float
+    crop_key: str | None = None
+
+    @property
+    def area(self) -> float:
+        x1, y1, x2, y2 = self.box
+        return max(0.0, x2 - x1) * max(0.0, y2 - y1)
+
+
+class PipelineMessage(BaseModel):
+    """The one message shape that flows detect -> align -> embed -> index.
+
+    Each stage adds its own fields; a stage checks that the fields it needs are present.
+    """
+
+    v: str = SCHEMA_VERSION
+    job_id: str
+    kind: JobKind
+    image_key: str
+    user_id: int | None = None
+    threshold: float | None = None
+    limit: int | None = None
+    faces: list[FaceBox] | None = None
+    faces_seen: int | None = None
+    embeddings: bytes | None = Field(default=None, description="float32 [len(faces), dim], base64 on the wire")
+    dim: int | None = None
+    pack: str | None = Field(default=None, description="model pack that produced the embeddings")
+
+    def to_fields(self) -> dict[str, str]:
+        fields: dict[str, str] = {}
+        for name, value in self:
+            if value is None:
+                continue
+            if name == "faces":
+                fields[name] = json.dumps(
+                    [face.model_dump(exclude_none=True) for face in value], separators=(",", ":")
+                )
+            elif name == "embeddings":
+                fields[name] = base64.b64encode(value).decode("ascii")
+            else:
+                fields[name] = str(value)
+        return fields
+
+    @classmethod
+    def from_fields(cls, raw: dict[Any, Any]) -> Self:
+        fields = {_text(k): _text(v) for k, v in raw.items()}
+        version = fields.get("v")
+        if version != SCHEMA_VERSION:
+            raise MalformedMessage(f"unsupported schema version {version!r}")
+        data: dict[str, Any] = dict(fields)
+        try:
+            if "faces" in data:
+                data["faces"] = json.loads(data["faces"])
+            if "embeddings" in data:
+                data["embeddings"] = base64.b64decode(data["embeddings"], validate=True)
+            return cls.model_validate(data)
+        except (ValueError, ValidationError) as exc:
+            raise MalformedMessage(str(exc).splitlines()[0]) from exc
+
+    def embedding_matrix(self) -> np.ndarray:
+        if self.embeddings is None or self.dim is None or self.faces is None:
+            raise MalformedMessage("message carries no embeddings")
+        matrix = np.frombuffer(self.embeddings, dtype="<f4")
+        if matrix.size != self.dim * len(self.faces):
+            raise MalformedMessage("embedding size does not match faces x dim")
+        return matrix.reshape(len(self.faces), self.dim)
+
+    def require_faces(self) -> list[FaceBox]:
+        if self.faces is None:
+            raise MalformedMessage("message carries no faces")
+        return self.faces
+
+
+def encode_embeddings(matrix: np.ndarray) -> bytes:
+    return np.ascontiguousarray(matrix, dtype="<f4").tobytes()
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else str(value)
