@@ -1,0 +1,77 @@
+"""The ``fecapass`` command: up (local mode), api, worker STAGE, migrate."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from common import settings as s
+from common.logs import configure_logging
+from common.modelpack import ModelPackError
+from schemas.streams import Stage
+
+
+def _api() -> None:
+    import uvicorn
+
+    from ingest_api.app import create_app
+    from ingest_api.config import ApiConfig
+
+    config = ApiConfig.from_env()
+    uvicorn.run(create_app(config), host=config.api.api_host, port=config.api.api_port, log_config=None,
+                timeout_graceful_shutdown=10)
+
+
+def _migrate() -> None:
+    from indexer.migrate import migrate_all
+
+    database = s.load(s.DatabaseSettings)
+    applied = migrate_all(database.main_db_dsn.get_secret_value(), database.vector_db_dsn.get_secret_value())
+    print("applied: " + (", ".join(applied) if applied else "nothing, already up to date"))
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="fecapass", description="Self-hosted face recognition.")
+    commands = root.add_subparsers(dest="command", required=True)
+
+    up = commands.add_parser("up", help="local mode: embedded PostgreSQL, Valkey, S3, the API and every stage")
+    up.add_argument("--data-dir", type=Path, default=Path(".fecapass"), help="kept across restarts")
+    up.add_argument("--api-port", type=int, default=8000)
+    up.add_argument("--postgres-port", type=int, default=5433)
+    up.add_argument("--redis-port", type=int, default=6380)
+    up.add_argument("--s3-port", type=int, default=9000)
+    up.add_argument("--workers", type=int, default=1, help="processes per stage")
+
+    commands.add_parser("api", help="run the HTTP API against external services")
+    worker = commands.add_parser("worker", help="run one stage process against external services")
+    worker.add_argument("stage", choices=[stage.value for stage in Stage])
+    commands.add_parser("migrate", help="apply database migrations (idempotent)")
+    return root
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    logs = s.load(s.LogSettings)
+    configure_logging(logs.log_level, logs.log_json)
+    try:
+        if args.command == "up":
+            from common.local import UpOptions, run_up
+
+            run_up(UpOptions(args.data_dir, args.api_port, args.postgres_port, args.redis_port, args.s3_port,
+                             args.workers))
+        elif args.command == "api":
+            _api()
+        elif args.command == "worker":
+            from common.worker import run_worker
+
+            run_worker(Stage(args.stage))
+        elif args.command == "migrate":
+            _migrate()
+    except (s.SettingsError, ModelPackError) as exc:
+        print(f"fecapass: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()

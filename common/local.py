@@ -1,0 +1,139 @@
+"""``fecapass up``: the embedded servers, migrations, the API and one process per stage, supervised."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+
+from common.services import MAIN_DB, VECTOR_DB, LocalServices, valkey_cli
+from indexer.migrate import migrate_all
+from schemas.streams import Stage
+
+log = structlog.get_logger(__name__)
+
+# Where the offline test packs live when the repository sits beside ../shared.
+DEV_MODEL_ROOT = Path("../shared")
+DEV_PACK = "buffalo_sc_lite"
+
+
+@dataclass
+class UpOptions:
+    data_dir: Path
+    api_port: int = 8000
+    postgres_port: int = 5433
+    redis_port: int = 6380
+    s3_port: int = 9000
+    workers_per_stage: int = 1
+
+
+def model_environment() -> dict[str, str]:
+    """Use the configured pack; else the offline pack beside the checkout, when it is there."""
+    if "FECAPASS_MODEL_PACK" in os.environ or "FECAPASS_MODEL_ROOT" in os.environ:
+        return {}
+    if (DEV_MODEL_ROOT / "models" / DEV_PACK).is_dir():
+        return {"FECAPASS_MODEL_PACK": DEV_PACK, "FECAPASS_MODEL_ROOT": str(DEV_MODEL_ROOT.resolve())}
+    return {}
+
+
+class Supervisor:
+    """Starts child processes and restarts one that dies, until asked to stop."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = env
+        self.children: dict[str, tuple[list[str], subprocess.Popen[bytes]]] = {}
+        self.stopping = False
+
+    def spawn(self, name: str, args: list[str]) -> None:
+        command = [sys.executable, "-m", "common.cli", *args]
+        self.children[name] = (command, subprocess.Popen(command, env=self.env))
+
+    def watch(self) -> None:
+        while not self.stopping:
+            for name, (command, process) in list(self.children.items()):
+                if process.poll() is not None and not self.stopping:
+                    log.warning("local.process_exited", process=name, code=process.returncode)
+                    time.sleep(1)
+                    self.children[name] = (command, subprocess.Popen(command, env=self.env))
+            time.sleep(0.5)
+
+    def stop(self, timeout: float = 40) -> None:
+        self.stopping = True
+        for _, process in self.children.values():
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for _, process in self.children.values():
+            try:
+                process.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def run_up(options: UpOptions) -> None:
+    services = LocalServices(
+        options.data_dir,
+        postgres_port=options.postgres_port,
+        valkey_port=options.redis_port,
+        s3_port=options.s3_port,
+    )
+    stop_requested = False
+
+    def request_stop(signum: int, _: object) -> None:
+        nonlocal stop_requested
+        stop_requested = True
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, request_stop)
+    supervisor: Supervisor | None = None
+    try:
+        services.start()
+        migrate_all(services.dsn(MAIN_DB), services.dsn(VECTOR_DB))
+        env = {
+            **os.environ,
+            **services.environment(),
+            "FECAPASS_LOG_JSON": os.environ.get("FECAPASS_LOG_JSON", "false"),
+            "FECAPASS_API_PORT": str(options.api_port),
+            **model_environment(),
+        }
+        supervisor = Supervisor(env)
+        supervisor.spawn("api", ["api"])
+        for stage in Stage:
+            for index in range(options.workers_per_stage):
+                supervisor.spawn(f"{stage.value}-{index}", ["worker", stage.value])
+        _print_banner(options, services, env)
+        supervisor.watch()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        print("\nStopping Fecapass ...", flush=True)
+        if supervisor is not None:
+            supervisor.stop()
+        services.stop()
+        print("Stopped. Data kept in", options.data_dir, flush=True)
+    del stop_requested
+
+
+def _print_banner(options: UpOptions, services: LocalServices, env: dict[str, str]) -> None:
+    cli = valkey_cli()
+    print(
+        f"""
+Fecapass is up (data in {options.data_dir}; model pack {env.get('FECAPASS_MODEL_PACK', 'buffalo_l')}).
+  API            http://127.0.0.1:{options.api_port}   (OpenAPI docs at /docs)
+  PostgreSQL     {MAIN_DB} and {VECTOR_DB} on 127.0.0.1:{services.postgres_port}
+  Valkey/Redis   {services.redis_url}
+  S3             http://{services.s3_endpoint}  bucket {services.bucket}
+Inspect the streams:
+  {cli} -p {services.valkey_port} XINFO GROUPS {Stage.DETECT.stream}
+  (redis-cli -p {services.valkey_port} works the same)
+Press Ctrl-C to stop.
+""",
+        flush=True,
+    )

@@ -1,0 +1,43 @@
+"""Run one stage process: build its handler, then hand it to the shared runner until SIGTERM."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+
+from common import clients
+from common import settings as s
+from common.runner import StageHandler, StageRunner
+from schemas.streams import Stage
+
+
+def handler_factory(stage: Stage) -> Callable[[], AbstractContextManager[StageHandler]]:
+    # Imported here so a process loads only its own stage's models and clients.
+    if stage is Stage.DETECT:
+        from detector.worker import detect_handler
+
+        return detect_handler
+    if stage is Stage.ALIGN:
+        from detector.worker import align_handler
+
+        return align_handler
+    if stage is Stage.EMBED:
+        from embedder.worker import embed_handler
+
+        return embed_handler
+    from indexer.worker import index_handler
+
+    return index_handler
+
+
+def run_worker(stage: Stage) -> None:
+    streams = s.load(s.StreamSettings)
+    pipeline = s.load(s.PipelineSettings)
+    client = clients.redis_client(s.load(s.RedisSettings))
+    try:
+        with handler_factory(stage)() as handler:
+            runner = StageRunner(client, handler, streams, job_ttl_seconds=pipeline.job_ttl_seconds)
+            runner.install_signal_handlers()
+            runner.run()
+    finally:
+        client.close()

@@ -1,0 +1,20 @@
+"""Builds the index handler with both database pools, closed when the stage stops."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from common import clients
+from common import settings as s
+from indexer.main_repository import MainRepository
+from indexer.stage import IndexHandler
+from indexer.vector_repository import VectorRepository
+
+
+@contextmanager
+def index_handler() -> Iterator[IndexHandler]:
+    database = s.load(s.DatabaseSettings)
+    pipeline = s.load(s.PipelineSettings)
+    with clients.main_db_pool(database) as main_pool, clients.vector_db_pool(database) as vector_pool:
+        yield IndexHandler(MainRepository(main_pool), VectorRepository(vector_pool), pipeline.similarity_threshold)

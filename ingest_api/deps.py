@@ -1,0 +1,33 @@
+"""Request dependencies: the clients opened by the lifespan, reached through app.state."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+import redis.asyncio as aioredis
+from fastapi import Depends, Request
+
+from common.objects import ObjectStore
+from indexer.main_repository import MainRepository
+from indexer.vector_repository import VectorRepository
+from ingest_api.config import ApiConfig
+from ingest_api.waiter import JobWaiter
+
+
+@dataclass
+class AppState:
+    config: ApiConfig
+    redis: aioredis.Redis
+    store: ObjectStore
+    main: MainRepository
+    vectors: VectorRepository
+    waiter: JobWaiter
+
+
+def get_state(request: Request) -> AppState:
+    state: AppState = request.app.state.fecapass
+    return state
+
+
+State = Annotated[AppState, Depends(get_state)]

@@ -1,0 +1,108 @@
+"""Submitting a job (object first, then the stream event) and reading it back from its status hash."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from typing import Any
+
+import redis.exceptions
+from fastapi import Request
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from common import status
+from common.errors import TransientError
+from common.imaging import ImageInfo
+from common.objects import original_key
+from ingest_api.deps import AppState
+from ingest_api.problems import ApiError, unavailable
+from schemas.api import Job, JobError
+from schemas.jobs import JobState, job_key
+from schemas.streams import JobKind, PipelineMessage, Stage
+
+# Failures that are the caller's photo or request, reported as 422 to a caller who waited.
+CLIENT_ERROR_STATUS = {"no_face": 422, "undecodable_image": 422, "image_too_large": 422, "user_not_found": 404}
+
+
+def job_url(request: Request, job_id: str) -> str:
+    return str(request.url_for("get_job", job_id=job_id))
+
+
+async def submit(
+    state: AppState, *, kind: JobKind, photo: bytes, info: ImageInfo, extra: dict[str, Any]
+) -> PipelineMessage:
+    job_id = uuid.uuid4().hex
+    key = original_key(job_id)
+    try:
+        # The object is durable before the event exists: no event ever points at nothing.
+        await run_in_threadpool(state.store.put, key, photo, info.content_type)
+    except TransientError as exc:
+        raise unavailable("object storage") from exc
+    message = PipelineMessage(job_id=job_id, kind=kind, image_key=key, **extra)
+    fields = {"kind": kind.value, "image_key": key}
+    if message.user_id is not None:
+        fields["user_id"] = str(message.user_id)
+    try:
+        async with state.redis.pipeline(transaction=True) as pipe:
+            status.queue_created(pipe, job_id, fields, state.config.pipeline.job_ttl_seconds)
+            pipe.xadd(Stage.DETECT.stream, message.to_fields())
+            await pipe.execute()
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+        raise unavailable("Redis") from exc
+    return message
+
+
+async def read_job(state: AppState, request: Request, job_id: str) -> Job | None:
+    raw = status.decode_hash(await state.redis.hgetall(job_key(job_id)))
+    if not raw or "kind" not in raw:
+        return None
+    stages: dict[str, dict[str, float]] = {}
+    for stage in Stage:
+        times = {
+            moment: float(raw[f"{stage.value}_{moment}"])
+            for moment in ("started_at", "finished_at")
+            if f"{stage.value}_{moment}" in raw
+        }
+        if times:
+            stages[stage.value] = times
+    return Job(
+        job_id=job_id,
+        kind=JobKind(raw["kind"]),
+        state=JobState(raw["state"]),
+        status_url=job_url(request, job_id),
+        image_key=raw.get("image_key", ""),
+        user_id=int(raw["user_id"]) if raw.get("user_id") else None,
+        created_at=float(raw["created_at"]) if "created_at" in raw else None,
+        finished_at=float(raw["finished_at"]) if "finished_at" in raw else None,
+        stages=stages,
+        faces_seen=int(raw["faces_seen"]) if "faces_seen" in raw else None,
+        error=JobError(code=raw["error_code"], message=raw.get("error_message", ""))
+        if raw.get("error_code") else None,
+        result=json.loads(raw["result"]) if "result" in raw else None,
+    )
+
+
+async def wait_for_job(state: AppState, request: Request, job_id: str, seconds: float) -> Job | None:
+    seconds = min(seconds, state.config.pipeline.max_wait_seconds)
+    async with state.waiter.watch(job_id) as finished:
+        job = await read_job(state, request, job_id)
+        if job is None or job.state.terminal or seconds <= 0:
+            return job
+        try:
+            await asyncio.wait_for(asyncio.shield(finished), timeout=seconds)
+        except TimeoutError:
+            pass
+    return await read_job(state, request, job_id)
+
+
+async def respond(state: AppState, request: Request, job_id: str, wait: float) -> JSONResponse:
+    """202 while the job runs; 200 with the result if it finished within ``wait`` seconds."""
+    job = await wait_for_job(state, request, job_id, wait) if wait > 0 else await read_job(state, request, job_id)
+    if job is None:  # expired between submit and read: only with a tiny TTL
+        raise ApiError(404, "job_not_found", f"job {job_id} not found")
+    if job.state is JobState.FAILED and job.error is not None and wait > 0:
+        raise ApiError(CLIENT_ERROR_STATUS.get(job.error.code, 500), job.error.code, job.error.message, job_id=job_id)
+    code = 200 if job.state.terminal else 202
+    return JSONResponse(job.model_dump(mode="json"), status_code=code, headers={"Location": job.status_url})

@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from common.modelpack import pack_directory
+from ingest_api.deps import State
+from schemas.api import Health
+
+router = APIRouter(prefix="/health", tags=["health"])
+
+CHECK_TIMEOUT_S = 3.0
+
+
+@router.get("/live", response_model=Health)
+async def live() -> Health:
+    return Health(status="ok")
+
+
+async def _check(name: str, probe: Callable[[], Any]) -> tuple[str, str]:
+    try:
+        await asyncio.wait_for(run_in_threadpool(probe), timeout=CHECK_TIMEOUT_S)
+    except Exception as exc:
+        return name, f"error: {type(exc).__name__}"
+    return name, "ok"
+
+
+@router.get("/ready", response_model=Health, responses={503: {"model": Health}})
+async def ready(state: State) -> JSONResponse:
+    """Ready when both databases, Redis, the bucket and the model pack folder all answer."""
+    pack_dir = pack_directory(state.config.model)
+
+    def check_pack() -> None:
+        if not pack_dir.is_dir():
+            raise FileNotFoundError(pack_dir)
+
+    async def ping_redis() -> tuple[str, str]:
+        try:
+            await asyncio.wait_for(state.redis.ping(), timeout=CHECK_TIMEOUT_S)
+        except Exception as exc:
+            return "redis", f"error: {type(exc).__name__}"
+        return "redis", "ok"
+
+    results = await asyncio.gather(
+        _check("main_db", state.main.ping),
+        _check("vector_db", state.vectors.ping),
+        _check("s3", state.store.ping),
+        _check("model_pack", check_pack),
+        ping_redis(),
+    )
+    checks = dict(results)
+    healthy = all(value == "ok" for value in checks.values())
+    body = Health(
+        status="ok" if healthy else "unavailable",
+        checks=checks,
+        model_pack={"name": state.config.model.model_pack, "path": str(pack_dir)},
+    )
+    return JSONResponse(body.model_dump(), status_code=200 if healthy else 503)

@@ -1,0 +1,81 @@
+"""HTTP API request and response models (the OpenAPI schema at /docs is generated from these)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, EmailStr, Field
+
+from schemas.jobs import JobState
+from schemas.streams import JobKind
+
+
+class UserCreate(BaseModel):
+    email: EmailStr
+    full_name: str = Field(default="", max_length=200)
+
+
+class User(BaseModel):
+    id: int
+    email: str
+    full_name: str
+    is_active: bool
+    created_at: datetime
+    updated_at: datetime
+
+
+class JobError(BaseModel):
+    code: str
+    message: str
+
+
+class Match(BaseModel):
+    user_id: int
+    face_id: int
+    similarity: float = Field(description="cosine similarity of the two face embeddings, -1..1; same person above the threshold")
+
+
+class SearchFace(BaseModel):
+    box: list[float] = Field(description="x1, y1, x2, y2 in pixels of the uploaded photo")
+    score: float = Field(description="detection confidence")
+    matches: list[Match] = Field(description="distinct people, most similar first")
+
+
+class Job(BaseModel):
+    """A job's state; ``result`` is set when ``state`` is ``done``, ``error`` when it is ``failed``."""
+
+    job_id: str
+    kind: JobKind
+    state: JobState
+    status_url: str
+    image_key: str
+    user_id: int | None = None
+    created_at: float | None = Field(default=None, description="Unix time")
+    finished_at: float | None = None
+    stages: dict[str, dict[str, float]] = Field(
+        default_factory=dict, description="per stage: started_at / finished_at, Unix time"
+    )
+    faces_seen: int | None = None
+    error: JobError | None = None
+    result: dict[str, Any] | None = Field(
+        default=None,
+        description="enroll: user_id, face_id, faces_seen, face; search: faces[] each with box, score, matches[]",
+    )
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details, served as application/problem+json."""
+
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str
+    code: str
+    job_id: str | None = None
+
+
+class Health(BaseModel):
+    status: str
+    checks: dict[str, str] = Field(default_factory=dict)
+    model_pack: dict[str, Any] | None = None
