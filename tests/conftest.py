@@ -1,0 +1,50 @@
+"""Real servers for the whole run: PostgreSQL + pgvector, Valkey and an S3 endpoint on free loopback ports."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from common.services import MAIN_DB, VECTOR_DB, LocalServices
+from indexer.migrate import migrate_all
+
+
+@pytest.fixture(scope="session")
+def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServices]:
+    data_dir: Path = tmp_path_factory.mktemp("services")
+    running = LocalServices(data_dir, durable=False)
+    running.start()
+    migrate_all(running.dsn(MAIN_DB), running.dsn(VECTOR_DB))
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="session")
+def service_env(services: LocalServices) -> dict[str, str]:
+    return services.environment()
+
+
+@pytest.fixture
+def env(service_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """The FECAPASS_* variables of the test servers, set in this process for settings classes to read."""
+    for key, value in service_env.items():
+        monkeypatch.setenv(key, value)
+    return service_env
+
+
+@pytest.fixture
+def redis_client(services: LocalServices) -> Iterator[redis.Redis]:
+    """A clean Redis for each test that takes it: streams and job hashes are global names."""
+    client = redis.Redis.from_url(services.redis_url)
+    client.flushdb()
+    yield client
+    client.close()
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cwd(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Run each test in an empty folder, so a developer's .env never reaches the settings under test."""
+    monkeypatch.chdir(tmp_path)

@@ -1,0 +1,123 @@
+"""SQL against the real PostgreSQL + pgvector: migrations, idempotent writes, per-pack k-NN."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import numpy as np
+import psycopg
+import pytest
+
+from common.services import MAIN_DB, VECTOR_DB, LocalServices
+from common.settings import DatabaseSettings
+from common import clients
+from indexer.main_repository import DuplicateEmail, MainRepository, NewFace, UnknownUser
+from indexer.migrate import apply_migrations, migrate_all
+from indexer.vector_repository import PackMismatch, VectorRepository
+
+
+@pytest.fixture(scope="module")
+def repositories(services: LocalServices) -> Iterator[tuple[MainRepository, VectorRepository]]:
+    settings = DatabaseSettings(main_db_dsn=services.dsn(MAIN_DB), vector_db_dsn=services.dsn(VECTOR_DB))
+    with clients.main_db_pool(settings) as main_pool, clients.vector_db_pool(settings) as vector_pool:
+        yield MainRepository(main_pool), VectorRepository(vector_pool)
+
+
+def unit(vector: np.ndarray) -> np.ndarray:
+    return (vector / np.linalg.norm(vector)).astype(np.float32)
+
+
+def new_face(user_id: int, job_id: str | None = None) -> NewFace:
+    job_id = job_id or uuid.uuid4().hex
+    return NewFace(user_id, job_id, f"originals/{job_id}", f"crops/{job_id}/0.png", (1, 2, 3, 4), 0.9, 1, "test")
+
+
+def test_migrations_are_idempotent(services: LocalServices) -> None:
+    assert migrate_all(services.dsn(MAIN_DB), services.dsn(VECTOR_DB)) == []
+    assert apply_migrations(services.dsn(MAIN_DB), "main") == []
+    with psycopg.connect(services.dsn(VECTOR_DB)) as conn:
+        storage = conn.execute(
+            "SELECT attstorage FROM pg_attribute WHERE attrelid = 'face_embeddings'::regclass"
+            " AND attname = 'embedding'"
+        ).fetchone()
+    assert storage == ("p",)  # PLAIN: vectors stay out of TOAST
+
+
+def test_one_server_one_database_works_too(services: LocalServices) -> None:
+    with psycopg.connect(services.dsn("postgres"), autocommit=True) as conn:
+        conn.execute("DROP DATABASE IF EXISTS fecapass_single")
+        conn.execute("CREATE DATABASE fecapass_single")
+    dsn = services.dsn("fecapass_single")
+    assert len(migrate_all(dsn, dsn)) == 2
+    assert migrate_all(dsn, dsn) == []
+
+
+def test_user_email_is_unique_case_insensitively(repositories: tuple[MainRepository, VectorRepository]) -> None:
+    main, _ = repositories
+    email = f"{uuid.uuid4().hex}@example.com"
+    user = main.create_user(email, "Ann")
+    assert main.get_user(user.id) == user
+    with pytest.raises(DuplicateEmail):
+        main.create_user(email.upper(), "Ann again")
+
+
+def test_add_face_is_idempotent_per_job(repositories: tuple[MainRepository, VectorRepository]) -> None:
+    main, vectors = repositories
+    user = main.create_user(f"{uuid.uuid4().hex}@example.com", "")
+    face = new_face(user.id)
+    first = main.add_face(face)
+    assert main.add_face(face) == first  # redelivered message: same row
+    assert main.count_faces(user.id) == 1
+    embedding = unit(np.random.default_rng(3).standard_normal(8))
+    vectors.add_embedding(first, "idem8", embedding)
+    vectors.add_embedding(first, "idem8", embedding)
+    assert vectors.count("idem8") == 1
+
+
+def test_add_face_for_unknown_user_fails(repositories: tuple[MainRepository, VectorRepository]) -> None:
+    main, _ = repositories
+    with pytest.raises(UnknownUser):
+        main.add_face(new_face(10**12))
+
+
+def test_nearest_is_cosine_and_uses_the_pack_index(
+    repositories: tuple[MainRepository, VectorRepository], services: LocalServices
+) -> None:
+    main, vectors = repositories
+    user = main.create_user(f"{uuid.uuid4().hex}@example.com", "")
+    rng = np.random.default_rng(7)
+    stored = [unit(rng.standard_normal(16)) for _ in range(20)]
+    face_ids = [main.add_face(new_face(user.id)) for _ in stored]
+    for face_id, vector in zip(face_ids, stored, strict=True):
+        vectors.add_embedding(face_id, "knn16", vector)
+    query = unit(stored[5] + 0.05 * rng.standard_normal(16))
+    found = vectors.nearest("knn16", query, 3)
+    assert found[0].face_id == face_ids[5]
+    assert found[0].similarity == pytest.approx(float(query @ stored[5]), abs=1e-5)
+    assert [n.similarity for n in found] == sorted((n.similarity for n in found), reverse=True)
+    with psycopg.connect(services.dsn(VECTOR_DB)) as conn:
+        conn.execute("SET enable_seqscan = off")
+        plan = "\n".join(
+            row[0]
+            for row in conn.execute(
+                "EXPLAIN SELECT face_id FROM face_embeddings WHERE model_pack = 'knn16'"
+                " ORDER BY embedding::vector(16) <=> %s::vector(16) LIMIT 3",
+                (str(query.tolist()),),
+            )
+        )
+    assert "face_embeddings_hnsw_knn16" in plan
+
+
+def test_packs_are_kept_apart_and_dimension_is_fixed(repositories: tuple[MainRepository, VectorRepository]) -> None:
+    main, vectors = repositories
+    user = main.create_user(f"{uuid.uuid4().hex}@example.com", "")
+    face_id = main.add_face(new_face(user.id))
+    vectors.add_embedding(face_id, "packa4", unit(np.ones(4)))
+    vectors.add_embedding(face_id, "packb6", unit(np.ones(6)))
+    assert [n.face_id for n in vectors.nearest("packa4", unit(np.ones(4)), 5)] == [face_id]
+    fresh = VectorRepository(vectors.pool)  # no cached dims: the database refuses
+    with pytest.raises(PackMismatch):
+        fresh.add_embedding(face_id, "packa4", unit(np.ones(5)))
+    with pytest.raises(ValueError, match="invalid model pack"):
+        vectors.ensure_pack("bad name; drop table", 4)

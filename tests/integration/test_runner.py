@@ -1,0 +1,214 @@
+"""The shared stage runner against a real Valkey: acks, redelivery, dead letters, drain."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+
+import pytest
+import redis
+
+from common.errors import JobFailed, PoisonMessage, TransientError
+from common.runner import HandlerResult, Outcome, StageRunner, ensure_group, errors_key, per_message
+from common.settings import StreamSettings
+from schemas.jobs import ErrorCode, job_key
+from schemas.streams import JobKind, PipelineMessage, Stage
+
+FAST = StreamSettings(read_count=8, block_ms=50, claim_idle_ms=100, max_deliveries=3)
+
+
+class ScriptedHandler:
+    """Align-stage stand-in whose behaviour per job is chosen by the test."""
+
+    stage = Stage.ALIGN
+
+    def __init__(self, behaviour: dict[str, list[BaseException | None]] | None = None) -> None:
+        self.behaviour = behaviour or {}
+        self.calls: list[str] = []
+
+    def handle(self, message: PipelineMessage) -> Outcome:
+        self.calls.append(message.job_id)
+        script = self.behaviour.get(message.job_id, [])
+        error = script.pop(0) if script else None
+        if error is not None:
+            raise error
+        return Outcome(forward=message.model_copy(update={"faces_seen": 1}))
+
+    def handle_batch(self, messages: Sequence[PipelineMessage]) -> list[HandlerResult]:
+        return per_message(self.handle)(messages)
+
+
+def enqueue(client: redis.Redis, job_id: str, stage: Stage = Stage.ALIGN) -> str:
+    message = PipelineMessage(job_id=job_id, kind=JobKind.SEARCH, image_key=f"originals/{job_id}")
+    client.hset(job_key(job_id), mapping={"kind": "search", "state": "queued"})
+    return client.xadd(stage.stream, message.to_fields()).decode()
+
+
+def runner(client: redis.Redis, handler: ScriptedHandler, consumer: str = "test-a") -> StageRunner:
+    return StageRunner(client, handler, FAST, job_ttl_seconds=600, consumer=consumer)
+
+
+def pending_count(client: redis.Redis, stage: Stage = Stage.ALIGN) -> int:
+    return int(client.xpending(stage.stream, stage.group)["pending"])
+
+
+def job(client: redis.Redis, job_id: str) -> dict[str, str]:
+    return {k.decode(): v.decode() for k, v in client.hgetall(job_key(job_id)).items()}
+
+
+def test_success_forwards_then_acks(redis_client: redis.Redis) -> None:
+    ensure_group(redis_client, Stage.ALIGN)
+    enqueue(redis_client, "ok-1")
+    runner(redis_client, ScriptedHandler()).run_once()
+    forwarded = redis_client.xrange(Stage.EMBED.stream)
+    assert len(forwarded) == 1
+    assert PipelineMessage.from_fields(forwarded[0][1]).job_id == "ok-1"
+    assert pending_count(redis_client) == 0
+    state = job(redis_client, "ok-1")
+    assert state["state"] == "aligning" and "align_finished_at" in state
+
+
+def test_failure_leaves_entry_pending_and_forwards_nothing(redis_client: redis.Redis) -> None:
+    ensure_group(redis_client, Stage.ALIGN)
+    enqueue(redis_client, "flaky")
+    handler = ScriptedHandler({"flaky": [TransientError("S3 down")]})
+    stage = runner(redis_client, handler)
+    stage.run_once()
+    assert redis_client.xlen(Stage.EMBED.stream) == 0
+    assert pending_count(redis_client) == 1  # not acked: the output was not written
+    assert b"S3 down" in redis_client.hget(errors_key(Stage.ALIGN), redis_client.xrange(Stage.ALIGN.stream)[0][0])
+    # After the visibility timeout the entry is claimed again and succeeds.
+
+
+    time.sleep(0.15)
+    stage.run_once()
+    assert handler.calls == ["flaky", "flaky"]
+    assert redis_client.xlen(Stage.EMBED.stream) == 1
+    assert pending_count(redis_client) == 0
+    assert redis_client.hlen(errors_key(Stage.ALIGN)) == 0
+
+
+def test_entry_of_a_dead_consumer_is_claimed_by_a_live_one(redis_client: redis.Redis) -> None:
+    ensure_group(redis_client, Stage.ALIGN)
+    enqueue(redis_client, "orphan")
+    # A consumer reads the entry and dies before acking.
+    redis_client.xreadgroup(Stage.ALIGN.group, "dead-consumer", {Stage.ALIGN.stream: ">"}, count=1)
+    assert pending_count(redis_client) == 1
+
+
+    time.sleep(0.15)
+    handler = ScriptedHandler()
+    runner(redis_client, handler, consumer="live").run_once()
+    assert handler.calls == ["orphan"]
+    assert redis_client.xlen(Stage.EMBED.stream) == 1
+    assert pending_count(redis_client) == 0
+
+
+def test_dead_letter_after_max_deliveries(redis_client: redis.Redis) -> None:
+
+
+    ensure_group(redis_client, Stage.ALIGN)
+    enqueue(redis_client, "always-fails")
+    enqueue(redis_client, "healthy")
+    handler = ScriptedHandler({"always-fails": [RuntimeError("boom")] * 10})
+    stage = runner(redis_client, handler)
+    for _ in range(12):
+        stage.run_once()
+        time.sleep(0.12)
+        if redis_client.xlen(Stage.ALIGN.dead_letter_stream):
+            break
+    assert handler.calls.count("always-fails") == FAST.max_deliveries
+    dead = redis_client.xrange(Stage.ALIGN.dead_letter_stream)
+    assert len(dead) == 1
+    fields = {k.decode(): v.decode() for k, v in dead[0][1].items()}
+    assert fields["job_id"] == "always-fails"
+    assert fields["dead_error_code"] == ErrorCode.TOO_MANY_DELIVERIES
+    assert "RuntimeError: boom" in fields["dead_error"]
+    assert fields["dead_stage"] == "align"
+    state = job(redis_client, "always-fails")
+    assert state["state"] == "failed" and state["error_code"] == "too_many_deliveries"
+    # The other message was served normally and nothing is left pending.
+    assert job(redis_client, "healthy")["state"] == "aligning"
+    assert pending_count(redis_client) == 0
+
+
+def test_malformed_entry_is_dead_lettered_at_once(redis_client: redis.Redis) -> None:
+    ensure_group(redis_client, Stage.ALIGN)
+    redis_client.xadd(Stage.ALIGN.stream, {"v": "1", "job_id": "bad", "kind": "paint"})
+    redis_client.xadd(Stage.ALIGN.stream, {"garbage": "\x00\x01"})
+    enqueue(redis_client, "fine")
+    handler = ScriptedHandler()
+    runner(redis_client, handler).run_once()
+    assert handler.calls == ["fine"]
+    dead = redis_client.xrange(Stage.ALIGN.dead_letter_stream)
+    assert [d[1][b"dead_error_code"] for d in dead] == [b"malformed_message", b"malformed_message"]
+    assert pending_count(redis_client) == 0
+
+
+def test_job_failed_is_acked_and_reported_not_dead_lettered(redis_client: redis.Redis) -> None:
+    ensure_group(redis_client, Stage.ALIGN)
+    enqueue(redis_client, "faceless")
+    handler = ScriptedHandler({"faceless": [JobFailed(ErrorCode.NO_FACE, "no face found")]})
+    runner(redis_client, handler).run_once()
+    state = job(redis_client, "faceless")
+    assert state["state"] == "failed" and state["error_code"] == "no_face"
+    assert redis_client.xlen(Stage.ALIGN.dead_letter_stream) == 0
+    assert redis_client.xlen(Stage.EMBED.stream) == 0
+    assert pending_count(redis_client) == 0
+
+
+def test_poison_message_is_dead_lettered_with_its_reason(redis_client: redis.Redis) -> None:
+    ensure_group(redis_client, Stage.ALIGN)
+    enqueue(redis_client, "poison")
+    handler = ScriptedHandler({"poison": [PoisonMessage(ErrorCode.MALFORMED_MESSAGE, "face without keypoints")]})
+    runner(redis_client, handler).run_once()
+    dead = redis_client.xrange(Stage.ALIGN.dead_letter_stream)
+    assert dead[0][1][b"dead_error"] == b"face without keypoints"
+    assert job(redis_client, "poison")["state"] == "failed"
+
+
+def test_final_result_marks_job_done_and_publishes(redis_client: redis.Redis) -> None:
+    class Finisher(ScriptedHandler):
+        stage = Stage.INDEX
+
+        def handle(self, message: PipelineMessage) -> Outcome:
+            return Outcome(result={"answer": 42})
+
+    ensure_group(redis_client, Stage.INDEX)
+    pubsub = redis_client.pubsub()
+    pubsub.subscribe("fecapass:jobs:finished")
+    pubsub.get_message(timeout=1)
+    enqueue(redis_client, "final", stage=Stage.INDEX)
+    StageRunner(redis_client, Finisher(), FAST, job_ttl_seconds=600, consumer="x").run_once()
+    state = job(redis_client, "final")
+    assert state["state"] == "done" and json.loads(state["result"]) == {"answer": 42}
+    message = pubsub.get_message(timeout=2)
+    assert message is not None and message["data"] == b"final"
+    pubsub.close()
+
+
+def test_stop_request_finishes_batch_and_leaves_group(redis_client: redis.Redis) -> None:
+    ensure_group(redis_client, Stage.ALIGN)
+    for index in range(3):
+        enqueue(redis_client, f"drain-{index}")
+
+    class StopsMidway(ScriptedHandler):
+        def handle_batch(self, messages: Sequence[PipelineMessage]) -> list[HandlerResult]:
+            stage.request_stop()  # SIGTERM arrives while the batch is in hand
+            return super().handle_batch(messages)
+
+    stage = runner(redis_client, StopsMidway())
+    stage.run()
+    assert redis_client.xlen(Stage.EMBED.stream) == 3  # the whole batch finished and was acked
+    assert pending_count(redis_client) == 0
+    consumers = redis_client.xinfo_consumers(Stage.ALIGN.stream, Stage.ALIGN.group)
+    assert all(c["name"] != b"test-a" and c["name"] != "test-a" for c in consumers)
+
+
+@pytest.mark.parametrize("stage", list(Stage))
+def test_groups_are_created_idempotently(redis_client: redis.Redis, stage: Stage) -> None:
+    ensure_group(redis_client, stage)
+    ensure_group(redis_client, stage)
+    groups = redis_client.xinfo_groups(stage.stream)
+    assert [g["name"] for g in groups] in ([stage.group.encode()], [stage.group])

@@ -1,0 +1,105 @@
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from common.imaging import ImageTooLarge, NotAnImage, UndecodableImage, decode, probe
+
+MAX = 50_000_000
+
+
+def encode(image: Image.Image, fmt: str, **kwargs: object) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **kwargs)
+    return buffer.getvalue()
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG that claims width x height but carries (almost) no pixel data: a decompression bomb's header."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 10)) + chunk(b"IEND", b"")
+
+
+def test_rgb_jpeg_decodes_to_bgr() -> None:
+    image = Image.new("RGB", (40, 30), (255, 0, 0))
+    out = decode(encode(image, "JPEG", quality=95), MAX)
+    assert out.shape == (30, 40, 3) and out.dtype == np.uint8
+    b, g, r = out[15, 20]
+    assert r > 240 and g < 20 and b < 20  # red lands in the last channel: BGR
+
+
+def test_rgba_transparency_becomes_white_and_gray_becomes_three_channels() -> None:
+    rgba = Image.new("RGBA", (8, 8), (0, 0, 0, 0))
+    assert decode(encode(rgba, "PNG"), MAX)[0, 0].tolist() == [255, 255, 255]
+    gray = Image.new("L", (8, 8), 100)
+    assert decode(encode(gray, "PNG"), MAX)[0, 0].tolist() == [100, 100, 100]
+
+
+def test_sixteen_bit_png_is_scaled_to_eight_bits() -> None:
+    pixels = np.full((4, 4), 65535, dtype=np.uint16)
+    pixels[0, 0] = 32768
+    image = Image.fromarray(pixels)  # uint16 -> mode I;16
+    out = decode(encode(image, "PNG"), MAX)
+    assert out[1, 1].tolist() == [255, 255, 255]
+    assert 126 <= out[0, 0, 0] <= 129
+
+
+def test_cmyk_jpeg_and_animated_gif_decode() -> None:
+    cmyk = Image.new("CMYK", (10, 10), (0, 255, 255, 0))  # red in CMYK
+    assert decode(encode(cmyk, "JPEG"), MAX).shape == (10, 10, 3)
+    frames = [Image.new("RGB", (12, 9), colour) for colour in ((0, 0, 255), (0, 255, 0))]
+    gif = io.BytesIO()
+    frames[0].save(gif, format="GIF", save_all=True, append_images=frames[1:])
+    first = decode(gif.getvalue(), MAX)
+    assert first.shape == (9, 12, 3) and first[0, 0, 0] > 200  # first frame, blue, in BGR's first channel
+
+
+def test_exif_orientation_is_applied() -> None:
+    image = Image.new("RGB", (40, 20), (0, 0, 0))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    out = decode(encode(image, "JPEG", exif=exif.tobytes()), MAX)
+    assert out.shape == (40, 20, 3)
+
+
+@pytest.mark.parametrize(
+    ("data", "error"),
+    [
+        (b"", NotAnImage),
+        (b"just some text, renamed to photo.jpg", NotAnImage),
+        (b"%PDF-1.4 not an image", NotAnImage),
+    ],
+)
+def test_not_an_image(data: bytes, error: type[Exception]) -> None:
+    with pytest.raises(error):
+        probe(data, MAX)
+
+
+def test_truncated_jpeg_fails_to_decode_but_probes() -> None:
+    data = encode(Image.effect_noise((200, 200), 50).convert("RGB"), "JPEG")
+    truncated = data[: len(data) // 2]
+    assert probe(truncated, MAX).format == "JPEG"  # header is intact
+    with pytest.raises(UndecodableImage):
+        decode(truncated, MAX)
+
+
+def test_decompression_bomb_refused_from_header() -> None:
+    bomb = png_header_only(50_000, 50_000)
+    assert len(bomb) < 200
+    with pytest.raises(ImageTooLarge, match="50000x50000"):
+        probe(bomb, MAX)
+    with pytest.raises(ImageTooLarge):
+        decode(bomb, MAX)
+
+
+def test_one_pixel_image_decodes() -> None:
+    assert decode(encode(Image.new("RGB", (1, 1)), "PNG"), MAX).shape == (1, 1, 3)

@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+import pytest
+
+from common import settings as s
+
+
+def test_missing_secret_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FECAPASS_S3_ACCESS_KEY", raising=False)
+    monkeypatch.delenv("FECAPASS_S3_SECRET_KEY", raising=False)
+    with pytest.raises(s.SettingsError) as error:
+        s.load(s.S3Settings)
+    assert "FECAPASS_S3_ACCESS_KEY" in str(error.value)
+    assert "FECAPASS_S3_SECRET_KEY" in str(error.value)
+
+
+def test_database_dsns_are_required(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FECAPASS_MAIN_DB_DSN", raising=False)
+    monkeypatch.setenv("FECAPASS_VECTOR_DB_DSN", "postgresql://x@y/z")
+    with pytest.raises(s.SettingsError, match="FECAPASS_MAIN_DB_DSN"):
+        s.load(s.DatabaseSettings)
+
+
+def test_non_secret_settings_have_working_defaults() -> None:
+    pipeline = s.load(s.PipelineSettings)
+    assert 0 < pipeline.similarity_threshold < 1
+    assert pipeline.max_upload_bytes >= 1024 * 1024
+    assert s.load(s.StreamSettings).max_deliveries >= 1
+    assert s.load(s.RedisSettings).redis_url.startswith("redis://")
+
+
+def test_environment_overrides_and_validation(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FECAPASS_MAX_DELIVERIES", "3")
+    assert s.load(s.StreamSettings).max_deliveries == 3
+    monkeypatch.setenv("FECAPASS_MAX_DELIVERIES", "0")
+    with pytest.raises(s.SettingsError, match="FECAPASS_MAX_DELIVERIES"):
+        s.load(s.StreamSettings)
+
+
+def test_secrets_are_not_printed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FECAPASS_S3_ACCESS_KEY", "access")
+    monkeypatch.setenv("FECAPASS_S3_SECRET_KEY", "very-secret-value")
+    assert "very-secret-value" not in repr(s.load(s.S3Settings))
