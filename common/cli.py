@@ -19,8 +19,13 @@ def _api() -> None:
     from ingest_api.config import ApiConfig
 
     config = ApiConfig.from_env()
-    uvicorn.run(create_app(config), host=config.api.api_host, port=config.api.api_port, log_config=None,
-                timeout_graceful_shutdown=10)
+    uvicorn.run(
+        create_app(config),
+        host=config.api.api_host,
+        port=config.api.api_port,
+        log_config=None,
+        timeout_graceful_shutdown=10,
+    )
 
 
 def _migrate() -> None:
@@ -47,6 +52,14 @@ def parser() -> argparse.ArgumentParser:
     worker = commands.add_parser("worker", help="run one stage process against external services")
     worker.add_argument("stage", choices=[stage.value for stage in Stage])
     commands.add_parser("migrate", help="apply database migrations (idempotent)")
+    calibrate = commands.add_parser("calibrate", help="measure the pack on LFW-style pairs, write CALIBRATION.md")
+    calibrate.add_argument(
+        "--pairs",
+        type=Path,
+        default=Path("../shared/faces/lfw_gray"),
+        help="folder with pairs.tsv and images/",
+    )
+    calibrate.add_argument("--output", type=Path, default=Path("CALIBRATION.md"))
     return root
 
 
@@ -58,8 +71,16 @@ def main(argv: list[str] | None = None) -> None:
         if args.command == "up":
             from common.local import UpOptions, run_up
 
-            run_up(UpOptions(args.data_dir, args.api_port, args.postgres_port, args.redis_port, args.s3_port,
-                             args.workers))
+            run_up(
+                UpOptions(
+                    args.data_dir,
+                    args.api_port,
+                    args.postgres_port,
+                    args.redis_port,
+                    args.s3_port,
+                    args.workers,
+                )
+            )
         elif args.command == "api":
             _api()
         elif args.command == "worker":
@@ -68,6 +89,10 @@ def main(argv: list[str] | None = None) -> None:
             run_worker(Stage(args.stage))
         elif args.command == "migrate":
             _migrate()
+        elif args.command == "calibrate":
+            from embedder.calibrate import main as calibrate
+
+            calibrate(s.load(s.ModelSettings), args.pairs, args.output)
     except (s.SettingsError, ModelPackError) as exc:
         print(f"fecapass: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

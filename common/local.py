@@ -125,7 +125,7 @@ def _print_banner(options: UpOptions, services: LocalServices, env: dict[str, st
     cli = valkey_cli()
     print(
         f"""
-Fecapass is up (data in {options.data_dir}; model pack {env.get('FECAPASS_MODEL_PACK', 'buffalo_l')}).
+Fecapass is up (data in {options.data_dir}; model pack {env.get("FECAPASS_MODEL_PACK", "buffalo_l")}).
   API            http://127.0.0.1:{options.api_port}   (OpenAPI docs at /docs)
   PostgreSQL     {MAIN_DB} and {VECTOR_DB} on 127.0.0.1:{services.postgres_port}
   Valkey/Redis   {services.redis_url}

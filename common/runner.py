@@ -17,10 +17,11 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import redis
 import structlog
+from redis.typing import EncodableT, FieldT
 
 from common import status
 from common.errors import JobFailed, PoisonMessage, StageError
@@ -51,7 +52,9 @@ class StageHandler(Protocol):
         ...
 
 
-def per_message(handle: Callable[[PipelineMessage], Outcome]) -> Callable[[Sequence[PipelineMessage]], list[HandlerResult]]:
+def per_message(
+    handle: Callable[[PipelineMessage], Outcome],
+) -> Callable[[Sequence[PipelineMessage]], list[HandlerResult]]:
     """Adapt a one-message handler to the batch interface, isolating failures per message."""
 
     def handle_batch(messages: Sequence[PipelineMessage]) -> list[HandlerResult]:
@@ -115,15 +118,22 @@ class StageRunner:
     def request_stop(self, *_: object) -> None:
         if self._stopping:  # a second signal: leave now; pending entries will be claimed by others
             raise SystemExit(1)
-        self.log.info("stage.draining")
+        self.log.info("stage.draining", grace_seconds=self.settings.drain_seconds)
         self._stopping = True
 
     def install_signal_handlers(self) -> None:
-        def handler(signum: int, frame: FrameType | None) -> None:
+        def on_stop(signum: int, frame: FrameType | None) -> None:
             self.request_stop()
+            # Past the grace period, leave with the batch unacked: another consumer claims it.
+            signal.setitimer(signal.ITIMER_REAL, max(self.settings.drain_seconds, 0.001))
 
-        signal.signal(signal.SIGTERM, handler)
-        signal.signal(signal.SIGINT, handler)
+        def on_grace_over(signum: int, frame: FrameType | None) -> None:
+            self.log.warning("stage.drain_timeout")
+            raise SystemExit(1)
+
+        signal.signal(signal.SIGTERM, on_stop)
+        signal.signal(signal.SIGINT, on_stop)
+        signal.signal(signal.SIGALRM, on_grace_over)
 
     def run(self, *, max_iterations: int | None = None) -> None:
         ensure_group(self.client, self.stage)
@@ -162,7 +172,9 @@ class StageRunner:
             block=self.settings.block_ms,
         )
         entries: list[Entry] = []
-        for _stream, messages in response or []:
+        # RESP2 (the client's default protocol) answers a list of [stream, entries] pairs.
+        stream_batches = cast(list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]], response or [])
+        for _stream, messages in stream_batches:
             for message_id, fields in messages:
                 entries.append(Entry(_text(message_id), fields or {}, deliveries=1))
         return entries
@@ -185,12 +197,19 @@ class StageRunner:
         counts = {
             _text(row["message_id"]): int(row["times_delivered"])
             for row in self.client.xpending_range(
-                self.stage.stream, self.stage.group, min=ids[0], max=ids[-1], count=len(ids) + 100,
+                self.stage.stream,
+                self.stage.group,
+                min=ids[0],
+                max=ids[-1],
+                count=len(ids) + 100,
                 consumername=self.consumer,
             )
         }
         self.log.warning("stage.claimed_stale", count=len(ids))
-        return [Entry(message_id, fields or {}, counts.get(message_id, 1)) for message_id, (_, fields) in zip(ids, messages, strict=True)]
+        return [
+            Entry(message_id, fields or {}, counts.get(message_id, 1))
+            for message_id, (_, fields) in zip(ids, messages, strict=True)
+        ]
 
     def _process(self, entries: list[Entry]) -> None:
         runnable: list[tuple[Entry, PipelineMessage]] = []
@@ -198,7 +217,9 @@ class StageRunner:
             if entry.deliveries > self.settings.max_deliveries:
                 last_error = self.client.hget(errors_key(self.stage), entry.message_id)
                 self._dead_letter(
-                    entry, None, ErrorCode.TOO_MANY_DELIVERIES,
+                    entry,
+                    None,
+                    ErrorCode.TOO_MANY_DELIVERIES,
                     f"delivered {entry.deliveries} times; last error: {_text(last_error or b'unknown')}",
                 )
                 continue
@@ -234,7 +255,9 @@ class StageRunner:
             else:
                 self._record_retry(entry, result)
                 bound.warning(
-                    "stage.retry_later", deliveries=entry.deliveries, error=repr(result),
+                    "stage.retry_later",
+                    deliveries=entry.deliveries,
+                    error=repr(result),
                 )
 
     # -- outcomes, each one MULTI/EXEC -----------------------------------------------------------------
@@ -261,11 +284,9 @@ class StageRunner:
             pipe.hdel(errors_key(self.stage), entry.message_id)
             pipe.execute()
 
-    def _dead_letter(
-        self, entry: Entry, message: PipelineMessage | None, code: ErrorCode, reason: str
-    ) -> None:
+    def _dead_letter(self, entry: Entry, message: PipelineMessage | None, code: ErrorCode, reason: str) -> None:
         job_id = message.job_id if message else _text(entry.fields.get(b"job_id", b""))
-        dead_fields = {_text(k): _text(v) for k, v in entry.fields.items()}
+        dead_fields: dict[FieldT, EncodableT] = {_text(k): _text(v) for k, v in entry.fields.items()}
         dead_fields.update(
             {
                 "dead_original_id": entry.message_id,
@@ -284,7 +305,11 @@ class StageRunner:
             pipe.hdel(errors_key(self.stage), entry.message_id)
             pipe.execute()
         self.log.error(
-            "stage.dead_lettered", job_id=job_id or None, message_id=entry.message_id, code=str(code), reason=reason
+            "stage.dead_lettered",
+            job_id=job_id or None,
+            message_id=entry.message_id,
+            code=str(code),
+            reason=reason,
         )
 
     def _record_retry(self, entry: Entry, error: BaseException) -> None:

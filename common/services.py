@@ -129,9 +129,7 @@ class LocalServices:
     # -- connection facts ------------------------------------------------------------------------------
 
     def dsn(self, database: str) -> str:
-        return (
-            f"postgresql://{DB_USER}:{self.credentials.db_password}@127.0.0.1:{self.postgres_port}/{database}"
-        )
+        return f"postgresql://{DB_USER}:{self.credentials.db_password}@127.0.0.1:{self.postgres_port}/{database}"
 
     @property
     def redis_url(self) -> str:
@@ -156,7 +154,11 @@ class LocalServices:
     # -- lifecycle -------------------------------------------------------------------------------------
 
     def start(self) -> None:
-        for name, port in (("postgres", self.postgres_port), ("valkey", self.valkey_port), ("s3", self.s3_port)):
+        for name, port in (
+            ("postgres", self.postgres_port),
+            ("valkey", self.valkey_port),
+            ("s3", self.s3_port),
+        ):
             if port_in_use(port):
                 raise ServiceError(f"port {port} for {name} is already in use; choose another")
         try:
@@ -226,17 +228,39 @@ class LocalServices:
             self._chown_for_postgres(pwfile)
             try:
                 subprocess.run(
-                    [str(bin_dir / "initdb"), "-D", str(pgdata), "-U", DB_USER, "--auth=scram-sha-256",
-                     f"--pwfile={pwfile}", "--encoding=UTF8", "--locale=C"],
-                    check=True, capture_output=True, **run_as,
+                    [
+                        str(bin_dir / "initdb"),
+                        "-D",
+                        str(pgdata),
+                        "-U",
+                        DB_USER,
+                        "--auth=scram-sha-256",
+                        f"--pwfile={pwfile}",
+                        "--encoding=UTF8",
+                        "--locale=C",
+                    ],
+                    check=True,
+                    capture_output=True,
+                    **run_as,
                 )
             except subprocess.CalledProcessError as exc:
                 raise ServiceError(f"initdb failed: {exc.stderr.decode(errors='replace')}") from exc
             finally:
                 pwfile.unlink(missing_ok=True)
         args = [
-            str(bin_dir / "postgres"), "-D", str(pgdata), "-p", str(self.postgres_port), "-h", "127.0.0.1",
-            "-k", str(socket_dir), "-c", "max_connections=200", "-c", "shared_buffers=128MB",
+            str(bin_dir / "postgres"),
+            "-D",
+            str(pgdata),
+            "-p",
+            str(self.postgres_port),
+            "-h",
+            "127.0.0.1",
+            "-k",
+            str(socket_dir),
+            "-c",
+            "max_connections=200",
+            "-c",
+            "shared_buffers=128MB",
         ]
         if not self.durable:
             args += ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]
@@ -244,7 +268,9 @@ class LocalServices:
         self.processes["postgres"] = subprocess.Popen(args, stdout=log_file, stderr=log_file, **run_as)
         _wait_until(
             lambda: psycopg.connect(self.dsn("postgres"), connect_timeout=2).close(),
-            "PostgreSQL", self.processes["postgres"], timeout=60,
+            "PostgreSQL",
+            self.processes["postgres"],
+            timeout=60,
         )
         with psycopg.connect(self.dsn("postgres"), autocommit=True) as conn:
             existing = {row[0] for row in conn.execute("SELECT datname FROM pg_database")}
@@ -258,15 +284,30 @@ class LocalServices:
         directory = self.data_dir / "valkey"
         directory.mkdir(exist_ok=True)
         args = [
-            str(_valkey_server()), "--port", str(self.valkey_port), "--bind", "127.0.0.1",
-            "--dir", str(directory), "--save", "", "--protected-mode", "yes",
-            "--appendonly", "yes" if self.durable else "no", "--appendfsync", "everysec",
-            "--logfile", str(self.data_dir / "valkey.log"),
+            str(_valkey_server()),
+            "--port",
+            str(self.valkey_port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(directory),
+            "--save",
+            "",
+            "--protected-mode",
+            "yes",
+            "--appendonly",
+            "yes" if self.durable else "no",
+            "--appendfsync",
+            "everysec",
+            "--logfile",
+            str(self.data_dir / "valkey.log"),
         ]
         self.processes["valkey"] = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         _wait_until(
             lambda: redis.Redis.from_url(self.redis_url, socket_timeout=2).ping(),
-            "Valkey", self.processes["valkey"], timeout=30,
+            "Valkey",
+            self.processes["valkey"],
+            timeout=30,
         )
 
     # -- S3 (rclone serve s3) ----------------------------------------------------------------------------
@@ -275,14 +316,28 @@ class LocalServices:
         directory = self.data_dir / "s3"
         directory.mkdir(exist_ok=True)
         args = [
-            str(_rclone()), "serve", "s3", str(directory), "--addr", f"127.0.0.1:{self.s3_port}",
-            "--auth-key", f"{self.credentials.s3_access_key},{self.credentials.s3_secret_key}",
-            "--config", "/dev/null", "--log-file", str(self.data_dir / "s3.log"),
+            str(_rclone()),
+            "serve",
+            "s3",
+            str(directory),
+            "--addr",
+            f"127.0.0.1:{self.s3_port}",
+            "--auth-key",
+            f"{self.credentials.s3_access_key},{self.credentials.s3_secret_key}",
+            "--config",
+            "/dev/null",
+            "--log-file",
+            str(self.data_dir / "s3.log"),
         ]
         self.processes["s3"] = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         store = ObjectStore(
-            Minio(self.s3_endpoint, self.credentials.s3_access_key, self.credentials.s3_secret_key, secure=False,
-                  region="us-east-1"),
+            Minio(
+                self.s3_endpoint,
+                self.credentials.s3_access_key,
+                self.credentials.s3_secret_key,
+                secure=False,
+                region="us-east-1",
+            ),
             self.bucket,
         )
         _wait_until(store.ensure_bucket, "S3 server", self.processes["s3"], timeout=30)

@@ -73,12 +73,23 @@ class StreamSettings(_Base):
 class ApiSettings(_Base):
     api_host: str = "127.0.0.1"
     api_port: int = 8000
-    public_url: str = ""
 
 
 class LogSettings(_Base):
     log_level: str = "INFO"
     log_json: bool = True
+
+
+ALL_SETTINGS: tuple[type[BaseSettings], ...] = (
+    DatabaseSettings,
+    RedisSettings,
+    S3Settings,
+    ModelSettings,
+    PipelineSettings,
+    StreamSettings,
+    ApiSettings,
+    LogSettings,
+)
 
 
 class SettingsError(RuntimeError):

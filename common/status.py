@@ -54,6 +54,5 @@ def queue_failed(pipe: Any, job_id: str, code: ErrorCode | str, message: str) ->
 
 def decode_hash(raw: dict[Any, Any]) -> dict[str, str]:
     return {
-        (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
-        for k, v in raw.items()
+        (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v) for k, v in raw.items()
     }

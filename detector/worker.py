@@ -24,8 +24,11 @@ def detect_handler() -> Iterator[DetectHandler]:
     store = ObjectStore(clients.minio_client(s.load(s.S3Settings)), s.load(s.S3Settings).s3_bucket)
     pack = find_pack(model)
     detector = FaceDetector(
-        load_session(pack.detector, model), pack.detector,
-        det_size=model.det_size, threshold=model.det_threshold, min_face_size=model.min_face_size,
+        load_session(pack.detector, model),
+        pack.detector,
+        det_size=model.det_size,
+        threshold=model.det_threshold,
+        min_face_size=model.min_face_size,
     )
     log.info("detect.model_loaded", pack=pack.name, detector=pack.detector.name)
     yield DetectHandler(store, detector, pipeline.max_image_pixels)
@@ -35,4 +38,6 @@ def detect_handler() -> Iterator[DetectHandler]:
 def align_handler() -> Iterator[AlignHandler]:
     pipeline = s.load(s.PipelineSettings)
     s3 = s.load(s.S3Settings)
-    yield AlignHandler(ObjectStore(clients.minio_client(s3), s3.s3_bucket), pipeline.crop_size, pipeline.max_image_pixels)
+    yield AlignHandler(
+        ObjectStore(clients.minio_client(s3), s3.s3_bucket), pipeline.crop_size, pipeline.max_image_pixels
+    )

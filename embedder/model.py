@@ -20,7 +20,8 @@ class FaceRecognizer:
 
     def _probe_dim(self) -> int:
         blank = np.zeros((self.crop_size, self.crop_size, 3), dtype=np.uint8)
-        return int(self._model.get_feat([blank]).shape[1])
+        features: np.ndarray = self._model.get_feat([blank])
+        return int(features.shape[1])
 
     def embed(self, crops: Sequence[np.ndarray]) -> np.ndarray:
         """One forward pass over all crops (each crop_size x crop_size BGR) -> [N, dim] unit vectors."""
@@ -29,6 +30,7 @@ class FaceRecognizer:
         for crop in crops:
             if crop.shape != (self.crop_size, self.crop_size, 3):
                 raise ValueError(f"crop of shape {crop.shape}; the recognizer takes {self.crop_size}^2 x 3")
-        raw = np.asarray(self._model.get_feat(list(crops)), dtype=np.float32)
+        raw: np.ndarray = np.asarray(self._model.get_feat(list(crops)), dtype=np.float32)
         norms = np.linalg.norm(raw, axis=1, keepdims=True)
-        return (raw / np.maximum(norms, 1e-12)).astype(np.float32)
+        unit: np.ndarray = (raw / np.maximum(norms, 1e-12)).astype(np.float32)
+        return unit

@@ -81,8 +81,15 @@ class MainRepository:
                 "  ON CONFLICT (job_id) DO NOTHING RETURNING id"
                 ") SELECT id FROM inserted UNION ALL SELECT id FROM faces WHERE job_id = %s",
                 (
-                    face.job_id, face.image_key, face.crop_key, list(face.box), face.det_score,
-                    face.faces_seen, face.model_pack, face.user_id, face.job_id,
+                    face.job_id,
+                    face.image_key,
+                    face.crop_key,
+                    list(face.box),
+                    face.det_score,
+                    face.faces_seen,
+                    face.model_pack,
+                    face.user_id,
+                    face.job_id,
                 ),
             ).fetchone()
         if row is None:

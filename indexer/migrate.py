@@ -22,20 +22,19 @@ def migration_files(database: str) -> list[tuple[str, str]]:
 def apply_migrations(dsn: str, database: str) -> list[str]:
     """Returns the versions applied now (empty when already up to date)."""
     applied: list[str] = []
-    with psycopg.connect(dsn, autocommit=False) as conn:
-        with conn.transaction():
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_ID,))
-            conn.execute(
-                "CREATE TABLE IF NOT EXISTS schema_migrations ("
-                " version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
-            )
-            done = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
-            for version, sql_text in migration_files(database):
-                if version in done:
-                    continue
-                conn.execute(sql_text.encode())
-                conn.execute("INSERT INTO schema_migrations (version) VALUES (%s)", (version,))
-                applied.append(version)
+    with psycopg.connect(dsn, autocommit=False) as conn, conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_ID,))
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations ("
+            " version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        done = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
+        for version, sql_text in migration_files(database):
+            if version in done:
+                continue
+            conn.execute(sql_text.encode())
+            conn.execute("INSERT INTO schema_migrations (version) VALUES (%s)", (version,))
+            applied.append(version)
     for version in applied:
         log.info("db.migrated", version=version)
     return applied

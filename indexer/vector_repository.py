@@ -88,9 +88,7 @@ class VectorRepository:
             " ORDER BY embedding::vector({dim}) <=> %(q)s::vector({dim}) LIMIT %(limit)s"
         ).format(dim=sql.Literal(dim), pack=sql.Literal(pack))
         with self.pool.connection() as conn, conn.transaction():
-            conn.execute(
-                sql.SQL("SET LOCAL hnsw.ef_search = {}").format(sql.Literal(max(MIN_EF_SEARCH, limit)))
-            )
+            conn.execute(sql.SQL("SET LOCAL hnsw.ef_search = {}").format(sql.Literal(max(MIN_EF_SEARCH, limit))))
             rows = conn.execute(statement, {"q": query.astype(np.float32), "limit": limit}).fetchall()
         return [Neighbour(int(face_id), float(similarity)) for face_id, similarity in rows]
 

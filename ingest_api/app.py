@@ -42,8 +42,12 @@ def create_app(config: ApiConfig) -> FastAPI:
                 sync_redis.close()
             await waiter.start()
             app.state.fecapass = AppState(
-                config=config, redis=redis_client, store=store, main=MainRepository(main_pool),
-                vectors=VectorRepository(vector_pool), waiter=waiter,
+                config=config,
+                redis=redis_client,
+                store=store,
+                main=MainRepository(main_pool),
+                vectors=VectorRepository(vector_pool),
+                waiter=waiter,
             )
             yield
         finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import uuid
 from typing import Any
@@ -23,7 +24,12 @@ from schemas.jobs import JobState, job_key
 from schemas.streams import JobKind, PipelineMessage, Stage
 
 # Failures that are the caller's photo or request, reported as 422 to a caller who waited.
-CLIENT_ERROR_STATUS = {"no_face": 422, "undecodable_image": 422, "image_too_large": 422, "user_not_found": 404}
+CLIENT_ERROR_STATUS = {
+    "no_face": 422,
+    "undecodable_image": 422,
+    "image_too_large": 422,
+    "user_not_found": 404,
+}
 
 
 def job_url(request: Request, job_id: str) -> str:
@@ -78,8 +84,7 @@ async def read_job(state: AppState, request: Request, job_id: str) -> Job | None
         finished_at=float(raw["finished_at"]) if "finished_at" in raw else None,
         stages=stages,
         faces_seen=int(raw["faces_seen"]) if "faces_seen" in raw else None,
-        error=JobError(code=raw["error_code"], message=raw.get("error_message", ""))
-        if raw.get("error_code") else None,
+        error=JobError(code=raw["error_code"], message=raw.get("error_message", "")) if raw.get("error_code") else None,
         result=json.loads(raw["result"]) if "result" in raw else None,
     )
 
@@ -90,10 +95,8 @@ async def wait_for_job(state: AppState, request: Request, job_id: str, seconds: 
         job = await read_job(state, request, job_id)
         if job is None or job.state.terminal or seconds <= 0:
             return job
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(finished), timeout=seconds)
-        except TimeoutError:
-            pass
     return await read_job(state, request, job_id)
 
 

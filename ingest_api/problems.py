@@ -17,7 +17,13 @@ PROBLEM_JSON = "application/problem+json"
 
 class ApiError(Exception):
     def __init__(
-        self, status: int, code: str, detail: str, *, headers: dict[str, str] | None = None, job_id: str | None = None
+        self,
+        status: int,
+        code: str,
+        detail: str,
+        *,
+        headers: dict[str, str] | None = None,
+        job_id: str | None = None,
     ) -> None:
         super().__init__(detail)
         self.status = status
@@ -28,15 +34,24 @@ class ApiError(Exception):
 
 
 def unavailable(what: str, retry_after: int = 5) -> ApiError:
-    return ApiError(503, "dependency_unavailable", f"{what} is unavailable; retry later",
-                    headers={"Retry-After": str(retry_after)})
+    return ApiError(
+        503,
+        "dependency_unavailable",
+        f"{what} is unavailable; retry later",
+        headers={"Retry-After": str(retry_after)},
+    )
 
 
 def problem_response(
     status: int, code: str, detail: str, headers: dict[str, str] | None = None, job_id: str | None = None
 ) -> JSONResponse:
-    body = {"type": "about:blank", "title": HTTPStatus(status).phrase, "status": status, "detail": detail,
-            "code": code}
+    body = {
+        "type": "about:blank",
+        "title": HTTPStatus(status).phrase,
+        "status": status,
+        "detail": detail,
+        "code": code,
+    }
     if job_id:
         body["job_id"] = job_id
     return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_JSON)

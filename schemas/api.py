@@ -33,7 +33,9 @@ class JobError(BaseModel):
 class Match(BaseModel):
     user_id: int
     face_id: int
-    similarity: float = Field(description="cosine similarity of the two face embeddings, -1..1; same person above the threshold")
+    similarity: float = Field(
+        description="cosine similarity of the two face embeddings, -1..1; same person above the threshold"
+    )
 
 
 class SearchFace(BaseModel):

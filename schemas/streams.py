@@ -14,6 +14,7 @@ from typing import Any, Self
 
 import numpy as np
 from pydantic import BaseModel, Field, ValidationError
+from redis.typing import EncodableT, FieldT
 
 SCHEMA_VERSION = "1"
 STREAM_PREFIX = "fecapass"
@@ -88,15 +89,14 @@ class PipelineMessage(BaseModel):
     dim: int | None = None
     pack: str | None = Field(default=None, description="model pack that produced the embeddings")
 
-    def to_fields(self) -> dict[str, str]:
-        fields: dict[str, str] = {}
+    def to_fields(self) -> dict[FieldT, EncodableT]:
+        """Flat readable strings, as XADD takes them."""
+        fields: dict[FieldT, EncodableT] = {}
         for name, value in self:
             if value is None:
                 continue
             if name == "faces":
-                fields[name] = json.dumps(
-                    [face.model_dump(exclude_none=True) for face in value], separators=(",", ":")
-                )
+                fields[name] = json.dumps([face.model_dump(exclude_none=True) for face in value], separators=(",", ":"))
             elif name == "embeddings":
                 fields[name] = base64.b64encode(value).decode("ascii")
             else:

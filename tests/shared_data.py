@@ -42,9 +42,7 @@ def labels() -> list[LabelledFace]:
     rows = []
     with (require_basic() / "labels.csv").open() as handle:
         for row in csv.DictReader(handle):
-            box = (
-                (float(row["x1"]), float(row["y1"]), float(row["x2"]), float(row["y2"])) if row["x1"] else None
-            )
+            box = (float(row["x1"]), float(row["y1"]), float(row["x2"]), float(row["y2"])) if row["x1"] else None
             rows.append(LabelledFace(row["file"], int(row["face_index"]), row["identity"], row["role"], box))
     return rows
 

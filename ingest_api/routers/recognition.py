@@ -20,18 +20,18 @@ router = APIRouter(prefix="/v1", tags=["recognition"])
 
 WaitSeconds = Annotated[
     float,
-    Query(ge=0, le=300, description="seconds to wait for the result (capped by FECAPASS_MAX_WAIT_SECONDS); 0 = answer at once"),
+    Query(
+        ge=0,
+        le=300,
+        description="seconds to wait for the result (capped by FECAPASS_MAX_WAIT_SECONDS); 0 = answer at once",
+    ),
 ]
 Photo = Annotated[UploadFile, File(description="JPEG, PNG, WebP, BMP, TIFF or GIF photo")]
 
-ERRORS: dict[int | str, dict[str, object]] = {
-    code: {"model": Problem} for code in (404, 413, 415, 422, 503)
-}
+ERRORS: dict[int | str, dict[str, object]] = {code: {"model": Problem} for code in (404, 413, 415, 422, 503)}
 
 
-@router.post(
-    "/users/{user_id}/faces", status_code=202, response_model=Job, responses={200: {"model": Job}, **ERRORS}
-)
+@router.post("/users/{user_id}/faces", status_code=202, response_model=Job, responses={200: {"model": Job}, **ERRORS})
 async def enroll_face(user_id: int, file: Photo, request: Request, state: State, wait: WaitSeconds = 0) -> JSONResponse:
     """Enroll the largest face of the photo for the user."""
     try:
@@ -52,7 +52,8 @@ async def search_faces(
     request: Request,
     state: State,
     threshold: Annotated[
-        float | None, Query(ge=-1, le=1, description="minimum cosine similarity; default FECAPASS_SIMILARITY_THRESHOLD")
+        float | None,
+        Query(ge=-1, le=1, description="minimum cosine similarity; default FECAPASS_SIMILARITY_THRESHOLD"),
     ] = None,
     limit: Annotated[int, Query(ge=1, le=100, description="most people returned per face")] = 10,
     wait: WaitSeconds = 0,

@@ -177,7 +177,9 @@ def test_two_processes_per_stage_share_work_without_loss_or_duplicates(
         finished = [client.get(f"/v1/jobs/{job_id}", params={"wait": 90}).json() for job_id in job_ids]
     assert [job["state"] for job in finished] == ["done"] * len(photos)
     with psycopg.connect(services.dsn(MAIN_DB)) as conn:
-        rows = conn.execute("SELECT job_id, count(*) FROM faces WHERE user_id = %s GROUP BY job_id", (user_id,)).fetchall()
+        rows = conn.execute(
+            "SELECT job_id, count(*) FROM faces WHERE user_id = %s GROUP BY job_id", (user_id,)
+        ).fetchall()
     assert sorted(job for job, _ in rows) == sorted(job_ids)  # every job exactly one face: none lost
     assert all(count == 1 for _, count in rows)  # none duplicated
     for stage in Stage:

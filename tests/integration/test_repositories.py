@@ -9,9 +9,9 @@ import numpy as np
 import psycopg
 import pytest
 
+from common import clients
 from common.services import MAIN_DB, VECTOR_DB, LocalServices
 from common.settings import DatabaseSettings
-from common import clients
 from indexer.main_repository import DuplicateEmail, MainRepository, NewFace, UnknownUser
 from indexer.migrate import apply_migrations, migrate_all
 from indexer.vector_repository import PackMismatch, VectorRepository
@@ -38,8 +38,7 @@ def test_migrations_are_idempotent(services: LocalServices) -> None:
     assert apply_migrations(services.dsn(MAIN_DB), "main") == []
     with psycopg.connect(services.dsn(VECTOR_DB)) as conn:
         storage = conn.execute(
-            "SELECT attstorage FROM pg_attribute WHERE attrelid = 'face_embeddings'::regclass"
-            " AND attname = 'embedding'"
+            "SELECT attstorage FROM pg_attribute WHERE attrelid = 'face_embeddings'::regclass AND attname = 'embedding'"
         ).fetchone()
     assert storage == ("p",)  # PLAIN: vectors stay out of TOAST
 
@@ -53,7 +52,9 @@ def test_one_server_one_database_works_too(services: LocalServices) -> None:
     assert migrate_all(dsn, dsn) == []
 
 
-def test_user_email_is_unique_case_insensitively(repositories: tuple[MainRepository, VectorRepository]) -> None:
+def test_user_email_is_unique_case_insensitively(
+    repositories: tuple[MainRepository, VectorRepository],
+) -> None:
     main, _ = repositories
     email = f"{uuid.uuid4().hex}@example.com"
     user = main.create_user(email, "Ann")
@@ -109,7 +110,9 @@ def test_nearest_is_cosine_and_uses_the_pack_index(
     assert "face_embeddings_hnsw_knn16" in plan
 
 
-def test_packs_are_kept_apart_and_dimension_is_fixed(repositories: tuple[MainRepository, VectorRepository]) -> None:
+def test_packs_are_kept_apart_and_dimension_is_fixed(
+    repositories: tuple[MainRepository, VectorRepository],
+) -> None:
     main, vectors = repositories
     user = main.create_user(f"{uuid.uuid4().hex}@example.com", "")
     face_id = main.add_face(new_face(user.id))

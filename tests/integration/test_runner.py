@@ -80,7 +80,6 @@ def test_failure_leaves_entry_pending_and_forwards_nothing(redis_client: redis.R
     assert b"S3 down" in redis_client.hget(errors_key(Stage.ALIGN), redis_client.xrange(Stage.ALIGN.stream)[0][0])
     # After the visibility timeout the entry is claimed again and succeeds.
 
-
     time.sleep(0.15)
     stage.run_once()
     assert handler.calls == ["flaky", "flaky"]
@@ -96,7 +95,6 @@ def test_entry_of_a_dead_consumer_is_claimed_by_a_live_one(redis_client: redis.R
     redis_client.xreadgroup(Stage.ALIGN.group, "dead-consumer", {Stage.ALIGN.stream: ">"}, count=1)
     assert pending_count(redis_client) == 1
 
-
     time.sleep(0.15)
     handler = ScriptedHandler()
     runner(redis_client, handler, consumer="live").run_once()
@@ -106,7 +104,6 @@ def test_entry_of_a_dead_consumer_is_claimed_by_a_live_one(redis_client: redis.R
 
 
 def test_dead_letter_after_max_deliveries(redis_client: redis.Redis) -> None:
-
 
     ensure_group(redis_client, Stage.ALIGN)
     enqueue(redis_client, "always-fails")

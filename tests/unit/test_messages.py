@@ -38,7 +38,12 @@ def test_round_trip_through_flat_string_fields(
     kind: JobKind, user_id: int | None, face_list: list[FaceBox] | None, threshold: float | None
 ) -> None:
     message = PipelineMessage(
-        job_id="abc", kind=kind, image_key="originals/abc", user_id=user_id, faces=face_list, threshold=threshold
+        job_id="abc",
+        kind=kind,
+        image_key="originals/abc",
+        user_id=user_id,
+        faces=face_list,
+        threshold=threshold,
     )
     fields = message.to_fields()
     assert all(isinstance(k, str) and isinstance(v, str) for k, v in fields.items())
@@ -51,8 +56,13 @@ def test_embeddings_round_trip_exactly() -> None:
     matrix = np.random.default_rng(0).standard_normal((3, 512)).astype(np.float32)
     face = FaceBox(box=(0, 0, 1, 1), keypoints=[(0, 0)] * 5, score=0.9)
     message = PipelineMessage(
-        job_id="j", kind=JobKind.SEARCH, image_key="k", faces=[face] * 3,
-        embeddings=encode_embeddings(matrix), dim=512, pack="p",
+        job_id="j",
+        kind=JobKind.SEARCH,
+        image_key="k",
+        faces=[face] * 3,
+        embeddings=encode_embeddings(matrix),
+        dim=512,
+        pack="p",
     )
     back = PipelineMessage.from_fields(message.to_fields())
     np.testing.assert_array_equal(back.embedding_matrix(), matrix)
@@ -78,8 +88,12 @@ def test_malformed_entries_are_rejected_with_a_reason(fields: dict[object, objec
 def test_embedding_size_must_match_faces() -> None:
     face = FaceBox(box=(0, 0, 1, 1), keypoints=[(0, 0)] * 5, score=0.9)
     message = PipelineMessage(
-        job_id="j", kind=JobKind.SEARCH, image_key="k", faces=[face, face],
-        embeddings=encode_embeddings(np.zeros((1, 4))), dim=4,
+        job_id="j",
+        kind=JobKind.SEARCH,
+        image_key="k",
+        faces=[face, face],
+        embeddings=encode_embeddings(np.zeros((1, 4))),
+        dim=4,
     )
     with pytest.raises(MalformedMessage):
         message.embedding_matrix()
@@ -87,7 +101,10 @@ def test_embedding_size_must_match_faces() -> None:
 
 def test_stage_names_and_order() -> None:
     assert [stage.stream for stage in Stage] == [
-        "fecapass:detect", "fecapass:align", "fecapass:embed", "fecapass:index",
+        "fecapass:detect",
+        "fecapass:align",
+        "fecapass:embed",
+        "fecapass:index",
     ]
     assert Stage.DETECT.next is Stage.ALIGN and Stage.INDEX.next is None
     assert Stage.EMBED.dead_letter_stream == "fecapass:embed:dead"

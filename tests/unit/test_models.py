@@ -93,7 +93,9 @@ def test_alignment_puts_keypoints_on_the_arcface_template() -> None:
     assert crop.shape == (112, 112, 3)
 
 
-def test_embeddings_are_unit_length_and_batch_independent(models: tuple[FaceDetector, FaceRecognizer]) -> None:
+def test_embeddings_are_unit_length_and_batch_independent(
+    models: tuple[FaceDetector, FaceRecognizer],
+) -> None:
     detector, recognizer = models
     image = photo("multi_group_t1.jpg")
     crops = [align_face(image, face.keypoints) for face in detector.detect(image)]

@@ -1,0 +1,156 @@
+"""``fecapass calibrate``: measure a pack's same/different-person cosine similarities on LFW-style pairs and
+choose the search threshold. Writes CALIBRATION.md. Needs a folder with ``pairs.tsv`` and ``images/``."""
+
+from __future__ import annotations
+
+import csv
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from common.imaging import decode
+from common.modelpack import find_pack, load_session
+from common.settings import ModelSettings
+from detector.align import align_face
+from detector.model import FaceDetector
+from embedder.model import FaceRecognizer
+
+# Tight LFW crops must be padded or SCRFD finds no face in them.
+PAD_FRACTION = 0.5
+# LFW pairs are few (hundreds); photos from the field are more varied. Keep a margin above the highest
+# different-person similarity seen.
+SEARCH_MARGIN = 0.05
+
+
+@dataclass(frozen=True)
+class Calibration:
+    pack: str
+    pairs: int
+    same: np.ndarray
+    different: np.ndarray
+    missing_faces: list[str]
+    seconds: float
+
+    def accuracy_at(self, threshold: float) -> float:
+        correct = np.sum(self.same >= threshold) + np.sum(self.different < threshold)
+        return float(correct / (len(self.same) + len(self.different)))
+
+    def best_accuracy(self) -> tuple[float, float]:
+        candidates = np.unique(np.concatenate([self.same, self.different]))
+        scores = [(self.accuracy_at(t), -t) for t in candidates]
+        accuracy, negative = max(scores)
+        return -negative, accuracy
+
+    def auc(self) -> float:
+        # Probability that a random same pair outscores a random different pair (Mann-Whitney U).
+        greater = (self.same[:, None] > self.different[None, :]).sum()
+        ties = (self.same[:, None] == self.different[None, :]).sum()
+        return float((greater + 0.5 * ties) / (len(self.same) * len(self.different)))
+
+    def strict_threshold(self) -> float:
+        """Lowest threshold with no false accept on these pairs, rounded up to 0.01, for 1:N search."""
+        return float(np.ceil((self.different.max() + 1e-9) * 100) / 100)
+
+    def search_threshold(self) -> float:
+        """The strict threshold plus a safety margin, rounded up to 0.05: the default for search."""
+        return float(np.ceil((self.strict_threshold() + SEARCH_MARGIN) * 20 - 1e-9) / 20)
+
+    def rates(self, threshold: float) -> tuple[float, float]:
+        return float(np.mean(self.same >= threshold)), float(np.mean(self.different >= threshold))
+
+
+def _closest_to_centre(detector: FaceDetector, image: np.ndarray) -> np.ndarray | None:
+    faces = detector.detect(image)
+    if not faces:
+        return None
+    centre = np.array([image.shape[1] / 2, image.shape[0] / 2])
+    face = min(faces, key=lambda f: float(np.linalg.norm((f.box[:2] + f.box[2:]) / 2 - centre)))
+    return face.keypoints
+
+
+def calibrate(settings: ModelSettings, folder: Path) -> Calibration:
+    files = find_pack(settings)
+    detector = FaceDetector(
+        load_session(files.detector, settings),
+        files.detector,
+        det_size=settings.det_size,
+        threshold=settings.det_threshold,
+        min_face_size=settings.min_face_size,
+    )
+    recognizer = FaceRecognizer(load_session(files.recognizer, settings), files.recognizer)
+    with (folder / "pairs.tsv").open() as handle:
+        pairs = [(row["image1"], row["image2"], row["same"] == "1") for row in csv.DictReader(handle, delimiter="\t")]
+    started = time.perf_counter()
+    embeddings: dict[str, np.ndarray | None] = {}
+    for name in sorted({name for a, b, _ in pairs for name in (a, b)}):
+        image = decode((folder / "images" / name).read_bytes(), 50_000_000)
+        pad = int(image.shape[1] * PAD_FRACTION)
+        padded = cv2.copyMakeBorder(image, pad, pad, pad, pad, cv2.BORDER_CONSTANT)
+        keypoints = _closest_to_centre(detector, padded)
+        embeddings[name] = None if keypoints is None else recognizer.embed([align_face(padded, keypoints)])[0]
+    same: list[float] = []
+    different: list[float] = []
+    for a, b, is_same in pairs:
+        ea, eb = embeddings[a], embeddings[b]
+        # A pair with an undetected face counts as "not the same": what the product would answer.
+        score = -1.0 if ea is None or eb is None else float(ea @ eb)
+        (same if is_same else different).append(score)
+    return Calibration(
+        pack=settings.model_pack,
+        pairs=len(pairs),
+        same=np.array(same),
+        different=np.array(different),
+        missing_faces=sorted(name for name, value in embeddings.items() if value is None),
+        seconds=time.perf_counter() - started,
+    )
+
+
+def report(result: Calibration, folder: Path) -> str:
+    best_t, best_acc = result.best_accuracy()
+    strict = result.strict_threshold()
+    chosen = result.search_threshold()
+    lines = [
+        f"# Similarity threshold calibration: `{result.pack}`",
+        "",
+        "Similarity is the cosine of the angle between two L2-normalised face embeddings (-1..1); a search",
+        "match is a stored face whose similarity to the query face is at least the threshold.",
+        "",
+        f"Data: `{folder}` ({result.pairs} pairs: {len(result.same)} same person, {len(result.different)} different),",
+        f"images padded by {int(PAD_FRACTION * 100)} % of their width before detection, face nearest the centre.",
+        f"Written by `fecapass calibrate` on {platform.node() or 'this machine'} ({platform.machine()}),",
+        f"{result.seconds:.0f} s. Faces not found: {', '.join(result.missing_faces) or 'none'}.",
+        "",
+        "| measure | value |",
+        "|---|---|",
+        f"| AUC | {result.auc():.4f} |",
+        f"| best accuracy | {best_acc * 100:.2f} % at similarity >= {best_t:.3f} |",
+        f"| same-person similarity: min / median | {result.same.min():.3f} / {np.median(result.same):.3f} |",
+        f"| different-person similarity: median / max | {np.median(result.different):.3f}"
+        f" / {result.different.max():.3f} |",
+    ]
+    for threshold in sorted({round(best_t, 3), 0.25, 0.30, 0.35, 0.40, strict, chosen}):
+        tar, far = result.rates(threshold)
+        lines.append(
+            f"| at {threshold:.3f}: same pairs accepted / different pairs accepted"
+            f" | {tar * 100:.1f} % / {far * 100:.2f} % |"
+        )
+    lines += [
+        "",
+        f"Chosen default `FECAPASS_SIMILARITY_THRESHOLD` for search: **{chosen:.2f}**: the lowest value (to 0.01)",
+        f"at which no different-person pair is accepted is {strict:.2f}; {SEARCH_MARGIN:.2f} is added and the sum",
+        "rounded up to 0.05. Search compares a face with every enrolled face, so a false accept is likelier",
+        "than in one pair; the best-accuracy threshold above suits a 1:1 comparison.",
+        "These are grayscale LFW crops; calibrate again on photos like your own before production.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(settings: ModelSettings, folder: Path, output: Path) -> None:
+    result = calibrate(settings, folder)
+    output.write_text(report(result, folder))
+    print(f"wrote {output}: search threshold {result.search_threshold():.2f}, AUC {result.auc():.4f}")
