@@ -8,7 +8,9 @@ from pathlib import Path
 
 from common import settings as s
 from common.logs import configure_logging
+from common.local import LocalModeError
 from common.modelpack import ModelPackError
+from common.services import ServiceError
 from schemas.streams import Stage
 
 
@@ -93,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
             from embedder.calibrate import main as calibrate
 
             calibrate(s.load(s.ModelSettings), args.pairs, args.output)
-    except (s.SettingsError, ModelPackError) as exc:
+    except (s.SettingsError, ModelPackError, LocalModeError, ServiceError) as exc:
         print(f"fecapass: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
 

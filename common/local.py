@@ -42,6 +42,14 @@ def model_environment() -> dict[str, str]:
     return {}
 
 
+# `fecapass` exits with 2 on a settings or model-pack error.
+CONFIGURATION_ERROR = 2
+
+
+class LocalModeError(RuntimeError):
+    pass
+
+
 class Supervisor:
     """Starts child processes and restarts one that dies, until asked to stop."""
 
@@ -57,10 +65,13 @@ class Supervisor:
     def watch(self) -> None:
         while not self.stopping:
             for name, (command, process) in list(self.children.items()):
-                if process.poll() is not None and not self.stopping:
-                    log.warning("local.process_exited", process=name, code=process.returncode)
-                    time.sleep(1)
-                    self.children[name] = (command, subprocess.Popen(command, env=self.env))
+                if process.poll() is None or self.stopping:
+                    continue
+                if process.returncode == CONFIGURATION_ERROR:  # restarting cannot help
+                    raise LocalModeError(f"{name} cannot start (see its message above)")
+                log.warning("local.process_restarting", process=name, code=process.returncode)
+                time.sleep(1)
+                self.children[name] = (command, subprocess.Popen(command, env=self.env))
             time.sleep(0.5)
 
     def stop(self, timeout: float = 40) -> None:

@@ -1,0 +1,100 @@
+"""`fecapass up` as a user runs it: the README's curl and redis-cli steps, a clean stop, data kept on restart."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+
+from common.services import free_port
+from schemas.streams import Stage
+from tests.shared_data import BASIC, MODEL_ROOT, PACK, require_basic, require_pack
+
+pytestmark = pytest.mark.e2e
+
+
+def start_up(data_dir: Path, ports: dict[str, int], log: Path) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "FECAPASS_MODEL_PACK": PACK, "FECAPASS_MODEL_ROOT": str(MODEL_ROOT)}
+    args = [sys.executable, "-m", "common.cli", "up", "--data-dir", str(data_dir)]
+    for name, port in ports.items():
+        args += [f"--{name}-port", str(port)]
+    return subprocess.Popen(args, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT)
+
+
+def wait_ready(base_url: str, process: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        assert process.poll() is None, log.read_text()[-3000:]
+        try:
+            if httpx.get(f"{base_url}/health/ready", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise AssertionError("fecapass up did not become ready:\n" + log.read_text()[-3000:])
+
+
+def stop(process: subprocess.Popen[bytes]) -> int:
+    process.send_signal(signal.SIGTERM)
+    return process.wait(60)
+
+
+def test_up_enroll_search_inspect_stop_and_restart(tmp_path: Path) -> None:
+    require_pack()
+    require_basic()
+    ports = {"api": free_port(), "postgres": free_port(), "redis": free_port(), "s3": free_port()}
+    base_url = f"http://127.0.0.1:{ports['api']}"
+    data_dir, log = tmp_path / "data", tmp_path / "up.log"
+    process = start_up(data_dir, ports, log)
+    try:
+        wait_ready(base_url, process, log)
+        banner = log.read_text()
+        assert base_url in banner and f"XINFO GROUPS {Stage.DETECT.stream}" in banner
+        with httpx.Client(base_url=base_url, timeout=60) as client:
+            user = client.post("/v1/users", json={"email": "barack@example.com", "full_name": "Barack Obama"}).json()
+            with (BASIC / "obama_1.jpg").open("rb") as photo:
+                enrolled = client.post(f"/v1/users/{user['id']}/faces", files={"file": photo}, params={"wait": 30})
+            assert enrolled.status_code == 200 and enrolled.json()["state"] == "done"
+            with (BASIC / "obama_2.jpg").open("rb") as photo:
+                found = client.post("/v1/search", files={"file": photo}, params={"wait": 30}).json()
+            assert found["result"]["faces"][0]["matches"][0]["user_id"] == user["id"]
+        streams = redis.Redis(port=ports["redis"], decode_responses=True)
+        for stage in Stage:
+            groups = streams.xinfo_groups(stage.stream)
+            assert [g["name"] for g in groups] == [stage.group]
+            assert groups[0]["pending"] == 0 and groups[0]["consumers"] >= 1
+        entry = streams.xrange(Stage.ALIGN.stream, count=1)[0][1]
+        assert entry["kind"] == "enroll" and entry["faces"].startswith("[{")  # readable fields
+    finally:
+        code = stop(process)
+    assert code == 0, log.read_text()[-3000:]
+    assert "Stopped." in log.read_text()
+
+    # Data survives a restart: the same person is still found.
+    process = start_up(data_dir, ports, log)
+    try:
+        wait_ready(base_url, process, log)
+        with httpx.Client(base_url=base_url, timeout=60) as client, (BASIC / "obama_3.jpg").open("rb") as photo:
+            found = client.post("/v1/search", files={"file": photo}, params={"wait": 30}).json()
+        assert found["result"]["faces"][0]["matches"][0]["user_id"] == user["id"]
+    finally:
+        assert stop(process) == 0
+
+
+def test_up_stops_with_a_clear_message_when_the_pack_is_missing(tmp_path: Path) -> None:
+    ports = {"api": free_port(), "postgres": free_port(), "redis": free_port(), "s3": free_port()}
+    env = {**os.environ, "FECAPASS_MODEL_PACK": "no_such_pack", "FECAPASS_MODEL_ROOT": str(tmp_path)}
+    args = [sys.executable, "-m", "common.cli", "up", "--data-dir", str(tmp_path / "data")]
+    for name, port in ports.items():
+        args += [f"--{name}-port", str(port)]
+    result = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert "model pack 'no_such_pack' not found" in result.stdout + result.stderr
+    assert "Stopped." in result.stdout
