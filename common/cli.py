@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 
 from common import settings as s
-from common.logs import configure_logging
 from common.local import LocalModeError
+from common.logs import configure_logging
 from common.modelpack import ModelPackError
 from common.services import ServiceError
 from schemas.streams import Stage
