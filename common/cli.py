@@ -38,6 +38,51 @@ def _migrate() -> None:
     print("applied: " + (", ".join(applied) if applied else "nothing, already up to date"))
 
 
+def _streams() -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from common import clients
+    from common.metrics import stream_stats
+
+    client = clients.redis_client(s.load(s.RedisSettings))
+    table = Table(title="Fecapass streams")
+    for column in ("stream", "group", "length", "consumers", "pending", "lag", "oldest pending", "dead letters"):
+        table.add_column(column, justify="left" if column in ("stream", "group") else "right")
+    for row in stream_stats(client):
+        oldest = "-" if row.oldest_pending_seconds is None else f"{row.oldest_pending_seconds:.1f} s"
+        table.add_row(
+            row.stream,
+            row.group,
+            str(row.length),
+            str(row.consumers),
+            str(row.pending),
+            "-" if row.lag is None else str(row.lag),
+            oldest,
+            str(row.dead_letters),
+        )
+    Console().print(table)
+
+
+def _healthcheck() -> None:
+    import httpx
+
+    url = s.load(s.ObservabilitySettings).healthcheck_url
+    try:
+        response = httpx.get(url, timeout=4)
+    except httpx.HTTPError as exc:
+        raise SystemExit(f"unhealthy: {url}: {exc}") from None
+    if response.status_code != 200:
+        raise SystemExit(f"unhealthy: {url} answered {response.status_code}")
+
+
+def _models(action: str) -> None:
+    from common.modelpack import pull_pack
+
+    if action == "pull":
+        print(f"model pack ready at {pull_pack(s.load(s.ModelSettings))}")
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="fecapass", description="Self-hosted face recognition.")
     commands = root.add_subparsers(dest="command", required=True)
@@ -49,11 +94,16 @@ def parser() -> argparse.ArgumentParser:
     up.add_argument("--redis-port", type=int, default=6380)
     up.add_argument("--s3-port", type=int, default=9000)
     up.add_argument("--workers", type=int, default=1, help="processes per stage")
+    up.add_argument("--metrics-port", type=int, default=9101, help="first stage process's metrics port; 0: off")
 
     commands.add_parser("api", help="run the HTTP API against external services")
     worker = commands.add_parser("worker", help="run one stage process against external services")
     worker.add_argument("stage", choices=[stage.value for stage in Stage])
     commands.add_parser("migrate", help="apply database migrations (idempotent)")
+    commands.add_parser("streams", help="every stream and group: length, consumers, pending, lag, dead letters")
+    commands.add_parser("healthcheck", help="exit 0 when FECAPASS_HEALTHCHECK_URL answers 200 (container check)")
+    models = commands.add_parser("models", help="model packs")
+    models.add_argument("action", choices=["pull"], help="pull: download FECAPASS_MODEL_PACK into FECAPASS_MODEL_ROOT")
     calibrate = commands.add_parser("calibrate", help="measure the pack on LFW-style pairs, write CALIBRATION.md")
     calibrate.add_argument(
         "--pairs",
@@ -91,6 +141,12 @@ def main(argv: list[str] | None = None) -> None:
             run_worker(Stage(args.stage))
         elif args.command == "migrate":
             _migrate()
+        elif args.command == "streams":
+            _streams()
+        elif args.command == "healthcheck":
+            _healthcheck()
+        elif args.command == "models":
+            _models(args.action)
         elif args.command == "calibrate":
             from embedder.calibrate import main as calibrate
 

@@ -31,6 +31,7 @@ class UpOptions:
     redis_port: int = 6380
     s3_port: int = 9000
     workers_per_stage: int = 1
+    metrics_port: int = 9101  # first worker's; the others count up from it. 0: off
 
 
 def model_environment() -> dict[str, str]:
@@ -55,32 +56,33 @@ class Supervisor:
 
     def __init__(self, env: dict[str, str]) -> None:
         self.env = env
-        self.children: dict[str, tuple[list[str], subprocess.Popen[bytes]]] = {}
+        self.children: dict[str, tuple[list[str], dict[str, str], subprocess.Popen[bytes]]] = {}
         self.stopping = False
 
-    def spawn(self, name: str, args: list[str]) -> None:
+    def spawn(self, name: str, args: list[str], extra_env: dict[str, str] | None = None) -> None:
         command = [sys.executable, "-m", "common.cli", *args]
-        self.children[name] = (command, subprocess.Popen(command, env=self.env))
+        env = {**self.env, **(extra_env or {})}
+        self.children[name] = (command, env, subprocess.Popen(command, env=env))
 
     def watch(self) -> None:
         while not self.stopping:
-            for name, (command, process) in list(self.children.items()):
+            for name, (command, env, process) in list(self.children.items()):
                 if process.poll() is None or self.stopping:
                     continue
                 if process.returncode == CONFIGURATION_ERROR:  # restarting cannot help
                     raise LocalModeError(f"{name} cannot start (see its message above)")
                 log.warning("local.process_restarting", process=name, code=process.returncode)
                 time.sleep(1)
-                self.children[name] = (command, subprocess.Popen(command, env=self.env))
+                self.children[name] = (command, env, subprocess.Popen(command, env=env))
             time.sleep(0.5)
 
     def stop(self, timeout: float = 40) -> None:
         self.stopping = True
-        for _, process in self.children.values():
+        for _, _, process in self.children.values():
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + timeout
-        for _, process in self.children.values():
+        for _, _, process in self.children.values():
             try:
                 process.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
@@ -116,10 +118,15 @@ def run_up(options: UpOptions) -> None:
         }
         supervisor = Supervisor(env)
         supervisor.spawn("api", ["api"])
+        metrics_ports: list[str] = []
         for stage in Stage:
             for index in range(options.workers_per_stage):
-                supervisor.spawn(f"{stage.value}-{index}", ["worker", stage.value])
-        _print_banner(options, services, env)
+                port = options.metrics_port + len(metrics_ports) if options.metrics_port else 0
+                metrics_ports.append(f"{stage.value}-{index}:{port}")
+                supervisor.spawn(
+                    f"{stage.value}-{index}", ["worker", stage.value], {"FECAPASS_METRICS_PORT": str(port)}
+                )
+        _print_banner(options, services, env, metrics_ports)
         supervisor.watch()
     except KeyboardInterrupt:
         pass
@@ -132,12 +139,13 @@ def run_up(options: UpOptions) -> None:
     del stop_requested
 
 
-def _print_banner(options: UpOptions, services: LocalServices, env: dict[str, str]) -> None:
+def _print_banner(options: UpOptions, services: LocalServices, env: dict[str, str], metrics: list[str]) -> None:
     cli = valkey_cli()
     print(
         f"""
 Fecapass is up (data in {options.data_dir}; model pack {env.get("FECAPASS_MODEL_PACK", "buffalo_l")}).
-  API            http://127.0.0.1:{options.api_port}   (OpenAPI docs at /docs)
+  API            http://127.0.0.1:{options.api_port}   (OpenAPI docs at /docs, metrics at /metrics)
+  Stage metrics  {", ".join(metrics)}
   PostgreSQL     {MAIN_DB} and {VECTOR_DB} on 127.0.0.1:{services.postgres_port}
   Valkey/Redis   {services.redis_url}
   S3             http://{services.s3_endpoint}  bucket {services.bucket}

@@ -86,3 +86,20 @@ def find_pack(settings: ModelSettings) -> PackFiles:
 
 def load_session(path: Path, settings: ModelSettings) -> onnxruntime.InferenceSession:
     return _session(path, settings.ort_threads)
+
+
+def pull_pack(settings: ModelSettings) -> Path:
+    """Download an insightface pack (buffalo_l, ...) into the model root; a clear error without internet."""
+    directory = pack_directory(settings)
+    if directory.is_dir() and any(directory.glob("*.onnx")):
+        return directory
+    from insightface.utils.storage import ensure_available
+
+    try:
+        ensure_available("models", settings.model_pack, root=str(settings.model_root.expanduser()))
+    except Exception as exc:  # requests/zipfile errors: no network, unknown pack, a partial download
+        raise ModelPackError(
+            f"could not download model pack {settings.model_pack!r} into {directory}: {exc}. Without internet, copy "
+            f"the pack folder there by hand"
+        ) from exc
+    return directory

@@ -25,6 +25,7 @@ from redis.typing import EncodableT, FieldT
 
 from common import status
 from common.errors import JobFailed, PoisonMessage, StageError
+from common.metrics import STAGE_BATCH_SECONDS, STAGE_BATCH_SIZE, STAGE_ENTRIES
 from common.settings import StreamSettings
 from schemas.jobs import ErrorCode
 from schemas.streams import MalformedMessage, PipelineMessage, Stage
@@ -241,24 +242,25 @@ class StageRunner:
         except Exception as exc:  # a batch-wide failure (dependency down): every entry stays pending
             results = [exc] * len(runnable)
         elapsed_ms = (time.perf_counter() - started) * 1000
+        STAGE_BATCH_SECONDS.labels(self.stage.value).observe(elapsed_ms / 1000)
+        STAGE_BATCH_SIZE.labels(self.stage.value).observe(len(runnable))
 
         for (entry, message), result in zip(runnable, results, strict=True):
             bound = self.log.bind(job_id=message.job_id, message_id=entry.message_id)
             if isinstance(result, Outcome):
                 self._complete(entry, message, result)
+                STAGE_ENTRIES.labels(self.stage.value, "processed").inc()
                 bound.info("stage.handled", batch=len(runnable), batch_ms=round(elapsed_ms, 1))
             elif isinstance(result, JobFailed):
                 self._fail_job(entry, message, result)
+                STAGE_ENTRIES.labels(self.stage.value, "job_failed").inc()
                 bound.info("stage.job_failed", code=str(result.code), reason=result.message)
             elif isinstance(result, PoisonMessage):
                 self._dead_letter(entry, message, result.code, result.message)
             else:
                 self._record_retry(entry, result)
-                bound.warning(
-                    "stage.retry_later",
-                    deliveries=entry.deliveries,
-                    error=repr(result),
-                )
+                STAGE_ENTRIES.labels(self.stage.value, "retried").inc()
+                bound.warning("stage.retry_later", deliveries=entry.deliveries, error=repr(result))
 
     # -- outcomes, each one MULTI/EXEC -----------------------------------------------------------------
 
@@ -304,6 +306,7 @@ class StageRunner:
             pipe.xack(self.stage.stream, self.stage.group, entry.message_id)
             pipe.hdel(errors_key(self.stage), entry.message_id)
             pipe.execute()
+        STAGE_ENTRIES.labels(self.stage.value, "dead_lettered").inc()
         self.log.error(
             "stage.dead_lettered",
             job_id=job_id or None,

@@ -330,6 +330,13 @@ class LocalServices:
             str(self.data_dir / "s3.log"),
         ]
         self.processes["s3"] = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # Wait for the port before the first S3 call: the SDK would log a retry for each refusal.
+        _wait_until(
+            lambda: socket.create_connection(("127.0.0.1", self.s3_port), timeout=1).close(),
+            "S3 server",
+            self.processes["s3"],
+            timeout=30,
+        )
         store = ObjectStore(
             Minio(
                 self.s3_endpoint,

@@ -75,6 +75,13 @@ class ApiSettings(_Base):
     api_port: int = 8000
 
 
+class ObservabilitySettings(_Base):
+    # Each stage process serves Prometheus metrics here (the API serves them at /metrics on its own port).
+    metrics_port: int = Field(default=9100, ge=0, le=65535, description="0 turns the worker metrics server off")
+    # What `fecapass healthcheck` (the container HEALTHCHECK) fetches.
+    healthcheck_url: str = "http://127.0.0.1:8000/health/live"
+
+
 class LogSettings(_Base):
     log_level: str = "INFO"
     log_json: bool = True

@@ -5,10 +5,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 
+import structlog
+from prometheus_client import start_http_server
+
 from common import clients
 from common import settings as s
 from common.runner import StageHandler, StageRunner
 from schemas.streams import Stage
+
+log = structlog.get_logger(__name__)
 
 
 def handler_factory(stage: Stage) -> Callable[[], AbstractContextManager[StageHandler]]:
@@ -30,7 +35,19 @@ def handler_factory(stage: Stage) -> Callable[[], AbstractContextManager[StageHa
     return index_handler
 
 
+def serve_metrics(port: int, stage: Stage) -> None:
+    if not port:
+        return
+    try:
+        start_http_server(port)
+    except OSError as exc:  # metrics are not worth failing the stage over
+        log.warning("stage.metrics_unavailable", port=port, error=str(exc))
+    else:
+        log.info("stage.metrics", stage=stage.value, port=port)
+
+
 def run_worker(stage: Stage) -> None:
+    serve_metrics(s.load(s.ObservabilitySettings).metrics_port, stage)
     streams = s.load(s.StreamSettings)
     pipeline = s.load(s.PipelineSettings)
     client = clients.redis_client(s.load(s.RedisSettings))

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request, Response
+from prometheus_client import REGISTRY, CollectorRegistry, Metric
+from prometheus_client.registry import Collector
 from starlette.concurrency import run_in_threadpool
 
 from common import clients
+from common.metrics import HTTP_REQUESTS, HTTP_SECONDS, StreamCollector
 from common.objects import ObjectStore
 from common.runner import ensure_group
 from indexer.main_repository import MainRepository
@@ -16,7 +20,7 @@ from indexer.vector_repository import VectorRepository
 from ingest_api.config import ApiConfig
 from ingest_api.deps import AppState
 from ingest_api.problems import install_problem_handlers
-from ingest_api.routers import health, job_status, recognition, users
+from ingest_api.routers import health, job_status, metrics, recognition, users
 from ingest_api.waiter import JobWaiter
 from schemas.streams import Stage
 
@@ -25,6 +29,7 @@ def create_app(config: ApiConfig) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         redis_client = clients.async_redis_client(config.redis)
+        sync_redis = clients.redis_client(config.redis)  # for the metrics collector, run in a thread
         main_pool = clients.main_db_pool(config.database)
         vector_pool = clients.vector_db_pool(config.database)
         # Open without waiting: the API starts (and reports not-ready) while a database is still down.
@@ -34,12 +39,9 @@ def create_app(config: ApiConfig) -> FastAPI:
         waiter = JobWaiter(redis_client)
         try:
             # Groups exist before the first event, whatever order the processes start in.
-            sync_redis = clients.redis_client(config.redis)
-            try:
-                for stage in Stage:
-                    await run_in_threadpool(ensure_group, sync_redis, stage)
-            finally:
-                sync_redis.close()
+            for stage in Stage:
+                await run_in_threadpool(ensure_group, sync_redis, stage)
+            app.state.metrics_registry = _registry(REGISTRY, StreamCollector(sync_redis))
             await waiter.start()
             app.state.fecapass = AppState(
                 config=config,
@@ -53,6 +55,7 @@ def create_app(config: ApiConfig) -> FastAPI:
         finally:
             await waiter.stop()
             await redis_client.aclose()
+            sync_redis.close()
             main_pool.close()
             vector_pool.close()
 
@@ -64,6 +67,34 @@ def create_app(config: ApiConfig) -> FastAPI:
         lifespan=lifespan,
     )
     install_problem_handlers(app)
-    for router in (users.router, recognition.router, job_status.router, health.router):
+    for router in (users.router, recognition.router, job_status.router, health.router, metrics.router):
         app.include_router(router)
+
+    @app.middleware("http")
+    async def count_requests(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        started = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        # The route template, not the raw path: one series per endpoint, not per user id.
+        path = getattr(route, "path", "unmatched")
+        HTTP_REQUESTS.labels(request.method, path, str(response.status_code)).inc()
+        HTTP_SECONDS.labels(request.method, path).observe(time.perf_counter() - started)
+        return response
+
     return app
+
+
+class _Union(Collector):
+    def __init__(self, sources: Iterable[Collector]) -> None:
+        self.sources = list(sources)
+
+    def collect(self) -> Iterable[Metric]:
+        for source in self.sources:
+            yield from source.collect()
+
+
+def _registry(*sources: Collector) -> CollectorRegistry:
+    """This process's metrics plus the per-app stream collector, without touching the global registry."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Union(sources))
+    return registry

@@ -8,16 +8,19 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
+from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
 from common.services import LocalServices, free_port
 from schemas.streams import Stage
-from tests.shared_data import MODEL_ROOT, PACK, require_basic, require_pack
+from tests.shared_data import BASIC, MODEL_ROOT, PACK, labels, require_basic, require_pack
 
 WORKERS_PER_STAGE = 2
 
@@ -28,6 +31,7 @@ class RunningPipeline:
     env: dict[str, str]
     log_dir: Path
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    metrics_ports: dict[str, int] = field(default_factory=dict)
 
     def client(self) -> httpx.Client:
         return httpx.Client(base_url=self.base_url, timeout=90)
@@ -46,6 +50,14 @@ class RunningPipeline:
 def start_process(env: dict[str, str], log_dir: Path, name: str, args: list[str]) -> subprocess.Popen[bytes]:
     log = (log_dir / f"{name}.log").open("wb")
     return subprocess.Popen([sys.executable, "-m", "common.cli", *args], env=env, stdout=log, stderr=log)
+
+
+def start_stage(running: RunningPipeline, stage: Stage, name: str) -> None:
+    """Start (or replace) one stage process with a metrics port of its own."""
+    port = free_port()
+    running.metrics_ports[name] = port
+    env = {**running.env, "FECAPASS_METRICS_PORT": str(port)}
+    running.processes[name] = start_process(env, running.log_dir, name, ["worker", stage.value])
 
 
 @pytest.fixture(scope="session")
@@ -71,9 +83,7 @@ def pipeline(
     running.processes["api"] = start_process(env, log_dir, "api", ["api"])
     for stage in Stage:
         for index in range(WORKERS_PER_STAGE):
-            running.processes[f"{stage.value}-{index}"] = start_process(
-                env, log_dir, f"{stage.value}-{index}", ["worker", stage.value]
-            )
+            start_stage(running, stage, f"{stage.value}-{index}")
     deadline = time.monotonic() + 60
     while True:
         try:
@@ -93,3 +103,44 @@ def pipeline(
         except subprocess.TimeoutExpired:
             process.kill()
             pytest.fail(f"{name} did not stop within 30 s of SIGTERM")
+
+
+def upload(client: httpx.Client, path: str, name: str, params: dict[str, Any] | None = None) -> httpx.Response:
+    with (BASIC / name).open("rb") as handle:
+        return client.post(path, files={"file": (name, handle)}, params=params or {})
+
+
+def create_user(client: httpx.Client, name: str) -> int:
+    response = client.post("/v1/users", json={"email": f"{name}.{uuid.uuid4().hex[:8]}@example.com", "full_name": name})
+    assert response.status_code == 201, response.text
+    return int(response.json()["id"])
+
+
+@pytest.fixture(scope="session")
+def enrolled(pipeline: RunningPipeline) -> dict[str, Any]:
+    """One photo per identity enrolled; returns identity -> user id and the photos held back for search."""
+    singles: dict[str, list[str]] = defaultdict(list)
+    for row in labels():
+        if row.role == "single":
+            singles[row.identity].append(row.file)
+    users: dict[str, int] = {}
+    held_back: dict[str, list[str]] = {}
+    with pipeline.client() as client:
+        for identity, files in sorted(singles.items()):
+            files.sort()
+            users[identity] = create_user(client, identity)
+            response = upload(client, f"/v1/users/{users[identity]}/faces", files[0], {"wait": 60})
+            assert response.status_code == 200, response.text
+            job = response.json()
+            assert job["state"] == "done" and job["result"]["user_id"] == users[identity]
+            assert job["result"]["faces_seen"] == 1
+            held_back[identity] = files[1:]
+    return {"users": users, "held_back": held_back}
+
+
+def search(client: httpx.Client, name: str, **params: Any) -> dict[str, Any]:
+    response = upload(client, "/v1/search", name, {"wait": 60, **params})
+    assert response.status_code == 200, response.text
+    job = response.json()
+    assert job["state"] == "done", job
+    return job

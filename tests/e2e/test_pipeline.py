@@ -7,58 +7,16 @@ from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import httpx
 import psycopg
 import pytest
 import redis
 
 from common.services import MAIN_DB, LocalServices
 from schemas.streams import Stage
-from tests.e2e.conftest import RunningPipeline
-from tests.shared_data import BASIC, LabelledFace, iou, labels
+from tests.e2e.conftest import RunningPipeline, create_user, search, upload
+from tests.shared_data import LabelledFace, iou, labels
 
 pytestmark = pytest.mark.e2e
-
-
-def upload(client: httpx.Client, path: str, name: str, params: dict[str, Any] | None = None) -> httpx.Response:
-    with (BASIC / name).open("rb") as handle:
-        return client.post(path, files={"file": (name, handle)}, params=params or {})
-
-
-def create_user(client: httpx.Client, name: str) -> int:
-    response = client.post("/v1/users", json={"email": f"{name}.{uuid.uuid4().hex[:8]}@example.com", "full_name": name})
-    assert response.status_code == 201, response.text
-    return int(response.json()["id"])
-
-
-@pytest.fixture(scope="module")
-def enrolled(pipeline: RunningPipeline) -> dict[str, Any]:
-    """One photo per identity enrolled; returns identity -> user id and the photos held back for search."""
-    singles: dict[str, list[str]] = defaultdict(list)
-    for row in labels():
-        if row.role == "single":
-            singles[row.identity].append(row.file)
-    users: dict[str, int] = {}
-    held_back: dict[str, list[str]] = {}
-    with pipeline.client() as client:
-        for identity, files in sorted(singles.items()):
-            files.sort()
-            users[identity] = create_user(client, identity)
-            response = upload(client, f"/v1/users/{users[identity]}/faces", files[0], {"wait": 60})
-            assert response.status_code == 200, response.text
-            job = response.json()
-            assert job["state"] == "done" and job["result"]["user_id"] == users[identity]
-            assert job["result"]["faces_seen"] == 1
-            held_back[identity] = files[1:]
-    return {"users": users, "held_back": held_back}
-
-
-def search(client: httpx.Client, name: str, **params: Any) -> dict[str, Any]:
-    response = upload(client, "/v1/search", name, {"wait": 60, **params})
-    assert response.status_code == 200, response.text
-    job = response.json()
-    assert job["state"] == "done", job
-    return job
 
 
 def test_every_other_photo_finds_its_person_first(pipeline: RunningPipeline, enrolled: dict[str, Any]) -> None:

@@ -1,0 +1,114 @@
+"""Prometheus metrics: stage counters and latencies, HTTP requests, and stream backlog read from Redis."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import redis
+from prometheus_client import Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from schemas.streams import Stage
+
+STAGE_ENTRIES = Counter(
+    "fecapass_stage_entries_total",
+    "Stream entries a stage finished with, by outcome: processed, job_failed, retried, dead_lettered",
+    ["stage", "outcome"],
+)
+STAGE_BATCH_SECONDS = Histogram(
+    "fecapass_stage_batch_seconds",
+    "Handler time for one batch of entries",
+    ["stage"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+STAGE_BATCH_SIZE = Histogram(
+    "fecapass_stage_batch_size", "Entries handled together", ["stage"], buckets=(1, 2, 4, 8, 16, 32, 64, 128)
+)
+HTTP_REQUESTS = Counter(
+    "fecapass_http_requests_total", "HTTP requests by route and status", ["method", "route", "status"]
+)
+HTTP_SECONDS = Histogram("fecapass_http_request_seconds", "HTTP request latency", ["method", "route"])
+
+
+@dataclass(frozen=True)
+class GroupStats:
+    stream: str
+    group: str
+    length: int
+    consumers: int
+    pending: int
+    lag: int | None
+    oldest_pending_seconds: float | None
+    dead_letters: int
+
+
+def stream_stats(client: redis.Redis) -> list[GroupStats]:
+    """What XINFO GROUPS, XPENDING and XLEN say about every stage's stream, in one place."""
+    rows = []
+    now_ms = time.time() * 1000
+    for stage in Stage:
+        length = int(client.xlen(stage.stream))
+        dead = int(client.xlen(stage.dead_letter_stream))
+        exists = bool(client.exists(stage.stream))
+        groups = {_text(g["name"]): g for g in client.xinfo_groups(stage.stream)} if exists else {}
+        info = groups.get(stage.group)
+        if info is None:
+            rows.append(GroupStats(stage.stream, stage.group, length, 0, 0, None, None, dead))
+            continue
+        summary = client.xpending(stage.stream, stage.group)
+        oldest = None
+        if summary["pending"] and summary["min"]:
+            oldest = max(0.0, (now_ms - int(_text(summary["min"]).split("-")[0])) / 1000)
+        lag = info.get("lag")
+        rows.append(
+            GroupStats(
+                stream=stage.stream,
+                group=stage.group,
+                length=length,
+                consumers=int(info["consumers"]),
+                pending=int(info["pending"]),
+                lag=int(lag) if lag is not None else None,
+                oldest_pending_seconds=oldest,
+                dead_letters=dead,
+            )
+        )
+    return rows
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class StreamCollector(Collector):
+    """Reads the streams at scrape time, so the numbers are never stale."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        labels = ["stream", "group"]
+        length = GaugeMetricFamily("fecapass_stream_length", "Entries in the stream", labels=labels)
+        pending = GaugeMetricFamily("fecapass_stream_pending", "Delivered, not yet acknowledged", labels=labels)
+        lag = GaugeMetricFamily("fecapass_stream_lag", "Entries not yet delivered to the group", labels=labels)
+        consumers = GaugeMetricFamily("fecapass_stream_consumers", "Consumers in the group", labels=labels)
+        oldest = GaugeMetricFamily(
+            "fecapass_stream_oldest_pending_seconds", "Age of the oldest pending entry", labels=labels
+        )
+        dead = GaugeMetricFamily("fecapass_stream_dead_letters", "Entries in the dead-letter stream", labels=labels)
+        try:
+            stats = stream_stats(self.client)
+        except redis.RedisError:
+            return
+        for row in stats:
+            key = [row.stream, row.group]
+            length.add_metric(key, row.length)
+            pending.add_metric(key, row.pending)
+            consumers.add_metric(key, row.consumers)
+            dead.add_metric(key, row.dead_letters)
+            if row.lag is not None:
+                lag.add_metric(key, row.lag)
+            oldest.add_metric(key, row.oldest_pending_seconds or 0.0)
+        yield from (length, pending, lag, consumers, oldest, dead)

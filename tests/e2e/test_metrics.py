@@ -1,0 +1,78 @@
+"""Prometheus metrics from the running API and stage processes, and `fecapass streams`."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from schemas.streams import Stage
+from tests.e2e.conftest import RunningPipeline, search
+
+pytestmark = pytest.mark.e2e
+
+
+def samples(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:
+    found: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            found.setdefault(sample.name, []).append((sample.labels, sample.value))
+    return found
+
+
+def test_api_metrics_have_requests_and_stream_backlog(pipeline: RunningPipeline, enrolled: dict[str, Any]) -> None:
+    with pipeline.client() as client:
+        search(client, "obama_2.jpg")
+        response = client.get("/metrics")
+    assert response.status_code == 200
+    found = samples(response.text)
+    requests = {(labels["route"], labels["status"]) for labels, _ in found["fecapass_http_requests_total"]}
+    assert ("/v1/search", "200") in requests
+    streams = {labels["stream"]: value for labels, value in found["fecapass_stream_length"]}
+    assert set(streams) == {stage.stream for stage in Stage}
+    assert all(value > 0 for value in streams.values())
+    for name in (
+        "fecapass_stream_pending",
+        "fecapass_stream_lag",
+        "fecapass_stream_consumers",
+        "fecapass_stream_dead_letters",
+        "fecapass_stream_oldest_pending_seconds",
+    ):
+        assert len(found[name]) == 4, name
+    consumers = {labels["group"]: value for labels, value in found["fecapass_stream_consumers"]}
+    assert all(value >= 2 for value in consumers.values())  # two processes per stage
+
+
+def test_every_stage_process_serves_its_counters(pipeline: RunningPipeline, enrolled: dict[str, Any]) -> None:
+    processed: dict[str, float] = {}
+    for name, port in pipeline.metrics_ports.items():
+        found = samples(httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text)
+        stage = name.split("-")[0]
+        counts = {
+            labels["outcome"]: value
+            for labels, value in found.get("fecapass_stage_entries_total", [])
+            if labels["stage"] == stage
+        }
+        processed[stage] = processed.get(stage, 0) + counts.get("processed", 0)
+        assert any(labels["stage"] == stage for labels, _ in found["fecapass_stage_batch_seconds_count"])
+    assert set(processed) == {stage.value for stage in Stage}
+    assert all(total > 0 for total in processed.values()), processed
+
+
+def test_streams_command_prints_every_group(pipeline: RunningPipeline, enrolled: dict[str, Any]) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "common.cli", "streams"],
+        env={**os.environ, **pipeline.env, "COLUMNS": "200"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    for stage in Stage:
+        assert stage.stream in result.stdout and stage.dead_letter_stream not in result.stdout
+    assert "dead letters" in result.stdout
