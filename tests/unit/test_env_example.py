@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from common.settings import ALL_SETTINGS, ENV_PREFIX
 
-ENV_EXAMPLE = Path(__file__).resolve().parents[2] / ".env.example"
+ROOT = Path(__file__).resolve().parents[2]
+ENV_EXAMPLE = ROOT / ".env.example"
 
 
 def documented() -> dict[str, str]:
@@ -14,7 +16,7 @@ def documented() -> dict[str, str]:
     lines = ENV_EXAMPLE.read_text().splitlines()
     found = {}
     for index, line in enumerate(lines):
-        if line.startswith(ENV_PREFIX):
+        if re.match(r"^[A-Z][A-Z0-9_]*=", line):
             above = lines[index - 1] if index else ""
             found[line.split("=", 1)[0]] = above
     return found
@@ -22,7 +24,15 @@ def documented() -> dict[str, str]:
 
 def test_every_setting_is_in_env_example_and_nothing_else() -> None:
     expected = {ENV_PREFIX + name.upper() for cls in ALL_SETTINGS for name in cls.model_fields}
-    assert set(documented()) == expected
+    assert {name for name in documented() if name.startswith(ENV_PREFIX)} == expected
+
+
+def test_every_compose_variable_is_documented() -> None:
+    used = set(re.findall(r"\$\{([A-Z][A-Z0-9_]*)", (ROOT / "compose.yaml").read_text()))
+    documented_names = set(documented())
+    assert used <= documented_names, used - documented_names
+    extra = {name for name in documented_names if not name.startswith(ENV_PREFIX)}
+    assert extra <= used, f"documented but unused by compose.yaml: {extra - used}"
 
 
 def test_every_variable_has_a_comment() -> None:

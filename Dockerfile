@@ -1,0 +1,37 @@
+# syntax=docker/dockerfile:1
+# One image for the API and every stage; compose and Kubernetes pick the command.
+
+# --- build: compile wheels (insightface 0.7.3 builds a C++ extension) into a virtual environment -------------
+FROM python:3.11-slim-bookworm AS build
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends build-essential=12.9 \
+    && rm -rf /var/lib/apt/lists/*
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN python -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY common ./common
+COPY schemas ./schemas
+COPY ingest_api ./ingest_api
+COPY detector ./detector
+COPY embedder ./embedder
+COPY indexer ./indexer
+RUN pip install --no-cache-dir .
+
+# --- runtime: no compilers, no sources beyond the installed package, not root -------------------------------
+FROM python:3.11-slim-bookworm AS runtime
+RUN useradd --create-home --uid 10001 fecapass \
+    && mkdir -p /models \
+    && chown fecapass:fecapass /models
+COPY --from=build /opt/venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    FECAPASS_MODEL_ROOT=/models \
+    FECAPASS_API_HOST=0.0.0.0
+USER 10001:10001
+WORKDIR /home/fecapass
+EXPOSE 8000 9100
+# The API checks its own /health/live; stage containers set FECAPASS_HEALTHCHECK_URL to their metrics port.
+HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 CMD ["fecapass", "healthcheck"]
+CMD ["fecapass", "api"]

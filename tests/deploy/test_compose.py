@@ -1,0 +1,160 @@
+"""compose.yaml and the Dockerfile, checked without a container engine."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+PYTHON_SERVICES = {"api", "detect", "align", "embed", "index", "migrate", "models"}
+STAGES = {"detect", "align", "embed", "index"}
+DUMMY_SECRETS = {"POSTGRES_PASSWORD": "pw", "MINIO_ROOT_USER": "user", "MINIO_ROOT_PASSWORD": "password1"}
+
+
+def tool(name: str) -> str:
+    found = shutil.which(name, path=str(Path(sys.executable).parent)) or shutil.which(name)
+    if found is None:
+        pytest.skip(f"{name} is not installed (pip install -e '.[dev]')")
+    return found
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    """The configuration as `docker compose config` resolves it (anchors, merges, variables)."""
+    result = subprocess.run(
+        [tool("docker-compose"), "-f", str(ROOT / "compose.yaml"), "config", "--format", "json"],
+        env={**os.environ, **DUMMY_SECRETS},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    config: dict[str, Any] = json.loads(result.stdout)
+    return config
+
+
+def test_compose_config_is_valid() -> None:
+    result = subprocess.run(
+        [tool("docker-compose"), "-f", str(ROOT / "compose.yaml"), "config", "-q"],
+        env={**os.environ, **DUMMY_SECRETS},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_compose_refuses_to_start_without_secrets() -> None:
+    env = {k: v for k, v in os.environ.items() if k not in DUMMY_SECRETS}
+    result = subprocess.run(
+        [tool("docker-compose"), "-f", str(ROOT / "compose.yaml"), "--env-file", "/dev/null", "config", "-q"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode != 0 and "POSTGRES_PASSWORD" in result.stderr
+
+
+def test_services_and_images(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    assert {"redis", "db_main", "db_vector", "minio", "minio_init"} | PYTHON_SERVICES == set(services)
+    assert services["db_main"]["image"] == "postgres:18"
+    assert services["db_vector"]["image"] == "pgvector/pgvector:pg18"
+    assert services["redis"]["image"].startswith("redis:")
+    assert "--appendonly" in services["redis"]["command"] and "yes" in services["redis"]["command"]
+    assert services["minio"]["image"].startswith("minio/minio:")
+
+
+def test_every_python_service_uses_the_one_build(compose: dict[str, Any]) -> None:
+    builds = {json.dumps(compose["services"][name]["build"], sort_keys=True) for name in PYTHON_SERVICES}
+    images = {compose["services"][name]["image"] for name in PYTHON_SERVICES}
+    assert len(builds) == 1 and len(images) == 1
+    for stage in STAGES:
+        assert compose["services"][stage]["command"] == ["fecapass", "worker", stage]
+
+
+def test_stateful_services_have_named_volumes(compose: dict[str, Any]) -> None:
+    named = set(compose["volumes"])
+    for service in ("db_main", "db_vector", "redis", "minio"):
+        mounts = compose["services"][service]["volumes"]
+        assert any(m["type"] == "volume" and m["source"] in named for m in mounts), service
+    assert any(m["source"] == "models" for m in compose["services"]["embed"]["volumes"])
+
+
+def test_only_the_api_is_published(compose: dict[str, Any]) -> None:
+    published = {name: s.get("ports", []) for name, s in compose["services"].items() if s.get("ports")}
+    assert [p["target"] for p in published.pop("api")] == [8000]
+    assert published["minio"][0]["host_ip"] == "127.0.0.1"  # the console, on this host only
+    assert set(published) == {"minio"}
+
+
+def test_stages_can_scale(compose: dict[str, Any]) -> None:
+    for stage in STAGES:
+        service = compose["services"][stage]
+        assert "container_name" not in service and "ports" not in service  # `--scale stage=3` must work
+
+
+def test_dependencies_wait_for_health(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    one_shots = {"minio_init", "models", "migrate"}
+    for name, service in services.items():
+        for dependency, rule in service.get("depends_on", {}).items():
+            expected = "service_completed_successfully" if dependency in one_shots else "service_healthy"
+            assert rule["condition"] == expected, (name, dependency)
+            if expected == "service_healthy":
+                assert "healthcheck" in services[dependency] and not services[dependency]["healthcheck"].get("disable")
+    assert {"db_main", "db_vector", "redis", "minio"} <= set(services["api"]["depends_on"])
+    assert {"db_main", "db_vector"} <= set(services["index"]["depends_on"])
+    for name in ("redis", "db_main", "db_vector", "minio", "api", *STAGES):
+        assert services[name]["healthcheck"]["test"], name
+
+
+def test_network_is_fecapass_network(compose: dict[str, Any]) -> None:
+    assert compose["networks"]["fecapass-network"]["name"] == "fecapass-network"
+    for name, service in compose["services"].items():
+        assert set(service["networks"]) == {"fecapass-network"}, name
+
+
+def test_services_get_every_secret_from_the_environment(compose: dict[str, Any]) -> None:
+    raw = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    text = json.dumps(raw)
+    assert "password1" not in text and not re.search(r"PASSWORD[\"']?:\s*[\"'][^$]", text)
+    env = compose["services"]["api"]["environment"]
+    for variable in (
+        "FECAPASS_MAIN_DB_DSN",
+        "FECAPASS_VECTOR_DB_DSN",
+        "FECAPASS_S3_ACCESS_KEY",
+        "FECAPASS_S3_SECRET_KEY",
+    ):
+        assert variable in env
+
+
+def test_hadolint_clean_at_warning_level() -> None:
+    result = subprocess.run(
+        [tool("hadolint"), "--failure-threshold", "warning", str(ROOT / "Dockerfile")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_dockerfile_is_multi_stage_non_root_with_healthcheck() -> None:
+    text = (ROOT / "Dockerfile").read_text()
+    stages = re.findall(r"^FROM\s+\S+\s+AS\s+(\w+)", text, flags=re.MULTILINE)
+    assert len(stages) >= 2
+    runtime = text.split(f"AS {stages[-1]}", 1)[1]
+    assert "build-essential" not in runtime and "apt-get" not in runtime
+    assert re.search(r"^USER\s+(?!root|0\b)\S+", runtime, flags=re.MULTILINE)
+    assert re.search(r"^HEALTHCHECK\s", runtime, flags=re.MULTILINE)
+    assert not re.search(r"(SECRET|PASSWORD|ACCESS_KEY)\s*=", text)
