@@ -76,6 +76,27 @@ def _healthcheck() -> None:
         raise SystemExit(f"unhealthy: {url} answered {response.status_code}")
 
 
+def _keys(args: argparse.Namespace) -> None:
+    from common import clients
+    from common.apikeys import new_key
+    from indexer.main_repository import MainRepository
+
+    with clients.main_db_pool(s.load(s.DatabaseSettings)) as pool:
+        repository = MainRepository(pool)
+        if args.action == "create":
+            key, prefix, digest = new_key()
+            row = repository.create_api_key(args.name, args.scope, prefix, digest)
+            print(f"created key {row.id} ({row.name}, {row.scope}); it is shown only now:\n{key}")
+        elif args.action == "list":
+            for row in repository.list_api_keys():
+                state = f"revoked {row.revoked_at:%Y-%m-%d %H:%M}" if row.revoked_at else "active"
+                print(f"{row.id}\t{row.prefix}...\t{row.scope}\t{state}\t{row.name}")
+        elif args.action == "revoke":
+            if not repository.revoke_api_key(args.id):
+                raise SystemExit(f"no active key with id {args.id}")
+            print(f"revoked key {args.id}")
+
+
 def _models(action: str) -> None:
     from common.modelpack import pull_pack
 
@@ -102,6 +123,19 @@ def parser() -> argparse.ArgumentParser:
     commands.add_parser("migrate", help="apply database migrations (idempotent)")
     commands.add_parser("streams", help="every stream and group: length, consumers, pending, lag, dead letters")
     commands.add_parser("healthcheck", help="exit 0 when FECAPASS_HEALTHCHECK_URL answers 200 (container check)")
+    keys = commands.add_parser("keys", help="API keys (sent as X-API-Key)")
+    key_actions = keys.add_subparsers(dest="action", required=True)
+    create = key_actions.add_parser("create", help="create a key and print it once")
+    create.add_argument("--name", required=True, help="who or what uses the key")
+    create.add_argument(
+        "--scope",
+        choices=["read", "write"],
+        required=True,
+        help="read: search, verify, detect, read; write: also create, enroll, update and delete",
+    )
+    key_actions.add_parser("list", help="every key: id, prefix, scope, state, name")
+    revoke = key_actions.add_parser("revoke", help="revoke a key (takes effect within 30 s)")
+    revoke.add_argument("id", type=int)
     models = commands.add_parser("models", help="model packs")
     models.add_argument("action", choices=["pull"], help="pull: download FECAPASS_MODEL_PACK into FECAPASS_MODEL_ROOT")
     calibrate = commands.add_parser("calibrate", help="measure the pack on LFW-style pairs, write CALIBRATION.md")
@@ -145,6 +179,8 @@ def main(argv: list[str] | None = None) -> None:
             _streams()
         elif args.command == "healthcheck":
             _healthcheck()
+        elif args.command == "keys":
+            _keys(args)
         elif args.command == "models":
             _models(args.action)
         elif args.command == "calibrate":

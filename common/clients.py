@@ -22,8 +22,9 @@ def async_redis_client(settings: RedisSettings) -> aioredis.Redis:
     return aioredis.Redis.from_url(settings.redis_url, decode_responses=False, health_check_interval=30)
 
 
-def minio_client(settings: S3Settings) -> Minio:
-    endpoint = settings.s3_endpoint
+def minio_client(settings: S3Settings, *, public: bool = False) -> Minio:
+    """The S3 client; ``public`` gives one for presigning URLs at the endpoint clients can reach."""
+    endpoint = settings.s3_public_endpoint if public and settings.s3_public_endpoint else settings.s3_endpoint
     secure = settings.s3_secure
     if "://" in endpoint:  # accept a URL as well as host:port
         parts = urlsplit(endpoint)

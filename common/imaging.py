@@ -62,6 +62,20 @@ def probe(data: bytes, max_pixels: int) -> ImageInfo:
     return info
 
 
+def check_pixels(data: bytes) -> None:
+    """Read every pixel cheaply (JPEG at 1/8 scale through DCT scaling), to refuse truncated or corrupt files
+    at upload instead of failing the job later. Call after ``probe``."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(data)) as image:
+                if image.format == "JPEG":
+                    image.draft("RGB", (max(1, image.width // 8), max(1, image.height // 8)))
+                image.load()
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise UndecodableImage(f"cannot decode image: {exc}") from exc
+
+
 def decode(data: bytes, max_pixels: int) -> np.ndarray:
     """Decode to an HxWx3 uint8 BGR array, EXIF orientation applied, first frame of animations."""
     probe(data, max_pixels)

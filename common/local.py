@@ -10,8 +10,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import psycopg
 import structlog
 
+from common.apikeys import new_key
 from common.services import MAIN_DB, VECTOR_DB, LocalServices, valkey_cli
 from indexer.migrate import migrate_all
 from schemas.streams import Stage
@@ -109,6 +111,7 @@ def run_up(options: UpOptions) -> None:
     try:
         services.start()
         migrate_all(services.dsn(MAIN_DB), services.dsn(VECTOR_DB))
+        api_key = first_api_key(options.data_dir, services.dsn(MAIN_DB))
         env = {
             **os.environ,
             **services.environment(),
@@ -126,7 +129,7 @@ def run_up(options: UpOptions) -> None:
                 supervisor.spawn(
                     f"{stage.value}-{index}", ["worker", stage.value], {"FECAPASS_METRICS_PORT": str(port)}
                 )
-        _print_banner(options, services, env, metrics_ports)
+        _print_banner(options, services, env, metrics_ports, api_key)
         supervisor.watch()
     except KeyboardInterrupt:
         pass
@@ -139,12 +142,32 @@ def run_up(options: UpOptions) -> None:
     del stop_requested
 
 
-def _print_banner(options: UpOptions, services: LocalServices, env: dict[str, str], metrics: list[str]) -> None:
+def first_api_key(data_dir: Path, main_dsn: str) -> str:
+    """A write key for the local user, made on the first start and kept (0600) in the data folder."""
+    path = data_dir / "api-key"
+    if path.exists():
+        return path.read_text().strip()
+    key, prefix, digest = new_key()
+    with psycopg.connect(main_dsn) as conn:
+        conn.execute(
+            "INSERT INTO api_keys (name, scope, prefix, key_hash) VALUES ('local mode', 'write', %s, %s)",
+            (prefix, digest),
+        )
+    path.write_text(key)
+    path.chmod(0o600)
+    return key
+
+
+def _print_banner(
+    options: UpOptions, services: LocalServices, env: dict[str, str], metrics: list[str], api_key: str
+) -> None:
     cli = valkey_cli()
     print(
         f"""
 Fecapass is up (data in {options.data_dir}; model pack {env.get("FECAPASS_MODEL_PACK", "buffalo_l")}).
   API            http://127.0.0.1:{options.api_port}   (OpenAPI docs at /docs, metrics at /metrics)
+  API key        {api_key}   (write scope; kept in {options.data_dir / "api-key"})
+                 export FECAPASS_KEY={api_key}
   Stage metrics  {", ".join(metrics)}
   PostgreSQL     {MAIN_DB} and {VECTOR_DB} on 127.0.0.1:{services.postgres_port}
   Valkey/Redis   {services.redis_url}

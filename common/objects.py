@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from datetime import timedelta
 
 import urllib3
 from minio import Minio
@@ -15,12 +16,23 @@ class ObjectMissing(LookupError):
     pass
 
 
-def original_key(job_id: str) -> str:
-    return f"originals/{job_id}"
+def original_key(job_id: str, source: int = 0) -> str:
+    return f"originals/{job_id}" if source == 0 else f"originals/{job_id}.{source}"
 
 
 def crop_key(job_id: str, face_index: int) -> str:
     return f"crops/{job_id}/{face_index}.png"
+
+
+def crop_prefix(job_id: str) -> str:
+    return f"crops/{job_id}/"
+
+
+def discard_job_objects(store: ObjectStore, job_id: str) -> None:
+    """Remove a job's photo and crops when the job keeps no face: search photos and failed enrolls are not
+    kept, they are biometric data of people who may never have agreed to be stored."""
+    store.delete_many([original_key(job_id), original_key(job_id, 1)])
+    store.delete_prefix(crop_prefix(job_id))
 
 
 class ObjectStore:
@@ -56,6 +68,31 @@ class ObjectStore:
         finally:
             response.close()
             response.release_conn()
+
+    def delete_many(self, keys: list[str]) -> None:
+        """Delete objects; a key that is already gone is fine."""
+        try:
+            for key in keys:
+                self.client.remove_object(self.bucket, key)
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise TransientError(f"S3 delete: {exc}") from exc
+
+    def delete_prefix(self, prefix: str) -> None:
+        try:
+            keys = [obj.object_name for obj in self.client.list_objects(self.bucket, prefix=prefix, recursive=True)]
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise TransientError(f"S3 list {prefix}: {exc}") from exc
+        self.delete_many([key for key in keys if key])
+
+    def keys(self, prefix: str = "") -> list[str]:
+        return [
+            obj.object_name
+            for obj in self.client.list_objects(self.bucket, prefix=prefix, recursive=True)
+            if obj.object_name
+        ]
+
+    def presigned_url(self, key: str, expires: timedelta) -> str:
+        return str(self.client.presigned_get_object(self.bucket, key, expires=expires))
 
     def exists(self, key: str) -> bool:
         try:

@@ -31,6 +31,8 @@ class S3Settings(_Base):
     s3_bucket: str = "fecapass"
     s3_region: str = "us-east-1"
     s3_secure: bool = False
+    # Endpoint clients reach for photo URLs, when it differs from the one the services use (e.g. in compose).
+    s3_public_endpoint: str = ""
 
 
 class DatabaseSettings(_Base):
@@ -60,6 +62,7 @@ class PipelineSettings(_Base):
     job_ttl_seconds: int = Field(default=7 * 24 * 3600, ge=60)
     max_wait_seconds: float = Field(default=30.0, ge=0)
     crop_size: int = Field(default=112, description="side of the aligned crop the recognizer takes")
+    presign_seconds: int = Field(default=900, ge=1, le=7 * 24 * 3600, description="lifetime of photo URLs")
 
 
 class StreamSettings(_Base):

@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 from common.errors import JobFailed, TransientError
 from common.imaging import ImageError, ImageTooLarge, decode, encode_png
-from common.objects import ObjectMissing, ObjectStore, crop_key
+from common.objects import ObjectMissing, ObjectStore, crop_key, discard_job_objects
 from common.runner import HandlerResult, Outcome, per_message
 from detector.align import align_face
 from detector.model import Face, FaceDetector
+from detector.quality import sharpness
 from schemas.jobs import ErrorCode
 from schemas.streams import FaceBox, JobKind, PipelineMessage, Stage
+
+# One face per photo is compared for these kinds: the largest, usually the subject.
+LARGEST_FACE_ONLY = (JobKind.ENROLL, JobKind.VERIFY)
 
 
 def load_image(store: ObjectStore, key: str, max_pixels: int) -> np.ndarray:
@@ -30,12 +35,13 @@ def load_image(store: ObjectStore, key: str, max_pixels: int) -> np.ndarray:
         raise JobFailed(ErrorCode.UNDECODABLE_IMAGE, str(exc)) from exc
 
 
-def to_wire(face: Face) -> FaceBox:
+def to_wire(face: Face, source: int = 0) -> FaceBox:
     x1, y1, x2, y2 = (round(float(v), 2) for v in face.box)
     return FaceBox(
         box=(x1, y1, x2, y2),
         keypoints=[(round(float(x), 2), round(float(y), 2)) for x, y in face.keypoints],
         score=round(face.score, 4),
+        source=source,
     )
 
 
@@ -48,17 +54,45 @@ class DetectHandler:
         self.max_image_pixels = max_image_pixels
 
     def handle(self, message: PipelineMessage) -> Outcome:
-        image = load_image(self.store, message.image_key, self.max_image_pixels)
-        faces = self.detector.detect(image)
-        if not faces:
-            raise JobFailed(ErrorCode.NO_FACE, "no face found in the photo")
-        # An enroll photo enrolls one person: the largest face, usually the subject.
-        kept = [max(faces, key=lambda face: face.area)] if message.kind is JobKind.ENROLL else faces
-        forward = message.model_copy(update={"faces": [to_wire(face) for face in kept], "faces_seen": len(faces)})
-        return Outcome(forward=forward, status_fields={"faces_seen": str(len(faces))})
+        try:
+            return self._handle(message)
+        except JobFailed:
+            discard_job_objects(self.store, message.job_id)  # a failed job keeps no photo
+            raise
+
+    def _handle(self, message: PipelineMessage) -> Outcome:
+        kept: list[FaceBox] = []
+        seen = 0
+        for source, key in enumerate(message.image_keys):
+            image = load_image(self.store, key, self.max_image_pixels)
+            faces = self.detector.detect(image)
+            if not faces:
+                where = "the second photo" if source else "the photo"
+                raise JobFailed(ErrorCode.NO_FACE, f"no face found in {where}")
+            if message.kind is JobKind.DETECT:
+                discard_job_objects(self.store, message.job_id)
+                return Outcome(result=detect_result(image, faces))
+            seen += len(faces) if source == 0 else 0
+            chosen = [max(faces, key=lambda face: face.area)] if message.kind in LARGEST_FACE_ONLY else faces
+            kept += [to_wire(face, source) for face in chosen]
+        forward = message.model_copy(update={"faces": kept, "faces_seen": seen})
+        return Outcome(forward=forward, status_fields={"faces_seen": str(seen)})
 
     def handle_batch(self, messages: Sequence[PipelineMessage]) -> list[HandlerResult]:
         return per_message(self.handle)(messages)
+
+
+def detect_result(image: np.ndarray, faces: list[Face]) -> dict[str, Any]:
+    return {
+        "faces_seen": len(faces),
+        "faces": [
+            {
+                **to_wire(face).model_dump(exclude={"crop_key", "source"}),
+                "quality": {"size": round(face.min_side, 1), "sharpness": round(sharpness(image, face.box), 1)},
+            }
+            for face in faces
+        ],
+    }
 
 
 class AlignHandler:
@@ -71,10 +105,13 @@ class AlignHandler:
 
     def handle(self, message: PipelineMessage) -> Outcome:
         faces = message.require_faces()
-        image = load_image(self.store, message.image_key, self.max_image_pixels)
+        keys = message.image_keys
+        images = {
+            source: load_image(self.store, keys[source], self.max_image_pixels) for source in {f.source for f in faces}
+        }
         aligned: list[FaceBox] = []
         for index, face in enumerate(faces):
-            crop = align_face(image, np.asarray(face.keypoints, dtype=np.float32), self.crop_size)
+            crop = align_face(images[face.source], np.asarray(face.keypoints, dtype=np.float32), self.crop_size)
             # Deterministic key: a redelivered message overwrites the same object instead of adding one.
             key = crop_key(message.job_id, index)
             self.store.put(key, encode_png(crop), content_type="image/png")

@@ -9,11 +9,12 @@ import numpy as np
 import psycopg
 
 from common.errors import JobFailed, PoisonMessage, TransientError
+from common.objects import ObjectStore, discard_job_objects
 from common.runner import HandlerResult, Outcome, per_message
 from indexer.main_repository import MainRepository, NewFace, UnknownUser
 from indexer.vector_repository import PackMismatch, VectorRepository
 from schemas.jobs import ErrorCode
-from schemas.streams import FaceBox, JobKind, MalformedMessage, PipelineMessage, Stage
+from schemas.streams import JobKind, MalformedMessage, PipelineMessage, Stage
 
 # Several faces of one person can be near the query; read this many more candidates than the limit
 # so that, after keeping each person's best face, the limit can still be filled with distinct people.
@@ -23,9 +24,12 @@ CANDIDATES_PER_RESULT = 4
 class IndexHandler:
     stage = Stage.INDEX
 
-    def __init__(self, main: MainRepository, vectors: VectorRepository, default_threshold: float) -> None:
+    def __init__(
+        self, main: MainRepository, vectors: VectorRepository, store: ObjectStore, default_threshold: float
+    ) -> None:
         self.main = main
         self.vectors = vectors
+        self.store = store
         self.default_threshold = default_threshold
 
     def handle(self, message: PipelineMessage) -> Outcome:
@@ -38,7 +42,16 @@ class IndexHandler:
         try:
             if message.kind is JobKind.ENROLL:
                 return Outcome(result=self._enroll(message, message.pack, matrix))
-            return Outcome(result=self._search(message, message.pack, matrix))
+            # Search and verify photos are not kept once answered.
+            if message.kind is JobKind.VERIFY:
+                result = self._verify(message, message.pack, matrix)
+            else:
+                result = self._search(message, message.pack, matrix)
+            discard_job_objects(self.store, message.job_id)
+            return Outcome(result=result)
+        except JobFailed:
+            discard_job_objects(self.store, message.job_id)
+            raise
         except PackMismatch as exc:
             raise PoisonMessage(ErrorCode.MALFORMED_MESSAGE, str(exc)) from exc
         except psycopg.OperationalError as exc:
@@ -67,6 +80,7 @@ class IndexHandler:
                 )
             )
         except UnknownUser as exc:
+            discard_job_objects(self.store, message.job_id)
             raise JobFailed(ErrorCode.USER_NOT_FOUND, f"user {message.user_id} does not exist or is inactive") from exc
         # Second database, second commit: if we crash between the two, the redelivered message finds
         # the face row above and this insert completes the enrollment.
@@ -75,7 +89,7 @@ class IndexHandler:
             "user_id": message.user_id,
             "face_id": face_id,
             "faces_seen": message.faces_seen or 1,
-            "face": _face_json(face),
+            "face": {"box": list(face.box), "score": face.score},
             "model_pack": pack,
         }
 
@@ -99,13 +113,35 @@ class IndexHandler:
                         "user_id": owner.user_id,
                         "face_id": neighbour.face_id,
                         "similarity": round(neighbour.similarity, 4),
+                        "image_key": owner.image_key,  # the API turns it into a short-lived photo URL
                     }
                 )
                 if len(matches) == limit:
                     break
-            results.append({**_face_json(face), "matches": matches})
+            results.append({"box": list(face.box), "score": face.score, "matches": matches})
         return {"faces": results, "threshold": threshold, "model_pack": pack, "faces_seen": len(faces)}
 
-
-def _face_json(face: FaceBox) -> dict[str, Any]:
-    return {"box": list(face.box), "score": face.score, "crop_key": face.crop_key}
+    def _verify(self, message: PipelineMessage, pack: str, matrix: np.ndarray) -> dict[str, Any]:
+        threshold = message.threshold if message.threshold is not None else self.default_threshold
+        faces = message.require_faces()
+        result: dict[str, Any] = {"threshold": threshold, "model_pack": pack}
+        if message.user_id is not None:
+            stored = self.main.list_faces(message.user_id)
+            user = self.main.get_user(message.user_id)
+            if user is None or not user.is_active:
+                raise JobFailed(ErrorCode.USER_NOT_FOUND, f"user {message.user_id} does not exist or is inactive")
+            best = self.vectors.best_among(pack, matrix[0], [face.id for face in stored])
+            if best is None:
+                raise JobFailed(ErrorCode.USER_HAS_NO_FACES, f"user {message.user_id} has no face enrolled with {pack}")
+            similarity = best.similarity
+            result.update(user_id=message.user_id, face_id=best.face_id, faces_compared=len(stored))
+        else:
+            if len(faces) != 2:
+                raise PoisonMessage(ErrorCode.MALFORMED_MESSAGE, "verify of two photos needs one face of each")
+            similarity = float(matrix[0] @ matrix[1])
+        result.update(
+            similarity=round(similarity, 4),
+            match=similarity >= threshold,
+            faces=[{"box": list(face.box), "score": face.score, "photo": face.source} for face in faces],
+        )
+        return result

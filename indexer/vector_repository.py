@@ -92,6 +92,35 @@ class VectorRepository:
             rows = conn.execute(statement, {"q": query.astype(np.float32), "limit": limit}).fetchall()
         return [Neighbour(int(face_id), float(similarity)) for face_id, similarity in rows]
 
+    def delete_faces(self, face_ids: list[int]) -> int:
+        """Erase the embeddings of these faces in every pack."""
+        if not face_ids:
+            return 0
+        with self.pool.connection() as conn:
+            return conn.execute("DELETE FROM face_embeddings WHERE face_id = ANY(%s)", (face_ids,)).rowcount
+
+    def embeddings_of(self, face_ids: list[int]) -> int:
+        """How many embeddings, of any pack, these faces still have (erasure checks)."""
+        if not face_ids:
+            return 0
+        with self.pool.connection() as conn:
+            row = conn.execute("SELECT count(*) FROM face_embeddings WHERE face_id = ANY(%s)", (face_ids,)).fetchone()
+        return int(row[0]) if row else 0
+
+    def best_among(self, pack: str, query: np.ndarray, face_ids: list[int]) -> Neighbour | None:
+        """The most similar of the given faces (exact: a user has few faces)."""
+        if not face_ids:
+            return None
+        dim = int(query.shape[0])
+        statement = sql.SQL(
+            "SELECT face_id, 1 - (embedding::vector({dim}) <=> %(q)s::vector({dim})) AS similarity"
+            " FROM face_embeddings WHERE model_pack = %(pack)s AND face_id = ANY(%(ids)s)"
+            " ORDER BY similarity DESC LIMIT 1"
+        ).format(dim=sql.Literal(dim))
+        with self.pool.connection() as conn:
+            row = conn.execute(statement, {"q": query.astype(np.float32), "pack": pack, "ids": face_ids}).fetchone()
+        return Neighbour(int(row[0]), float(row[1])) if row else None
+
     def count(self, pack: str) -> int:
         with self.pool.connection() as conn:
             row = conn.execute("SELECT count(*) FROM face_embeddings WHERE model_pack = %s", (pack,)).fetchone()

@@ -7,6 +7,7 @@ from contextlib import contextmanager
 
 from common import clients
 from common import settings as s
+from common.objects import ObjectStore
 from indexer.main_repository import MainRepository
 from indexer.stage import IndexHandler
 from indexer.vector_repository import VectorRepository
@@ -16,5 +17,9 @@ from indexer.vector_repository import VectorRepository
 def index_handler() -> Iterator[IndexHandler]:
     database = s.load(s.DatabaseSettings)
     pipeline = s.load(s.PipelineSettings)
+    s3 = s.load(s.S3Settings)
+    store = ObjectStore(clients.minio_client(s3), s3.s3_bucket)
     with clients.main_db_pool(database) as main_pool, clients.vector_db_pool(database) as vector_pool:
-        yield IndexHandler(MainRepository(main_pool), VectorRepository(vector_pool), pipeline.similarity_threshold)
+        yield IndexHandler(
+            MainRepository(main_pool), VectorRepository(vector_pool), store, pipeline.similarity_threshold
+        )

@@ -15,12 +15,15 @@ from common import clients
 from common.metrics import HTTP_REQUESTS, HTTP_SECONDS, StreamCollector
 from common.objects import ObjectStore
 from common.runner import ensure_group
+from indexer.erasure import Erasure
 from indexer.main_repository import MainRepository
 from indexer.vector_repository import VectorRepository
+from ingest_api.auth import KeyChecker
+from ingest_api.body_limit import BodySizeLimit
 from ingest_api.config import ApiConfig
 from ingest_api.deps import AppState
 from ingest_api.problems import install_problem_handlers
-from ingest_api.routers import health, job_status, metrics, recognition, users
+from ingest_api.routers import faces, health, job_status, metrics, recognition, users
 from ingest_api.waiter import JobWaiter
 from schemas.streams import Stage
 
@@ -36,6 +39,7 @@ def create_app(config: ApiConfig) -> FastAPI:
         main_pool.open(wait=False)
         vector_pool.open(wait=False)
         store = ObjectStore(clients.minio_client(config.s3), config.s3.s3_bucket)
+        presigner = ObjectStore(clients.minio_client(config.s3, public=True), config.s3.s3_bucket)
         waiter = JobWaiter(redis_client)
         try:
             # Groups exist before the first event, whatever order the processes start in.
@@ -43,13 +47,17 @@ def create_app(config: ApiConfig) -> FastAPI:
                 await run_in_threadpool(ensure_group, sync_redis, stage)
             app.state.metrics_registry = _registry(REGISTRY, StreamCollector(sync_redis))
             await waiter.start()
+            main, vectors = MainRepository(main_pool), VectorRepository(vector_pool)
             app.state.fecapass = AppState(
                 config=config,
                 redis=redis_client,
                 store=store,
-                main=MainRepository(main_pool),
-                vectors=VectorRepository(vector_pool),
+                main=main,
+                vectors=vectors,
                 waiter=waiter,
+                keys=KeyChecker(main),
+                presigner=presigner,
+                erasure=Erasure(main, vectors, store),
             )
             yield
         finally:
@@ -67,7 +75,9 @@ def create_app(config: ApiConfig) -> FastAPI:
         lifespan=lifespan,
     )
     install_problem_handlers(app)
-    for router in (users.router, recognition.router, job_status.router, health.router, metrics.router):
+    # Two photos (verify) plus multipart framing; each photo is also checked against the limit on its own.
+    app.add_middleware(BodySizeLimit, max_bytes=2 * config.pipeline.max_upload_bytes + 64 * 1024)
+    for router in (users.router, faces.router, recognition.router, job_status.router, health.router, metrics.router):
         app.include_router(router)
 
     @app.middleware("http")

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import redis.asyncio as aioredis
 from fastapi import Depends, Request
 
 from common.objects import ObjectStore
+from indexer.erasure import Erasure
 from indexer.main_repository import MainRepository
 from indexer.vector_repository import VectorRepository
 from ingest_api.config import ApiConfig
 from ingest_api.waiter import JobWaiter
+
+if TYPE_CHECKING:
+    from ingest_api.auth import KeyChecker
 
 
 @dataclass
@@ -23,6 +27,9 @@ class AppState:
     main: MainRepository
     vectors: VectorRepository
     waiter: JobWaiter
+    keys: KeyChecker
+    presigner: ObjectStore  # signs URLs for the endpoint clients reach
+    erasure: Erasure
 
 
 def get_state(request: Request) -> AppState:

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import uuid
+from datetime import timedelta
 from typing import Any
 
 import redis.exceptions
@@ -37,17 +38,20 @@ def job_url(request: Request, job_id: str) -> str:
 
 
 async def submit(
-    state: AppState, *, kind: JobKind, photo: bytes, info: ImageInfo, extra: dict[str, Any]
-) -> PipelineMessage:
+    state: AppState, *, kind: JobKind, photos: list[tuple[bytes, ImageInfo]], extra: dict[str, Any]
+) -> str:
+    """Store the photos, then enqueue the job; returns its id."""
     job_id = uuid.uuid4().hex
-    key = original_key(job_id)
+    keys = [original_key(job_id, source) for source in range(len(photos))]
     try:
-        # The object is durable before the event exists: no event ever points at nothing.
-        await run_in_threadpool(state.store.put, key, photo, info.content_type)
+        # The objects are durable before the event exists: no event ever points at nothing.
+        for key, (data, info) in zip(keys, photos, strict=True):
+            await run_in_threadpool(state.store.put, key, data, info.content_type)
     except TransientError as exc:
         raise unavailable("object storage") from exc
-    message = PipelineMessage(job_id=job_id, kind=kind, image_key=key, **extra)
-    fields = {"kind": kind.value, "image_key": key}
+    second = keys[1] if len(keys) > 1 else None
+    message = PipelineMessage(job_id=job_id, kind=kind, image_key=keys[0], second_image_key=second, **extra)
+    fields = {"kind": kind.value, "image_key": keys[0]}
     if message.user_id is not None:
         fields["user_id"] = str(message.user_id)
     try:
@@ -57,7 +61,18 @@ async def submit(
             await pipe.execute()
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
         raise unavailable("Redis") from exc
-    return message
+    return job_id
+
+
+def with_photo_urls(state: AppState, result: dict[str, Any]) -> dict[str, Any]:
+    """Search matches carry the stored photo's key; clients get a short-lived URL instead."""
+    expires = timedelta(seconds=state.config.pipeline.presign_seconds)
+    for face in result.get("faces", []):
+        for match in face.get("matches", []):
+            key = match.pop("image_key", None)
+            if key:
+                match["photo_url"] = state.presigner.presigned_url(key, expires)
+    return result
 
 
 async def read_job(state: AppState, request: Request, job_id: str) -> Job | None:
@@ -73,6 +88,9 @@ async def read_job(state: AppState, request: Request, job_id: str) -> Job | None
         }
         if times:
             stages[stage.value] = times
+    created_at = float(raw["created_at"]) if "created_at" in raw else None
+    finished_at = float(raw["finished_at"]) if "finished_at" in raw else None
+    result = with_photo_urls(state, json.loads(raw["result"])) if "result" in raw else None
     return Job(
         job_id=job_id,
         kind=JobKind(raw["kind"]),
@@ -80,12 +98,13 @@ async def read_job(state: AppState, request: Request, job_id: str) -> Job | None
         status_url=job_url(request, job_id),
         image_key=raw.get("image_key", ""),
         user_id=int(raw["user_id"]) if raw.get("user_id") else None,
-        created_at=float(raw["created_at"]) if "created_at" in raw else None,
-        finished_at=float(raw["finished_at"]) if "finished_at" in raw else None,
+        created_at=created_at,
+        finished_at=finished_at,
+        query_time_ms=round((finished_at - created_at) * 1000, 1) if created_at and finished_at else None,
         stages=stages,
         faces_seen=int(raw["faces_seen"]) if "faces_seen" in raw else None,
         error=JobError(code=raw["error_code"], message=raw.get("error_message", "")) if raw.get("error_code") else None,
-        result=json.loads(raw["result"]) if "result" in raw else None,
+        result=result,
     )
 
 

@@ -16,6 +16,12 @@ class UserCreate(BaseModel):
     full_name: str = Field(default="", max_length=200)
 
 
+class UserUpdate(BaseModel):
+    email: EmailStr | None = None
+    full_name: str | None = Field(default=None, max_length=200)
+    is_active: bool | None = None
+
+
 class User(BaseModel):
     id: int
     email: str
@@ -23,6 +29,23 @@ class User(BaseModel):
     is_active: bool
     created_at: datetime
     updated_at: datetime
+
+
+class UserPage(BaseModel):
+    items: list[User]
+    next_after: int | None = Field(description="pass as `after` for the next page; null on the last page")
+
+
+class Face(BaseModel):
+    id: int
+    user_id: int
+    box: list[float] = Field(description="x1, y1, x2, y2 in pixels of the enrolled photo")
+    det_score: float
+    faces_seen: int = Field(description="faces found in the enrolled photo; the largest was enrolled")
+    model_pack: str
+    created_at: datetime
+    photo_url: str = Field(description="presigned, expires after FECAPASS_PRESIGN_SECONDS")
+    crop_url: str = Field(description="the aligned face crop; presigned, expires likewise")
 
 
 class JobError(BaseModel):
@@ -59,10 +82,13 @@ class Job(BaseModel):
         default_factory=dict, description="per stage: started_at / finished_at, Unix time"
     )
     faces_seen: int | None = None
+    query_time_ms: float | None = Field(default=None, description="from upload to result, once finished")
     error: JobError | None = None
     result: dict[str, Any] | None = Field(
         default=None,
-        description="enroll: user_id, face_id, faces_seen, face; search: faces[] each with box, score, matches[]",
+        description="enroll: user_id, face_id, faces_seen, face. search: faces[] each with box, score and "
+        "matches[] (user_id, face_id, similarity, photo_url). verify: similarity, match, threshold, faces. "
+        "detect: faces[] with box, keypoints, score, quality {size, sharpness}.",
     )
 
 

@@ -41,6 +41,7 @@ class ErrorCode(StrEnum):
     IMAGE_TOO_LARGE = "image_too_large"
     OBJECT_MISSING = "object_missing"
     USER_NOT_FOUND = "user_not_found"
+    USER_HAS_NO_FACES = "user_has_no_faces"
     MALFORMED_MESSAGE = "malformed_message"
     TOO_MANY_DELIVERIES = "too_many_deliveries"
     INTERNAL = "internal_error"

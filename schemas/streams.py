@@ -46,8 +46,10 @@ class Stage(StrEnum):
 
 
 class JobKind(StrEnum):
-    ENROLL = "enroll"
-    SEARCH = "search"
+    ENROLL = "enroll"  # store the largest face for user_id
+    SEARCH = "search"  # who are the faces of the photo?
+    VERIFY = "verify"  # is the largest face user_id, or the largest face of second_image_key?
+    DETECT = "detect"  # faces only; finishes in the detect stage
 
 
 class MalformedMessage(ValueError):
@@ -62,6 +64,7 @@ class FaceBox(BaseModel):
         description="left eye, right eye, nose, left mouth corner, right mouth corner"
     )
     score: float
+    source: int = Field(default=0, description="0: the job's photo, 1: its second photo (verify)")
     crop_key: str | None = None
 
     @property
@@ -80,6 +83,7 @@ class PipelineMessage(BaseModel):
     job_id: str
     kind: JobKind
     image_key: str
+    second_image_key: str | None = None
     user_id: int | None = None
     threshold: float | None = None
     limit: int | None = None
@@ -126,6 +130,11 @@ class PipelineMessage(BaseModel):
         if matrix.size != self.dim * len(self.faces):
             raise MalformedMessage("embedding size does not match faces x dim")
         return matrix.reshape(len(self.faces), self.dim)
+
+    @property
+    def image_keys(self) -> list[str]:
+        """The job's photos, indexed by ``FaceBox.source``."""
+        return [self.image_key] + ([self.second_image_key] if self.second_image_key else [])
 
     def require_faces(self) -> list[FaceBox]:
         if self.faces is None:

@@ -1,4 +1,4 @@
-"""Enroll a face for a user and search by photo. Both answer 202 with a job; ``wait`` returns the result."""
+"""Enroll, search, verify and detect. Each answers 202 with a job; ``wait`` returns the finished job."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from ingest_api import jobs
-from ingest_api.deps import State
+from ingest_api.auth import READ, WRITE
+from ingest_api.deps import AppState, State
 from ingest_api.problems import ApiError, unavailable
 from ingest_api.uploads import read_photo
 from schemas.api import Job, Problem
@@ -26,41 +27,82 @@ WaitSeconds = Annotated[
         description="seconds to wait for the result (capped by FECAPASS_MAX_WAIT_SECONDS); 0 = answer at once",
     ),
 ]
+Threshold = Annotated[
+    float | None,
+    Query(ge=-1, le=1, description="minimum cosine similarity; default FECAPASS_SIMILARITY_THRESHOLD"),
+]
 Photo = Annotated[UploadFile, File(description="JPEG, PNG, WebP, BMP, TIFF or GIF photo")]
 
-ERRORS: dict[int | str, dict[str, object]] = {code: {"model": Problem} for code in (404, 413, 415, 422, 503)}
+ERRORS: dict[int | str, dict[str, object]] = {code: {"model": Problem} for code in (401, 403, 404, 413, 415, 422, 503)}
+JOB_RESPONSES: dict[int | str, dict[str, object]] = {200: {"model": Job}, **ERRORS}
 
 
-@router.post("/users/{user_id}/faces", status_code=202, response_model=Job, responses={200: {"model": Job}, **ERRORS})
-async def enroll_face(user_id: int, file: Photo, request: Request, state: State, wait: WaitSeconds = 0) -> JSONResponse:
-    """Enroll the largest face of the photo for the user."""
+async def require_active_user(state: AppState, user_id: int) -> None:
     try:
         user = await run_in_threadpool(state.main.get_user, user_id)
     except psycopg.OperationalError as exc:
         raise unavailable("the main database") from exc
     if user is None or not user.is_active:
         raise ApiError(404, "user_not_found", f"user {user_id} not found")
+
+
+@router.post(
+    "/users/{user_id}/faces", status_code=202, response_model=Job, dependencies=[WRITE], responses=JOB_RESPONSES
+)
+async def enroll_face(user_id: int, file: Photo, request: Request, state: State, wait: WaitSeconds = 0) -> JSONResponse:
+    """Enroll the largest face of the photo for the user."""
+    await require_active_user(state, user_id)
     cfg = state.config.pipeline
-    photo, info = await read_photo(file, cfg.max_upload_bytes, cfg.max_image_pixels)
-    message = await jobs.submit(state, kind=JobKind.ENROLL, photo=photo, info=info, extra={"user_id": user_id})
-    return await jobs.respond(state, request, message.job_id, wait)
+    photo = await read_photo(file, cfg.max_upload_bytes, cfg.max_image_pixels)
+    job_id = await jobs.submit(state, kind=JobKind.ENROLL, photos=[photo], extra={"user_id": user_id})
+    return await jobs.respond(state, request, job_id, wait)
 
 
-@router.post("/search", status_code=202, response_model=Job, responses={200: {"model": Job}, **ERRORS})
+@router.post("/search", status_code=202, response_model=Job, dependencies=[READ], responses=JOB_RESPONSES)
 async def search_faces(
     file: Photo,
     request: Request,
     state: State,
-    threshold: Annotated[
-        float | None,
-        Query(ge=-1, le=1, description="minimum cosine similarity; default FECAPASS_SIMILARITY_THRESHOLD"),
-    ] = None,
+    threshold: Threshold = None,
     limit: Annotated[int, Query(ge=1, le=100, description="most people returned per face")] = 10,
     wait: WaitSeconds = 0,
 ) -> JSONResponse:
     """Who is in this photo? Every face found gets its own list of matches."""
     cfg = state.config.pipeline
-    photo, info = await read_photo(file, cfg.max_upload_bytes, cfg.max_image_pixels)
+    photo = await read_photo(file, cfg.max_upload_bytes, cfg.max_image_pixels)
     extra = {"threshold": cfg.similarity_threshold if threshold is None else threshold, "limit": limit}
-    message = await jobs.submit(state, kind=JobKind.SEARCH, photo=photo, info=info, extra=extra)
-    return await jobs.respond(state, request, message.job_id, wait)
+    job_id = await jobs.submit(state, kind=JobKind.SEARCH, photos=[photo], extra=extra)
+    return await jobs.respond(state, request, job_id, wait)
+
+
+@router.post("/verify", status_code=202, response_model=Job, dependencies=[READ], responses=JOB_RESPONSES)
+async def verify_face(
+    file: Photo,
+    request: Request,
+    state: State,
+    second_file: Annotated[UploadFile | None, File(description="a second photo to compare with")] = None,
+    user_id: Annotated[int | None, Query(description="compare with this user's enrolled faces")] = None,
+    threshold: Threshold = None,
+    wait: WaitSeconds = 0,
+) -> JSONResponse:
+    """1:1: is the largest face of `file` the user `user_id` (their best face), or the person of `second_file`?"""
+    if (user_id is None) == (second_file is None):
+        raise ApiError(422, "invalid_request", "give exactly one of user_id or second_file")
+    if user_id is not None:
+        await require_active_user(state, user_id)
+    cfg = state.config.pipeline
+    photos = [await read_photo(file, cfg.max_upload_bytes, cfg.max_image_pixels)]
+    if second_file is not None:
+        photos.append(await read_photo(second_file, cfg.max_upload_bytes, cfg.max_image_pixels))
+    extra = {"threshold": cfg.similarity_threshold if threshold is None else threshold, "user_id": user_id}
+    job_id = await jobs.submit(state, kind=JobKind.VERIFY, photos=photos, extra=extra)
+    return await jobs.respond(state, request, job_id, wait)
+
+
+@router.post("/detect", status_code=202, response_model=Job, dependencies=[READ], responses=JOB_RESPONSES)
+async def detect_faces(file: Photo, request: Request, state: State, wait: WaitSeconds = 0) -> JSONResponse:
+    """Faces only: box, 5 keypoints, score and quality (size in pixels, sharpness) of every face."""
+    cfg = state.config.pipeline
+    photo = await read_photo(file, cfg.max_upload_bytes, cfg.max_image_pixels)
+    job_id = await jobs.submit(state, kind=JobKind.DETECT, photos=[photo], extra={})
+    return await jobs.respond(state, request, job_id, wait)

@@ -1,18 +1,29 @@
 from __future__ import annotations
 
+from typing import Annotated
+
 import psycopg
-from fastapi import APIRouter
+from fastapi import APIRouter, Query, Response
 from starlette.concurrency import run_in_threadpool
 
+from common.errors import TransientError
 from indexer.main_repository import DuplicateEmail
+from ingest_api.auth import READ, WRITE
 from ingest_api.deps import State
 from ingest_api.problems import ApiError, unavailable
-from schemas.api import Problem, User, UserCreate
+from schemas.api import Problem, User, UserCreate, UserPage, UserUpdate
 
 router = APIRouter(prefix="/v1/users", tags=["users"])
+ERRORS: dict[int | str, dict[str, object]] = {code: {"model": Problem} for code in (401, 403, 404, 503)}
 
 
-@router.post("", status_code=201, response_model=User, responses={409: {"model": Problem}})
+def _user_not_found(user_id: int) -> ApiError:
+    return ApiError(404, "user_not_found", f"user {user_id} not found")
+
+
+@router.post(
+    "", status_code=201, response_model=User, dependencies=[WRITE], responses={409: {"model": Problem}, **ERRORS}
+)
 async def create_user(body: UserCreate, state: State) -> User:
     try:
         row = await run_in_threadpool(state.main.create_user, str(body.email), body.full_name)
@@ -23,12 +34,59 @@ async def create_user(body: UserCreate, state: State) -> User:
     return User(**row.__dict__)
 
 
-@router.get("/{user_id}", response_model=User, responses={404: {"model": Problem}})
+@router.get("", response_model=UserPage, dependencies=[READ], responses=ERRORS)
+async def list_users(
+    state: State,
+    after: Annotated[int, Query(ge=0, description="the last id of the previous page")] = 0,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+) -> UserPage:
+    try:
+        rows = await run_in_threadpool(state.main.list_users, after, limit)
+    except psycopg.OperationalError as exc:
+        raise unavailable("the main database") from exc
+    return UserPage(
+        items=[User(**row.__dict__) for row in rows], next_after=rows[-1].id if len(rows) == limit else None
+    )
+
+
+@router.get("/{user_id}", response_model=User, dependencies=[READ], responses=ERRORS)
 async def get_user(user_id: int, state: State) -> User:
     try:
         row = await run_in_threadpool(state.main.get_user, user_id)
     except psycopg.OperationalError as exc:
         raise unavailable("the main database") from exc
     if row is None:
-        raise ApiError(404, "user_not_found", f"user {user_id} not found")
+        raise _user_not_found(user_id)
     return User(**row.__dict__)
+
+
+@router.patch("/{user_id}", response_model=User, dependencies=[WRITE], responses={409: {"model": Problem}, **ERRORS})
+async def update_user(user_id: int, body: UserUpdate, state: State) -> User:
+    try:
+        row = await run_in_threadpool(
+            lambda: state.main.update_user(
+                user_id,
+                email=str(body.email) if body.email else None,
+                full_name=body.full_name,
+                is_active=body.is_active,
+            )
+        )
+    except DuplicateEmail as exc:
+        raise ApiError(409, "email_taken", f"a user with email {body.email} exists") from exc
+    except psycopg.OperationalError as exc:
+        raise unavailable("the main database") from exc
+    if row is None:
+        raise _user_not_found(user_id)
+    return User(**row.__dict__)
+
+
+@router.delete("/{user_id}", status_code=204, dependencies=[WRITE], responses=ERRORS)
+async def delete_user(user_id: int, state: State) -> Response:
+    """Erase the user and everything held about them: face rows, embeddings of every pack, photos and crops."""
+    try:
+        erased = await run_in_threadpool(state.erasure.erase_user, user_id)
+    except (psycopg.OperationalError, TransientError) as exc:
+        raise unavailable("a database or object storage") from exc
+    if not erased:
+        raise _user_not_found(user_id)
+    return Response(status_code=204)

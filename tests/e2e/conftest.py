@@ -16,9 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 
-from common.services import LocalServices, free_port
+from common.apikeys import new_key
+from common.services import MAIN_DB, LocalServices, free_port
 from schemas.streams import Stage
 from tests.shared_data import BASIC, MODEL_ROOT, PACK, labels, require_basic, require_pack
 
@@ -30,11 +32,12 @@ class RunningPipeline:
     base_url: str
     env: dict[str, str]
     log_dir: Path
+    keys: dict[str, str] = field(default_factory=dict)  # scope -> key
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     metrics_ports: dict[str, int] = field(default_factory=dict)
 
-    def client(self) -> httpx.Client:
-        return httpx.Client(base_url=self.base_url, timeout=90)
+    def client(self, scope: str = "write") -> httpx.Client:
+        return httpx.Client(base_url=self.base_url, timeout=90, headers={"X-API-Key": self.keys[scope]})
 
     def handled_by(self, stage: Stage) -> dict[str, int]:
         """Entries each process of a stage finished, read from its structured log."""
@@ -45,6 +48,16 @@ class RunningPipeline:
                 events = [json.loads(line) for line in lines if line.startswith("{")]
                 counts[name] = sum(1 for e in events if e.get("event") in ("stage.handled", "stage.job_failed"))
         return counts
+
+
+def create_key(services: LocalServices, scope: str, name: str = "tests") -> str:
+    key, prefix, digest = new_key()
+    with psycopg.connect(services.dsn(MAIN_DB)) as conn:
+        conn.execute(
+            "INSERT INTO api_keys (name, scope, prefix, key_hash) VALUES (%s, %s, %s, %s)",
+            (name, scope, prefix, digest),
+        )
+    return key
 
 
 def start_process(env: dict[str, str], log_dir: Path, name: str, args: list[str]) -> subprocess.Popen[bytes]:
@@ -80,6 +93,7 @@ def pipeline(
         "FECAPASS_ORT_THREADS": "1",
     }
     running = RunningPipeline(f"http://127.0.0.1:{port}", env, log_dir)
+    running.keys = {scope: create_key(services, scope) for scope in ("read", "write")}
     running.processes["api"] = start_process(env, log_dir, "api", ["api"])
     for stage in Stage:
         for index in range(WORKERS_PER_STAGE):

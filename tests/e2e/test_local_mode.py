@@ -57,7 +57,9 @@ def test_up_enroll_search_inspect_stop_and_restart(tmp_path: Path) -> None:
         wait_ready(base_url, process, log)
         banner = log.read_text()
         assert base_url in banner and f"XINFO GROUPS {Stage.DETECT.stream}" in banner
-        with httpx.Client(base_url=base_url, timeout=60) as client:
+        key = (data_dir / "api-key").read_text().strip()
+        assert key in banner
+        with httpx.Client(base_url=base_url, timeout=60, headers={"X-API-Key": key}) as client:
             user = client.post("/v1/users", json={"email": "barack@example.com", "full_name": "Barack Obama"}).json()
             with (BASIC / "obama_1.jpg").open("rb") as photo:
                 enrolled = client.post(f"/v1/users/{user['id']}/faces", files={"file": photo}, params={"wait": 30})
@@ -81,7 +83,11 @@ def test_up_enroll_search_inspect_stop_and_restart(tmp_path: Path) -> None:
     process = start_up(data_dir, ports, log)
     try:
         wait_ready(base_url, process, log)
-        with httpx.Client(base_url=base_url, timeout=60) as client, (BASIC / "obama_3.jpg").open("rb") as photo:
+        headers = {"X-API-Key": key}
+        with (
+            httpx.Client(base_url=base_url, timeout=60, headers=headers) as client,
+            (BASIC / "obama_3.jpg").open("rb") as photo,
+        ):
             found = client.post("/v1/search", files={"file": photo}, params={"wait": 30}).json()
         assert found["result"]["faces"][0]["matches"][0]["user_id"] == user["id"]
     finally:
