@@ -22,6 +22,7 @@ from ingest_api.auth import KeyChecker
 from ingest_api.body_limit import BodySizeLimit
 from ingest_api.config import ApiConfig
 from ingest_api.deps import AppState
+from ingest_api.openapi import install_openapi
 from ingest_api.problems import install_problem_handlers
 from ingest_api.routers import faces, health, job_status, metrics, recognition, users
 from ingest_api.waiter import JobWaiter
@@ -75,6 +76,7 @@ def create_app(config: ApiConfig) -> FastAPI:
         lifespan=lifespan,
     )
     install_problem_handlers(app)
+    install_openapi(app)
     # Two photos (verify) plus multipart framing; each photo is also checked against the limit on its own.
     app.add_middleware(BodySizeLimit, max_bytes=2 * config.pipeline.max_upload_bytes + 64 * 1024)
     for router in (users.router, faces.router, recognition.router, job_status.router, health.router, metrics.router):

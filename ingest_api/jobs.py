@@ -30,6 +30,7 @@ CLIENT_ERROR_STATUS = {
     "undecodable_image": 422,
     "image_too_large": 422,
     "user_not_found": 404,
+    "user_has_no_faces": 422,
 }
 
 

@@ -51,8 +51,12 @@ class RunningPipeline:
 
 
 def create_key(services: LocalServices, scope: str, name: str = "tests") -> str:
+    return create_key_in(services.dsn(MAIN_DB), scope, name)
+
+
+def create_key_in(main_dsn: str, scope: str, name: str = "tests") -> str:
     key, prefix, digest = new_key()
-    with psycopg.connect(services.dsn(MAIN_DB)) as conn:
+    with psycopg.connect(main_dsn) as conn:
         conn.execute(
             "INSERT INTO api_keys (name, scope, prefix, key_hash) VALUES (%s, %s, %s, %s)",
             (name, scope, prefix, digest),

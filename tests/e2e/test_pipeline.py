@@ -147,3 +147,5 @@ def test_two_processes_per_stage_share_work_without_loss_or_duplicates(
     for stage in Stage:
         assert check.xpending(stage.stream, stage.group)["pending"] == 0
         assert check.xlen(stage.dead_letter_stream) == 0
+    with pipeline.client() as client:  # the burst user must not answer other tests' searches
+        assert client.delete(f"/v1/users/{user_id}").status_code == 204

@@ -1,0 +1,54 @@
+"""The OpenAPI document: every error response is documented as application/problem+json with one schema."""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+
+from ingest_api.problems import PROBLEM_JSON
+from schemas.api import Problem
+
+PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
+# Status codes any operation of a kind can answer, whatever its handler declares.
+SECURED = ("401", "403")
+WITH_BODY = ("400", "413", "422")
+WITH_PARAMETERS = ("422",)
+BACKED = ("503",)
+
+
+def _problem(status: str) -> dict[str, Any]:
+    return {"description": HTTPStatus(int(status)).phrase, "content": {PROBLEM_JSON: {"schema": PROBLEM_REF}}}
+
+
+def install_openapi(app: FastAPI) -> None:
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        document = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        schemas = document.setdefault("components", {}).setdefault("schemas", {})
+        schemas["Problem"] = Problem.model_json_schema(ref_template="#/components/schemas/{model}")
+        for name in ("HTTPValidationError", "ValidationError"):
+            schemas.pop(name, None)
+        for path, methods in document["paths"].items():
+            if path.startswith("/health"):  # health answers are Health documents, also when not ready
+                continue
+            for operation in methods.values():
+                responses = operation.setdefault("responses", {})
+                extra: list[str] = []
+                if operation.get("security"):
+                    extra += SECURED
+                if "requestBody" in operation:
+                    extra += WITH_BODY
+                if operation.get("parameters"):
+                    extra += WITH_PARAMETERS
+                extra += BACKED
+                for status in list(responses) + extra:
+                    if status.isdigit() and int(status) >= 400:
+                        responses[status] = _problem(status)
+        app.openapi_schema = document
+        return document
+
+    app.openapi = openapi  # type: ignore[method-assign]
