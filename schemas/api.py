@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, EmailStr, Field
 
@@ -11,14 +11,18 @@ from schemas.jobs import JobState
 from schemas.streams import JobKind
 
 
+# PostgreSQL text cannot hold NUL; refuse it with a 422 rather than fail on insert.
+FullName = Annotated[str, Field(max_length=200, pattern=r"^[^\x00]*$")]
+
+
 class UserCreate(BaseModel):
     email: EmailStr
-    full_name: str = Field(default="", max_length=200)
+    full_name: FullName = ""
 
 
 class UserUpdate(BaseModel):
     email: EmailStr | None = None
-    full_name: str | None = Field(default=None, max_length=200)
+    full_name: FullName | None = None
     is_active: bool | None = None
 
 

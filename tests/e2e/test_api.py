@@ -82,6 +82,8 @@ def test_user_crud_and_pagination(pipeline: RunningPipeline) -> None:
         clash = client.patch(f"/v1/users/{ids[0]}", json={"email": taken})
         assert clash.status_code == 409 and clash.json()["code"] == "email_taken"
         assert client.patch("/v1/users/999999999", json={"full_name": "x"}).status_code == 404
+        nul = client.post("/v1/users", json={"email": "nul@example.com", "full_name": "a\u0000b"})
+        assert nul.status_code == 422 and nul.json()["code"] == "invalid_request"
         # An inactive user can neither enroll nor be verified.
         assert upload(client, f"/v1/users/{ids[0]}/faces", "obama_1.jpg").json()["code"] == "user_not_found"
 
