@@ -14,60 +14,23 @@ import secrets
 import signal
 import socket
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import FrameType
-from typing import Any, Protocol, cast
+from typing import Any, cast
 
 import redis
 import structlog
 from redis.typing import EncodableT, FieldT
 
-from common import status
+from common import status, webhooks
 from common.errors import JobFailed, PoisonMessage, StageError
+from common.handlers import Outcome, StageHandler
 from common.metrics import STAGE_BATCH_SECONDS, STAGE_BATCH_SIZE, STAGE_ENTRIES
 from common.settings import StreamSettings
-from schemas.jobs import ErrorCode
-from schemas.streams import MalformedMessage, PipelineMessage, Stage
+from schemas.jobs import STAGE_STATE, ErrorCode, JobState
+from schemas.streams import MalformedMessage, Stage, StreamMessage
 
 log = structlog.get_logger(__name__)
-
-
-@dataclass
-class Outcome:
-    """What a handler produced for one message."""
-
-    forward: PipelineMessage | None = None  # sent to the next stage's stream
-    result: dict[str, Any] | None = None  # final job result: the job is done
-    status_fields: dict[str, str] = field(default_factory=dict)
-
-
-HandlerResult = Outcome | BaseException
-
-
-class StageHandler(Protocol):
-    stage: Stage
-
-    def handle_batch(self, messages: Sequence[PipelineMessage]) -> list[HandlerResult]:
-        """One result per message, in order. An exception in the list fails only its own message."""
-        ...
-
-
-def per_message(
-    handle: Callable[[PipelineMessage], Outcome],
-) -> Callable[[Sequence[PipelineMessage]], list[HandlerResult]]:
-    """Adapt a one-message handler to the batch interface, isolating failures per message."""
-
-    def handle_batch(messages: Sequence[PipelineMessage]) -> list[HandlerResult]:
-        results: list[HandlerResult] = []
-        for message in messages:
-            try:
-                results.append(handle(message))
-            except Exception as exc:
-                results.append(exc)
-        return results
-
-    return handle_batch
 
 
 @dataclass
@@ -213,7 +176,7 @@ class StageRunner:
         ]
 
     def _process(self, entries: list[Entry]) -> None:
-        runnable: list[tuple[Entry, PipelineMessage]] = []
+        runnable: list[tuple[Entry, StreamMessage]] = []
         for entry in entries:
             if entry.deliveries > self.settings.max_deliveries:
                 last_error = self.client.hget(errors_key(self.stage), entry.message_id)
@@ -225,16 +188,17 @@ class StageRunner:
                 )
                 continue
             try:
-                runnable.append((entry, PipelineMessage.from_fields(entry.fields)))
+                runnable.append((entry, self.handler.message_type.from_fields(entry.fields)))
             except MalformedMessage as exc:
                 self._dead_letter(entry, None, ErrorCode.MALFORMED_MESSAGE, str(exc))
         if not runnable:
             return
 
-        with self.client.pipeline(transaction=False) as pipe:
-            for _, message in runnable:
-                status.queue_stage_started(pipe, message.job_id, self.stage, self.job_ttl_seconds)
-            pipe.execute()
+        if self.stage in STAGE_STATE:
+            with self.client.pipeline(transaction=False) as pipe:
+                for _, message in runnable:
+                    status.queue_stage_started(pipe, message.job_id, self.stage, self.job_ttl_seconds)
+                pipe.execute()
 
         started = time.perf_counter()
         try:
@@ -264,29 +228,32 @@ class StageRunner:
 
     # -- outcomes, each one MULTI/EXEC -----------------------------------------------------------------
 
-    def _complete(self, entry: Entry, message: PipelineMessage, outcome: Outcome) -> None:
+    def _complete(self, entry: Entry, message: StreamMessage, outcome: Outcome) -> None:
         with self.client.pipeline(transaction=True) as pipe:
             if outcome.forward is not None:
                 next_stage = self.stage.next
                 if next_stage is None:
                     raise RuntimeError(f"{self.stage} has no next stage to forward to")
                 pipe.xadd(next_stage.stream, outcome.forward.to_fields())
-            status.queue_stage_finished(pipe, message.job_id, self.stage, outcome.status_fields)
+            if self.stage in STAGE_STATE:
+                status.queue_stage_finished(pipe, message.job_id, self.stage, outcome.status_fields)
             if outcome.result is not None:
                 status.queue_done(pipe, message.job_id, outcome.result)
+                webhooks.queue_job_finished(pipe, message, JobState.DONE, result=outcome.result)
             pipe.xack(self.stage.stream, self.stage.group, entry.message_id)
             pipe.hdel(errors_key(self.stage), entry.message_id)
             pipe.execute()
 
-    def _fail_job(self, entry: Entry, message: PipelineMessage, error: StageError) -> None:
+    def _fail_job(self, entry: Entry, message: StreamMessage, error: StageError) -> None:
         with self.client.pipeline(transaction=True) as pipe:
             status.queue_stage_finished(pipe, message.job_id, self.stage)
             status.queue_failed(pipe, message.job_id, error.code, error.message)
+            webhooks.queue_job_finished(pipe, message, JobState.FAILED, error=(str(error.code), error.message))
             pipe.xack(self.stage.stream, self.stage.group, entry.message_id)
             pipe.hdel(errors_key(self.stage), entry.message_id)
             pipe.execute()
 
-    def _dead_letter(self, entry: Entry, message: PipelineMessage | None, code: ErrorCode, reason: str) -> None:
+    def _dead_letter(self, entry: Entry, message: StreamMessage | None, code: ErrorCode, reason: str) -> None:
         job_id = message.job_id if message else _text(entry.fields.get(b"job_id", b""))
         dead_fields: dict[FieldT, EncodableT] = {_text(k): _text(v) for k, v in entry.fields.items()}
         dead_fields.update(
@@ -301,8 +268,10 @@ class StageRunner:
         )
         with self.client.pipeline(transaction=True) as pipe:
             pipe.xadd(self.stage.dead_letter_stream, dead_fields)
-            if job_id:
+            if job_id and self.stage in STAGE_STATE:  # a dead webhook does not un-finish its job
                 status.queue_failed(pipe, job_id, code, reason)
+                if message is not None:
+                    webhooks.queue_job_finished(pipe, message, JobState.FAILED, error=(str(code), reason))
             pipe.xack(self.stage.stream, self.stage.group, entry.message_id)
             pipe.hdel(errors_key(self.stage), entry.message_id)
             pipe.execute()

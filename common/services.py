@@ -92,18 +92,21 @@ def _wait_until(check: Callable[[], object], what: str, process: subprocess.Pope
 
 @dataclass
 class Credentials:
-    db_password: str
-    s3_access_key: str
-    s3_secret_key: str
+    """Secrets of a local installation, made on its first start and kept (0600) in its data folder."""
+
+    db_password: str = field(default_factory=lambda: secrets.token_urlsafe(18))
+    s3_access_key: str = field(default_factory=lambda: "fecapass-" + secrets.token_hex(6))
+    s3_secret_key: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+    webhook_secret: str = field(default_factory=lambda: secrets.token_urlsafe(24))
 
     @classmethod
     def load_or_create(cls, path: Path) -> Credentials:
-        if path.exists():
-            return cls(**json.loads(path.read_text()))
-        created = cls(secrets.token_urlsafe(18), "fecapass-" + secrets.token_hex(6), secrets.token_urlsafe(24))
-        path.write_text(json.dumps(created.__dict__))
-        path.chmod(0o600)
-        return created
+        stored = json.loads(path.read_text()) if path.exists() else {}
+        credentials = cls(**stored)  # secrets added in later versions get made now
+        if stored != credentials.__dict__:
+            path.write_text(json.dumps(credentials.__dict__))
+            path.chmod(0o600)
+        return credentials
 
 
 @dataclass
@@ -149,6 +152,7 @@ class LocalServices:
             "FECAPASS_S3_ACCESS_KEY": self.credentials.s3_access_key,
             "FECAPASS_S3_SECRET_KEY": self.credentials.s3_secret_key,
             "FECAPASS_S3_BUCKET": self.bucket,
+            "FECAPASS_WEBHOOK_SECRET": self.credentials.webhook_secret,
         }
 
     # -- lifecycle -------------------------------------------------------------------------------------

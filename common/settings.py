@@ -78,6 +78,13 @@ class ApiSettings(_Base):
     api_port: int = 8000
 
 
+class WebhookSettings(_Base):
+    # Shared with webhook receivers, who check each request's HMAC-SHA256 signature with it.
+    webhook_secret: SecretStr
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0)
+    webhook_attempts: int = Field(default=3, ge=1, le=10, description="quick tries before a delivery is redelivered")
+
+
 class ObservabilitySettings(_Base):
     # Each stage process serves Prometheus metrics here (the API serves them at /metrics on its own port).
     metrics_port: int = Field(default=9100, ge=0, le=65535, description="0 turns the worker metrics server off")
@@ -98,6 +105,8 @@ ALL_SETTINGS: tuple[type[BaseSettings], ...] = (
     PipelineSettings,
     StreamSettings,
     ApiSettings,
+    WebhookSettings,
+    ObservabilitySettings,
     LogSettings,
 )
 

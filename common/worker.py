@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 
+import httpx
 import structlog
 from prometheus_client import start_http_server
 
 from common import clients
 from common import settings as s
-from common.runner import StageHandler, StageRunner
+from common.handlers import StageHandler
+from common.runner import StageRunner
+from common.webhooks import WebhookHandler
 from schemas.streams import Stage
 
 log = structlog.get_logger(__name__)
@@ -30,9 +33,18 @@ def handler_factory(stage: Stage) -> Callable[[], AbstractContextManager[StageHa
         from embedder.worker import embed_handler
 
         return embed_handler
+    if stage is Stage.WEBHOOK:
+        return webhook_handler
     from indexer.worker import index_handler
 
     return index_handler
+
+
+@contextmanager
+def webhook_handler() -> Iterator[WebhookHandler]:
+    settings = s.load(s.WebhookSettings)
+    with httpx.Client(timeout=settings.webhook_timeout_seconds, follow_redirects=False) as client:
+        yield WebhookHandler(client, settings.webhook_secret.get_secret_value().encode(), settings.webhook_attempts)
 
 
 def serve_metrics(port: int, stage: Stage) -> None:

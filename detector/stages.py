@@ -8,9 +8,9 @@ from typing import Any
 import numpy as np
 
 from common.errors import JobFailed, TransientError
+from common.handlers import HandlerResult, Outcome, per_message
 from common.imaging import ImageError, ImageTooLarge, decode, encode_png
 from common.objects import ObjectMissing, ObjectStore, crop_key, discard_job_objects
-from common.runner import HandlerResult, Outcome, per_message
 from detector.align import align_face
 from detector.model import Face, FaceDetector
 from detector.quality import sharpness
@@ -47,6 +47,7 @@ def to_wire(face: Face, source: int = 0) -> FaceBox:
 
 class DetectHandler:
     stage = Stage.DETECT
+    message_type = PipelineMessage
 
     def __init__(self, store: ObjectStore, detector: FaceDetector, max_image_pixels: int) -> None:
         self.store = store
@@ -97,6 +98,7 @@ def detect_result(image: np.ndarray, faces: list[Face]) -> dict[str, Any]:
 
 class AlignHandler:
     stage = Stage.ALIGN
+    message_type = PipelineMessage
 
     def __init__(self, store: ObjectStore, crop_size: int, max_image_pixels: int) -> None:
         self.store = store

@@ -8,8 +8,8 @@ import cv2
 import numpy as np
 
 from common.errors import PoisonMessage, TransientError
+from common.handlers import HandlerResult, Outcome
 from common.objects import ObjectMissing, ObjectStore
-from common.runner import HandlerResult, Outcome
 from embedder.model import FaceRecognizer
 from schemas.jobs import ErrorCode
 from schemas.streams import PipelineMessage, Stage, encode_embeddings
@@ -17,6 +17,7 @@ from schemas.streams import PipelineMessage, Stage, encode_embeddings
 
 class EmbedHandler:
     stage = Stage.EMBED
+    message_type = PipelineMessage
 
     def __init__(self, store: ObjectStore, recognizer: FaceRecognizer, pack: str) -> None:
         self.store = store

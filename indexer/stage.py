@@ -9,8 +9,8 @@ import numpy as np
 import psycopg
 
 from common.errors import JobFailed, PoisonMessage, TransientError
+from common.handlers import HandlerResult, Outcome, per_message
 from common.objects import ObjectStore, discard_job_objects
-from common.runner import HandlerResult, Outcome, per_message
 from indexer.main_repository import MainRepository, NewFace, UnknownUser
 from indexer.vector_repository import PackMismatch, VectorRepository
 from schemas.jobs import ErrorCode
@@ -23,6 +23,7 @@ CANDIDATES_PER_RESULT = 4
 
 class IndexHandler:
     stage = Stage.INDEX
+    message_type = PipelineMessage
 
     def __init__(
         self, main: MainRepository, vectors: VectorRepository, store: ObjectStore, default_threshold: float

@@ -22,7 +22,7 @@ from ingest_api.deps import AppState
 from ingest_api.problems import ApiError, unavailable
 from schemas.api import Job, JobError
 from schemas.jobs import JobState, job_key
-from schemas.streams import JobKind, PipelineMessage, Stage
+from schemas.streams import PIPELINE, JobKind, PipelineMessage, Stage
 
 # Failures that are the caller's photo or request, reported as 422 to a caller who waited.
 CLIENT_ERROR_STATUS = {
@@ -81,7 +81,7 @@ async def read_job(state: AppState, request: Request, job_id: str) -> Job | None
     if not raw or "kind" not in raw:
         return None
     stages: dict[str, dict[str, float]] = {}
-    for stage in Stage:
+    for stage in PIPELINE:
         times = {
             moment: float(raw[f"{stage.value}_{moment}"])
             for moment in ("started_at", "finished_at")

@@ -10,7 +10,6 @@ from pydantic import BaseModel, EmailStr, Field
 from schemas.jobs import JobState
 from schemas.streams import JobKind
 
-
 # PostgreSQL text cannot hold NUL; refuse it with a 422 rather than fail on insert.
 FullName = Annotated[str, Field(max_length=200, pattern=r"^[^\x00]*$")]
 

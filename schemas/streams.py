@@ -25,6 +25,7 @@ class Stage(StrEnum):
     ALIGN = "align"
     EMBED = "embed"
     INDEX = "index"
+    WEBHOOK = "webhook"  # delivers finished jobs to their callback_url; not part of the face pipeline
 
     @property
     def stream(self) -> str:
@@ -40,9 +41,14 @@ class Stage(StrEnum):
 
     @property
     def next(self) -> Stage | None:
-        order = list(Stage)
-        index = order.index(self)
-        return order[index + 1] if index + 1 < len(order) else None
+        if self not in PIPELINE:
+            return None
+        index = PIPELINE.index(self)
+        return PIPELINE[index + 1] if index + 1 < len(PIPELINE) else None
+
+
+# The face pipeline, in order.
+PIPELINE = (Stage.DETECT, Stage.ALIGN, Stage.EMBED, Stage.INDEX)
 
 
 class JobKind(StrEnum):
@@ -73,14 +79,48 @@ class FaceBox(BaseModel):
         return max(0.0, x2 - x1) * max(0.0, y2 - y1)
 
 
-class PipelineMessage(BaseModel):
+class StreamMessage(BaseModel):
+    """A versioned stream entry of flat string fields."""
+
+    v: str = SCHEMA_VERSION
+    job_id: str
+
+    def to_fields(self) -> dict[FieldT, EncodableT]:
+        """Flat readable strings, as XADD takes them."""
+        return {name: self._encode(name, value) for name, value in self if value is not None}
+
+    def _encode(self, name: str, value: Any) -> str:
+        return str(value)
+
+    @classmethod
+    def _decode(cls, data: dict[str, Any]) -> dict[str, Any]:
+        return data
+
+    @classmethod
+    def from_fields(cls, raw: dict[Any, Any]) -> Self:
+        fields = {_text(k): _text(v) for k, v in raw.items()}
+        version = fields.get("v")
+        if version != SCHEMA_VERSION:
+            raise MalformedMessage(f"unsupported schema version {version!r}")
+        try:
+            return cls.model_validate(cls._decode(dict(fields)))
+        except (ValueError, ValidationError) as exc:
+            raise MalformedMessage(str(exc).splitlines()[0]) from exc
+
+
+class WebhookMessage(StreamMessage):
+    """A finished job to POST to its callback URL; ``body`` is the exact JSON that is signed and sent."""
+
+    url: str
+    body: str
+
+
+class PipelineMessage(StreamMessage):
     """The one message shape that flows detect -> align -> embed -> index.
 
     Each stage adds its own fields; a stage checks that the fields it needs are present.
     """
 
-    v: str = SCHEMA_VERSION
-    job_id: str
     kind: JobKind
     image_key: str
     second_image_key: str | None = None
@@ -92,36 +132,22 @@ class PipelineMessage(BaseModel):
     embeddings: bytes | None = Field(default=None, description="float32 [len(faces), dim], base64 on the wire")
     dim: int | None = None
     pack: str | None = Field(default=None, description="model pack that produced the embeddings")
+    callback_url: str | None = Field(default=None, description="where the finished job is POSTed")
 
-    def to_fields(self) -> dict[FieldT, EncodableT]:
-        """Flat readable strings, as XADD takes them."""
-        fields: dict[FieldT, EncodableT] = {}
-        for name, value in self:
-            if value is None:
-                continue
-            if name == "faces":
-                fields[name] = json.dumps([face.model_dump(exclude_none=True) for face in value], separators=(",", ":"))
-            elif name == "embeddings":
-                fields[name] = base64.b64encode(value).decode("ascii")
-            else:
-                fields[name] = str(value)
-        return fields
+    def _encode(self, name: str, value: Any) -> str:
+        if name == "faces":
+            return json.dumps([face.model_dump(exclude_none=True) for face in value], separators=(",", ":"))
+        if name == "embeddings":
+            return base64.b64encode(value).decode("ascii")
+        return str(value)
 
     @classmethod
-    def from_fields(cls, raw: dict[Any, Any]) -> Self:
-        fields = {_text(k): _text(v) for k, v in raw.items()}
-        version = fields.get("v")
-        if version != SCHEMA_VERSION:
-            raise MalformedMessage(f"unsupported schema version {version!r}")
-        data: dict[str, Any] = dict(fields)
-        try:
-            if "faces" in data:
-                data["faces"] = json.loads(data["faces"])
-            if "embeddings" in data:
-                data["embeddings"] = base64.b64decode(data["embeddings"], validate=True)
-            return cls.model_validate(data)
-        except (ValueError, ValidationError) as exc:
-            raise MalformedMessage(str(exc).splitlines()[0]) from exc
+    def _decode(cls, data: dict[str, Any]) -> dict[str, Any]:
+        if "faces" in data:
+            data["faces"] = json.loads(data["faces"])
+        if "embeddings" in data:
+            data["embeddings"] = base64.b64decode(data["embeddings"], validate=True)
+        return data
 
     def embedding_matrix(self) -> np.ndarray:
         if self.embeddings is None or self.dim is None or self.faces is None:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import psycopg
 from fastapi import APIRouter, File, Query, Request, UploadFile
 from fastapi.responses import JSONResponse
+from pydantic import AnyHttpUrl
 from starlette.concurrency import run_in_threadpool
 
 from ingest_api import jobs
@@ -32,6 +33,15 @@ Threshold = Annotated[
     Query(ge=-1, le=1, description="minimum cosine similarity; default FECAPASS_SIMILARITY_THRESHOLD"),
 ]
 Photo = Annotated[UploadFile, File(description="JPEG, PNG, WebP, BMP, TIFF or GIF photo")]
+CallbackUrl = Annotated[
+    AnyHttpUrl | None,
+    Query(description="POST the finished job here, signed with X-Fecapass-Signature (see README)"),
+]
+
+
+def callback(url: AnyHttpUrl | None) -> dict[str, Any]:
+    return {"callback_url": str(url)} if url is not None else {}
+
 
 ERRORS: dict[int | str, dict[str, object]] = {code: {"model": Problem} for code in (401, 403, 404, 413, 415, 422, 503)}
 JOB_RESPONSES: dict[int | str, dict[str, object]] = {200: {"model": Job}, **ERRORS}
@@ -49,12 +59,16 @@ async def require_active_user(state: AppState, user_id: int) -> None:
 @router.post(
     "/users/{user_id}/faces", status_code=202, response_model=Job, dependencies=[WRITE], responses=JOB_RESPONSES
 )
-async def enroll_face(user_id: int, file: Photo, request: Request, state: State, wait: WaitSeconds = 0) -> JSONResponse:
+async def enroll_face(
+    user_id: int, file: Photo, request: Request, state: State, wait: WaitSeconds = 0, callback_url: CallbackUrl = None
+) -> JSONResponse:
     """Enroll the largest face of the photo for the user."""
     await require_active_user(state, user_id)
     cfg = state.config.pipeline
     photo = await read_photo(file, cfg.max_upload_bytes, cfg.max_image_pixels)
-    job_id = await jobs.submit(state, kind=JobKind.ENROLL, photos=[photo], extra={"user_id": user_id})
+    job_id = await jobs.submit(
+        state, kind=JobKind.ENROLL, photos=[photo], extra={"user_id": user_id, **callback(callback_url)}
+    )
     return await jobs.respond(state, request, job_id, wait)
 
 
@@ -66,11 +80,16 @@ async def search_faces(
     threshold: Threshold = None,
     limit: Annotated[int, Query(ge=1, le=100, description="most people returned per face")] = 10,
     wait: WaitSeconds = 0,
+    callback_url: CallbackUrl = None,
 ) -> JSONResponse:
     """Who is in this photo? Every face found gets its own list of matches."""
     cfg = state.config.pipeline
     photo = await read_photo(file, cfg.max_upload_bytes, cfg.max_image_pixels)
-    extra = {"threshold": cfg.similarity_threshold if threshold is None else threshold, "limit": limit}
+    extra = {
+        "threshold": cfg.similarity_threshold if threshold is None else threshold,
+        "limit": limit,
+        **callback(callback_url),
+    }
     job_id = await jobs.submit(state, kind=JobKind.SEARCH, photos=[photo], extra=extra)
     return await jobs.respond(state, request, job_id, wait)
 
@@ -84,6 +103,7 @@ async def verify_face(
     user_id: Annotated[int | None, Query(description="compare with this user's enrolled faces")] = None,
     threshold: Threshold = None,
     wait: WaitSeconds = 0,
+    callback_url: CallbackUrl = None,
 ) -> JSONResponse:
     """1:1: is the largest face of `file` the user `user_id` (their best face), or the person of `second_file`?"""
     if (user_id is None) == (second_file is None):
@@ -94,15 +114,21 @@ async def verify_face(
     photos = [await read_photo(file, cfg.max_upload_bytes, cfg.max_image_pixels)]
     if second_file is not None:
         photos.append(await read_photo(second_file, cfg.max_upload_bytes, cfg.max_image_pixels))
-    extra = {"threshold": cfg.similarity_threshold if threshold is None else threshold, "user_id": user_id}
+    extra = {
+        "threshold": cfg.similarity_threshold if threshold is None else threshold,
+        "user_id": user_id,
+        **callback(callback_url),
+    }
     job_id = await jobs.submit(state, kind=JobKind.VERIFY, photos=photos, extra=extra)
     return await jobs.respond(state, request, job_id, wait)
 
 
 @router.post("/detect", status_code=202, response_model=Job, dependencies=[READ], responses=JOB_RESPONSES)
-async def detect_faces(file: Photo, request: Request, state: State, wait: WaitSeconds = 0) -> JSONResponse:
+async def detect_faces(
+    file: Photo, request: Request, state: State, wait: WaitSeconds = 0, callback_url: CallbackUrl = None
+) -> JSONResponse:
     """Faces only: box, 5 keypoints, score and quality (size in pixels, sharpness) of every face."""
     cfg = state.config.pipeline
     photo = await read_photo(file, cfg.max_upload_bytes, cfg.max_image_pixels)
-    job_id = await jobs.submit(state, kind=JobKind.DETECT, photos=[photo], extra={})
+    job_id = await jobs.submit(state, kind=JobKind.DETECT, photos=[photo], extra=callback(callback_url))
     return await jobs.respond(state, request, job_id, wait)

@@ -14,10 +14,17 @@ from typing import Any
 import pytest
 import yaml
 
+from schemas.streams import Stage
+
 ROOT = Path(__file__).resolve().parents[2]
-PYTHON_SERVICES = {"api", "detect", "align", "embed", "index", "migrate", "models"}
-STAGES = {"detect", "align", "embed", "index"}
-DUMMY_SECRETS = {"POSTGRES_PASSWORD": "pw", "MINIO_ROOT_USER": "user", "MINIO_ROOT_PASSWORD": "password1"}
+STAGES = {stage.value for stage in Stage}
+PYTHON_SERVICES = {"api", "migrate", "models"} | STAGES
+DUMMY_SECRETS = {
+    "POSTGRES_PASSWORD": "pw",
+    "MINIO_ROOT_USER": "user",
+    "MINIO_ROOT_PASSWORD": "password1",
+    "FECAPASS_WEBHOOK_SECRET": "hook-secret",
+}
 
 
 def tool(name: str) -> str:

@@ -11,7 +11,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from schemas.streams import Stage
+from schemas.streams import PIPELINE, Stage
 from tests.e2e.conftest import RunningPipeline, search
 
 pytestmark = pytest.mark.e2e
@@ -35,7 +35,7 @@ def test_api_metrics_have_requests_and_stream_backlog(pipeline: RunningPipeline,
     assert ("/v1/search", "200") in requests
     streams = {labels["stream"]: value for labels, value in found["fecapass_stream_length"]}
     assert set(streams) == {stage.stream for stage in Stage}
-    assert all(value > 0 for value in streams.values())
+    assert all(streams[stage.stream] > 0 for stage in PIPELINE)
     for name in (
         "fecapass_stream_pending",
         "fecapass_stream_lag",
@@ -43,7 +43,7 @@ def test_api_metrics_have_requests_and_stream_backlog(pipeline: RunningPipeline,
         "fecapass_stream_dead_letters",
         "fecapass_stream_oldest_pending_seconds",
     ):
-        assert len(found[name]) == 4, name
+        assert len(found[name]) == len(Stage), name
     consumers = {labels["group"]: value for labels, value in found["fecapass_stream_consumers"]}
     assert all(value >= 2 for value in consumers.values())  # two processes per stage
 
@@ -59,9 +59,10 @@ def test_every_stage_process_serves_its_counters(pipeline: RunningPipeline, enro
             if labels["stage"] == stage
         }
         processed[stage] = processed.get(stage, 0) + counts.get("processed", 0)
-        assert any(labels["stage"] == stage for labels, _ in found["fecapass_stage_batch_seconds_count"])
-    assert set(processed) == {stage.value for stage in Stage}
-    assert all(total > 0 for total in processed.values()), processed
+        if stage in {s.value for s in PIPELINE}:  # the webhook stage may have had nothing to send yet
+            assert any(labels["stage"] == stage for labels, _ in found["fecapass_stage_batch_seconds_count"])
+    assert {stage.value for stage in PIPELINE} <= set(processed)
+    assert all(processed[stage.value] > 0 for stage in PIPELINE), processed
 
 
 def test_streams_command_prints_every_group(pipeline: RunningPipeline, enrolled: dict[str, Any]) -> None:

@@ -12,7 +12,7 @@ import pytest
 import redis
 
 from common.services import MAIN_DB, LocalServices
-from schemas.streams import Stage
+from schemas.streams import PIPELINE, Stage
 from tests.e2e.conftest import RunningPipeline, create_user, search, upload
 from tests.shared_data import LabelledFace, iou, labels
 
@@ -140,7 +140,7 @@ def test_two_processes_per_stage_share_work_without_loss_or_duplicates(
         ).fetchall()
     assert sorted(job for job, _ in rows) == sorted(job_ids)  # every job exactly one face: none lost
     assert all(count == 1 for _, count in rows)  # none duplicated
-    for stage in Stage:
+    for stage in PIPELINE:
         handled = pipeline.handled_by(stage)
         assert len(handled) == 2 and all(count > 0 for count in handled.values()), (stage, handled)
     check = redis.Redis.from_url(services.redis_url)

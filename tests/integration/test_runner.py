@@ -10,7 +10,8 @@ import pytest
 import redis
 
 from common.errors import JobFailed, PoisonMessage, TransientError
-from common.runner import HandlerResult, Outcome, StageRunner, ensure_group, errors_key, per_message
+from common.handlers import HandlerResult, Outcome, per_message
+from common.runner import StageRunner, ensure_group, errors_key
 from common.settings import StreamSettings
 from schemas.jobs import ErrorCode, job_key
 from schemas.streams import JobKind, PipelineMessage, Stage
@@ -22,6 +23,7 @@ class ScriptedHandler:
     """Align-stage stand-in whose behaviour per job is chosen by the test."""
 
     stage = Stage.ALIGN
+    message_type = PipelineMessage
 
     def __init__(self, behaviour: dict[str, list[BaseException | None]] | None = None) -> None:
         self.behaviour = behaviour or {}

@@ -53,3 +53,15 @@ def test_secrets_have_no_value_and_defaults_match_the_code() -> None:
                 assert values[variable] == field.default, variable
             elif isinstance(field.default, int | float):
                 assert float(values[variable]) == float(field.default), variable
+
+
+def test_readme_settings_table_lists_every_setting() -> None:
+    readme = (ROOT / "README.md").read_text()
+    table = readme[readme.index("## Settings") :]
+    missing = {
+        ENV_PREFIX + name.upper()
+        for cls in ALL_SETTINGS
+        for name in cls.model_fields
+        if f"`{ENV_PREFIX}{name.upper()}`" not in table
+    }
+    assert not missing

@@ -6,11 +6,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from schemas.streams import (
+    PIPELINE,
     FaceBox,
     JobKind,
     MalformedMessage,
     PipelineMessage,
     Stage,
+    WebhookMessage,
     encode_embeddings,
 )
 
@@ -100,11 +102,18 @@ def test_embedding_size_must_match_faces() -> None:
 
 
 def test_stage_names_and_order() -> None:
-    assert [stage.stream for stage in Stage] == [
+    assert [stage.stream for stage in PIPELINE] == [
         "fecapass:detect",
         "fecapass:align",
         "fecapass:embed",
         "fecapass:index",
     ]
-    assert Stage.DETECT.next is Stage.ALIGN and Stage.INDEX.next is None
+    assert Stage.DETECT.next is Stage.ALIGN and Stage.INDEX.next is None and Stage.WEBHOOK.next is None
     assert Stage.EMBED.dead_letter_stream == "fecapass:embed:dead"
+
+
+def test_webhook_message_round_trip() -> None:
+    message = WebhookMessage(job_id="j", url="https://example.com/hook", body='{"state":"done"}')
+    assert WebhookMessage.from_fields(message.to_fields()) == message
+    with pytest.raises(MalformedMessage):
+        WebhookMessage.from_fields({"v": "1", "job_id": "j"})
