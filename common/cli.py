@@ -97,6 +97,41 @@ def _keys(args: argparse.Namespace) -> None:
             print(f"revoked key {args.id}")
 
 
+def _dlq(args: argparse.Namespace) -> None:
+    from common import clients, dlq
+
+    client = clients.redis_client(s.load(s.RedisSettings))
+    stages = [Stage(args.stage)] if getattr(args, "stage", None) else list(Stage)
+    if args.action == "list":
+        for stage, count in dlq.counts(client).items():
+            if stage not in stages:
+                continue
+            print(f"{stage.dead_letter_stream}: {count}")
+            for letter in dlq.entries(client, stage, count=args.count):
+                fields = letter.fields
+                reason = f"{fields.get('dead_error_code')}: {fields.get('dead_error')}"
+                print(f"  {letter.message_id}  job {fields.get('job_id', '-')}  {reason}")
+    elif args.action == "show":
+        shown = dlq.find(client, Stage(args.stage), args.id)
+        if shown is None:
+            raise SystemExit(f"no dead letter {args.id} in {Stage(args.stage).dead_letter_stream}")
+        for key, value in shown.fields.items():
+            print(f"{key}: {value}")
+    elif args.action == "replay":
+        ttl = s.load(s.PipelineSettings).job_ttl_seconds
+        replayed = 0
+        for stage in stages:
+            found = dlq.find(client, stage, args.id) if args.id else None
+            letters = ([found] if found else []) if args.id else dlq.entries(client, stage, count=10_000)
+            for letter in letters:
+                print(f"{stage.stream}: replayed {letter.message_id} as {dlq.replay(client, letter, ttl)}")
+                replayed += 1
+        print(f"replayed {replayed}")
+    elif args.action == "purge":
+        for stage in stages:
+            print(f"{stage.dead_letter_stream}: removed {dlq.purge(client, stage, [args.id] if args.id else None)}")
+
+
 def _models(action: str) -> None:
     from common.modelpack import pull_pack
 
@@ -136,6 +171,19 @@ def parser() -> argparse.ArgumentParser:
     key_actions.add_parser("list", help="every key: id, prefix, scope, state, name")
     revoke = key_actions.add_parser("revoke", help="revoke a key (takes effect within 30 s)")
     revoke.add_argument("id", type=int)
+    dead = commands.add_parser("dlq", help="dead-letter streams: list, show, replay, purge")
+    dead_actions = dead.add_subparsers(dest="action", required=True)
+    stage_names = [stage.value for stage in Stage]
+    listing = dead_actions.add_parser("list", help="dead letters per stage with their reasons")
+    listing.add_argument("--stage", choices=stage_names)
+    listing.add_argument("--count", type=int, default=20, help="entries shown per stage")
+    show = dead_actions.add_parser("show", help="every field of one dead letter")
+    show.add_argument("stage", choices=stage_names)
+    show.add_argument("id")
+    for name, text in (("replay", "put dead letters back on their stage's stream"), ("purge", "delete dead letters")):
+        action = dead_actions.add_parser(name, help=text)
+        action.add_argument("--stage", choices=stage_names, help="only this stage's (default: all)")
+        action.add_argument("--id", help="only this entry (needs --stage)")
     models = commands.add_parser("models", help="model packs")
     models.add_argument("action", choices=["pull"], help="pull: download FECAPASS_MODEL_PACK into FECAPASS_MODEL_ROOT")
     calibrate = commands.add_parser("calibrate", help="measure the pack on LFW-style pairs, write CALIBRATION.md")
@@ -181,6 +229,10 @@ def main(argv: list[str] | None = None) -> None:
             _healthcheck()
         elif args.command == "keys":
             _keys(args)
+        elif args.command == "dlq":
+            if getattr(args, "id", None) and not getattr(args, "stage", None):
+                raise SystemExit("--id needs --stage")
+            _dlq(args)
         elif args.command == "models":
             _models(args.action)
         elif args.command == "calibrate":

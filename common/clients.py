@@ -38,6 +38,9 @@ def minio_client(settings: S3Settings, *, public: bool = False) -> Minio:
     )
 
 
+POOL_TIMEOUT_SECONDS = 5.0
+
+
 def _configure_vector_connection(conn: Connection) -> None:
     register_vector(conn)
     conn.commit()
@@ -50,6 +53,10 @@ def main_db_pool(settings: DatabaseSettings, *, open_now: bool = False) -> Conne
         max_size=settings.db_pool_max,
         open=open_now,
         name="main",
+        # A connection broken by a database restart is replaced instead of failing a request; and a
+        # request waits seconds, not the default 30, for a connection while the database is down.
+        check=ConnectionPool.check_connection,
+        timeout=POOL_TIMEOUT_SECONDS,
     )
 
 
@@ -61,4 +68,6 @@ def vector_db_pool(settings: DatabaseSettings, *, open_now: bool = False) -> Con
         configure=_configure_vector_connection,
         open=open_now,
         name="vector",
+        check=ConnectionPool.check_connection,
+        timeout=POOL_TIMEOUT_SECONDS,
     )

@@ -10,10 +10,12 @@ stops reading, lets the batch in hand finish and be acked, then leaves the group
 from __future__ import annotations
 
 import os
+import random
 import secrets
 import signal
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType
 from typing import Any, cast
@@ -75,6 +77,8 @@ class StageRunner:
         self.consumer = consumer or consumer_name()
         self._stopping = False
         self._next_claim = 0.0
+        self._next_housekeeping = 0.0
+        self._failures = 0
         self.log = log.bind(stage=self.stage.value, consumer=self.consumer)
 
     # -- lifecycle -------------------------------------------------------------------------------------
@@ -100,14 +104,40 @@ class StageRunner:
         signal.signal(signal.SIGALRM, on_grace_over)
 
     def run(self, *, max_iterations: int | None = None) -> None:
-        ensure_group(self.client, self.stage)
+        self._with_redis(lambda: ensure_group(self.client, self.stage))
         self.log.info("stage.started", stream=self.stage.stream, group=self.stage.group)
         iterations = 0
         while not self._stopping and (max_iterations is None or iterations < max_iterations):
-            self.run_once()
+            self._with_redis(self.run_once)
+            if time.monotonic() >= self._next_housekeeping:
+                self._with_redis(self.housekeeping)
             iterations += 1
-        self._leave_group()
+        self._with_redis(self._leave_group, retry=False)
         self.log.info("stage.stopped")
+
+    def _with_redis(self, action: Callable[[], object], *, retry: bool = True) -> None:
+        """Run one step; when Redis is away (restart, failover), back off and let the loop try again."""
+        try:
+            action()
+        except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError) as exc:
+            self.log.warning("stage.redis_unavailable", error=str(exc))
+            if retry:
+                self._back_off()
+        except redis.ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            # Redis came back without our group (data lost): recreate it; nothing else can be done.
+            self.log.error("stage.group_missing", error=str(exc))
+            ensure_group(self.client, self.stage)
+
+    def _back_off(self) -> None:
+        """Sleep base * 2^failures, capped, times a random factor so that replicas do not retry in step."""
+        self._failures += 1
+        cap = self.settings.retry_backoff_max_ms / 1000
+        delay = min(cap, self.settings.retry_backoff_ms / 1000 * 2 ** (self._failures - 1)) * random.uniform(0.5, 1.5)
+        deadline = time.monotonic() + delay
+        while not self._stopping and time.monotonic() < deadline:
+            time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
 
     def _leave_group(self) -> None:
         pending = self.client.xpending_range(
@@ -115,6 +145,46 @@ class StageRunner:
         )
         if not pending:
             self.client.xgroup_delconsumer(self.stage.stream, self.stage.group, self.consumer)
+
+    # -- housekeeping ----------------------------------------------------------------------------------
+
+    def housekeeping(self) -> None:
+        self._next_housekeeping = time.monotonic() + self.settings.housekeeping_seconds
+        self.trim()
+        self.remove_idle_consumers()
+
+    def trim(self) -> int:
+        """Drop entries every group has acknowledged and that are older than the retention window."""
+        groups = self.client.xinfo_groups(self.stage.stream)
+        if not groups:
+            return 0
+        horizon_ms = int((time.time() - self.settings.stream_retention_seconds) * 1000)
+        safe = [(horizon_ms, 0)]
+        for group in groups:
+            safe.append(_parse_id(_text(group["last-delivered-id"])))
+            if int(group["pending"]):
+                oldest = self.client.xpending(self.stage.stream, _text(group["name"]))["min"]
+                safe.append(_parse_id(_text(oldest)))
+        minimum = min(safe)
+        trimmed = int(self.client.xtrim(self.stage.stream, minid=f"{minimum[0]}-{minimum[1]}", approximate=False))
+        if trimmed:
+            self.log.info("stage.trimmed", entries=trimmed)
+        return trimmed
+
+    def remove_idle_consumers(self) -> list[str]:
+        removed = []
+        for consumer in self.client.xinfo_consumers(self.stage.stream, self.stage.group):
+            name = _text(consumer["name"])
+            if (
+                name != self.consumer
+                and int(consumer["pending"]) == 0
+                and int(consumer["idle"]) > self.settings.consumer_idle_ms
+            ):
+                self.client.xgroup_delconsumer(self.stage.stream, self.stage.group, name)
+                removed.append(name)
+        if removed:
+            self.log.info("stage.removed_idle_consumers", consumers=removed)
+        return removed
 
     # -- one iteration ---------------------------------------------------------------------------------
 
@@ -209,6 +279,11 @@ class StageRunner:
         STAGE_BATCH_SECONDS.labels(self.stage.value).observe(elapsed_ms / 1000)
         STAGE_BATCH_SIZE.labels(self.stage.value).observe(len(runnable))
 
+        # Every entry failed for a passing reason (a store is down): wait before reading more.
+        if all(isinstance(r, BaseException) and not isinstance(r, StageError) for r in results):
+            self._back_off()
+        else:
+            self._failures = 0
         for (entry, message), result in zip(runnable, results, strict=True):
             bound = self.log.bind(job_id=message.job_id, message_id=entry.message_id)
             if isinstance(result, Outcome):
@@ -236,9 +311,11 @@ class StageRunner:
                     raise RuntimeError(f"{self.stage} has no next stage to forward to")
                 pipe.xadd(next_stage.stream, outcome.forward.to_fields())
             if self.stage in STAGE_STATE:
-                status.queue_stage_finished(pipe, message.job_id, self.stage, outcome.status_fields)
+                status.queue_stage_finished(
+                    pipe, message.job_id, self.stage, self.job_ttl_seconds, outcome.status_fields
+                )
             if outcome.result is not None:
-                status.queue_done(pipe, message.job_id, outcome.result)
+                status.queue_done(pipe, message.job_id, outcome.result, self.job_ttl_seconds)
                 webhooks.queue_job_finished(pipe, message, JobState.DONE, result=outcome.result)
             pipe.xack(self.stage.stream, self.stage.group, entry.message_id)
             pipe.hdel(errors_key(self.stage), entry.message_id)
@@ -246,8 +323,8 @@ class StageRunner:
 
     def _fail_job(self, entry: Entry, message: StreamMessage, error: StageError) -> None:
         with self.client.pipeline(transaction=True) as pipe:
-            status.queue_stage_finished(pipe, message.job_id, self.stage)
-            status.queue_failed(pipe, message.job_id, error.code, error.message)
+            status.queue_stage_finished(pipe, message.job_id, self.stage, self.job_ttl_seconds)
+            status.queue_failed(pipe, message.job_id, error.code, error.message, self.job_ttl_seconds)
             webhooks.queue_job_finished(pipe, message, JobState.FAILED, error=(str(error.code), error.message))
             pipe.xack(self.stage.stream, self.stage.group, entry.message_id)
             pipe.hdel(errors_key(self.stage), entry.message_id)
@@ -269,7 +346,7 @@ class StageRunner:
         with self.client.pipeline(transaction=True) as pipe:
             pipe.xadd(self.stage.dead_letter_stream, dead_fields)
             if job_id and self.stage in STAGE_STATE:  # a dead webhook does not un-finish its job
-                status.queue_failed(pipe, job_id, code, reason)
+                status.queue_failed(pipe, job_id, code, reason, self.job_ttl_seconds)
                 if message is not None:
                     webhooks.queue_job_finished(pipe, message, JobState.FAILED, error=(str(code), reason))
             pipe.xack(self.stage.stream, self.stage.group, entry.message_id)
@@ -286,6 +363,11 @@ class StageRunner:
 
     def _record_retry(self, entry: Entry, error: BaseException) -> None:
         self.client.hset(errors_key(self.stage), entry.message_id, f"{type(error).__name__}: {error}"[:2000])
+
+
+def _parse_id(stream_id: str) -> tuple[int, int]:
+    milliseconds, _, sequence = stream_id.partition("-")
+    return int(milliseconds), int(sequence or 0)
 
 
 def _text(value: Any) -> str:

@@ -63,6 +63,8 @@ class PipelineSettings(_Base):
     max_wait_seconds: float = Field(default=30.0, ge=0)
     crop_size: int = Field(default=112, description="side of the aligned crop the recognizer takes")
     presign_seconds: int = Field(default=900, ge=1, le=7 * 24 * 3600, description="lifetime of photo URLs")
+    # Entries waiting in one stage (undelivered + pending) past which uploads get 429 instead of growing Redis.
+    max_backlog: int = Field(default=10_000, ge=1)
 
 
 class StreamSettings(_Base):
@@ -71,6 +73,14 @@ class StreamSettings(_Base):
     claim_idle_ms: int = Field(default=30_000, ge=1, description="pending this long -> claimed by another")
     max_deliveries: int = Field(default=5, ge=1, description="deliveries before an entry is dead-lettered")
     drain_seconds: float = Field(default=30.0, ge=0, description="grace to finish in-flight work on SIGTERM")
+    # After a batch that failed for a passing reason (a store down), wait base * 2^n (with jitter, capped).
+    retry_backoff_ms: int = Field(default=200, ge=1)
+    retry_backoff_max_ms: int = Field(default=10_000, ge=1)
+    # Acknowledged entries are trimmed from a stream once older than this; unacknowledged ones never are.
+    stream_retention_seconds: int = Field(default=3600, ge=0)
+    # Consumers idle this long with nothing pending (processes gone) are removed from their group.
+    consumer_idle_ms: int = Field(default=3_600_000, ge=1000)
+    housekeeping_seconds: float = Field(default=30.0, gt=0, description="how often trimming and cleanup run")
 
 
 class ApiSettings(_Base):

@@ -27,21 +27,28 @@ def queue_stage_started(pipe: Any, job_id: str, stage: Stage, ttl_seconds: int) 
     pipe.expire(key, ttl_seconds)
 
 
-def queue_stage_finished(pipe: Any, job_id: str, stage: Stage, extra: dict[str, str] | None = None) -> None:
-    pipe.hset(job_key(job_id), mapping={f"{stage.value}_finished_at": now(), **(extra or {})})
+# Every write sets the TTL again: a job whose hash expired while it ran must not come back without one.
 
 
-def queue_done(pipe: Any, job_id: str, result: dict[str, Any]) -> None:
-    pipe.hset(
-        job_key(job_id),
-        mapping={"state": JobState.DONE.value, "finished_at": now(), "result": json.dumps(result)},
-    )
+def queue_stage_finished(
+    pipe: Any, job_id: str, stage: Stage, ttl_seconds: int, extra: dict[str, str] | None = None
+) -> None:
+    key = job_key(job_id)
+    pipe.hset(key, mapping={f"{stage.value}_finished_at": now(), **(extra or {})})
+    pipe.expire(key, ttl_seconds)
+
+
+def queue_done(pipe: Any, job_id: str, result: dict[str, Any], ttl_seconds: int) -> None:
+    key = job_key(job_id)
+    pipe.hset(key, mapping={"state": JobState.DONE.value, "finished_at": now(), "result": json.dumps(result)})
+    pipe.expire(key, ttl_seconds)
     pipe.publish(JOB_DONE_CHANNEL, job_id)
 
 
-def queue_failed(pipe: Any, job_id: str, code: ErrorCode | str, message: str) -> None:
+def queue_failed(pipe: Any, job_id: str, code: ErrorCode | str, message: str, ttl_seconds: int) -> None:
+    key = job_key(job_id)
     pipe.hset(
-        job_key(job_id),
+        key,
         mapping={
             "state": JobState.FAILED.value,
             "finished_at": now(),
@@ -49,6 +56,7 @@ def queue_failed(pipe: Any, job_id: str, code: ErrorCode | str, message: str) ->
             "error_message": message[:1000],
         },
     )
+    pipe.expire(key, ttl_seconds)
     pipe.publish(JOB_DONE_CHANNEL, job_id)
 
 

@@ -19,6 +19,7 @@ from indexer.erasure import Erasure
 from indexer.main_repository import MainRepository
 from indexer.vector_repository import VectorRepository
 from ingest_api.auth import KeyChecker
+from ingest_api.backpressure import Backlog
 from ingest_api.body_limit import BodySizeLimit
 from ingest_api.config import ApiConfig
 from ingest_api.deps import AppState
@@ -59,6 +60,7 @@ def create_app(config: ApiConfig) -> FastAPI:
                 keys=KeyChecker(main),
                 presigner=presigner,
                 erasure=Erasure(main, vectors, store),
+                backlog=Backlog(redis_client, config.pipeline.max_backlog),
             )
             yield
         finally:

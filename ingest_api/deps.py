@@ -12,6 +12,7 @@ from common.objects import ObjectStore
 from indexer.erasure import Erasure
 from indexer.main_repository import MainRepository
 from indexer.vector_repository import VectorRepository
+from ingest_api.backpressure import Backlog
 from ingest_api.config import ApiConfig
 from ingest_api.waiter import JobWaiter
 
@@ -30,6 +31,7 @@ class AppState:
     keys: KeyChecker
     presigner: ObjectStore  # signs URLs for the endpoint clients reach
     erasure: Erasure
+    backlog: Backlog
 
 
 def get_state(request: Request) -> AppState:

@@ -42,6 +42,14 @@ async def submit(
     state: AppState, *, kind: JobKind, photos: list[tuple[bytes, ImageInfo]], extra: dict[str, Any]
 ) -> str:
     """Store the photos, then enqueue the job; returns its id."""
+    try:
+        full = await state.backlog.full()
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+        raise unavailable("Redis") from exc
+    if full:
+        raise ApiError(
+            429, "backlog_full", "the service is behind on its work; retry later", headers={"Retry-After": "10"}
+        )
     job_id = uuid.uuid4().hex
     keys = [original_key(job_id, source) for source in range(len(photos))]
     try:

@@ -14,7 +14,7 @@ from schemas.api import Problem
 PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
 # Status codes any operation of a kind can answer, whatever its handler declares.
 SECURED = ("401", "403")
-WITH_BODY = ("400", "413", "422")
+WITH_BODY = ("400", "413", "422", "429")
 WITH_PARAMETERS = ("422",)
 BACKED = ("503",)
 

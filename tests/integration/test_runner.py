@@ -8,6 +8,8 @@ from collections.abc import Sequence
 
 import pytest
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from common.errors import JobFailed, PoisonMessage, TransientError
 from common.handlers import HandlerResult, Outcome, per_message
@@ -211,3 +213,92 @@ def test_groups_are_created_idempotently(redis_client: redis.Redis, stage: Stage
     ensure_group(redis_client, stage)
     groups = redis_client.xinfo_groups(stage.stream)
     assert [g["name"] for g in groups] in ([stage.group.encode()], [stage.group])
+
+
+def test_trim_keeps_unacknowledged_and_recent_entries(redis_client: redis.Redis) -> None:
+    ensure_group(redis_client, Stage.ALIGN)
+    ids = [enqueue(redis_client, f"trim-{index}") for index in range(6)]
+    # Two entries are delivered and acked, one is delivered and left pending, three are never delivered.
+    stage = StageRunner(
+        redis_client,
+        ScriptedHandler(),
+        FAST.model_copy(update={"read_count": 2, "stream_retention_seconds": 0}),
+        job_ttl_seconds=600,
+        consumer="trimmer",
+    )
+    stage.run_once()
+    redis_client.xreadgroup(Stage.ALIGN.group, "holder", {Stage.ALIGN.stream: ">"}, count=1)
+    assert stage.trim() == 2
+    remaining = [entry[0].decode() for entry in redis_client.xrange(Stage.ALIGN.stream)]
+    assert remaining == ids[2:]  # the pending one and the undelivered ones stay
+    recent = runner(redis_client, ScriptedHandler())  # default retention: an hour
+    assert recent.trim() == 0
+
+
+def test_idle_consumers_without_pending_work_are_removed(redis_client: redis.Redis) -> None:
+    ensure_group(redis_client, Stage.ALIGN)
+    redis_client.xgroup_createconsumer(Stage.ALIGN.stream, Stage.ALIGN.group, "gone")
+    enqueue(redis_client, "held")
+    redis_client.xreadgroup(Stage.ALIGN.group, "gone-with-work", {Stage.ALIGN.stream: ">"}, count=1)
+    time.sleep(1.1)
+    stage = StageRunner(
+        redis_client,
+        ScriptedHandler(),
+        FAST.model_copy(update={"consumer_idle_ms": 1000}),
+        job_ttl_seconds=600,
+        consumer="cleaner",
+    )
+    assert stage.remove_idle_consumers() == ["gone"]  # the one holding an entry stays until it is claimed
+    names = {c["name"].decode() for c in redis_client.xinfo_consumers(Stage.ALIGN.stream, Stage.ALIGN.group)}
+    assert names == {"gone-with-work"}
+
+
+def test_failed_batches_back_off_exponentially(redis_client: redis.Redis) -> None:
+    ensure_group(redis_client, Stage.ALIGN)
+    enqueue(redis_client, "down")
+    handler = ScriptedHandler({"down": [TransientError("database down")] * 3})
+    settings = FAST.model_copy(update={"retry_backoff_ms": 100, "claim_idle_ms": 1, "max_deliveries": 10})
+    stage = StageRunner(redis_client, handler, settings, job_ttl_seconds=600, consumer="backer")
+    waits = []
+    for _ in range(3):
+        started = time.monotonic()
+        stage.run_once()
+        waits.append(time.monotonic() - started)
+    # 100 ms, 200 ms, 400 ms, each times a jitter factor in [0.5, 1.5].
+    assert 0.04 < waits[0] < 0.2 and 0.09 < waits[1] < 0.35 and 0.19 < waits[2] < 0.65, waits
+    stage.run_once()  # the dependency is back: success resets the backoff
+    assert redis_client.xlen(Stage.EMBED.stream) == 1
+
+
+def test_runner_survives_redis_going_away(redis_client: redis.Redis) -> None:
+    # Nothing listens there; no client-side retries, so the runner's own handling is what is tested.
+    dead = redis.Redis(port=1, socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0))
+    stage = StageRunner(
+        dead,
+        ScriptedHandler(),
+        FAST.model_copy(update={"retry_backoff_ms": 10}),
+        job_ttl_seconds=600,
+        consumer="lonely",
+    )
+    stage.run(max_iterations=3)  # logs and backs off instead of crashing
+    assert stage._failures >= 3
+
+
+def test_dead_letters_can_be_replayed_and_purged(redis_client: redis.Redis) -> None:
+    from common import dlq
+
+    ensure_group(redis_client, Stage.ALIGN)
+    enqueue(redis_client, "revived")
+    handler = ScriptedHandler({"revived": [PoisonMessage(ErrorCode.MALFORMED_MESSAGE, "bad once")]})
+    stage = runner(redis_client, handler)
+    stage.run_once()
+    assert job(redis_client, "revived")["state"] == "failed"
+    [letter] = dlq.entries(redis_client, Stage.ALIGN)
+    assert letter.fields["dead_error"] == "bad once" and "dead_error" not in letter.original_fields
+    dlq.replay(redis_client, letter, job_ttl_seconds=600)
+    assert redis_client.xlen(Stage.ALIGN.dead_letter_stream) == 0
+    assert job(redis_client, "revived")["state"] == "aligning" and "error_code" not in job(redis_client, "revived")
+    stage.run_once()  # the handler now succeeds
+    assert PipelineMessage.from_fields(redis_client.xrange(Stage.EMBED.stream)[-1][1]).job_id == "revived"
+    redis_client.xadd(Stage.ALIGN.dead_letter_stream, {"job_id": "x"})
+    assert dlq.purge(redis_client, Stage.ALIGN) == 1 and redis_client.xlen(Stage.ALIGN.dead_letter_stream) == 0

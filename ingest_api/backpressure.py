@@ -1,0 +1,42 @@
+"""Refuse uploads with 429 while any stage's backlog is past FECAPASS_MAX_BACKLOG, so Redis cannot grow
+without bound when the stages fall behind (or are all down)."""
+
+from __future__ import annotations
+
+import time
+
+import redis.asyncio as aioredis
+import redis.exceptions
+
+from schemas.streams import PIPELINE
+
+# Reading four XINFO GROUPS per upload would cost more than the upload; a second-old figure is enough.
+REFRESH_SECONDS = 1.0
+
+
+class Backlog:
+    def __init__(self, client: aioredis.Redis, limit: int) -> None:
+        self.client = client
+        self.limit = limit
+        self._checked_at = 0.0
+        self._largest = 0
+
+    async def largest(self) -> int:
+        """The most entries waiting (undelivered + pending) in any one stage."""
+        if time.monotonic() - self._checked_at >= REFRESH_SECONDS:
+            sizes = [0]
+            for stage in PIPELINE:
+                try:
+                    groups = await self.client.xinfo_groups(stage.stream)
+                except redis.exceptions.ResponseError:  # the stream is gone (Redis lost its data): empty
+                    continue
+                for group in groups:
+                    lag = group.get("lag")
+                    undelivered = int(lag) if lag is not None else int(await self.client.xlen(stage.stream))
+                    sizes.append(undelivered + int(group["pending"]))
+            self._largest = max(sizes)
+            self._checked_at = time.monotonic()
+        return self._largest
+
+    async def full(self) -> bool:
+        return await self.largest() >= self.limit
