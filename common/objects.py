@@ -7,7 +7,7 @@ from datetime import timedelta
 
 import urllib3
 from minio import Minio
-from minio.error import S3Error
+from minio.error import InvalidResponseError, S3Error, ServerError
 
 from common.errors import TransientError
 
@@ -51,7 +51,7 @@ class ObjectStore:
     def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
         try:
             self.client.put_object(self.bucket, key, io.BytesIO(data), len(data), content_type=content_type)
-        except (urllib3.exceptions.HTTPError, OSError) as exc:
+        except (ServerError, urllib3.exceptions.HTTPError, OSError) as exc:
             raise TransientError(f"S3 put {key}: {exc}") from exc
 
     def get(self, key: str) -> bytes:
@@ -61,7 +61,12 @@ class ObjectStore:
             if exc.code in ("NoSuchKey", "NoSuchObject", "NoSuchBucket"):
                 raise ObjectMissing(key) from exc
             raise TransientError(f"S3 get {key}: {exc.code}") from exc
-        except (urllib3.exceptions.HTTPError, OSError) as exc:
+        except InvalidResponseError as exc:
+            # Some S3 servers answer a missing key with a 404 whose body is not labelled as XML.
+            if getattr(exc, "_code", None) == 404:
+                raise ObjectMissing(key) from exc
+            raise TransientError(f"S3 get {key}: {exc}") from exc
+        except (ServerError, urllib3.exceptions.HTTPError, OSError) as exc:
             raise TransientError(f"S3 get {key}: {exc}") from exc
         try:
             return response.read()
@@ -74,7 +79,7 @@ class ObjectStore:
         try:
             for key in keys:
                 self.client.remove_object(self.bucket, key)
-        except (urllib3.exceptions.HTTPError, OSError) as exc:
+        except (ServerError, urllib3.exceptions.HTTPError, OSError) as exc:
             raise TransientError(f"S3 delete: {exc}") from exc
 
     def delete_prefix(self, prefix: str) -> None:

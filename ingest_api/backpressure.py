@@ -20,6 +20,7 @@ class Backlog:
         self.limit = limit
         self._checked_at = 0.0
         self._largest = 0
+        self._since_check = 0  # uploads this process accepted since the last look at Redis
 
     async def largest(self) -> int:
         """The most entries waiting (undelivered + pending) in any one stage."""
@@ -36,7 +37,12 @@ class Backlog:
                     sizes.append(undelivered + int(group["pending"]))
             self._largest = max(sizes)
             self._checked_at = time.monotonic()
-        return self._largest
+            self._since_check = 0
+        return self._largest + self._since_check
 
     async def full(self) -> bool:
         return await self.largest() >= self.limit
+
+    def accepted(self) -> None:
+        """Count an upload against the cached figure until the next look at Redis."""
+        self._since_check += 1

@@ -70,6 +70,7 @@ async def submit(
             await pipe.execute()
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
         raise unavailable("Redis") from exc
+    state.backlog.accepted()
     return job_id
 
 

@@ -1,0 +1,17 @@
+"""`python -m tests.reliability`: the full fault run (hundreds of jobs per fault), writing RELIABILITY.md."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+if __name__ == "__main__":
+    os.environ.setdefault("FECAPASS_RELIABILITY_JOBS", "300")
+    os.environ.setdefault("FECAPASS_PG_OUTAGE_SECONDS", "20")
+    os.environ.setdefault("FECAPASS_RELIABILITY_REPORT", str(ROOT / "RELIABILITY.md"))
+    sys.exit(pytest.main([str(ROOT / "tests" / "reliability"), "-q", "-p", "no:cacheprovider", *sys.argv[1:]]))

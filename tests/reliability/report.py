@@ -1,0 +1,62 @@
+"""RELIABILITY.md: every fault, its load, and what became of every accepted upload."""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from pathlib import Path
+
+from tests.reliability.harness import Ledger
+
+DURABILITY = """\
+## Durability window
+
+Redis runs with `appendonly yes` and `appendfsync everysec`. An upload is answered 202 only after its photo is in
+S3 and its job's `XADD` has returned, so a clean Redis restart (SIGTERM: the AOF is flushed) loses nothing, as the
+`redis_restart` row shows. If the Redis host itself loses power, up to about one second of writes can be lost:
+uploads accepted in that second, and acknowledgements of that second (those entries are then simply processed
+again; every handler is idempotent). Use `appendfsync always` to close that window at the cost of write latency.
+PostgreSQL commits are durable (`fsync` on); S3 durability is the store's.
+"""
+
+
+def render(ledgers: list[Ledger], jobs_per_fault: int) -> str:
+    lines = [
+        "# Reliability report",
+        "",
+        f"Written by `python -m tests.reliability` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
+        f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}.",
+        "Each fault runs against real processes (API, one process per stage) and real PostgreSQL, Valkey and S3",
+        f"servers, under a load of {jobs_per_fault} enroll uploads (fewer where noted). *Accepted* uploads got 202;",
+        "*lost* means accepted but never finished; *duplicates* counts extra face rows or embeddings; *missing*",
+        "counts finished enrolls without their face row or embedding.",
+        "",
+        "| fault | uploads | accepted | refused (status: count) | done | failed (code: count) | lost | duplicates "
+        "| missing |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for ledger in ledgers:
+        refused = ", ".join(f"{status}: {n}" for status, n in sorted(ledger.refused.items())) or "-"
+        failed = (
+            ", ".join(
+                f"{state.split(':', 1)[1]}: {n}"
+                for state, n in sorted(ledger.states.items())
+                if state.startswith("failed")
+            )
+            or "-"
+        )
+        lines.append(
+            f"| {ledger.fault} | {ledger.submitted} | {len(ledger.accepted)} | {refused} | {ledger.states['done']} "
+            f"| {failed} | {ledger.lost} | {ledger.duplicates} | {ledger.missing} |"
+        )
+    lines.append("")
+    for ledger in ledgers:
+        if ledger.notes:
+            lines.append(f"* **{ledger.fault}**: " + " ".join(ledger.notes))
+    lines += ["", DURABILITY]
+    return "\n".join(lines)
+
+
+def write(path: Path, ledgers: list[Ledger], jobs_per_fault: int) -> None:
+    path.write_text(render(ledgers, jobs_per_fault))
