@@ -99,15 +99,6 @@ class ObjectStore:
     def presigned_url(self, key: str, expires: timedelta) -> str:
         return str(self.client.presigned_get_object(self.bucket, key, expires=expires))
 
-    def exists(self, key: str) -> bool:
-        try:
-            self.client.stat_object(self.bucket, key)
-        except S3Error as exc:
-            if exc.code in ("NoSuchKey", "NoSuchObject"):
-                return False
-            raise
-        return True
-
     def ping(self) -> None:
         if not self.client.bucket_exists(self.bucket):
             raise ObjectMissing(f"bucket {self.bucket}")

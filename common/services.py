@@ -3,7 +3,6 @@ the tests. Each runs as a child process we hold by PID; PostgreSQL drops root pr
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import pwd
@@ -352,8 +351,3 @@ class LocalServices:
             self.bucket,
         )
         _wait_until(store.ensure_bucket, "S3 server", self.processes["s3"], timeout=30)
-
-
-def stop_quietly(services: LocalServices) -> None:
-    with contextlib.suppress(Exception):
-        services.stop()

@@ -13,11 +13,12 @@ import cv2
 import numpy as np
 
 from common.imaging import decode
-from common.modelpack import find_pack, load_session
+from common.modelpack import find_pack
 from common.settings import ModelSettings
 from detector.align import align_face
 from detector.model import FaceDetector
-from embedder.model import FaceRecognizer
+from detector.worker import build_detector
+from embedder.worker import build_recognizer
 
 # Tight LFW crops must be padded or SCRFD finds no face in them.
 PAD_FRACTION = 0.5
@@ -74,14 +75,7 @@ def _closest_to_centre(detector: FaceDetector, image: np.ndarray) -> np.ndarray 
 
 def calibrate(settings: ModelSettings, folder: Path) -> Calibration:
     files = find_pack(settings)
-    detector = FaceDetector(
-        load_session(files.detector, settings),
-        files.detector,
-        det_size=settings.det_size,
-        threshold=settings.det_threshold,
-        min_face_size=settings.min_face_size,
-    )
-    recognizer = FaceRecognizer(load_session(files.recognizer, settings), files.recognizer)
+    detector, recognizer = build_detector(settings, files), build_recognizer(settings, files)
     with (folder / "pairs.tsv").open() as handle:
         pairs = [(row["image1"], row["image2"], row["same"] == "1") for row in csv.DictReader(handle, delimiter="\t")]
     started = time.perf_counter()

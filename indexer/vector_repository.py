@@ -99,14 +99,6 @@ class VectorRepository:
         with self.pool.connection() as conn:
             return conn.execute("DELETE FROM face_embeddings WHERE face_id = ANY(%s)", (face_ids,)).rowcount
 
-    def embeddings_of(self, face_ids: list[int]) -> int:
-        """How many embeddings, of any pack, these faces still have (erasure checks)."""
-        if not face_ids:
-            return 0
-        with self.pool.connection() as conn:
-            row = conn.execute("SELECT count(*) FROM face_embeddings WHERE face_id = ANY(%s)", (face_ids,)).fetchone()
-        return int(row[0]) if row else 0
-
     def best_among(self, pack: str, query: np.ndarray, face_ids: list[int]) -> Neighbour | None:
         """The most similar of the given faces (exact: a user has few faces)."""
         if not face_ids:

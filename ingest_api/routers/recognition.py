@@ -78,7 +78,9 @@ async def search_faces(
     request: Request,
     state: State,
     threshold: Threshold = None,
-    limit: Annotated[int, Query(ge=1, le=100, description="most people returned per face")] = 10,
+    limit: Annotated[
+        int | None, Query(ge=1, le=100, description="most people returned per face; default FECAPASS_SEARCH_LIMIT")
+    ] = None,
     wait: WaitSeconds = 0,
     callback_url: CallbackUrl = None,
 ) -> JSONResponse:
@@ -87,7 +89,7 @@ async def search_faces(
     photo = await read_photo(file, cfg.max_upload_bytes, cfg.max_image_pixels)
     extra = {
         "threshold": cfg.similarity_threshold if threshold is None else threshold,
-        "limit": limit,
+        "limit": cfg.search_limit if limit is None else limit,
         **callback(callback_url),
     }
     job_id = await jobs.submit(state, kind=JobKind.SEARCH, photos=[photo], extra=extra)

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections import defaultdict
 from collections.abc import Iterator
@@ -22,6 +21,7 @@ import pytest
 from common.apikeys import new_key
 from common.services import MAIN_DB, LocalServices, free_port
 from schemas.streams import Stage
+from tests.processes import wait_until_answers
 from tests.shared_data import BASIC, MODEL_ROOT, PACK, labels, require_basic, require_pack
 
 WORKERS_PER_STAGE = 2
@@ -102,16 +102,9 @@ def pipeline(
     for stage in Stage:
         for index in range(WORKERS_PER_STAGE):
             start_stage(running, stage, f"{stage.value}-{index}")
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(f"{running.base_url}/health/ready", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError("API did not become ready: " + (log_dir / "api.log").read_text()[-2000:])
-        time.sleep(0.2)
+    wait_until_answers(
+        f"{running.base_url}/health/ready", timeout=60, describe=lambda: (log_dir / "api.log").read_text()[-2000:]
+    )
     yield running
     for process in running.processes.values():
         process.send_signal(signal.SIGTERM)

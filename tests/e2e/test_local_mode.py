@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -15,6 +14,7 @@ import redis
 
 from common.services import free_port
 from schemas.streams import Stage
+from tests.processes import wait_until_answers
 from tests.shared_data import BASIC, MODEL_ROOT, PACK, require_basic, require_pack
 
 pytestmark = pytest.mark.e2e
@@ -29,16 +29,7 @@ def start_up(data_dir: Path, ports: dict[str, int], log: Path) -> subprocess.Pop
 
 
 def wait_ready(base_url: str, process: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        assert process.poll() is None, log.read_text()[-3000:]
-        try:
-            if httpx.get(f"{base_url}/health/ready", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    raise AssertionError("fecapass up did not become ready:\n" + log.read_text()[-3000:])
+    wait_until_answers(f"{base_url}/health/ready", process=process, describe=lambda: log.read_text()[-3000:])
 
 
 def stop(process: subprocess.Popen[bytes]) -> int:

@@ -9,10 +9,8 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 
-import httpx
 import psycopg
 import pytest
 import schemathesis
@@ -28,6 +26,7 @@ from common.objects import ObjectStore
 from common.services import LocalServices, free_port
 from indexer.migrate import migrate_all
 from tests.e2e.conftest import create_key_in
+from tests.processes import wait_until_answers
 
 pytestmark = pytest.mark.e2e
 
@@ -72,13 +71,7 @@ def fuzz_api(services: LocalServices, tmp_path_factory: pytest.TempPathFactory) 
         [sys.executable, "-m", "common.cli", "api"], env={**os.environ, **env}, stdout=log, stderr=log
     )
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{base}/health/live", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.2)
+    wait_until_answers(f"{base}/health/live", timeout=30, process=process)
     key = create_key_in(services.dsn(FUZZ_MAIN), "write")
     yield base, key
     process.send_signal(signal.SIGTERM)

@@ -302,3 +302,12 @@ def test_dead_letters_can_be_replayed_and_purged(redis_client: redis.Redis) -> N
     assert PipelineMessage.from_fields(redis_client.xrange(Stage.EMBED.stream)[-1][1]).job_id == "revived"
     redis_client.xadd(Stage.ALIGN.dead_letter_stream, {"job_id": "x"})
     assert dlq.purge(redis_client, Stage.ALIGN) == 1 and redis_client.xlen(Stage.ALIGN.dead_letter_stream) == 0
+
+
+def test_a_job_whose_hash_expired_does_not_come_back_without_a_ttl(redis_client: redis.Redis) -> None:
+    ensure_group(redis_client, Stage.ALIGN)
+    enqueue(redis_client, "expired")
+    redis_client.delete(job_key("expired"))  # the status hash expired while the job was queued
+    runner(redis_client, ScriptedHandler()).run_once()
+    assert 0 < redis_client.ttl(job_key("expired")) <= 600
+    assert redis_client.hlen(errors_key(Stage.ALIGN)) == 0

@@ -24,6 +24,7 @@ from common.services import MAIN_DB, VECTOR_DB, LocalServices, free_port
 from indexer.migrate import migrate_all
 from schemas.streams import PIPELINE, Stage
 from tests.e2e.conftest import create_key_in
+from tests.processes import wait_until_answers
 from tests.shared_data import BASIC, MODEL_ROOT, PACK
 
 # Enough photos of several people to keep every stage busy.
@@ -107,15 +108,11 @@ class Cluster:
                 self.users.append(int(response.json()["id"]))
 
     def wait_ready(self, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{self.base_url}/health/ready", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError("cluster did not become ready: " + (self.log_dir / "api.log").read_text()[-2000:])
+        wait_until_answers(
+            f"{self.base_url}/health/ready",
+            timeout=timeout,
+            describe=lambda: (self.log_dir / "api.log").read_text()[-2000:],
+        )
 
     def ready(self) -> int:
         try:
