@@ -186,6 +186,14 @@ def parser() -> argparse.ArgumentParser:
         action.add_argument("--id", help="only this entry (needs --stage)")
     models = commands.add_parser("models", help="model packs")
     models.add_argument("action", choices=["pull"], help="pull: download FECAPASS_MODEL_PACK into FECAPASS_MODEL_ROOT")
+    bench = commands.add_parser(
+        "bench", help="measure the pipeline against a plain insightface loop, write BENCHMARKS.md"
+    )
+    bench.add_argument("--photos-dir", type=Path, default=Path("../shared/faces/basic"))
+    bench.add_argument("--photos", type=int, default=200)
+    bench.add_argument("--searches", type=int, default=50)
+    bench.add_argument("--uploads", type=int, default=320)
+    bench.add_argument("--output", type=Path, default=Path("BENCHMARKS.md"))
     calibrate = commands.add_parser("calibrate", help="measure the pack on LFW-style pairs, write CALIBRATION.md")
     calibrate.add_argument(
         "--pairs",
@@ -235,6 +243,21 @@ def main(argv: list[str] | None = None) -> None:
             _dlq(args)
         elif args.command == "models":
             _models(args.action)
+        elif args.command == "bench":
+            from common.bench import BenchConfig
+            from common.bench import run as bench
+
+            model = s.load(s.ModelSettings)
+            config = BenchConfig(
+                args.photos_dir,
+                model.model_root,
+                model.model_pack,
+                args.photos,
+                args.searches,
+                args.uploads,
+                output=args.output,
+            )
+            print(f"wrote {bench(config)}")
         elif args.command == "calibrate":
             from embedder.calibrate import main as calibrate
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
+import certifi
 import redis
 import redis.asyncio as aioredis
+import urllib3
 from minio import Minio
 from pgvector.psycopg import register_vector
 from psycopg import Connection
@@ -35,6 +37,19 @@ def minio_client(settings: S3Settings, *, public: bool = False) -> Minio:
         secret_key=settings.s3_secret_key.get_secret_value(),
         secure=secure,
         region=settings.s3_region,
+        http_client=_s3_http_client(),
+    )
+
+
+def _s3_http_client() -> urllib3.PoolManager:
+    # The SDK's default retries a refused connection five times with growing pauses: an upload would hang for
+    # seconds while S3 is down. Two quick tries, then the caller answers 503 or the stage backs off.
+    return urllib3.PoolManager(
+        timeout=urllib3.Timeout(connect=3.0, read=60.0),
+        maxsize=16,
+        cert_reqs="CERT_REQUIRED",
+        ca_certs=certifi.where(),
+        retries=urllib3.Retry(total=2, backoff_factor=0.1, status_forcelist=[500, 502, 503, 504]),
     )
 
 

@@ -3,6 +3,7 @@
 * ``JobFailed``: the job cannot succeed (no face, bad image). Ack, mark the job failed. Not dead-lettered:
   it is a normal outcome the client reads from the job.
 * ``PoisonMessage``: the entry itself is unusable (malformed, references nothing). Dead-letter at once.
+* ``DependencyUnavailable``: retried in place, with backoff, while the outage lasts (up to a budget).
 * ``TransientError`` and anything else: leave the entry pending; it is redelivered after the visibility
   timeout and dead-lettered after ``max_deliveries``.
 """
@@ -28,4 +29,11 @@ class PoisonMessage(StageError):
 
 
 class TransientError(Exception):
-    """A dependency is unavailable; the same message may succeed later."""
+    """The same message may succeed later (an object not there yet, a webhook receiver down). Each retry is a
+    delivery: after ``max_deliveries`` the entry is dead-lettered."""
+
+
+class DependencyUnavailable(TransientError):
+    """A store the stage needs (S3, a database) is down. The runner retries the batch in place with backoff for
+    up to ``outage_retry_seconds`` without counting deliveries, so an outage does not turn work into dead
+    letters."""

@@ -9,7 +9,7 @@ import urllib3
 from minio import Minio
 from minio.error import InvalidResponseError, S3Error, ServerError
 
-from common.errors import TransientError
+from common.errors import DependencyUnavailable
 
 
 class ObjectMissing(LookupError):
@@ -52,7 +52,7 @@ class ObjectStore:
         try:
             self.client.put_object(self.bucket, key, io.BytesIO(data), len(data), content_type=content_type)
         except (ServerError, urllib3.exceptions.HTTPError, OSError) as exc:
-            raise TransientError(f"S3 put {key}: {exc}") from exc
+            raise DependencyUnavailable(f"S3 put {key}: {exc}") from exc
 
     def get(self, key: str) -> bytes:
         try:
@@ -60,14 +60,14 @@ class ObjectStore:
         except S3Error as exc:
             if exc.code in ("NoSuchKey", "NoSuchObject", "NoSuchBucket"):
                 raise ObjectMissing(key) from exc
-            raise TransientError(f"S3 get {key}: {exc.code}") from exc
+            raise DependencyUnavailable(f"S3 get {key}: {exc.code}") from exc
         except InvalidResponseError as exc:
             # Some S3 servers answer a missing key with a 404 whose body is not labelled as XML.
             if getattr(exc, "_code", None) == 404:
                 raise ObjectMissing(key) from exc
-            raise TransientError(f"S3 get {key}: {exc}") from exc
+            raise DependencyUnavailable(f"S3 get {key}: {exc}") from exc
         except (ServerError, urllib3.exceptions.HTTPError, OSError) as exc:
-            raise TransientError(f"S3 get {key}: {exc}") from exc
+            raise DependencyUnavailable(f"S3 get {key}: {exc}") from exc
         try:
             return response.read()
         finally:
@@ -80,13 +80,13 @@ class ObjectStore:
             for key in keys:
                 self.client.remove_object(self.bucket, key)
         except (ServerError, urllib3.exceptions.HTTPError, OSError) as exc:
-            raise TransientError(f"S3 delete: {exc}") from exc
+            raise DependencyUnavailable(f"S3 delete: {exc}") from exc
 
     def delete_prefix(self, prefix: str) -> None:
         try:
             keys = [obj.object_name for obj in self.client.list_objects(self.bucket, prefix=prefix, recursive=True)]
         except (urllib3.exceptions.HTTPError, OSError) as exc:
-            raise TransientError(f"S3 list {prefix}: {exc}") from exc
+            raise DependencyUnavailable(f"S3 list {prefix}: {exc}") from exc
         self.delete_many([key for key in keys if key])
 
     def keys(self, prefix: str = "") -> list[str]:

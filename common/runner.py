@@ -25,8 +25,8 @@ import structlog
 from redis.typing import EncodableT, FieldT
 
 from common import status, webhooks
-from common.errors import JobFailed, PoisonMessage, StageError
-from common.handlers import Outcome, StageHandler
+from common.errors import DependencyUnavailable, JobFailed, PoisonMessage, StageError
+from common.handlers import HandlerResult, Outcome, StageHandler
 from common.metrics import STAGE_BATCH_SECONDS, STAGE_BATCH_SIZE, STAGE_ENTRIES
 from common.settings import StreamSettings
 from schemas.jobs import STAGE_STATE, ErrorCode, JobState
@@ -270,36 +270,69 @@ class StageRunner:
                     status.queue_stage_started(pipe, message.job_id, self.stage, self.job_ttl_seconds)
                 pipe.execute()
 
+        batch = runnable
+        outage_started: float | None = None
+        while batch:
+            results, elapsed_ms = self._run_handler(batch)
+            waiting: list[tuple[Entry, StreamMessage]] = []
+            for (entry, message), result in zip(batch, results, strict=True):
+                if isinstance(result, DependencyUnavailable) and not self._stopping:
+                    self._record_retry(entry, result)
+                    waiting.append((entry, message))
+                else:
+                    self._settle(entry, message, result, len(batch), elapsed_ms)
+            if all(isinstance(r, BaseException) and not isinstance(r, StageError) for r in results):
+                self._back_off()  # nothing went through: do not spin
+            else:
+                self._failures = 0
+            if not waiting:
+                return
+            outage_started = outage_started or time.monotonic()
+            if self._stopping or time.monotonic() - outage_started > self.settings.outage_retry_seconds:
+                # Left pending: another consumer (or this one) claims them later, counting a delivery.
+                self.log.warning("stage.outage_retry_given_up", entries=len(waiting))
+                return
+            self.log.warning("stage.dependency_unavailable", entries=len(waiting), error=str(results[0]))
+            # Keep the entries ours without counting a delivery (JUSTID), so nobody claims them meanwhile.
+            self.client.xclaim(
+                self.stage.stream,
+                self.stage.group,
+                self.consumer,
+                min_idle_time=0,
+                message_ids=[entry.message_id for entry, _ in waiting],
+                justid=True,
+            )
+            batch = waiting
+
+    def _run_handler(self, batch: list[tuple[Entry, StreamMessage]]) -> tuple[list[HandlerResult], float]:
         started = time.perf_counter()
         try:
-            results = self.handler.handle_batch([message for _, message in runnable])
-        except Exception as exc:  # a batch-wide failure (dependency down): every entry stays pending
-            results = [exc] * len(runnable)
+            results = self.handler.handle_batch([message for _, message in batch])
+        except Exception as exc:  # a batch-wide failure: every entry shares it
+            results = [exc] * len(batch)
         elapsed_ms = (time.perf_counter() - started) * 1000
         STAGE_BATCH_SECONDS.labels(self.stage.value).observe(elapsed_ms / 1000)
-        STAGE_BATCH_SIZE.labels(self.stage.value).observe(len(runnable))
+        STAGE_BATCH_SIZE.labels(self.stage.value).observe(len(batch))
+        return results, elapsed_ms
 
-        # Every entry failed for a passing reason (a store is down): wait before reading more.
-        if all(isinstance(r, BaseException) and not isinstance(r, StageError) for r in results):
-            self._back_off()
+    def _settle(
+        self, entry: Entry, message: StreamMessage, result: HandlerResult, batch_size: int, elapsed_ms: float
+    ) -> None:
+        bound = self.log.bind(job_id=message.job_id, message_id=entry.message_id)
+        if isinstance(result, Outcome):
+            self._complete(entry, message, result)
+            STAGE_ENTRIES.labels(self.stage.value, "processed").inc()
+            bound.info("stage.handled", batch=batch_size, batch_ms=round(elapsed_ms, 1))
+        elif isinstance(result, JobFailed):
+            self._fail_job(entry, message, result)
+            STAGE_ENTRIES.labels(self.stage.value, "job_failed").inc()
+            bound.info("stage.job_failed", code=str(result.code), reason=result.message)
+        elif isinstance(result, PoisonMessage):
+            self._dead_letter(entry, message, result.code, result.message)
         else:
-            self._failures = 0
-        for (entry, message), result in zip(runnable, results, strict=True):
-            bound = self.log.bind(job_id=message.job_id, message_id=entry.message_id)
-            if isinstance(result, Outcome):
-                self._complete(entry, message, result)
-                STAGE_ENTRIES.labels(self.stage.value, "processed").inc()
-                bound.info("stage.handled", batch=len(runnable), batch_ms=round(elapsed_ms, 1))
-            elif isinstance(result, JobFailed):
-                self._fail_job(entry, message, result)
-                STAGE_ENTRIES.labels(self.stage.value, "job_failed").inc()
-                bound.info("stage.job_failed", code=str(result.code), reason=result.message)
-            elif isinstance(result, PoisonMessage):
-                self._dead_letter(entry, message, result.code, result.message)
-            else:
-                self._record_retry(entry, result)
-                STAGE_ENTRIES.labels(self.stage.value, "retried").inc()
-                bound.warning("stage.retry_later", deliveries=entry.deliveries, error=repr(result))
+            self._record_retry(entry, result)
+            STAGE_ENTRIES.labels(self.stage.value, "retried").inc()
+            bound.warning("stage.retry_later", deliveries=entry.deliveries, error=repr(result))
 
     # -- outcomes, each one MULTI/EXEC -----------------------------------------------------------------
 

@@ -76,6 +76,8 @@ class StreamSettings(_Base):
     # After a batch that failed for a passing reason (a store down), wait base * 2^n (with jitter, capped).
     retry_backoff_ms: int = Field(default=200, ge=1)
     retry_backoff_max_ms: int = Field(default=10_000, ge=1)
+    # While a store is down, a batch is retried in place this long before it falls back to redelivery.
+    outage_retry_seconds: float = Field(default=600.0, ge=0)
     # Acknowledged entries are trimmed from a stream once older than this; unacknowledged ones never are.
     stream_retention_seconds: int = Field(default=3600, ge=0)
     # Consumers idle this long with nothing pending (processes gone) are removed from their group.

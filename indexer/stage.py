@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import psycopg
 
-from common.errors import JobFailed, PoisonMessage, TransientError
+from common.errors import DependencyUnavailable, JobFailed, PoisonMessage
 from common.handlers import HandlerResult, Outcome, per_message
 from common.objects import ObjectStore, discard_job_objects
 from indexer.main_repository import MainRepository, NewFace, UnknownUser
@@ -56,7 +56,7 @@ class IndexHandler:
         except PackMismatch as exc:
             raise PoisonMessage(ErrorCode.MALFORMED_MESSAGE, str(exc)) from exc
         except psycopg.OperationalError as exc:
-            raise TransientError(f"database unavailable: {exc}") from exc
+            raise DependencyUnavailable(f"database unavailable: {exc}") from exc
 
     def handle_batch(self, messages: Sequence[PipelineMessage]) -> list[HandlerResult]:
         return per_message(self.handle)(messages)

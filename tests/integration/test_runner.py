@@ -11,7 +11,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from common.errors import JobFailed, PoisonMessage, TransientError
+from common.errors import DependencyUnavailable, JobFailed, PoisonMessage, TransientError
 from common.handlers import HandlerResult, Outcome, per_message
 from common.runner import StageRunner, ensure_group, errors_key
 from common.settings import StreamSettings
@@ -311,3 +311,25 @@ def test_a_job_whose_hash_expired_does_not_come_back_without_a_ttl(redis_client:
     runner(redis_client, ScriptedHandler()).run_once()
     assert 0 < redis_client.ttl(job_key("expired")) <= 600
     assert redis_client.hlen(errors_key(Stage.ALIGN)) == 0
+
+
+def test_an_outage_is_retried_in_place_without_counting_deliveries(redis_client: redis.Redis) -> None:
+    ensure_group(redis_client, Stage.ALIGN)
+    enqueue(redis_client, "outage")
+    handler = ScriptedHandler({"outage": [DependencyUnavailable("S3 down")] * 4})
+    # One delivery allowed: only in-place retries can get this entry through.
+    settings = FAST.model_copy(update={"retry_backoff_ms": 10, "max_deliveries": 1, "claim_idle_ms": 50})
+    StageRunner(redis_client, handler, settings, job_ttl_seconds=600, consumer="patient").run_once()
+    assert handler.calls == ["outage"] * 5
+    assert redis_client.xlen(Stage.EMBED.stream) == 1 and pending_count(redis_client) == 0
+    assert redis_client.xlen(Stage.ALIGN.dead_letter_stream) == 0
+
+
+def test_an_outage_longer_than_the_budget_falls_back_to_redelivery(redis_client: redis.Redis) -> None:
+    ensure_group(redis_client, Stage.ALIGN)
+    enqueue(redis_client, "long-outage")
+    handler = ScriptedHandler({"long-outage": [DependencyUnavailable("database down")] * 100})
+    settings = FAST.model_copy(update={"retry_backoff_ms": 20, "outage_retry_seconds": 0.1})
+    StageRunner(redis_client, handler, settings, job_ttl_seconds=600, consumer="budget").run_once()
+    assert 2 <= len(handler.calls) < 20
+    assert pending_count(redis_client) == 1  # left for a later claim
