@@ -99,12 +99,8 @@ def run_up(options: UpOptions) -> None:
         valkey_port=options.redis_port,
         s3_port=options.s3_port,
     )
-    stop_requested = False
-
     def request_stop(signum: int, _: object) -> None:
-        nonlocal stop_requested
-        stop_requested = True
-        raise KeyboardInterrupt
+        raise KeyboardInterrupt  # SIGTERM stops everything the way Ctrl-C does
 
     signal.signal(signal.SIGTERM, request_stop)
     supervisor: Supervisor | None = None
@@ -139,7 +135,6 @@ def run_up(options: UpOptions) -> None:
             supervisor.stop()
         services.stop()
         print("Stopped. Data kept in", options.data_dir, flush=True)
-    del stop_requested
 
 
 def first_api_key(data_dir: Path, main_dsn: str) -> str:
