@@ -99,6 +99,7 @@ def run_up(options: UpOptions) -> None:
         valkey_port=options.redis_port,
         s3_port=options.s3_port,
     )
+
     def request_stop(signum: int, _: object) -> None:
         raise KeyboardInterrupt  # SIGTERM stops everything the way Ctrl-C does
 
