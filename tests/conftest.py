@@ -35,10 +35,15 @@ def env(service_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> dict[st
     return service_env
 
 
+# Stage processes of the end-to-end tests live for the whole session on database 0; tests that drive a runner
+# themselves use a database of their own, or those processes would take their entries.
+RUNNER_TEST_DB = 15
+
+
 @pytest.fixture
 def redis_client(services: LocalServices) -> Iterator[redis.Redis]:
     """A clean Redis for each test that takes it: streams and job hashes are global names."""
-    client = redis.Redis.from_url(services.redis_url)
+    client = redis.Redis.from_url(services.redis_url.rsplit("/", 1)[0] + f"/{RUNNER_TEST_DB}")
     client.flushdb()
     yield client
     client.close()

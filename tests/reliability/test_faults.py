@@ -33,12 +33,12 @@ def in_background(action: Callable[[], None]) -> threading.Thread:
     return thread
 
 
-def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+def wait_until(condition: Callable[[], bool], timeout: float, what: str, every: float = 0.1) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
+        time.sleep(every)
 
 
 def handled(cluster: Cluster, name: str) -> int:
@@ -56,20 +56,28 @@ def assert_nothing_lost(cluster: Cluster, ledger: Ledger) -> None:
 
 def test_kill_9_each_stage_mid_work(cluster: Cluster, ledger: Ledger) -> None:
     redis_client = cluster.redis()
-    load = in_background(lambda: cluster.submit(ledger, JOBS, concurrency=2))
+    stop_loading = threading.Event()
+
+    def keep_loading() -> None:
+        while not stop_loading.is_set() and ledger.submitted < 20 * JOBS:
+            cluster.submit(ledger, 4, concurrency=2)
+
+    load = in_background(keep_loading)
     killed = []
     for stage in PIPELINE:
         [victim] = cluster.stage_processes(stage)
 
-        def holding_work(stage: Stage = stage) -> bool:  # an entry delivered to the victim, not yet acked
+        def holding_work(stage: Stage = stage) -> bool:
             return int(redis_client.xpending(stage.stream, stage.group)["pending"]) > 0
 
-        wait_until(holding_work, 120, f"{stage} to hold an entry")
+        # Uploads keep coming, so the stage is at work; look often, the index stage holds an entry ~10 ms.
+        wait_until(holding_work, 120, f"{stage} to hold an entry", every=0.002)
         held = int(redis_client.xpending(stage.stream, stage.group)["pending"])
         cluster.signal(victim, signal.SIGKILL)
         cluster.processes[victim].wait(10)
         cluster.start_stage(stage)
         killed.append(f"{stage.value} holding {held}")
+    stop_loading.set()
     load.join()
     ledger.notes.append(f"SIGKILL while a stage held unacknowledged entries, then a new process: {', '.join(killed)}.")
     cluster.settle(ledger)
