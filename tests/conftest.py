@@ -40,10 +40,14 @@ def env(service_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> dict[st
 RUNNER_TEST_DB = 15
 
 
+def redis_client_url(services: LocalServices) -> str:
+    return services.redis_url.rsplit("/", 1)[0] + f"/{RUNNER_TEST_DB}"
+
+
 @pytest.fixture
 def redis_client(services: LocalServices) -> Iterator[redis.Redis]:
     """A clean Redis for each test that takes it: streams and job hashes are global names."""
-    client = redis.Redis.from_url(services.redis_url.rsplit("/", 1)[0] + f"/{RUNNER_TEST_DB}")
+    client = redis.Redis.from_url(redis_client_url(services))
     client.flushdb()
     yield client
     client.close()

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Sequence
 
@@ -14,9 +17,11 @@ from redis.retry import Retry
 from common.errors import DependencyUnavailable, JobFailed, PoisonMessage, TransientError
 from common.handlers import HandlerResult, Outcome, per_message
 from common.runner import StageRunner, ensure_group, errors_key
+from common.services import LocalServices
 from common.settings import StreamSettings
 from schemas.jobs import ErrorCode, job_key
 from schemas.streams import JobKind, PipelineMessage, Stage
+from tests.conftest import redis_client_url
 
 FAST = StreamSettings(read_count=8, block_ms=50, claim_idle_ms=100, max_deliveries=3)
 
@@ -333,3 +338,34 @@ def test_an_outage_longer_than_the_budget_falls_back_to_redelivery(redis_client:
     StageRunner(redis_client, handler, settings, job_ttl_seconds=600, consumer="budget").run_once()
     assert 2 <= len(handler.calls) < 20
     assert pending_count(redis_client) == 1  # left for a later claim
+
+
+def test_dlq_command_lists_replays_and_purges(redis_client: redis.Redis, services: LocalServices) -> None:
+    redis_client.xadd(
+        Stage.ALIGN.dead_letter_stream,
+        {
+            "v": "1",
+            "job_id": "cli-dead",
+            "kind": "search",
+            "image_key": "k",
+            "dead_error_code": "malformed_message",
+            "dead_error": "broken on purpose",
+        },
+    )
+    env = {**os.environ, **services.environment(), "FECAPASS_REDIS_URL": redis_client_url(services)}
+
+    def dlq(*args: str) -> str:
+        result = subprocess.run(
+            [sys.executable, "-m", "common.cli", "dlq", *args], env=env, capture_output=True, text=True, timeout=60
+        )
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    listing = dlq("list", "--stage", "align")
+    assert "fecapass:align:dead: 1" in listing and "cli-dead" in listing and "broken on purpose" in listing
+    assert "replayed 1" in dlq("replay", "--stage", "align")
+    replayed = redis_client.xrange(Stage.ALIGN.stream)[-1][1]
+    assert replayed[b"job_id"] == b"cli-dead" and b"dead_error" not in replayed
+    redis_client.xadd(Stage.ALIGN.dead_letter_stream, {"job_id": "again"})
+    assert "removed 1" in dlq("purge", "--stage", "align")
+    assert redis_client.xlen(Stage.ALIGN.dead_letter_stream) == 0
