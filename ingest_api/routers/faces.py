@@ -4,15 +4,13 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-import psycopg
 from fastapi import APIRouter, Response
-from starlette.concurrency import run_in_threadpool
 
-from common.errors import TransientError
 from indexer.main_repository import FaceRow
 from ingest_api.auth import READ, WRITE
 from ingest_api.deps import AppState, State
-from ingest_api.problems import ApiError, unavailable
+from ingest_api.problems import ApiError
+from ingest_api.stores import call_store
 from schemas.api import Face, Problem
 
 router = APIRouter(prefix="/v1", tags=["faces"])
@@ -36,11 +34,8 @@ def face_view(state: AppState, row: FaceRow) -> Face:
 
 @router.get("/users/{user_id}/faces", response_model=list[Face], dependencies=[READ], responses=ERRORS)
 async def list_faces(user_id: int, state: State) -> list[Face]:
-    try:
-        user = await run_in_threadpool(state.main.get_user, user_id)
-        rows = await run_in_threadpool(state.main.list_faces, user_id)
-    except psycopg.OperationalError as exc:
-        raise unavailable("the main database") from exc
+    user = await call_store(state.main.get_user, user_id)
+    rows = await call_store(state.main.list_faces, user_id)
     if user is None:
         raise ApiError(404, "user_not_found", f"user {user_id} not found")
     return [face_view(state, row) for row in rows]
@@ -48,10 +43,7 @@ async def list_faces(user_id: int, state: State) -> list[Face]:
 
 @router.get("/faces/{face_id}", response_model=Face, dependencies=[READ], responses=ERRORS)
 async def get_face(face_id: int, state: State) -> Face:
-    try:
-        row = await run_in_threadpool(state.main.get_face, face_id)
-    except psycopg.OperationalError as exc:
-        raise unavailable("the main database") from exc
+    row = await call_store(state.main.get_face, face_id)
     if row is None:
         raise ApiError(404, "face_not_found", f"face {face_id} not found")
     return face_view(state, row)
@@ -60,10 +52,6 @@ async def get_face(face_id: int, state: State) -> Face:
 @router.delete("/faces/{face_id}", status_code=204, dependencies=[WRITE], responses=ERRORS)
 async def delete_face(face_id: int, state: State) -> Response:
     """Erase one face: its row, its embeddings in every pack, its photo and crop."""
-    try:
-        erased = await run_in_threadpool(state.erasure.erase_face, face_id)
-    except (psycopg.OperationalError, TransientError) as exc:
-        raise unavailable("a database or object storage") from exc
-    if not erased:
+    if not await call_store(state.erasure.erase_face, face_id):
         raise ApiError(404, "face_not_found", f"face {face_id} not found")
     return Response(status_code=204)

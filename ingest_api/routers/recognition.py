@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-import psycopg
 from fastapi import APIRouter, File, Query, Request, UploadFile
 from fastapi.responses import JSONResponse
 from pydantic import AnyHttpUrl
-from starlette.concurrency import run_in_threadpool
 
+from common.imaging import ImageInfo
 from ingest_api import jobs
 from ingest_api.auth import READ, WRITE
 from ingest_api.deps import AppState, State
-from ingest_api.problems import ApiError, unavailable
+from ingest_api.problems import ApiError
+from ingest_api.stores import call_store
 from ingest_api.uploads import read_photo
 from schemas.api import Job, Problem
 from schemas.streams import JobKind
@@ -47,11 +47,13 @@ ERRORS: dict[int | str, dict[str, object]] = {code: {"model": Problem} for code 
 JOB_RESPONSES: dict[int | str, dict[str, object]] = {200: {"model": Job}, **ERRORS}
 
 
+async def photo_of(state: AppState, upload: UploadFile) -> tuple[bytes, ImageInfo]:
+    cfg = state.config.pipeline
+    return await read_photo(upload, cfg.max_upload_bytes, cfg.max_image_pixels)
+
+
 async def require_active_user(state: AppState, user_id: int) -> None:
-    try:
-        user = await run_in_threadpool(state.main.get_user, user_id)
-    except psycopg.OperationalError as exc:
-        raise unavailable("the main database") from exc
+    user = await call_store(state.main.get_user, user_id)
     if user is None or not user.is_active:
         raise ApiError(404, "user_not_found", f"user {user_id} not found")
 
@@ -64,8 +66,7 @@ async def enroll_face(
 ) -> JSONResponse:
     """Enroll the largest face of the photo for the user."""
     await require_active_user(state, user_id)
-    cfg = state.config.pipeline
-    photo = await read_photo(file, cfg.max_upload_bytes, cfg.max_image_pixels)
+    photo = await photo_of(state, file)
     job_id = await jobs.submit(
         state, kind=JobKind.ENROLL, photos=[photo], extra={"user_id": user_id, **callback(callback_url)}
     )
@@ -86,7 +87,7 @@ async def search_faces(
 ) -> JSONResponse:
     """Who is in this photo? Every face found gets its own list of matches."""
     cfg = state.config.pipeline
-    photo = await read_photo(file, cfg.max_upload_bytes, cfg.max_image_pixels)
+    photo = await photo_of(state, file)
     extra = {
         "threshold": cfg.similarity_threshold if threshold is None else threshold,
         "limit": cfg.search_limit if limit is None else limit,
@@ -113,9 +114,9 @@ async def verify_face(
     if user_id is not None:
         await require_active_user(state, user_id)
     cfg = state.config.pipeline
-    photos = [await read_photo(file, cfg.max_upload_bytes, cfg.max_image_pixels)]
+    photos = [await photo_of(state, file)]
     if second_file is not None:
-        photos.append(await read_photo(second_file, cfg.max_upload_bytes, cfg.max_image_pixels))
+        photos.append(await photo_of(state, second_file))
     extra = {
         "threshold": cfg.similarity_threshold if threshold is None else threshold,
         "user_id": user_id,
@@ -130,7 +131,6 @@ async def detect_faces(
     file: Photo, request: Request, state: State, wait: WaitSeconds = 0, callback_url: CallbackUrl = None
 ) -> JSONResponse:
     """Faces only: box, 5 keypoints, score and quality (size in pixels, sharpness) of every face."""
-    cfg = state.config.pipeline
-    photo = await read_photo(file, cfg.max_upload_bytes, cfg.max_image_pixels)
+    photo = await photo_of(state, file)
     job_id = await jobs.submit(state, kind=JobKind.DETECT, photos=[photo], extra=callback(callback_url))
     return await jobs.respond(state, request, job_id, wait)

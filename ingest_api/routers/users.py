@@ -2,15 +2,13 @@ from __future__ import annotations
 
 from typing import Annotated
 
-import psycopg
 from fastapi import APIRouter, Query, Response
-from starlette.concurrency import run_in_threadpool
 
-from common.errors import TransientError
 from indexer.main_repository import DuplicateEmail
 from ingest_api.auth import READ, WRITE
 from ingest_api.deps import State
-from ingest_api.problems import ApiError, unavailable
+from ingest_api.problems import ApiError
+from ingest_api.stores import call_store
 from schemas.api import Problem, User, UserCreate, UserPage, UserUpdate
 
 router = APIRouter(prefix="/v1/users", tags=["users"])
@@ -26,11 +24,9 @@ def _user_not_found(user_id: int) -> ApiError:
 )
 async def create_user(body: UserCreate, state: State) -> User:
     try:
-        row = await run_in_threadpool(state.main.create_user, str(body.email), body.full_name)
+        row = await call_store(state.main.create_user, str(body.email), body.full_name)
     except DuplicateEmail as exc:
         raise ApiError(409, "email_taken", f"a user with email {body.email} exists") from exc
-    except psycopg.OperationalError as exc:
-        raise unavailable("the main database") from exc
     return User(**row.__dict__)
 
 
@@ -40,10 +36,7 @@ async def list_users(
     after: Annotated[int, Query(ge=0, description="the last id of the previous page")] = 0,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> UserPage:
-    try:
-        rows = await run_in_threadpool(state.main.list_users, after, limit)
-    except psycopg.OperationalError as exc:
-        raise unavailable("the main database") from exc
+    rows = await call_store(state.main.list_users, after, limit)
     return UserPage(
         items=[User(**row.__dict__) for row in rows], next_after=rows[-1].id if len(rows) == limit else None
     )
@@ -51,10 +44,7 @@ async def list_users(
 
 @router.get("/{user_id}", response_model=User, dependencies=[READ], responses=ERRORS)
 async def get_user(user_id: int, state: State) -> User:
-    try:
-        row = await run_in_threadpool(state.main.get_user, user_id)
-    except psycopg.OperationalError as exc:
-        raise unavailable("the main database") from exc
+    row = await call_store(state.main.get_user, user_id)
     if row is None:
         raise _user_not_found(user_id)
     return User(**row.__dict__)
@@ -63,18 +53,15 @@ async def get_user(user_id: int, state: State) -> User:
 @router.patch("/{user_id}", response_model=User, dependencies=[WRITE], responses={409: {"model": Problem}, **ERRORS})
 async def update_user(user_id: int, body: UserUpdate, state: State) -> User:
     try:
-        row = await run_in_threadpool(
-            lambda: state.main.update_user(
-                user_id,
-                email=str(body.email) if body.email else None,
-                full_name=body.full_name,
-                is_active=body.is_active,
-            )
+        row = await call_store(
+            state.main.update_user,
+            user_id,
+            email=str(body.email) if body.email else None,
+            full_name=body.full_name,
+            is_active=body.is_active,
         )
     except DuplicateEmail as exc:
         raise ApiError(409, "email_taken", f"a user with email {body.email} exists") from exc
-    except psycopg.OperationalError as exc:
-        raise unavailable("the main database") from exc
     if row is None:
         raise _user_not_found(user_id)
     return User(**row.__dict__)
@@ -83,10 +70,6 @@ async def update_user(user_id: int, body: UserUpdate, state: State) -> User:
 @router.delete("/{user_id}", status_code=204, dependencies=[WRITE], responses=ERRORS)
 async def delete_user(user_id: int, state: State) -> Response:
     """Erase the user and everything held about them: face rows, embeddings of every pack, photos and crops."""
-    try:
-        erased = await run_in_threadpool(state.erasure.erase_user, user_id)
-    except (psycopg.OperationalError, TransientError) as exc:
-        raise unavailable("a database or object storage") from exc
-    if not erased:
+    if not await call_store(state.erasure.erase_user, user_id):
         raise _user_not_found(user_id)
     return Response(status_code=204)
