@@ -108,15 +108,15 @@ def baseline(config: BenchConfig, paths: list[Path]) -> dict[str, float]:
 
 
 def embedding_throughput(config: BenchConfig) -> list[list[str]]:
-    from common.modelpack import find_pack
+    from common.packs.library import PackLibrary
     from common.settings import ModelSettings
-    from embedder.worker import build_recognizer
 
     rows = []
-    crops = [np.random.default_rng(i).integers(0, 255, (112, 112, 3), dtype=np.uint8) for i in range(64)]
     for threads in (1, 0):
         settings = ModelSettings(model_pack=config.pack, model_root=config.model_root, ort_threads=threads)
-        recognizer = build_recognizer(settings, find_pack(settings))
+        recognizer = PackLibrary(settings).get()
+        size = recognizer.info.crop_size
+        crops = [np.random.default_rng(i).integers(0, 255, (size, size, 3), dtype=np.uint8) for i in range(64)]
         for batch in (1, 8, 32):
             recognizer.embed(crops[:batch])  # warm up
             started = time.perf_counter()

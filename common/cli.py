@@ -6,10 +6,11 @@ import argparse
 import sys
 from pathlib import Path
 
+from common import models_cli
 from common import settings as s
 from common.local import LocalModeError
 from common.logs import configure_logging
-from common.modelpack import ModelPackError
+from common.packs import ModelPackError
 from common.services import ServiceError
 from schemas.streams import Stage
 
@@ -132,13 +133,6 @@ def _dlq(args: argparse.Namespace) -> None:
             print(f"{stage.dead_letter_stream}: removed {dlq.purge(client, stage, [args.id] if args.id else None)}")
 
 
-def _models(action: str) -> None:
-    from common.modelpack import pull_pack
-
-    if action == "pull":
-        print(f"model pack ready at {pull_pack(s.load(s.ModelSettings))}")
-
-
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="fecapass", description="Self-hosted face recognition.")
     commands = root.add_subparsers(dest="command", required=True)
@@ -184,8 +178,7 @@ def parser() -> argparse.ArgumentParser:
         action = dead_actions.add_parser(name, help=text)
         action.add_argument("--stage", choices=stage_names, help="only this stage's (default: all)")
         action.add_argument("--id", help="only this entry (needs --stage)")
-    models = commands.add_parser("models", help="model packs")
-    models.add_argument("action", choices=["pull"], help="pull: download FECAPASS_MODEL_PACK into FECAPASS_MODEL_ROOT")
+    models_cli.add_commands(commands)
     bench = commands.add_parser(
         "bench", help="measure the pipeline against a plain insightface loop, write BENCHMARKS.md"
     )
@@ -241,8 +234,8 @@ def main(argv: list[str] | None = None) -> None:
             if getattr(args, "id", None) and not getattr(args, "stage", None):
                 raise SystemExit("--id needs --stage")
             _dlq(args)
-        elif args.command == "models":
-            _models(args.action)
+        elif args.command in ("models", "reindex"):
+            models_cli.run(args)
         elif args.command == "bench":
             from common.bench import BenchConfig
             from common.bench import run as bench

@@ -13,16 +13,15 @@ from pathlib import Path
 import psycopg
 import structlog
 
+from common import settings as s
 from common.apikeys import new_key
+from common.packs import PackInfo
+from common.packs.library import PackLibrary
 from common.services import MAIN_DB, VECTOR_DB, LocalServices, valkey_cli
 from indexer.migrate import migrate_all
 from schemas.streams import Stage
 
 log = structlog.get_logger(__name__)
-
-# Where the offline test packs live when the repository sits beside ../shared.
-DEV_MODEL_ROOT = Path("../shared")
-DEV_PACK = "buffalo_sc_lite"
 
 
 @dataclass
@@ -36,13 +35,11 @@ class UpOptions:
     metrics_port: int = 9101  # first worker's; the others count up from it. 0: off
 
 
-def model_environment() -> dict[str, str]:
-    """Use the configured pack; else the offline pack beside the checkout, when it is there."""
-    if "FECAPASS_MODEL_PACK" in os.environ or "FECAPASS_MODEL_ROOT" in os.environ:
-        return {}
-    if (DEV_MODEL_ROOT / "models" / DEV_PACK).is_dir():
-        return {"FECAPASS_MODEL_PACK": DEV_PACK, "FECAPASS_MODEL_ROOT": str(DEV_MODEL_ROOT.resolve())}
-    return {}
+def active_pack(vector_dsn: str, configured: str) -> str:
+    """The pack searches use: the active one in the database, else the configured one (a fresh install)."""
+    with psycopg.connect(vector_dsn) as conn:
+        row = conn.execute("SELECT name FROM model_packs WHERE active").fetchone()
+    return str(row[0]) if row else configured
 
 
 # `fecapass` exits with 2 on a settings or model-pack error.
@@ -108,13 +105,16 @@ def run_up(options: UpOptions) -> None:
     try:
         services.start()
         migrate_all(services.dsn(MAIN_DB), services.dsn(VECTOR_DB))
+        # Load the pack here first: a missing one is one clear error, not a crash loop of every stage process.
+        packs = PackLibrary(s.load(s.ModelSettings))
+        pack = packs.describe(active_pack(services.dsn(VECTOR_DB), packs.default_name))
         api_key = first_api_key(options.data_dir, services.dsn(MAIN_DB))
         env = {
             **os.environ,
             **services.environment(),
             "FECAPASS_LOG_JSON": os.environ.get("FECAPASS_LOG_JSON", "false"),
             "FECAPASS_API_PORT": str(options.api_port),
-            **model_environment(),
+            "FECAPASS_MODEL_PACK": pack.name,
         }
         supervisor = Supervisor(env)
         supervisor.spawn("api", ["api"])
@@ -126,7 +126,7 @@ def run_up(options: UpOptions) -> None:
                 supervisor.spawn(
                     f"{stage.value}-{index}", ["worker", stage.value], {"FECAPASS_METRICS_PORT": str(port)}
                 )
-        _print_banner(options, services, env, metrics_ports, api_key)
+        _print_banner(options, services, pack, metrics_ports, api_key)
         supervisor.watch()
     except KeyboardInterrupt:
         pass
@@ -155,12 +155,13 @@ def first_api_key(data_dir: Path, main_dsn: str) -> str:
 
 
 def _print_banner(
-    options: UpOptions, services: LocalServices, env: dict[str, str], metrics: list[str], api_key: str
+    options: UpOptions, services: LocalServices, pack: PackInfo, metrics: list[str], api_key: str
 ) -> None:
     cli = valkey_cli()
     print(
         f"""
-Fecapass is up (data in {options.data_dir}; model pack {env.get("FECAPASS_MODEL_PACK", "buffalo_l")}).
+Fecapass is up (data in {options.data_dir}).
+  Model pack     {pack.name}: {pack.dim}-d, licence {pack.licence} (fecapass models list)
   API            http://127.0.0.1:{options.api_port}   (OpenAPI docs at /docs, metrics at /metrics)
   API key        {api_key}   (write scope; kept in {options.data_dir / "api-key"})
                  export FECAPASS_KEY={api_key}

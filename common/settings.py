@@ -43,7 +43,9 @@ class DatabaseSettings(_Base):
 
 
 class ModelSettings(_Base):
-    model_pack: str = "buffalo_l"
+    # The pack searches use until `fecapass models activate` picks another (the database then decides).
+    # dlib installs with pip and may be used commercially; production sets buffalo_l (non-commercial terms).
+    model_pack: str = "dlib"
     # insightface layout: <model_root>/models/<model_pack>/*.onnx
     model_root: Path = Path("~/.insightface").expanduser()
     det_size: int = Field(default=640, ge=160, le=1920)
@@ -54,14 +56,14 @@ class ModelSettings(_Base):
 
 
 class PipelineSettings(_Base):
-    # Cosine similarity above which a stored face counts as the same person (see CALIBRATION.md).
-    similarity_threshold: float = Field(default=0.30, ge=-1.0, le=1.0)
+    # Cosine similarity above which a stored face counts as the same person. Unset: the active pack's
+    # calibrated threshold (CALIBRATION.md), which differs between packs (0.30 for ArcFace, 0.90 for dlib).
+    similarity_threshold: float | None = Field(default=None, ge=-1.0, le=1.0)
     search_limit: int = Field(default=10, ge=1, le=100)
     max_upload_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
     max_image_pixels: int = Field(default=50_000_000, ge=1)
     job_ttl_seconds: int = Field(default=7 * 24 * 3600, ge=60)
     max_wait_seconds: float = Field(default=30.0, ge=0)
-    crop_size: int = Field(default=112, description="side of the aligned crop the recognizer takes")
     presign_seconds: int = Field(default=900, ge=1, le=7 * 24 * 3600, description="lifetime of photo URLs")
     # Entries waiting in one stage (undelivered + pending) past which uploads get 429 instead of growing Redis.
     max_backlog: int = Field(default=10_000, ge=1)

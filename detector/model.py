@@ -1,28 +1,14 @@
-"""The face detector: ``detect(image) -> list[Face]``. No I/O; the session is built by the caller."""
+"""The SCRFD/RetinaFace detector: ``detect(image) -> list[Face]``. No I/O; the session is built by the caller."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnxruntime
 from insightface.model_zoo.retinaface import RetinaFace
 
-
-@dataclass(frozen=True)
-class Face:
-    box: np.ndarray  # x1, y1, x2, y2 in image pixels
-    keypoints: np.ndarray  # 5x2: left eye, right eye, nose, left mouth, right mouth
-    score: float
-
-    @property
-    def min_side(self) -> float:
-        return float(min(self.box[2] - self.box[0], self.box[3] - self.box[1]))
-
-    @property
-    def area(self) -> float:
-        return float(max(0.0, self.box[2] - self.box[0]) * max(0.0, self.box[3] - self.box[1]))
+from common.packs.base import Face
 
 
 class FaceDetector:

@@ -7,12 +7,12 @@ from typing import Any
 
 import numpy as np
 
-from common.errors import JobFailed, TransientError
+from common.errors import JobFailed, PoisonMessage, TransientError
 from common.handlers import HandlerResult, Outcome, per_message
 from common.imaging import ImageError, ImageTooLarge, decode, encode_png
 from common.objects import ObjectMissing, ObjectStore, crop_key, discard_job_objects
-from detector.align import align_face
-from detector.model import Face, FaceDetector
+from common.packs import Face
+from common.packs.library import PackLibrary, pack_for
 from detector.quality import sharpness
 from schemas.jobs import ErrorCode
 from schemas.streams import FaceBox, JobKind, PipelineMessage, Stage
@@ -35,6 +35,29 @@ def load_image(store: ObjectStore, key: str, max_pixels: int) -> np.ndarray:
         raise JobFailed(ErrorCode.UNDECODABLE_IMAGE, str(exc)) from exc
 
 
+def from_wire(face: FaceBox) -> Face:
+    return Face(
+        box=np.asarray(face.box, dtype=np.float32),
+        keypoints=np.asarray(face.keypoints, dtype=np.float32),
+        score=face.score,
+    )
+
+
+def same_place(faces: list[Face], box: tuple[float, float, float, float]) -> Face | None:
+    """The face found where an enrolled face was: each box holds the other's centre (detectors draw boxes of
+    different sizes around one face, so overlap alone is a poor test); the closest centre wins."""
+    stored = np.asarray(box, dtype=np.float32)
+    centre = (stored[:2] + stored[2:]) / 2
+
+    def holds(outer: np.ndarray, point: np.ndarray) -> bool:
+        return bool(outer[0] <= point[0] <= outer[2] and outer[1] <= point[1] <= outer[3])
+
+    candidates = [f for f in faces if holds(stored, (f.box[:2] + f.box[2:]) / 2) and holds(f.box, centre)]
+    if not candidates:
+        return None
+    return min(candidates, key=lambda f: float(np.linalg.norm((f.box[:2] + f.box[2:]) / 2 - centre)))
+
+
 def to_wire(face: Face, source: int = 0) -> FaceBox:
     x1, y1, x2, y2 = (round(float(v), 2) for v in face.box)
     return FaceBox(
@@ -49,9 +72,9 @@ class DetectHandler:
     stage = Stage.DETECT
     message_type = PipelineMessage
 
-    def __init__(self, store: ObjectStore, detector: FaceDetector, max_image_pixels: int) -> None:
+    def __init__(self, store: ObjectStore, packs: PackLibrary, max_image_pixels: int) -> None:
         self.store = store
-        self.detector = detector
+        self.packs = packs
         self.max_image_pixels = max_image_pixels
 
     def handle(self, message: PipelineMessage) -> Outcome:
@@ -62,11 +85,12 @@ class DetectHandler:
             raise
 
     def _handle(self, message: PipelineMessage) -> Outcome:
+        pack = pack_for(self.packs, message.pack)
         kept: list[FaceBox] = []
         seen = 0
         for source, key in enumerate(message.image_keys):
             image = load_image(self.store, key, self.max_image_pixels)
-            faces = self.detector.detect(image)
+            faces = pack.detect(image)
             if not faces:
                 where = "the second photo" if source else "the photo"
                 raise JobFailed(ErrorCode.NO_FACE, f"no face found in {where}")
@@ -74,10 +98,23 @@ class DetectHandler:
                 discard_job_objects(self.store, message.job_id)
                 return Outcome(result=detect_result(image, faces))
             seen += len(faces) if source == 0 else 0
-            chosen = [max(faces, key=lambda face: face.area)] if message.kind in LARGEST_FACE_ONLY else faces
-            kept += [to_wire(face, source) for face in chosen]
-        forward = message.model_copy(update={"faces": kept, "faces_seen": seen})
+            kept += [to_wire(face, source) for face in self._chosen(message, faces)]
+        forward = message.model_copy(update={"faces": kept, "faces_seen": seen, "pack": pack.info.name})
         return Outcome(forward=forward, status_fields={"faces_seen": str(seen)})
+
+    def _chosen(self, message: PipelineMessage, faces: list[Face]) -> list[Face]:
+        if message.kind is JobKind.REINDEX:
+            if message.face_box is None:
+                raise PoisonMessage(ErrorCode.MALFORMED_MESSAGE, "reindex message without face_box")
+            found = same_place(faces, message.face_box)
+            if found is None:
+                raise JobFailed(
+                    ErrorCode.NO_FACE, f"pack {message.pack} finds no face where face {message.face_id} was enrolled"
+                )
+            return [found]
+        if message.kind in LARGEST_FACE_ONLY:
+            return [max(faces, key=lambda face: face.area)]
+        return faces
 
     def handle_batch(self, messages: Sequence[PipelineMessage]) -> list[HandlerResult]:
         return per_message(self.handle)(messages)
@@ -100,12 +137,20 @@ class AlignHandler:
     stage = Stage.ALIGN
     message_type = PipelineMessage
 
-    def __init__(self, store: ObjectStore, crop_size: int, max_image_pixels: int) -> None:
+    def __init__(self, store: ObjectStore, packs: PackLibrary, max_image_pixels: int) -> None:
         self.store = store
-        self.crop_size = crop_size
+        self.packs = packs
         self.max_image_pixels = max_image_pixels
 
     def handle(self, message: PipelineMessage) -> Outcome:
+        try:
+            return self._handle(message)
+        except JobFailed:
+            discard_job_objects(self.store, message.job_id)
+            raise
+
+    def _handle(self, message: PipelineMessage) -> Outcome:
+        pack = pack_for(self.packs, message.pack)
         faces = message.require_faces()
         keys = message.image_keys
         images = {
@@ -113,7 +158,7 @@ class AlignHandler:
         }
         aligned: list[FaceBox] = []
         for index, face in enumerate(faces):
-            crop = align_face(images[face.source], np.asarray(face.keypoints, dtype=np.float32), self.crop_size)
+            crop = pack.align(images[face.source], from_wire(face))
             # Deterministic key: a redelivered message overwrites the same object instead of adding one.
             key = crop_key(message.job_id, index)
             self.store.put(key, encode_png(crop), content_type="image/png")

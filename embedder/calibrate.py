@@ -13,12 +13,9 @@ import cv2
 import numpy as np
 
 from common.imaging import decode
-from common.modelpack import find_pack
+from common.packs import Face, ModelPack
+from common.packs.library import PackLibrary
 from common.settings import ModelSettings
-from detector.align import align_face
-from detector.model import FaceDetector
-from detector.worker import build_detector
-from embedder.worker import build_recognizer
 
 # Tight LFW crops must be padded or SCRFD finds no face in them.
 PAD_FRACTION = 0.5
@@ -64,18 +61,16 @@ class Calibration:
         return float(np.mean(self.same >= threshold)), float(np.mean(self.different >= threshold))
 
 
-def _closest_to_centre(detector: FaceDetector, image: np.ndarray) -> np.ndarray | None:
-    faces = detector.detect(image)
+def _closest_to_centre(pack: ModelPack, image: np.ndarray) -> Face | None:
+    faces = pack.detect(image)
     if not faces:
         return None
     centre = np.array([image.shape[1] / 2, image.shape[0] / 2])
-    face = min(faces, key=lambda f: float(np.linalg.norm((f.box[:2] + f.box[2:]) / 2 - centre)))
-    return face.keypoints
+    return min(faces, key=lambda f: float(np.linalg.norm((f.box[:2] + f.box[2:]) / 2 - centre)))
 
 
 def calibrate(settings: ModelSettings, folder: Path) -> Calibration:
-    files = find_pack(settings)
-    detector, recognizer = build_detector(settings, files), build_recognizer(settings, files)
+    pack = PackLibrary(settings).get()
     with (folder / "pairs.tsv").open() as handle:
         pairs = [(row["image1"], row["image2"], row["same"] == "1") for row in csv.DictReader(handle, delimiter="\t")]
     started = time.perf_counter()
@@ -84,8 +79,8 @@ def calibrate(settings: ModelSettings, folder: Path) -> Calibration:
         image = decode((folder / "images" / name).read_bytes(), 50_000_000)
         pad = int(image.shape[1] * PAD_FRACTION)
         padded = cv2.copyMakeBorder(image, pad, pad, pad, pad, cv2.BORDER_CONSTANT)
-        keypoints = _closest_to_centre(detector, padded)
-        embeddings[name] = None if keypoints is None else recognizer.embed([align_face(padded, keypoints)])[0]
+        face = _closest_to_centre(pack, padded)
+        embeddings[name] = None if face is None else pack.embed([pack.align(padded, face)])[0]
     same: list[float] = []
     different: list[float] = []
     for a, b, is_same in pairs:

@@ -1,4 +1,4 @@
-"""The recognizer: ``embed(crops) -> ndarray``, batched, L2-normalised float32. No I/O."""
+"""The ArcFace-style ONNX recognizer: ``embed(crops) -> ndarray``, batched, L2-normalised float32. No I/O."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime
 from insightface.model_zoo.arcface_onnx import ArcFaceONNX
+
+from common.packs.base import check_crops, unit_rows
 
 
 class FaceRecognizer:
@@ -27,10 +29,5 @@ class FaceRecognizer:
         """One forward pass over all crops (each crop_size x crop_size BGR) -> [N, dim] unit vectors."""
         if not crops:
             return np.zeros((0, self.dim), dtype=np.float32)
-        for crop in crops:
-            if crop.shape != (self.crop_size, self.crop_size, 3):
-                raise ValueError(f"crop of shape {crop.shape}; the recognizer takes {self.crop_size}^2 x 3")
-        raw: np.ndarray = np.asarray(self._model.get_feat(list(crops)), dtype=np.float32)
-        norms = np.linalg.norm(raw, axis=1, keepdims=True)
-        unit: np.ndarray = (raw / np.maximum(norms, 1e-12)).astype(np.float32)
-        return unit
+        check_crops(crops, self.crop_size)
+        return unit_rows(np.asarray(self._model.get_feat(list(crops)), dtype=np.float32))

@@ -1,4 +1,4 @@
-"""The embed stage: crops of several messages go through the recognizer in one batch."""
+"""The embed stage: crops of several messages go through their pack's recognizer in one batch per pack."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import numpy as np
 from common.errors import PoisonMessage, TransientError
 from common.handlers import HandlerResult, Outcome
 from common.objects import ObjectMissing, ObjectStore
-from embedder.model import FaceRecognizer
+from common.packs import ModelPack
+from common.packs.library import PackLibrary, pack_for
 from schemas.jobs import ErrorCode
 from schemas.streams import PipelineMessage, Stage, encode_embeddings
 
@@ -19,10 +20,9 @@ class EmbedHandler:
     stage = Stage.EMBED
     message_type = PipelineMessage
 
-    def __init__(self, store: ObjectStore, recognizer: FaceRecognizer, pack: str) -> None:
+    def __init__(self, store: ObjectStore, packs: PackLibrary) -> None:
         self.store = store
-        self.recognizer = recognizer
-        self.pack = pack
+        self.packs = packs
 
     def _crops(self, message: PipelineMessage) -> list[np.ndarray]:
         crops = []
@@ -41,24 +41,31 @@ class EmbedHandler:
 
     def handle_batch(self, messages: Sequence[PipelineMessage]) -> list[HandlerResult]:
         results: list[HandlerResult | None] = [None] * len(messages)
-        batch: list[np.ndarray] = []
-        spans: list[tuple[int, int, int]] = []  # message index, first crop, crop count
+        batches: dict[str, tuple[ModelPack, list[np.ndarray], list[tuple[int, int, int]]]] = {}
         for index, message in enumerate(messages):
             try:
+                pack = pack_for(self.packs, message.pack)
                 crops = self._crops(message)
             except Exception as exc:
                 results[index] = exc
                 continue
-            spans.append((index, len(batch), len(crops)))
+            _, batch, spans = batches.setdefault(pack.info.name, (pack, [], []))
+            spans.append((index, len(batch), len(crops)))  # message index, first crop, crop count
             batch.extend(crops)
-        vectors = self.recognizer.embed(batch)  # one forward pass for every face of every message
-        for index, first, count in spans:
-            forward = messages[index].model_copy(
-                update={
-                    "embeddings": encode_embeddings(vectors[first : first + count]),
-                    "dim": self.recognizer.dim,
-                    "pack": self.pack,
-                }
-            )
-            results[index] = Outcome(forward=forward)
+        for pack, batch, spans in batches.values():
+            try:
+                vectors = pack.embed(batch)  # one forward pass for every face of every message of this pack
+            except Exception as exc:
+                for index, _, _ in spans:
+                    results[index] = exc
+                continue
+            for index, first, count in spans:
+                forward = messages[index].model_copy(
+                    update={
+                        "embeddings": encode_embeddings(vectors[first : first + count]),
+                        "dim": pack.info.dim,
+                        "pack": pack.info.name,
+                    }
+                )
+                results[index] = Outcome(forward=forward)
         return [result if result is not None else RuntimeError("message left unhandled") for result in results]

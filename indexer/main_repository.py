@@ -138,6 +138,17 @@ class MainRepository:
             cur.execute(f"SELECT {_FACE_COLUMNS} FROM faces WHERE id = %s", (face_id,))
             return cur.fetchone()
 
+    def faces_after(self, after: int, limit: int) -> list[FaceRow]:
+        """Every face in id order, one page at a time (keyset: pages stay cheap at millions of faces)."""
+        with self.pool.connection() as conn, conn.cursor(row_factory=class_row(FaceRow)) as cur:
+            cur.execute(f"SELECT {_FACE_COLUMNS} FROM faces WHERE id > %s ORDER BY id LIMIT %s", (after, limit))
+            return cur.fetchall()
+
+    def total_faces(self) -> int:
+        with self.pool.connection() as conn:
+            row = conn.execute("SELECT count(*) FROM faces").fetchone()
+        return int(row[0]) if row else 0
+
     def delete_face(self, face_id: int) -> None:
         with self.pool.connection() as conn:
             conn.execute("DELETE FROM faces WHERE id = %s", (face_id,))

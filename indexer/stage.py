@@ -1,4 +1,5 @@
-"""The index stage: enroll writes the face and its embedding; search runs k-NN and finishes the job."""
+"""The index stage: enroll writes the face and its embedding; search runs k-NN and finishes the job;
+reindex adds another pack's embedding to an enrolled face."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import psycopg
 from common.errors import DependencyUnavailable, JobFailed, PoisonMessage
 from common.handlers import HandlerResult, Outcome, per_message
 from common.objects import ObjectStore, discard_job_objects
+from common.packs.catalog import default_threshold
 from indexer.main_repository import MainRepository, NewFace, UnknownUser
 from indexer.vector_repository import PackMismatch, VectorRepository
 from schemas.jobs import ErrorCode
@@ -26,12 +28,17 @@ class IndexHandler:
     message_type = PipelineMessage
 
     def __init__(
-        self, main: MainRepository, vectors: VectorRepository, store: ObjectStore, default_threshold: float
+        self, main: MainRepository, vectors: VectorRepository, store: ObjectStore, threshold: float | None = None
     ) -> None:
         self.main = main
         self.vectors = vectors
         self.store = store
-        self.default_threshold = default_threshold
+        self.threshold = threshold  # FECAPASS_SIMILARITY_THRESHOLD; unset: each pack's calibrated one
+
+    def _threshold(self, message: PipelineMessage, pack: str) -> float:
+        if message.threshold is not None:
+            return message.threshold
+        return self.threshold if self.threshold is not None else default_threshold(pack)
 
     def handle(self, message: PipelineMessage) -> Outcome:
         try:
@@ -43,8 +50,10 @@ class IndexHandler:
         try:
             if message.kind is JobKind.ENROLL:
                 return Outcome(result=self._enroll(message, message.pack, matrix))
-            # Search and verify photos are not kept once answered.
-            if message.kind is JobKind.VERIFY:
+            # Search and verify photos are not kept once answered, nor a reindex job's crop.
+            if message.kind is JobKind.REINDEX:
+                result = self._reindex(message, message.pack, matrix)
+            elif message.kind is JobKind.VERIFY:
                 result = self._verify(message, message.pack, matrix)
             else:
                 result = self._search(message, message.pack, matrix)
@@ -94,8 +103,20 @@ class IndexHandler:
             "model_pack": pack,
         }
 
+    def _reindex(self, message: PipelineMessage, pack: str, matrix: np.ndarray) -> dict[str, Any]:
+        if message.face_id is None:
+            raise PoisonMessage(ErrorCode.MALFORMED_MESSAGE, "reindex message without face_id")
+        if self.main.get_face(message.face_id) is None:
+            return {"face_id": message.face_id, "model_pack": pack, "skipped": "the face was erased"}
+        self.vectors.add_embedding(message.face_id, pack, matrix[0])
+        # An erasure between the check and the insert would leave this vector behind: look again.
+        if self.main.get_face(message.face_id) is None:
+            self.vectors.delete_faces([message.face_id])
+            return {"face_id": message.face_id, "model_pack": pack, "skipped": "the face was erased"}
+        return {"face_id": message.face_id, "model_pack": pack}
+
     def _search(self, message: PipelineMessage, pack: str, matrix: np.ndarray) -> dict[str, Any]:
-        threshold = message.threshold if message.threshold is not None else self.default_threshold
+        threshold = self._threshold(message, pack)
         limit = message.limit or 10
         faces = message.require_faces()
         neighbours = [self.vectors.nearest(pack, row, limit * CANDIDATES_PER_RESULT) for row in matrix]
@@ -123,7 +144,7 @@ class IndexHandler:
         return {"faces": results, "threshold": threshold, "model_pack": pack, "faces_seen": len(faces)}
 
     def _verify(self, message: PipelineMessage, pack: str, matrix: np.ndarray) -> dict[str, Any]:
-        threshold = message.threshold if message.threshold is not None else self.default_threshold
+        threshold = self._threshold(message, pack)
         faces = message.require_faces()
         result: dict[str, Any] = {"threshold": threshold, "model_pack": pack}
         if message.user_id is not None:

@@ -27,6 +27,14 @@ class PackMismatch(ValueError):
     pass
 
 
+@dataclass(frozen=True)
+class RegisteredPack:
+    name: str
+    dim: int
+    active: bool
+    embeddings: int
+
+
 def index_name(pack: str) -> str:
     return "face_embeddings_hnsw_" + re.sub(r"[^a-z0-9]+", "_", pack.lower())
 
@@ -43,13 +51,15 @@ class VectorRepository:
         if not _PACK_NAME.match(pack):
             raise ValueError(f"invalid model pack name {pack!r}")
         with self.pool.connection() as conn, conn.transaction():
-            conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (pack,))
+            # One registration at a time: the first pack ever registered becomes the active one.
+            conn.execute("SELECT pg_advisory_xact_lock(hashtext('fecapass.model_packs'))")
             row = conn.execute("SELECT dim FROM model_packs WHERE name = %s", (pack,)).fetchone()
             if row is not None and int(row[0]) != dim:
                 raise PackMismatch(f"pack {pack} is registered with dimension {row[0]}, got {dim}")
             if row is None:
                 conn.execute(
-                    "INSERT INTO model_packs (name, dim, index_name) VALUES (%s, %s, %s)",
+                    "INSERT INTO model_packs (name, dim, index_name, active) VALUES (%s, %s, %s,"
+                    " NOT EXISTS (SELECT 1 FROM model_packs WHERE active))",
                     (pack, dim, index_name(pack)),
                 )
             conn.execute(
@@ -112,6 +122,39 @@ class VectorRepository:
         with self.pool.connection() as conn:
             row = conn.execute(statement, {"q": query.astype(np.float32), "pack": pack, "ids": face_ids}).fetchone()
         return Neighbour(int(row[0]), float(row[1])) if row else None
+
+    def active_pack(self) -> str | None:
+        """The pack searches use; None before any pack was registered (the configured one is used then)."""
+        with self.pool.connection() as conn:
+            row = conn.execute("SELECT name FROM model_packs WHERE active").fetchone()
+        return str(row[0]) if row else None
+
+    def activate(self, pack: str) -> None:
+        """Make ``pack`` (registered with ensure_pack) the one searched; the others keep their vectors."""
+        with self.pool.connection() as conn, conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(hashtext('fecapass.model_packs'))")
+            if conn.execute("SELECT 1 FROM model_packs WHERE name = %s", (pack,)).fetchone() is None:
+                raise LookupError(f"pack {pack} is not registered")
+            conn.execute("UPDATE model_packs SET active = false WHERE active AND name <> %s", (pack,))
+            conn.execute("UPDATE model_packs SET active = true WHERE name = %s", (pack,))
+
+    def packs(self) -> list[RegisteredPack]:
+        with self.pool.connection() as conn:
+            rows = conn.execute(
+                "SELECT p.name, p.dim, p.active, (SELECT count(*) FROM face_embeddings e WHERE e.model_pack = p.name)"
+                " FROM model_packs p ORDER BY p.created_at"
+            ).fetchall()
+        return [RegisteredPack(str(name), int(dim), bool(active), int(count)) for name, dim, active, count in rows]
+
+    def embedded_among(self, pack: str, face_ids: list[int]) -> set[int]:
+        """Which of these faces already have an embedding of ``pack``."""
+        if not face_ids:
+            return set()
+        with self.pool.connection() as conn:
+            rows = conn.execute(
+                "SELECT face_id FROM face_embeddings WHERE model_pack = %s AND face_id = ANY(%s)", (pack, face_ids)
+            ).fetchall()
+        return {int(row[0]) for row in rows}
 
     def count(self, pack: str) -> int:
         with self.pool.connection() as conn:

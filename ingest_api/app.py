@@ -6,6 +6,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 
+import structlog
 from fastapi import FastAPI, Request, Response
 from prometheus_client import REGISTRY, CollectorRegistry, Metric
 from prometheus_client.registry import Collector
@@ -14,10 +15,13 @@ from starlette.concurrency import run_in_threadpool
 from common import clients
 from common.metrics import HTTP_REQUESTS, HTTP_SECONDS, StreamCollector
 from common.objects import ObjectStore
+from common.packs import ModelPackError
+from common.packs.library import PackLibrary
 from common.runner import ensure_group
 from indexer.erasure import Erasure
 from indexer.main_repository import MainRepository
 from indexer.vector_repository import VectorRepository
+from ingest_api.active_pack import ActivePack
 from ingest_api.auth import KeyChecker
 from ingest_api.backpressure import Backlog
 from ingest_api.body_limit import BodySizeLimit
@@ -28,6 +32,17 @@ from ingest_api.problems import install_problem_handlers
 from ingest_api.routers import faces, health, job_status, metrics, recognition, users
 from ingest_api.waiter import JobWaiter
 from schemas.streams import Stage
+
+log = structlog.get_logger(__name__)
+
+
+async def _log_pack(active_pack: ActivePack) -> None:
+    try:
+        info = await active_pack.info()
+    except ModelPackError as exc:  # reported by /health/ready; jobs fail in the stages with pack_unavailable
+        log.error("api.pack_unavailable", error=str(exc))
+    else:
+        log.info("api.pack", **info.summary())
 
 
 def create_app(config: ApiConfig) -> FastAPI:
@@ -50,6 +65,8 @@ def create_app(config: ApiConfig) -> FastAPI:
             app.state.metrics_registry = _registry(REGISTRY, StreamCollector(sync_redis))
             await waiter.start()
             main, vectors = MainRepository(main_pool), VectorRepository(vector_pool)
+            active_pack = ActivePack(vectors, PackLibrary(config.model))
+            await _log_pack(active_pack)
             app.state.fecapass = AppState(
                 config=config,
                 redis=redis_client,
@@ -61,6 +78,7 @@ def create_app(config: ApiConfig) -> FastAPI:
                 presigner=presigner,
                 erasure=Erasure(main, vectors, store),
                 backlog=Backlog(redis_client, config.pipeline.max_backlog),
+                active_pack=active_pack,
             )
             yield
         finally:

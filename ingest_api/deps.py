@@ -12,6 +12,7 @@ from common.objects import ObjectStore
 from indexer.erasure import Erasure
 from indexer.main_repository import MainRepository
 from indexer.vector_repository import VectorRepository
+from ingest_api.active_pack import ActivePack
 from ingest_api.backpressure import Backlog
 from ingest_api.config import ApiConfig
 from ingest_api.waiter import JobWaiter
@@ -32,6 +33,7 @@ class AppState:
     presigner: ObjectStore  # signs URLs for the endpoint clients reach
     erasure: Erasure
     backlog: Backlog
+    active_pack: ActivePack
 
 
 def get_state(request: Request) -> AppState:

@@ -59,8 +59,9 @@ async def submit(
     except TransientError as exc:
         raise unavailable("object storage") from exc
     second = keys[1] if len(keys) > 1 else None
-    message = PipelineMessage(job_id=job_id, kind=kind, image_key=keys[0], second_image_key=second, **extra)
-    fields = {"kind": kind.value, "image_key": keys[0]}
+    pack = await state.active_pack.name()
+    message = PipelineMessage(job_id=job_id, kind=kind, image_key=keys[0], second_image_key=second, pack=pack, **extra)
+    fields = {"kind": kind.value, "image_key": keys[0], "model_pack": pack}
     if message.user_id is not None:
         fields["user_id"] = str(message.user_id)
     try:
@@ -108,6 +109,7 @@ async def read_job(state: AppState, request: Request, job_id: str) -> Job | None
         status_url=job_url(request, job_id),
         image_key=raw.get("image_key", ""),
         user_id=int(raw["user_id"]) if raw.get("user_id") else None,
+        model_pack=raw.get("model_pack"),
         created_at=created_at,
         finished_at=finished_at,
         query_time_ms=round((finished_at - created_at) * 1000, 1) if created_at and finished_at else None,

@@ -79,6 +79,7 @@ class Job(BaseModel):
     status_url: str
     image_key: str
     user_id: int | None = None
+    model_pack: str | None = Field(default=None, description="the pack every stage of this job uses")
     created_at: float | None = Field(default=None, description="Unix time")
     finished_at: float | None = None
     stages: dict[str, dict[str, float]] = Field(
@@ -109,4 +110,6 @@ class Problem(BaseModel):
 class Health(BaseModel):
     status: str
     checks: dict[str, str] = Field(default_factory=dict)
-    model_pack: dict[str, Any] | None = None
+    model_pack: dict[str, Any] | None = Field(
+        default=None, description="the active pack: name, family, dim, licence, commercial_use, threshold, location"
+    )

@@ -43,6 +43,7 @@ class ErrorCode(StrEnum):
     USER_NOT_FOUND = "user_not_found"
     USER_HAS_NO_FACES = "user_has_no_faces"
     MALFORMED_MESSAGE = "malformed_message"
+    PACK_UNAVAILABLE = "pack_unavailable"
     TOO_MANY_DELIVERIES = "too_many_deliveries"
     INTERNAL = "internal_error"
 

@@ -56,6 +56,7 @@ class JobKind(StrEnum):
     SEARCH = "search"  # who are the faces of the photo?
     VERIFY = "verify"  # is the largest face user_id, or the largest face of second_image_key?
     DETECT = "detect"  # faces only; finishes in the detect stage
+    REINDEX = "reindex"  # embed the enrolled face face_id again, with another pack (`fecapass reindex`)
 
 
 class MalformedMessage(ValueError):
@@ -131,7 +132,13 @@ class PipelineMessage(StreamMessage):
     faces_seen: int | None = None
     embeddings: bytes | None = Field(default=None, description="float32 [len(faces), dim], base64 on the wire")
     dim: int | None = None
-    pack: str | None = Field(default=None, description="model pack that produced the embeddings")
+    pack: str | None = Field(
+        default=None, description="model pack of every stage of this job: the active pack when it was submitted"
+    )
+    face_id: int | None = Field(default=None, description="reindex: the enrolled face to embed again")
+    face_box: tuple[float, float, float, float] | None = Field(
+        default=None, description="reindex: where that face was found when it was enrolled (x1, y1, x2, y2)"
+    )
     callback_url: str | None = Field(default=None, description="where the finished job is POSTed")
 
     def _encode(self, name: str, value: Any) -> str:
@@ -139,6 +146,8 @@ class PipelineMessage(StreamMessage):
             return json.dumps([face.model_dump(exclude_none=True) for face in value], separators=(",", ":"))
         if name == "embeddings":
             return base64.b64encode(value).decode("ascii")
+        if name == "face_box":
+            return ",".join(str(v) for v in value)
         return str(value)
 
     @classmethod
@@ -147,6 +156,8 @@ class PipelineMessage(StreamMessage):
             data["faces"] = json.loads(data["faces"])
         if "embeddings" in data:
             data["embeddings"] = base64.b64decode(data["embeddings"], validate=True)
+        if "face_box" in data:
+            data["face_box"] = data["face_box"].split(",")
         return data
 
     def embedding_matrix(self) -> np.ndarray:

@@ -8,7 +8,6 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from common.modelpack import pack_directory
 from ingest_api.deps import State
 from schemas.api import Health
 
@@ -32,12 +31,17 @@ async def _check(name: str, probe: Callable[[], Any]) -> tuple[str, str]:
 
 @router.get("/ready", response_model=Health, responses={503: {"model": Health}})
 async def ready(state: State) -> JSONResponse:
-    """Ready when both databases, Redis, the bucket and the model pack folder all answer."""
-    pack_dir = pack_directory(state.config.model)
+    """Ready when both databases, Redis and the bucket answer and the active model pack is installed here."""
+    pack: dict[str, Any] = {}
 
-    def check_pack() -> None:
-        if not pack_dir.is_dir():
-            raise FileNotFoundError(pack_dir)
+    async def check_pack() -> tuple[str, str]:
+        try:
+            info = await asyncio.wait_for(state.active_pack.info(), timeout=CHECK_TIMEOUT_S)
+        except Exception as exc:
+            pack.update(name=await state.active_pack.name(), error=str(exc) or type(exc).__name__)
+            return "model_pack", f"error: {type(exc).__name__}"
+        pack.update(info.summary())
+        return "model_pack", "ok"
 
     async def ping_redis() -> tuple[str, str]:
         try:
@@ -50,14 +54,10 @@ async def ready(state: State) -> JSONResponse:
         _check("main_db", state.main.ping),
         _check("vector_db", state.vectors.ping),
         _check("s3", state.store.ping),
-        _check("model_pack", check_pack),
+        check_pack(),
         ping_redis(),
     )
     checks = dict(results)
     healthy = all(value == "ok" for value in checks.values())
-    body = Health(
-        status="ok" if healthy else "unavailable",
-        checks=checks,
-        model_pack={"name": state.config.model.model_pack, "path": str(pack_dir)},
-    )
+    body = Health(status="ok" if healthy else "unavailable", checks=checks, model_pack=pack)
     return JSONResponse(body.model_dump(), status_code=200 if healthy else 503)

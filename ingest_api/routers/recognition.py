@@ -30,7 +30,12 @@ WaitSeconds = Annotated[
 ]
 Threshold = Annotated[
     float | None,
-    Query(ge=-1, le=1, description="minimum cosine similarity; default FECAPASS_SIMILARITY_THRESHOLD"),
+    Query(
+        ge=-1,
+        le=1,
+        description="minimum cosine similarity; default FECAPASS_SIMILARITY_THRESHOLD, else the pack's calibrated"
+        " threshold (0.30 for InsightFace packs, 0.90 for dlib)",
+    ),
 ]
 Photo = Annotated[UploadFile, File(description="JPEG, PNG, WebP, BMP, TIFF or GIF photo")]
 CallbackUrl = Annotated[
@@ -89,7 +94,7 @@ async def search_faces(
     cfg = state.config.pipeline
     photo = await photo_of(state, file)
     extra = {
-        "threshold": cfg.similarity_threshold if threshold is None else threshold,
+        "threshold": threshold,
         "limit": cfg.search_limit if limit is None else limit,
         **callback(callback_url),
     }
@@ -113,12 +118,11 @@ async def verify_face(
         raise ApiError(422, "invalid_request", "give exactly one of user_id or second_file")
     if user_id is not None:
         await require_active_user(state, user_id)
-    cfg = state.config.pipeline
     photos = [await photo_of(state, file)]
     if second_file is not None:
         photos.append(await photo_of(state, second_file))
     extra = {
-        "threshold": cfg.similarity_threshold if threshold is None else threshold,
+        "threshold": threshold,
         "user_id": user_id,
         **callback(callback_url),
     }
@@ -130,7 +134,11 @@ async def verify_face(
 async def detect_faces(
     file: Photo, request: Request, state: State, wait: WaitSeconds = 0, callback_url: CallbackUrl = None
 ) -> JSONResponse:
-    """Faces only: box, 5 keypoints, score and quality (size in pixels, sharpness) of every face."""
+    """Faces only: box, 5 keypoints, score and quality (size in pixels, sharpness) of every face.
+
+    Keypoints and score are the active pack's: InsightFace packs give eye centres, nose tip and mouth corners
+    with a 0..1 score; dlib gives the outer and inner corners of each eye and the base of the nose with its
+    detector's margin (above 0)."""
     photo = await photo_of(state, file)
     job_id = await jobs.submit(state, kind=JobKind.DETECT, photos=[photo], extra=callback(callback_url))
     return await jobs.respond(state, request, job_id, wait)

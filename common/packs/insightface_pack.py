@@ -1,0 +1,53 @@
+"""An insightface-layout pack (buffalo_l, buffalo_s, antelopev2, ...): SCRFD, ArcFace alignment, ONNX recognizer.
+
+Each part is loaded on first use, so a detect process never holds the recognizer and an embed process never
+holds the detector.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import cached_property
+
+import numpy as np
+
+from common.packs.base import Face, PackInfo
+from common.packs.insightface_files import PackFiles, load_session
+from common.settings import ModelSettings
+from detector.align import align_face
+from detector.model import FaceDetector
+from embedder.model import FaceRecognizer
+
+
+class InsightFacePack:
+    def __init__(self, files: PackFiles, info: PackInfo, settings: ModelSettings) -> None:
+        self.files = files
+        self._info = info
+        self._settings = settings
+
+    @property
+    def info(self) -> PackInfo:
+        return self._info
+
+    @cached_property
+    def _detector(self) -> FaceDetector:
+        return FaceDetector(
+            load_session(self.files.detector, self._settings),
+            self.files.detector,
+            det_size=self._settings.det_size,
+            threshold=self._settings.det_threshold,
+            min_face_size=self._settings.min_face_size,
+        )
+
+    @cached_property
+    def _recognizer(self) -> FaceRecognizer:
+        return FaceRecognizer(load_session(self.files.recognizer, self._settings), self.files.recognizer)
+
+    def detect(self, image_bgr: np.ndarray) -> list[Face]:
+        return self._detector.detect(image_bgr)
+
+    def align(self, image_bgr: np.ndarray, face: Face) -> np.ndarray:
+        return align_face(image_bgr, face.keypoints, self._info.crop_size)
+
+    def embed(self, crops: Sequence[np.ndarray]) -> np.ndarray:
+        return self._recognizer.embed(crops)

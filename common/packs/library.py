@@ -1,0 +1,99 @@
+"""Which packs exist, what they are (licence, dimension, threshold), and loading them once per process."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from common.errors import JobFailed
+from common.packs.base import ModelPack, ModelPackError, PackInfo
+from common.packs.catalog import DLIB, LICENCES, UNKNOWN_LICENCE, default_threshold, threshold_source
+from common.packs.insightface_files import find_pack, is_pack_folder
+from common.settings import ModelSettings
+from schemas.jobs import ErrorCode
+
+
+def _info(name: str, family: str, dim: int, crop_size: int, location: str) -> PackInfo:
+    licence, commercial = LICENCES.get(name, UNKNOWN_LICENCE)
+    return PackInfo(
+        name=name,
+        family=family,
+        dim=dim,
+        crop_size=crop_size,
+        licence=licence,
+        commercial_use=commercial,
+        threshold=default_threshold(name),
+        threshold_source=threshold_source(name),
+        location=location,
+    )
+
+
+@dataclass(frozen=True)
+class PackListing:
+    name: str
+    info: PackInfo | None
+    problem: str | None  # why the pack cannot be loaded, when it cannot
+
+
+def pack_names(settings: ModelSettings) -> list[str]:
+    """The dlib pack and every insightface-layout folder under the model root."""
+    models = settings.model_root.expanduser() / "models"
+    folders = sorted(path.name for path in models.iterdir() if is_pack_folder(path)) if models.is_dir() else []
+    return [DLIB, *(name for name in folders if name != DLIB)]
+
+
+class PackLibrary:
+    """The packs of one process, each described and loaded once. During a re-index a stage serves jobs of two
+    packs (the active one and the new one), so packs are looked up by the name each message carries."""
+
+    def __init__(self, settings: ModelSettings) -> None:
+        self.settings = settings
+        self._infos: dict[str, PackInfo] = {}
+        self._packs: dict[str, ModelPack] = {}
+
+    @property
+    def default_name(self) -> str:
+        return self.settings.model_pack
+
+    def describe(self, name: str | None = None) -> PackInfo:
+        name = name or self.default_name
+        if name not in self._infos:
+            self._infos[name] = self._load(name).info
+        return self._infos[name]
+
+    def get(self, name: str | None = None) -> ModelPack:
+        """The pack, loading it on first use; ModelPackError when it is not installed here."""
+        name = name or self.default_name
+        if name not in self._packs:
+            self._packs[name] = self._load(name)
+            self._infos[name] = self._packs[name].info
+        return self._packs[name]
+
+    def listing(self) -> list[PackListing]:
+        found = []
+        for name in pack_names(self.settings):
+            try:
+                found.append(PackListing(name, self.describe(name), None))
+            except ModelPackError as exc:
+                found.append(PackListing(name, None, str(exc)))
+        return found
+
+    def _load(self, name: str) -> ModelPack:
+        if name == DLIB:
+            from common.packs import dlib_pack
+
+            folder = dlib_pack.weights_folder()
+            info = _info(name, "dlib", dlib_pack.DIM, dlib_pack.CHIP_SIZE, str(folder))
+            return dlib_pack.DlibPack(folder, info, self.settings)
+        from common.packs.insightface_pack import InsightFacePack
+
+        files = find_pack(self.settings, name)
+        info = _info(name, "insightface", files.dim, files.crop_size, str(files.directory))
+        return InsightFacePack(files, info, self.settings)
+
+
+def pack_for(packs: PackLibrary, name: str | None) -> ModelPack:
+    """The pack a job was submitted with; a worker without it fails the job with the reason, not a retry loop."""
+    try:
+        return packs.get(name)
+    except ModelPackError as exc:
+        raise JobFailed(ErrorCode.PACK_UNAVAILABLE, str(exc)) from exc
