@@ -17,7 +17,8 @@ ENV_PREFIX = "FECAPASS_"
 
 
 class _Base(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_file=".env", extra="ignore")
+    # An empty variable means "the default", as `FOO=` in .env or `${FOO:-}` in compose.yaml write it.
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_file=".env", extra="ignore", env_ignore_empty=True)
 
 
 class RedisSettings(_Base):

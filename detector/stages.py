@@ -12,7 +12,7 @@ from common.handlers import HandlerResult, Outcome, per_message
 from common.imaging import ImageError, ImageTooLarge, decode, encode_png
 from common.objects import ObjectMissing, ObjectStore, crop_key, discard_job_objects
 from common.packs import Face
-from common.packs.library import PackLibrary, pack_for
+from common.packs.library import PackLibrary, aligner_for, pack_for
 from detector.quality import sharpness
 from schemas.jobs import ErrorCode
 from schemas.streams import FaceBox, JobKind, PipelineMessage, Stage
@@ -99,7 +99,8 @@ class DetectHandler:
                 return Outcome(result=detect_result(image, faces))
             seen += len(faces) if source == 0 else 0
             kept += [to_wire(face, source) for face in self._chosen(message, faces)]
-        forward = message.model_copy(update={"faces": kept, "faces_seen": seen, "pack": pack.info.name})
+        update = {"faces": kept, "faces_seen": seen, "pack": pack.info.name, "crop_size": pack.info.crop_size}
+        forward = message.model_copy(update=update)
         return Outcome(forward=forward, status_fields={"faces_seen": str(seen)})
 
     def _chosen(self, message: PipelineMessage, faces: list[Face]) -> list[Face]:
@@ -150,7 +151,7 @@ class AlignHandler:
             raise
 
     def _handle(self, message: PipelineMessage) -> Outcome:
-        pack = pack_for(self.packs, message.pack)
+        aligner = aligner_for(self.packs, message.pack, message.crop_size)
         faces = message.require_faces()
         keys = message.image_keys
         images = {
@@ -158,7 +159,7 @@ class AlignHandler:
         }
         aligned: list[FaceBox] = []
         for index, face in enumerate(faces):
-            crop = pack.align(images[face.source], from_wire(face))
+            crop = aligner.align(images[face.source], from_wire(face))
             # Deterministic key: a redelivered message overwrites the same object instead of adding one.
             key = crop_key(message.job_id, index)
             self.store.put(key, encode_png(crop), content_type="image/png")

@@ -45,4 +45,5 @@ def detect_handler() -> Iterator[DetectHandler]:
 @contextmanager
 def align_handler() -> Iterator[AlignHandler]:
     pipeline = s.load(s.PipelineSettings)
-    yield AlignHandler(_store(), loaded_library("align"), pipeline.max_image_pixels)
+    # Alignment is geometry: this stage needs no model files (the crop size comes with each job).
+    yield AlignHandler(_store(), PackLibrary(s.load(s.ModelSettings)), pipeline.max_image_pixels)

@@ -20,8 +20,9 @@ from common.settings import ModelSettings
 # Tight LFW crops must be padded or SCRFD finds no face in them.
 PAD_FRACTION = 0.5
 # LFW pairs are few (hundreds); photos from the field are more varied. Keep a margin above the highest
-# different-person similarity seen.
-SEARCH_MARGIN = 0.05
+# different-person similarity seen, as a share of the gap between the typical same and different pair: packs
+# use the cosine scale very differently (ArcFace spreads pairs over ~0.6, dlib over ~0.1).
+SEARCH_MARGIN_SHARE = 0.05
 
 
 @dataclass(frozen=True)
@@ -53,9 +54,12 @@ class Calibration:
         """Lowest threshold with no false accept on these pairs, rounded up to 0.01, for 1:N search."""
         return float(np.ceil((self.different.max() + 1e-9) * 100) / 100)
 
+    def margin(self) -> float:
+        return SEARCH_MARGIN_SHARE * max(0.0, float(np.median(self.same) - np.median(self.different)))
+
     def search_threshold(self) -> float:
-        """The strict threshold plus a safety margin, rounded up to 0.05: the default for search."""
-        return float(np.ceil((self.strict_threshold() + SEARCH_MARGIN) * 20 - 1e-9) / 20)
+        """The strict threshold plus a safety margin, rounded up to 0.01: the default for search."""
+        return float(np.ceil((self.strict_threshold() + self.margin()) * 100 - 1e-9) / 100)
 
     def rates(self, threshold: float) -> tuple[float, float]:
         return float(np.mean(self.same >= threshold)), float(np.mean(self.different >= threshold))
@@ -103,10 +107,8 @@ def report(result: Calibration, folder: Path) -> str:
     strict = result.strict_threshold()
     chosen = result.search_threshold()
     lines = [
-        f"# Similarity threshold calibration: `{result.pack}`",
-        "",
-        "Similarity is the cosine of the angle between two L2-normalised face embeddings (-1..1); a search",
-        "match is a stored face whose similarity to the query face is at least the threshold.",
+        f"<!-- pack:{result.pack} -->",
+        f"## `{result.pack}`",
         "",
         f"Data: `{folder}` ({result.pairs} pairs: {len(result.same)} same person, {len(result.different)} different),",
         f"images padded by {int(PAD_FRACTION * 100)} % of their width before detection, face nearest the centre.",
@@ -129,17 +131,37 @@ def report(result: Calibration, folder: Path) -> str:
         )
     lines += [
         "",
-        f"Chosen default `FECAPASS_SIMILARITY_THRESHOLD` for search: **{chosen:.2f}**: the lowest value (to 0.01)",
-        f"at which no different-person pair is accepted is {strict:.2f}; {SEARCH_MARGIN:.2f} is added and the sum",
-        "rounded up to 0.05. Search compares a face with every enrolled face, so a false accept is likelier",
-        "than in one pair; the best-accuracy threshold above suits a 1:1 comparison.",
-        "These are grayscale LFW crops; calibrate again on photos like your own before production.",
-        "",
+        f"Chosen default threshold of `{result.pack}` for search: **{chosen:.2f}**: the lowest value (to 0.01)",
+        f"at which no different-person pair is accepted is {strict:.2f}; {result.margin():.3f}"
+        f" ({SEARCH_MARGIN_SHARE * 100:.0f} % of the gap between the median same and different pair) is added",
+        "and the sum rounded up to 0.01. Search compares a face with every enrolled face, so a false accept is",
+        "likelier than in one pair; the best-accuracy threshold above suits a 1:1 comparison.",
+        f"<!-- /pack:{result.pack} -->",
     ]
     return "\n".join(lines)
 
 
+HEADER = """# Similarity threshold calibration
+
+Similarity is the cosine of the angle between two L2-normalised face embeddings (-1..1); a search
+match is a stored face whose similarity to the query face is at least the threshold. Each pack has its
+own scale, so each has its own default (`common/packs/catalog.py`), measured here by `fecapass calibrate`
+(FECAPASS_MODEL_PACK picks the pack; each run replaces that pack's section). These are grayscale LFW
+crops: calibrate again on photos like your own before production, and set FECAPASS_SIMILARITY_THRESHOLD.
+"""
+
+
+def merged(existing: str, section: str, pack: str) -> str:
+    """The report with this pack's section replaced (or added), the other packs' sections kept."""
+    start, end = f"<!-- pack:{pack} -->", f"<!-- /pack:{pack} -->"
+    body = existing if existing.startswith(HEADER) else HEADER
+    if start in body and end in body:
+        return body[: body.index(start)] + section + body[body.index(end) + len(end) :]
+    return body.rstrip("\n") + "\n\n" + section + "\n"
+
+
 def main(settings: ModelSettings, folder: Path, output: Path) -> None:
     result = calibrate(settings, folder)
-    output.write_text(report(result, folder))
+    existing = output.read_text() if output.exists() else ""
+    output.write_text(merged(existing, report(result, folder), result.pack))
     print(f"wrote {output}: search threshold {result.search_threshold():.2f}, AUC {result.auc():.4f}")

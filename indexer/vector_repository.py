@@ -129,6 +129,11 @@ class VectorRepository:
             row = conn.execute("SELECT name FROM model_packs WHERE active").fetchone()
         return str(row[0]) if row else None
 
+    def pack_dim(self, pack: str) -> int | None:
+        with self.pool.connection() as conn:
+            row = conn.execute("SELECT dim FROM model_packs WHERE name = %s", (pack,)).fetchone()
+        return int(row[0]) if row else None
+
     def activate(self, pack: str) -> None:
         """Make ``pack`` (registered with ensure_pack) the one searched; the others keep their vectors."""
         with self.pool.connection() as conn, conn.transaction():

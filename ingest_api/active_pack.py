@@ -6,12 +6,14 @@ cannot mix two packs' detections and embeddings.
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import structlog
 from starlette.concurrency import run_in_threadpool
 
-from common.packs import PackInfo
+from common.packs import ModelPackError
+from common.packs.catalog import known_facts
 from common.packs.library import PackLibrary
 from indexer.vector_repository import VectorRepository
 
@@ -43,7 +45,13 @@ class ActivePack:
                 self._read_at = time.monotonic()
         return self._name or self.packs.default_name
 
-    async def info(self) -> PackInfo:
-        """What the active pack is (licence, dimension, threshold); describing a pack reads its files once."""
+    async def describe(self) -> dict[str, object]:
+        """What the active pack is: licence and threshold by name, dimension from the database once the pack
+        has embedded a face. The API needs no model files; where it has them (local mode), a pack not used yet
+        is described from them."""
         name = await self.name()
-        return await run_in_threadpool(self.packs.describe, name)
+        facts = {**known_facts(name), "dim": await run_in_threadpool(self.vectors.pack_dim, name)}
+        if facts["dim"] is None:
+            with contextlib.suppress(ModelPackError):  # installed on the stage machines only
+                facts["dim"] = (await run_in_threadpool(self.packs.describe, name)).dim
+        return facts

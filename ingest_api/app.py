@@ -15,7 +15,6 @@ from starlette.concurrency import run_in_threadpool
 from common import clients
 from common.metrics import HTTP_REQUESTS, HTTP_SECONDS, StreamCollector
 from common.objects import ObjectStore
-from common.packs import ModelPackError
 from common.packs.library import PackLibrary
 from common.runner import ensure_group
 from indexer.erasure import Erasure
@@ -38,11 +37,11 @@ log = structlog.get_logger(__name__)
 
 async def _log_pack(active_pack: ActivePack) -> None:
     try:
-        info = await active_pack.info()
-    except ModelPackError as exc:  # reported by /health/ready; jobs fail in the stages with pack_unavailable
-        log.error("api.pack_unavailable", error=str(exc))
+        facts = await active_pack.describe()
+    except Exception as exc:  # the vector database may still be starting: readiness reports it
+        log.warning("api.pack_unknown", error=str(exc), configured=active_pack.packs.default_name)
     else:
-        log.info("api.pack", **info.summary())
+        log.info("api.pack", **facts)
 
 
 def create_app(config: ApiConfig) -> FastAPI:

@@ -135,6 +135,7 @@ class PipelineMessage(StreamMessage):
     pack: str | None = Field(
         default=None, description="model pack of every stage of this job: the active pack when it was submitted"
     )
+    crop_size: int | None = Field(default=None, description="side of the pack's aligned crop, set by detect")
     face_id: int | None = Field(default=None, description="reindex: the enrolled face to embed again")
     face_box: tuple[float, float, float, float] | None = Field(
         default=None, description="reindex: where that face was found when it was enrolled (x1, y1, x2, y2)"

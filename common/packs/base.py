@@ -58,6 +58,14 @@ class PackInfo:
         }
 
 
+class Aligner(Protocol):
+    crop_size: int
+
+    def align(self, image_bgr: np.ndarray, face: Face) -> np.ndarray:
+        """The face warped to the recognizer's crop: crop_size x crop_size x 3 BGR."""
+        ...
+
+
 class ModelPack(Protocol):
     @property
     def info(self) -> PackInfo: ...

@@ -33,3 +33,20 @@ def threshold_source(pack: str) -> str:
     if pack in CALIBRATED_THRESHOLDS:
         return "calibrated on LFW pairs (CALIBRATION.md)"
     return "not calibrated here: run `fecapass calibrate` on your own pairs"
+
+
+def family(pack: str) -> str:
+    return "dlib" if pack == DLIB else "insightface"
+
+
+def known_facts(pack: str) -> dict[str, object]:
+    """What is known of a pack from its name alone (no model files): for processes that load none."""
+    licence, commercial = LICENCES.get(pack, UNKNOWN_LICENCE)
+    return {
+        "name": pack,
+        "family": family(pack),
+        "licence": licence,
+        "commercial_use": commercial,
+        "threshold": default_threshold(pack),
+        "threshold_source": threshold_source(pack),
+    }

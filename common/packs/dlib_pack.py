@@ -51,6 +51,15 @@ def _rectangle(box: np.ndarray) -> dlib.rectangle:
     return dlib.rectangle(x1, y1, x2, y2)
 
 
+class DlibAligner:
+    """dlib's face chip from the 5 landmarks (what the descriptor was trained on): geometry only, no weights."""
+
+    crop_size = CHIP_SIZE
+
+    def align(self, image_bgr: np.ndarray, face: Face) -> np.ndarray:
+        return DlibAligner().align(image_bgr, face)
+
+
 class DlibPack:
     """detect / align / embed with dlib; the weights are read once, each part on first use."""
 
@@ -95,12 +104,7 @@ class DlibPack:
         return sorted(faces, key=lambda face: float(face.box[0]))
 
     def align(self, image_bgr: np.ndarray, face: Face) -> np.ndarray:
-        if face.keypoints.shape != (5, 2):
-            raise ValueError(f"expected 5x2 keypoints, got {face.keypoints.shape}")
-        points = [dlib.point(round(float(x)), round(float(y))) for x, y in face.keypoints]
-        detection = dlib.full_object_detection(_rectangle(face.box), points)
-        chip = dlib.get_face_chip(_rgb(image_bgr), detection, size=CHIP_SIZE, padding=CHIP_PADDING)
-        return np.asarray(cv2.cvtColor(np.asarray(chip), cv2.COLOR_RGB2BGR))
+        return DlibAligner().align(image_bgr, face)
 
     def embed(self, crops: Sequence[np.ndarray]) -> np.ndarray:
         if not crops:

@@ -19,11 +19,22 @@ from detector.model import FaceDetector
 from embedder.model import FaceRecognizer
 
 
+class ArcFaceAligner:
+    """5-point similarity warp onto the ArcFace template: geometry only, no weights."""
+
+    def __init__(self, crop_size: int) -> None:
+        self.crop_size = crop_size
+
+    def align(self, image_bgr: np.ndarray, face: Face) -> np.ndarray:
+        return align_face(image_bgr, face.keypoints, self.crop_size)
+
+
 class InsightFacePack:
     def __init__(self, files: PackFiles, info: PackInfo, settings: ModelSettings) -> None:
         self.files = files
         self._info = info
         self._settings = settings
+        self._aligner = ArcFaceAligner(info.crop_size)
 
     @property
     def info(self) -> PackInfo:
@@ -47,7 +58,7 @@ class InsightFacePack:
         return self._detector.detect(image_bgr)
 
     def align(self, image_bgr: np.ndarray, face: Face) -> np.ndarray:
-        return align_face(image_bgr, face.keypoints, self._info.crop_size)
+        return self._aligner.align(image_bgr, face)
 
     def embed(self, crops: Sequence[np.ndarray]) -> np.ndarray:
         return self._recognizer.embed(crops)

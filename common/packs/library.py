@@ -5,24 +5,24 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from common.errors import JobFailed
-from common.packs.base import ModelPack, ModelPackError, PackInfo
-from common.packs.catalog import DLIB, LICENCES, UNKNOWN_LICENCE, default_threshold, threshold_source
+from common.packs.base import Aligner, ModelPack, ModelPackError, PackInfo
+from common.packs.catalog import DLIB, known_facts
 from common.packs.insightface_files import find_pack, is_pack_folder
 from common.settings import ModelSettings
 from schemas.jobs import ErrorCode
 
 
-def _info(name: str, family: str, dim: int, crop_size: int, location: str) -> PackInfo:
-    licence, commercial = LICENCES.get(name, UNKNOWN_LICENCE)
+def _info(name: str, dim: int, crop_size: int, location: str) -> PackInfo:
+    facts = known_facts(name)
     return PackInfo(
         name=name,
-        family=family,
+        family=str(facts["family"]),
         dim=dim,
         crop_size=crop_size,
-        licence=licence,
-        commercial_use=commercial,
-        threshold=default_threshold(name),
-        threshold_source=threshold_source(name),
+        licence=str(facts["licence"]),
+        commercial_use=bool(facts["commercial_use"]),
+        threshold=float(str(facts["threshold"])),
+        threshold_source=str(facts["threshold_source"]),
         location=location,
     )
 
@@ -68,6 +68,18 @@ class PackLibrary:
             self._infos[name] = self._packs[name].info
         return self._packs[name]
 
+    def aligner(self, name: str | None, crop_size: int | None) -> Aligner:
+        """The pack's aligner without its weights (the align stage needs no model files), given the crop size
+        the detect stage stamped on the job; without one, the pack is described from its files."""
+        name = name or self.default_name
+        if name == DLIB:
+            from common.packs.dlib_pack import DlibAligner
+
+            return DlibAligner()
+        from common.packs.insightface_pack import ArcFaceAligner
+
+        return ArcFaceAligner(crop_size or self.describe(name).crop_size)
+
     def listing(self) -> list[PackListing]:
         found = []
         for name in pack_names(self.settings):
@@ -82,12 +94,12 @@ class PackLibrary:
             from common.packs import dlib_pack
 
             folder = dlib_pack.weights_folder()
-            info = _info(name, "dlib", dlib_pack.DIM, dlib_pack.CHIP_SIZE, str(folder))
+            info = _info(name, dlib_pack.DIM, dlib_pack.CHIP_SIZE, str(folder))
             return dlib_pack.DlibPack(folder, info, self.settings)
         from common.packs.insightface_pack import InsightFacePack
 
         files = find_pack(self.settings, name)
-        info = _info(name, "insightface", files.dim, files.crop_size, str(files.directory))
+        info = _info(name, files.dim, files.crop_size, str(files.directory))
         return InsightFacePack(files, info, self.settings)
 
 
@@ -95,5 +107,12 @@ def pack_for(packs: PackLibrary, name: str | None) -> ModelPack:
     """The pack a job was submitted with; a worker without it fails the job with the reason, not a retry loop."""
     try:
         return packs.get(name)
+    except ModelPackError as exc:
+        raise JobFailed(ErrorCode.PACK_UNAVAILABLE, str(exc)) from exc
+
+
+def aligner_for(packs: PackLibrary, name: str | None, crop_size: int | None) -> Aligner:
+    try:
+        return packs.aligner(name, crop_size)
     except ModelPackError as exc:
         raise JobFailed(ErrorCode.PACK_UNAVAILABLE, str(exc)) from exc

@@ -17,9 +17,14 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
+import redis
 
+from common import clients
 from common.apikeys import new_key
+from common.objects import ObjectStore
 from common.services import MAIN_DB, LocalServices, free_port
+from common.settings import S3Settings
+from indexer.migrate import migrate_all
 from schemas.streams import Stage
 from tests.processes import wait_until_answers
 from tests.shared_data import BASIC, MODEL_ROOT, PACK, labels, require_basic, require_pack
@@ -77,18 +82,42 @@ def start_stage(running: RunningPipeline, stage: Stage, name: str) -> None:
     running.processes[name] = start_process(env, running.log_dir, name, ["worker", stage.value])
 
 
-@pytest.fixture(scope="session")
-def pipeline(
-    services: LocalServices, service_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[RunningPipeline]:
-    require_pack()
-    require_basic()
-    log_dir = tmp_path_factory.mktemp("pipeline-logs")
+def fresh_installation(services: LocalServices, name: str, redis_db: int) -> dict[str, str]:
+    """Settings for an installation of its own on the shared servers: two new databases, a Redis database
+    and a bucket, so that what its tests do cannot reach any other test's data."""
+    bucket = "fecapass-" + name.lower().replace("_", "-")
+    main_db, vector_db = f"fecapass_{name}_main", f"fecapass_{name}_vector"
+    with psycopg.connect(services.dsn("postgres"), autocommit=True) as conn:
+        for database in (main_db, vector_db):
+            conn.execute(f'DROP DATABASE IF EXISTS "{database}"')
+            conn.execute(f'CREATE DATABASE "{database}"')
+    migrate_all(services.dsn(main_db), services.dsn(vector_db))
+    s3 = S3Settings(
+        s3_endpoint=services.s3_endpoint,
+        s3_access_key=services.credentials.s3_access_key,
+        s3_secret_key=services.credentials.s3_secret_key,
+    )
+    ObjectStore(clients.minio_client(s3), bucket).ensure_bucket()
+    redis_url = services.redis_url.rsplit("/", 1)[0] + f"/{redis_db}"
+    redis.Redis.from_url(redis_url).flushdb()
+    return {
+        **services.environment(),
+        "FECAPASS_MAIN_DB_DSN": services.dsn(main_db),
+        "FECAPASS_VECTOR_DB_DSN": services.dsn(vector_db),
+        "FECAPASS_REDIS_URL": redis_url,
+        "FECAPASS_S3_BUCKET": bucket,
+    }
+
+
+def start_cluster(
+    env: dict[str, str], log_dir: Path, *, pack: str = PACK, workers_per_stage: int = WORKERS_PER_STAGE
+) -> RunningPipeline:
+    """`fecapass api` and workers_per_stage `fecapass worker` processes per stage, ready to take uploads."""
     port = free_port()
     env = {
         **os.environ,
-        **service_env,
-        "FECAPASS_MODEL_PACK": PACK,
+        **env,
+        "FECAPASS_MODEL_PACK": pack,
         "FECAPASS_MODEL_ROOT": str(MODEL_ROOT),
         "FECAPASS_API_PORT": str(port),
         "FECAPASS_LOG_JSON": "true",
@@ -97,15 +126,18 @@ def pipeline(
         "FECAPASS_ORT_THREADS": "1",
     }
     running = RunningPipeline(f"http://127.0.0.1:{port}", env, log_dir)
-    running.keys = {scope: create_key(services, scope) for scope in ("read", "write")}
+    running.keys = {scope: create_key_in(env["FECAPASS_MAIN_DB_DSN"], scope) for scope in ("read", "write")}
     running.processes["api"] = start_process(env, log_dir, "api", ["api"])
     for stage in Stage:
-        for index in range(WORKERS_PER_STAGE):
+        for index in range(workers_per_stage):
             start_stage(running, stage, f"{stage.value}-{index}")
     wait_until_answers(
-        f"{running.base_url}/health/ready", timeout=60, describe=lambda: (log_dir / "api.log").read_text()[-2000:]
+        f"{running.base_url}/health/ready", timeout=90, describe=lambda: (log_dir / "api.log").read_text()[-2000:]
     )
-    yield running
+    return running
+
+
+def stop_cluster(running: RunningPipeline) -> None:
     for process in running.processes.values():
         process.send_signal(signal.SIGTERM)
     for name, process in running.processes.items():
@@ -114,6 +146,17 @@ def pipeline(
         except subprocess.TimeoutExpired:
             process.kill()
             pytest.fail(f"{name} did not stop within 30 s of SIGTERM")
+
+
+@pytest.fixture(scope="session")
+def pipeline(
+    services: LocalServices, service_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningPipeline]:
+    require_pack()
+    require_basic()
+    running = start_cluster(service_env, tmp_path_factory.mktemp("pipeline-logs"))
+    yield running
+    stop_cluster(running)
 
 
 def upload(client: httpx.Client, path: str, name: str, params: dict[str, Any] | None = None) -> httpx.Response:

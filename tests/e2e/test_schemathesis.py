@@ -11,7 +11,6 @@ import subprocess
 import sys
 from collections.abc import Iterator
 
-import psycopg
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
@@ -22,47 +21,19 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from common.objects import ObjectStore
 from common.services import LocalServices, free_port
-from indexer.migrate import migrate_all
-from tests.e2e.conftest import create_key_in
+from tests.e2e.conftest import create_key_in, fresh_installation
 from tests.processes import wait_until_answers
 
 pytestmark = pytest.mark.e2e
 
-FUZZ_MAIN, FUZZ_VECTOR, FUZZ_BUCKET = "fecapass_fuzz_main", "fecapass_fuzz_vector", "fecapass-fuzz"
-
 
 @pytest.fixture(scope="module")
 def fuzz_api(services: LocalServices, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
-    with psycopg.connect(services.dsn("postgres"), autocommit=True) as conn:
-        for database in (FUZZ_MAIN, FUZZ_VECTOR):
-            conn.execute(f'DROP DATABASE IF EXISTS "{database}"')
-            conn.execute(f'CREATE DATABASE "{database}"')
-    migrate_all(services.dsn(FUZZ_MAIN), services.dsn(FUZZ_VECTOR))
-    env = {**services.environment(), "FECAPASS_S3_BUCKET": FUZZ_BUCKET}
-    from common import clients
-    from common.settings import S3Settings
-
-    ObjectStore(
-        clients.minio_client(
-            S3Settings(
-                s3_endpoint=services.s3_endpoint,
-                s3_access_key=services.credentials.s3_access_key,
-                s3_secret_key=services.credentials.s3_secret_key,
-            )
-        ),
-        FUZZ_BUCKET,
-    ).ensure_bucket()
+    env = fresh_installation(services, "fuzz", redis_db=1)
     port = free_port()
-    model_root = tmp_path_factory.mktemp("fuzz-models")
-    (model_root / "models" / "fuzzpack").mkdir(parents=True)  # readiness only looks for the folder
     env.update(
-        FECAPASS_MODEL_ROOT=str(model_root),
-        FECAPASS_MODEL_PACK="fuzzpack",
-        FECAPASS_MAIN_DB_DSN=services.dsn(FUZZ_MAIN),
-        FECAPASS_VECTOR_DB_DSN=services.dsn(FUZZ_VECTOR),
-        FECAPASS_REDIS_URL=services.redis_url.rsplit("/", 1)[0] + "/1",
+        FECAPASS_MODEL_PACK="dlib",  # installed with the package; the API only describes it
         FECAPASS_API_PORT=str(port),
         FECAPASS_MAX_WAIT_SECONDS="0",  # no stage runs here: never hold a request open
     )
@@ -72,7 +43,7 @@ def fuzz_api(services: LocalServices, tmp_path_factory: pytest.TempPathFactory) 
     )
     base = f"http://127.0.0.1:{port}"
     wait_until_answers(f"{base}/health/live", timeout=30, process=process)
-    key = create_key_in(services.dsn(FUZZ_MAIN), "write")
+    key = create_key_in(env["FECAPASS_MAIN_DB_DSN"], "write")
     yield base, key
     process.send_signal(signal.SIGTERM)
     process.wait(30)

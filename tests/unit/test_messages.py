@@ -117,3 +117,19 @@ def test_webhook_message_round_trip() -> None:
     assert WebhookMessage.from_fields(message.to_fields()) == message
     with pytest.raises(MalformedMessage):
         WebhookMessage.from_fields({"v": "1", "job_id": "j"})
+
+
+def test_reindex_message_round_trip() -> None:
+    message = PipelineMessage(
+        job_id="reindex-mbf128_lite-7",
+        kind=JobKind.REINDEX,
+        image_key="originals/abc",
+        pack="mbf128_lite",
+        face_id=7,
+        face_box=(10.5, 20.0, 110.25, 140.0),
+    )
+    fields = message.to_fields()
+    assert fields["face_box"] == "10.5,20.0,110.25,140.0" and fields["kind"] == "reindex"
+    assert PipelineMessage.from_fields(fields) == message
+    with pytest.raises(MalformedMessage):
+        PipelineMessage.from_fields({**fields, "face_box": "1,2,3"})

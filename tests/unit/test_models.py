@@ -9,7 +9,8 @@ import pytest
 from insightface.utils.face_align import arcface_dst
 
 from common.imaging import decode
-from common.modelpack import ModelPackError, find_pack, load_session
+from common.packs import ModelPackError
+from common.packs.insightface_files import find_pack, load_session
 from common.settings import ModelSettings
 from detector.align import align_face, similarity_transform
 from detector.model import FaceDetector
