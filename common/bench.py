@@ -22,8 +22,11 @@ import onnxruntime
 import psutil
 
 from common.apikeys import new_key
+from common.reports import merged
 from common.services import MAIN_DB, VECTOR_DB, LocalServices, free_port
 from schemas.streams import PIPELINE, Stage
+
+HEADER = "# Benchmarks\n"
 
 
 @dataclass
@@ -43,7 +46,7 @@ class Report:
     lines: list[str] = field(default_factory=list)
 
     def section(self, title: str, *text: str) -> None:
-        self.lines += ["", f"## {title}", "", *text]
+        self.lines += ["", f"### {title}", "", *text]
 
     def table(self, header: list[str], rows: list[list[str]]) -> None:
         self.lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -263,7 +266,7 @@ def machine() -> str:
 def run(config: BenchConfig) -> Path:
     report = Report(
         [
-            f"# Benchmarks: `{config.pack}`",
+            f"## Pipeline, ingest and models: `{config.pack}`",
             "",
             f"Written by `fecapass bench` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
             f"Machine: {machine()}.",
@@ -336,10 +339,7 @@ def run(config: BenchConfig) -> Path:
     report.table(["threads", "batch", "faces/s"], embedding_throughput(config))
     report.section("Resident memory after the run", "")
     report.table(["process", "MiB"], memory)
-    report.section(
-        "Not measured yet",
-        "Search at 100k and 1M stored embeddings (recall against exact search, latency, build time, `vector` vs",
-        "`halfvec`), and one against two processes per stage: see the open performance issue.",
-    )
-    config.output.write_text("\n".join(report.lines) + "\n")
+    report.section("Not measured yet", "One against two processes per stage: see the open performance issue.", "")
+    existing = config.output.read_text() if config.output.exists() else ""
+    config.output.write_text(merged(existing, HEADER, "pipeline", "\n".join(report.lines)))
     return config.output

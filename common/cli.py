@@ -187,6 +187,20 @@ def parser() -> argparse.ArgumentParser:
     bench.add_argument("--searches", type=int, default=50)
     bench.add_argument("--uploads", type=int, default=320)
     bench.add_argument("--output", type=Path, default=Path("BENCHMARKS.md"))
+    scale = commands.add_parser(
+        "bench-search", help="k-NN search at 100k and 1M generated embeddings, vector vs halfvec, into BENCHMARKS.md"
+    )
+    scale.add_argument(
+        "--pairs", type=Path, default=Path("../shared/faces/lfw_gray"), help="photos the model is fitted to"
+    )
+    scale.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
+    scale.add_argument("--queries", type=int, default=200)
+    scale.add_argument("--m", type=int, nargs="+", default=[16, 32], help="HNSW m values to build")
+    scale.add_argument("--ef-construction", type=int, default=128)
+    scale.add_argument("--ef-search", type=int, nargs="+", default=[40, 100, 200])
+    scale.add_argument("--storage", nargs="+", choices=["vector", "halfvec"], default=["vector", "halfvec"])
+    scale.add_argument("--output", type=Path, default=Path("BENCHMARKS.md"))
+    scale.add_argument("--fit-photos", type=int, help="fit the generator to this many photos only (quick runs)")
     calibrate = commands.add_parser("calibrate", help="measure the pack on LFW-style pairs, write CALIBRATION.md")
     calibrate.add_argument(
         "--pairs",
@@ -251,6 +265,25 @@ def main(argv: list[str] | None = None) -> None:
                 output=args.output,
             )
             print(f"wrote {bench(config)}")
+        elif args.command == "bench-search":
+            from common.bench_search import SearchBenchConfig
+            from common.bench_search import run as bench_search
+
+            model = s.load(s.ModelSettings)
+            search_config = SearchBenchConfig(
+                lfw_dir=args.pairs,
+                model_root=model.model_root,
+                pack=model.model_pack,
+                sizes=tuple(args.sizes),
+                queries=args.queries,
+                m_values=tuple(args.m),
+                ef_construction=args.ef_construction,
+                ef_search=tuple(args.ef_search),
+                storages=tuple(args.storage),
+                output=args.output,
+                fit_photos=args.fit_photos,
+            )
+            print(f"wrote {bench_search(search_config)}")
         elif args.command == "calibrate":
             from embedder.calibrate import main as calibrate
 

@@ -20,7 +20,7 @@ UNKNOWN_LICENCE = ("unknown: check the terms of the files in the pack folder", F
 # Default "same person" cosine similarity per pack, measured with `fecapass calibrate` on the LFW pairs in
 # ../shared/faces/lfw_gray (see CALIBRATION.md): the lowest value with no different-person pair accepted,
 # plus a margin. FECAPASS_SIMILARITY_THRESHOLD or a request's threshold overrides it.
-CALIBRATED_THRESHOLDS: dict[str, float] = {"buffalo_sc_lite": 0.30, "mbf128_lite": 0.40, DLIB: 0.90}
+CALIBRATED_THRESHOLDS: dict[str, float] = {"buffalo_sc_lite": 0.24, "mbf128_lite": 0.31, DLIB: 0.93}
 # InsightFace's ArcFace recognizers trained on WebFace600K / Glint360K put different people below ~0.25.
 UNCALIBRATED_THRESHOLD = 0.30
 

@@ -57,7 +57,12 @@ class DlibAligner:
     crop_size = CHIP_SIZE
 
     def align(self, image_bgr: np.ndarray, face: Face) -> np.ndarray:
-        return DlibAligner().align(image_bgr, face)
+        if face.keypoints.shape != (5, 2):
+            raise ValueError(f"expected 5x2 keypoints, got {face.keypoints.shape}")
+        points = [dlib.point(round(float(x)), round(float(y))) for x, y in face.keypoints]
+        detection = dlib.full_object_detection(_rectangle(face.box), points)
+        chip = dlib.get_face_chip(_rgb(image_bgr), detection, size=CHIP_SIZE, padding=CHIP_PADDING)
+        return np.asarray(cv2.cvtColor(np.asarray(chip), cv2.COLOR_RGB2BGR))
 
 
 class DlibPack:

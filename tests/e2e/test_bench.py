@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.shared_data import BASIC, MODEL_ROOT, PACK, require_basic, require_pack
+from tests.shared_data import BASIC, LFW, MODEL_ROOT, PACK, require_basic, require_pack
 
 pytestmark = pytest.mark.e2e
 
@@ -49,5 +49,27 @@ def test_bench_smoke_writes_every_section(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     text = output.read_text()
     for heading in ("Pipeline efficiency", "End-to-end search latency", "Ingest", "Embedding", "Resident memory"):
-        assert f"## {heading}" in text
+        assert f"### {heading}" in text
     assert "Pipeline / best baseline" in text and "Machine:" in text
+
+
+def test_search_bench_smoke_adds_its_section_and_keeps_the_others(tmp_path: Path) -> None:
+    require_pack()
+    if not (LFW / "identities.csv").is_file():
+        pytest.skip(f"LFW photos not found at {LFW}")
+    output = tmp_path / "BENCHMARKS.md"
+    output.write_text("# Benchmarks\n\n<!-- section:pipeline -->\npipeline figures\n<!-- /section:pipeline -->\n")
+    env = {**os.environ, "FECAPASS_MODEL_PACK": "mbf128_lite", "FECAPASS_MODEL_ROOT": str(MODEL_ROOT)}
+    args = ["bench-search", "--pairs", str(LFW), "--fit-photos", "150", "--sizes", "1500", "--queries", "20"]
+    args += ["--m", "8", "--ef-construction", "32", "--ef-search", "40", "--output", str(output)]
+    result = subprocess.run(
+        [sys.executable, "-m", "common.cli", *args], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    text = output.read_text()
+    assert "pipeline figures" in text and "## Search at scale" in text and "### 1,500 embeddings (128-d)" in text
+    rows = [line for line in text.splitlines() if line.startswith(("| vector |", "| halfvec |"))]
+    assert len(rows) == 2
+    for row in rows:  # a real measurement: recall is a share, latency positive
+        cells = [cell.strip() for cell in row.strip("|").split("|")]
+        assert 0.0 <= float(cells[6]) <= 1.0 and float(cells[8]) > 0

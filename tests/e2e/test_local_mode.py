@@ -24,6 +24,7 @@ def start_up(data_dir: Path, ports: dict[str, int], log: Path) -> subprocess.Pop
     # No model settings: the default pack must work from the Python install alone, with no download.
     env = {key: value for key, value in os.environ.items() if not key.startswith("FECAPASS_MODEL")}
     env["FECAPASS_MODEL_ROOT"] = str(data_dir / "no-models-here")
+    env["FECAPASS_MAX_WAIT_SECONDS"] = "120"  # the first job waits for the stage processes to load the pack
     args = [sys.executable, "-m", "common.cli", "up", "--data-dir", str(data_dir)]
     for name, port in ports.items():
         args += [f"--{name}-port", str(port)]
@@ -52,13 +53,13 @@ def test_up_enroll_search_inspect_stop_and_restart(tmp_path: Path) -> None:
         assert "Model pack     dlib: 128-d, licence CC0" in banner
         key = (data_dir / "api-key").read_text().strip()
         assert key in banner
-        with httpx.Client(base_url=base_url, timeout=60, headers={"X-API-Key": key}) as client:
+        with httpx.Client(base_url=base_url, timeout=130, headers={"X-API-Key": key}) as client:
             user = client.post("/v1/users", json={"email": "barack@example.com", "full_name": "Barack Obama"}).json()
             with (BASIC / "obama_1.jpg").open("rb") as photo:
-                enrolled = client.post(f"/v1/users/{user['id']}/faces", files={"file": photo}, params={"wait": 30})
+                enrolled = client.post(f"/v1/users/{user['id']}/faces", files={"file": photo}, params={"wait": 120})
             assert enrolled.status_code == 200 and enrolled.json()["state"] == "done"
             with (BASIC / "obama_2.jpg").open("rb") as photo:
-                found = client.post("/v1/search", files={"file": photo}, params={"wait": 30}).json()
+                found = client.post("/v1/search", files={"file": photo}, params={"wait": 120}).json()
             assert found["result"]["faces"][0]["matches"][0]["user_id"] == user["id"]
             assert found["model_pack"] == found["result"]["model_pack"] == "dlib"
             ready = client.get("/health/ready").json()
@@ -81,10 +82,10 @@ def test_up_enroll_search_inspect_stop_and_restart(tmp_path: Path) -> None:
         wait_ready(base_url, process, log)
         headers = {"X-API-Key": key}
         with (
-            httpx.Client(base_url=base_url, timeout=60, headers=headers) as client,
+            httpx.Client(base_url=base_url, timeout=130, headers=headers) as client,
             (BASIC / "obama_3.jpg").open("rb") as photo,
         ):
-            found = client.post("/v1/search", files={"file": photo}, params={"wait": 30}).json()
+            found = client.post("/v1/search", files={"file": photo}, params={"wait": 120}).json()
         assert found["result"]["faces"][0]["matches"][0]["user_id"] == user["id"]
     finally:
         assert stop(process) == 0

@@ -19,7 +19,15 @@ from indexer.vector_repository import PackMismatch, VectorRepository
 
 @pytest.fixture(scope="module")
 def repositories(services: LocalServices) -> Iterator[tuple[MainRepository, VectorRepository]]:
-    settings = DatabaseSettings(main_db_dsn=services.dsn(MAIN_DB), vector_db_dsn=services.dsn(VECTOR_DB))
+    # Databases of their own: the packs registered here must not become the active pack of the end-to-end tests.
+    with psycopg.connect(services.dsn("postgres"), autocommit=True) as conn:
+        for database in ("fecapass_repo_main", "fecapass_repo_vector"):
+            conn.execute(f"DROP DATABASE IF EXISTS {database}")
+            conn.execute(f"CREATE DATABASE {database}")
+    migrate_all(services.dsn("fecapass_repo_main"), services.dsn("fecapass_repo_vector"))
+    settings = DatabaseSettings(
+        main_db_dsn=services.dsn("fecapass_repo_main"), vector_db_dsn=services.dsn("fecapass_repo_vector")
+    )
     with clients.main_db_pool(settings) as main_pool, clients.vector_db_pool(settings) as vector_pool:
         yield MainRepository(main_pool), VectorRepository(vector_pool)
 
@@ -97,7 +105,7 @@ def test_nearest_is_cosine_and_uses_the_pack_index(
     assert found[0].face_id == face_ids[5]
     assert found[0].similarity == pytest.approx(float(query @ stored[5]), abs=1e-5)
     assert [n.similarity for n in found] == sorted((n.similarity for n in found), reverse=True)
-    with psycopg.connect(services.dsn(VECTOR_DB)) as conn:
+    with psycopg.connect(vectors.pool.conninfo) as conn:
         conn.execute("SET enable_seqscan = off")
         plan = "\n".join(
             row[0]
@@ -124,3 +132,31 @@ def test_packs_are_kept_apart_and_dimension_is_fixed(
         fresh.add_embedding(face_id, "packa4", unit(np.ones(5)))
     with pytest.raises(ValueError, match="invalid model pack"):
         vectors.ensure_pack("bad name; drop table", 4)
+
+
+def test_first_pack_is_active_until_another_is_activated(
+    repositories: tuple[MainRepository, VectorRepository],
+) -> None:
+    from indexer.reindex import count_missing, missing_faces
+
+    main, vectors = repositories
+    active = vectors.active_pack()
+    assert active is not None  # the first pack any test registered
+    user = main.create_user(f"{uuid.uuid4().hex}@example.com", "")
+    faces = [main.add_face(new_face(user.id)) for _ in range(3)]
+    vectors.add_embedding(faces[0], "nextpack", unit(np.ones(8)))
+    assert vectors.active_pack() == active  # registering another pack does not switch
+    missing = {face.id for face in missing_faces(main, vectors, "nextpack")}
+    assert set(faces[1:]) <= missing and faces[0] not in missing
+    assert count_missing(main, vectors, "nextpack")[0] == len(missing)
+    vectors.activate("nextpack")
+    assert vectors.active_pack() == "nextpack"
+    by_name = {pack.name: pack for pack in vectors.packs()}
+    assert by_name["nextpack"].active and not by_name[active].active and by_name["nextpack"].dim == 8
+    assert vectors.pack_dim("nextpack") == 8 and vectors.pack_dim("never_seen") is None
+    with pytest.raises(LookupError):
+        vectors.activate("never_seen")
+    assert vectors.active_pack() == "nextpack"
+    vectors.activate(active)  # back, for the other tests
+    with psycopg.connect(vectors.pool.conninfo) as conn, pytest.raises(psycopg.errors.UniqueViolation):
+        conn.execute("UPDATE model_packs SET active = true")  # the database itself allows one active pack

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -10,11 +11,12 @@ import pytest
 from common.errors import JobFailed
 from common.imaging import decode
 from common.packs import Face, ModelPack, ModelPackError
-from common.packs.catalog import DLIB, LICENCES, default_threshold
+from common.packs.catalog import CALIBRATED_THRESHOLDS, DLIB, LICENCES, UNCALIBRATED_THRESHOLD, default_threshold
 from common.packs.library import PackLibrary, pack_for
+from common.reports import merged
 from common.settings import ModelSettings
 from detector.stages import same_place
-from embedder.calibrate import HEADER, calibrate, merged
+from embedder.calibrate import HEADER, calibrate
 from schemas.jobs import ErrorCode
 from tests.shared_data import LFW, MODEL_ROOT, labels, require_basic, require_pack
 
@@ -54,6 +56,8 @@ def test_each_pack_finds_aligns_and_embeds_every_labelled_face(library: PackLibr
         assert found.keypoints.shape == (5, 2)
         crop = pack.align(photo(row.file), found)
         assert crop.shape == (info.crop_size, info.crop_size, 3) and crop.dtype == np.uint8
+        # The align stage's aligner (no weights loaded) makes exactly the pack's crop.
+        np.testing.assert_array_equal(library.aligner(name, info.crop_size).align(photo(row.file), found), crop)
     vectors = pack.embed([crop, crop])
     assert vectors.shape == (2, info.dim) and vectors.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
@@ -117,8 +121,13 @@ def test_a_pack_missing_on_a_worker_fails_the_job_with_the_reason(tmp_path: Path
 def test_licences_and_thresholds_of_known_packs() -> None:
     assert LICENCES[DLIB][1] is True
     assert all(not LICENCES[name][1] for name in ("buffalo_l", "antelopev2", "buffalo_sc_lite", "mbf128_lite"))
-    assert default_threshold("buffalo_sc_lite") == 0.30 and default_threshold("mbf128_lite") == 0.40
-    assert default_threshold("some_new_pack") == 0.30 and default_threshold(DLIB) > 0.8
+    assert default_threshold("some_new_pack") == UNCALIBRATED_THRESHOLD
+    # The thresholds in the code are the ones `fecapass calibrate` measured and wrote down.
+    report = (Path(__file__).resolve().parents[2] / "CALIBRATION.md").read_text()
+    chosen = dict(re.findall(r"Chosen default threshold of `([^`]+)` for search: \*\*([0-9.]+)\*\*", report))
+    assert set(chosen) == set(CALIBRATED_THRESHOLDS)
+    for pack, value in chosen.items():
+        assert default_threshold(pack) == float(value), pack
 
 
 def face(box: tuple[float, float, float, float]) -> Face:
@@ -149,8 +158,28 @@ def test_calibration_measures_a_pack_and_keeps_other_packs_sections(tmp_path: Pa
     assert result.pairs == 30 and len(result.same) == 15 and len(result.different) == 15
     assert result.auc() > 0.9
     assert -1 <= result.strict_threshold() <= result.search_threshold() <= 1.05
-    first = HEADER + "\n<!-- pack:dlib -->\ndlib numbers\n<!-- /pack:dlib -->\n"
-    report = merged(first, "<!-- pack:x -->\nold x numbers\n<!-- /pack:x -->", "x")
-    assert "dlib numbers" in report and report.count("<!-- pack:") == 2
-    again = merged(report, "<!-- pack:x -->\nnew x numbers\n<!-- /pack:x -->", "x")
+    report = merged(merged("", HEADER, "dlib", "dlib numbers"), HEADER, "x", "old x numbers")
+    assert report.startswith(HEADER) and "dlib numbers" in report and report.count("<!-- section:") == 2
+    again = merged(report, HEADER, "x", "new x numbers")
     assert "old x numbers" not in again and again.count("new x numbers") == 1 and "dlib numbers" in again
+
+
+def test_models_commands_list_check_and_pull(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from common.cli import main
+
+    require_pack()
+    monkeypatch.setenv("FECAPASS_MODEL_ROOT", str(MODEL_ROOT))
+    main(["models", "list"])
+    listed = capsys.readouterr().out
+    assert "dlib: dlib, 128-d embeddings, 150px crops" in listed and "commercial use: yes" in listed
+    assert "buffalo_sc_lite: insightface, 512-d embeddings" in listed and "commercial use: no" in listed
+    main(["models", "check", "buffalo_sc_lite", str(require_basic() / "multi_two_people.jpg")])
+    checked = capsys.readouterr().out
+    assert "2 face(s)" in checked and checked.count("embedding norm 1.000") == 2
+    main(["models", "pull", "dlib"])
+    assert "nothing to pull" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as stopped:
+        main(["models", "check", "no_such_pack", str(require_basic() / "obama_1.jpg")])
+    assert stopped.value.code == 2 and "no_such_pack" in capsys.readouterr().err

@@ -1,0 +1,327 @@
+"""``fecapass bench-search``: k-NN search at scale on generated embeddings that look like real ones.
+
+Isotropic random vectors say nothing about faces (HNSW recall behaves very differently on them), so the
+embeddings are drawn from a model fitted to the pack's real embeddings of the LFW photos in ../shared: the mean,
+the spread between people and the spread within one person, scaled so that generated same-person pairs have the
+real median cosine. Each configuration is measured against an exact search of the same data in the same run.
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import psycopg
+from psycopg import sql
+
+from common.bench import HEADER, machine, percentile
+from common.imaging import decode
+from common.reports import merged
+from common.services import VECTOR_DB, LocalServices
+from common.settings import ModelSettings
+from indexer.migrate import apply_migrations
+from indexer.stage import CANDIDATES_PER_RESULT
+
+BENCH_PACK = "bench"
+# The product's query: `limit` people per face, read as limit * CANDIDATES_PER_RESULT nearest faces.
+DEFAULT_LIMIT = 10
+SECTION = "search"
+
+
+@dataclass(frozen=True)
+class SearchBenchConfig:
+    lfw_dir: Path
+    model_root: Path
+    pack: str
+    sizes: tuple[int, ...] = (100_000, 1_000_000)
+    queries: int = 200
+    samples_per_person: int = 5
+    m_values: tuple[int, ...] = (16, 32)
+    ef_construction: int = 128
+    ef_search: tuple[int, ...] = (40, 100, 200)
+    storages: tuple[str, ...] = ("vector", "halfvec")
+    output: Path = Path("BENCHMARKS.md")
+    seed: int = 7
+    fit_photos: int | None = None  # fit to this many LFW photos only (the smoke test)
+
+
+# -- a generative model of the pack's embeddings ------------------------------------------------------------
+
+
+def real_embeddings(config: SearchBenchConfig) -> tuple[np.ndarray, np.ndarray]:
+    """The pack's unit embeddings of the LFW photos (padded, face nearest the centre) and their identities."""
+    import cv2
+
+    from common.packs.library import PackLibrary
+    from embedder.calibrate import PAD_FRACTION, _closest_to_centre
+
+    pack = PackLibrary(ModelSettings(model_pack=config.pack, model_root=config.model_root)).get()
+    with (config.lfw_dir / "identities.csv").open() as handle:
+        rows = [(row["file"], row["identity"]) for row in csv.DictReader(handle)][: config.fit_photos]
+    vectors, names = [], []
+    for file, identity in rows:
+        image = decode((config.lfw_dir / "images" / file).read_bytes(), 50_000_000)
+        pad = int(image.shape[1] * PAD_FRACTION)
+        padded = cv2.copyMakeBorder(image, pad, pad, pad, pad, cv2.BORDER_CONSTANT)
+        face = _closest_to_centre(pack, padded)
+        if face is not None:
+            vectors.append(pack.embed([pack.align(padded, face)])[0])
+            names.append(identity)
+    return np.asarray(vectors, dtype=np.float32), np.asarray(names)
+
+
+def _sqrt_psd(matrix: np.ndarray) -> np.ndarray:
+    values, vectors = np.linalg.eigh((matrix + matrix.T) / 2)
+    root: np.ndarray = vectors * np.sqrt(np.clip(values, 0, None))
+    return root
+
+
+def _unit(rows: np.ndarray) -> np.ndarray:
+    unit: np.ndarray = (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
+    return unit
+
+
+@dataclass
+class FaceModel:
+    mean: np.ndarray
+    between: np.ndarray  # square root of the covariance of people's centres
+    within: np.ndarray  # square root of the covariance of one person's photos around their centre
+    scale: float = 1.0
+    real_same: float = 0.0  # median cosine of two photos of one person, real
+    real_different: float = 0.0
+
+    @classmethod
+    def fit(cls, vectors: np.ndarray, names: np.ndarray, rng: np.random.Generator) -> FaceModel:
+        people = {name: vectors[names == name] for name in np.unique(names)}
+        centres = np.array([rows.mean(axis=0) for rows in people.values()])
+        deviations = np.vstack(
+            [
+                (rows - rows.mean(axis=0)) * np.sqrt(len(rows) / (len(rows) - 1))
+                for rows in people.values()
+                if len(rows) > 1
+            ]
+        )
+        within = np.cov(deviations, rowvar=False)
+        between = np.cov(centres, rowvar=False)
+        model = cls(vectors.mean(axis=0), _sqrt_psd(between), _sqrt_psd(within))
+        same = [float(a @ b) for rows in people.values() if len(rows) > 1 for a, b in itertools.pairwise(rows)]
+        pairs = rng.integers(0, len(vectors), (4000, 2))
+        different = [float(vectors[i] @ vectors[j]) for i, j in pairs if names[i] != names[j]]
+        model.real_same, model.real_different = float(np.median(same)), float(np.median(different))
+        model._calibrate_scale(rng)
+        return model
+
+    def people(self, count: int, rng: np.random.Generator) -> np.ndarray:
+        centres: np.ndarray = (
+            self.mean + rng.standard_normal((count, len(self.mean))).astype(np.float32) @ self.between.T
+        )
+        return centres.astype(np.float32)
+
+    def photos(self, centres: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        noise = rng.standard_normal(centres.shape).astype(np.float32) @ self.within.T
+        return _unit(centres + self.scale * noise)
+
+    def same_and_different(self, rng: np.random.Generator, count: int = 2000) -> tuple[float, float]:
+        centres = self.people(count, rng)
+        first, second = self.photos(centres, rng), self.photos(centres, rng)
+        same = float(np.median(np.sum(first * second, axis=1)))
+        different = float(np.median(np.sum(first * np.roll(second, 1, axis=0), axis=1)))
+        return same, different
+
+    def _calibrate_scale(self, rng: np.random.Generator) -> None:
+        """Bisect the within-person noise until generated same-person pairs match the real median cosine."""
+        low, high = 0.05, 4.0
+        for _ in range(25):
+            self.scale = (low + high) / 2
+            same, _ = self.same_and_different(np.random.default_rng(rng.integers(1 << 31)))
+            low, high = (self.scale, high) if same > self.real_same else (low, self.scale)
+
+
+# -- PostgreSQL ---------------------------------------------------------------------------------------------
+
+
+def _cast(storage: str, dim: int) -> sql.Composable:
+    return sql.SQL("{}({})").format(sql.SQL(storage), sql.Literal(dim))
+
+
+def load(conn: psycopg.Connection, vectors: np.ndarray) -> float:
+    started = time.perf_counter()
+    conn.execute("TRUNCATE face_embeddings")
+    with conn.cursor().copy("COPY face_embeddings (face_id, model_pack, embedding) FROM STDIN") as copy:
+        for face_id, vector in enumerate(vectors):
+            copy.write_row((face_id, BENCH_PACK, "[" + ",".join(f"{v:.6g}" for v in vector) + "]"))
+    conn.execute("VACUUM ANALYZE face_embeddings")
+    return time.perf_counter() - started
+
+
+@dataclass
+class IndexBuild:
+    storage: str
+    m: int
+    ef_construction: int
+    seconds: float
+    megabytes: float
+    results: list[dict[str, float]] = field(default_factory=list)
+
+
+def build(conn: psycopg.Connection, storage: str, dim: int, m: int, ef_construction: int) -> IndexBuild:
+    conn.execute("DROP INDEX IF EXISTS bench_hnsw")
+    conn.execute("SET maintenance_work_mem = '4GB'")
+    started = time.perf_counter()
+    conn.execute(
+        sql.SQL(
+            "CREATE INDEX bench_hnsw ON face_embeddings USING hnsw ((embedding::{cast}) {ops})"
+            " WITH (m = {m}, ef_construction = {ef}) WHERE model_pack = {pack}"
+        ).format(
+            cast=_cast(storage, dim),
+            ops=sql.SQL(f"{storage}_cosine_ops"),
+            m=sql.Literal(m),
+            ef=sql.Literal(ef_construction),
+            pack=sql.Literal(BENCH_PACK),
+        )
+    )
+    seconds = time.perf_counter() - started
+    size = conn.execute("SELECT pg_relation_size('bench_hnsw')").fetchone()
+    return IndexBuild(storage, m, ef_construction, seconds, (size[0] if size else 0) / 2**20)
+
+
+def search(conn: psycopg.Connection, storage: str, query: np.ndarray, limit: int) -> tuple[list[int], float]:
+    dim = len(query)
+    statement = sql.SQL(
+        "SELECT face_id FROM face_embeddings WHERE model_pack = {pack}"
+        " ORDER BY embedding::{cast} <=> %s::{cast} LIMIT %s"
+    ).format(pack=sql.Literal(BENCH_PACK), cast=_cast(storage, dim))
+    text = "[" + ",".join(f"{v:.6g}" for v in query) + "]"
+    started = time.perf_counter()
+    rows = conn.execute(statement, (text, limit), prepare=False).fetchall()
+    return [int(row[0]) for row in rows], time.perf_counter() - started
+
+
+def measure(
+    conn: psycopg.Connection,
+    built: IndexBuild,
+    queries: np.ndarray,
+    exact: list[tuple[np.ndarray, np.ndarray]],
+    threshold: float,
+    ef_values: tuple[int, ...],
+    limit: int,
+) -> None:
+    candidates = limit * CANDIDATES_PER_RESULT
+    for ef in ef_values:
+        conn.execute(sql.SQL("SET hnsw.ef_search = {}").format(sql.Literal(ef)))
+        latencies, match_found, match_total, at10 = [], 0, 0, []
+        for query, (ids, sims) in zip(queries, exact, strict=True):
+            found, seconds = search(conn, built.storage, query, candidates)
+            latencies.append(seconds * 1000)
+            wanted = set(ids[sims >= threshold].tolist())
+            match_total += len(wanted)
+            match_found += len(wanted & set(found))
+            at10.append(len(set(ids[:10].tolist()) & set(found[:10])) / 10)
+        built.results.append(
+            {
+                "ef_search": ef,
+                "match_recall": match_found / match_total if match_total else 1.0,
+                "recall_at_10": float(np.mean(at10)),
+                "p50": statistics.median(latencies),
+                "p99": percentile(latencies, 99),
+                "qps": 1000 / statistics.mean(latencies),
+            }
+        )
+
+
+def exact_neighbours(stored: np.ndarray, queries: np.ndarray, k: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Brute force in numpy: the truth every index configuration is measured against."""
+    found = []
+    for start in range(0, len(queries), 50):
+        sims = queries[start : start + 50] @ stored.T
+        top = np.argpartition(-sims, k, axis=1)[:, :k]
+        for row, idx in zip(sims, top, strict=True):
+            order = idx[np.argsort(-row[idx])]
+            found.append((order, row[order]))
+    return found
+
+
+def exact_scan_ms(conn: psycopg.Connection, queries: np.ndarray, limit: int) -> float:
+    conn.execute("SET enable_indexscan = off")
+    try:
+        times = [search(conn, "vector", query, limit)[1] * 1000 for query in queries[:10]]
+    finally:
+        conn.execute("SET enable_indexscan = on")
+    return statistics.median(times)
+
+
+# -- the run ------------------------------------------------------------------------------------------------
+
+
+def run(config: SearchBenchConfig) -> Path:
+    from common.packs.catalog import default_threshold
+
+    rng = np.random.default_rng(config.seed)
+    started = time.perf_counter()
+    real, names = real_embeddings(config)
+    model = FaceModel.fit(real, names, rng)
+    same, different = model.same_and_different(rng)
+    threshold = default_threshold(config.pack)
+    limit = DEFAULT_LIMIT
+    lines = [
+        "## Search at scale",
+        "",
+        f"Written by `fecapass bench-search` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; machine:",
+        f"{machine()}. Embeddings generated to look like `{config.pack}`'s: fitted to its {len(real)} embeddings of",
+        f"the LFW photos in `{config.lfw_dir}` ({len(set(names.tolist()))} people). Median cosine of two photos of",
+        f"one person: real {model.real_same:.3f}, generated {same:.3f}; of two people: real {model.real_different:.3f},"
+        f" generated {different:.3f}. {config.samples_per_person} photos per person; {config.queries} queries, each a",
+        "new photo of a stored person. The query is the product's: the pack's partial HNSW index, LIMIT",
+        f"{limit * CANDIDATES_PER_RESULT} (limit {limit} x {CANDIDATES_PER_RESULT} candidates). **Match recall**:",
+        f"share of the exact search's candidates at or above the pack's threshold ({threshold:.2f}) that the index",
+        "returns; **recall@10**: overlap of the first 10 with the exact first 10. One client, no prepared statements.",
+    ]
+    dim = real.shape[1]
+    with tempfile.TemporaryDirectory() as tmp:
+        services = LocalServices(Path(tmp), durable=False)
+        services.start_postgres()
+        try:
+            apply_migrations(services.dsn(VECTOR_DB), "vector")
+            with psycopg.connect(services.dsn(VECTOR_DB), autocommit=True) as conn:
+                for size in config.sizes:
+                    people = model.people(size // config.samples_per_person, rng)
+                    stored = np.vstack([model.photos(people, rng) for _ in range(config.samples_per_person)])
+                    query_people = people[rng.integers(0, len(people), config.queries)]
+                    queries = model.photos(query_people, rng)
+                    exact = exact_neighbours(stored, queries, limit * CANDIDATES_PER_RESULT)
+                    load_seconds = load(conn, stored)
+                    scan = exact_scan_ms(conn, queries, limit * CANDIDATES_PER_RESULT)
+                    lines += [
+                        "",
+                        f"### {size:,} embeddings ({dim}-d)",
+                        "",
+                        f"Loaded in {load_seconds:.0f} s. Exact scan (no index, parallel workers): {scan:.0f} ms"
+                        " a query.",
+                        "",
+                        "| storage | m | ef_construction | build s | index MiB | ef_search | match recall | recall@10 |"
+                        " p50 ms | p99 ms | queries/s |",
+                        "|---|---|---|---|---|---|---|---|---|---|---|",
+                    ]
+                    for storage in config.storages:
+                        for m in config.m_values:
+                            built = build(conn, storage, dim, m, config.ef_construction)
+                            measure(conn, built, queries, exact, threshold, config.ef_search, limit)
+                            for result in built.results:
+                                lines.append(
+                                    f"| {storage} | {m} | {config.ef_construction} | {built.seconds:.0f} |"
+                                    f" {built.megabytes:.0f} | {result['ef_search']:.0f} |"
+                                    f" {result['match_recall']:.3f} | {result['recall_at_10']:.3f} |"
+                                    f" {result['p50']:.1f} | {result['p99']:.1f} | {result['qps']:.0f} |"
+                                )
+        finally:
+            services.stop()
+    lines += ["", f"Whole run: {time.perf_counter() - started:.0f} s."]
+    existing = config.output.read_text() if config.output.exists() else ""
+    config.output.write_text(merged(existing, HEADER, SECTION, "\n".join(lines)))
+    return config.output
