@@ -123,16 +123,16 @@ class VectorRepository:
             row = conn.execute(statement, {"q": query.astype(np.float32), "pack": pack, "ids": face_ids}).fetchone()
         return Neighbour(int(row[0]), float(row[1])) if row else None
 
-    def active_pack(self) -> str | None:
-        """The pack searches use; None before any pack was registered (the configured one is used then)."""
+    def active(self) -> tuple[str, int] | None:
+        """The pack searches use and its dimension; None before any pack was registered (the configured one is
+        used then)."""
         with self.pool.connection() as conn:
-            row = conn.execute("SELECT name FROM model_packs WHERE active").fetchone()
-        return str(row[0]) if row else None
+            row = conn.execute("SELECT name, dim FROM model_packs WHERE active").fetchone()
+        return (str(row[0]), int(row[1])) if row else None
 
-    def pack_dim(self, pack: str) -> int | None:
-        with self.pool.connection() as conn:
-            row = conn.execute("SELECT dim FROM model_packs WHERE name = %s", (pack,)).fetchone()
-        return int(row[0]) if row else None
+    def active_pack(self) -> str | None:
+        found = self.active()
+        return found[0] if found else None
 
     def activate(self, pack: str) -> None:
         """Make ``pack`` (registered with ensure_pack) the one searched; the others keep their vectors."""

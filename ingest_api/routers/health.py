@@ -39,7 +39,7 @@ async def ready(state: State) -> JSONResponse:
         try:
             pack.update(await asyncio.wait_for(state.active_pack.describe(), timeout=CHECK_TIMEOUT_S))
         except Exception as exc:
-            pack.update(name=await state.active_pack.name(), error=str(exc) or type(exc).__name__)
+            pack.update(name=state.active_pack.last_known, error=str(exc) or type(exc).__name__)
 
     async def ping_redis() -> tuple[str, str]:
         try:
