@@ -119,7 +119,8 @@ def report(result: Calibration, folder: Path) -> str:
         f" / {result.different.max():.3f} |",
     ]
     steps = (-0.02, -0.01, 0.0, 0.01, 0.02, 0.05, 0.1)
-    for threshold in sorted({round(best_t, 3), chosen, *(round(strict + step, 2) for step in steps)}):
+    candidates = {round(best_t, 3), chosen, *(round(strict + step, 2) for step in steps)}
+    for threshold in sorted(value for value in candidates if value <= 1.0):
         tar, far = result.rates(threshold)
         lines.append(
             f"| at {threshold:.3f}: same pairs accepted / different pairs accepted"

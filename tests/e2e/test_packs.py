@@ -19,7 +19,7 @@ from tests.e2e.conftest import (
     stop_cluster,
     upload,
 )
-from tests.shared_data import iou, labels, require_basic, require_pack
+from tests.shared_data import MODEL_ROOT, iou, labels, require_basic, require_pack
 
 pytestmark = pytest.mark.e2e
 
@@ -34,6 +34,8 @@ def pack_cluster(
 ) -> Iterator[RunningPipeline]:
     pack: str = request.param
     require_basic()
+    if pack == "buffalo_l" and not (MODEL_ROOT / "models" / pack).is_dir():
+        pytest.skip(f"buffalo_l is downloaded once with internet: `fecapass models pull buffalo_l` into {MODEL_ROOT}")
     if pack != DLIB:  # dlib comes with the Python install
         require_pack(pack)
     env = fresh_installation(services, f"pack_{pack}", PACKS[pack])
