@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import psycopg
+from pgvector.psycopg import register_vector
 from psycopg import sql
 
 from common.bench import HEADER, machine, percentile
@@ -153,9 +154,12 @@ def _cast(storage: str, dim: int) -> sql.Composable:
 def load(conn: psycopg.Connection, vectors: np.ndarray) -> float:
     started = time.perf_counter()
     conn.execute("TRUNCATE face_embeddings")
-    with conn.cursor().copy("COPY face_embeddings (face_id, model_pack, embedding) FROM STDIN") as copy:
+    register_vector(conn)
+    statement = "COPY face_embeddings (face_id, model_pack, embedding) FROM STDIN WITH (FORMAT BINARY)"
+    with conn.cursor().copy(statement) as copy:
+        copy.set_types(["int8", "text", "vector"])
         for face_id, vector in enumerate(vectors):
-            copy.write_row((face_id, BENCH_PACK, "[" + ",".join(f"{v:.6g}" for v in vector) + "]"))
+            copy.write_row((face_id, BENCH_PACK, vector))
     conn.execute("VACUUM ANALYZE face_embeddings")
     return time.perf_counter() - started
 

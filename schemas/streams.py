@@ -68,7 +68,8 @@ class FaceBox(BaseModel):
 
     box: tuple[float, float, float, float] = Field(description="x1, y1, x2, y2")
     keypoints: list[tuple[float, float]] = Field(
-        description="left eye, right eye, nose, left mouth corner, right mouth corner"
+        description="5 landmarks in the pack's convention: InsightFace eye centres, nose tip, mouth corners;"
+        " dlib the corners of each eye and the base of the nose"
     )
     score: float
     source: int = Field(default=0, description="0: the job's photo, 1: its second photo (verify)")
