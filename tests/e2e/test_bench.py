@@ -72,4 +72,4 @@ def test_search_bench_smoke_adds_its_section_and_keeps_the_others(tmp_path: Path
     assert len(rows) == 2
     for row in rows:  # a real measurement: recall is a share, latency positive
         cells = [cell.strip() for cell in row.strip("|").split("|")]
-        assert 0.0 <= float(cells[6]) <= 1.0 and float(cells[8]) > 0
+        assert 0.0 <= float(cells[6]) <= 1.0 and 0.0 <= float(cells[7]) <= 1.0 and float(cells[9]) > 0
