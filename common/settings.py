@@ -58,7 +58,7 @@ class ModelSettings(_Base):
 
 class PipelineSettings(_Base):
     # Cosine similarity above which a stored face counts as the same person. Unset: the active pack's
-    # calibrated threshold (CALIBRATION.md), which differs between packs (about 0.25-0.3 for ArcFace, 0.93 for dlib).
+    # calibrated threshold (CALIBRATION.md), which differs between packs: each uses the cosine scale differently.
     similarity_threshold: float | None = Field(default=None, ge=-1.0, le=1.0)
     search_limit: int = Field(default=10, ge=1, le=100)
     max_upload_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)

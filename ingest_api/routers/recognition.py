@@ -34,7 +34,7 @@ Threshold = Annotated[
         ge=-1,
         le=1,
         description="minimum cosine similarity; default FECAPASS_SIMILARITY_THRESHOLD, else the pack's calibrated"
-        " threshold (see CALIBRATION.md: about 0.25-0.3 for InsightFace packs, 0.93 for dlib)",
+        " threshold (see CALIBRATION.md; each pack uses the cosine scale differently)",
     ),
 ]
 Photo = Annotated[UploadFile, File(description="JPEG, PNG, WebP, BMP, TIFF or GIF photo")]

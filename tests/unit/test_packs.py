@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -164,22 +167,21 @@ def test_calibration_measures_a_pack_and_keeps_other_packs_sections(tmp_path: Pa
     assert "old x numbers" not in again and again.count("new x numbers") == 1 and "dlib numbers" in again
 
 
-def test_models_commands_list_check_and_pull(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    from common.cli import main
+def fecapass(*args: str) -> subprocess.CompletedProcess[str]:
+    # A process of its own: the command configures logging for its process, which must not be pytest's.
+    env = {**os.environ, "FECAPASS_MODEL_ROOT": str(MODEL_ROOT)}
+    return subprocess.run(
+        [sys.executable, "-m", "common.cli", *args], env=env, capture_output=True, text=True, timeout=300
+    )
 
+
+def test_models_commands_list_check_and_pull() -> None:
     require_pack()
-    monkeypatch.setenv("FECAPASS_MODEL_ROOT", str(MODEL_ROOT))
-    main(["models", "list"])
-    listed = capsys.readouterr().out
+    listed = fecapass("models", "list").stdout
     assert "dlib: dlib, 128-d embeddings, 150px crops" in listed and "commercial use: yes" in listed
     assert "buffalo_sc_lite: insightface, 512-d embeddings" in listed and "commercial use: no" in listed
-    main(["models", "check", "buffalo_sc_lite", str(require_basic() / "multi_two_people.jpg")])
-    checked = capsys.readouterr().out
-    assert "2 face(s)" in checked and checked.count("embedding norm 1.000") == 2
-    main(["models", "pull", "dlib"])
-    assert "nothing to pull" in capsys.readouterr().out
-    with pytest.raises(SystemExit) as stopped:
-        main(["models", "check", "no_such_pack", str(require_basic() / "obama_1.jpg")])
-    assert stopped.value.code == 2 and "no_such_pack" in capsys.readouterr().err
+    checked = fecapass("models", "check", "buffalo_sc_lite", str(require_basic() / "multi_two_people.jpg"))
+    assert "2 face(s)" in checked.stdout and checked.stdout.count("embedding norm 1.000") == 2
+    assert "nothing to pull" in fecapass("models", "pull", "dlib").stdout
+    missing = fecapass("models", "check", "no_such_pack", str(require_basic() / "obama_1.jpg"))
+    assert missing.returncode == 2 and "no_such_pack" in missing.stderr
