@@ -22,7 +22,6 @@ from pgvector.psycopg import register_vector
 from psycopg import sql
 
 from common.bench import HEADER, machine, percentile
-from common.imaging import decode
 from common.reports import merged
 from common.services import VECTOR_DB, LocalServices
 from common.settings import ModelSettings
@@ -69,22 +68,17 @@ def real_embeddings(config: SearchBenchConfig) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _embed_photos(config: SearchBenchConfig) -> tuple[np.ndarray, np.ndarray]:
-    import cv2
-
     from common.packs.library import PackLibrary
-    from embedder.calibrate import PAD_FRACTION, _closest_to_centre
+    from embedder.calibrate import embed_crop
 
     pack = PackLibrary(ModelSettings(model_pack=config.pack, model_root=config.model_root)).get()
     with (config.lfw_dir / "identities.csv").open() as handle:
         rows = [(row["file"], row["identity"]) for row in csv.DictReader(handle)][: config.fit_photos]
     vectors, names = [], []
     for file, identity in rows:
-        image = decode((config.lfw_dir / "images" / file).read_bytes(), 50_000_000)
-        pad = int(image.shape[1] * PAD_FRACTION)
-        padded = cv2.copyMakeBorder(image, pad, pad, pad, pad, cv2.BORDER_CONSTANT)
-        face = _closest_to_centre(pack, padded)
-        if face is not None:
-            vectors.append(pack.embed([pack.align(padded, face)])[0])
+        vector = embed_crop(pack, config.lfw_dir / "images" / file)
+        if vector is not None:
+            vectors.append(vector)
             names.append(identity)
     return np.asarray(vectors, dtype=np.float32), np.asarray(names)
 

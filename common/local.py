@@ -12,13 +12,16 @@ from pathlib import Path
 
 import psycopg
 import structlog
+from pydantic import SecretStr
 
+from common import clients
 from common import settings as s
 from common.apikeys import new_key
 from common.packs import PackInfo
 from common.packs.library import PackLibrary
 from common.services import MAIN_DB, VECTOR_DB, LocalServices, valkey_cli
 from indexer.migrate import migrate_all
+from indexer.vector_repository import VectorRepository
 from schemas.streams import Stage
 
 log = structlog.get_logger(__name__)
@@ -35,11 +38,13 @@ class UpOptions:
     metrics_port: int = 9101  # first worker's; the others count up from it. 0: off
 
 
-def active_pack(vector_dsn: str, configured: str) -> str:
+def active_pack(services: LocalServices, configured: str) -> str:
     """The pack searches use: the active one in the database, else the configured one (a fresh install)."""
-    with psycopg.connect(vector_dsn) as conn:
-        row = conn.execute("SELECT name FROM model_packs WHERE active").fetchone()
-    return str(row[0]) if row else configured
+    database = s.DatabaseSettings(
+        main_db_dsn=SecretStr(services.dsn(MAIN_DB)), vector_db_dsn=SecretStr(services.dsn(VECTOR_DB))
+    )
+    with clients.vector_db_pool(database) as pool:
+        return VectorRepository(pool).active_pack() or configured
 
 
 # `fecapass` exits with 2 on a settings or model-pack error.
@@ -107,7 +112,7 @@ def run_up(options: UpOptions) -> None:
         migrate_all(services.dsn(MAIN_DB), services.dsn(VECTOR_DB))
         # Load the pack here first: a missing one is one clear error, not a crash loop of every stage process.
         packs = PackLibrary(s.load(s.ModelSettings))
-        pack = packs.describe(active_pack(services.dsn(VECTOR_DB), packs.default_name))
+        pack = packs.describe(active_pack(services, packs.default_name))
         api_key = first_api_key(options.data_dir, services.dsn(MAIN_DB))
         env = {
             **os.environ,

@@ -88,6 +88,15 @@ def _closest_to_centre(pack: ModelPack, image: np.ndarray) -> Face | None:
 GALLERY_FACES = 1_000
 
 
+def embed_crop(pack: ModelPack, path: Path) -> np.ndarray | None:
+    """The embedding of the face nearest the centre of a tight LFW-style crop, padded first; None without one."""
+    image = decode(path.read_bytes(), 50_000_000)
+    pad = int(image.shape[1] * PAD_FRACTION)
+    padded = cv2.copyMakeBorder(image, pad, pad, pad, pad, cv2.BORDER_CONSTANT)
+    face = _closest_to_centre(pack, padded)
+    return None if face is None else pack.embed([pack.align(padded, face)])[0]
+
+
 def calibrate(settings: ModelSettings, folder: Path) -> Calibration:
     pack = PackLibrary(settings).get()
     with (folder / "pairs.tsv").open() as handle:
@@ -95,11 +104,7 @@ def calibrate(settings: ModelSettings, folder: Path) -> Calibration:
     started = time.perf_counter()
     embeddings: dict[str, np.ndarray | None] = {}
     for name in sorted({name for a, b, _ in pairs for name in (a, b)}):
-        image = decode((folder / "images" / name).read_bytes(), 50_000_000)
-        pad = int(image.shape[1] * PAD_FRACTION)
-        padded = cv2.copyMakeBorder(image, pad, pad, pad, pad, cv2.BORDER_CONSTANT)
-        face = _closest_to_centre(pack, padded)
-        embeddings[name] = None if face is None else pack.embed([pack.align(padded, face)])[0]
+        embeddings[name] = embed_crop(pack, folder / "images" / name)
     same: list[float] = []
     different: list[float] = []
     for a, b, is_same in pairs:

@@ -120,20 +120,21 @@ class Reindexer:
         job_ids = list(in_flight)
         with self.client.pipeline(transaction=False) as pipe:
             for job_id in job_ids:
-                pipe.hmget(job_key(job_id), ["state", "error_code", "error_message", "result"])
+                pipe.hgetall(job_key(job_id))
             rows = pipe.execute()
         for job_id, raw in zip(job_ids, rows, strict=True):
-            state, code, message, result = (_text(value) for value in raw)
+            job = status.decode_hash(raw)
+            state = job.get("state")
             if state == JobState.DONE.value:
-                if result and json.loads(result).get("skipped"):
+                if json.loads(job.get("result", "{}")).get("skipped"):
                     progress.skipped += 1
                 else:
                     progress.embedded += 1
             elif state == JobState.FAILED.value:
-                reason = code or "unknown"
+                reason = job.get("error_code", "unknown")
                 progress.failed[reason] += 1
                 if len(progress.failures) < 20:
-                    progress.failures.append(f"face {in_flight[job_id]}: {reason}: {message}")
+                    progress.failures.append(f"face {in_flight[job_id]}: {reason}: {job.get('error_message', '')}")
             elif state is None:
                 # The status hash is gone (expired or flushed): the face stays missing and a later run retries it.
                 progress.failed["status_lost"] += 1
@@ -142,10 +143,6 @@ class Reindexer:
             del in_flight[job_id]
         progress.in_flight = len(in_flight)
         report(progress)
-
-
-def _text(value: bytes | str | None) -> str | None:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def count_missing(main: MainRepository, vectors: VectorRepository, pack: str) -> tuple[int, list[int]]:

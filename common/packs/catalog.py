@@ -36,17 +36,22 @@ def threshold_source(pack: str) -> str:
     return "not calibrated here: run `fecapass calibrate` on your own pairs"
 
 
+def licence(pack: str) -> tuple[str, bool]:
+    """The pack's licence terms, and whether they allow commercial use (unknown packs: no)."""
+    return LICENCES.get(pack, UNKNOWN_LICENCE)
+
+
 def family(pack: str) -> str:
     return "dlib" if pack == DLIB else "insightface"
 
 
 def known_facts(pack: str) -> dict[str, object]:
     """What is known of a pack from its name alone (no model files): for processes that load none."""
-    licence, commercial = LICENCES.get(pack, UNKNOWN_LICENCE)
+    terms, commercial = licence(pack)
     return {
         "name": pack,
         "family": family(pack),
-        "licence": licence,
+        "licence": terms,
         "commercial_use": commercial,
         "threshold": default_threshold(pack),
         "threshold_source": threshold_source(pack),

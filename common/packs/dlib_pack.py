@@ -71,6 +71,7 @@ class DlibPack:
     def __init__(self, folder: Path, info: PackInfo, settings: ModelSettings) -> None:
         self.folder = folder
         self._info = info
+        self._aligner = DlibAligner()
         # Photos are scaled down to this longest side for detection (the HOG detector is slow on large images).
         self.max_side = settings.det_size
         self.min_face_size = settings.min_face_size
@@ -109,7 +110,7 @@ class DlibPack:
         return sorted(faces, key=lambda face: float(face.box[0]))
 
     def align(self, image_bgr: np.ndarray, face: Face) -> np.ndarray:
-        return DlibAligner().align(image_bgr, face)
+        return self._aligner.align(image_bgr, face)
 
     def embed(self, crops: Sequence[np.ndarray]) -> np.ndarray:
         if not crops:

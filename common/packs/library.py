@@ -6,23 +6,23 @@ from dataclasses import dataclass
 
 from common.errors import JobFailed
 from common.packs.base import Aligner, ModelPack, ModelPackError, PackInfo
-from common.packs.catalog import DLIB, known_facts
+from common.packs.catalog import DLIB, default_threshold, family, licence, threshold_source
 from common.packs.insightface_files import find_pack, is_pack_folder
 from common.settings import ModelSettings
 from schemas.jobs import ErrorCode
 
 
 def _info(name: str, dim: int, crop_size: int, location: str) -> PackInfo:
-    facts = known_facts(name)
+    terms, commercial = licence(name)
     return PackInfo(
         name=name,
-        family=str(facts["family"]),
+        family=family(name),
         dim=dim,
         crop_size=crop_size,
-        licence=str(facts["licence"]),
-        commercial_use=bool(facts["commercial_use"]),
-        threshold=float(str(facts["threshold"])),
-        threshold_source=str(facts["threshold_source"]),
+        licence=terms,
+        commercial_use=commercial,
+        threshold=default_threshold(name),
+        threshold_source=threshold_source(name),
         location=location,
     )
 
@@ -47,7 +47,6 @@ class PackLibrary:
 
     def __init__(self, settings: ModelSettings) -> None:
         self.settings = settings
-        self._infos: dict[str, PackInfo] = {}
         self._packs: dict[str, ModelPack] = {}
 
     @property
@@ -55,17 +54,15 @@ class PackLibrary:
         return self.settings.model_pack
 
     def describe(self, name: str | None = None) -> PackInfo:
-        name = name or self.default_name
-        if name not in self._infos:
-            self._infos[name] = self._load(name).info
-        return self._infos[name]
+        # Packs load their weights on first use, so describing one keeps it without loading any model.
+        return self.get(name).info
 
     def get(self, name: str | None = None) -> ModelPack:
-        """The pack, loading it on first use; ModelPackError when it is not installed here."""
+        """The pack, found on first use (its parts load when first called); ModelPackError when it is not
+        installed here."""
         name = name or self.default_name
         if name not in self._packs:
             self._packs[name] = self._load(name)
-            self._infos[name] = self._packs[name].info
         return self._packs[name]
 
     def aligner(self, name: str | None, crop_size: int | None) -> Aligner:
