@@ -201,6 +201,7 @@ def parser() -> argparse.ArgumentParser:
     scale.add_argument("--storage", nargs="+", choices=["vector", "halfvec"], default=["vector", "halfvec"])
     scale.add_argument("--output", type=Path, default=Path("BENCHMARKS.md"))
     scale.add_argument("--fit-photos", type=int, help="fit the generator to this many photos only (quick runs)")
+    scale.add_argument("--shared-buffers", default="4GB", help="PostgreSQL shared_buffers for the run")
     calibrate = commands.add_parser("calibrate", help="measure the pack on LFW-style pairs, write CALIBRATION.md")
     calibrate.add_argument(
         "--pairs",
@@ -282,6 +283,7 @@ def main(argv: list[str] | None = None) -> None:
                 storages=tuple(args.storage),
                 output=args.output,
                 fit_photos=args.fit_photos,
+                shared_buffers=args.shared_buffers,
             )
             print(f"wrote {bench_search(search_config)}")
         elif args.command == "calibrate":

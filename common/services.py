@@ -118,6 +118,7 @@ class LocalServices:
     s3_port: int = 0
     bucket: str = "fecapass"
     durable: bool = True  # False (tests): no fsync, faster
+    postgres_settings: dict[str, str] = field(default_factory=dict)  # extra `-c name=value` (benchmarks)
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -265,6 +266,8 @@ class LocalServices:
             "-c",
             "shared_buffers=128MB",
         ]
+        for name, value in self.postgres_settings.items():
+            args += ["-c", f"{name}={value}"]
         if not self.durable:
             args += ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]
         log_file = (self.data_dir / "postgres.log").open("ab")
