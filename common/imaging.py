@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import io
+import math
 import warnings
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -76,20 +78,46 @@ def check_pixels(data: bytes) -> None:
         raise UndecodableImage(f"cannot decode image: {exc}") from exc
 
 
+@dataclass(frozen=True)
+class Decoded:
+    image: np.ndarray  # HxWx3 uint8 BGR
+    scale: int  # original pixels per decoded pixel: 1, or 2, 4, 8 for a JPEG decoded at reduced size
+
+
 def decode(data: bytes, max_pixels: int) -> np.ndarray:
     """Decode to an HxWx3 uint8 BGR array, EXIF orientation applied, first frame of animations."""
-    probe(data, max_pixels)
+    return decode_reduced(data, max_pixels, 1.0).image
+
+
+def decode_reduced(data: bytes, max_pixels: int, fraction: float) -> Decoded:
+    """Decode at no less than ``fraction`` of the full width and height: a JPEG is then decoded at 1/2, 1/4 or
+    1/8 size through DCT scaling, several times faster than decoding every pixel and resizing (a detector
+    that resizes photos to 640 px, or an aligner that makes 112 px crops, needs no more). Other formats are
+    decoded at full size."""
+    info = probe(data, max_pixels)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             with Image.open(io.BytesIO(data)) as image:
                 image.seek(0)
+                if image.format == "JPEG" and fraction < 0.5:
+                    wanted = (math.ceil(info.width * fraction), math.ceil(info.height * fraction))
+                    image.draft("RGB", (max(1, wanted[0]), max(1, wanted[1])))
                 image.load()
+                scale = _dct_scale(info.width, image.width)
                 oriented = ImageOps.exif_transpose(image) or image
                 rgb = _to_rgb8(oriented)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise UndecodableImage(f"cannot decode image: {exc}") from exc
-    return np.ascontiguousarray(rgb[:, :, ::-1])
+    # cvtColor copies channels in reverse order an order of magnitude faster than numpy's rgb[:, :, ::-1].
+    return Decoded(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), scale)
+
+
+def _dct_scale(full_width: int, decoded_width: int) -> int:
+    for scale in (8, 4, 2):
+        if decoded_width == -(-full_width // scale):
+            return scale
+    return 1
 
 
 def _to_rgb8(image: Image.Image) -> np.ndarray:
@@ -107,6 +135,9 @@ def _to_rgb8(image: Image.Image) -> np.ndarray:
 
 
 def encode_png(image_bgr: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(image_bgr[:, :, ::-1])).save(buffer, format="PNG")
-    return buffer.getvalue()
+    # Lossless, and fast: at level 1 a 112 px crop is ~0.2 ms (Pillow's default level takes several ms) for a
+    # file a few percent larger.
+    ok, encoded = cv2.imencode(".png", image_bgr, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    if not ok:
+        raise ValueError("PNG encoding failed")
+    return encoded.tobytes()

@@ -8,7 +8,7 @@ import numpy as np
 import onnxruntime
 from insightface.model_zoo.retinaface import RetinaFace
 
-from common.packs.base import Face
+from common.packs.base import Face, kept_faces
 
 
 class FaceDetector:
@@ -34,5 +34,4 @@ class FaceDetector:
             Face(box=box[:4].astype(np.float32), keypoints=kps.astype(np.float32), score=float(box[4]))
             for box, kps in zip(boxes, keypoints if keypoints is not None else [], strict=True)
         ]
-        faces = [face for face in faces if face.min_side >= self.min_face_size]
-        return sorted(faces, key=lambda face: float(face.box[0]))
+        return kept_faces(faces, self.min_face_size)

@@ -20,6 +20,23 @@ MIN_EF_SEARCH = 100
 
 
 @dataclass(frozen=True)
+class PackIndex:
+    """How a pack's vectors are indexed: queries must repeat the index's expression to use it."""
+
+    dim: int
+    storage: str  # "halfvec" (new packs) or "vector" (packs registered before migration 0003)
+
+    def expression(self) -> sql.Composable:
+        return sql.SQL("embedding::{storage}({dim})").format(storage=sql.SQL(self.storage), dim=sql.Literal(self.dim))
+
+    def operators(self) -> sql.Composable:
+        return sql.SQL(f"{self.storage}_cosine_ops")
+
+    def cast(self) -> sql.Composable:
+        return sql.SQL("{storage}({dim})").format(storage=sql.SQL(self.storage), dim=sql.Literal(self.dim))
+
+
+@dataclass(frozen=True)
 class Neighbour:
     face_id: int
     similarity: float  # cosine similarity, -1..1
@@ -41,43 +58,60 @@ def index_name(pack: str) -> str:
     return "face_embeddings_hnsw_" + re.sub(r"[^a-z0-9]+", "_", pack.lower())
 
 
+def nearest_statement(pack: str, index: PackIndex) -> sql.Composed:
+    """k-NN through the pack's partial index; parameters ``q`` (the query vector) and ``limit``."""
+    # The pack is a literal, not a parameter, so the planner can match the partial index predicate in every
+    # plan (a generic plan of `model_pack = $1` could not use it). The order is the index's (maybe half
+    # precision); the similarity reported is computed from the full-precision vectors.
+    return sql.SQL(
+        "SELECT face_id, 1 - (embedding::vector({dim}) <=> %(q)s::vector({dim})) AS similarity"
+        " FROM face_embeddings WHERE model_pack = {pack}"
+        " ORDER BY {expression} <=> %(q)s::vector({dim})::{cast} LIMIT %(limit)s"
+    ).format(dim=sql.Literal(index.dim), pack=sql.Literal(pack), expression=index.expression(), cast=index.cast())
+
+
 class VectorRepository:
     def __init__(self, pool: ConnectionPool) -> None:
         self.pool = pool
-        self._known_dims: dict[str, int] = {}
+        self._known: dict[str, PackIndex] = {}
 
-    def ensure_pack(self, pack: str, dim: int) -> None:
+    def ensure_pack(self, pack: str, dim: int) -> PackIndex:
         """Register the pack and build its partial HNSW index once; refuse a second dimension."""
-        if self._known_dims.get(pack) == dim:
-            return
+        known = self._known.get(pack)
+        if known is not None and known.dim == dim:
+            return known
         if not _PACK_NAME.match(pack):
             raise ValueError(f"invalid model pack name {pack!r}")
         with self.pool.connection() as conn, conn.transaction():
             # One registration at a time: the first pack ever registered becomes the active one.
             conn.execute("SELECT pg_advisory_xact_lock(hashtext('fecapass.model_packs'))")
-            row = conn.execute("SELECT dim FROM model_packs WHERE name = %s", (pack,)).fetchone()
+            row = conn.execute("SELECT dim, index_storage FROM model_packs WHERE name = %s", (pack,)).fetchone()
             if row is not None and int(row[0]) != dim:
                 raise PackMismatch(f"pack {pack} is registered with dimension {row[0]}, got {dim}")
             if row is None:
-                conn.execute(
+                row = conn.execute(
                     "INSERT INTO model_packs (name, dim, index_name, active) VALUES (%s, %s, %s,"
-                    " NOT EXISTS (SELECT 1 FROM model_packs WHERE active))",
+                    " NOT EXISTS (SELECT 1 FROM model_packs WHERE active)) RETURNING dim, index_storage",
                     (pack, dim, index_name(pack)),
-                )
+                ).fetchone()
+            assert row is not None
+            found = PackIndex(dim, str(row[1]))
             conn.execute(
                 sql.SQL(
                     "CREATE INDEX IF NOT EXISTS {index} ON face_embeddings USING hnsw"
-                    " ((embedding::vector({dim})) vector_cosine_ops) WITH (m = {m}, ef_construction = {ef})"
+                    " (({expression}) {operators}) WITH (m = {m}, ef_construction = {ef})"
                     " WHERE model_pack = {pack}"
                 ).format(
                     index=sql.Identifier(index_name(pack)),
-                    dim=sql.Literal(dim),
+                    expression=found.expression(),
+                    operators=found.operators(),
                     m=sql.Literal(HNSW_M),
                     ef=sql.Literal(HNSW_EF_CONSTRUCTION),
                     pack=sql.Literal(pack),
                 )
             )
-        self._known_dims[pack] = dim
+        self._known[pack] = found
+        return found
 
     def add_embedding(self, face_id: int, pack: str, embedding: np.ndarray) -> None:
         self.ensure_pack(pack, int(embedding.shape[0]))
@@ -91,14 +125,8 @@ class VectorRepository:
     def nearest(self, pack: str, query: np.ndarray, limit: int) -> list[Neighbour]:
         """The ``limit`` stored faces closest to ``query`` by cosine distance, through the pack's index."""
         dim = int(query.shape[0])
-        self.ensure_pack(pack, dim)
-        # The pack is a literal, not a parameter, so the planner can match the partial index predicate
-        # in every plan (a generic plan of `model_pack = $1` could not use it).
-        statement = sql.SQL(
-            "SELECT face_id, 1 - (embedding::vector({dim}) <=> %(q)s::vector({dim})) AS similarity"
-            " FROM face_embeddings WHERE model_pack = {pack}"
-            " ORDER BY embedding::vector({dim}) <=> %(q)s::vector({dim}) LIMIT %(limit)s"
-        ).format(dim=sql.Literal(dim), pack=sql.Literal(pack))
+        index = self.ensure_pack(pack, dim)
+        statement = nearest_statement(pack, index)
         with self.pool.connection() as conn, conn.transaction():
             conn.execute(sql.SQL("SET LOCAL hnsw.ef_search = {}").format(sql.Literal(max(MIN_EF_SEARCH, limit))))
             rows = conn.execute(statement, {"q": query.astype(np.float32), "limit": limit}).fetchall()

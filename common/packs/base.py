@@ -31,6 +31,16 @@ class Face:
     def area(self) -> float:
         return float(max(0.0, self.box[2] - self.box[0]) * max(0.0, self.box[3] - self.box[1]))
 
+    def scaled(self, factor: float) -> Face:
+        """The same face in an image ``factor`` times larger."""
+        return Face(box=self.box * np.float32(factor), keypoints=self.keypoints * np.float32(factor), score=self.score)
+
+
+def kept_faces(found: Sequence[Face], min_face_size: int) -> list[Face]:
+    """Detections without the small ones, left to right."""
+    faces = [face for face in found if face.min_side >= min_face_size]
+    return sorted(faces, key=lambda face: float(face.box[0]))
+
 
 @dataclass(frozen=True)
 class PackInfo:

@@ -15,7 +15,7 @@ import cv2
 import dlib
 import numpy as np
 
-from common.packs.base import Face, ModelPackError, PackInfo, check_crops, unit_rows
+from common.packs.base import Face, ModelPackError, PackInfo, check_crops, kept_faces, unit_rows
 from common.settings import ModelSettings
 
 NAME = "dlib"
@@ -106,8 +106,7 @@ class DlibPack:
             shape = self._landmarks(rgb, _rectangle(box))
             keypoints = np.array([[p.x, p.y] for p in shape.parts()], dtype=np.float32)
             faces.append(Face(box=box, keypoints=keypoints, score=float(score)))
-        faces = [face for face in faces if face.min_side >= self.min_face_size]
-        return sorted(faces, key=lambda face: float(face.box[0]))
+        return kept_faces(faces, self.min_face_size)
 
     def align(self, image_bgr: np.ndarray, face: Face) -> np.ndarray:
         return self._aligner.align(image_bgr, face)

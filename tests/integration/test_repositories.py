@@ -8,13 +8,14 @@ from collections.abc import Iterator
 import numpy as np
 import psycopg
 import pytest
+from psycopg import sql
 
 from common import clients
 from common.services import MAIN_DB, VECTOR_DB, LocalServices
 from common.settings import DatabaseSettings
 from indexer.main_repository import DuplicateEmail, MainRepository, NewFace, UnknownUser
 from indexer.migrate import apply_migrations, migrate_all, migration_files
-from indexer.vector_repository import PackMismatch, VectorRepository
+from indexer.vector_repository import PackMismatch, VectorRepository, index_name, nearest_statement
 
 
 @pytest.fixture(scope="module")
@@ -105,17 +106,45 @@ def test_nearest_is_cosine_and_uses_the_pack_index(
     assert found[0].face_id == face_ids[5]
     assert found[0].similarity == pytest.approx(float(query @ stored[5]), abs=1e-5)
     assert [n.similarity for n in found] == sorted((n.similarity for n in found), reverse=True)
-    with psycopg.connect(vectors.pool.conninfo) as conn:
+    assert "face_embeddings_hnsw_knn16" in query_plan(vectors, "knn16", query)
+    assert "halfvec" in index_definition(vectors, "knn16")  # new packs: half the index size, same recall
+
+
+def query_plan(vectors: VectorRepository, pack: str, query: np.ndarray) -> str:
+    """The plan of the repository's own k-NN statement (the index is used only if it repeats its expression)."""
+    statement = nearest_statement(pack, vectors.ensure_pack(pack, len(query)))
+    with vectors.pool.connection() as conn:  # pgvector types registered
         conn.execute("SET enable_seqscan = off")
-        plan = "\n".join(
-            row[0]
-            for row in conn.execute(
-                "EXPLAIN SELECT face_id FROM face_embeddings WHERE model_pack = 'knn16'"
-                " ORDER BY embedding::vector(16) <=> %s::vector(16) LIMIT 3",
-                (str(query.tolist()),),
-            )
+        rows = conn.execute(sql.SQL("EXPLAIN ") + statement, {"q": query, "limit": 3}).fetchall()
+        conn.execute("RESET enable_seqscan")
+    return "\n".join(row[0] for row in rows)
+
+
+def index_definition(vectors: VectorRepository, pack: str) -> str:
+    with psycopg.connect(vectors.pool.conninfo) as conn:
+        row = conn.execute("SELECT indexdef FROM pg_indexes WHERE indexname = %s", (index_name(pack),)).fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+def test_a_pack_registered_before_halfvec_keeps_its_vector_index(
+    repositories: tuple[MainRepository, VectorRepository],
+) -> None:
+    main, vectors = repositories
+    with vectors.pool.connection() as conn:  # as migration 0003 leaves a pack registered before it
+        conn.execute(
+            "INSERT INTO model_packs (name, dim, index_name, index_storage) VALUES ('legacy8', 8, %s, 'vector')",
+            (index_name("legacy8"),),
         )
-    assert "face_embeddings_hnsw_knn16" in plan
+    user = main.create_user(f"{uuid.uuid4().hex}@example.com", "")
+    rng = np.random.default_rng(11)
+    stored = [unit(rng.standard_normal(8)) for _ in range(10)]
+    face_ids = [main.add_face(new_face(user.id)) for _ in stored]
+    for face_id, vector in zip(face_ids, stored, strict=True):
+        vectors.add_embedding(face_id, "legacy8", vector)
+    assert vectors.nearest("legacy8", stored[3], 1)[0].face_id == face_ids[3]
+    assert "vector_cosine_ops" in index_definition(vectors, "legacy8")
+    assert index_name("legacy8") in query_plan(vectors, "legacy8", stored[3])
 
 
 def test_packs_are_kept_apart_and_dimension_is_fixed(

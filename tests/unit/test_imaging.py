@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from common.imaging import ImageTooLarge, NotAnImage, UndecodableImage, decode, probe
+from common.imaging import ImageTooLarge, NotAnImage, UndecodableImage, decode, decode_reduced, encode_png, probe
 
 MAX = 50_000_000
 
@@ -103,3 +103,31 @@ def test_decompression_bomb_refused_from_header() -> None:
 
 def test_one_pixel_image_decodes() -> None:
     assert decode(encode(Image.new("RGB", (1, 1)), "PNG"), MAX).shape == (1, 1, 3)
+
+
+def test_jpeg_decodes_at_reduced_size_only_as_far_as_asked() -> None:
+    gradient = np.tile(np.linspace(0, 255, 800, dtype=np.uint8), (600, 1))
+    data = encode(Image.fromarray(np.stack([gradient] * 3, axis=-1)), "JPEG", quality=95)
+    assert decode_reduced(data, MAX, 1.0).scale == 1
+    assert decode_reduced(data, MAX, 0.6).scale == 1  # half size would be less than asked
+    half = decode_reduced(data, MAX, 0.4)
+    assert half.scale == 2 and half.image.shape == (300, 400, 3)
+    eighth = decode_reduced(data, MAX, 0.01)
+    assert eighth.scale == 8 and eighth.image.shape == (75, 100, 3)
+    # The same picture: a reduced pixel is the mean of the full pixels it covers.
+    full = decode(data, MAX).astype(np.float32)
+    assert np.abs(half.image[:, :, 0].astype(np.float32) - full[::2, ::2, 0]).mean() < 3
+
+
+def test_png_and_rotated_jpeg_at_reduced_size() -> None:
+    assert decode_reduced(encode(Image.new("RGB", (64, 48)), "PNG"), MAX, 0.1).scale == 1  # no DCT to scale
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise on display
+    data = encode(Image.new("RGB", (400, 200), (0, 0, 255)), "JPEG", exif=exif.tobytes())
+    reduced = decode_reduced(data, MAX, 0.25)
+    assert reduced.scale == 4 and reduced.image.shape == (100, 50, 3)
+
+
+def test_crop_png_is_lossless() -> None:
+    crop = np.random.default_rng(1).integers(0, 256, (112, 112, 3), dtype=np.uint8)
+    assert np.array_equal(decode(encode_png(crop), MAX), crop)
