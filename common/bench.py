@@ -15,6 +15,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -66,11 +67,18 @@ def percentile(values: list[float], q: float) -> float:
 # -- baseline: plain FaceAnalysis.get ---------------------------------------------------------------------
 
 
-def _face_analysis_worker(args: tuple[str, str, list[str], int]) -> int:
+@dataclass(frozen=True)
+class LoopResult:
+    photos: int
+    started: float  # wall clock, after the models were loaded
+    finished: float
+    cpu_seconds: float
+
+
+def _face_analysis_worker(root: str, pack: str, paths: list[str], threads: int, ready: Any, results: Any) -> None:
     import cv2
     from insightface.app import FaceAnalysis
 
-    root, pack, paths, threads = args
     if threads:
         os.environ["OMP_NUM_THREADS"] = str(threads)
     app = FaceAnalysis(
@@ -84,26 +92,47 @@ def _face_analysis_worker(args: tuple[str, str, list[str], int]) -> int:
                 model.model_file, sess_options=options, providers=["CPUExecutionProvider"]
             )
     app.prepare(ctx_id=-1, det_size=(640, 640))
-    faces = 0
+    app.get(cv2.imread(paths[0]))  # first inference allocates: not part of the loop's time
+    ready.wait()  # every process starts its loop together, models loaded
+    started, cpu = time.time(), time.process_time()
     for path in paths:
-        faces += len(app.get(cv2.imread(path)))
-    return faces
+        app.get(cv2.imread(path))
+    results.put(LoopResult(len(paths), started, time.time(), time.process_time() - cpu))
 
 
-def baseline(config: BenchConfig, paths: list[Path]) -> dict[str, float]:
-    """Photos per second of FaceAnalysis.get: one process with default threads, and one single-thread
-    process per core."""
+@dataclass(frozen=True)
+class Throughput:
+    photos_per_second: float
+    cpu_ms_per_photo: float
+
+
+def baseline(config: BenchConfig, paths: list[Path]) -> dict[str, Throughput]:
+    """FaceAnalysis.get loops over the photos: one process with default threads, and one single-thread
+    process per core, each photo read with cv2.imread. Model loading is not timed."""
     names = [str(p) for p in paths]
-    results = {}
-    started = time.perf_counter()
-    _face_analysis_worker((str(config.model_root), config.pack, names, 0))
-    results["1 process, default threads"] = len(names) / (time.perf_counter() - started)
     cores = os.cpu_count() or 1
-    chunks = [names[i::cores] for i in range(cores)]
-    with multiprocessing.get_context("spawn").Pool(cores) as pool:
-        started = time.perf_counter()
-        pool.map(_face_analysis_worker, [(str(config.model_root), config.pack, chunk, 1) for chunk in chunks])
-        results[f"{cores} processes x 1 thread"] = len(names) / (time.perf_counter() - started)
+    context = multiprocessing.get_context("spawn")
+    results = {}
+    for label, processes, threads in (
+        ("1 process, default threads", 1, 0),
+        (f"{cores} processes x 1 thread", cores, 1),
+    ):
+        ready, queue = context.Barrier(processes), context.Queue()
+        workers = [
+            context.Process(
+                target=_face_analysis_worker,
+                args=(str(config.model_root), config.pack, names[i::processes], threads, ready, queue),
+            )
+            for i in range(processes)
+        ]
+        for worker in workers:
+            worker.start()
+        loops = [queue.get(timeout=1800) for _ in workers]
+        for worker in workers:
+            worker.join()
+        wall = max(loop.finished for loop in loops) - min(loop.started for loop in loops)
+        cpu = sum(loop.cpu_seconds for loop in loops)
+        results[label] = Throughput(len(names) / wall, cpu * 1000 / len(names))
     return results
 
 
@@ -142,11 +171,14 @@ class Running:
     key: str
     processes: dict[str, subprocess.Popen[bytes]]
 
-    def client(self) -> httpx.Client:
-        return httpx.Client(base_url=self.base_url, timeout=120, headers={"X-API-Key": self.key})
+    def client(self, connections: int = 16) -> httpx.Client:
+        """One client per measurement, shared by its threads: connections are kept alive, as a real client's
+        would be (a new client per request spends more CPU on its own setup than the API on the upload)."""
+        limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+        return httpx.Client(base_url=self.base_url, timeout=120, headers={"X-API-Key": self.key}, limits=limits)
 
 
-def start_pipeline(config: BenchConfig, data_dir: Path, stages: list[Stage]) -> Running:
+def start_pipeline(config: BenchConfig, data_dir: Path, stages: list[Stage], workers: int = 1) -> Running:
     import psycopg
 
     from indexer.migrate import migrate_all
@@ -174,7 +206,9 @@ def start_pipeline(config: BenchConfig, data_dir: Path, stages: list[Stage]) -> 
     }
     processes = {"api": subprocess.Popen([sys.executable, "-m", "common.cli", "api"], env=env)}
     for stage in stages:
-        processes[stage.value] = subprocess.Popen([sys.executable, "-m", "common.cli", "worker", stage.value], env=env)
+        for number in range(1, workers + 1):
+            name = stage.value if workers == 1 else f"{stage.value} {number}"
+            processes[name] = subprocess.Popen([sys.executable, "-m", "common.cli", "worker", stage.value], env=env)
     running = Running(services, f"http://127.0.0.1:{port}", key, processes)
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
@@ -194,22 +228,41 @@ def stop_pipeline(running: Running) -> None:
     running.services.stop()
 
 
-def pipeline_throughput(running: Running, paths: list[Path]) -> tuple[float, list[float]]:
-    """Search jobs for every photo, uploaded 16 at a time; photos per second from first upload to last result."""
+def cpu_seconds(running: Running) -> dict[str, float]:
+    """CPU time so far of every process of the pipeline, the servers (with their children: PostgreSQL's
+    backends) and this process (the load generator)."""
+    tracked = {**running.processes, **running.services.processes}
+    times = {}
+    for name, popen in tracked.items():
+        process = psutil.Process(popen.pid)
+        family = [process, *process.children(recursive=True)]
+        times[name] = sum(sum(p.cpu_times()[:4]) for p in family if p.is_running())
+    times["load generator (this process)"] = time.process_time()
+    return times
+
+
+def pipeline_throughput(running: Running, paths: list[Path]) -> tuple[Throughput, list[float], dict[str, float]]:
+    """Search jobs for every photo, uploaded 16 at a time; photos per second from first upload to last result,
+    the upload-to-result latencies, and each process's CPU milliseconds per photo."""
     blobs = [p.read_bytes() for p in paths]
+    client = running.client()
 
     def one(blob: bytes) -> float:
-        with running.client() as client:
-            sent = time.perf_counter()
-            job = client.post("/v1/search", files={"file": ("p.jpg", blob)}, params={"wait": 120}).json()
-            assert job["state"] in ("done", "failed") or job.get("code") == "no_face", job
-            return time.perf_counter() - sent
+        sent = time.perf_counter()
+        job = client.post("/v1/search", files={"file": ("p.jpg", blob)}, params={"wait": 120}).json()
+        assert job["state"] in ("done", "failed") or job.get("code") == "no_face", job
+        return time.perf_counter() - sent
 
-    with ThreadPoolExecutor(16) as pool:
+    with client, ThreadPoolExecutor(16) as pool:
         list(pool.map(one, blobs[:8]))  # warm up every stage
+        before = cpu_seconds(running)
         started = time.perf_counter()
         latencies = list(pool.map(one, blobs))
-    return len(blobs) / (time.perf_counter() - started), latencies
+        wall = time.perf_counter() - started
+        after = cpu_seconds(running)
+    per_photo = {name: (after[name] - before[name]) * 1000 / len(blobs) for name in before}
+    cpu = sum(value for name, value in per_photo.items() if not name.startswith("load generator"))
+    return Throughput(len(blobs) / wall, cpu), latencies, per_photo
 
 
 def search_latency(running: Running, photo: bytes, count: int) -> tuple[list[float], dict[str, list[float]]]:
@@ -226,16 +279,17 @@ def search_latency(running: Running, photo: bytes, count: int) -> tuple[list[flo
 
 
 def ingest_latency(running: Running, photo: bytes, uploads: int, concurrency: int) -> tuple[float, list[float]]:
-    """Uploads answered 202 (photo in S3, event in Redis) with no stage running."""
+    """Uploads answered 202 (photo in S3, event in Redis) with no stage running: ``concurrency`` clients on
+    kept-alive connections, each sending its next upload when the last is answered."""
+    client = running.client(connections=concurrency)
 
     def one(_: int) -> float:
-        with running.client() as client:
-            sent = time.perf_counter()
-            response = client.post("/v1/search", files={"file": ("p.jpg", photo)})
-            assert response.status_code == 202, response.text
-            return (time.perf_counter() - sent) * 1000
+        sent = time.perf_counter()
+        response = client.post("/v1/search", files={"file": ("p.jpg", photo)})
+        assert response.status_code == 202, response.text
+        return (time.perf_counter() - sent) * 1000
 
-    with ThreadPoolExecutor(concurrency) as pool:
+    with client, ThreadPoolExecutor(concurrency) as pool:
         list(pool.map(one, range(concurrency)))
         started = time.perf_counter()
         latencies = list(pool.map(one, range(uploads)))
@@ -263,6 +317,18 @@ def machine() -> str:
     )
 
 
+INGEST_PHOTO = "variant_obama_1_480p.jpg"  # ~100 KB, as the performance issue asks
+SEARCH_PHOTO = "obama_1.jpg"  # one face
+
+
+@dataclass
+class PipelineRun:
+    workers: int
+    throughput: Throughput
+    latencies: list[float]
+    cpu_per_photo: dict[str, float]
+
+
 def run(config: BenchConfig) -> Path:
     report = Report(
         [
@@ -274,43 +340,120 @@ def run(config: BenchConfig) -> Path:
     )
     paths = photo_files(config.photos_dir, config.photos)
     base = baseline(config, paths)
-    best_name, best = max(base.items(), key=lambda item: item[1])
+    runs: list[PipelineRun] = []
     with tempfile.TemporaryDirectory() as tmp:
-        running = start_pipeline(config, Path(tmp) / "full", list(Stage))
-        try:
-            rate, under_load = pipeline_throughput(running, paths)
-            one_face = (config.photos_dir / "obama_1.jpg").read_bytes()
-            totals, per_stage = search_latency(running, one_face, config.searches)
-            memory = rss(running.processes)
-        finally:
-            stop_pipeline(running)
+        for workers in (1, 2):
+            running = start_pipeline(config, Path(tmp) / f"workers{workers}", list(Stage), workers)
+            try:
+                throughput, under_load, cpu = pipeline_throughput(running, paths)
+                runs.append(PipelineRun(workers, throughput, under_load, cpu))
+                if workers == 1:
+                    one_face = (config.photos_dir / SEARCH_PHOTO).read_bytes()
+                    totals, per_stage = search_latency(running, one_face, config.searches)
+                    memory = rss(running.processes)
+            finally:
+                stop_pipeline(running)
         running = start_pipeline(config, Path(tmp) / "ingest", [])
+        small = (config.photos_dir / INGEST_PHOTO).read_bytes()
         try:
-            ingest_rate, ingest = ingest_latency(running, one_face, config.ingest_uploads, config.concurrency)
+            ingest_rate, ingest = ingest_latency(running, small, config.ingest_uploads, config.concurrency)
         finally:
             stop_pipeline(running)
+    _report_pipeline(report, config, paths, base, runs)
+    _report_latency(report, config, totals, per_stage)
+    report.section(
+        "Ingest",
+        f"{config.ingest_uploads} uploads of a {len(small) // 1024} KB photo by {config.concurrency} clients on"
+        " kept-alive connections, each sending its next upload when the last is answered; no stage running"
+        " (202 = photo in S3 and event in Redis). The clients run on the same cores.",
+        "",
+    )
+    ingest_p99 = percentile(ingest, 99)
+    report.table(
+        ["uploads/s", "p50 ms", "p99 ms"],
+        [[f"{ingest_rate:.0f}", f"{statistics.median(ingest):.1f}", f"{ingest_p99:.1f}"]],
+    )
+    report.lines += ["", f"p99 {ingest_p99:.0f} ms against the target of 100 ms: {_verdict(ingest_p99 <= 100)}."]
+    report.section(
+        "Embedding", "The recognizer alone on 112x112 crops: faces per second by batch size and threads.", ""
+    )
+    report.table(["threads", "batch", "faces/s"], embedding_throughput(config))
+    report.section("Resident memory after the run (one process per stage)", "")
+    report.table(["process", "MiB"], memory)
+    existing = config.output.read_text() if config.output.exists() else ""
+    config.output.write_text(merged(existing, HEADER, "pipeline", "\n".join(report.lines)))
+    return config.output
+
+
+def _verdict(met: bool) -> str:
+    return "met" if met else "missed"
+
+
+def _report_pipeline(
+    report: Report, config: BenchConfig, paths: list[Path], base: dict[str, Throughput], runs: list[PipelineRun]
+) -> None:
+    best_name, best = max(base.items(), key=lambda item: item[1].photos_per_second)
+    fastest = max(runs, key=lambda r: r.throughput.photos_per_second)
     report.section(
         "Pipeline efficiency",
         f"{len(paths)} photos from `{config.photos_dir}`, each uploaded as a search (HTTP upload until the job is",
-        "done), 16 in flight, one process per stage with one onnxruntime thread, against plain",
-        "`FaceAnalysis.get` loops over the same photos on the same cores.",
+        "done), 16 in flight, each stage process with one onnxruntime thread, against plain `FaceAnalysis.get`",
+        "loops over the same photos on the same cores (models loaded before the clock starts). CPU per photo:",
+        "all processes together (the pipeline's: API, stages, PostgreSQL, Valkey, S3; not the load generator).",
         "",
     )
-    report.table(
-        ["what", "photos/s"],
-        [[f"baseline: {name}", f"{value:.1f}"] for name, value in base.items()]
-        + [["pipeline (API + 4 stages + PostgreSQL + Valkey + S3)", f"{rate:.1f}"]],
-    )
+    rows = [
+        [f"baseline: {name}", f"{t.photos_per_second:.1f}", f"{t.cpu_ms_per_photo:.0f}"] for name, t in base.items()
+    ]
+    for run in runs:
+        per_stage = "1 process" if run.workers == 1 else f"{run.workers} processes"
+        rows.append(
+            [
+                f"pipeline, {per_stage} per stage",
+                f"{run.throughput.photos_per_second:.1f}",
+                f"{run.throughput.cpu_ms_per_photo:.0f}",
+            ]
+        )
+    report.table(["what", "photos/s", "CPU ms per photo"], rows)
+    ratio = fastest.throughput.photos_per_second / best.photos_per_second
     report.lines += [
         "",
-        f"Pipeline / best baseline ({best_name}): **{rate / best:.2f}** (target 0.90). Upload-to-result latency under",
-        f"this load: p50 {statistics.median(under_load) * 1000:.0f} ms,"
-        f" p99 {percentile(under_load, 99) * 1000:.0f} ms.",
+        f"Pipeline ({fastest.workers} per stage) / best baseline ({best_name}): **{ratio:.2f}** (target 0.90:"
+        f" {_verdict(ratio >= 0.9)}). Upload-to-result latency under this load: p50"
+        f" {statistics.median(fastest.latencies) * 1000:.0f} ms,"
+        f" p99 {percentile(fastest.latencies, 99) * 1000:.0f} ms.",
     ]
+    report.section(
+        "Where the CPU goes",
+        "CPU milliseconds per photo of each process in the pipeline runs above (a stage's figure includes its",
+        "model; the baseline spends its whole time on decoding and the two models).",
+        "",
+    )
+    names = list(dict.fromkeys(_process_kind(name) for run in runs for name in run.cpu_per_photo))
+
+    def summed(run: PipelineRun, kind: str) -> float:
+        return sum(value for name, value in run.cpu_per_photo.items() if _process_kind(name) == kind)
+
+    report.table(
+        ["process", *[f"{r.workers} per stage" for r in runs]],
+        [[name, *[f"{summed(r, name):.1f}" for r in runs]] for name in names],
+    )
+
+
+def _process_kind(name: str) -> str:
+    """ "detect 2" -> "detect": the processes of one stage are summed."""
+    head, _, tail = name.rpartition(" ")
+    return head if tail.isdigit() else name
+
+
+def _report_latency(
+    report: Report, config: BenchConfig, totals: list[float], per_stage: dict[str, list[float]]
+) -> None:
     stage_rows = [[stage, f"{statistics.median(v):.1f}", f"{percentile(v, 99):.1f}"] for stage, v in per_stage.items()]
     report.section(
         "End-to-end search latency, one face",
-        f"{config.searches} sequential searches of a one-face photo with `?wait=`: upload to answer.",
+        f"{config.searches} sequential searches of `{SEARCH_PHOTO}` with `?wait=`: upload to answer, and each stage's"
+        " time from the job's status hash.",
         "",
     )
     report.table(
@@ -318,28 +461,9 @@ def run(config: BenchConfig) -> Path:
         [["total", f"{statistics.median(totals):.1f}", f"{percentile(totals, 99):.1f}"], *stage_rows],
     )
     model_ms = sum(statistics.median(per_stage[s]) for s in ("detect", "embed"))
+    above = statistics.median(totals) - model_ms
     report.lines += [
         "",
-        f"Median total minus median detect + embed time: {statistics.median(totals) - model_ms:.1f} ms "
-        "(target: at most 30 ms above the model time).",
+        f"Median total minus median detect + embed stage time: {above:.1f} ms (target: at most 30 ms above the"
+        f" model time: {_verdict(above <= 30)}).",
     ]
-    report.section(
-        "Ingest",
-        f"{config.ingest_uploads} uploads of a {len(one_face) // 1024} KB photo at concurrency "
-        f"{config.concurrency}, no stage running (202 = photo in S3 and event in Redis).",
-        "",
-    )
-    report.table(
-        ["uploads/s", "p50 ms", "p99 ms"],
-        [[f"{ingest_rate:.0f}", f"{statistics.median(ingest):.1f}", f"{percentile(ingest, 99):.1f}"]],
-    )
-    report.section(
-        "Embedding", "The recognizer alone on 112x112 crops: faces per second by batch size and threads.", ""
-    )
-    report.table(["threads", "batch", "faces/s"], embedding_throughput(config))
-    report.section("Resident memory after the run", "")
-    report.table(["process", "MiB"], memory)
-    report.section("Not measured yet", "One against two processes per stage: see the open performance issue.", "")
-    existing = config.output.read_text() if config.output.exists() else ""
-    config.output.write_text(merged(existing, HEADER, "pipeline", "\n".join(report.lines)))
-    return config.output

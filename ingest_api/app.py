@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 
 import structlog
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI
 from prometheus_client import REGISTRY, CollectorRegistry, Metric
 from prometheus_client.registry import Collector
 from starlette.concurrency import run_in_threadpool
 
 from common import clients
-from common.metrics import HTTP_REQUESTS, HTTP_SECONDS, StreamCollector
+from common.metrics import StreamCollector
 from common.objects import ObjectStore
 from common.packs.library import PackLibrary
 from common.runner import ensure_group
@@ -28,6 +27,7 @@ from ingest_api.config import ApiConfig
 from ingest_api.deps import AppState
 from ingest_api.openapi import install_openapi
 from ingest_api.problems import install_problem_handlers
+from ingest_api.request_metrics import RequestMetrics
 from ingest_api.routers import faces, health, job_status, metrics, recognition, users
 from ingest_api.waiter import JobWaiter
 from schemas.streams import Stage
@@ -98,19 +98,9 @@ def create_app(config: ApiConfig) -> FastAPI:
     install_openapi(app)
     # Two photos (verify) plus multipart framing; each photo is also checked against the limit on its own.
     app.add_middleware(BodySizeLimit, max_bytes=2 * config.pipeline.max_upload_bytes + 64 * 1024)
+    app.add_middleware(RequestMetrics)  # outermost: refused oversized bodies are counted too
     for router in (users.router, faces.router, recognition.router, job_status.router, health.router, metrics.router):
         app.include_router(router)
-
-    @app.middleware("http")
-    async def count_requests(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        started = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        # The route template, not the raw path: one series per endpoint, not per user id.
-        path = getattr(route, "path", "unmatched")
-        HTTP_REQUESTS.labels(request.method, path, str(response.status_code)).inc()
-        HTTP_SECONDS.labels(request.method, path).observe(time.perf_counter() - started)
-        return response
 
     return app
 

@@ -3,6 +3,7 @@ without bound when the stages fall behind (or are all down)."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import redis.asyncio as aioredis
@@ -21,24 +22,33 @@ class Backlog:
         self._checked_at = 0.0
         self._largest = 0
         self._since_check = 0  # uploads this process accepted since the last look at Redis
+        self._refreshing = asyncio.Lock()  # one look at a time: concurrent uploads share its answer
 
     async def largest(self) -> int:
         """The most entries waiting (undelivered + pending) in any one stage."""
-        if time.monotonic() - self._checked_at >= REFRESH_SECONDS:
-            sizes = [0]
-            for stage in PIPELINE:
-                try:
-                    groups = await self.client.xinfo_groups(stage.stream)
-                except redis.exceptions.ResponseError:  # the stream is gone (Redis lost its data): empty
-                    continue
-                for group in groups:
-                    lag = group.get("lag")
-                    undelivered = int(lag) if lag is not None else int(await self.client.xlen(stage.stream))
-                    sizes.append(undelivered + int(group["pending"]))
-            self._largest = max(sizes)
-            self._checked_at = time.monotonic()
-            self._since_check = 0
+        if self._stale():
+            async with self._refreshing:
+                if self._stale():
+                    await self._refresh()
         return self._largest + self._since_check
+
+    def _stale(self) -> bool:
+        return time.monotonic() - self._checked_at >= REFRESH_SECONDS
+
+    async def _refresh(self) -> None:
+        sizes = [0]
+        for stage in PIPELINE:
+            try:
+                groups = await self.client.xinfo_groups(stage.stream)
+            except redis.exceptions.ResponseError:  # the stream is gone (Redis lost its data): empty
+                continue
+            for group in groups:
+                lag = group.get("lag")
+                undelivered = int(lag) if lag is not None else int(await self.client.xlen(stage.stream))
+                sizes.append(undelivered + int(group["pending"]))
+        self._largest = max(sizes)
+        self._checked_at = time.monotonic()
+        self._since_check = 0
 
     async def full(self) -> bool:
         return await self.largest() >= self.limit

@@ -48,9 +48,16 @@ def test_bench_smoke_writes_every_section(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     text = output.read_text()
-    for heading in ("Pipeline efficiency", "End-to-end search latency", "Ingest", "Embedding", "Resident memory"):
+    headings = ("Pipeline efficiency", "Where the CPU goes", "End-to-end search latency", "Ingest", "Embedding")
+    for heading in (*headings, "Resident memory"):
         assert f"### {heading}" in text
-    assert "Pipeline / best baseline" in text and "Machine:" in text
+    assert "/ best baseline" in text and "Machine:" in text
+    rows = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| ")}
+    # Both pipeline configurations ran and spent CPU; the CPU table splits it by process, stages summed.
+    for name in ("pipeline, 1 process per stage", "pipeline, 2 processes per stage"):
+        assert float(rows[name].split("|")[2]) > 0 and float(rows[name].split("|")[3]) > 0
+    for process in ("api", "detect", "align", "embed", "index", "postgres", "valkey"):
+        assert all(float(cell) > 0 for cell in rows[process].split("|")[2:4]), rows[process]
 
 
 def test_search_bench_smoke_adds_its_section_and_keeps_the_others(tmp_path: Path) -> None:

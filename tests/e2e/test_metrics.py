@@ -28,11 +28,13 @@ def samples(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:
 def test_api_metrics_have_requests_and_stream_backlog(pipeline: RunningPipeline, enrolled: dict[str, Any]) -> None:
     with pipeline.client() as client:
         search(client, "obama_2.jpg")
+        assert client.get("/v1/no-such-route").status_code == 404
         response = client.get("/metrics")
     assert response.status_code == 200
     found = samples(response.text)
     requests = {(labels["route"], labels["status"]) for labels, _ in found["fecapass_http_requests_total"]}
     assert ("/v1/search", "200") in requests
+    assert ("unmatched", "404") in requests  # no series per raw path
     streams = {labels["stream"]: value for labels, value in found["fecapass_stream_length"]}
     assert set(streams) == {stage.stream for stage in Stage}
     assert all(streams[stage.stream] > 0 for stage in PIPELINE)
