@@ -54,6 +54,9 @@ class ModelSettings(_Base):
     min_face_size: int = Field(default=20, ge=1, description="smaller faces (shorter box side, px) are ignored")
     # 0 lets onnxruntime pick; 1 is best when several stage processes share the cores.
     ort_threads: int = Field(default=0, ge=0)
+    # Faces per recognizer forward pass in the embed stage. On CPU, batches past a few faces are no faster per
+    # face and larger ones slower (BENCHMARKS.md, embedding); on a GPU raise it.
+    embed_batch: int = Field(default=8, ge=1)
 
 
 class PipelineSettings(_Base):

@@ -20,9 +20,10 @@ class EmbedHandler:
     stage = Stage.EMBED
     message_type = PipelineMessage
 
-    def __init__(self, store: ObjectStore, packs: PackLibrary) -> None:
+    def __init__(self, store: ObjectStore, packs: PackLibrary, batch: int = 8) -> None:
         self.store = store
         self.packs = packs
+        self.batch = batch
 
     def _crops(self, message: PipelineMessage) -> list[np.ndarray]:
         crops = []
@@ -54,7 +55,8 @@ class EmbedHandler:
             batch.extend(crops)
         for pack, batch, spans in batches.values():
             try:
-                vectors = pack.embed(batch)  # one forward pass for every face of every message of this pack
+                # The faces of every message of this pack, ``self.batch`` per forward pass.
+                vectors = np.vstack([pack.embed(batch[i : i + self.batch]) for i in range(0, len(batch), self.batch)])
             except Exception as exc:
                 for index, _, _ in spans:
                     results[index] = exc

@@ -16,4 +16,4 @@ from embedder.stage import EmbedHandler
 def embed_handler() -> Iterator[EmbedHandler]:
     s3 = s.load(s.S3Settings)
     store = ObjectStore(clients.minio_client(s3), s3.s3_bucket)
-    yield EmbedHandler(store, loaded_library("embed", warm_recognizer=True))
+    yield EmbedHandler(store, loaded_library("embed", warm_recognizer=True), s.load(s.ModelSettings).embed_batch)
