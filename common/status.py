@@ -15,10 +15,13 @@ def now() -> str:
     return f"{time.time():.6f}"
 
 
-def queue_created(pipe: Any, job_id: str, fields: dict[str, str], ttl_seconds: int) -> None:
+def queue_created(pipe: Any, job_id: str, fields: dict[str, str], ttl_seconds: int) -> dict[str, str]:
+    """Queue the new job's hash; returns what it will hold."""
     key = job_key(job_id)
-    pipe.hset(key, mapping={**fields, "state": JobState.QUEUED.value, "created_at": now()})
+    written = {**fields, "state": JobState.QUEUED.value, "created_at": now()}
+    pipe.hset(key, mapping=written)
     pipe.expire(key, ttl_seconds)
+    return written
 
 
 def queue_stage_started(pipe: Any, job_id: str, stage: Stage, ttl_seconds: int) -> None:

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import uuid
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -13,6 +14,7 @@ import redis.exceptions
 from fastapi import Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import URLPath
 
 from common import status
 from common.errors import TransientError
@@ -34,14 +36,28 @@ CLIENT_ERROR_STATUS = {
 }
 
 
+_JOB_ID_SLOT = "JOB-ID-SLOT"
+
+
 def job_url(request: Request, job_id: str) -> str:
-    return str(request.url_for("get_job", job_id=job_id))
+    # url_for searches every route on each call (a tenth of an upload's CPU): the path is looked up once.
+    template: str | None = getattr(request.app.state, "job_path_template", None)
+    if template is None:
+        template = request.app.url_path_for("get_job", job_id=_JOB_ID_SLOT)
+        request.app.state.job_path_template = template
+    return str(URLPath(template.replace(_JOB_ID_SLOT, job_id)).make_absolute_url(request.base_url))
+
+
+@dataclass(frozen=True)
+class Submitted:
+    job_id: str
+    status: dict[str, str]  # the job's hash as written
 
 
 async def submit(
     state: AppState, *, kind: JobKind, photos: list[tuple[bytes, ImageInfo]], extra: dict[str, Any]
-) -> str:
-    """Store the photos, then enqueue the job; returns its id."""
+) -> Submitted:
+    """Store the photos, then enqueue the job."""
     try:
         full = await state.backlog.full()
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
@@ -66,13 +82,13 @@ async def submit(
         fields["user_id"] = str(message.user_id)
     try:
         async with state.redis.pipeline(transaction=True) as pipe:
-            status.queue_created(pipe, job_id, fields, state.config.pipeline.job_ttl_seconds)
+            written = status.queue_created(pipe, job_id, fields, state.config.pipeline.job_ttl_seconds)
             pipe.xadd(Stage.DETECT.stream, message.to_fields())
             await pipe.execute()
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
         raise unavailable("Redis") from exc
     state.backlog.accepted()
-    return job_id
+    return Submitted(job_id, written)
 
 
 def with_photo_urls(state: AppState, result: dict[str, Any]) -> dict[str, Any]:
@@ -87,7 +103,10 @@ def with_photo_urls(state: AppState, result: dict[str, Any]) -> dict[str, Any]:
 
 
 async def read_job(state: AppState, request: Request, job_id: str) -> Job | None:
-    raw = status.decode_hash(await state.redis.hgetall(job_key(job_id)))
+    return job_from_hash(state, request, job_id, status.decode_hash(await state.redis.hgetall(job_key(job_id))))
+
+
+def job_from_hash(state: AppState, request: Request, job_id: str, raw: dict[str, str]) -> Job | None:
     if not raw or "kind" not in raw:
         return None
     stages: dict[str, dict[str, float]] = {}
@@ -131,9 +150,13 @@ async def wait_for_job(state: AppState, request: Request, job_id: str, seconds: 
     return await read_job(state, request, job_id)
 
 
-async def respond(state: AppState, request: Request, job_id: str, wait: float) -> JSONResponse:
+async def respond(state: AppState, request: Request, submitted: Submitted, wait: float) -> JSONResponse:
     """202 while the job runs; 200 with the result if it finished within ``wait`` seconds."""
-    job = await wait_for_job(state, request, job_id, wait) if wait > 0 else await read_job(state, request, job_id)
+    job_id = submitted.job_id
+    if wait > 0:
+        job = await wait_for_job(state, request, job_id, wait)
+    else:  # answered from what was just written: no read back
+        job = job_from_hash(state, request, job_id, submitted.status)
     if job is None:  # expired between submit and read: only with a tiny TTL
         raise ApiError(404, "job_not_found", f"job {job_id} not found")
     if job.state is JobState.FAILED and job.error is not None and wait > 0:

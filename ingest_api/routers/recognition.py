@@ -72,10 +72,10 @@ async def enroll_face(
     """Enroll the largest face of the photo for the user."""
     await require_active_user(state, user_id)
     photo = await photo_of(state, file)
-    job_id = await jobs.submit(
+    submitted = await jobs.submit(
         state, kind=JobKind.ENROLL, photos=[photo], extra={"user_id": user_id, **callback(callback_url)}
     )
-    return await jobs.respond(state, request, job_id, wait)
+    return await jobs.respond(state, request, submitted, wait)
 
 
 @router.post("/search", status_code=202, response_model=Job, dependencies=[READ], responses=JOB_RESPONSES)
@@ -98,8 +98,8 @@ async def search_faces(
         "limit": cfg.search_limit if limit is None else limit,
         **callback(callback_url),
     }
-    job_id = await jobs.submit(state, kind=JobKind.SEARCH, photos=[photo], extra=extra)
-    return await jobs.respond(state, request, job_id, wait)
+    submitted = await jobs.submit(state, kind=JobKind.SEARCH, photos=[photo], extra=extra)
+    return await jobs.respond(state, request, submitted, wait)
 
 
 @router.post("/verify", status_code=202, response_model=Job, dependencies=[READ], responses=JOB_RESPONSES)
@@ -126,8 +126,8 @@ async def verify_face(
         "user_id": user_id,
         **callback(callback_url),
     }
-    job_id = await jobs.submit(state, kind=JobKind.VERIFY, photos=photos, extra=extra)
-    return await jobs.respond(state, request, job_id, wait)
+    submitted = await jobs.submit(state, kind=JobKind.VERIFY, photos=photos, extra=extra)
+    return await jobs.respond(state, request, submitted, wait)
 
 
 @router.post("/detect", status_code=202, response_model=Job, dependencies=[READ], responses=JOB_RESPONSES)
@@ -140,5 +140,5 @@ async def detect_faces(
     with a 0..1 score; dlib gives the outer and inner corners of each eye and the base of the nose with its
     detector's margin (above 0)."""
     photo = await photo_of(state, file)
-    job_id = await jobs.submit(state, kind=JobKind.DETECT, photos=[photo], extra=callback(callback_url))
-    return await jobs.respond(state, request, job_id, wait)
+    submitted = await jobs.submit(state, kind=JobKind.DETECT, photos=[photo], extra=callback(callback_url))
+    return await jobs.respond(state, request, submitted, wait)
