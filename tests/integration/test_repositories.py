@@ -95,12 +95,8 @@ def test_nearest_is_cosine_and_uses_the_pack_index(
     repositories: tuple[MainRepository, VectorRepository], services: LocalServices
 ) -> None:
     main, vectors = repositories
-    user = main.create_user(f"{uuid.uuid4().hex}@example.com", "")
     rng = np.random.default_rng(7)
-    stored = [unit(rng.standard_normal(16)) for _ in range(20)]
-    face_ids = [main.add_face(new_face(user.id)) for _ in stored]
-    for face_id, vector in zip(face_ids, stored, strict=True):
-        vectors.add_embedding(face_id, "knn16", vector)
+    stored, face_ids = stored_faces(main, vectors, "knn16", 20, rng)
     query = unit(stored[5] + 0.05 * rng.standard_normal(16))
     found = vectors.nearest("knn16", query, 3)
     assert found[0].face_id == face_ids[5]
@@ -108,6 +104,19 @@ def test_nearest_is_cosine_and_uses_the_pack_index(
     assert [n.similarity for n in found] == sorted((n.similarity for n in found), reverse=True)
     assert "face_embeddings_hnsw_knn16" in query_plan(vectors, "knn16", query)
     assert "halfvec" in index_definition(vectors, "knn16")  # new packs: half the index size, same recall
+
+
+def stored_faces(
+    main: MainRepository, vectors: VectorRepository, pack: str, count: int, rng: np.random.Generator
+) -> tuple[list[np.ndarray], list[int]]:
+    """``count`` random unit vectors of the pack's dimension (from its name), each a face of one new user."""
+    dim = int("".join(c for c in pack if c.isdigit()))
+    user = main.create_user(f"{uuid.uuid4().hex}@example.com", "")
+    stored = [unit(rng.standard_normal(dim)) for _ in range(count)]
+    face_ids = [main.add_face(new_face(user.id)) for _ in stored]
+    for face_id, vector in zip(face_ids, stored, strict=True):
+        vectors.add_embedding(face_id, pack, vector)
+    return stored, face_ids
 
 
 def query_plan(vectors: VectorRepository, pack: str, query: np.ndarray) -> str:
@@ -136,12 +145,7 @@ def test_a_pack_registered_before_halfvec_keeps_its_vector_index(
             "INSERT INTO model_packs (name, dim, index_name, index_storage) VALUES ('legacy8', 8, %s, 'vector')",
             (index_name("legacy8"),),
         )
-    user = main.create_user(f"{uuid.uuid4().hex}@example.com", "")
-    rng = np.random.default_rng(11)
-    stored = [unit(rng.standard_normal(8)) for _ in range(10)]
-    face_ids = [main.add_face(new_face(user.id)) for _ in stored]
-    for face_id, vector in zip(face_ids, stored, strict=True):
-        vectors.add_embedding(face_id, "legacy8", vector)
+    stored, face_ids = stored_faces(main, vectors, "legacy8", 10, np.random.default_rng(11))
     assert vectors.nearest("legacy8", stored[3], 1)[0].face_id == face_ids[3]
     assert "vector_cosine_ops" in index_definition(vectors, "legacy8")
     assert index_name("legacy8") in query_plan(vectors, "legacy8", stored[3])
