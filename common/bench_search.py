@@ -297,6 +297,11 @@ def run(config: SearchBenchConfig) -> Path:
         f"PostgreSQL: shared_buffers {config.shared_buffers}; index built with maintenance_work_mem"
         f" {MAINTENANCE_WORK_MEM}.",
     ]
+    # One section per size and index configuration: a run of another configuration adds its own.
+    configuration = (
+        f"{' and '.join(config.storages)}, m {' and '.join(map(str, config.m_values))},"
+        f" ef_construction {config.ef_construction}"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         services = LocalServices(Path(tmp), durable=False, postgres_settings={"shared_buffers": config.shared_buffers})
         services.start_postgres()
@@ -307,7 +312,7 @@ def run(config: SearchBenchConfig) -> Path:
                     started = time.perf_counter()
                     body = _measure_size(conn, config, model, size, threshold, rng)
                     lines = [
-                        f"## Search at scale: {size:,} embeddings",
+                        f"## Search at scale: {size:,} embeddings, {configuration}",
                         "",
                         f"Written by `fecapass bench-search` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())};"
                         f" machine: {machine()}.",
@@ -317,7 +322,9 @@ def run(config: SearchBenchConfig) -> Path:
                         f"Whole run for this size: {time.perf_counter() - started:.0f} s.",
                     ]
                     existing = config.output.read_text() if config.output.exists() else ""
-                    config.output.write_text(merged(existing, HEADER, f"{SECTION}-{size}", "\n".join(lines)))
+                    section = f"{SECTION}-{size}-{'-'.join(config.storages)}-m{'-'.join(map(str, config.m_values))}"
+                    section += f"-efc{config.ef_construction}"
+                    config.output.write_text(merged(existing, HEADER, section, "\n".join(lines)))
         finally:
             services.stop()
     return config.output

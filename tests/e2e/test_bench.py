@@ -86,7 +86,8 @@ def test_search_bench_smoke_adds_its_section_and_keeps_the_others(tmp_path: Path
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     text = output.read_text()
     assert "pipeline figures" in text and "(128-d)" in text
-    assert "## Search at scale: 1,500 embeddings" in text and "## Search at scale: 1,000 embeddings" in text
+    assert "## Search at scale: 1,500 embeddings, vector and halfvec, m 8, ef_construction 32" in text
+    assert "## Search at scale: 1,000 embeddings, vector and halfvec, m 8" in text
     rows = [line for line in text.splitlines() if line.startswith(("| vector |", "| halfvec |"))]
     assert len(rows) == 4  # one size's section does not replace the other's
     for row in rows:  # a real measurement: recall is a share, latency positive
