@@ -132,11 +132,12 @@ class Repositories:
 def repositories() -> Iterator[Repositories]:
     from common import clients
     from indexer.main_repository import MainRepository
-    from indexer.vector_repository import VectorRepository
+    from indexer.vector_repository import HnswParameters, VectorRepository
 
     database = s.load(s.DatabaseSettings)
+    hnsw = HnswParameters.from_settings(s.load(s.SearchIndexSettings))  # reindex builds the new pack's index
     with clients.main_db_pool(database) as main_pool, clients.vector_db_pool(database) as vector_pool:
-        yield Repositories(MainRepository(main_pool), VectorRepository(vector_pool))
+        yield Repositories(MainRepository(main_pool), VectorRepository(vector_pool, hnsw))
 
 
 def _status() -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TypeVar
 
-from pydantic import Field, SecretStr, ValidationError
+from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "FECAPASS_"
@@ -41,6 +41,21 @@ class DatabaseSettings(_Base):
     vector_db_dsn: SecretStr = Field(description="PostgreSQL DSN of the pgvector database; may be the main one")
     db_pool_min: int = 1
     db_pool_max: int = 8
+
+
+class SearchIndexSettings(_Base):
+    """pgvector HNSW parameters. m and ef_construction apply when a pack's index is built (its first
+    embedding); ef_search on every search. BENCHMARKS.md (search at scale) shows recall and latency for each."""
+
+    hnsw_m: int = Field(default=16, ge=2, le=100)
+    hnsw_ef_construction: int = Field(default=128, ge=4, le=1000)
+    hnsw_ef_search: int = Field(default=100, ge=1, le=1000, description="at least the candidates a search reads")
+
+    @model_validator(mode="after")
+    def _construction_covers_links(self) -> SearchIndexSettings:
+        if self.hnsw_ef_construction < 2 * self.hnsw_m:
+            raise ValueError("FECAPASS_HNSW_EF_CONSTRUCTION must be at least twice FECAPASS_HNSW_M (pgvector's rule)")
+        return self
 
 
 class ModelSettings(_Base):
@@ -117,6 +132,7 @@ class LogSettings(_Base):
 
 ALL_SETTINGS: tuple[type[BaseSettings], ...] = (
     DatabaseSettings,
+    SearchIndexSettings,
     RedisSettings,
     S3Settings,
     ModelSettings,

@@ -9,14 +9,23 @@ import numpy as np
 from psycopg import sql
 from psycopg_pool import ConnectionPool
 
+from common.settings import SearchIndexSettings
+
 _PACK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
-# HNSW build parameters (pgvector defaults); ef_search is set per query from the limit. At 100k face-like
-# embeddings (BENCHMARKS.md, search at scale; that index was built with ef_construction 128), ef_search 40 returned
-# 96 % of the query person's photos, 100 returned 98-99 % at p99 under 20 ms.
-HNSW_M = 16
-HNSW_EF_CONSTRUCTION = 64
-MIN_EF_SEARCH = 100
+
+@dataclass(frozen=True)
+class HnswParameters:
+    """Defaults as measured in BENCHMARKS.md (search at scale): at 100k face-like embeddings ef_search 100
+    returns 98-99 % of the query person's photos; a million needs a larger graph and ef_search (see there)."""
+
+    m: int = 16
+    ef_construction: int = 128
+    ef_search: int = 100  # at least; a search reading more candidates than this raises it to their number
+
+    @classmethod
+    def from_settings(cls, settings: SearchIndexSettings) -> HnswParameters:
+        return cls(settings.hnsw_m, settings.hnsw_ef_construction, settings.hnsw_ef_search)
 
 
 @dataclass(frozen=True)
@@ -71,8 +80,9 @@ def nearest_statement(pack: str, index: PackIndex) -> sql.Composed:
 
 
 class VectorRepository:
-    def __init__(self, pool: ConnectionPool) -> None:
+    def __init__(self, pool: ConnectionPool, hnsw: HnswParameters | None = None) -> None:
         self.pool = pool
+        self.hnsw = hnsw or HnswParameters()
         self._known: dict[str, PackIndex] = {}
 
     def ensure_pack(self, pack: str, dim: int) -> PackIndex:
@@ -105,8 +115,8 @@ class VectorRepository:
                     index=sql.Identifier(index_name(pack)),
                     expression=found.expression(),
                     operators=found.operators(),
-                    m=sql.Literal(HNSW_M),
-                    ef=sql.Literal(HNSW_EF_CONSTRUCTION),
+                    m=sql.Literal(self.hnsw.m),
+                    ef=sql.Literal(self.hnsw.ef_construction),
                     pack=sql.Literal(pack),
                 )
             )
@@ -128,7 +138,7 @@ class VectorRepository:
         index = self.ensure_pack(pack, dim)
         statement = nearest_statement(pack, index)
         with self.pool.connection() as conn, conn.transaction():
-            conn.execute(sql.SQL("SET LOCAL hnsw.ef_search = {}").format(sql.Literal(max(MIN_EF_SEARCH, limit))))
+            conn.execute(sql.SQL("SET LOCAL hnsw.ef_search = {}").format(sql.Literal(max(self.hnsw.ef_search, limit))))
             rows = conn.execute(statement, {"q": query.astype(np.float32), "limit": limit}).fetchall()
         return [Neighbour(int(face_id), float(similarity)) for face_id, similarity in rows]
 

@@ -10,7 +10,7 @@ from common import settings as s
 from common.objects import ObjectStore
 from indexer.main_repository import MainRepository
 from indexer.stage import IndexHandler
-from indexer.vector_repository import VectorRepository
+from indexer.vector_repository import HnswParameters, VectorRepository
 
 
 @contextmanager
@@ -21,5 +21,8 @@ def index_handler() -> Iterator[IndexHandler]:
     store = ObjectStore(clients.minio_client(s3), s3.s3_bucket)
     with clients.main_db_pool(database) as main_pool, clients.vector_db_pool(database) as vector_pool:
         yield IndexHandler(
-            MainRepository(main_pool), VectorRepository(vector_pool), store, pipeline.similarity_threshold
+            MainRepository(main_pool),
+            VectorRepository(vector_pool, HnswParameters.from_settings(s.load(s.SearchIndexSettings))),
+            store,
+            pipeline.similarity_threshold,
         )

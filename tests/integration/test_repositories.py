@@ -15,7 +15,13 @@ from common.services import MAIN_DB, VECTOR_DB, LocalServices
 from common.settings import DatabaseSettings
 from indexer.main_repository import DuplicateEmail, MainRepository, NewFace, UnknownUser
 from indexer.migrate import apply_migrations, migrate_all, migration_files
-from indexer.vector_repository import PackMismatch, VectorRepository, index_name, nearest_statement
+from indexer.vector_repository import (
+    HnswParameters,
+    PackMismatch,
+    VectorRepository,
+    index_name,
+    nearest_statement,
+)
 
 
 @pytest.fixture(scope="module")
@@ -134,6 +140,17 @@ def index_definition(vectors: VectorRepository, pack: str) -> str:
         row = conn.execute("SELECT indexdef FROM pg_indexes WHERE indexname = %s", (index_name(pack),)).fetchone()
     assert row is not None
     return str(row[0])
+
+
+def test_index_is_built_and_searched_with_the_configured_hnsw_parameters(
+    repositories: tuple[MainRepository, VectorRepository],
+) -> None:
+    main, vectors = repositories
+    tuned = VectorRepository(vectors.pool, HnswParameters(m=8, ef_construction=40, ef_search=77))
+    stored, face_ids = stored_faces(main, tuned, "tuned8", 10, np.random.default_rng(5))
+    definition = index_definition(tuned, "tuned8")
+    assert "m='8'" in definition and "ef_construction='40'" in definition
+    assert tuned.nearest("tuned8", stored[2], 1)[0].face_id == face_ids[2]
 
 
 def test_a_pack_registered_before_halfvec_keeps_its_vector_index(

@@ -42,3 +42,11 @@ def test_secrets_are_not_printed(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FECAPASS_S3_ACCESS_KEY", "access")
     monkeypatch.setenv("FECAPASS_S3_SECRET_KEY", "very-secret-value")
     assert "very-secret-value" not in repr(s.load(s.S3Settings))
+
+
+def test_hnsw_construction_list_must_cover_the_links(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert s.load(s.SearchIndexSettings).hnsw_ef_construction >= 2 * s.load(s.SearchIndexSettings).hnsw_m
+    monkeypatch.setenv("FECAPASS_HNSW_M", "48")
+    monkeypatch.setenv("FECAPASS_HNSW_EF_CONSTRUCTION", "64")
+    with pytest.raises(s.SettingsError, match="FECAPASS_HNSW_EF_CONSTRUCTION"):
+        s.load(s.SearchIndexSettings)
