@@ -99,12 +99,17 @@ def decode_reduced(data: bytes, max_pixels: int, fraction: float) -> Decoded:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             with Image.open(io.BytesIO(data)) as image:
+                scale = _dct_scale(info, fraction) if image.format == "JPEG" else 1
+                if image.format == "JPEG" and image.mode in ("RGB", "L") and _ends_complete(data):
+                    # OpenCV decodes straight into a BGR array, EXIF orientation applied (the same pixels as
+                    # Pillow, in half the time: Pillow's array conversion copies the image twice).
+                    decoded = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), _OPENCV_JPEG_FLAGS[scale])
+                    if decoded is not None:
+                        return Decoded(decoded, scale)
                 image.seek(0)
-                if image.format == "JPEG" and fraction < 0.5:
-                    wanted = (math.ceil(info.width * fraction), math.ceil(info.height * fraction))
-                    image.draft("RGB", (max(1, wanted[0]), max(1, wanted[1])))
+                if scale > 1:
+                    image.draft("RGB", (-(-info.width // scale), -(-info.height // scale)))
                 image.load()
-                scale = _dct_scale(info.width, image.width)
                 oriented = ImageOps.exif_transpose(image) or image
                 rgb = _to_rgb8(oriented)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
@@ -113,11 +118,25 @@ def decode_reduced(data: bytes, max_pixels: int, fraction: float) -> Decoded:
     return Decoded(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), scale)
 
 
-def _dct_scale(full_width: int, decoded_width: int) -> int:
-    for scale in (8, 4, 2):
-        if decoded_width == -(-full_width // scale):
-            return scale
-    return 1
+_OPENCV_JPEG_FLAGS = {
+    1: cv2.IMREAD_COLOR,
+    2: cv2.IMREAD_REDUCED_COLOR_2,
+    4: cv2.IMREAD_REDUCED_COLOR_4,
+    8: cv2.IMREAD_REDUCED_COLOR_8,
+}
+
+
+def _ends_complete(data: bytes) -> bool:
+    """A JPEG that ends with its end-of-image marker. OpenCV decodes a truncated file without an error (grey
+    where data is missing); Pillow refuses it, so anything else takes Pillow's path."""
+    return data.rstrip(b"\0")[-2:] == b"\xff\xd9"
+
+
+def _dct_scale(info: ImageInfo, fraction: float) -> int:
+    """The largest JPEG DCT scale (1/2, 1/4, 1/8) that keeps both sides at ``fraction`` of the full size."""
+    wanted_width, wanted_height = max(1, math.ceil(info.width * fraction)), max(1, math.ceil(info.height * fraction))
+    room = min(info.width // wanted_width, info.height // wanted_height)
+    return next(scale for scale in (8, 4, 2, 1) if scale <= room)
 
 
 def _to_rgb8(image: Image.Image) -> np.ndarray:

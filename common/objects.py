@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from datetime import timedelta
 
 import urllib3
 from minio import Minio
+from minio.deleteobjects import DeleteObject
 from minio.error import InvalidResponseError, S3Error, ServerError
 
 from common.errors import DependencyUnavailable
@@ -28,11 +30,16 @@ def crop_prefix(job_id: str) -> str:
     return f"crops/{job_id}/"
 
 
-def discard_job_objects(store: ObjectStore, job_id: str) -> None:
+def discard_job_objects(store: ObjectStore, job_id: str, crop_keys: Sequence[str] | None = None) -> None:
     """Remove a job's photo and crops when the job keeps no face: search photos and failed enrolls are not
-    kept, they are biometric data of people who may never have agreed to be stored."""
-    store.delete_many([original_key(job_id), original_key(job_id, 1)])
-    store.delete_prefix(crop_prefix(job_id))
+    kept, they are biometric data of people who may never have agreed to be stored. ``crop_keys``: the job's
+    crops where the caller knows them (one delete request then), else they are listed by prefix."""
+    originals = [original_key(job_id), original_key(job_id, 1)]
+    if crop_keys is None:
+        store.delete_many(originals)
+        store.delete_prefix(crop_prefix(job_id))
+    else:
+        store.delete_many([*originals, *crop_keys])
 
 
 class ObjectStore:
@@ -74,13 +81,17 @@ class ObjectStore:
             response.close()
             response.release_conn()
 
-    def delete_many(self, keys: list[str]) -> None:
-        """Delete objects; a key that is already gone is fine."""
+    def delete_many(self, keys: Sequence[str]) -> None:
+        """Delete objects in one request per thousand (S3 DeleteObjects); a key already gone is fine."""
+        if not keys:
+            return
         try:
-            for key in keys:
-                self.client.remove_object(self.bucket, key)
-        except (ServerError, urllib3.exceptions.HTTPError, OSError) as exc:
+            # The SDK sends the request as its answer is read: the list() is what deletes.
+            errors = list(self.client.remove_objects(self.bucket, [DeleteObject(key) for key in keys]))
+        except (S3Error, ServerError, urllib3.exceptions.HTTPError, OSError) as exc:
             raise DependencyUnavailable(f"S3 delete: {exc}") from exc
+        if errors:
+            raise DependencyUnavailable(f"S3 delete of {errors[0].name}: {errors[0].code} {errors[0].message}")
 
     def delete_prefix(self, prefix: str) -> None:
         try:

@@ -23,6 +23,11 @@ from schemas.streams import JobKind, MalformedMessage, PipelineMessage, Stage
 CANDIDATES_PER_RESULT = 4
 
 
+def crop_keys(message: PipelineMessage) -> list[str]:
+    """The job's crops: align stored one per face, under these keys."""
+    return [face.crop_key for face in message.faces or [] if face.crop_key]
+
+
 class IndexHandler:
     stage = Stage.INDEX
     message_type = PipelineMessage
@@ -57,10 +62,10 @@ class IndexHandler:
                 result = self._verify(message, message.pack, matrix)
             else:
                 result = self._search(message, message.pack, matrix)
-            discard_job_objects(self.store, message.job_id)
+            discard_job_objects(self.store, message.job_id, crop_keys(message))
             return Outcome(result=result)
         except JobFailed:
-            discard_job_objects(self.store, message.job_id)
+            discard_job_objects(self.store, message.job_id, crop_keys(message))
             raise
         except PackMismatch as exc:
             raise PoisonMessage(ErrorCode.MALFORMED_MESSAGE, str(exc)) from exc
@@ -90,7 +95,7 @@ class IndexHandler:
                 )
             )
         except UnknownUser as exc:
-            discard_job_objects(self.store, message.job_id)
+            discard_job_objects(self.store, message.job_id, crop_keys(message))
             raise JobFailed(ErrorCode.USER_NOT_FOUND, f"user {message.user_id} does not exist or is inactive") from exc
         # Second database, second commit: if we crash between the two, the redelivered message finds
         # the face row above and this insert completes the enrollment.

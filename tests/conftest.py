@@ -8,7 +8,10 @@ from pathlib import Path
 import pytest
 import redis
 
+from common import clients
+from common.objects import ObjectStore
 from common.services import MAIN_DB, VECTOR_DB, LocalServices
+from common.settings import S3Settings
 from indexer.migrate import migrate_all
 
 
@@ -20,6 +23,18 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServices
     migrate_all(running.dsn(MAIN_DB), running.dsn(VECTOR_DB))
     yield running
     running.stop()
+
+
+@pytest.fixture(scope="session")
+def object_store(services: LocalServices) -> ObjectStore:
+    """The test S3 server's bucket, through the product's client."""
+    settings = S3Settings(
+        s3_endpoint=services.s3_endpoint,
+        s3_access_key=services.credentials.s3_access_key,
+        s3_secret_key=services.credentials.s3_secret_key,
+        s3_bucket=services.bucket,
+    )
+    return ObjectStore(clients.minio_client(settings), services.bucket)
 
 
 @pytest.fixture(scope="session")

@@ -14,10 +14,8 @@ import psycopg
 import pytest
 from PIL import Image, ImageFilter
 
-from common import clients
 from common.objects import ObjectStore
 from common.services import MAIN_DB, VECTOR_DB, LocalServices
-from common.settings import S3Settings
 from tests.e2e.conftest import RunningPipeline, create_key, create_user, search, upload
 from tests.shared_data import BASIC
 
@@ -25,14 +23,8 @@ pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
-def store(services: LocalServices) -> ObjectStore:
-    settings = S3Settings(
-        s3_endpoint=services.s3_endpoint,
-        s3_access_key=services.credentials.s3_access_key,
-        s3_secret_key=services.credentials.s3_secret_key,
-        s3_bucket=services.bucket,
-    )
-    return ObjectStore(clients.minio_client(settings), services.bucket)
+def store(object_store: ObjectStore) -> ObjectStore:
+    return object_store
 
 
 def enroll(client: httpx.Client, user_id: int, name: str) -> dict[str, Any]:

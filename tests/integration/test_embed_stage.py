@@ -7,13 +7,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from common import clients
 from common.imaging import decode, encode_png
 from common.objects import ObjectStore
 from common.packs import Face, ModelPack, PackInfo
 from common.packs.library import PackLibrary
-from common.services import LocalServices
-from common.settings import ModelSettings, S3Settings
+from common.settings import ModelSettings
 from embedder.stage import EmbedHandler
 from schemas.streams import FaceBox, JobKind, PipelineMessage
 from tests.shared_data import MODEL_ROOT, PACK, require_basic, require_pack
@@ -50,17 +48,11 @@ class OnePackLibrary(PackLibrary):
         return self.counting
 
 
-def test_faces_of_several_messages_are_embedded_batch_by_batch(services: LocalServices) -> None:
+def test_faces_of_several_messages_are_embedded_batch_by_batch(object_store: ObjectStore) -> None:
     require_pack()
     settings = ModelSettings(model_pack=PACK, model_root=MODEL_ROOT)
     pack = PackLibrary(settings).get()
-    s3 = S3Settings(
-        s3_endpoint=services.s3_endpoint,
-        s3_access_key=services.credentials.s3_access_key,
-        s3_secret_key=services.credentials.s3_secret_key,
-        s3_bucket=services.bucket,
-    )
-    store = ObjectStore(clients.minio_client(s3), services.bucket)
+    store = object_store
     photo = decode((require_basic() / "multi_group_t1.jpg").read_bytes(), 100_000_000)
     faces = pack.detect(photo)
     assert len(faces) >= 5

@@ -131,3 +131,16 @@ def test_png_and_rotated_jpeg_at_reduced_size() -> None:
 def test_crop_png_is_lossless() -> None:
     crop = np.random.default_rng(1).integers(0, 256, (112, 112, 3), dtype=np.uint8)
     assert np.array_equal(decode(encode_png(crop), MAX), crop)
+
+
+def test_both_jpeg_decoders_give_the_same_pixels() -> None:
+    """Complete JPEGs take OpenCV's path; one with bytes after its end marker takes Pillow's."""
+    rng = np.random.default_rng(3)
+    noise = Image.fromarray(rng.integers(0, 256, (90, 120, 3), dtype=np.uint8))
+    for image in (noise, noise.convert("L")):
+        data = encode(image, "JPEG", quality=90)
+        for fraction in (1.0, 0.3):
+            fast, careful = decode_reduced(data, MAX, fraction), decode_reduced(data + b"trailer", MAX, fraction)
+            assert fast.scale == careful.scale and fast.image.shape == careful.image.shape
+            assert fast.image.shape[2] == 3
+            assert np.abs(fast.image.astype(int) - careful.image.astype(int)).max() <= 1
