@@ -134,9 +134,11 @@ def _ends_complete(data: bytes) -> bool:
 
 def _dct_scale(info: ImageInfo, fraction: float) -> int:
     """The largest JPEG DCT scale (1/2, 1/4, 1/8) that keeps both sides at ``fraction`` of the full size."""
+    if fraction >= 0.5:
+        return 1
     wanted_width, wanted_height = max(1, math.ceil(info.width * fraction)), max(1, math.ceil(info.height * fraction))
     room = min(info.width // wanted_width, info.height // wanted_height)
-    return next(scale for scale in (8, 4, 2, 1) if scale <= room)
+    return next((scale for scale in (8, 4, 2) if scale <= room), 1)
 
 
 def _to_rgb8(image: Image.Image) -> np.ndarray:

@@ -109,6 +109,7 @@ def test_jpeg_decodes_at_reduced_size_only_as_far_as_asked() -> None:
     gradient = np.tile(np.linspace(0, 255, 800, dtype=np.uint8), (600, 1))
     data = encode(Image.fromarray(np.stack([gradient] * 3, axis=-1)), "JPEG", quality=95)
     assert decode_reduced(data, MAX, 1.0).scale == 1
+    assert decode_reduced(data, MAX, 3.0).image.shape == (600, 800, 3)  # more than every pixel: every pixel
     assert decode_reduced(data, MAX, 0.6).scale == 1  # half size would be less than asked
     half = decode_reduced(data, MAX, 0.4)
     assert half.scale == 2 and half.image.shape == (300, 400, 3)
