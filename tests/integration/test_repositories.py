@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import psycopg
@@ -37,6 +38,9 @@ def repositories(services: LocalServices) -> Iterator[tuple[MainRepository, Vect
     )
     with clients.main_db_pool(settings) as main_pool, clients.vector_db_pool(settings) as vector_pool:
         yield MainRepository(main_pool), VectorRepository(vector_pool)
+
+
+DEPLOYMENT = Path(__file__).resolve().parents[2] / "DEPLOYMENT.md"
 
 
 def unit(vector: np.ndarray) -> np.ndarray:
@@ -166,6 +170,20 @@ def test_a_pack_registered_before_halfvec_keeps_its_vector_index(
     assert vectors.nearest("legacy8", stored[3], 1)[0].face_id == face_ids[3]
     assert "vector_cosine_ops" in index_definition(vectors, "legacy8")
     assert index_name("legacy8") in query_plan(vectors, "legacy8", stored[3])
+    # DEPLOYMENT.md's steps to move such a pack to a halfvec index, as written there.
+    steps = DEPLOYMENT.read_text().split("  -- in the vector database;", 1)[1].split("```", 1)[0]
+    steps = steps.split("\n", 1)[1].replace("<dim>", "8").replace("<pack>", "legacy8")
+    steps = steps.replace("<index>", index_name("legacy8"))
+    with psycopg.connect(vectors.pool.conninfo, autocommit=True) as conn:
+        create, rest = steps.split(";", 1)
+        conn.execute(create)  # CONCURRENTLY: outside a transaction
+        for statement in rest.split(";"):
+            if statement.strip():
+                conn.execute(statement)
+    restarted = VectorRepository(vectors.pool)
+    assert "halfvec_cosine_ops" in index_definition(restarted, "legacy8")
+    assert index_name("legacy8") in query_plan(restarted, "legacy8", stored[3])
+    assert restarted.nearest("legacy8", stored[3], 1)[0].face_id == face_ids[3]
 
 
 def test_packs_are_kept_apart_and_dimension_is_fixed(
