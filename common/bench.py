@@ -235,10 +235,17 @@ def cpu_seconds(running: Running) -> dict[str, float]:
     times = {}
     for name, popen in tracked.items():
         process = psutil.Process(popen.pid)
-        family = [process, *process.children(recursive=True)]
-        times[name] = sum(sum(p.cpu_times()[:4]) for p in family if p.is_running())
+        # user + system of each live process, and of its children already gone (PostgreSQL's backends)
+        times[name] = sum(_own_cpu(p) for p in [process, *process.children(recursive=True)])
     times["load generator (this process)"] = time.process_time()
     return times
+
+
+def _own_cpu(process: psutil.Process) -> float:
+    try:
+        return float(sum(process.cpu_times()[:4]))
+    except psutil.NoSuchProcess:  # ended between listing and reading
+        return 0.0
 
 
 def pipeline_throughput(running: Running, paths: list[Path]) -> tuple[Throughput, list[float], dict[str, float]]:

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from common.errors import JobFailed, PoisonMessage, TransientError
 from common.handlers import HandlerResult, Outcome, per_message
-from common.imaging import Decoded, ImageError, ImageInfo, ImageTooLarge, decode_reduced, encode_png, probe
+from common.imaging import Decoded, ImageError, ImageTooLarge, decode_reduced, encode_png
 from common.objects import ObjectMissing, ObjectStore, crop_key, discard_job_objects
 from common.packs import Face
 from common.packs.library import PackLibrary, aligner_for, pack_for
@@ -26,24 +26,15 @@ LARGEST_FACE_ONLY = (JobKind.ENROLL, JobKind.VERIFY)
 ALIGN_OVERSAMPLING = 1.5
 
 
-def fixed(fraction: float) -> Callable[[ImageInfo], float]:
-    return lambda _: fraction
-
-
-FULL_SIZE = fixed(1.0)
-
-
-def load_image(
-    store: ObjectStore, key: str, max_pixels: int, fraction: Callable[[ImageInfo], float] = FULL_SIZE
-) -> Decoded:
-    """The photo, decoded at ``fraction(header facts)`` of its size or more."""
+def load_image(store: ObjectStore, key: str, max_pixels: int, fraction: float = 1.0) -> Decoded:
+    """The photo, decoded at ``fraction`` of its size or more (see ``decode_reduced``)."""
     try:
         data = store.get(key)
     except ObjectMissing as exc:
         # Retried, then dead-lettered: the object may still be replicating to this S3 endpoint.
         raise TransientError(f"object {key} is missing") from exc
     try:
-        return decode_reduced(data, max_pixels, fraction(probe(data, max_pixels)))
+        return decode_reduced(data, max_pixels, fraction)
     except ImageTooLarge as exc:
         raise JobFailed(ErrorCode.IMAGE_TOO_LARGE, str(exc)) from exc
     except ImageError as exc:
@@ -182,7 +173,7 @@ class AlignHandler:
         for source in {face.source for face in faces}:
             boxes = [face.box for face in faces if face.source == source]
             needed = align_fraction(boxes, aligner.crop_size)
-            images[source] = load_image(self.store, keys[source], self.max_image_pixels, fixed(needed))
+            images[source] = load_image(self.store, keys[source], self.max_image_pixels, needed)
         aligned: list[FaceBox] = []
         for index, face in enumerate(faces):
             decoded = images[face.source]
