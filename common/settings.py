@@ -47,7 +47,7 @@ class SearchIndexSettings(_Base):
     """pgvector HNSW parameters. m and ef_construction apply when a pack's index is built (its first
     embedding); ef_search on every search. BENCHMARKS.md (search at scale) shows recall and latency for each."""
 
-    hnsw_m: int = Field(default=16, ge=2, le=100)
+    hnsw_m: int = Field(default=32, ge=2, le=100)
     hnsw_ef_construction: int = Field(default=128, ge=4, le=1000)
     hnsw_ef_search: int = Field(default=100, ge=1, le=1000, description="at least the candidates a search reads")
 

@@ -52,12 +52,20 @@ def test_bench_smoke_writes_every_section(tmp_path: Path) -> None:
     for heading in (*headings, "Resident memory"):
         assert f"### {heading}" in text
     assert "/ best baseline" in text and "Machine:" in text
-    rows = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| ")}
     # Both pipeline configurations ran and spent CPU; the CPU table splits it by process, stages summed.
+    efficiency = table_rows(text, "Pipeline efficiency")
     for name in ("pipeline, 1 process per stage", "pipeline, 2 processes per stage"):
-        assert float(rows[name].split("|")[2]) > 0 and float(rows[name].split("|")[3]) > 0
+        assert float(efficiency[name][0]) > 0 and float(efficiency[name][1]) > 0
+    cpu = table_rows(text, "Where the CPU goes")
     for process in ("api", "detect", "align", "embed", "index", "postgres", "valkey"):
-        assert all(float(cell) > 0 for cell in rows[process].split("|")[2:4]), rows[process]
+        assert all(float(cell) > 0 for cell in cpu[process]), (process, cpu[process])
+
+
+def table_rows(report: str, heading: str) -> dict[str, list[str]]:
+    """The first column -> the other cells, of the table under ``### heading``."""
+    section = report.split(f"### {heading}", 1)[1].split("\n### ", 1)[0]
+    rows = [line.strip("|").split("|") for line in section.splitlines() if line.startswith("| ")]
+    return {cells[0].strip(): [cell.strip() for cell in cells[1:]] for cells in rows}
 
 
 def test_search_bench_smoke_adds_its_section_and_keeps_the_others(tmp_path: Path) -> None:
