@@ -27,8 +27,10 @@ from common.services import VECTOR_DB, LocalServices
 from common.settings import ModelSettings
 from indexer.migrate import apply_migrations
 from indexer.stage import CANDIDATES_PER_RESULT
+from indexer.vector_repository import HnswParameters, PackIndex, index_statement, nearest_statement
 
 BENCH_PACK = "bench"
+BENCH_INDEX = "bench_hnsw"
 # The product's query: `limit` people per face, read as limit * CANDIDATES_PER_RESULT nearest faces.
 DEFAULT_LIMIT = 10
 SECTION = "search"
@@ -155,10 +157,6 @@ class FaceModel:
 # -- PostgreSQL ---------------------------------------------------------------------------------------------
 
 
-def _cast(storage: str, dim: int) -> sql.Composable:
-    return sql.SQL("{}({})").format(sql.SQL(storage), sql.Literal(dim))
-
-
 def load(conn: psycopg.Connection, vectors: np.ndarray) -> float:
     started = time.perf_counter()
     conn.execute("TRUNCATE face_embeddings")
@@ -183,35 +181,22 @@ class IndexBuild:
 
 
 def build(conn: psycopg.Connection, storage: str, dim: int, m: int, ef_construction: int) -> IndexBuild:
-    conn.execute("DROP INDEX IF EXISTS bench_hnsw")
+    """The product's index (``vector_repository.index_statement``) with these parameters."""
+    conn.execute(sql.SQL("DROP INDEX IF EXISTS {}").format(sql.Identifier(BENCH_INDEX)))
     conn.execute(sql.SQL("SET maintenance_work_mem = {}").format(sql.Literal(MAINTENANCE_WORK_MEM)))
     started = time.perf_counter()
-    conn.execute(
-        sql.SQL(
-            "CREATE INDEX bench_hnsw ON face_embeddings USING hnsw ((embedding::{cast}) {ops})"
-            " WITH (m = {m}, ef_construction = {ef}) WHERE model_pack = {pack}"
-        ).format(
-            cast=_cast(storage, dim),
-            ops=sql.SQL(f"{storage}_cosine_ops"),
-            m=sql.Literal(m),
-            ef=sql.Literal(ef_construction),
-            pack=sql.Literal(BENCH_PACK),
-        )
-    )
+    hnsw = HnswParameters(m=m, ef_construction=ef_construction)
+    conn.execute(index_statement(BENCH_INDEX, BENCH_PACK, PackIndex(dim, storage), hnsw))
     seconds = time.perf_counter() - started
-    size = conn.execute("SELECT pg_relation_size('bench_hnsw')").fetchone()
+    size = conn.execute("SELECT pg_relation_size(%s::regclass)", (BENCH_INDEX,)).fetchone()
     return IndexBuild(storage, m, ef_construction, seconds, (size[0] if size else 0) / 2**20)
 
 
 def search(conn: psycopg.Connection, storage: str, query: np.ndarray, limit: int) -> tuple[list[int], float]:
-    dim = len(query)
-    statement = sql.SQL(
-        "SELECT face_id FROM face_embeddings WHERE model_pack = {pack}"
-        " ORDER BY embedding::{cast} <=> %s::{cast} LIMIT %s"
-    ).format(pack=sql.Literal(BENCH_PACK), cast=_cast(storage, dim))
-    text = "[" + ",".join(f"{v:.6g}" for v in query) + "]"
+    """The product's k-NN statement (``vector_repository.nearest_statement``)."""
+    statement = nearest_statement(BENCH_PACK, PackIndex(len(query), storage))
     started = time.perf_counter()
-    rows = conn.execute(statement, (text, limit), prepare=False).fetchall()
+    rows = conn.execute(statement, {"q": query, "limit": limit}, prepare=False).fetchall()
     return [int(row[0]) for row in rows], time.perf_counter() - started
 
 

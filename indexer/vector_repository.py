@@ -35,14 +35,14 @@ class PackIndex:
     dim: int
     storage: str  # "halfvec" (new packs) or "vector" (packs registered before migration 0003)
 
+    def cast(self) -> sql.Composable:
+        return sql.SQL("{storage}({dim})").format(storage=sql.SQL(self.storage), dim=sql.Literal(self.dim))
+
     def expression(self) -> sql.Composable:
-        return sql.SQL("embedding::{storage}({dim})").format(storage=sql.SQL(self.storage), dim=sql.Literal(self.dim))
+        return sql.SQL("embedding::") + self.cast()
 
     def operators(self) -> sql.Composable:
         return sql.SQL(f"{self.storage}_cosine_ops")
-
-    def cast(self) -> sql.Composable:
-        return sql.SQL("{storage}({dim})").format(storage=sql.SQL(self.storage), dim=sql.Literal(self.dim))
 
 
 @dataclass(frozen=True)
@@ -65,6 +65,21 @@ class RegisteredPack:
 
 def index_name(pack: str) -> str:
     return "face_embeddings_hnsw_" + re.sub(r"[^a-z0-9]+", "_", pack.lower())
+
+
+def index_statement(name: str, pack: str, index: PackIndex, hnsw: HnswParameters) -> sql.Composed:
+    """The pack's partial HNSW index."""
+    return sql.SQL(
+        "CREATE INDEX IF NOT EXISTS {name} ON face_embeddings USING hnsw (({expression}) {operators})"
+        " WITH (m = {m}, ef_construction = {ef}) WHERE model_pack = {pack}"
+    ).format(
+        name=sql.Identifier(name),
+        expression=index.expression(),
+        operators=index.operators(),
+        m=sql.Literal(hnsw.m),
+        ef=sql.Literal(hnsw.ef_construction),
+        pack=sql.Literal(pack),
+    )
 
 
 def nearest_statement(pack: str, index: PackIndex) -> sql.Composed:
@@ -106,20 +121,7 @@ class VectorRepository:
                 ).fetchone()
             assert row is not None
             found = PackIndex(dim, str(row[1]))
-            conn.execute(
-                sql.SQL(
-                    "CREATE INDEX IF NOT EXISTS {index} ON face_embeddings USING hnsw"
-                    " (({expression}) {operators}) WITH (m = {m}, ef_construction = {ef})"
-                    " WHERE model_pack = {pack}"
-                ).format(
-                    index=sql.Identifier(index_name(pack)),
-                    expression=found.expression(),
-                    operators=found.operators(),
-                    m=sql.Literal(self.hnsw.m),
-                    ef=sql.Literal(self.hnsw.ef_construction),
-                    pack=sql.Literal(pack),
-                )
-            )
+            conn.execute(index_statement(index_name(pack), pack, found, self.hnsw))
         self._known[pack] = found
         return found
 
