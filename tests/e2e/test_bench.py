@@ -57,8 +57,11 @@ def test_bench_smoke_writes_every_section(tmp_path: Path) -> None:
     for name in ("pipeline, 1 process per stage", "pipeline, 2 processes per stage"):
         assert float(efficiency[name][0]) > 0 and float(efficiency[name][1]) > 0
     cpu = table_rows(text, "Where the CPU goes")
-    for process in ("api", "detect", "align", "embed", "index", "postgres", "valkey"):
+    for process in ("api", "detect", "align", "embed", "index", "s3"):
         assert all(float(cell) > 0 for cell in cpu[process]), (process, cpu[process])
+    # The databases are listed too; on a dozen photos their share can round to 0.0 ms.
+    for process in ("postgres", "valkey"):
+        assert all(float(cell) >= 0 for cell in cpu[process]), (process, cpu[process])
 
 
 def table_rows(report: str, heading: str) -> dict[str, list[str]]:
