@@ -179,11 +179,26 @@ class Running:
 
 
 def start_pipeline(config: BenchConfig, data_dir: Path, stages: list[Stage], workers: int = 1) -> Running:
+    services = LocalServices(data_dir, durable=True)
+    processes: dict[str, subprocess.Popen[bytes]] = {}
+    try:
+        return _start_pipeline(config, services, processes, stages, workers)
+    except BaseException:  # interrupted or failed half way: stop what was started
+        stop_pipeline(Running(services, "", "", processes))
+        raise
+
+
+def _start_pipeline(
+    config: BenchConfig,
+    services: LocalServices,
+    processes: dict[str, subprocess.Popen[bytes]],
+    stages: list[Stage],
+    workers: int,
+) -> Running:
     import psycopg
 
     from indexer.migrate import migrate_all
 
-    services = LocalServices(data_dir, durable=True)
     services.start()
     migrate_all(services.dsn(MAIN_DB), services.dsn(VECTOR_DB))
     key, prefix, digest = new_key()
@@ -204,7 +219,7 @@ def start_pipeline(config: BenchConfig, data_dir: Path, stages: list[Stage], wor
         "FECAPASS_MAX_WAIT_SECONDS": "120",
         "FECAPASS_MAX_BACKLOG": "1000000",
     }
-    processes = {"api": subprocess.Popen([sys.executable, "-m", "common.cli", "api"], env=env)}
+    processes["api"] = subprocess.Popen([sys.executable, "-m", "common.cli", "api"], env=env)
     for stage in stages:
         for number in range(1, workers + 1):
             name = stage.value if workers == 1 else f"{stage.value} {number}"

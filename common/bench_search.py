@@ -289,8 +289,8 @@ def run(config: SearchBenchConfig) -> Path:
     )
     with tempfile.TemporaryDirectory() as tmp:
         services = LocalServices(Path(tmp), durable=False, postgres_settings={"shared_buffers": config.shared_buffers})
-        services.start_postgres()
         try:
+            services.start_postgres()
             apply_migrations(services.dsn(VECTOR_DB), "vector")
             with psycopg.connect(services.dsn(VECTOR_DB), autocommit=True) as conn:
                 for size in config.sizes:

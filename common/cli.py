@@ -11,7 +11,7 @@ from common import settings as s
 from common.local import LocalModeError
 from common.logs import configure_logging
 from common.packs import ModelPackError
-from common.services import ServiceError
+from common.services import ServiceError, interrupt_on_sigterm
 from schemas.streams import Stage
 
 
@@ -255,6 +255,7 @@ def main(argv: list[str] | None = None) -> None:
             from common.bench import BenchConfig
             from common.bench import run as bench
 
+            interrupt_on_sigterm()
             model = s.load(s.ModelSettings)
             config = BenchConfig(
                 args.photos_dir,
@@ -270,6 +271,7 @@ def main(argv: list[str] | None = None) -> None:
             from common.bench_search import SearchBenchConfig
             from common.bench_search import run as bench_search
 
+            interrupt_on_sigterm()
             model = s.load(s.ModelSettings)
             search_config = SearchBenchConfig(
                 lfw_dir=args.pairs,
@@ -293,6 +295,10 @@ def main(argv: list[str] | None = None) -> None:
     except (s.SettingsError, ModelPackError, LocalModeError, ServiceError) as exc:
         print(f"fecapass: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        # Ctrl-C, or SIGTERM where interrupt_on_sigterm is set: the servers were stopped on the way out.
+        print("fecapass: interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
 
 
 if __name__ == "__main__":

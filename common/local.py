@@ -19,7 +19,7 @@ from common import settings as s
 from common.apikeys import new_key
 from common.packs import PackInfo
 from common.packs.library import PackLibrary
-from common.services import MAIN_DB, VECTOR_DB, LocalServices, valkey_cli
+from common.services import MAIN_DB, VECTOR_DB, LocalServices, interrupt_on_sigterm, valkey_cli
 from indexer.migrate import migrate_all
 from indexer.vector_repository import VectorRepository
 from schemas.streams import Stage
@@ -101,11 +101,7 @@ def run_up(options: UpOptions) -> None:
         valkey_port=options.redis_port,
         s3_port=options.s3_port,
     )
-
-    def request_stop(signum: int, _: object) -> None:
-        raise KeyboardInterrupt  # SIGTERM stops everything the way Ctrl-C does
-
-    signal.signal(signal.SIGTERM, request_stop)
+    interrupt_on_sigterm()
     supervisor: Supervisor | None = None
     try:
         services.start()

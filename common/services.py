@@ -39,6 +39,16 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def interrupt_on_sigterm() -> None:
+    """Let SIGTERM raise KeyboardInterrupt, as Ctrl-C does, so that the `finally` blocks of the caller stop the
+    servers it started. Python's default for SIGTERM ends the process at once, leaving them running."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
 def port_in_use(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         return sock.connect_ex(("127.0.0.1", port)) == 0

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from tests.shared_data import BASIC, LFW, MODEL_ROOT, PACK, require_basic, require_pack
@@ -104,3 +107,44 @@ def test_search_bench_smoke_adds_its_section_and_keeps_the_others(tmp_path: Path
     for row in rows:  # a real measurement: recall is a share, latency positive
         cells = [cell.strip() for cell in row.strip("|").split("|")]
         assert 0.0 <= float(cells[6]) <= 1.0 and 0.0 <= float(cells[7]) <= 1.0 and float(cells[9]) > 0
+
+
+def test_search_bench_stopped_by_sigterm_stops_its_postgres(tmp_path: Path) -> None:
+    """The million-embedding run takes hours: an operator who stops it must not be left with its server."""
+    require_pack()
+    if not (LFW / "identities.csv").is_file():
+        pytest.skip(f"LFW photos not found at {LFW}")
+    scratch = tmp_path / "tmp"  # the benchmark's PostgreSQL lives in a temporary folder: make it findable
+    scratch.mkdir()
+    env = {**os.environ, "FECAPASS_MODEL_PACK": "mbf128_lite", "FECAPASS_MODEL_ROOT": str(MODEL_ROOT)}
+    env["TMPDIR"] = str(scratch)
+    args = ["bench-search", "--pairs", str(LFW), "--fit-photos", "60", "--sizes", "400000", "--queries", "20"]
+    args += ["--shared-buffers", "128MB", "--storage", "halfvec", "--output", str(tmp_path / "BENCHMARKS.md")]
+    bench = subprocess.Popen([sys.executable, "-m", "common.cli", *args], env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not servers_under(scratch):
+            assert bench.poll() is None, bench.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "the benchmark's PostgreSQL never started"
+            time.sleep(0.2)
+        bench.send_signal(signal.SIGTERM)
+        _, stderr = bench.communicate(timeout=60)
+    finally:
+        if bench.poll() is None:
+            bench.kill()
+    left_running = servers_under(scratch)
+    for server in left_running:
+        server.kill()  # not to leave it behind when the test fails
+    assert not left_running
+    assert bench.returncode == 130, stderr[-3000:]
+    assert "fecapass: interrupted" in stderr
+
+
+def servers_under(folder: Path) -> list[psutil.Process]:
+    """PostgreSQL servers with their data in ``folder`` (not initdb, which starts first and ends by itself)."""
+    found = []
+    for process in psutil.process_iter(["name", "cmdline"]):
+        cmdline = process.info["cmdline"] or []
+        if process.info["name"] == "postgres" and any(str(folder) in part for part in cmdline):
+            found.append(process)
+    return found
