@@ -186,6 +186,25 @@ def test_a_pack_registered_before_halfvec_keeps_its_vector_index(
     assert restarted.nearest("legacy8", stored[3], 1)[0].face_id == face_ids[3]
 
 
+def test_a_crowded_pack_does_not_hide_another_packs_faces(
+    repositories: tuple[MainRepository, VectorRepository],
+) -> None:
+    """The pack filter is each pack's partial index predicate, not a filter after the k-NN scan: a scan of one
+    index over all packs would fill its ef_search candidates with the crowded pack's faces and filter them
+    all away (what pgvector's iterative scans exist for)."""
+    main, vectors = repositories
+    rng = np.random.default_rng(13)
+    query = unit(rng.standard_normal(8))
+    user = main.create_user(f"{uuid.uuid4().hex}@example.com", "")
+    crowd = [main.add_face(new_face(user.id)) for _ in range(400)]
+    for face_id in crowd:  # all closer to the query than any face of the other pack
+        vectors.add_embedding(face_id, "crowd8", unit(query + 0.05 * rng.standard_normal(8)))
+    stored, face_ids = stored_faces(main, vectors, "quiet8", 30, rng)
+    exact = sorted(zip(face_ids, stored, strict=True), key=lambda pair: -float(pair[1] @ query))[:10]
+    assert [n.face_id for n in vectors.nearest("quiet8", query, 10)] == [face_id for face_id, _ in exact]
+    assert index_name("quiet8") in query_plan(vectors, "quiet8", query)
+
+
 def test_packs_are_kept_apart_and_dimension_is_fixed(
     repositories: tuple[MainRepository, VectorRepository],
 ) -> None:
