@@ -1,0 +1,38 @@
+"""The benchmark's verdicts: met or missed, and the figures they cite, from measured results."""
+
+from __future__ import annotations
+
+from common.bench import Throughput, why_slower
+from common.bench_search import IndexBuild, target_verdict
+
+
+def build(m: int, *results: tuple[int, float, float]) -> IndexBuild:
+    """results: (ef_search, match recall, p99 ms)"""
+    built = IndexBuild("halfvec", m, 128, 100.0, 10.0)
+    for ef, recall, p99 in results:
+        built.results.append(
+            {"ef_search": ef, "match_recall": recall, "person_recall": 1.0, "p99": p99, "p50": p99 / 2, "qps": 1.0}
+        )
+    return built
+
+
+def test_search_target_is_met_only_by_one_configuration_with_both_recall_and_latency() -> None:
+    lines = target_verdict([build(16, (100, 0.995, 12.0)), build(32, (40, 0.991, 9.5))], own_share=0.2)
+    assert len(lines) == 1 and "met by 0.991 (halfvec, m 32, ef_search 40" in lines[0]
+
+
+def test_search_target_missed_cites_the_best_within_the_latency_and_the_best_overall() -> None:
+    (line,) = target_verdict([build(32, (100, 0.62, 8.0), (400, 0.89, 25.0))], own_share=0.13)
+    assert "missed" in line
+    assert "Within 10 ms p99 the best match recall is 0.620 (halfvec, m 32, ef_search 100" in line
+    assert "highest match recall measured is 0.890" in line and "87 % of those are strangers" in line
+    (line,) = target_verdict([build(32, (400, 0.89, 25.0))], own_share=0.13)
+    assert "No configuration measured answered within 10 ms p99" in line
+
+
+def test_pipeline_why_names_the_budget_and_the_costs_outside_the_model_stages() -> None:
+    costs = {"api": 16.0, "detect": 50.0, "embed": 40.0, "align": 22.0, "s3": 11.0, "webhook": 0.1}
+    (line,) = why_slower(Throughput(24.6, 81.0), Throughput(12.5, 150.0), costs)
+    assert "spends 150 ms a photo against the baseline's 81" in line and "at most 90" in line
+    assert "spend 90 ms together" in line
+    assert "align 22, api 16, s3 11 ms" in line and "webhook" not in line
