@@ -47,7 +47,7 @@ class SearchBenchConfig:
     samples_per_person: int = 5
     m_values: tuple[int, ...] = (16, 32)
     ef_construction: int = 128
-    ef_search: tuple[int, ...] = (40, 100, 200)
+    ef_search: tuple[int, ...] = (40, 100, 200, 400, 800)
     storages: tuple[str, ...] = ("vector", "halfvec")
     output: Path = Path("BENCHMARKS.md")
     seed: int = 7

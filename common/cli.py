@@ -197,7 +197,7 @@ def parser() -> argparse.ArgumentParser:
     scale.add_argument("--queries", type=int, default=200)
     scale.add_argument("--m", type=int, nargs="+", default=[16, 32], help="HNSW m values to build")
     scale.add_argument("--ef-construction", type=int, default=128)
-    scale.add_argument("--ef-search", type=int, nargs="+", default=[40, 100, 200])
+    scale.add_argument("--ef-search", type=int, nargs="+", default=[40, 100, 200, 400, 800])
     scale.add_argument("--storage", nargs="+", choices=["vector", "halfvec"], default=["vector", "halfvec"])
     scale.add_argument("--output", type=Path, default=Path("BENCHMARKS.md"))
     scale.add_argument("--fit-photos", type=int, help="fit the generator to this many photos only (quick runs)")
