@@ -62,6 +62,11 @@ def test_bench_smoke_writes_every_section(tmp_path: Path) -> None:
     cpu = table_rows(text, "Where the CPU goes")
     for process in ("api", "detect", "align", "embed", "index", "s3"):
         assert all(float(cell) > 0 for cell in cpu[process]), (process, cpu[process])
+    # A search's time: every stage, and the time outside them (upload, waits between stages, answer).
+    latency = table_rows(text, "End-to-end search latency")
+    for row in ("detect", "align", "embed", "index", "upload (sent to event written)", "answer (job done to response)"):
+        assert float(latency[row][0]) > 0, (row, latency)
+    assert float(latency["waits between stages (4)"][0]) >= 0
     # The databases are listed too; on a dozen photos their share can round to 0.0 ms.
     for process in ("postgres", "valkey"):
         assert all(float(cell) >= 0 for cell in cpu[process]), (process, cpu[process])
