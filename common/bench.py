@@ -25,6 +25,7 @@ import psutil
 from common.apikeys import new_key
 from common.reports import merged
 from common.services import MAIN_DB, VECTOR_DB, LocalServices, free_port
+from common.settings import ModelSettings
 from schemas.streams import PIPELINE, Stage
 
 HEADER = "# Benchmarks\n"
@@ -139,9 +140,11 @@ def baseline(config: BenchConfig, paths: list[Path]) -> dict[str, Throughput]:
 # -- embedding batch sizes and threads --------------------------------------------------------------------
 
 
+EMBED_BATCHES = (1, 4, 8, 16, 32)
+
+
 def embedding_throughput(config: BenchConfig) -> list[list[str]]:
     from common.packs.library import PackLibrary
-    from common.settings import ModelSettings
 
     rows = []
     for threads in (1, 0):
@@ -149,7 +152,7 @@ def embedding_throughput(config: BenchConfig) -> list[list[str]]:
         recognizer = PackLibrary(settings).get()
         size = recognizer.info.crop_size
         crops = [np.random.default_rng(i).integers(0, 255, (size, size, 3), dtype=np.uint8) for i in range(64)]
-        for batch in (1, 8, 32):
+        for batch in EMBED_BATCHES:
             recognizer.embed(crops[:batch])  # warm up
             started = time.perf_counter()
             done = 0
@@ -430,12 +433,32 @@ def run(config: BenchConfig) -> Path:
     report.section(
         "Embedding", "The recognizer alone on 112x112 crops: faces per second by batch size and threads.", ""
     )
-    report.table(["threads", "batch", "faces/s"], embedding_throughput(config))
+    embedding = embedding_throughput(config)
+    report.table(["threads", "batch", "faces/s"], embedding)
+    report.lines += ["", best_batches(embedding, ModelSettings.model_fields["embed_batch"].default)]
     report.section("Resident memory after the run (one process per stage)", "")
     report.table(["process", "MiB"], memory)
     existing = config.output.read_text() if config.output.exists() else ""
     config.output.write_text(merged(existing, HEADER, "pipeline", "\n".join(report.lines)))
     return config.output
+
+
+def best_batches(rows: list[list[str]], configured: int) -> str:
+    """The fastest batch size for each thread setting, next to the embed stage's default."""
+    best: dict[str, tuple[float, str]] = {}
+    for threads, batch, rate in rows:
+        best[threads] = max(best.get(threads, (0.0, "")), (float(rate), batch))
+    by_batch = {(threads, batch): float(rate) for threads, batch, rate in rows}
+
+    def named(threads: str) -> str:
+        return "1 thread" if threads == "1" else f"{threads} threads"
+
+    found = "; ".join(f"{named(t)}, batch {batch} ({rate:.0f} faces/s)" for t, (rate, batch) in best.items())
+    at_default = "; ".join(
+        f"{by_batch.get((t, str(configured)), 0.0) / rate:.2f} of the best with {named(t)}"
+        for t, (rate, _) in best.items()
+    )
+    return f"Fastest: {found}. The embed stage's `FECAPASS_EMBED_BATCH` default ({configured}) runs at {at_default}."
 
 
 def _verdict(met: bool) -> str:

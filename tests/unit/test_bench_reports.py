@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from common.bench import Throughput, why_slower
+from common.bench import Throughput, best_batches, why_slower
 from common.bench_search import IndexBuild, target_verdict
 
 
@@ -36,3 +36,10 @@ def test_pipeline_why_names_the_budget_and_the_costs_outside_the_model_stages() 
     assert "spends 150 ms a photo against the baseline's 81" in line and "at most 90" in line
     assert "spend 90 ms together" in line
     assert "align 22, api 16, s3 11 ms" in line and "webhook" not in line
+
+
+def test_best_batch_per_thread_setting_against_the_stage_default() -> None:
+    rows = [["1", "1", "41"], ["1", "8", "37"], ["default", "1", "58"], ["default", "8", "70"]]
+    line = best_batches(rows, configured=8)
+    assert "Fastest: 1 thread, batch 1 (41 faces/s); default threads, batch 8 (70 faces/s)." in line
+    assert "default (8) runs at 0.90 of the best with 1 thread; 1.00 of the best with default threads." in line
