@@ -123,6 +123,7 @@ def baseline(config: BenchConfig, paths: list[Path]) -> dict[str, Throughput]:
             context.Process(
                 target=_face_analysis_worker,
                 args=(str(config.model_root), config.pack, names[i::processes], threads, ready, queue),
+                daemon=True,  # an interrupted benchmark ends its loops too
             )
             for i in range(processes)
         ]
