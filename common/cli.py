@@ -202,6 +202,11 @@ def parser() -> argparse.ArgumentParser:
     scale.add_argument("--output", type=Path, default=Path("BENCHMARKS.md"))
     scale.add_argument("--fit-photos", type=int, help="fit the generator to this many photos only (quick runs)")
     scale.add_argument("--shared-buffers", default="4GB", help="PostgreSQL shared_buffers for the run")
+    scale.add_argument(
+        "--summary-only",
+        action="store_true",
+        help="measure nothing: rewrite the target summary from the sections already in the report",
+    )
     calibrate = commands.add_parser("calibrate", help="measure the pack on LFW-style pairs, write CALIBRATION.md")
     calibrate.add_argument(
         "--pairs",
@@ -268,9 +273,13 @@ def main(argv: list[str] | None = None) -> None:
             )
             print(f"wrote {bench(config)}")
         elif args.command == "bench-search":
-            from common.bench_search import SearchBenchConfig
+            from common.bench_search import SearchBenchConfig, with_target_summary
             from common.bench_search import run as bench_search
 
+            if args.summary_only:
+                args.output.write_text(with_target_summary(args.output.read_text()))
+                print(f"wrote {args.output}")
+                return
             interrupt_on_sigterm()
             model = s.load(s.ModelSettings)
             search_config = SearchBenchConfig(

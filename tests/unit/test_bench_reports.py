@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from common.bench import Throughput, best_batches, why_slower
-from common.bench_search import IndexBuild, target_verdict
+from common.bench import HEADER, Throughput, best_batches, why_slower
+from common.bench_search import IndexBuild, target_verdict, with_target_summary
+from common.reports import merged
 
 
 def build(m: int, *results: tuple[int, float, float]) -> IndexBuild:
@@ -43,3 +44,51 @@ def test_best_batch_per_thread_setting_against_the_stage_default() -> None:
     line = best_batches(rows, configured=8)
     assert "Fastest: 1 thread, batch 1 (41 faces/s); default threads, batch 8 (70 faces/s)." in line
     assert "default (8) runs at 0.90 of the best with 1 thread; 1.00 of the best with default threads." in line
+
+
+def section_body(rows: list[str], warmed: bool) -> str:
+    """A bench-search section as the command writes it (the lines the summary reads)."""
+    return "\n".join(
+        [
+            "## Search at scale",
+            "One client, no prepared statements" + ("; each ef_search's queries run once untimed." if warmed else "."),
+            "Of the exact candidates at or above the threshold, 13 % are photos of the query's person.",
+            "| storage | m | ef_construction | build s | index MiB | ef_search | person recall |"
+            " match recall | recall@10 | p50 ms | p99 ms | queries/s |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+            *rows,
+        ]
+    )
+
+
+def test_target_summary_is_rewritten_from_every_section_at_a_million() -> None:
+    report = HEADER
+    for name, row, warmed in (
+        (
+            "search-1000000-halfvec-m16-efc128",
+            "| halfvec | 16 | 128 | 2605 | 1302 | 100 | 0.659 | 0.276 | 0.472 | 12.9 | 9.4 | 61 |",
+            False,
+        ),
+        (
+            "search-1000000-halfvec-m32-efc128",
+            "| halfvec | 32 | 128 | 5672 | 1563 | 800 | 0.992 | 0.844 | 0.940 | 123.5 | 363.6 | 8 |",
+            True,
+        ),
+        (
+            "search-100000-vector-m16-efc128",
+            "| vector | 16 | 128 | 150 | 260 | 40 | 1.0 | 1.0 | 1.0 | 1.0 | 1.0 | 99 |",
+            True,
+        ),
+    ):
+        report = merged(report, HEADER, name, section_body([row], warmed))
+    summary = with_target_summary(report)
+    assert summary.startswith(report.rstrip("\n"))  # the other sections are kept as they were
+    target = summary.split("<!-- section:search-target -->", 1)[1]
+    assert "(`search-1000000-halfvec-m16-efc128`, `search-1000000-halfvec-m32-efc128`)" in target
+    assert "best match recall is 0.276 (halfvec, m 16, ef_search 100" in target  # the 100k row does not count
+    assert "highest match recall measured is 0.844 (halfvec, m 32, ef_search 800" in target
+    assert "87 % of those are strangers" in target
+    assert "Timed without an untimed pass first: `search-1000000-halfvec-m16-efc128`." in target
+    assert with_target_summary(summary) == summary  # rewritten in place, not added again
+    smaller = merged(HEADER, HEADER, "search-300000-halfvec-m16-efc128", section_body([], True))
+    assert with_target_summary(smaller) == smaller  # no section at the target size: no summary
