@@ -374,6 +374,8 @@ def _measure_size(
     return lines
 
 
+# -- the target, over every configuration measured at its size ---------------------------------------------
+
 # The target: at a million embeddings, match recall >= 0.99 with p99 under 10 ms.
 TARGET_SIZE = 1_000_000
 TARGET_RECALL = 0.99
@@ -416,8 +418,6 @@ def target_verdict(builds: list[IndexBuild], own_share: float) -> list[str]:
         " person's own photos found, is the figure a user notices.",
     ]
 
-
-# -- the target, over every configuration measured at its size ---------------------------------------------
 
 TARGET_SECTION = "search-target"
 _SECTION = re.compile(r"<!-- section:(search-(\d+)-[^ ]+) -->\n(.*?)<!-- /section:\1 -->", re.DOTALL)
@@ -476,7 +476,7 @@ def with_target_summary(report: str) -> str:
         lines += [
             "",
             f"Timed without an untimed pass first: {', '.join(f'`{name}`' for name in cold)}. Right after a"
-            " build, part of the index is still on disk, so those p99 figures (the first ef_search most) include"
-            " cold reads; their recall figures are not affected.",
+            " build, part of the index is still on disk, so their p99 figures include cold"
+            " reads; their recall figures are not affected.",
         ]
     return merged(report, HEADER, TARGET_SECTION, "\n".join(lines))
