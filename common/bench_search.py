@@ -476,7 +476,7 @@ def with_target_summary(report: str) -> str:
         lines += [
             "",
             f"Timed without an untimed pass first: {', '.join(f'`{name}`' for name in cold)}. Right after a"
-            " build, part of the index is still on disk, so their p99 figures include cold"
-            " reads; their recall figures are not affected.",
+            " build, pages of the index and the table may not be in memory yet: their p99 figures may include"
+            " cold reads (the later, warmed runs will tell); their recall figures are not affected.",
         ]
     return merged(report, HEADER, TARGET_SECTION, "\n".join(lines))
