@@ -4,6 +4,7 @@ is taken in the same run as its baseline and written to BENCHMARKS.md with the m
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import platform
@@ -24,7 +25,7 @@ import psutil
 
 from common.apikeys import new_key
 from common.reports import merged
-from common.services import MAIN_DB, VECTOR_DB, LocalServices, free_port
+from common.services import MAIN_DB, VECTOR_DB, LocalServices, ServiceError, free_port
 from common.settings import ModelSettings
 from schemas.streams import PIPELINE, Stage
 
@@ -231,12 +232,11 @@ def _start_pipeline(
     running = Running(services, f"http://127.0.0.1:{port}", key, processes)
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
-        try:
+        with contextlib.suppress(httpx.HTTPError):
             if httpx.get(f"{running.base_url}/health/ready", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.3)
-    return running
+                return running
+        time.sleep(0.3)
+    raise ServiceError(f"the API at {running.base_url} was not ready within 90 s")
 
 
 def stop_pipeline(running: Running) -> None:
