@@ -145,7 +145,8 @@ def baseline(config: BenchConfig, paths: list[Path]) -> dict[str, Throughput]:
 EMBED_BATCHES = (1, 4, 8, 16, 32)
 
 
-def embedding_throughput(config: BenchConfig) -> list[list[str]]:
+def embedding_throughput(config: BenchConfig) -> list[tuple[str, int, float]]:
+    """Faces per second of the recognizer alone: (threads, batch, rate) for one thread and onnxruntime's default."""
     from common.packs.library import PackLibrary
 
     rows = []
@@ -162,7 +163,7 @@ def embedding_throughput(config: BenchConfig) -> list[list[str]]:
                 recognizer.embed(crops[:batch])
                 done += batch
             rate = done / (time.perf_counter() - started)
-            rows.append([str(threads or "default"), str(batch), f"{rate:.0f}"])
+            rows.append((str(threads or "default"), batch, rate))
     return rows
 
 
@@ -435,7 +436,7 @@ def run(config: BenchConfig) -> Path:
         "Embedding", "The recognizer alone on 112x112 crops: faces per second by batch size and threads.", ""
     )
     embedding = embedding_throughput(config)
-    report.table(["threads", "batch", "faces/s"], embedding)
+    report.table(["threads", "batch", "faces/s"], [[t, str(batch), f"{rate:.0f}"] for t, batch, rate in embedding])
     report.lines += ["", best_batches(embedding, ModelSettings.model_fields["embed_batch"].default)]
     report.section("Resident memory after the run (one process per stage)", "")
     report.table(["process", "MiB"], memory)
@@ -444,20 +445,19 @@ def run(config: BenchConfig) -> Path:
     return config.output
 
 
-def best_batches(rows: list[list[str]], configured: int) -> str:
+def best_batches(rows: list[tuple[str, int, float]], configured: int) -> str:
     """The fastest batch size for each thread setting, next to the embed stage's default."""
-    best: dict[str, tuple[float, str]] = {}
+    best: dict[str, tuple[float, int]] = {}
     for threads, batch, rate in rows:
-        best[threads] = max(best.get(threads, (0.0, "")), (float(rate), batch))
-    by_batch = {(threads, batch): float(rate) for threads, batch, rate in rows}
+        best[threads] = max(best.get(threads, (0.0, 0)), (rate, batch))
+    by_batch = {(threads, batch): rate for threads, batch, rate in rows}
 
     def named(threads: str) -> str:
         return "1 thread" if threads == "1" else f"{threads} threads"
 
     found = "; ".join(f"{named(t)}, batch {batch} ({rate:.0f} faces/s)" for t, (rate, batch) in best.items())
     at_default = "; ".join(
-        f"{by_batch.get((t, str(configured)), 0.0) / rate:.2f} of the best with {named(t)}"
-        for t, (rate, _) in best.items()
+        f"{by_batch.get((t, configured), 0.0) / rate:.2f} of the best with {named(t)}" for t, (rate, _) in best.items()
     )
     return f"Fastest: {found}. The embed stage's `FECAPASS_EMBED_BATCH` default ({configured}) runs at {at_default}."
 

@@ -357,12 +357,10 @@ def _measure_size(
         " match recall | recall@10 | p50 ms | p99 ms | queries/s |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    builds = []
     for storage in config.storages:
         for m in config.m_values:
             built = build(conn, storage, dim, m, config.ef_construction)
             measure(conn, built, queries, exact, same_person, threshold, config.ef_search, limit)
-            builds.append(built)
             for result in built.results:
                 lines.append(
                     f"| {storage} | {m} | {config.ef_construction} | {built.seconds:.0f} |"

@@ -40,7 +40,7 @@ def test_pipeline_why_names_the_budget_and_the_costs_outside_the_model_stages() 
 
 
 def test_best_batch_per_thread_setting_against_the_stage_default() -> None:
-    rows = [["1", "1", "41"], ["1", "8", "37"], ["default", "1", "58"], ["default", "8", "70"]]
+    rows = [("1", 1, 41.0), ("1", 8, 37.0), ("default", 1, 58.0), ("default", 8, 70.0)]
     line = best_batches(rows, configured=8)
     assert "Fastest: 1 thread, batch 1 (41 faces/s); default threads, batch 8 (70 faces/s)." in line
     assert "default (8) runs at 0.90 of the best with 1 thread; 1.00 of the best with default threads." in line
