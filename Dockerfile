@@ -17,6 +17,8 @@ COPY ingest_api ./ingest_api
 COPY detector ./detector
 COPY embedder ./embedder
 COPY indexer ./indexer
+COPY webhook_sender ./webhook_sender
+COPY operations ./operations
 RUN pip install --no-cache-dir .
 
 # --- runtime: no compilers, no sources beyond the installed package, not root -------------------------------

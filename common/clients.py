@@ -13,6 +13,7 @@ from pgvector.psycopg import register_vector
 from psycopg import Connection
 from psycopg_pool import ConnectionPool
 
+from common.objects import ObjectStore
 from common.settings import DatabaseSettings, RedisSettings, S3Settings
 
 
@@ -39,6 +40,10 @@ def minio_client(settings: S3Settings, *, public: bool = False) -> Minio:
         region=settings.s3_region,
         http_client=_s3_http_client(),
     )
+
+
+def object_store(settings: S3Settings) -> ObjectStore:
+    return ObjectStore(minio_client(settings), settings.s3_bucket)
 
 
 # Kept-alive connections to S3 per process: at least the API's worker threads (anyio's 40), or concurrent uploads

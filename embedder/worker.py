@@ -7,13 +7,12 @@ from contextlib import contextmanager
 
 from common import clients
 from common import settings as s
-from common.objects import ObjectStore
-from detector.worker import loaded_library
+from common.packs.library import warmed_library
 from embedder.stage import EmbedHandler
 
 
 @contextmanager
 def embed_handler() -> Iterator[EmbedHandler]:
-    s3 = s.load(s.S3Settings)
-    store = ObjectStore(clients.minio_client(s3), s3.s3_bucket)
-    yield EmbedHandler(store, loaded_library("embed", warm_recognizer=True), s.load(s.ModelSettings).embed_batch)
+    models = s.load(s.ModelSettings)
+    packs = warmed_library(models, "embed", warm_recognizer=True)
+    yield EmbedHandler(clients.object_store(s.load(s.S3Settings)), packs, models.embed_batch)

@@ -9,12 +9,12 @@ from typing import Any
 import numpy as np
 import psycopg
 
+from common.db.main_repository import MainRepository, NewFace, UnknownUser
+from common.db.vector_repository import PackMismatch, VectorRepository
 from common.errors import DependencyUnavailable, JobFailed, PoisonMessage
 from common.handlers import HandlerResult, Outcome, per_message
 from common.objects import ObjectStore, discard_job_objects
 from common.packs.catalog import default_threshold
-from indexer.main_repository import MainRepository, NewFace, UnknownUser
-from indexer.vector_repository import PackMismatch, VectorRepository
 from schemas.jobs import ErrorCode
 from schemas.streams import JobKind, MalformedMessage, PipelineMessage, Stage
 

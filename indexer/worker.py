@@ -7,18 +7,16 @@ from contextlib import contextmanager
 
 from common import clients
 from common import settings as s
-from common.objects import ObjectStore
-from indexer.main_repository import MainRepository
+from common.db.main_repository import MainRepository
+from common.db.vector_repository import HnswParameters, VectorRepository
 from indexer.stage import IndexHandler
-from indexer.vector_repository import HnswParameters, VectorRepository
 
 
 @contextmanager
 def index_handler() -> Iterator[IndexHandler]:
     database = s.load(s.DatabaseSettings)
     pipeline = s.load(s.PipelineSettings)
-    s3 = s.load(s.S3Settings)
-    store = ObjectStore(clients.minio_client(s3), s3.s3_bucket)
+    store = clients.object_store(s.load(s.S3Settings))
     with clients.main_db_pool(database) as main_pool, clients.vector_db_pool(database) as vector_pool:
         yield IndexHandler(
             MainRepository(main_pool),

@@ -13,10 +13,10 @@ import time
 import structlog
 from starlette.concurrency import run_in_threadpool
 
+from common.db.vector_repository import VectorRepository
 from common.packs import ModelPackError
 from common.packs.catalog import known_facts
 from common.packs.library import PackLibrary
-from indexer.vector_repository import VectorRepository
 
 log = structlog.get_logger(__name__)
 

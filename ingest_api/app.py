@@ -12,13 +12,13 @@ from prometheus_client.registry import Collector
 from starlette.concurrency import run_in_threadpool
 
 from common import clients
+from common.db.erasure import Erasure
+from common.db.main_repository import MainRepository
+from common.db.vector_repository import VectorRepository
 from common.metrics import StreamCollector
 from common.objects import ObjectStore
 from common.packs.library import PackLibrary
 from common.runner import ensure_group
-from indexer.erasure import Erasure
-from indexer.main_repository import MainRepository
-from indexer.vector_repository import VectorRepository
 from ingest_api.active_pack import ActivePack
 from ingest_api.auth import KeyChecker
 from ingest_api.backpressure import Backlog

@@ -10,7 +10,7 @@ from fastapi.security import APIKeyHeader
 from starlette.concurrency import run_in_threadpool
 
 from common.apikeys import Scope, hash_key
-from indexer.main_repository import MainRepository
+from common.db.main_repository import MainRepository
 from ingest_api.deps import State
 from ingest_api.problems import ApiError
 

@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING, Annotated
 import redis.asyncio as aioredis
 from fastapi import Depends, Request
 
+from common.db.erasure import Erasure
+from common.db.main_repository import MainRepository
+from common.db.vector_repository import VectorRepository
 from common.objects import ObjectStore
-from indexer.erasure import Erasure
-from indexer.main_repository import MainRepository
-from indexer.vector_repository import VectorRepository
 from ingest_api.active_pack import ActivePack
 from ingest_api.backpressure import Backlog
 from ingest_api.config import ApiConfig

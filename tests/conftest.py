@@ -9,10 +9,10 @@ import pytest
 import redis
 
 from common import clients
+from common.db.migrate import migrate_all
 from common.objects import ObjectStore
-from common.services import MAIN_DB, VECTOR_DB, LocalServices
 from common.settings import S3Settings
-from indexer.migrate import migrate_all
+from operations.services import MAIN_DB, VECTOR_DB, LocalServices
 
 
 @pytest.fixture(scope="session")

@@ -11,12 +11,12 @@ from functools import cached_property
 
 import numpy as np
 
+from common.packs.alignment import align_face
+from common.packs.arcface import FaceRecognizer
 from common.packs.base import Face, PackInfo
 from common.packs.insightface_files import PackFiles, load_session
+from common.packs.scrfd import FaceDetector
 from common.settings import ModelSettings
-from detector.align import align_face
-from detector.model import FaceDetector
-from embedder.model import FaceRecognizer
 
 
 class ArcFaceAligner:

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+import structlog
+
 from common.errors import JobFailed
 from common.packs.base import Aligner, ModelPack, ModelPackError, PackInfo
 from common.packs.catalog import DLIB, default_threshold, family, licence, threshold_source
 from common.packs.insightface_files import find_pack, is_pack_folder
 from common.settings import ModelSettings
 from schemas.jobs import ErrorCode
+
+log = structlog.get_logger(__name__)
 
 
 def _info(name: str, dim: int, crop_size: int, location: str) -> PackInfo:
@@ -113,3 +118,19 @@ def aligner_for(packs: PackLibrary, name: str | None, crop_size: int | None) -> 
         return packs.aligner(name, crop_size)
     except ModelPackError as exc:
         raise JobFailed(ErrorCode.PACK_UNAVAILABLE, str(exc)) from exc
+
+
+def warmed_library(
+    settings: ModelSettings, stage: str, *, warm_detector: bool = False, warm_recognizer: bool = False
+) -> PackLibrary:
+    """A stage's packs, with the configured one loaded now: a missing pack stops the process at start-up
+    instead of failing its first job. Other packs (a re-index) load when a job asks for them."""
+    packs = PackLibrary(settings)
+    pack = packs.get()
+    if warm_detector:
+        pack.detect(np.zeros((64, 64, 3), dtype=np.uint8))
+    if warm_recognizer:
+        size = pack.info.crop_size
+        pack.embed([np.zeros((size, size, 3), dtype=np.uint8)])
+    log.info("stage.pack_loaded", stage=stage, **pack.info.summary())
+    return packs

@@ -6,7 +6,7 @@ from datetime import timedelta
 
 from fastapi import APIRouter, Response
 
-from indexer.main_repository import FaceRow
+from common.db.main_repository import FaceRow
 from ingest_api.auth import READ, WRITE
 from ingest_api.deps import AppState, State
 from ingest_api.problems import ApiError

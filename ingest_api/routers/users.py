@@ -4,7 +4,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 
-from indexer.main_repository import DuplicateEmail
+from common.db.main_repository import DuplicateEmail
 from ingest_api.auth import READ, WRITE
 from ingest_api.deps import State
 from ingest_api.problems import ApiError

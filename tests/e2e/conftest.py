@@ -21,10 +21,10 @@ import redis
 
 from common import clients
 from common.apikeys import new_key
+from common.db.migrate import migrate_all
 from common.objects import ObjectStore
-from common.services import MAIN_DB, LocalServices, free_port
 from common.settings import S3Settings
-from indexer.migrate import migrate_all
+from operations.services import MAIN_DB, LocalServices, free_port
 from schemas.streams import Stage
 from tests.processes import wait_until_answers
 from tests.shared_data import BASIC, MODEL_ROOT, PACK, labels, require_basic, require_pack
@@ -71,7 +71,7 @@ def create_key_in(main_dsn: str, scope: str, name: str = "tests") -> str:
 
 def start_process(env: dict[str, str], log_dir: Path, name: str, args: list[str]) -> subprocess.Popen[bytes]:
     log = (log_dir / f"{name}.log").open("wb")
-    return subprocess.Popen([sys.executable, "-m", "common.cli", *args], env=env, stdout=log, stderr=log)
+    return subprocess.Popen([sys.executable, "-m", "operations.cli", *args], env=env, stdout=log, stderr=log)
 
 
 def start_stage(running: RunningPipeline, stage: Stage, name: str) -> None:

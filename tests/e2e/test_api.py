@@ -15,7 +15,7 @@ import pytest
 from PIL import Image, ImageFilter
 
 from common.objects import ObjectStore
-from common.services import MAIN_DB, VECTOR_DB, LocalServices
+from operations.services import MAIN_DB, VECTOR_DB, LocalServices
 from tests.e2e.conftest import RunningPipeline, create_key, create_user, search, upload
 from tests.shared_data import BASIC
 

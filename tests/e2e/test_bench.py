@@ -31,7 +31,7 @@ def test_bench_smoke_writes_every_section(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "common.cli",
+            "operations.cli",
             "bench",
             "--photos-dir",
             str(BASIC),
@@ -100,7 +100,7 @@ def test_search_bench_smoke_adds_its_section_and_keeps_the_others(tmp_path: Path
         str(output),
     ]
     result = subprocess.run(
-        [sys.executable, "-m", "common.cli", *args], env=env, capture_output=True, text=True, timeout=600
+        [sys.executable, "-m", "operations.cli", *args], env=env, capture_output=True, text=True, timeout=600
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     text = output.read_text()
@@ -125,7 +125,9 @@ def test_search_bench_stopped_by_sigterm_stops_its_postgres(tmp_path: Path) -> N
     env["TMPDIR"] = str(scratch)
     args = ["bench-search", "--pairs", str(LFW), "--fit-photos", "60", "--sizes", "400000", "--queries", "20"]
     args += ["--shared-buffers", "128MB", "--storage", "halfvec", "--output", str(tmp_path / "BENCHMARKS.md")]
-    bench = subprocess.Popen([sys.executable, "-m", "common.cli", *args], env=env, stderr=subprocess.PIPE, text=True)
+    bench = subprocess.Popen(
+        [sys.executable, "-m", "operations.cli", *args], env=env, stderr=subprocess.PIPE, text=True
+    )
     try:
         deadline = time.monotonic() + 300
         while not servers_under(scratch):

@@ -12,7 +12,7 @@ import httpx
 import pytest
 import redis
 
-from common.services import free_port
+from operations.services import free_port
 from schemas.streams import Stage
 from tests.processes import wait_until_answers
 from tests.shared_data import BASIC, require_basic
@@ -25,7 +25,7 @@ def start_up(data_dir: Path, ports: dict[str, int], log: Path) -> subprocess.Pop
     env = {key: value for key, value in os.environ.items() if not key.startswith("FECAPASS_MODEL")}
     env["FECAPASS_MODEL_ROOT"] = str(data_dir / "no-models-here")
     env["FECAPASS_MAX_WAIT_SECONDS"] = "120"  # the first job waits for the stage processes to load the pack
-    args = [sys.executable, "-m", "common.cli", "up", "--data-dir", str(data_dir)]
+    args = [sys.executable, "-m", "operations.cli", "up", "--data-dir", str(data_dir)]
     for name, port in ports.items():
         args += [f"--{name}-port", str(port)]
     return subprocess.Popen(args, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT)
@@ -94,7 +94,7 @@ def test_up_enroll_search_inspect_stop_and_restart(tmp_path: Path) -> None:
 def test_up_stops_with_a_clear_message_when_the_pack_is_missing(tmp_path: Path) -> None:
     ports = {"api": free_port(), "postgres": free_port(), "redis": free_port(), "s3": free_port()}
     env = {**os.environ, "FECAPASS_MODEL_PACK": "no_such_pack", "FECAPASS_MODEL_ROOT": str(tmp_path)}
-    args = [sys.executable, "-m", "common.cli", "up", "--data-dir", str(tmp_path / "data")]
+    args = [sys.executable, "-m", "operations.cli", "up", "--data-dir", str(tmp_path / "data")]
     for name, port in ports.items():
         args += [f"--{name}-port", str(port)]
     result = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)

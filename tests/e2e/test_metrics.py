@@ -69,7 +69,7 @@ def test_every_stage_process_serves_its_counters(pipeline: RunningPipeline, enro
 
 def test_streams_command_prints_every_group(pipeline: RunningPipeline, enrolled: dict[str, Any]) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "common.cli", "streams"],
+        [sys.executable, "-m", "operations.cli", "streams"],
         env={**os.environ, **pipeline.env, "COLUMNS": "200"},
         capture_output=True,
         text=True,

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from common.packs.catalog import DLIB, default_threshold
-from common.services import LocalServices
+from operations.services import LocalServices
 from tests.e2e.conftest import (
     RunningPipeline,
     create_user,

@@ -11,7 +11,7 @@ import psycopg
 import pytest
 import redis
 
-from common.services import MAIN_DB, LocalServices
+from operations.services import MAIN_DB, LocalServices
 from schemas.streams import PIPELINE, Stage
 from tests.e2e.conftest import RunningPipeline, create_user, search, upload
 from tests.shared_data import LabelledFace, iou, labels

@@ -14,8 +14,8 @@ import pytest
 
 from common import clients
 from common.objects import ObjectStore
-from common.services import LocalServices
 from common.settings import S3Settings
+from operations.services import LocalServices
 from tests.e2e.conftest import (
     RunningPipeline,
     create_user,
@@ -45,7 +45,7 @@ def cluster(services: LocalServices, tmp_path_factory: pytest.TempPathFactory) -
 
 def fecapass(cluster: RunningPipeline, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "common.cli", *args], env=cluster.env, capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "operations.cli", *args], env=cluster.env, capture_output=True, text=True, timeout=300
     )
 
 

@@ -21,7 +21,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from common.services import LocalServices, free_port
+from operations.services import LocalServices, free_port
 from tests.e2e.conftest import create_key_in, fresh_installation
 from tests.processes import wait_until_answers
 
@@ -39,7 +39,7 @@ def fuzz_api(services: LocalServices, tmp_path_factory: pytest.TempPathFactory) 
     )
     log = (tmp_path_factory.mktemp("fuzz") / "api.log").open("wb")
     process = subprocess.Popen(
-        [sys.executable, "-m", "common.cli", "api"], env={**os.environ, **env}, stdout=log, stderr=log
+        [sys.executable, "-m", "operations.cli", "api"], env={**os.environ, **env}, stdout=log, stderr=log
     )
     base = f"http://127.0.0.1:{port}"
     wait_until_answers(f"{base}/health/live", timeout=30, process=process)

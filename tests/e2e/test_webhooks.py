@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from common.services import LocalServices
 from common.webhooks import SIGNATURE_HEADER, verify
+from operations.services import LocalServices
 from tests.e2e.conftest import RunningPipeline, upload
 
 pytestmark = pytest.mark.e2e

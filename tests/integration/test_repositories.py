@@ -12,17 +12,17 @@ import pytest
 from psycopg import sql
 
 from common import clients
-from common.services import MAIN_DB, VECTOR_DB, LocalServices
-from common.settings import DatabaseSettings
-from indexer.main_repository import DuplicateEmail, MainRepository, NewFace, UnknownUser
-from indexer.migrate import apply_migrations, migrate_all, migration_files
-from indexer.vector_repository import (
+from common.db.main_repository import DuplicateEmail, MainRepository, NewFace, UnknownUser
+from common.db.migrate import apply_migrations, migrate_all, migration_files
+from common.db.vector_repository import (
     HnswParameters,
     PackMismatch,
     VectorRepository,
     index_name,
     nearest_statement,
 )
+from common.settings import DatabaseSettings
+from operations.services import MAIN_DB, VECTOR_DB, LocalServices
 
 
 @pytest.fixture(scope="module")
@@ -224,7 +224,7 @@ def test_packs_are_kept_apart_and_dimension_is_fixed(
 def test_first_pack_is_active_until_another_is_activated(
     repositories: tuple[MainRepository, VectorRepository],
 ) -> None:
-    from indexer.reindex import count_missing, missing_faces
+    from operations.reindex import count_missing, missing_faces
 
     main, vectors = repositories
     active = vectors.active_pack()

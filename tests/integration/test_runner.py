@@ -17,8 +17,8 @@ from redis.retry import Retry
 from common.errors import DependencyUnavailable, JobFailed, PoisonMessage, TransientError
 from common.handlers import HandlerResult, Outcome, per_message
 from common.runner import StageRunner, ensure_group, errors_key
-from common.services import LocalServices
 from common.settings import StreamSettings
+from operations.services import LocalServices
 from schemas.jobs import ErrorCode, job_key
 from schemas.streams import JobKind, PipelineMessage, Stage
 from tests.conftest import redis_client_url
@@ -290,7 +290,7 @@ def test_runner_survives_redis_going_away(redis_client: redis.Redis) -> None:
 
 
 def test_dead_letters_can_be_replayed_and_purged(redis_client: redis.Redis) -> None:
-    from common import dlq
+    from operations import dlq
 
     ensure_group(redis_client, Stage.ALIGN)
     enqueue(redis_client, "revived")
@@ -356,7 +356,7 @@ def test_dlq_command_lists_replays_and_purges(redis_client: redis.Redis, service
 
     def dlq(*args: str) -> str:
         result = subprocess.run(
-            [sys.executable, "-m", "common.cli", "dlq", *args], env=env, capture_output=True, text=True, timeout=60
+            [sys.executable, "-m", "operations.cli", "dlq", *args], env=env, capture_output=True, text=True, timeout=60
         )
         assert result.returncode == 0, result.stderr
         return result.stdout

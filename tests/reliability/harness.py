@@ -20,8 +20,8 @@ import httpx
 import psycopg
 import redis
 
-from common.services import MAIN_DB, VECTOR_DB, LocalServices, free_port
-from indexer.migrate import migrate_all
+from common.db.migrate import migrate_all
+from operations.services import MAIN_DB, VECTOR_DB, LocalServices, free_port
 from schemas.streams import PIPELINE, Stage
 from tests.e2e.conftest import create_key_in
 from tests.processes import wait_until_answers
@@ -77,7 +77,10 @@ class Cluster:
     def spawn(self, name: str, args: list[str], extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         log = (self.log_dir / f"{name}.log").open("ab")
         process = subprocess.Popen(
-            [sys.executable, "-m", "common.cli", *args], env={**self.env, **(extra_env or {})}, stdout=log, stderr=log
+            [sys.executable, "-m", "operations.cli", *args],
+            env={**self.env, **(extra_env or {})},
+            stdout=log,
+            stderr=log,
         )
         self.processes[name] = process
         return process

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from common.objects import original_key
-from common.services import free_port
+from operations.services import free_port
 from schemas.jobs import job_key
 from schemas.streams import PIPELINE, FaceBox, JobKind, PipelineMessage, Stage
 from tests.e2e.test_api import png_bomb

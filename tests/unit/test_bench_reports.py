@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from common.bench import HEADER, Throughput, best_batches, why_slower
-from common.bench_search import IndexBuild, target_verdict, with_target_summary
-from common.reports import merged
+from operations.bench import HEADER, Throughput, best_batches, why_slower
+from operations.bench_search import IndexBuild, target_verdict, with_target_summary
+from operations.reports import merged
 
 
 def build(m: int, *results: tuple[int, float, float]) -> IndexBuild:

@@ -10,11 +10,11 @@ from insightface.utils.face_align import arcface_dst
 
 from common.imaging import decode
 from common.packs import ModelPackError
+from common.packs.alignment import align_face, similarity_transform
+from common.packs.arcface import FaceRecognizer
 from common.packs.insightface_files import find_pack, load_session
+from common.packs.scrfd import FaceDetector
 from common.settings import ModelSettings
-from detector.align import align_face, similarity_transform
-from detector.model import FaceDetector
-from embedder.model import FaceRecognizer
 from tests.shared_data import MODEL_ROOT, PACK, iou, labels, require_basic, require_pack
 
 

@@ -16,10 +16,10 @@ from common.imaging import decode, decode_reduced
 from common.packs import Face, ModelPack, ModelPackError
 from common.packs.catalog import CALIBRATED_THRESHOLDS, DLIB, LICENCES, UNCALIBRATED_THRESHOLD, default_threshold
 from common.packs.library import PackLibrary, pack_for
-from common.reports import merged
 from common.settings import ModelSettings
 from detector.stages import align_fraction, same_place
-from embedder.calibrate import HEADER, calibrate
+from operations.calibrate import HEADER, calibrate
+from operations.reports import merged
 from schemas.jobs import ErrorCode
 from tests.shared_data import LFW, MODEL_ROOT, labels, require_basic, require_pack
 
@@ -190,7 +190,7 @@ def fecapass(*args: str) -> subprocess.CompletedProcess[str]:
     # A process of its own: the command configures logging for its process, which must not be pytest's.
     env = {**os.environ, "FECAPASS_MODEL_ROOT": str(MODEL_ROOT)}
     return subprocess.run(
-        [sys.executable, "-m", "common.cli", *args], env=env, capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "operations.cli", *args], env=env, capture_output=True, text=True, timeout=300
     )
 
 

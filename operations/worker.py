@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 
-import httpx
 import structlog
 from prometheus_client import start_http_server
 
@@ -13,7 +12,6 @@ from common import clients
 from common import settings as s
 from common.handlers import StageHandler
 from common.runner import StageRunner
-from common.webhooks import WebhookHandler
 from schemas.streams import Stage
 
 log = structlog.get_logger(__name__)
@@ -34,17 +32,12 @@ def handler_factory(stage: Stage) -> Callable[[], AbstractContextManager[StageHa
 
         return embed_handler
     if stage is Stage.WEBHOOK:
+        from webhook_sender.worker import webhook_handler
+
         return webhook_handler
     from indexer.worker import index_handler
 
     return index_handler
-
-
-@contextmanager
-def webhook_handler() -> Iterator[WebhookHandler]:
-    settings = s.load(s.WebhookSettings)
-    with httpx.Client(timeout=settings.webhook_timeout_seconds, follow_redirects=False) as client:
-        yield WebhookHandler(client, settings.webhook_secret.get_secret_value().encode(), settings.webhook_attempts)
 
 
 def serve_metrics(port: int, stage: Stage) -> None:

@@ -15,8 +15,8 @@ import numpy as np
 from common.imaging import decode
 from common.packs import Face, ModelPack
 from common.packs.library import PackLibrary
-from common.reports import merged
 from common.settings import ModelSettings
+from operations.reports import merged
 
 # Tight LFW crops must be padded or SCRFD finds no face in them.
 PAD_FRACTION = 0.5

@@ -22,13 +22,13 @@ import psycopg
 from pgvector.psycopg import register_vector
 from psycopg import sql
 
-from common.bench import HEADER, machine, percentile
-from common.reports import merged
-from common.services import VECTOR_DB, LocalServices
+from common.db.migrate import apply_migrations
+from common.db.vector_repository import HnswParameters, PackIndex, index_statement, nearest_statement
 from common.settings import ModelSettings
-from indexer.migrate import apply_migrations
 from indexer.stage import CANDIDATES_PER_RESULT
-from indexer.vector_repository import HnswParameters, PackIndex, index_statement, nearest_statement
+from operations.bench import HEADER, machine, percentile
+from operations.reports import merged
+from operations.services import VECTOR_DB, LocalServices
 
 BENCH_PACK = "bench"
 BENCH_INDEX = "bench_hnsw"
@@ -74,7 +74,7 @@ def real_embeddings(config: SearchBenchConfig) -> tuple[np.ndarray, np.ndarray]:
 
 def _embed_photos(config: SearchBenchConfig) -> tuple[np.ndarray, np.ndarray]:
     from common.packs.library import PackLibrary
-    from embedder.calibrate import embed_crop
+    from operations.calibrate import embed_crop
 
     pack = PackLibrary(ModelSettings(model_pack=config.pack, model_root=config.model_root)).get()
     with (config.lfw_dir / "identities.csv").open() as handle:

@@ -6,12 +6,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from common import models_cli
 from common import settings as s
-from common.local import LocalModeError
 from common.logs import configure_logging
 from common.packs import ModelPackError
-from common.services import ServiceError, interrupt_on_sigterm
+from operations import models_cli
+from operations.local import LocalModeError
+from operations.services import ServiceError, interrupt_on_sigterm
 from schemas.streams import Stage
 
 
@@ -32,7 +32,7 @@ def _api() -> None:
 
 
 def _migrate() -> None:
-    from indexer.migrate import migrate_all
+    from common.db.migrate import migrate_all
 
     database = s.load(s.DatabaseSettings)
     applied = migrate_all(database.main_db_dsn.get_secret_value(), database.vector_db_dsn.get_secret_value())
@@ -80,7 +80,7 @@ def _healthcheck() -> None:
 def _keys(args: argparse.Namespace) -> None:
     from common import clients
     from common.apikeys import new_key
-    from indexer.main_repository import MainRepository
+    from common.db.main_repository import MainRepository
 
     with clients.main_db_pool(s.load(s.DatabaseSettings)) as pool:
         repository = MainRepository(pool)
@@ -99,7 +99,8 @@ def _keys(args: argparse.Namespace) -> None:
 
 
 def _dlq(args: argparse.Namespace) -> None:
-    from common import clients, dlq
+    from common import clients
+    from operations import dlq
 
     client = clients.redis_client(s.load(s.RedisSettings))
     stages = [Stage(args.stage)] if getattr(args, "stage", None) else list(Stage)
@@ -224,7 +225,7 @@ def main(argv: list[str] | None = None) -> None:
     configure_logging(logs.log_level, logs.log_json)
     try:
         if args.command == "up":
-            from common.local import UpOptions, run_up
+            from operations.local import UpOptions, run_up
 
             run_up(
                 UpOptions(
@@ -239,7 +240,7 @@ def main(argv: list[str] | None = None) -> None:
         elif args.command == "api":
             _api()
         elif args.command == "worker":
-            from common.worker import run_worker
+            from operations.worker import run_worker
 
             run_worker(Stage(args.stage))
         elif args.command == "migrate":
@@ -257,8 +258,8 @@ def main(argv: list[str] | None = None) -> None:
         elif args.command in ("models", "reindex"):
             models_cli.run(args)
         elif args.command == "bench":
-            from common.bench import BenchConfig
-            from common.bench import run as bench
+            from operations.bench import BenchConfig
+            from operations.bench import run as bench
 
             interrupt_on_sigterm()
             model = s.load(s.ModelSettings)
@@ -273,8 +274,8 @@ def main(argv: list[str] | None = None) -> None:
             )
             print(f"wrote {bench(config)}")
         elif args.command == "bench-search":
-            from common.bench_search import SearchBenchConfig, with_target_summary
-            from common.bench_search import run as bench_search
+            from operations.bench_search import SearchBenchConfig, with_target_summary
+            from operations.bench_search import run as bench_search
 
             if args.summary_only:
                 args.output.write_text(with_target_summary(args.output.read_text()))
@@ -298,7 +299,7 @@ def main(argv: list[str] | None = None) -> None:
             )
             print(f"wrote {bench_search(search_config)}")
         elif args.command == "calibrate":
-            from embedder.calibrate import main as calibrate
+            from operations.calibrate import main as calibrate
 
             calibrate(s.load(s.ModelSettings), args.pairs, args.output)
     except (s.SettingsError, ModelPackError, LocalModeError, ServiceError) as exc:

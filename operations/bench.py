@@ -24,9 +24,9 @@ import onnxruntime
 import psutil
 
 from common.apikeys import new_key
-from common.reports import merged
-from common.services import MAIN_DB, VECTOR_DB, LocalServices, ServiceError, free_port
 from common.settings import ModelSettings
+from operations.reports import merged
+from operations.services import MAIN_DB, VECTOR_DB, LocalServices, ServiceError, free_port
 from schemas.streams import PIPELINE, Stage
 
 HEADER = "# Benchmarks\n"
@@ -203,7 +203,7 @@ def _start_pipeline(
 ) -> Running:
     import psycopg
 
-    from indexer.migrate import migrate_all
+    from common.db.migrate import migrate_all
 
     services.start()
     migrate_all(services.dsn(MAIN_DB), services.dsn(VECTOR_DB))
@@ -225,11 +225,11 @@ def _start_pipeline(
         "FECAPASS_MAX_WAIT_SECONDS": "120",
         "FECAPASS_MAX_BACKLOG": "1000000",
     }
-    processes["api"] = subprocess.Popen([sys.executable, "-m", "common.cli", "api"], env=env)
+    processes["api"] = subprocess.Popen([sys.executable, "-m", "operations.cli", "api"], env=env)
     for stage in stages:
         for number in range(1, workers + 1):
             name = stage.value if workers == 1 else f"{stage.value} {number}"
-            processes[name] = subprocess.Popen([sys.executable, "-m", "common.cli", "worker", stage.value], env=env)
+            processes[name] = subprocess.Popen([sys.executable, "-m", "operations.cli", "worker", stage.value], env=env)
     running = Running(services, f"http://127.0.0.1:{port}", key, processes)
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:

@@ -17,9 +17,9 @@ from rich.table import Table
 from common import settings as s
 
 if TYPE_CHECKING:
+    from common.db.main_repository import MainRepository
+    from common.db.vector_repository import VectorRepository
     from common.packs.library import PackLibrary
-    from indexer.main_repository import MainRepository
-    from indexer.vector_repository import VectorRepository
 
 console = Console()
 
@@ -48,7 +48,7 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 
 def run(args: argparse.Namespace) -> None:
-    from indexer.reindex import ActivationRefused
+    from operations.reindex import ActivationRefused
 
     try:
         _run(args)
@@ -131,8 +131,8 @@ class Repositories:
 @contextmanager
 def repositories() -> Iterator[Repositories]:
     from common import clients
-    from indexer.main_repository import MainRepository
-    from indexer.vector_repository import HnswParameters, VectorRepository
+    from common.db.main_repository import MainRepository
+    from common.db.vector_repository import HnswParameters, VectorRepository
 
     database = s.load(s.DatabaseSettings)
     hnsw = HnswParameters.from_settings(s.load(s.SearchIndexSettings))  # reindex builds the new pack's index
@@ -154,7 +154,7 @@ def _status() -> None:
 
 
 def _activate(name: str, allow_missing: bool) -> None:
-    from indexer.reindex import activate
+    from operations.reindex import activate
 
     info = _library().describe(name)
     with repositories() as repos:
@@ -170,8 +170,8 @@ def _activate(name: str, allow_missing: bool) -> None:
 
 def _reindex(name: str, window: int, max_faces: int | None) -> None:
     from common import clients
-    from indexer.reindex import Progress as Counts
-    from indexer.reindex import Reindexer
+    from operations.reindex import Progress as Counts
+    from operations.reindex import Reindexer
 
     info = _library().describe(name)
     ttl = s.load(s.PipelineSettings).job_ttl_seconds

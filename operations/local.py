@@ -17,11 +17,11 @@ from pydantic import SecretStr
 from common import clients
 from common import settings as s
 from common.apikeys import new_key
+from common.db.migrate import migrate_all
+from common.db.vector_repository import VectorRepository
 from common.packs import PackInfo
 from common.packs.library import PackLibrary
-from common.services import MAIN_DB, VECTOR_DB, LocalServices, interrupt_on_sigterm, valkey_cli
-from indexer.migrate import migrate_all
-from indexer.vector_repository import VectorRepository
+from operations.services import MAIN_DB, VECTOR_DB, LocalServices, interrupt_on_sigterm, valkey_cli
 from schemas.streams import Stage
 
 log = structlog.get_logger(__name__)
@@ -64,7 +64,7 @@ class Supervisor:
         self.stopping = False
 
     def spawn(self, name: str, args: list[str], extra_env: dict[str, str] | None = None) -> None:
-        command = [sys.executable, "-m", "common.cli", *args]
+        command = [sys.executable, "-m", "operations.cli", *args]
         env = {**self.env, **(extra_env or {})}
         self.children[name] = (command, env, subprocess.Popen(command, env=env))
 

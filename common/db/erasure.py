@@ -6,9 +6,9 @@ so nothing new is enrolled for them and searches stop returning them while the r
 
 from __future__ import annotations
 
+from common.db.main_repository import FaceRow, MainRepository
+from common.db.vector_repository import VectorRepository
 from common.objects import ObjectStore
-from indexer.main_repository import FaceRow, MainRepository
-from indexer.vector_repository import VectorRepository
 
 
 class Erasure:

@@ -1,4 +1,4 @@
-"""Apply the plain SQL migrations in ``indexer/migrations/<database>/`` once each, in name order."""
+"""Apply the plain SQL migrations in ``common/db/migrations/<database>/`` once each, in name order."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ _LOCK_ID = 0x46454341
 
 
 def migration_files(database: str) -> list[tuple[str, str]]:
-    folder = resources.files("indexer") / "migrations" / database
+    folder = resources.files("common.db") / "migrations" / database
     files = sorted((entry.name, entry.read_text()) for entry in folder.iterdir() if entry.name.endswith(".sql"))
     return [(f"{database}/{name}", text) for name, text in files]
 

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 import redis
 
 from common import status
+from common.db.main_repository import FaceRow, MainRepository
+from common.db.vector_repository import VectorRepository
 from common.packs import PackInfo
-from indexer.main_repository import FaceRow, MainRepository
-from indexer.vector_repository import VectorRepository
 from schemas.jobs import JobState, job_key
 from schemas.streams import JobKind, PipelineMessage, Stage
 

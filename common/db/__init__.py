@@ -1,0 +1,1 @@
+"""The data layer: one repository per database, plain SQL migrations, erasure."""
