@@ -324,14 +324,15 @@ def _bench(args: argparse.Namespace) -> None:
 
 
 def _bench_search(args: argparse.Namespace) -> None:
-    from operations.bench_search import SearchBenchConfig, with_target_summary
+    if args.summary_only:
+        from operations.search_report import rewrite_report
+
+        print(f"wrote {rewrite_report(args.output)}")
+        return
+    from operations.bench_search import SearchBenchConfig
     from operations.bench_search import run as bench_search
     from operations.services import ServiceError, interrupt_on_sigterm
 
-    if args.summary_only:
-        args.output.write_text(with_target_summary(args.output.read_text()))
-        print(f"wrote {args.output}")
-        return
     interrupt_on_sigterm()
     model = s.load(s.ModelSettings)
     config = SearchBenchConfig(
@@ -384,13 +385,18 @@ def _add_measurements(commands: Commands) -> None:
     scale.add_argument("--ef-construction", type=int, default=128)
     scale.add_argument("--ef-search", type=int, nargs="+", default=[40, 100, 200, 400, 800])
     scale.add_argument("--storage", nargs="+", choices=["vector", "halfvec"], default=["vector", "halfvec"])
-    scale.add_argument("--output", type=Path, default=Path("BENCHMARKS.md"))
+    scale.add_argument(
+        "--output",
+        type=Path,
+        default=Path("BENCHMARKS.md"),
+        help="the report; its measurements are kept beside it (BENCHMARKS-search.json beside BENCHMARKS.md)",
+    )
     scale.add_argument("--fit-photos", type=int, help="fit the generator to this many photos only (quick runs)")
     scale.add_argument("--shared-buffers", default="4GB", help="PostgreSQL shared_buffers for the run")
     scale.add_argument(
         "--summary-only",
         action="store_true",
-        help="measure nothing: rewrite the target summary from the sections already in the report",
+        help="measure nothing: render the search sections and the target summary again from the measurements file",
     )
     calibrate = command(commands, "calibrate", _calibrate, "measure the pack on LFW-style pairs, write CALIBRATION.md")
     calibrate.add_argument(
