@@ -75,7 +75,7 @@ class Job(BaseModel):
     faces_seen: int | None = None
     query_time_ms: float | None = Field(default=None, description="from upload to result, once finished")
     error: JobError | None = None
-    result: JobResult | None = Field(default=None, description="the model of the job's kind")
+    result: JobResult | None = Field(default=None, description="once done: the result model of the job's kind")
 
     _result_for_kind = model_validator(mode="before")(result_for_kind)
 

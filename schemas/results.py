@@ -142,8 +142,8 @@ class ReindexResult(BaseModel):
 
 # Results that name no photo are the same stored and delivered.
 PlainResult = EnrollResult | VerifyResult | DetectResult | ReindexResult
-StoredResult = PlainResult | StoredSearchResult
-JobResult = PlainResult | SearchResult
+StoredResult = EnrollResult | StoredSearchResult | VerifyResult | DetectResult | ReindexResult
+JobResult = EnrollResult | SearchResult | VerifyResult | DetectResult | ReindexResult
 
 STORED_RESULT_TYPES: dict[JobKind, type[StoredResult]] = {
     JobKind.ENROLL: EnrollResult,
