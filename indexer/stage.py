@@ -94,7 +94,7 @@ class IndexHandler:
         return per_message(self.handle)(messages)
 
     def _finished(self, result: StoredResult) -> Outcome:
-        return Outcome(result=FinishedResult.of(result, self.presign))
+        return Outcome(result=FinishedResult(result, self.presign))
 
     def _enroll(self, message: EmbeddedMessage, pack: str, matrix: np.ndarray) -> EnrollResult:
         if message.user_id is None:

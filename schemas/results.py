@@ -184,17 +184,22 @@ def result_for_kind(data: Any) -> Any:
 
 @dataclass(frozen=True)
 class FinishedResult:
-    """What the stage that finishes a job hands the runner: the result to store in the status hash, and the
-    same result as clients get it, for the webhook body (presigned where the job finishes, in the stage that
-    holds the object store, so the webhook sender needs no S3 credentials)."""
+    """What the stage that finishes a job hands the runner: the result to store in the status hash, and how to
+    sign its photo URLs for the webhook body. The stage that finishes a search holds the object store, so the
+    webhook sender needs no S3 credentials."""
 
     stored: StoredResult
-    client: JobResult
+    presign: Presign
 
-    @classmethod
-    def of(cls, result: StoredResult, presign: Presign) -> FinishedResult:
-        return cls(stored=result, client=client_result(result, presign))
+    @property
+    def client(self) -> JobResult:
+        """The result as clients get it; built only when asked for (a webhook is due): it signs a URL per match."""
+        return client_result(self.stored, self.presign)
 
     @classmethod
     def without_photos(cls, result: PlainResult) -> FinishedResult:
-        return cls(stored=result, client=result)
+        return cls(stored=result, presign=_nothing_to_sign)
+
+
+def _nothing_to_sign(key: str) -> str:
+    raise AssertionError(f"a result without photos named {key}")

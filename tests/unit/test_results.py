@@ -83,7 +83,7 @@ RESULTS: dict[JobKind, StoredResult] = {
 def test_each_kind_round_trips_through_the_status_hash(kind: JobKind) -> None:
     result = RESULTS[kind]
     assert isinstance(result, STORED_RESULT_TYPES[kind])
-    assert parse_stored_result(kind, FinishedResult.of(result, signed).stored.model_dump_json()) == result
+    assert parse_stored_result(kind, FinishedResult(result, signed).stored.model_dump_json()) == result
 
 
 def test_results_keep_the_fields_clients_had() -> None:
