@@ -83,25 +83,38 @@ def enrolled_face(main: MainRepository, vectors: VectorRepository) -> tuple[int,
     return user.id, face_id, f"originals/{job_id}"
 
 
-def run_search(redis_client: redis.Redis, handler: IndexHandler, callback_url: str | None = None) -> str:
-    """One search job's entry through the real runner around the index stage; returns the job id."""
+def run_search(
+    redis_client: redis.Redis,
+    handler: IndexHandler,
+    callback_url: str | None = None,
+    *,
+    kind: JobKind = JobKind.SEARCH,
+    user_id: int | None = None,
+    vectors: list[list[float]] | None = None,
+) -> str:
+    """One job's entry (a search unless told) through the real runner around the index stage; returns its id."""
     job_id = uuid.uuid4().hex
-    face = AlignedFace(box=(10, 20, 110, 140), keypoints=[(0, 0)] * 5, score=0.97, crop_key=f"crops/{job_id}/0.png")
+    rows = vectors or [[1, 0.1, 0, 0]]
+    faces = [
+        AlignedFace(box=(10, 20, 110, 140), keypoints=[(0, 0)] * 5, score=0.97, source=index, crop_key=f"c/{index}")
+        for index in range(len(rows))
+    ]
     message = EmbeddedMessage(
         job_id=job_id,
-        kind=JobKind.SEARCH,
+        kind=kind,
         image_key=f"originals/{job_id}",
+        user_id=user_id,
         threshold=0.5,
         limit=5,
         pack=PACK,
         crop_size=112,
-        faces=[face],
+        faces=faces,
         faces_seen=1,
-        embeddings=encode_embeddings(unit([1, 0.1, 0, 0])[None, :]),
+        embeddings=encode_embeddings(np.vstack([unit(row) for row in rows])),
         dim=4,
         callback_url=callback_url,
     )
-    redis_client.hset(job_key(job_id), mapping={"kind": "search", "state": "embedding", "created_at": "1.0"})
+    redis_client.hset(job_key(job_id), mapping={"kind": kind.value, "state": "embedding", "created_at": "1.0"})
     ensure_group(redis_client, Stage.INDEX)
     redis_client.xadd(Stage.INDEX.stream, message.to_fields())
     StageRunner(redis_client, handler, FAST, job_ttl_seconds=600, consumer="results").run_once()
@@ -148,6 +161,27 @@ def test_a_search_without_webhook_signs_no_url(
     job_id = run_search(redis_client, IndexHandler(main, vectors, object_store, presign=refuse))
     assert redis_client.hget(job_key(job_id), "state") == b"done"
     assert redis_client.xlen(Stage.WEBHOOK.stream) == 0
+
+
+def test_verify_results_read_back_as_before(
+    repositories: tuple[MainRepository, VectorRepository], redis_client: redis.Redis, object_store: ObjectStore
+) -> None:
+    main, vectors = repositories
+    user_id, face_id, _ = enrolled_face(main, vectors)
+    handler = IndexHandler(main, vectors, object_store, presign=signed)
+
+    def result(job_id: str) -> dict[str, object]:
+        job = job_from_hash(decode_fields(redis_client.hgetall(job_key(job_id))), job_id, "u", signed)
+        assert job is not None and job.state == "done", job
+        return job.model_dump(mode="json")["result"]  # type: ignore[no-any-return]
+
+    against_user = result(run_search(redis_client, handler, kind=JobKind.VERIFY, user_id=user_id))
+    assert against_user["user_id"] == user_id and against_user["face_id"] == face_id
+    assert against_user["faces_compared"] == 1 and against_user["match"] is True
+    two_photos = result(run_search(redis_client, handler, kind=JobKind.VERIFY, vectors=[[1, 0, 0, 0], [0, 1, 0, 0]]))
+    assert set(two_photos) == {"threshold", "model_pack", "similarity", "match", "faces"}  # no user keys at all
+    assert two_photos["similarity"] == 0.0 and two_photos["match"] is False
+    assert [face["photo"] for face in two_photos["faces"]] == [0, 1]  # type: ignore[attr-defined]
 
 
 def test_submitting_queues_the_status_hash_and_the_detect_entry_together(redis_client: redis.Redis) -> None:
