@@ -106,6 +106,11 @@ class StreamCollector(Collector):
             "fecapass_stream_oldest_pending_seconds", "Age of the oldest pending entry", labels=labels
         )
         dead = GaugeMetricFamily("fecapass_stream_dead_letters", "Entries in the dead-letter stream", labels=labels)
+        waiting = GaugeMetricFamily(
+            "fecapass_stream_backlog",
+            "Entries waiting in the group (pending + undelivered): uploads get 429 past FECAPASS_MAX_BACKLOG",
+            labels=labels,
+        )
         try:
             stats = stream_stats(self.client)
         except redis.RedisError:
@@ -116,7 +121,8 @@ class StreamCollector(Collector):
             pending.add_metric(key, row.pending)
             consumers.add_metric(key, row.consumers)
             dead.add_metric(key, row.dead_letters)
+            waiting.add_metric(key, row.backlog)
             if row.lag is not None:
                 lag.add_metric(key, row.lag)
             oldest.add_metric(key, row.oldest_pending_seconds or 0.0)
-        yield from (length, pending, lag, consumers, oldest, dead)
+        yield from (length, pending, lag, consumers, oldest, dead, waiting)

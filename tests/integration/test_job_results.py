@@ -18,7 +18,7 @@ import redis.asyncio as aioredis
 from common import clients, status
 from common.db.main_repository import MainRepository, NewFace
 from common.db.vector_repository import VectorRepository
-from common.metrics import stream_stats
+from common.metrics import StreamCollector, stream_stats
 from common.objects import ObjectStore
 from common.runner import StageRunner, ensure_group
 from common.settings import DatabaseSettings, StreamSettings
@@ -242,6 +242,13 @@ def test_backpressure_and_metrics_count_the_same_backlog(services: LocalServices
             await client.aclose()
 
     assert asyncio.run(largest()) == row.backlog == 5
+    scraped = {
+        tuple(sample.labels.values()): sample.value
+        for family in StreamCollector(redis_client).collect()
+        if family.name == "fecapass_stream_backlog"
+        for sample in family.samples
+    }
+    assert scraped[(Stage.EMBED.stream, Stage.EMBED.group)] == 5
     # An entry deleted inside the unread range: Redis can no longer tell the lag; both fall back to the length.
     newest = redis_client.xrevrange(Stage.EMBED.stream, count=1)[0][0]
     redis_client.xdel(Stage.EMBED.stream, newest)
