@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -63,10 +64,25 @@ def test_finished_job_is_posted_with_a_valid_signature(
     payload = json.loads(body)
     assert payload["job_id"] == job["job_id"] and payload["state"] == "done"
     assert payload["result"]["faces"][0]["matches"][0]["user_id"] == enrolled["users"]["obama"]
+    with pipeline.client("read") as client:
+        api_result = client.get(f"/v1/jobs/{job['job_id']}").json()["result"]
+    # The same result as the API's, photo URLs included; only the moment each URL was signed differs.
+    assert unsigned(payload["result"]) == unsigned(api_result)
+    assert payload["result"]["faces"][0]["matches"][0]["photo_url"].startswith("http")
+    assert b"image_key" not in body
     secret = services.credentials.webhook_secret.encode()
     assert verify(secret, body, headers[SIGNATURE_HEADER])
     assert not verify(secret, body + b" ", headers[SIGNATURE_HEADER])  # any change breaks it
     assert not verify(b"another secret", body, headers[SIGNATURE_HEADER])
+
+
+def unsigned(result: dict[str, Any]) -> dict[str, Any]:
+    """The result with each photo URL cut to its path (the query holds the signing time and signature)."""
+    copy = json.loads(json.dumps(result))
+    for face in copy.get("faces", []):
+        for match in face.get("matches", []):
+            match["photo_url"] = urlsplit(match["photo_url"]).path
+    return copy
 
 
 def test_failed_job_is_posted_and_a_failing_receiver_is_retried(pipeline: RunningPipeline, receiver: Receiver) -> None:
