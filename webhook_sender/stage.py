@@ -15,11 +15,12 @@ Every text that leaves here (log fields, error and dead-letter reasons) has URL 
 from __future__ import annotations
 
 import hashlib
+import queue
 import threading
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, wait
 from dataclasses import dataclass
 
 import httpx
@@ -61,6 +62,46 @@ class DeliveryLimits:
     attempts: int = 3
 
 
+class DaemonPool:
+    """A fixed set of daemon threads. Not ThreadPoolExecutor: the interpreter joins its threads at exit, so one
+    delivery stuck on a silent receiver would keep a stopping stage alive past its drain time."""
+
+    def __init__(self, workers: int) -> None:
+        self._queue: queue.SimpleQueue[tuple[Future[None], Callable[[], None]] | None] = queue.SimpleQueue()
+        self._workers = [threading.Thread(target=self._work, name=f"webhook-{i}", daemon=True) for i in range(workers)]
+        for worker in self._workers:
+            worker.start()
+
+    def submit(self, work: Callable[[], None]) -> Future[None]:
+        future: Future[None] = Future()
+        self._queue.put((future, work))
+        return future
+
+    def shutdown(self) -> None:
+        """Cancel what has not started; what runs dies with the process (its entries are pending)."""
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is not None:
+                item[0].cancel()
+        for _ in self._workers:
+            self._queue.put(None)
+
+    def _work(self) -> None:
+        while (item := self._queue.get()) is not None:
+            future, work = item
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                work()
+            except BaseException as exc:
+                future.set_exception(exc)
+            else:
+                future.set_result(None)
+
+
 def delivery_key(message: WebhookMessage) -> str:
     """Same entry (or its redelivery) -> same key."""
     return hashlib.sha256(f"{message.job_id}\n{message.url}\n{message.body}".encode()).hexdigest()
@@ -74,7 +115,7 @@ class WebhookHandler:
         self.client = client
         self.secret = secret
         self.limits = limits or DeliveryLimits()
-        self._pool = ThreadPoolExecutor(max_workers=self.limits.concurrency, thread_name_prefix="webhook")
+        self._pool = DaemonPool(self.limits.concurrency)
         self._lock = threading.Lock()
         self._in_flight: dict[str, Future[None]] = {}
         self._busy: Counter[str] = Counter()  # receiver -> deliveries in flight
@@ -82,8 +123,7 @@ class WebhookHandler:
         self._delivered_later: OrderedDict[str, None] = OrderedDict()
 
     def close(self) -> None:
-        # Deliveries in flight die with the process; their entries are pending and will be claimed again.
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool.shutdown()
 
     # -- the runner's interface ------------------------------------------------------------------------
 
@@ -109,7 +149,7 @@ class WebhookHandler:
             if self._busy[receiver] >= self.limits.per_receiver:
                 return ReceiverBusy(f"{self.limits.per_receiver} deliveries to {receiver} in flight; retried later")
             self._busy[receiver] += 1
-            future = self._pool.submit(self._deliver, message)
+            future = self._pool.submit(lambda: self._deliver(message))
             self._in_flight[key] = future
         future.add_done_callback(lambda done: self._finished(key, receiver, done))
         return future

@@ -1,7 +1,9 @@
-"""Webhook receivers on 127.0.0.1 for the security tests: one that answers, one that accepts and never does."""
+"""Webhook receivers on 127.0.0.1 for the security tests (one that answers, one that accepts and never does), and
+the environment of a `fecapass worker webhook` process that delivers to them."""
 
 from __future__ import annotations
 
+import os
 import socket
 import ssl
 import threading
@@ -9,7 +11,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
+
+from operations.services import LocalServices
+from tests.conftest import redis_client_url
 
 
 @dataclass
@@ -93,3 +99,19 @@ def silent_receiver() -> Iterator[SilentReceiver]:
         listener.close()
         for connection in state.connections:  # the clients waiting on them fail at once instead of timing out
             connection.close()
+
+
+def webhook_worker_env(services: LocalServices, **settings: str) -> dict[str, str]:
+    """FECAPASS_* for one webhook stage process on the test servers' runner database, loopback allowed."""
+    return {
+        **os.environ,
+        **services.environment(),
+        "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
+        "FECAPASS_REDIS_URL": redis_client_url(services),
+        "FECAPASS_WEBHOOK_SECRET": "secret",
+        "FECAPASS_WEBHOOK_ALLOW": "127.0.0.1/32",
+        "FECAPASS_BLOCK_MS": "50",
+        "FECAPASS_METRICS_PORT": "0",
+        "FECAPASS_LOG_JSON": "true",
+        **{f"FECAPASS_{name}": value for name, value in settings.items()},
+    }

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import os
 import signal
 import socket
 import subprocess
@@ -19,8 +18,7 @@ import redis
 from common.redaction import RedactingFilter, redact_event, redact_urls
 from operations.services import LocalServices
 from schemas.streams import Stage, WebhookMessage
-from tests.conftest import redis_client_url
-from tests.security.receivers import receiver
+from tests.security.receivers import receiver, webhook_worker_env
 
 PASSWORD = "s3cr3t-Pa55w0rd"
 
@@ -92,20 +90,7 @@ def test_no_log_line_or_dead_letter_of_the_webhook_stage_holds_the_password(
     def with_credentials(url: str) -> str:
         return url.replace("http://", f"http://hookuser:{PASSWORD}@")
 
-    env = {
-        **os.environ,
-        **services.environment(),
-        "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
-        "FECAPASS_REDIS_URL": redis_client_url(services),
-        "FECAPASS_WEBHOOK_SECRET": "secret",
-        "FECAPASS_WEBHOOK_ALLOW": "127.0.0.1/32",
-        "FECAPASS_WEBHOOK_ATTEMPTS": "1",
-        "FECAPASS_CLAIM_IDLE_MS": "300",
-        "FECAPASS_MAX_DELIVERIES": "2",
-        "FECAPASS_BLOCK_MS": "50",
-        "FECAPASS_METRICS_PORT": "0",
-        "FECAPASS_LOG_JSON": "true",
-    }
+    env = webhook_worker_env(services, WEBHOOK_ATTEMPTS="1", CLAIM_IDLE_MS="300", MAX_DELIVERIES="2")
     log_path = tmp_path / "webhook.log"
     with receiver() as ok, receiver(status=503) as failing, log_path.open("wb") as log:
         urls = {

@@ -3,10 +3,14 @@ lettered at once, and a receiver that never answers holds only its own deliverie
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import httpx
 import pytest
@@ -18,8 +22,9 @@ from common.handlers import Outcome
 from common.runner import StageRunner, ensure_group
 from common.settings import StreamSettings
 from common.webhooks import SIGNATURE_HEADER, verify
+from operations.services import LocalServices
 from schemas.streams import Stage, WebhookMessage
-from tests.security.receivers import receiver, silent_receiver
+from tests.security.receivers import receiver, silent_receiver, webhook_worker_env
 from webhook_sender.stage import DeliveryLimits, ReceiverBusy, StillInFlight, WebhookHandler
 from webhook_sender.worker import webhook_handler
 
@@ -158,3 +163,29 @@ def test_a_refused_scheme_is_poison_without_a_request() -> None:
         [result] = handler.handle_batch([message("ftp", "ftp://user:pw@127.0.0.1/x")])
     assert isinstance(result, PoisonMessage) and "pw" not in result.message
     handler.close()
+
+
+def test_a_stopping_stage_does_not_wait_for_a_receiver_that_never_answers(
+    services: LocalServices, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    env = webhook_worker_env(services, WEBHOOK_TIMEOUT_SECONDS="300", WEBHOOK_ATTEMPTS="1", DRAIN_SECONDS="5")
+    log_path = tmp_path / "webhook.log"
+    with silent_receiver() as silent, log_path.open("wb") as log:
+        slow_id = enqueue(redis_client, "job-silent", silent.url)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "operations.cli", "worker", "webhook"], env=env, stdout=log, stderr=log
+        )
+        try:
+            assert silent.accepted.acquire(timeout=30), log_path.read_text()
+        finally:
+            process.send_signal(signal.SIGTERM)
+            try:
+                code = process.wait(30)  # far below the 300 s the delivery could still take
+            except subprocess.TimeoutExpired:
+                process.kill()
+                pytest.fail("the webhook stage did not stop within 30 s of SIGTERM")
+    text = log_path.read_text()
+    # Within its drain time, not cut off by it (a thread pool the interpreter joins at exit would be).
+    assert code == 0 and "stage.drain_timeout" not in text and "Traceback" not in text, text
+    assert "stage.stopped" in text
+    assert pending_ids(redis_client) == {slow_id}  # left for another consumer to claim
