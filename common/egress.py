@@ -231,7 +231,9 @@ class EgressTransport(httpx.HTTPTransport):
     """httpx's transport with its connection pool on ``EgressBackend``; proxies from the environment are not
     used (a proxy would make the checked address the proxy's). Raises EgressRefused from ``handle_request``."""
 
-    def __init__(self, policy: EgressPolicy, *, verify: ssl.SSLContext | bool | str = True, limits: httpx.Limits | None = None) -> None:
+    def __init__(
+        self, policy: EgressPolicy, *, verify: ssl.SSLContext | bool | str = True, limits: httpx.Limits | None = None
+    ) -> None:
         limits = limits or httpx.Limits()
         super().__init__(verify=verify, limits=limits, trust_env=False)
         # The pool httpx builds, on our backend (HTTPTransport takes no backend argument).
