@@ -1,12 +1,12 @@
 """The webhook sender's handler: signed POSTs of finished jobs, delivered concurrently, a few per receiver.
 
 A batch's deliveries run at once on a thread pool (``FECAPASS_WEBHOOK_CONCURRENCY`` in all), at most
-``FECAPASS_WEBHOOK_PER_RECEIVER`` to one receiver (host:port), so a slow or dead receiver holds only its own
-slots. The batch waits ``FECAPASS_WEBHOOK_BATCH_WAIT_SECONDS`` for them: a delivery still going on then (a
-receiver that accepts and never answers) finishes on its own while the batch is settled and the next one
-starts; its entry stays pending, and when it comes back (after the visibility timeout) a delivery that
-succeeded meanwhile is acknowledged without a second POST. A receiver with all its slots taken gets its new
-entries back as "retry later" at once.
+``FECAPASS_WEBHOOK_PER_RECEIVER`` to one receiver (host:port); more for that receiver wait for one of its slots.
+The batch waits ``FECAPASS_WEBHOOK_BATCH_WAIT_SECONDS`` for them. A delivery still going on then (a receiver
+that accepts and never answers) finishes on its own while the batch is settled and the next one starts; its
+entry stays pending, and when it comes back (after the visibility timeout) a delivery that succeeded meanwhile
+is acknowledged without a second POST. One that never got a slot comes back as "retry later", not tried. So a
+slow or dead receiver holds only its own slots, never the other receivers' webhooks.
 
 A destination the egress policy refuses (common/egress.py) is a poison message: dead-lettered at once.
 Every text that leaves here (log fields, error and dead-letter reasons) has URL credentials redacted.
@@ -18,7 +18,7 @@ import hashlib
 import queue
 import threading
 import time
-from collections import Counter, OrderedDict
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, wait
 from dataclasses import dataclass
@@ -47,7 +47,7 @@ class DeliveryFailed(TransientError):
 
 
 class ReceiverBusy(TransientError):
-    """Every slot of the receiver is taken: not tried now, tried again when the entry is redelivered."""
+    """Every slot of the receiver stayed taken while the batch waited: not tried now, tried on redelivery."""
 
 
 class StillInFlight(TransientError):
@@ -72,10 +72,9 @@ class DaemonPool:
         for worker in self._workers:
             worker.start()
 
-    def submit(self, work: Callable[[], None]) -> Future[None]:
-        future: Future[None] = Future()
+    def submit(self, work: Callable[[], None], future: Future[None]) -> None:
+        """Run ``work`` on a free thread, its outcome into ``future``."""
         self._queue.put((future, work))
-        return future
 
     def shutdown(self) -> None:
         """Cancel what has not started; what runs dies with the process (its entries are pending)."""
@@ -102,6 +101,11 @@ class DaemonPool:
                 future.set_result(None)
 
 
+def _receiver(message: WebhookMessage) -> str:
+    host, port = target(message.url)
+    return f"{host}:{port}"
+
+
 def delivery_key(message: WebhookMessage) -> str:
     """Same entry (or its redelivery) -> same key."""
     return hashlib.sha256(f"{message.job_id}\n{message.url}\n{message.body}".encode()).hexdigest()
@@ -119,6 +123,7 @@ class WebhookHandler:
         self._lock = threading.Lock()
         self._in_flight: dict[str, Future[None]] = {}
         self._busy: Counter[str] = Counter()  # receiver -> deliveries in flight
+        self._waiting: dict[str, deque[tuple[str, WebhookMessage, Future[None]]]] = {}  # receiver -> no slot yet
         self._left_behind: set[str] = set()  # in flight, their batch already settled
         self._delivered_later: OrderedDict[str, None] = OrderedDict()
 
@@ -134,10 +139,9 @@ class WebhookHandler:
 
     def _start(self, message: WebhookMessage) -> Future[None] | HandlerResult:
         try:
-            host, port = target(message.url)
+            receiver = _receiver(message)
         except EgressRefused as exc:
             return self._refused(message, exc)
-        receiver = f"{host}:{port}"
         key = delivery_key(message)
         with self._lock:
             if key in self._delivered_later:
@@ -146,20 +150,36 @@ class WebhookHandler:
                 return Outcome()
             if key in self._in_flight:
                 return StillInFlight(f"the previous try to {receiver} is still in flight")
-            if self._busy[receiver] >= self.limits.per_receiver:
-                return ReceiverBusy(f"{self.limits.per_receiver} deliveries to {receiver} in flight; retried later")
-            self._busy[receiver] += 1
-            future = self._pool.submit(lambda: self._deliver(message))
+            future: Future[None] = Future()
             self._in_flight[key] = future
-        future.add_done_callback(lambda done: self._finished(key, receiver, done))
+            if self._busy[receiver] < self.limits.per_receiver:
+                self._dispatch(key, receiver, message, future)
+            else:  # waits for one of the receiver's slots, as long as the batch waits
+                self._waiting.setdefault(receiver, deque()).append((key, message, future))
         return future
+
+    def _dispatch(self, key: str, receiver: str, message: WebhookMessage, future: Future[None]) -> None:
+        """Take a slot of ``receiver`` and start the delivery. Called with the lock held."""
+        self._busy[receiver] += 1
+        future.add_done_callback(lambda done: self._finished(key, receiver, done))
+        self._pool.submit(lambda: self._deliver(message), future)
 
     def _result(self, message: WebhookMessage, started: Future[None] | HandlerResult) -> HandlerResult:
         if not isinstance(started, Future):
             return started
         with self._lock:  # with _finished's lock: a delivery is either settled here or remembered there
             if not started.done():
-                self._left_behind.add(delivery_key(message))
+                key, receiver = delivery_key(message), _receiver(message)
+                waiting = self._waiting.get(receiver, deque())
+                for queued in waiting:
+                    if queued[2] is started:  # never got a slot: not tried at all
+                        waiting.remove(queued)
+                        if not waiting:
+                            del self._waiting[receiver]
+                        started.cancel()
+                        del self._in_flight[key]
+                        return ReceiverBusy(f"{self.limits.per_receiver} deliveries to {receiver} in flight")
+                self._left_behind.add(key)
                 return StillInFlight(f"POST {redact_urls(message.url)} still in flight; its entry is retried later")
         error = started.exception()
         return Outcome() if error is None else error
@@ -176,6 +196,12 @@ class WebhookHandler:
                     self._delivered_later[key] = None
                     while len(self._delivered_later) > REMEMBERED_DELIVERIES:
                         self._delivered_later.popitem(last=False)
+            waiting = self._waiting.get(receiver)
+            if waiting:
+                next_key, next_message, next_future = waiting.popleft()
+                if not waiting:
+                    del self._waiting[receiver]
+                self._dispatch(next_key, receiver, next_message, next_future)
 
     # -- one delivery, on a pool thread ----------------------------------------------------------------
 

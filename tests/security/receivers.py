@@ -7,6 +7,7 @@ import os
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -25,6 +26,10 @@ class Receiver:
     requests: list[tuple[str, dict[str, str], bytes]] = field(default_factory=list)  # path, headers, body
     arrived: threading.Event = field(default_factory=threading.Event)
     answer_after: threading.Event | None = None  # set: hold every answer until this is set
+    hold_seconds: float = 0.0  # each answer takes this long
+    most_at_once: int = 0  # the most requests it had in hand together
+    _in_hand: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 @contextmanager
@@ -34,10 +39,16 @@ def receiver(status: int = 204, tls: ssl.SSLContext | None = None) -> Iterator[R
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            with state._lock:
+                state._in_hand += 1
+                state.most_at_once = max(state.most_at_once, state._in_hand)
             state.requests.append((self.path, dict(self.headers), body))
             state.arrived.set()
             if state.answer_after is not None:
                 state.answer_after.wait(30)
+            time.sleep(state.hold_seconds)
+            with state._lock:
+                state._in_hand -= 1
             self.send_response(state.status)
             self.send_header("Content-Length", "0")
             self.end_headers()

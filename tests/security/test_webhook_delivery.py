@@ -138,6 +138,18 @@ def test_at_most_n_deliveries_in_flight_per_receiver() -> None:
         handler.close()
 
 
+def test_a_busy_fast_receiver_gets_its_whole_batch_through_its_slots() -> None:
+    """The bound queues deliveries for a receiver's slots; it does not turn a busy receiver's webhooks away."""
+    client, handler = loopback_handler(DeliveryLimits(per_receiver=2, batch_wait_seconds=30, attempts=1))
+    with receiver() as busy, client:
+        busy.hold_seconds = 0.02
+        results = handler.handle_batch([message(f"many-{i}", busy.url) for i in range(12)])
+        assert all(isinstance(r, Outcome) for r in results), results
+        assert len(busy.requests) == 12
+        assert busy.most_at_once <= 2
+        handler.close()
+
+
 def test_a_delivery_that_outlives_its_batch_is_acknowledged_on_redelivery_without_a_second_post() -> None:
     client, handler = loopback_handler(DeliveryLimits(batch_wait_seconds=0.2, attempts=1))
     with receiver() as late, client:
