@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from common import settings as s
-from common.egress import EgressPolicy, EgressRefused, Rules, default_refusal, target
+from common.egress import EgressPolicy, EgressRefused, Rules, default_refusal, policy_from_env, target
 from ingest_api.problems import ApiError
 from ingest_api.routers.recognition import checked_callback_url
 
@@ -142,8 +142,11 @@ def test_target_defaults_ports_and_strips_brackets() -> None:
         target("http:///path")
 
 
-def test_the_api_refuses_a_known_bad_callback_url_with_its_own_code() -> None:
+def test_the_api_refuses_a_known_bad_callback_url_with_its_own_code(monkeypatch: pytest.MonkeyPatch) -> None:
     from pydantic import AnyHttpUrl
+
+    monkeypatch.delenv("FECAPASS_WEBHOOK_ALLOW", raising=False)
+    policy_from_env.cache_clear()  # the API reads the settings once; this test wants the defaults
 
     with pytest.raises(ApiError) as refused:
         checked_callback_url(AnyHttpUrl("http://2130706433:6379/"))
