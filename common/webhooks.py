@@ -7,7 +7,8 @@ credentials.
 
 Every request carries ``X-Fecapass-Signature: t=<unix time>,v1=<hex HMAC-SHA256>`` over ``<t>.<body>`` with
 the shared secret ``FECAPASS_WEBHOOK_SECRET``. Receivers recompute it, compare in constant time, and refuse a
-``t`` older than a few minutes (replays).
+``t`` older than a few minutes (replays). Where the sender may connect at all is common/egress.py's decision
+(SECURITY.md, Webhooks).
 """
 
 from __future__ import annotations

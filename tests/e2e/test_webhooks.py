@@ -1,4 +1,5 @@
-"""Finished jobs are POSTed, signed, to their callback_url; a failing receiver is retried."""
+"""Finished jobs are POSTed, signed, to their callback_url; a failing receiver is retried; internal destinations
+are refused. The cluster allows 127.0.0.1/32 (FECAPASS_WEBHOOK_ALLOW in conftest), where these receivers listen."""
 
 from __future__ import annotations
 
@@ -100,6 +101,22 @@ def test_callback_url_must_be_http(pipeline: RunningPipeline) -> None:
     with pipeline.client("read") as client:
         response = upload(client, "/v1/search", "obama_2.jpg", {"callback_url": "file:///etc/passwd"})
     assert response.status_code == 422 and response.json()["code"] == "invalid_request"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://169.254.169.254/latest/meta-data/",  # cloud metadata
+        "http://[::ffff:10.0.0.1]/hook",  # a private address, IPv4-mapped
+        "http://0x7f000002:6379/",  # loopback, but not the one address the cluster allows
+        "http://[::1]:5432/",
+    ],
+)
+def test_internal_callback_url_is_refused_at_submit(pipeline: RunningPipeline, url: str) -> None:
+    with pipeline.client("read") as client:
+        response = upload(client, "/v1/search", "obama_2.jpg", {"callback_url": url})
+    assert response.status_code == 422, response.text
+    assert response.json()["code"] == "callback_url_refused"
 
 
 def test_signature_check_refuses_stale_timestamps() -> None:
