@@ -30,8 +30,21 @@ def queue_job_finished(
     error: tuple[str, str] | None = None,
 ) -> None:
     """Queue the webhook of a finished job on ``pipe``, when the job asked for one."""
+    webhook = finished_webhook(message, state, result=result, error=error)
+    if webhook is not None:
+        pipe.xadd(Stage.WEBHOOK.stream, webhook.to_fields())
+
+
+def finished_webhook(
+    message: StreamMessage,
+    state: JobState,
+    *,
+    result: dict[str, Any] | None = None,
+    error: tuple[str, str] | None = None,
+) -> WebhookMessage | None:
+    """The ``fecapass:webhook`` entry of a finished job, or None when the job asked for no callback."""
     if not isinstance(message, PipelineMessage) or not message.callback_url:
-        return
+        return None
     payload: dict[str, Any] = {"job_id": message.job_id, "kind": message.kind.value, "state": state.value}
     if result is not None:
         payload["result"] = result
@@ -39,9 +52,7 @@ def queue_job_finished(
         payload["error"] = {"code": error[0], "message": error[1]}
     payload["finished_at"] = time.time()
     body = json.dumps(payload, separators=(",", ":"))
-    pipe.xadd(
-        Stage.WEBHOOK.stream, WebhookMessage(job_id=message.job_id, url=message.callback_url, body=body).to_fields()
-    )
+    return WebhookMessage(job_id=message.job_id, url=message.callback_url, body=body)
 
 
 def sign(secret: bytes, body: bytes, timestamp: int) -> str:
