@@ -65,10 +65,18 @@ def _streams() -> None:
     Console().print(table)
 
 
-def _healthcheck() -> None:
+def _healthcheck(heartbeat: bool) -> None:
     import httpx
 
-    url = s.load(s.ObservabilitySettings).healthcheck_url
+    observability = s.load(s.ObservabilitySettings)
+    if heartbeat:  # a stage: is its loop turning? (its metrics thread would answer while the loop is stuck)
+        from common.heartbeat import heartbeat_problem
+
+        problem = heartbeat_problem(observability.heartbeat_file, observability.heartbeat_max_age_seconds)
+        if problem:
+            raise SystemExit(f"unhealthy: {problem}")
+        return
+    url = observability.healthcheck_url
     try:
         response = httpx.get(url, timeout=4)
     except httpx.HTTPError as exc:
@@ -152,7 +160,14 @@ def parser() -> argparse.ArgumentParser:
     worker.add_argument("stage", choices=[stage.value for stage in Stage])
     commands.add_parser("migrate", help="apply database migrations (idempotent)")
     commands.add_parser("streams", help="every stream and group: length, consumers, pending, lag, dead letters")
-    commands.add_parser("healthcheck", help="exit 0 when FECAPASS_HEALTHCHECK_URL answers 200 (container check)")
+    health = commands.add_parser(
+        "healthcheck", help="exit 0 when FECAPASS_HEALTHCHECK_URL answers 200 (container check)"
+    )
+    health.add_argument(
+        "--heartbeat",
+        action="store_true",
+        help="a stage: exit 0 when FECAPASS_HEARTBEAT_FILE is younger than FECAPASS_HEARTBEAT_MAX_AGE_SECONDS",
+    )
     keys = commands.add_parser("keys", help="API keys (sent as X-API-Key)")
     key_actions = keys.add_subparsers(dest="action", required=True)
     create = key_actions.add_parser("create", help="create a key and print it once")
@@ -248,7 +263,7 @@ def main(argv: list[str] | None = None) -> None:
         elif args.command == "streams":
             _streams()
         elif args.command == "healthcheck":
-            _healthcheck()
+            _healthcheck(args.heartbeat)
         elif args.command == "keys":
             _keys(args)
         elif args.command == "dlq":
