@@ -37,7 +37,7 @@ from common.heartbeat import Heartbeat
 from common.metrics import STAGE_BATCH_SECONDS, STAGE_BATCH_SIZE, STAGE_ENTRIES
 from common.settings import StreamSettings
 from schemas.jobs import JOB_DONE_CHANNEL, STAGE_STATE, ErrorCode, JobState, job_key
-from schemas.streams import PipelineMessage, Stage, StreamMessage
+from schemas.streams import MalformedMessage, PipelineMessage, Stage, StreamMessage
 
 log = structlog.get_logger(__name__)
 
@@ -387,7 +387,10 @@ class StageRunner:
                 )
                 continue
             try:
-                parsed.append((entry, self.handler.message_type.from_fields(entry.fields)))
+                message = self.handler.message_type.from_fields(entry.fields)
+                if _job_id(entry, message) != message.job_id:  # the parser replaced bytes that were not UTF-8
+                    raise MalformedMessage("job_id is not plain UTF-8 text")
+                parsed.append((entry, message))
             except Exception as exc:  # MalformedMessage, or whatever else a hostile entry makes the parser raise
                 self._dead_letter(entry, self._parse_leniently(entry), ErrorCode.MALFORMED_MESSAGE, _describe(exc))
         runnable = self._start(parsed)

@@ -94,8 +94,8 @@ def failed(code: ErrorCode | str, message: str) -> tuple[int, list[str]]:
 _REOPEN_LUA = (
     TRANSITION_LUA
     + """
-local current = job_rank(KEYS[1])
-if current < 0 or redis.call('HGET', KEYS[1], 'state') == 'done' then return 0 end
+local state = redis.call('HGET', KEYS[1], 'state')
+if job_rank(KEYS[1]) < 0 or (state and state ~= 'failed') then return 0 end
 redis.call('HDEL', KEYS[1], 'error_code', 'error_message', 'finished_at')
 redis.call('HSET', KEYS[1], unpack(ARGV, 2))
 redis.call('EXPIRE', KEYS[1], ARGV[1])
@@ -105,8 +105,9 @@ return 1
 
 
 def queue_reopened(pipe: Any, job_id: str, stage: Stage, ttl_seconds: int) -> None:
-    """Put a failed job back in flight at ``stage`` (an operator replaying its dead letter). A done job stays
-    done: its replayed entry is then acknowledged by the stage without being run."""
+    """Put a failed job back in flight at ``stage`` (an operator replaying its dead letter), the one write that
+    leaves a final state. Any other job keeps its state: a done one stays done (the stage then acknowledges the
+    replayed entry without running it), one in flight is not moved back."""
     _, fields = stage_started(stage)
     pipe.register_script(_REOPEN_LUA)(keys=[job_key(job_id)], args=[ttl_seconds, *fields], client=pipe)
 

@@ -228,6 +228,7 @@ def test_entries_of_any_bytes_are_dead_lettered_and_the_stage_keeps_running(redi
         {b"v": b"1", b"job_id": b"huge", b"kind": b"search", b"image_key": huge},  # a 10 MB field, then bad faces
         {b"v": b"1", b"job_id": b"deep", b"kind": b"search", b"image_key": b"k", b"faces": b"[" * 100_000},
         {b"v": b"1", b"job_id": b"wide", **{f"extra{i}".encode(): b"1" for i in range(5000)}},
+        {b"v": b"1", b"job_id": b"\xff\xfe", b"kind": b"search", b"image_key": b"k"},  # all fine but the job id
     ]
     bad[3][b"faces"] = b"not json"
     for fields in bad:
@@ -509,3 +510,15 @@ def test_a_hung_handler_fails_the_healthcheck_and_a_live_loop_passes(
         runner.request_stop()
         worker.join(30)
     assert heartbeat_problem(tmp_path / "never-written", 60) is not None
+
+
+def test_replaying_the_dead_letter_of_a_done_job_does_not_reopen_it(redis_client: redis.Redis) -> None:
+    from operations import dlq
+
+    ensure_group(redis_client, Stage.ALIGN)
+    finish_job(redis_client, "replayed-done")
+    redis_client.xadd(Stage.ALIGN.dead_letter_stream, {"v": "1", "job_id": "replayed-done", "kind": "search"})
+    [letter] = dlq.entries(redis_client, Stage.ALIGN)
+    dlq.replay(redis_client, letter, job_ttl_seconds=600)
+    assert job(redis_client, "replayed-done")["state"] == "done"
+    assert redis_client.xlen(Stage.ALIGN.stream) == 1  # the entry is back; the stage will ack it unrun
