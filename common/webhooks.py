@@ -1,6 +1,6 @@
 """Signed webhooks, the part every stage shares: a finished job with a ``callback_url`` is queued on
-``fecapass:webhook`` in the same transaction that finishes it, and the webhook sender stage
-(``webhook_sender``) POSTs it, so no face stage ever waits on a client.
+``fecapass:webhook`` in the same atomic write that finishes it (the runner's settle script), and the webhook
+sender stage (``webhook_sender``) POSTs it, so no face stage ever waits on a client.
 
 Every request carries ``X-Fecapass-Signature: t=<unix time>,v1=<hex HMAC-SHA256>`` over ``<t>.<body>`` with
 the shared secret ``FECAPASS_WEBHOOK_SECRET``. Receivers recompute it, compare in constant time, and refuse a
@@ -16,23 +16,9 @@ import time
 from typing import Any
 
 from schemas.jobs import JobState
-from schemas.streams import PipelineMessage, Stage, StreamMessage, WebhookMessage
+from schemas.streams import PipelineMessage, StreamMessage, WebhookMessage
 
 SIGNATURE_HEADER = "X-Fecapass-Signature"
-
-
-def queue_job_finished(
-    pipe: Any,
-    message: StreamMessage,
-    state: JobState,
-    *,
-    result: dict[str, Any] | None = None,
-    error: tuple[str, str] | None = None,
-) -> None:
-    """Queue the webhook of a finished job on ``pipe``, when the job asked for one."""
-    webhook = finished_webhook(message, state, result=result, error=error)
-    if webhook is not None:
-        pipe.xadd(Stage.WEBHOOK.stream, webhook.to_fields())
 
 
 def finished_webhook(
