@@ -11,6 +11,7 @@ import http.client
 import http.server
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -165,6 +166,55 @@ def test_a_paused_consumer_writes_nothing_after_another_finished_its_entry(redis
     assert redis_client.xlen(Stage.EMBED.stream) == 1  # the rescuer's output only
     assert pending_count(redis_client) == 0
     assert job(redis_client, "paused")["state"] == "aligning"
+
+
+PAUSABLE_STAGE = """
+import sys, time, redis
+from common.runner import StageRunner
+from common.settings import StreamSettings
+from tests.integration.test_runner import ScriptedHandler
+
+client = redis.Redis.from_url(sys.argv[1])
+
+class WaitsForGo(ScriptedHandler):
+    def handle_batch(self, messages):
+        client.set("test:in-handler", "1")
+        while not client.exists("test:go"):
+            time.sleep(0.01)
+        return super().handle_batch(messages)
+
+settings = StreamSettings(read_count=8, block_ms=50, claim_idle_ms=100, max_deliveries=3)
+StageRunner(client, WaitsForGo(), settings, job_ttl_seconds=600, consumer="stopped").run_once()
+"""
+
+
+def test_a_sigstopped_stage_writes_nothing_after_sigcont(redis_client: redis.Redis, services: LocalServices) -> None:
+    ensure_group(redis_client, Stage.ALIGN)
+    enqueue(redis_client, "sigstop")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "FECAPASS_LOG_JSON": "false"}
+    paused = subprocess.Popen(
+        [sys.executable, "-c", PAUSABLE_STAGE, redis_client_url(services)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_until(lambda: redis_client.exists("test:in-handler"), 60, "the stage to hold the entry")
+        paused.send_signal(signal.SIGSTOP)
+        time.sleep(FAST.claim_idle_ms / 1000 * 1.5)
+        rescuer = ScriptedHandler()
+        StageRunner(redis_client, rescuer, FAST, job_ttl_seconds=600, consumer="rescuer").run_once()
+        assert rescuer.calls == ["sigstop"] and redis_client.xlen(Stage.EMBED.stream) == 1
+        redis_client.set("test:go", "1")
+        paused.send_signal(signal.SIGCONT)
+        output, _ = paused.communicate(timeout=60)
+    finally:
+        paused.kill()
+        paused.wait()
+    assert paused.returncode == 0, output
+    assert b"stage.claim_lost" in output
+    assert redis_client.xlen(Stage.EMBED.stream) == 1  # the woken stage added nothing
+    assert pending_count(redis_client) == 0
 
 
 def test_an_entry_claimed_away_and_back_is_still_fenced(redis_client: redis.Redis) -> None:
