@@ -513,11 +513,13 @@ class StageRunner:
         return self._write(entry, job_id, forward=forward, note=note, final=final, webhook=webhook) is not None
 
     def _fail_job(self, entry: Entry, message: StreamMessage, error: StageError) -> bool:
+        if self.stage not in STAGE_STATE:  # the webhook stage: a failed delivery does not un-finish its job
+            return self._write(entry, "") is not None
         return (
             self._write(
                 entry,
                 message.job_id,
-                note=_ranked(status.stage_finished(self.stage)) if self.stage in STAGE_STATE else [],
+                note=_ranked(status.stage_finished(self.stage)),
                 final=_ranked(status.failed(error.code, error.message)),
                 webhook=_webhook(message, JobState.FAILED, error=(str(error.code), error.message)),
             )
