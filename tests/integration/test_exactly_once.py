@@ -572,3 +572,16 @@ def test_replaying_the_dead_letter_of_a_done_job_does_not_reopen_it(redis_client
     dlq.replay(redis_client, letter, job_ttl_seconds=600)
     assert job(redis_client, "replayed-done")["state"] == "done"
     assert redis_client.xlen(Stage.ALIGN.stream) == 1  # the entry is back; the stage will ack it unrun
+
+
+def test_the_scripts_survive_redis_forgetting_them(redis_client: redis.Redis) -> None:
+    """A Redis restart empties its script cache: the runner loads its scripts again instead of failing."""
+    ensure_group(redis_client, Stage.ALIGN)
+    runner = StageRunner(redis_client, ScriptedHandler(), FAST, job_ttl_seconds=600, consumer="a")
+    enqueue(redis_client, "before-flush")
+    runner.run_once()
+    redis_client.script_flush()
+    enqueue(redis_client, "after-flush")
+    runner.run_once()
+    assert redis_client.xlen(Stage.EMBED.stream) == 2 and pending_count(redis_client) == 0
+    assert job(redis_client, "after-flush")["state"] == "aligning"
