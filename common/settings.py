@@ -138,6 +138,10 @@ class ObservabilitySettings(_Base):
     metrics_port: int = Field(default=9100, ge=0, le=65535, description="0 turns the worker metrics server off")
     # What `fecapass healthcheck` (the container HEALTHCHECK) fetches.
     healthcheck_url: str = "http://127.0.0.1:8000/health/live"
+    # Each stage loop touches this file on every turn; `fecapass healthcheck --heartbeat` fails once it is older
+    # than the max age (a stuck loop), which the metrics thread, still answering, cannot show.
+    heartbeat_file: Path = Path("/tmp/fecapass-heartbeat")
+    heartbeat_max_age_seconds: float = Field(default=120.0, gt=0, description="longest batch a stage may take")
 
 
 class LogSettings(_Base):

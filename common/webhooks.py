@@ -1,6 +1,6 @@
 """Signed webhooks, the part every stage shares: a finished job with a ``callback_url`` is queued on
-``fecapass:webhook`` in the same transaction that finishes it, and the webhook sender stage
-(``webhook_sender``) POSTs it, so no face stage ever waits on a client. The body is built here, at finish
+``fecapass:webhook`` in the same atomic write that finishes it (the runner's settle script), and the webhook
+sender stage (``webhook_sender``) POSTs it, so no face stage ever waits on a client. The body is built at finish
 time, with the result as clients get it (``FinishedResult.client``: search matches with presigned photo URLs,
 signed by the finishing stage), so it equals what ``GET /v1/jobs/{id}`` returns and the sender holds no S3
 credentials.
@@ -16,31 +16,27 @@ from __future__ import annotations
 import hashlib
 import hmac
 import time
-from typing import Any
 
 from schemas.api import JobError, WebhookBody
 from schemas.jobs import JobState
 from schemas.results import FinishedResult
-from schemas.streams import JobMessage, Stage, StreamMessage, WebhookMessage
+from schemas.streams import JobMessage, StreamMessage, WebhookMessage
 
 SIGNATURE_HEADER = "X-Fecapass-Signature"
 
 
-def queue_job_finished(
-    pipe: Any,
+def finished_webhook(
     message: StreamMessage,
     state: JobState,
     *,
     result: FinishedResult | None = None,
     error: tuple[str, str] | None = None,
-) -> None:
-    """Queue the webhook of a finished job on ``pipe``, when the job asked for one."""
+) -> WebhookMessage | None:
+    """The ``fecapass:webhook`` entry of a finished job, or None when the job asked for no callback."""
     if not isinstance(message, JobMessage) or not message.callback_url:
-        return
+        return None
     body = webhook_body(message, state, result=result, error=error).model_dump_json(exclude_none=True)
-    pipe.xadd(
-        Stage.WEBHOOK.stream, WebhookMessage(job_id=message.job_id, url=message.callback_url, body=body).to_fields()
-    )
+    return WebhookMessage(job_id=message.job_id, url=message.callback_url, body=body)
 
 
 def webhook_body(

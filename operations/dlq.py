@@ -9,7 +9,7 @@ import redis
 from redis.typing import EncodableT, FieldT
 
 from common import status
-from schemas.jobs import STAGE_STATE, job_key
+from schemas.jobs import STAGE_STATE
 from schemas.streams import Stage
 from schemas.text import decode_fields, decode_text
 
@@ -54,9 +54,7 @@ def replay(client: redis.Redis, letter: DeadLetter, job_ttl_seconds: int) -> str
         pipe.xdel(letter.stage.dead_letter_stream, letter.message_id)
         job_id = letter.fields.get("job_id")
         if job_id and letter.stage in STAGE_STATE:
-            key = job_key(job_id)
-            pipe.hdel(key, "error_code", "error_message", "finished_at")
-            status.queue_stage_started(pipe, job_id, letter.stage, job_ttl_seconds)
+            status.queue_reopened(pipe, job_id, letter.stage, job_ttl_seconds)
         new_id = pipe.execute()[0]
     return decode_text(new_id)
 

@@ -52,13 +52,21 @@ def serve_metrics(port: int, stage: Stage) -> None:
 
 
 def run_worker(stage: Stage) -> None:
-    serve_metrics(s.load(s.ObservabilitySettings).metrics_port, stage)
+    observability = s.load(s.ObservabilitySettings)
+    serve_metrics(observability.metrics_port, stage)
     streams = s.load(s.StreamSettings)
     pipeline = s.load(s.PipelineSettings)
     client = clients.redis_client(s.load(s.RedisSettings))
     try:
         with handler_factory(stage)() as handler:
-            runner = StageRunner(client, handler, streams, job_ttl_seconds=pipeline.job_ttl_seconds)
+            runner = StageRunner(
+                client,
+                handler,
+                streams,
+                job_ttl_seconds=pipeline.job_ttl_seconds,
+                heartbeat_file=observability.heartbeat_file,
+                heartbeat_max_age_seconds=observability.heartbeat_max_age_seconds,
+            )
             runner.install_signal_handlers()
             runner.run()
     finally:

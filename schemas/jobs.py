@@ -40,6 +40,7 @@ class ErrorCode(StrEnum):
     UNDECODABLE_IMAGE = "undecodable_image"
     IMAGE_TOO_LARGE = "image_too_large"
     OBJECT_MISSING = "object_missing"
+    OBJECT_UNREADABLE = "object_unreadable"
     USER_NOT_FOUND = "user_not_found"
     USER_HAS_NO_FACES = "user_has_no_faces"
     MALFORMED_MESSAGE = "malformed_message"

@@ -56,7 +56,7 @@ def test_api_and_every_stage_are_deployments(production: list[dict[str, Any]]) -
         container = deployments[f"fecapass-{stage.value}"]["spec"]["template"]["spec"]["containers"][0]
         assert container["args"] == ["fecapass", "worker", stage.value]
         assert container["image"] == "registry.example.com/fecapass:0.1.0"
-        assert container["livenessProbe"]["httpGet"]["path"] == "/metrics"
+        assert container["livenessProbe"]["exec"]["command"] == ["fecapass", "healthcheck", "--heartbeat"]
         assert container["ports"][0]["containerPort"] == ObservabilitySettings().metrics_port
 
 
