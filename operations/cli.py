@@ -235,6 +235,7 @@ def main(argv: list[str] | None = None) -> None:
                     args.redis_port,
                     args.s3_port,
                     args.workers,
+                    args.metrics_port,
                 )
             )
         elif args.command == "api":
