@@ -17,7 +17,7 @@ import psutil
 import pytest
 import redis
 
-from operations.services import free_port
+from operations.services import LocalServices, ServiceError, clear_stale_postmaster_pid, free_port
 from schemas.streams import Stage
 from tests.processes import wait_until_answers
 from tests.shared_data import BASIC, require_basic
@@ -186,8 +186,6 @@ def test_up_restarts_what_dies_keeps_data_private_and_serves_metrics_on_the_give
     process = start_up(data_dir, ports, log)
     try:
         wait_ready(base_url, process, log)
-        banner = log.read_text()
-        password = printed_redis_password(banner)
         key = (data_dir / "api-key").read_text().strip()
 
         # --metrics-port: the first stage process (detect) serves its metrics there, on loopback only.
@@ -201,6 +199,7 @@ def test_up_restarts_what_dies_keeps_data_private_and_serves_metrics_on_the_give
         assert "fecapass_stage" in httpx.get(f"http://127.0.0.1:{ports['metrics']}/metrics", timeout=5).text
 
         # Valkey needs the password; the S3 key pair is not on rclone's command line for all to read.
+        password = printed_redis_password(log.read_text())
         with pytest.raises(redis.exceptions.AuthenticationError):
             redis.Redis(port=ports["redis"]).ping()
         assert redis.Redis(port=ports["redis"], password=password).ping()
@@ -239,3 +238,22 @@ def test_up_restarts_what_dies_keeps_data_private_and_serves_metrics_on_the_give
     finally:
         code = stop(process)
     assert code == 0, log.read_text()[-3000:]
+
+
+def test_a_postmaster_pid_is_cleared_only_when_no_postgres_of_its_folder_runs(
+    services: LocalServices, tmp_path: Path
+) -> None:
+    live = services.data_dir / "postgres"
+    lock = live / "postmaster.pid"
+    postmaster = int(lock.read_text().split()[0])
+    with pytest.raises(ServiceError, match="still run"):
+        clear_stale_postmaster_pid(live)
+    assert lock.exists()
+    # A PID now held by another process (here: a live postgres of another folder) or by nobody is stale.
+    other = tmp_path / "pgdata"
+    other.mkdir()
+    for pid in (postmaster, 2**22 + 1):
+        (other / "postmaster.pid").write_text(f"{pid}\n{other}\n")
+        assert clear_stale_postmaster_pid(other)
+        assert not (other / "postmaster.pid").exists()
+    assert not clear_stale_postmaster_pid(other)  # nothing to clear
