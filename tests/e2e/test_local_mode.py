@@ -4,12 +4,14 @@ what it started comes back after a kill -9, and other local users can read none 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import stat
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -60,11 +62,20 @@ def printed_redis_password(banner: str) -> str:
     return line.split("=", 1)[1].strip()
 
 
-def test_up_enroll_search_inspect_stop_and_restart(tmp_path: Path) -> None:
+@pytest.fixture
+def data_dir() -> Iterator[Path]:
+    """A data folder outside pytest's: as root PostgreSQL runs as `nobody`, which must pass through every parent,
+    and each pytest session that starts on this machine makes /tmp/pytest-of-<user> 0700 again."""
+    folder = Path(tempfile.mkdtemp(prefix="fecapass-up-"))
+    yield folder / "data"
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_up_enroll_search_inspect_stop_and_restart(tmp_path: Path, data_dir: Path) -> None:
     require_basic()
     ports = {"api": free_port(), "postgres": free_port(), "redis": free_port(), "s3": free_port()}
     base_url = f"http://127.0.0.1:{ports['api']}"
-    data_dir, log = tmp_path / "data", tmp_path / "up.log"
+    log = tmp_path / "up.log"
     process = start_up(data_dir, ports, log)
     try:
         wait_ready(base_url, process, log)
@@ -111,10 +122,10 @@ def test_up_enroll_search_inspect_stop_and_restart(tmp_path: Path) -> None:
         assert stop(process) == 0
 
 
-def test_up_stops_with_a_clear_message_when_the_pack_is_missing(tmp_path: Path) -> None:
+def test_up_stops_with_a_clear_message_when_the_pack_is_missing(tmp_path: Path, data_dir: Path) -> None:
     ports = {"api": free_port(), "postgres": free_port(), "redis": free_port(), "s3": free_port()}
     env = {**os.environ, "FECAPASS_MODEL_PACK": "no_such_pack", "FECAPASS_MODEL_ROOT": str(tmp_path)}
-    args = [sys.executable, "-m", "operations.cli", "up", "--data-dir", str(tmp_path / "data")]
+    args = [sys.executable, "-m", "operations.cli", "up", "--data-dir", str(data_dir)]
     for name, port in ports.items():
         args += [f"--{name}-port", str(port)]
     result = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)
@@ -177,12 +188,14 @@ def private(path: Path) -> bool:
     return mode & 0o007 == 0 and (mode & 0o070 == 0 or (os.geteuid() == 0 and path.is_dir() and mode & 0o060 == 0))
 
 
-def test_up_restarts_what_dies_keeps_data_private_and_serves_metrics_on_the_given_port(tmp_path: Path) -> None:
+def test_up_restarts_what_dies_keeps_data_private_and_serves_metrics_on_the_given_port(
+    tmp_path: Path, data_dir: Path
+) -> None:
     require_basic()
     ports = {"api": free_port(), "postgres": free_port(), "redis": free_port(), "s3": free_port()}
     ports["metrics"] = free_port()
     base_url = f"http://127.0.0.1:{ports['api']}"
-    data_dir, log = tmp_path / "data", tmp_path / "up.log"
+    log = tmp_path / "up.log"
     process = start_up(data_dir, ports, log)
     try:
         wait_ready(base_url, process, log)
