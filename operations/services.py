@@ -240,12 +240,18 @@ class LocalServices:
         try:
             {"postgres": self.start_postgres, "valkey": self.start_valkey, "s3": self.start_s3}[name]()
         except BaseException:
-            self.stop_service(name)  # one that started but never answered must not hold the port for the next try
+            # One that started but never answered must not hold the port for the next try; its ended process stays
+            # listed, so that a supervisor sees it is still down.
+            self._halt(name, self.processes[name])
             raise
 
     def stop_service(self, name: str, timeout: float = 30) -> None:
         process = self.processes.pop(name, None)
-        if process is None or process.poll() is not None:
+        if process is not None:
+            self._halt(name, process, timeout)
+
+    def _halt(self, name: str, process: subprocess.Popen[bytes], timeout: float = 30) -> None:
+        if process.poll() is not None:
             return
         # PostgreSQL: SIGINT is its "fast" shutdown. The others treat SIGTERM as a clean stop.
         process.send_signal(signal.SIGINT if name == "postgres" else signal.SIGTERM)

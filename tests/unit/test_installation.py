@@ -3,6 +3,7 @@ that cannot start."""
 
 from __future__ import annotations
 
+import subprocess
 import time
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 import structlog
 
 from operations.installation import Installation, InstallationError, Restarts, Supervisor
+from operations.services import LocalServices, ServiceError
 
 
 def test_backoff_doubles_up_to_its_cap_and_is_forgotten_after_a_stable_run() -> None:
@@ -58,3 +60,35 @@ def test_a_process_with_a_configuration_error_is_not_restarted(tmp_path: Path) -
     installation = installation_with(tmp_path, "api", ["no-such-command"])  # argparse: exit 2
     with pytest.raises(InstallationError, match="api cannot start"):
         Supervisor(installation).check()
+
+
+def test_a_server_that_fails_to_start_again_stays_watched_and_is_retried(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    services = LocalServices(tmp_path / "data")
+    services.processes["valkey"] = subprocess.Popen(["true"])
+    services.processes["valkey"].wait()
+    attempts: list[int] = []
+
+    def start_valkey() -> None:  # fails once (e.g. its old processes still exit), then comes up
+        attempts.append(len(attempts) + 1)
+        services.processes["valkey"] = subprocess.Popen(["sleep", "60"] if len(attempts) > 1 else ["true"])
+        if len(attempts) == 1:
+            services.processes["valkey"].wait()
+            raise ServiceError("Valkey exited with code 0 while starting")
+
+    monkeypatch.setattr(services, "start_valkey", start_valkey)
+    supervisor = Supervisor(Installation(env={}, api=False, stages=()), services, Restarts(first=0.05, cap=0.1))
+    try:
+        with structlog.testing.capture_logs() as logs:
+            deadline = time.monotonic() + 10
+            while services.processes["valkey"].poll() is not None:
+                assert time.monotonic() < deadline, logs
+                supervisor.check()
+                time.sleep(0.02)
+        events = [(e["event"], e.get("attempt")) for e in logs if e.get("process") == "valkey"]
+        assert ("installation.restart_failed", 2) in events and ("installation.restarted", 2) in events
+        assert attempts == [1, 2]
+    finally:
+        services.processes["valkey"].kill()
+        services.processes["valkey"].wait()
