@@ -290,8 +290,13 @@ class LocalServices:
             return
         os.chown(data_dir, 0, pwd.getpwnam("nobody").pw_gid)
         data_dir.chmod(0o710)
-        # nobody must be able to reach the data folder through its parents.
-        for parent in data_dir.parents:
+
+    def _let_postgres_through(self) -> None:
+        """As root, `nobody` must reach the data folder through its parents. Checked at every (re)start: a parent
+        may have been closed meanwhile (each pytest session makes /tmp/pytest-of-<user> 0700 again)."""
+        if os.geteuid() != 0:
+            return
+        for parent in self.data_dir.parents:
             if parent.stat().st_mode & 0o001 == 0:
                 parent.chmod(parent.stat().st_mode | 0o011)
 
@@ -301,6 +306,7 @@ class LocalServices:
         socket_dir = self.data_dir / "pg-socket"
         socket_dir.mkdir(mode=0o700, exist_ok=True)
         self._chown_for_postgres(socket_dir)
+        self._let_postgres_through()
         run_as = self._unprivileged()
         if not (pgdata / "PG_VERSION").exists():
             pgdata.mkdir(exist_ok=True)

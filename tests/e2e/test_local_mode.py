@@ -4,12 +4,10 @@ what it started comes back after a kill -9, and other local users can read none 
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import stat
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,7 +19,7 @@ import redis
 
 from operations.services import LocalServices, ServiceError, clear_stale_postmaster_pid, free_port
 from schemas.streams import Stage
-from tests.processes import wait_until_answers
+from tests.processes import server_data_dir, wait_until_answers
 from tests.shared_data import BASIC, require_basic
 
 pytestmark = pytest.mark.e2e
@@ -64,11 +62,8 @@ def printed_redis_password(banner: str) -> str:
 
 @pytest.fixture
 def data_dir() -> Iterator[Path]:
-    """A data folder outside pytest's: as root PostgreSQL runs as `nobody`, which must pass through every parent,
-    and each pytest session that starts on this machine makes /tmp/pytest-of-<user> 0700 again."""
-    folder = Path(tempfile.mkdtemp(prefix="fecapass-up-"))
-    yield folder / "data"
-    shutil.rmtree(folder, ignore_errors=True)
+    with server_data_dir() as folder:
+        yield folder
 
 
 def test_up_enroll_search_inspect_stop_and_restart(tmp_path: Path, data_dir: Path) -> None:
