@@ -242,7 +242,9 @@ class LocalServices:
         except BaseException:
             # One that started but never answered must not hold the port for the next try; its ended process stays
             # listed, so that a supervisor sees it is still down.
-            self._halt(name, self.processes[name])
+            process = self.processes.get(name)
+            if process is not None:
+                self._halt(name, process)
             raise
 
     def stop_service(self, name: str, timeout: float = 30) -> None:
