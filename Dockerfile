@@ -30,7 +30,8 @@ COPY --from=build /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     FECAPASS_MODEL_ROOT=/models \
-    FECAPASS_API_HOST=0.0.0.0
+    FECAPASS_API_HOST=0.0.0.0 \
+    FECAPASS_METRICS_HOST=0.0.0.0
 USER 10001:10001
 WORKDIR /home/fecapass
 EXPOSE 8000 9100

@@ -136,6 +136,8 @@ class WebhookSettings(_Base):
 class ObservabilitySettings(_Base):
     # Each stage process serves Prometheus metrics here (the API serves them at /metrics on its own port).
     metrics_port: int = Field(default=9100, ge=0, le=65535, description="0 turns the worker metrics server off")
+    # Address that server listens on: this machine only unless a deployment opens it to its scraper.
+    metrics_host: str = "127.0.0.1"
     # What `fecapass healthcheck` (the container HEALTHCHECK) fetches.
     healthcheck_url: str = "http://127.0.0.1:8000/health/live"
     # Each stage loop touches this file on every turn; `fecapass healthcheck --heartbeat` fails once it is older

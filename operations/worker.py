@@ -40,20 +40,20 @@ def handler_factory(stage: Stage) -> Callable[[], AbstractContextManager[StageHa
     return index_handler
 
 
-def serve_metrics(port: int, stage: Stage) -> None:
+def serve_metrics(host: str, port: int, stage: Stage) -> None:
     if not port:
         return
     try:
-        start_http_server(port)
+        start_http_server(port, addr=host)
     except OSError as exc:  # metrics are not worth failing the stage over
-        log.warning("stage.metrics_unavailable", port=port, error=str(exc))
+        log.warning("stage.metrics_unavailable", host=host, port=port, error=str(exc))
     else:
-        log.info("stage.metrics", stage=stage.value, port=port)
+        log.info("stage.metrics", stage=stage.value, host=host, port=port)
 
 
 def run_worker(stage: Stage) -> None:
     observability = s.load(s.ObservabilitySettings)
-    serve_metrics(observability.metrics_port, stage)
+    serve_metrics(observability.metrics_host, observability.metrics_port, stage)
     streams = s.load(s.StreamSettings)
     pipeline = s.load(s.PipelineSettings)
     client = clients.redis_client(s.load(s.RedisSettings))

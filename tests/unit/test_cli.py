@@ -49,7 +49,6 @@ def _logging_left_as_found() -> Iterator[None]:
     structlog.reset_defaults()
 
 
-
 def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
     found: dict[str, argparse.ArgumentParser] = {}
     for action in parser._actions:
