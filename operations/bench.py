@@ -23,7 +23,7 @@ import numpy as np
 import onnxruntime
 import psutil
 
-from common.apikeys import new_key
+from common.db.main_repository import MainRepository
 from common.settings import ModelSettings
 from operations.reports import merged
 from operations.services import MAIN_DB, VECTOR_DB, LocalServices, ServiceError, free_port
@@ -201,17 +201,11 @@ def _start_pipeline(
     stages: list[Stage],
     workers: int,
 ) -> Running:
-    import psycopg
-
     from common.db.migrate import migrate_all
 
     services.start()
     migrate_all(services.dsn(MAIN_DB), services.dsn(VECTOR_DB))
-    key, prefix, digest = new_key()
-    with psycopg.connect(services.dsn(MAIN_DB)) as conn:
-        conn.execute(
-            "INSERT INTO api_keys (name, scope, prefix, key_hash) VALUES ('bench', 'write', %s, %s)", (prefix, digest)
-        )
+    key = MainRepository.at(services.dsn(MAIN_DB)).create_api_key("bench", "write").key
     port = free_port()
     env = {
         **os.environ,

@@ -10,13 +10,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import psycopg
 import structlog
 from pydantic import SecretStr
 
 from common import clients
 from common import settings as s
-from common.apikeys import new_key
+from common.db.main_repository import MainRepository
 from common.db.migrate import migrate_all
 from common.db.vector_repository import VectorRepository
 from common.packs import PackInfo
@@ -144,12 +143,7 @@ def first_api_key(data_dir: Path, main_dsn: str) -> str:
     path = data_dir / "api-key"
     if path.exists():
         return path.read_text().strip()
-    key, prefix, digest = new_key()
-    with psycopg.connect(main_dsn) as conn:
-        conn.execute(
-            "INSERT INTO api_keys (name, scope, prefix, key_hash) VALUES ('local mode', 'write', %s, %s)",
-            (prefix, digest),
-        )
+    key = MainRepository.at(main_dsn).create_api_key("local mode", "write").key
     path.write_text(key)
     path.chmod(0o600)
     return key

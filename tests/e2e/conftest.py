@@ -20,7 +20,7 @@ import pytest
 import redis
 
 from common import clients
-from common.apikeys import new_key
+from common.db.main_repository import MainRepository
 from common.db.migrate import migrate_all
 from common.objects import ObjectStore
 from common.settings import S3Settings
@@ -60,13 +60,7 @@ def create_key(services: LocalServices, scope: str, name: str = "tests") -> str:
 
 
 def create_key_in(main_dsn: str, scope: str, name: str = "tests") -> str:
-    key, prefix, digest = new_key()
-    with psycopg.connect(main_dsn) as conn:
-        conn.execute(
-            "INSERT INTO api_keys (name, scope, prefix, key_hash) VALUES (%s, %s, %s, %s)",
-            (name, scope, prefix, digest),
-        )
-    return key
+    return MainRepository.at(main_dsn).create_api_key(name, scope).key
 
 
 def start_process(env: dict[str, str], log_dir: Path, name: str, args: list[str]) -> subprocess.Popen[bytes]:
