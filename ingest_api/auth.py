@@ -9,10 +9,11 @@ route that needs more adds ``WRITE``; the strongest declared wins, and a /v1 rou
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from typing import Annotated
 
 from cachetools import TTLCache
-from fastapi import Request, Security
+from fastapi import FastAPI, Request, Security
 from fastapi.params import Depends
 from fastapi.security import APIKeyHeader
 from starlette.routing import BaseRoute
@@ -74,6 +75,16 @@ def declared_scope(route: BaseRoute) -> Scope:
     return Scope.READ if declared == {Scope.READ} else Scope.WRITE
 
 
+def check_every_operation_declared(app: FastAPI, routes: Sequence[BaseRoute]) -> None:
+    """Refuse to start when the OpenAPI document has a /v1 operation the key check does not know (a router
+    included without being listed among the /v1 routers): its scope would be a guess."""
+    known = {(getattr(route, "path", ""), method) for route in routes for method in getattr(route, "methods", ())}
+    for path, operations in app.openapi()["paths"].items():
+        unknown = {(path, method.upper()) for method in operations} - known
+        if path.startswith(SECURED_PREFIX + "/") and unknown:
+            raise RuntimeError(f"/v1 operations outside the key check's routers: {sorted(unknown)}")
+
+
 def _has_body(headers: dict[bytes, bytes]) -> bool:
     return headers.get(b"content-length", b"0") not in (b"0", b"") or b"transfer-encoding" in headers
 
@@ -82,8 +93,9 @@ class Authenticate:
     """401/403 from the headers alone, so an unauthenticated client cannot make the API read (or parse) a
     body; and at most ``max_uploads`` requests with a body in flight per key on this process."""
 
-    def __init__(self, app: ASGIApp, max_uploads: int) -> None:
+    def __init__(self, app: ASGIApp, routes: Sequence[BaseRoute], max_uploads: int) -> None:
         self.app = app
+        self.routes = routes  # those of the /v1 routers, where each route carries its routers' dependencies
         self.max_uploads = max_uploads
         self._uploads: Counter[str] = Counter()
 
@@ -133,7 +145,7 @@ class Authenticate:
         granted = await keys.scope_of(key)
         if granted is None:
             raise ApiError(401, "invalid_api_key", "the API key is unknown or revoked", headers=challenge)
-        route = route_for(app.router.routes, scope)
+        route = route_for(self.routes, scope)
         # No route (404) or another method (405): any valid key may learn that.
         needed = declared_scope(route) if route is not None else Scope.READ
         if not granted.allows(needed):
