@@ -112,7 +112,7 @@ def serving(config: ApiConfig) -> Iterator[tuple[str, int]]:
 def raw_request(address: tuple[str, int], head: str, body: bytes = b"") -> socket.socket:
     """A connection that has sent the request line and headers (and ``body``), and nothing more."""
     connection = socket.create_connection(address, timeout=30)
-    connection.sendall(head.replace("\n", "\r\n").encode() + b"\r\n" + body)
+    connection.sendall((head.rstrip("\n").replace("\n", "\r\n") + "\r\n\r\n").encode() + body)
     return connection
 
 
