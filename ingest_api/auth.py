@@ -16,7 +16,7 @@ from cachetools import TTLCache
 from fastapi import FastAPI, Request, Security
 from fastapi.params import Depends
 from fastapi.security import APIKeyHeader
-from starlette.routing import BaseRoute
+from starlette.routing import BaseRoute, get_route_path
 from starlette.types import ASGIApp, Receive, Send
 from starlette.types import Scope as AsgiScope
 
@@ -100,8 +100,8 @@ class Authenticate:
         self._uploads: Counter[str] = Counter()
 
     async def __call__(self, scope: AsgiScope, receive: Receive, send: Send) -> None:
-        path: str = scope.get("path", "")
-        if scope["type"] != "http" or not (path == SECURED_PREFIX or path.startswith(SECURED_PREFIX + "/")):
+        path = get_route_path(scope) if scope["type"] == "http" else ""  # as the router sees it: less root_path
+        if not (path == SECURED_PREFIX or path.startswith(SECURED_PREFIX + "/")):
             await self.app(scope, receive, send)
             return
         headers = dict(scope["headers"])

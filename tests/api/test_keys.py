@@ -8,6 +8,7 @@ import re
 import pytest
 from fastapi.testclient import TestClient
 
+from ingest_api.app import create_app
 from schemas.jobs import job_key
 from tests.api.conftest import Installation, key, new_email, photo
 
@@ -119,3 +120,19 @@ def test_a_job_is_read_only_with_a_key(api: TestClient, installation: Installati
     for scope in ("read", "write"):
         job = api.get(f"/v1/jobs/{job_id}", headers=key(installation, scope))
         assert job.status_code == 200 and job.json()["job_id"] == job_id and job.json()["state"] == "queued"
+
+
+@pytest.mark.parametrize(
+    "path", ["/v1/users/", "/v1/users?x=1", "/v1/%75sers", "/v1/users/%31", "/v1/users/1/faces/", "/v1/jobs/x/", "/v1/"]
+)
+def test_no_spelling_of_a_v1_path_avoids_the_key(api: TestClient, path: str) -> None:
+    for method in ("GET", "POST", "DELETE"):
+        response = api.request(method, path, follow_redirects=False)
+        assert response.status_code == 401, (method, path, response.status_code)
+
+
+def test_a_root_path_does_not_move_the_key_check(installation: Installation) -> None:
+    """Behind a proxy that strips a prefix (uvicorn --root-path), /v1 is still found under it."""
+    with TestClient(create_app(installation.config()), root_path="/fecapass") as client:
+        assert client.get("/fecapass/v1/users").status_code == 401
+        assert client.get("/fecapass/v1/users", headers=key(installation, "read")).status_code == 200
