@@ -16,7 +16,8 @@ from cachetools import TTLCache
 from fastapi import FastAPI, Request, Security
 from fastapi.params import Depends
 from fastapi.security import APIKeyHeader
-from starlette.routing import BaseRoute, get_route_path
+from starlette._utils import get_route_path  # the router's own reading of the path (FastAPI imports it too)
+from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Receive, Send
 from starlette.types import Scope as AsgiScope
 
