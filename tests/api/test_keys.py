@@ -6,9 +6,12 @@ from __future__ import annotations
 import re
 
 import pytest
+from fastapi import APIRouter, FastAPI
 from fastapi.testclient import TestClient
 
-from ingest_api.app import create_app
+from common.apikeys import Scope
+from ingest_api.app import V1_ROUTERS, create_app
+from ingest_api.auth import READ, check_every_operation_declared, declared_scope
 from schemas.jobs import job_key
 from tests.api.conftest import Installation, key, new_email, photo
 
@@ -136,3 +139,33 @@ def test_a_root_path_does_not_move_the_key_check(installation: Installation) -> 
     with TestClient(create_app(installation.config()), root_path="/fecapass") as client:
         assert client.get("/fecapass/v1/users").status_code == 401
         assert client.get("/fecapass/v1/users", headers=key(installation, "read")).status_code == 200
+
+
+def test_a_route_reached_without_the_key_check_fails_closed() -> None:
+    """The scope dependency does not stand in for the middleware: without it, the route serves nothing."""
+    app = FastAPI()
+    router = APIRouter(prefix="/v1", dependencies=[READ])
+
+    @router.get("/secret")
+    async def secret() -> dict[str, str]:
+        return {"secret": "s"}
+
+    app.include_router(router)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        response = client.get("/v1/secret", headers={"X-API-Key": "fcp_anything"})
+    assert response.status_code == 500 and "secret" not in response.text
+
+
+def test_a_v1_router_the_key_check_does_not_know_stops_the_start(installation: Installation) -> None:
+    app = create_app(installation.config())
+    stray = APIRouter(prefix="/v1/stray")
+
+    @stray.post("")
+    async def stray_write() -> None:
+        return None
+
+    app.include_router(stray)
+    app.openapi_schema = None
+    with pytest.raises(RuntimeError, match="/v1/stray"):
+        check_every_operation_declared(app, [route for router in V1_ROUTERS for route in router.routes])
+    assert declared_scope(stray.routes[0]) is Scope.WRITE  # and had it been listed, it would need a write key
