@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TypeVar
 
-from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic import AnyHttpUrl, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "FECAPASS_"
@@ -109,6 +109,27 @@ class StreamSettings(_Base):
 class ApiSettings(_Base):
     api_host: str = "127.0.0.1"
     api_port: int = 8000
+    # Base of every URL the API hands to clients (status_url, Location); never taken from the Host header.
+    public_url: AnyHttpUrl | None = Field(default=None, description="default: http://<api_host>:<api_port>")
+    # Comma-separated addresses (or CIDRs) of reverse proxies whose X-Forwarded-* headers are believed.
+    trusted_proxies: str = ""
+    # A request body that sends nothing for this long, or less than body_min_rate bytes/s on average after
+    # this long, is cut off with 408 (slow clients would otherwise hold a connection and an upload slot).
+    body_timeout_seconds: float = Field(default=30.0, gt=0)
+    body_min_rate: int = Field(default=4096, ge=0, description="bytes per second; 0 turns the rate check off")
+    # Requests with a body one key may have in flight on one API process; past it, 429 with Retry-After.
+    max_uploads_per_key: int = Field(default=32, ge=1)
+
+    @property
+    def base_url(self) -> str:
+        if self.public_url is not None:
+            return str(self.public_url).rstrip("/")
+        host = f"[{self.api_host}]" if ":" in self.api_host else self.api_host
+        return f"http://{host}:{self.api_port}"
+
+    @property
+    def proxies(self) -> list[str]:
+        return [address.strip() for address in self.trusted_proxies.split(",") if address.strip()]
 
 
 class EgressSettings(_Base):

@@ -46,7 +46,7 @@ def job_url(request: Request, job_id: str) -> str:
     if template is None:
         template = request.app.url_path_for("get_job", job_id=_JOB_ID_SLOT)
         request.app.state.job_path_template = template
-    return str(URLPath(template.replace(_JOB_ID_SLOT, job_id)).make_absolute_url(request.base_url))
+    return str(URLPath(template.replace(_JOB_ID_SLOT, job_id)).make_absolute_url(request.app.state.public_url))
 
 
 @dataclass(frozen=True)

@@ -21,8 +21,9 @@ import numpy as np
 import onnxruntime
 import psutil
 
+from common.db.main_repository import MainRepository
 from common.settings import ModelSettings
-from operations.installation import Installation, create_api_key, start_servers
+from operations.installation import Installation, start_servers
 from operations.reports import merged
 from operations.services import MAIN_DB, LocalServices
 from schemas.streams import PIPELINE, Stage
@@ -192,7 +193,7 @@ class Running:
 def start_pipeline(config: BenchConfig, data_dir: Path, stages: list[Stage], workers: int = 1) -> Running:
     services = start_servers(LocalServices(data_dir, durable=True))
     try:
-        key = create_api_key(services.dsn(MAIN_DB), "write", "bench")
+        key = MainRepository.at(services.dsn(MAIN_DB)).create_api_key("bench", "write").key
         installation = Installation(
             env={
                 **services.environment(),

@@ -71,15 +71,13 @@ def _api(_: argparse.Namespace) -> None:
 
     from ingest_api.app import create_app
     from ingest_api.config import ApiConfig
+    from ingest_api.server import server_config
 
     config = ApiConfig.from_env()
-    uvicorn.run(
-        create_app(config),
-        host=config.api.api_host,
-        port=config.api.api_port,
-        log_config=None,
-        timeout_graceful_shutdown=10,
-    )
+    server = uvicorn.Server(server_config(config, create_app(config)))
+    server.run()
+    if not server.started:  # the port was taken, or start-up failed: as uvicorn.run reports it
+        raise SystemExit(3)
 
 
 def _worker(args: argparse.Namespace) -> None:
@@ -186,11 +184,9 @@ def _main_repository() -> Iterator[MainRepository]:
 
 
 def _key_create(args: argparse.Namespace) -> None:
-    from common.apikeys import new_key
-
     with _main_repository() as repository:
-        key, prefix, digest = new_key()
-        row = repository.create_api_key(args.name, args.scope, prefix, digest)
+        created = repository.create_api_key(args.name, args.scope)
+        row, key = created.row, created.key
         print(f"created key {row.id} ({row.name}, {row.scope}); it is shown only now:\n{key}")
 
 

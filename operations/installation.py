@@ -18,13 +18,8 @@ from pathlib import Path
 
 import httpx
 import structlog
-from pydantic import SecretStr
 
-from common import clients
-from common.apikeys import new_key
-from common.db.main_repository import MainRepository
 from common.db.migrate import migrate_all
-from common.settings import DatabaseSettings
 from operations.services import MAIN_DB, VECTOR_DB, LocalServices, free_port
 from schemas.streams import Stage
 
@@ -47,16 +42,6 @@ def start_servers(services: LocalServices) -> LocalServices:
         services.stop()
         raise
     return services
-
-
-def create_api_key(main_dsn: str, scope: str, name: str) -> str:
-    """A new API key, stored hashed; the key itself is returned once."""
-    key, prefix, digest = new_key()
-    # The pool needs both DSNs; only the main database is opened.
-    database = DatabaseSettings(main_db_dsn=SecretStr(main_dsn), vector_db_dsn=SecretStr(main_dsn))
-    with clients.main_db_pool(database, open_now=True) as pool:
-        MainRepository(pool).create_api_key(name, scope, prefix, digest)
-    return key
 
 
 def wait_until_answers(

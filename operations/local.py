@@ -10,10 +10,11 @@ from pydantic import SecretStr
 
 from common import clients
 from common import settings as s
+from common.db.main_repository import MainRepository
 from common.db.vector_repository import VectorRepository
 from common.packs import PackInfo
 from common.packs.library import PackLibrary
-from operations.installation import Installation, InstallationError, Supervisor, create_api_key, start_servers
+from operations.installation import Installation, InstallationError, Supervisor, start_servers
 from operations.services import (
     MAIN_DB,
     PRIVATE_UMASK,
@@ -94,7 +95,7 @@ def first_api_key(data_dir: Path, main_dsn: str) -> str:
     path = data_dir / "api-key"
     if path.exists():
         return path.read_text().strip()
-    key = create_api_key(main_dsn, "write", "local mode")
+    key = MainRepository.at(main_dsn).create_api_key("local mode", "write").key
     path.write_text(key)  # 0600: the umask of run_up
     return key
 

@@ -2,13 +2,34 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any, Protocol
 
 import psycopg
 from psycopg.rows import class_row
-from psycopg_pool import ConnectionPool
+
+from common.apikeys import Scope, new_key
+
+
+class Connections(Protocol):
+    """A psycopg_pool.ConnectionPool, or OneConnection for a tool that needs no pool."""
+
+    def connection(self) -> AbstractContextManager[psycopg.Connection[Any]]: ...
+
+
+class OneConnection:
+    """A fresh connection per call (committed on success), for short-lived tools and tests."""
+
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+
+    @contextmanager
+    def connection(self) -> Iterator[psycopg.Connection[Any]]:
+        with psycopg.connect(self.dsn) as conn:
+            yield conn
 
 
 class DuplicateEmail(ValueError):
@@ -66,6 +87,12 @@ class ApiKeyRow:
 
 
 @dataclass(frozen=True)
+class NewApiKey:
+    key: str  # shown once: only its SHA-256 is stored
+    row: ApiKeyRow
+
+
+@dataclass(frozen=True)
 class FaceOwner:
     face_id: int
     user_id: int
@@ -78,8 +105,13 @@ _KEY_COLUMNS = "id, name, scope, prefix, created_at, revoked_at"
 
 
 class MainRepository:
-    def __init__(self, pool: ConnectionPool) -> None:
+    def __init__(self, pool: Connections) -> None:
         self.pool = pool
+
+    @classmethod
+    def at(cls, dsn: str) -> MainRepository:
+        """The repository over one connection per call (no pool to open or close)."""
+        return cls(OneConnection(dsn))
 
     def create_user(self, email: str, full_name: str) -> UserRow:
         with self.pool.connection() as conn, conn.cursor(row_factory=class_row(UserRow)) as cur:
@@ -155,16 +187,18 @@ class MainRepository:
 
     # -- API keys ------------------------------------------------------------------------------------
 
-    def create_api_key(self, name: str, scope: str, prefix: str, key_hash: bytes) -> ApiKeyRow:
+    def create_api_key(self, name: str, scope: Scope | str) -> NewApiKey:
+        """A new random key of this scope; the key itself is returned once and never stored."""
+        key, prefix, key_hash = new_key()
         with self.pool.connection() as conn, conn.cursor(row_factory=class_row(ApiKeyRow)) as cur:
             cur.execute(
                 f"INSERT INTO api_keys (name, scope, prefix, key_hash) VALUES (%s, %s, %s, %s)"
                 f" RETURNING {_KEY_COLUMNS}",
-                (name, scope, prefix, key_hash),
+                (name, Scope(scope).value, prefix, key_hash),
             )
             row = cur.fetchone()
         assert row is not None
-        return row
+        return NewApiKey(key, row)
 
     def list_api_keys(self) -> list[ApiKeyRow]:
         with self.pool.connection() as conn, conn.cursor(row_factory=class_row(ApiKeyRow)) as cur:

@@ -13,13 +13,14 @@ from common.imaging import ImageInfo
 from ingest_api import jobs
 from ingest_api.auth import READ, WRITE
 from ingest_api.deps import AppState, State
-from ingest_api.problems import ApiError
+from ingest_api.openapi import problems
+from ingest_api.problems import ApiError, user_not_found
 from ingest_api.stores import call_store
 from ingest_api.uploads import read_photo
-from schemas.api import Job, Problem
+from schemas.api import Job
 from schemas.streams import JobKind
 
-router = APIRouter(prefix="/v1", tags=["recognition"])
+router = APIRouter(prefix="/v1", tags=["recognition"], dependencies=[READ])
 
 WaitSeconds = Annotated[
     float,
@@ -65,8 +66,7 @@ def callback(url: AnyHttpUrl | None) -> dict[str, Any]:
     return {"callback_url": str(url)} if url is not None else {}
 
 
-ERRORS: dict[int | str, dict[str, object]] = {code: {"model": Problem} for code in (401, 403, 404, 413, 415, 422, 503)}
-JOB_RESPONSES: dict[int | str, dict[str, object]] = {200: {"model": Job}, **ERRORS}
+JOB_RESPONSES: dict[int | str, dict[str, object]] = {200: {"model": Job}, **problems(404, 413, 415, 422)}
 
 
 async def photo_of(state: AppState, upload: UploadFile) -> tuple[bytes, ImageInfo]:
@@ -77,7 +77,7 @@ async def photo_of(state: AppState, upload: UploadFile) -> tuple[bytes, ImageInf
 async def require_active_user(state: AppState, user_id: int) -> None:
     user = await call_store(state.main.get_user, user_id)
     if user is None or not user.is_active:
-        raise ApiError(404, "user_not_found", f"user {user_id} not found")
+        raise user_not_found(user_id)
 
 
 @router.post(
@@ -95,7 +95,7 @@ async def enroll_face(
     return await jobs.respond(state, request, submitted, wait)
 
 
-@router.post("/search", status_code=202, response_model=Job, dependencies=[READ], responses=JOB_RESPONSES)
+@router.post("/search", status_code=202, response_model=Job, responses=JOB_RESPONSES)
 async def search_faces(
     file: Photo,
     request: Request,
@@ -119,7 +119,7 @@ async def search_faces(
     return await jobs.respond(state, request, submitted, wait)
 
 
-@router.post("/verify", status_code=202, response_model=Job, dependencies=[READ], responses=JOB_RESPONSES)
+@router.post("/verify", status_code=202, response_model=Job, responses=JOB_RESPONSES)
 async def verify_face(
     file: Photo,
     request: Request,
@@ -147,7 +147,7 @@ async def verify_face(
     return await jobs.respond(state, request, submitted, wait)
 
 
-@router.post("/detect", status_code=202, response_model=Job, dependencies=[READ], responses=JOB_RESPONSES)
+@router.post("/detect", status_code=202, response_model=Job, responses=JOB_RESPONSES)
 async def detect_faces(
     file: Photo, request: Request, state: State, wait: WaitSeconds = 0, callback_url: CallbackUrl = None
 ) -> JSONResponse:

@@ -16,10 +16,11 @@ import pytest
 import redis
 
 from common import clients
+from common.db.main_repository import MainRepository
 from common.db.migrate import migrate_all
 from common.objects import ObjectStore
 from common.settings import S3Settings
-from operations.installation import Installation, create_api_key
+from operations.installation import Installation
 from operations.services import MAIN_DB, LocalServices
 from schemas.streams import Stage
 from tests.shared_data import BASIC, MODEL_ROOT, PACK, labels, require_basic, require_pack
@@ -47,11 +48,11 @@ class RunningPipeline(Installation):
 
 
 def create_key(services: LocalServices, scope: str, name: str = "tests") -> str:
-    return create_api_key(services.dsn(MAIN_DB), scope, name)
+    return create_key_in(services.dsn(MAIN_DB), scope, name)
 
 
 def create_key_in(main_dsn: str, scope: str, name: str = "tests") -> str:
-    return create_api_key(main_dsn, scope, name)
+    return MainRepository.at(main_dsn).create_api_key(name, scope).key
 
 
 def fresh_installation(services: LocalServices, name: str, redis_db: int) -> dict[str, str]:
