@@ -1,0 +1,186 @@
+"""What Redis holds about a job, found and deleted when its face or user is erased: the job's status hash, the stream
+entries that carry its photo keys, boxes, keypoints and embedding (every pipeline stream, the webhook stream and the
+dead-letter streams), and the set of a user's jobs that the API keeps for this.
+
+Stream entry ids are Redis server milliseconds, so a job's entries lie between its status hash's ``created_at`` and
+its ``finished_at`` (now, while it runs): only that slice of each live stream is read, which keeps an erasure's cost
+to the traffic of the job's own lifetime whatever the stream's length. Dead letters are kept until an operator
+purges them, long after their job: those streams are read whole (they are small by design, and erasure is rare).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import redis
+import structlog
+
+from common.runner import errors_key
+from schemas.jobs import ErrorCode, JobState, job_key, user_jobs_key
+from schemas.streams import Stage
+
+log = structlog.get_logger(__name__)
+
+# Job timestamps come from the API and stage hosts' clocks, entry ids from the Redis server's: the slice read is
+# widened by this much on each side for clocks that disagree (hosts synchronised by NTP are within milliseconds).
+CLOCK_SLACK_MS = 5_000
+PAGE = 500
+# The set of a user's job ids outlives their last job's hash, whose TTL each stage write renews.
+USER_JOBS_TTL_FACTOR = 2
+
+
+def queue_job_owner(pipe: Any, user_id: int, job_id: str, job_ttl_seconds: int) -> None:
+    """Queue (at submit, in the job's MULTI) the job's id into its user's set, where erasure finds in-flight jobs."""
+    key = user_jobs_key(user_id)
+    pipe.sadd(key, job_id)
+    pipe.expire(key, job_ttl_seconds * USER_JOBS_TTL_FACTOR)
+
+
+def user_job_ids(client: redis.Redis, user_id: int) -> set[str]:
+    return {_text(member) for member in cast(Iterable[bytes], client.smembers(user_jobs_key(user_id)))}
+
+
+@dataclass
+class Traces:
+    """The Redis traces of some jobs: entry ids per stream, and the jobs whose hash is to go or to be closed."""
+
+    entries: dict[str, list[str]] = field(default_factory=dict)
+    finished: list[str] = field(default_factory=list)  # hash deleted
+    in_flight: dict[str, str] = field(default_factory=dict)  # job id -> kind: hash replaced by a failed one
+
+    @property
+    def entry_count(self) -> int:
+        return sum(len(ids) for ids in self.entries.values())
+
+
+def find_traces(client: redis.Redis, job_ids: Sequence[str]) -> Traces:
+    traces = Traces()
+    wanted = {job_id.encode() for job_id in job_ids}
+    windows: list[tuple[int, int]] = []
+    now_ms = int(time.time() * 1000)
+    for job_id in job_ids:
+        raw = {_text(k): _text(v) for k, v in cast(dict[bytes, bytes], client.hgetall(job_key(job_id))).items()}
+        if not raw:
+            continue  # expired: its live entries were trimmed long before (retention << job TTL)
+        state = raw.get("state", "")
+        if state in (JobState.DONE, JobState.FAILED) or "kind" not in raw:
+            traces.finished.append(job_id)
+        else:
+            traces.in_flight[job_id] = raw["kind"]
+        start = _ms(raw.get("created_at"), now_ms)
+        end = now_ms if job_id in traces.in_flight else _ms(raw.get("finished_at"), now_ms)
+        windows.append((start - CLOCK_SLACK_MS, max(start, end) + CLOCK_SLACK_MS))
+    for stage in Stage:
+        found = [
+            entry_id
+            for start, end in _merged(windows)
+            for entry_id in _matching(client, stage.stream, wanted, start, end)
+        ]
+        found = _not_held_by_index(client, stage, found)
+        if found:
+            traces.entries[stage.stream] = found
+        dead = _matching(client, stage.dead_letter_stream, wanted, None, None)
+        if dead:
+            traces.entries[stage.dead_letter_stream] = dead
+    return traces
+
+
+def delete_traces(client: redis.Redis, traces: Traces, *, user_id: int | None, job_ttl_seconds: int) -> None:
+    """Delete in one MULTI/EXEC. A job still in flight is closed as failed with ``user_not_found`` and nothing else
+    (no user id, photo key or box), so a client waiting on it learns why and its state stays terminal."""
+    with client.pipeline(transaction=True) as pipe:
+        for stream, ids in traces.entries.items():
+            pipe.xdel(stream, *ids)
+            if not stream.endswith(":dead"):
+                pipe.hdel(errors_key(_stage_of(stream)), *ids)
+        for job_id in traces.finished:
+            pipe.delete(job_key(job_id))
+        for job_id, kind in traces.in_flight.items():
+            key = job_key(job_id)
+            pipe.delete(key)
+            pipe.hset(
+                key,
+                mapping={
+                    "kind": kind,
+                    "state": JobState.FAILED.value,
+                    "error_code": ErrorCode.USER_NOT_FOUND.value,
+                    "error_message": "the user was erased",
+                    "finished_at": f"{time.time():.6f}",
+                },
+            )
+            pipe.expire(key, job_ttl_seconds)
+        if user_id is not None:
+            pipe.delete(user_jobs_key(user_id))
+        pipe.execute()
+
+
+def rewrite_append_only_file(client: redis.Redis) -> bool:
+    """Start an AOF rewrite, so that the erased entries leave the file on disk too (XDEL and DEL only append to it).
+    Returns whether one was started; managed Redis services may refuse the command, which is logged."""
+    try:
+        if not int(client.info("persistence").get("aof_enabled", 0)):
+            return False
+        client.bgrewriteaof()
+    except redis.ResponseError as exc:
+        # "already in progress": that rewrite may have forked before the deletions; the next one drops them.
+        log.warning("erasure.aof_rewrite_refused", error=str(exc))
+        return False
+    return True
+
+
+def _matching(client: redis.Redis, stream: str, wanted: set[bytes], start: int | None, end: int | None) -> list[str]:
+    """Ids of the entries of ``stream`` between the two millisecond times (None: the whole stream) whose job is
+    wanted, read a page at a time."""
+    found: list[str] = []
+    low = "-" if start is None else f"{max(start, 0)}-0"
+    high = "+" if end is None else str(end)
+    while True:
+        rows = cast(list[tuple[bytes, dict[bytes, bytes]]], client.xrange(stream, min=low, max=high, count=PAGE))
+        found += [_text(entry_id) for entry_id, fields in rows if fields.get(b"job_id") in wanted]
+        if len(rows) < PAGE:
+            return found
+        low = "(" + _text(rows[-1][0])
+
+
+def _not_held_by_index(client: redis.Redis, stage: Stage, entry_ids: list[str]) -> list[str]:
+    """Leave the index stage's entries that a worker still holds: the worker may be between its embedding insert
+    and its last check, and its redelivery is what deletes that embedding (the check refuses an erased face). Once
+    handled, such an entry goes with the stream's trim."""
+    if stage is not Stage.INDEX or not entry_ids:
+        return entry_ids
+    held: set[str] = set()
+    for entry_id in entry_ids:
+        try:
+            rows = client.xpending_range(stage.stream, stage.group, min=entry_id, max=entry_id, count=1)
+        except redis.ResponseError:  # no group yet: nobody holds anything
+            return entry_ids
+        held |= {_text(row["message_id"]) for row in rows}
+    return [entry_id for entry_id in entry_ids if entry_id not in held]
+
+
+def _merged(windows: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    merged: list[tuple[int, int]] = []
+    for start, end in sorted(windows):
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((start, end))
+    return merged
+
+
+def _stage_of(stream: str) -> Stage:
+    return next(stage for stage in Stage if stage.stream == stream)
+
+
+def _ms(seconds: str | None, default: int) -> int:
+    try:
+        return int(float(seconds) * 1000) if seconds else default
+    except ValueError:
+        return default
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
