@@ -18,6 +18,7 @@ from common.db import job_traces
 from common.db.main_repository import FaceRow, MainRepository
 from common.db.vector_repository import VectorRepository
 from common.objects import ObjectStore, discard_job_objects
+from schemas.jobs import ErrorCode
 
 log = structlog.get_logger(__name__)
 
@@ -43,7 +44,7 @@ class Erasure:
             return False
         # Jobs in flight have no face row yet: the API recorded them per user when they were submitted.
         job_ids = sorted({face.job_id for face in faces} | job_traces.user_job_ids(self.redis, user_id))
-        self._erase(faces, job_ids, user_id)
+        self._erase(faces, job_ids, user_id, whole_user=True)
         self.main.delete_user(user_id)  # and, by cascade, the face rows
         log.info("erasure.user_erased", user_id=user_id, faces=len(faces), jobs=len(job_ids))
         return True
@@ -52,18 +53,25 @@ class Erasure:
         face = self.main.begin_face_erasure(face_id)
         if face is None:
             return False
-        self._erase([face], [face.job_id], None)
+        self._erase([face], [face.job_id], face.user_id, whole_user=False)
         self.main.delete_face(face_id)
         log.info("erasure.face_erased", face_id=face_id, job_id=face.job_id)
         return True
 
-    def _erase(self, faces: list[FaceRow], job_ids: list[str], user_id: int | None) -> None:
+    def _erase(self, faces: list[FaceRow], job_ids: list[str], user_id: int, *, whole_user: bool) -> None:
         self.vectors.delete_faces([face.id for face in faces])
         self.store.delete_many([key for face in faces for key in (face.image_key, face.crop_key)])
         for job_id in job_ids:  # photos and crops of jobs still in flight, wherever they got to
             discard_job_objects(self.store, job_id)
         traces = job_traces.find_traces(self.redis, job_ids)
-        job_traces.delete_traces(self.redis, traces, user_id=user_id, job_ttl_seconds=self.job_ttl_seconds)
+        job_traces.delete_traces(
+            self.redis,
+            traces,
+            owner=user_id,
+            whole_user=whole_user,
+            closing_code=ErrorCode.USER_NOT_FOUND if whole_user else ErrorCode.FACE_ERASED,
+            job_ttl_seconds=self.job_ttl_seconds,
+        )
         if traces.entry_count or traces.finished or traces.in_flight:
             job_traces.rewrite_append_only_file(self.redis)
         log.info(

@@ -47,6 +47,7 @@ def user_job_ids(client: redis.Redis, user_id: int) -> set[str]:
 class Traces:
     """The Redis traces of some jobs: entry ids per stream, and the jobs whose hash is to go or to be closed."""
 
+    job_ids: list[str] = field(default_factory=list)
     entries: dict[str, list[str]] = field(default_factory=dict)
     finished: list[str] = field(default_factory=list)  # hash deleted
     in_flight: dict[str, str] = field(default_factory=dict)  # job id -> kind: hash replaced by a failed one
@@ -57,7 +58,7 @@ class Traces:
 
 
 def find_traces(client: redis.Redis, job_ids: Sequence[str]) -> Traces:
-    traces = Traces()
+    traces = Traces(job_ids=list(job_ids))
     wanted = {job_id.encode() for job_id in job_ids}
     windows: list[tuple[int, int]] = []
     now_ms = int(time.time() * 1000)
@@ -88,9 +89,12 @@ def find_traces(client: redis.Redis, job_ids: Sequence[str]) -> Traces:
     return traces
 
 
-def delete_traces(client: redis.Redis, traces: Traces, *, user_id: int | None, job_ttl_seconds: int) -> None:
-    """Delete in one MULTI/EXEC. A job still in flight is closed as failed with ``user_not_found`` and nothing else
-    (no user id, photo key or box), so a client waiting on it learns why and its state stays terminal."""
+def delete_traces(
+    client: redis.Redis, traces: Traces, *, owner: int, whole_user: bool, closing_code: ErrorCode, job_ttl_seconds: int
+) -> None:
+    """Delete in one MULTI/EXEC, and take the jobs out of their owner's set (the whole set for a user). A job still
+    in flight is closed as failed with ``closing_code`` and nothing else (no user id, photo key or box), so a client
+    waiting on it learns why and its state stays terminal."""
     with client.pipeline(transaction=True) as pipe:
         for stream, ids in traces.entries.items():
             pipe.xdel(stream, *ids)
@@ -106,14 +110,16 @@ def delete_traces(client: redis.Redis, traces: Traces, *, user_id: int | None, j
                 mapping={
                     "kind": kind,
                     "state": JobState.FAILED.value,
-                    "error_code": ErrorCode.USER_NOT_FOUND.value,
-                    "error_message": "the user was erased",
+                    "error_code": closing_code.value,
+                    "error_message": f"the {'user' if whole_user else 'face'} was erased",
                     "finished_at": f"{time.time():.6f}",
                 },
             )
             pipe.expire(key, job_ttl_seconds)
-        if user_id is not None:
-            pipe.delete(user_jobs_key(user_id))
+        if whole_user:
+            pipe.delete(user_jobs_key(owner))
+        elif traces.job_ids:
+            pipe.srem(user_jobs_key(owner), *traces.job_ids)
         pipe.execute()
 
 
