@@ -82,17 +82,19 @@ class IndexHandler:
         if face.crop_key is None:
             raise PoisonMessage(ErrorCode.MALFORMED_MESSAGE, "face without crop_key reached index")
         try:
-            new_face = NewFace(
-                user_id=message.user_id,
-                job_id=message.job_id,
-                image_key=message.image_key,
-                crop_key=face.crop_key,
-                box=face.box,
-                det_score=face.score,
-                faces_seen=message.faces_seen or 1,
-                model_pack=pack,
+            face_id = self._store_face(
+                NewFace(
+                    user_id=message.user_id,
+                    job_id=message.job_id,
+                    image_key=message.image_key,
+                    crop_key=face.crop_key,
+                    box=face.box,
+                    det_score=face.score,
+                    faces_seen=message.faces_seen or 1,
+                    model_pack=pack,
+                ),
+                matrix[0],
             )
-            face_id = self._store_face(new_face, matrix[0])
         except Erased as exc:
             discard_job_objects(self.store, message.job_id, crop_keys(message))
             if exc.user_erased:

@@ -17,6 +17,8 @@ from typing import Any, cast
 
 import redis
 import structlog
+from redis.client import Pipeline
+from redis.typing import EncodableT, FieldT
 
 from common.runner import errors_key
 from schemas.jobs import ErrorCode, JobState, job_key, user_jobs_key
@@ -121,6 +123,25 @@ def delete_traces(
         elif traces.job_ids:
             pipe.srem(user_jobs_key(owner), *traces.job_ids)
         pipe.execute()
+    for stream in traces.entries:
+        if stream.endswith(":dead"):
+            compact(client, stream)
+
+
+def compact(client: redis.Redis, stream: str) -> None:
+    """Rewrite a stream without consumer groups (a dead-letter stream) entry by entry, ids kept. XDEL only flags an
+    entry deleted inside its listpack node: its bytes stay in memory, and in the RDB or AOF files written from it,
+    until every entry of the node is gone. A live stream's nodes go with its trim; dead letters are never trimmed."""
+
+    def rewrite(pipe: Pipeline) -> None:
+        rows = cast(list[tuple[bytes, dict[bytes, bytes]]], pipe.xrange(stream))  # read while watched
+        pipe.multi()
+        pipe.delete(stream)
+        for entry_id, fields in rows:
+            pipe.xadd(stream, cast(dict[FieldT, EncodableT], fields), id=entry_id)
+
+    # Watched: a dead letter added meanwhile makes the rewrite start again instead of being lost.
+    client.transaction(rewrite, stream, watch_delay=0.01)
 
 
 def rewrite_append_only_file(client: redis.Redis) -> bool:
