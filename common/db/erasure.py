@@ -17,6 +17,7 @@ import structlog
 from common.db import job_traces
 from common.db.main_repository import FaceRow, MainRepository
 from common.db.vector_repository import VectorRepository
+from common.errors import DependencyUnavailable
 from common.objects import ObjectStore, discard_job_objects
 from schemas.jobs import ErrorCode
 
@@ -63,6 +64,12 @@ class Erasure:
         self.store.delete_many([key for face in faces for key in (face.image_key, face.crop_key)])
         for job_id in job_ids:  # photos and crops of jobs still in flight, wherever they got to
             discard_job_objects(self.store, job_id)
+        try:
+            self._erase_traces(job_ids, user_id, whole_user=whole_user)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise DependencyUnavailable(f"Redis: {exc}") from exc  # 503: the same DELETE again finishes
+
+    def _erase_traces(self, job_ids: list[str], user_id: int, *, whole_user: bool) -> None:
         traces = job_traces.find_traces(self.redis, job_ids)
         job_traces.delete_traces(
             self.redis,
