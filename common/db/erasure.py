@@ -5,7 +5,9 @@ The order makes every cut-short erasure safe and finishable by running it again:
 1. main database, one transaction: tombstones (job and face ids, the user id; see migration 0003), the user
    deactivated, the faces no longer served. From this commit on, nothing is served and the index stage refuses to
    store anything for these jobs, whatever is delivered to it again;
-2. embeddings in the vector database; 3. objects in S3; 4. Redis traces, then an AOF rewrite;
+2. embeddings in the vector database; 3. the faces' photos and crops in S3;
+4. Redis traces (job_traces), then an AOF rewrite; then the photos and crops of the jobs still in flight, except
+   those whose entry a worker holds: the index stage refuses such a job and deletes them;
 5. the main rows last: until then a second DELETE finds the face or user and finishes the work.
 """
 
@@ -62,16 +64,19 @@ class Erasure:
     def _erase(self, faces: list[FaceRow], job_ids: list[str], user_id: int, *, whole_user: bool) -> None:
         self.vectors.delete_faces([face.id for face in faces])
         self.store.delete_many([key for face in faces for key in (face.image_key, face.crop_key)])
-        for job_id in job_ids:  # photos and crops of jobs still in flight, wherever they got to
-            discard_job_objects(self.store, job_id)
         try:
-            self._erase_traces(job_ids, user_id, whole_user=whole_user)
+            running = self._erase_traces(job_ids, user_id, whole_user=whole_user)
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise DependencyUnavailable(f"Redis: {exc}") from exc  # 503: the same DELETE again finishes
+        # Photos and crops of the jobs in flight, wherever they got to; a job a worker holds needs its photo to
+        # reach the index stage, which refuses it and deletes them (job_traces).
+        for job_id in job_ids:
+            if job_id not in running:
+                discard_job_objects(self.store, job_id)
 
-    def _erase_traces(self, job_ids: list[str], user_id: int, *, whole_user: bool) -> None:
+    def _erase_traces(self, job_ids: list[str], user_id: int, *, whole_user: bool) -> set[str]:
         traces = job_traces.find_traces(self.redis, job_ids)
-        job_traces.delete_traces(
+        running = job_traces.delete_traces(
             self.redis,
             traces,
             owner=user_id,
@@ -86,4 +91,6 @@ class Erasure:
             entries=traces.entry_count,
             job_hashes=len(traces.finished) + len(traces.in_flight),
             closed_in_flight=len(traces.in_flight),
+            held_by_workers=len(running),
         )
+        return running

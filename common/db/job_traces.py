@@ -6,6 +6,12 @@ Stream entry ids are Redis server milliseconds, so a job's entries lie between i
 its ``finished_at`` (now, while it runs): only that slice of each live stream is read, which keeps an erasure's cost
 to the traffic of the job's own lifetime whatever the stream's length. Dead letters are kept until an operator
 purges them, long after their job: those streams are read whole (they are small by design, and erasure is rare).
+
+An entry a worker holds (read, not yet acknowledged) is left where it is: its worker carries the job on to the index
+stage, which stores nothing for an erased person and deletes the job's photo and crops, and if that worker dies the
+entry is claimed by another. Deleting it instead would leave the worker without its photo (retried, then
+dead-lettered), or, once deleted entries are dropped from the pending list, the job's objects without anyone to
+delete them. So a job with a held entry keeps its objects until the index stage deletes them.
 """
 
 from __future__ import annotations
@@ -22,9 +28,26 @@ from redis.typing import EncodableT, FieldT
 
 from common.runner import errors_key
 from schemas.jobs import ErrorCode, JobState, job_key, user_jobs_key
-from schemas.streams import Stage
+from schemas.streams import PIPELINE, Stage
 
 log = structlog.get_logger(__name__)
+
+# Deletes the given entries of a pipeline stream except those in the group's pending list (a worker holds them), in
+# one step so that none is delivered between the check and the delete; returns the ids it left.
+_DELETE_UNLESS_HELD = """
+local held = {}
+for i = 2, #ARGV do
+  local id = ARGV[i]
+  local pending = redis.pcall('XPENDING', KEYS[1], ARGV[1], id, id, 1)
+  if type(pending) == 'table' and pending.err == nil and #pending > 0 then
+    table.insert(held, id)
+  else
+    redis.call('XDEL', KEYS[1], id)
+    redis.call('HDEL', KEYS[2], id)
+  end
+end
+return held
+"""
 
 # Job timestamps come from the API and stage hosts' clocks, entry ids from the Redis server's: the slice read is
 # widened by this much on each side for clocks that disagree (hosts synchronised by NTP are within milliseconds).
@@ -50,7 +73,7 @@ class Traces:
     """The Redis traces of some jobs: entry ids per stream, and the jobs whose hash is to go or to be closed."""
 
     job_ids: list[str] = field(default_factory=list)
-    entries: dict[str, list[str]] = field(default_factory=dict)
+    entries: dict[str, list[tuple[str, str]]] = field(default_factory=dict)  # stream -> (entry id, job id)
     finished: list[str] = field(default_factory=list)  # hash deleted
     in_flight: dict[str, str] = field(default_factory=dict)  # job id -> kind: hash replaced by a failed one
 
@@ -78,11 +101,8 @@ def find_traces(client: redis.Redis, job_ids: Sequence[str]) -> Traces:
         windows.append((start - CLOCK_SLACK_MS, max(start, end) + CLOCK_SLACK_MS))
     for stage in Stage:
         found = [
-            entry_id
-            for start, end in _merged(windows)
-            for entry_id in _matching(client, stage.stream, wanted, start, end)
+            entry for start, end in _merged(windows) for entry in _matching(client, stage.stream, wanted, start, end)
         ]
-        found = _not_held_by_index(client, stage, found)
         if found:
             traces.entries[stage.stream] = found
         dead = _matching(client, stage.dead_letter_stream, wanted, None, None)
@@ -93,12 +113,20 @@ def find_traces(client: redis.Redis, job_ids: Sequence[str]) -> Traces:
 
 def delete_traces(
     client: redis.Redis, traces: Traces, *, owner: int, whole_user: bool, closing_code: ErrorCode, job_ttl_seconds: int
-) -> None:
+) -> set[str]:
     """Delete in one MULTI/EXEC, and take the jobs out of their owner's set (the whole set for a user). A job still
     in flight is closed as failed with ``closing_code`` and nothing else (no user id, photo key or box), so a client
-    waiting on it learns why and its state stays terminal."""
+    waiting on it learns why and its state stays terminal. Returns the jobs with an entry a worker holds (left)."""
+    pipeline_streams = {stage.stream: stage for stage in PIPELINE}
+    checked = [(stream, dict(entries)) for stream, entries in traces.entries.items() if stream in pipeline_streams]
     with client.pipeline(transaction=True) as pipe:
-        for stream, ids in traces.entries.items():
+        for stream, jobs_of in checked:  # first, so that their answers lead the results
+            stage = pipeline_streams[stream]
+            pipe.eval(_DELETE_UNLESS_HELD, 2, stream, errors_key(stage), stage.group, *jobs_of)
+        for stream, entries in traces.entries.items():
+            if stream in pipeline_streams:
+                continue
+            ids = [entry_id for entry_id, _ in entries]
             pipe.xdel(stream, *ids)
             if not stream.endswith(":dead"):
                 pipe.hdel(errors_key(_stage_of(stream)), *ids)
@@ -122,10 +150,14 @@ def delete_traces(
             pipe.delete(user_jobs_key(owner))
         elif traces.job_ids:
             pipe.srem(user_jobs_key(owner), *traces.job_ids)
-        pipe.execute()
+        results = pipe.execute()
+    held: set[str] = set()
+    for (_, jobs_of), held_ids in zip(checked, results[: len(checked)], strict=True):
+        held |= {jobs_of[_text(entry_id)] for entry_id in held_ids}
     for stream in traces.entries:
         if stream.endswith(":dead"):
             compact(client, stream)
+    return held
 
 
 def compact(client: redis.Redis, stream: str) -> None:
@@ -158,34 +190,22 @@ def rewrite_append_only_file(client: redis.Redis) -> bool:
     return True
 
 
-def _matching(client: redis.Redis, stream: str, wanted: set[bytes], start: int | None, end: int | None) -> list[str]:
-    """Ids of the entries of ``stream`` between the two millisecond times (None: the whole stream) whose job is
-    wanted, read a page at a time."""
-    found: list[str] = []
+def _matching(
+    client: redis.Redis, stream: str, wanted: set[bytes], start: int | None, end: int | None
+) -> list[tuple[str, str]]:
+    """(entry id, job id) of the entries of ``stream`` between the two millisecond times (None: the whole stream)
+    whose job is wanted, read a page at a time."""
+    found: list[tuple[str, str]] = []
     low = "-" if start is None else f"{max(start, 0)}-0"
     high = "+" if end is None else str(end)
     while True:
         rows = cast(list[tuple[bytes, dict[bytes, bytes]]], client.xrange(stream, min=low, max=high, count=PAGE))
-        found += [_text(entry_id) for entry_id, fields in rows if fields.get(b"job_id") in wanted]
+        found += [
+            (_text(entry_id), _text(fields[b"job_id"])) for entry_id, fields in rows if fields.get(b"job_id") in wanted
+        ]
         if len(rows) < PAGE:
             return found
         low = "(" + _text(rows[-1][0])
-
-
-def _not_held_by_index(client: redis.Redis, stage: Stage, entry_ids: list[str]) -> list[str]:
-    """Leave the index stage's entries that a worker still holds: the worker may be between its embedding insert
-    and its last check, and its redelivery is what deletes that embedding (the check refuses an erased face). Once
-    handled, such an entry goes with the stream's trim."""
-    if stage is not Stage.INDEX or not entry_ids:
-        return entry_ids
-    held: set[str] = set()
-    for entry_id in entry_ids:
-        try:
-            rows = client.xpending_range(stage.stream, stage.group, min=entry_id, max=entry_id, count=1)
-        except redis.ResponseError:  # no group yet: nobody holds anything
-            return entry_ids
-        held |= {_text(row["message_id"]) for row in rows}
-    return [entry_id for entry_id in entry_ids if entry_id not in held]
 
 
 def _merged(windows: list[tuple[int, int]]) -> list[tuple[int, int]]:

@@ -415,6 +415,31 @@ def test_deleting_a_user_while_their_enroll_waits_in_a_stage_stores_nothing(worl
     assert [key for key in world.store.keys("") if enroll.job_id in key] == []
 
 
+@pytest.mark.parametrize("stage", [Stage.DETECT, Stage.ALIGN, Stage.EMBED])
+def test_an_entry_a_worker_holds_at_the_erasure_reaches_the_index_stage_and_stores_nothing(
+    world: World, stage: Stage
+) -> None:
+    enroll = submit(world, new_user(world), up_to=stage, rng=np.random.default_rng(11))
+    read = world.redis.xreadgroup(stage.group, "holder", {stage.stream: ">"}, count=1)
+    held_id = read[0][1][0][0]
+
+    assert world.erasure.erase_user(enroll.user_id)
+    # Left to its worker, with the photo it needs; the job is closed, naming nobody.
+    assert [entry_id for entry_id, _ in world.redis.xrange(stage.stream)] == [held_id]
+    assert world.store.keys(original_key(enroll.job_id)) == [original_key(enroll.job_id)]
+    assert set(job(world.redis, enroll.job_id)) == CLOSED_FIELDS
+
+    # The worker finishes: its successors carry the job to the index stage.
+    world.store.put(crop_key(enroll.job_id, 0), b"crop written by align")
+    late = enroll.entries[stage].model_copy(update=submit_fields(enroll))
+    world.redis.xadd(Stage.INDEX.stream, late.to_fields())
+    world.redis.xack(stage.stream, stage.group, held_id)
+    assert world.runner().run_once() == 1
+    assert job(world.redis, enroll.job_id)["error_code"] == "user_not_found"
+    assert face_rows(world, enroll.job_id) == [] and embeddings_of(world, enroll) == 0
+    assert [key for key in world.store.keys("") if enroll.job_id in key] == []
+
+
 def submit_fields(enroll: Enroll) -> dict[str, Any]:
     """What the stages after detect add: the face with its crop, and the embedding."""
     face = FaceBox(box=enroll.box, keypoints=[(1, 1)] * 5, score=0.9, crop_key=crop_key(enroll.job_id, 0))
