@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType
-from typing import Any, cast
+from typing import cast
 
 import redis
 import structlog
@@ -31,6 +31,7 @@ from common.metrics import STAGE_BATCH_SECONDS, STAGE_BATCH_SIZE, STAGE_ENTRIES
 from common.settings import StreamSettings
 from schemas.jobs import STAGE_STATE, ErrorCode, JobState
 from schemas.streams import MalformedMessage, Stage, StreamMessage
+from schemas.text import decode_text as _text  # lenient: a non-UTF-8 byte must not crash the loop
 
 log = structlog.get_logger(__name__)
 
@@ -401,7 +402,3 @@ class StageRunner:
 def _parse_id(stream_id: str) -> tuple[int, int]:
     milliseconds, _, sequence = stream_id.partition("-")
     return int(milliseconds), int(sequence or 0)
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

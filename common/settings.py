@@ -111,11 +111,26 @@ class ApiSettings(_Base):
     api_port: int = 8000
 
 
+class EgressSettings(_Base):
+    """Where webhooks may go (common/egress.py; read by the API at submit time and by the webhook sender).
+    Comma-separated CIDRs and host names (a name covers its subdomains). By default only public addresses are
+    reached; allow wins over that default refusal, deny wins over everything."""
+
+    webhook_allow: str = ""
+    webhook_deny: str = ""
+
+
 class WebhookSettings(_Base):
     # Shared with webhook receivers, who check each request's HMAC-SHA256 signature with it.
     webhook_secret: SecretStr
     webhook_timeout_seconds: float = Field(default=10.0, gt=0)
     webhook_attempts: int = Field(default=3, ge=1, le=10, description="quick tries before a delivery is redelivered")
+    # Deliveries in flight at once to one receiver (host:port), and in all; a slow receiver holds only its own.
+    webhook_per_receiver: int = Field(default=4, ge=1, le=100)
+    webhook_concurrency: int = Field(default=16, ge=1, le=256)
+    # How long a batch waits for its deliveries; one still going on after that finishes on its own, and the
+    # batch moves on, so that a receiver that never answers does not hold the others' webhooks.
+    webhook_batch_wait_seconds: float = Field(default=2.0, ge=0)
 
 
 class ObservabilitySettings(_Base):
@@ -139,6 +154,7 @@ ALL_SETTINGS: tuple[type[BaseSettings], ...] = (
     PipelineSettings,
     StreamSettings,
     ApiSettings,
+    EgressSettings,
     WebhookSettings,
     ObservabilitySettings,
     LogSettings,

@@ -3,24 +3,31 @@ change lands in the same MULTI/EXEC as the stream commands it belongs with."""
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
 from schemas.jobs import JOB_DONE_CHANNEL, STAGE_STATE, ErrorCode, JobState, job_key
-from schemas.streams import Stage
+from schemas.results import FinishedResult
+from schemas.streams import JobMessage, Stage
 
 
 def now() -> str:
     return f"{time.time():.6f}"
 
 
-def queue_created(pipe: Any, job_id: str, fields: dict[str, str], ttl_seconds: int) -> dict[str, str]:
-    """Queue the new job's hash; returns what it will hold."""
-    key = job_key(job_id)
-    written = {**fields, "state": JobState.QUEUED.value, "created_at": now()}
+def queue_job(pipe: Any, message: JobMessage, ttl_seconds: int) -> dict[str, str]:
+    """Queue a new job: its status hash and its entry on the detect stream, on a MULTI ``pipe`` so that neither
+    exists without the other. Returns what the hash will hold."""
+    key = job_key(message.job_id)
+    written = {"kind": message.kind.value, "image_key": message.image_key}
+    if message.pack is not None:
+        written["model_pack"] = message.pack
+    if message.user_id is not None:
+        written["user_id"] = str(message.user_id)
+    written.update(state=JobState.QUEUED.value, created_at=now())
     pipe.hset(key, mapping=written)
     pipe.expire(key, ttl_seconds)
+    pipe.xadd(Stage.DETECT.stream, message.to_fields())
     return written
 
 
@@ -41,9 +48,11 @@ def queue_stage_finished(
     pipe.expire(key, ttl_seconds)
 
 
-def queue_done(pipe: Any, job_id: str, result: dict[str, Any], ttl_seconds: int) -> None:
+def queue_done(pipe: Any, job_id: str, result: FinishedResult, ttl_seconds: int) -> None:
+    """The result is stored as its model's JSON (``schemas.results.parse_stored_result`` reads it back)."""
     key = job_key(job_id)
-    pipe.hset(key, mapping={"state": JobState.DONE.value, "finished_at": now(), "result": json.dumps(result)})
+    stored = result.stored.model_dump_json()
+    pipe.hset(key, mapping={"state": JobState.DONE.value, "finished_at": now(), "result": stored})
     pipe.expire(key, ttl_seconds)
     pipe.publish(JOB_DONE_CHANNEL, job_id)
 
@@ -61,9 +70,3 @@ def queue_failed(pipe: Any, job_id: str, code: ErrorCode | str, message: str, tt
     )
     pipe.expire(key, ttl_seconds)
     pipe.publish(JOB_DONE_CHANNEL, job_id)
-
-
-def decode_hash(raw: dict[Any, Any]) -> dict[str, str]:
-    return {
-        (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v) for k, v in raw.items()
-    }

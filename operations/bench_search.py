@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import csv
 import itertools
-import re
 import statistics
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import psycopg
@@ -26,15 +27,22 @@ from common.db.migrate import apply_migrations
 from common.db.vector_repository import HnswParameters, PackIndex, index_statement, nearest_statement
 from common.settings import ModelSettings
 from indexer.stage import CANDIDATES_PER_RESULT
-from operations.bench import HEADER, machine, percentile
-from operations.reports import merged
+from operations.bench import machine, percentile
+from operations.search_report import (
+    GeneratedEmbeddings,
+    Measurement,
+    SearchRun,
+    load_results,
+    rendered,
+    results_path,
+    save_results,
+)
 from operations.services import VECTOR_DB, LocalServices
 
 BENCH_PACK = "bench"
 BENCH_INDEX = "bench_hnsw"
 # The product's query: `limit` people per face, read as limit * CANDIDATES_PER_RESULT nearest faces.
 DEFAULT_LIMIT = 10
-SECTION = "search"
 MAINTENANCE_WORK_MEM = "4GB"
 
 
@@ -50,7 +58,7 @@ class SearchBenchConfig:
     ef_construction: int = 128
     ef_search: tuple[int, ...] = (40, 100, 200, 400, 800)
     storages: tuple[str, ...] = ("vector", "halfvec")
-    output: Path = Path("BENCHMARKS.md")
+    output: Path = Path("BENCHMARKS.md")  # its measurements go beside it (search_report.results_path)
     seed: int = 7
     fit_photos: int | None = None  # fit to this many LFW photos only (the smoke test)
     shared_buffers: str = "4GB"  # a server sized for a million embeddings; the report states it
@@ -171,14 +179,13 @@ def load(conn: psycopg.Connection, vectors: np.ndarray) -> float:
     return time.perf_counter() - started
 
 
-@dataclass
+@dataclass(frozen=True)
 class IndexBuild:
     storage: str
     m: int
     ef_construction: int
     seconds: float
     megabytes: float
-    results: list[dict[str, float]] = field(default_factory=list)
 
 
 def build(conn: psycopg.Connection, storage: str, dim: int, m: int, ef_construction: int) -> IndexBuild:
@@ -210,8 +217,9 @@ def measure(
     threshold: float,
     ef_values: tuple[int, ...],
     limit: int,
-) -> None:
+) -> list[Measurement]:
     candidates = limit * CANDIDATES_PER_RESULT
+    measured = []
     for ef in ef_values:
         conn.execute(sql.SQL("SET hnsw.ef_search = {}").format(sql.Literal(ef)))
         # An untimed pass first: right after a build the index and the rows are not all in memory yet, and
@@ -227,17 +235,23 @@ def measure(
             match_found += len(wanted & set(found))
             at10.append(len(set(ids[:10].tolist()) & set(found[:10])) / 10)
             person.append(len(own & set(found)) / len(own))
-        built.results.append(
-            {
-                "ef_search": ef,
-                "match_recall": match_found / match_total if match_total else 1.0,
-                "recall_at_10": float(np.mean(at10)),
-                "person_recall": float(np.mean(person)),
-                "p50": statistics.median(latencies),
-                "p99": percentile(latencies, 99),
-                "qps": 1000 / statistics.mean(latencies),
-            }
+        measured.append(
+            Measurement(
+                storage=built.storage,
+                m=built.m,
+                ef_construction=built.ef_construction,
+                ef_search=ef,
+                build_seconds=built.seconds,
+                index_mib=built.megabytes,
+                person_recall=float(np.mean(person)),
+                match_recall=match_found / match_total if match_total else 1.0,
+                recall_at_10=float(np.mean(at10)),
+                p50_ms=statistics.median(latencies),
+                p99_ms=percentile(latencies, 99),
+                queries_per_second=1000 / statistics.mean(latencies),
+            )
         )
+    return measured
 
 
 def exact_neighbours(stored: np.ndarray, queries: np.ndarray, k: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -265,34 +279,28 @@ def exact_scan_ms(conn: psycopg.Connection, queries: np.ndarray, limit: int) -> 
 
 
 def run(config: SearchBenchConfig) -> Path:
-    """Measure each size in turn; each writes its own section of the report as soon as it is done (the 1M run
-    takes long, and a smaller size's figures should not wait for it or be lost with it)."""
+    """Measure each size in turn; each size's run is saved and the report rendered as soon as it is done (the 1M
+    run takes long, and a smaller size's figures should not wait for it or be lost with it)."""
     from common.packs.catalog import default_threshold
 
     rng = np.random.default_rng(config.seed)
     real, names = real_embeddings(config)
     model = FaceModel.fit(real, names, rng)
     same, different = model.same_and_different(rng)
-    threshold = default_threshold(config.pack)
-    intro = [
-        f"Embeddings generated to look like `{config.pack}`'s: fitted to its {len(real)} embeddings of the LFW",
-        f"photos in `{config.lfw_dir}` ({len(set(names.tolist()))} people). Median cosine of two photos of one"
-        f" person: real {model.real_same:.3f}, generated {same:.3f}; of two people: real {model.real_different:.3f},"
-        f" generated {different:.3f}. {config.samples_per_person} photos per person; {config.queries} queries, each a",
-        "new photo of a stored person. The query is the product's: the pack's partial HNSW index, LIMIT",
-        f"{DEFAULT_LIMIT * CANDIDATES_PER_RESULT} (limit {DEFAULT_LIMIT} x {CANDIDATES_PER_RESULT} candidates)."
-        " **Person recall**: share of the query person's stored photos the index returns; **match recall**: share",
-        f"of the exact search's candidates at or above the pack's threshold ({threshold:.2f}) that the index returns;",
-        "**recall@10**: overlap of the first 10 with the exact first 10. One client, no prepared statements; each"
-        " ef_search's queries run once untimed before they are timed.",
-        f"PostgreSQL: shared_buffers {config.shared_buffers}; index built with maintenance_work_mem"
-        f" {MAINTENANCE_WORK_MEM}.",
-    ]
-    # One section per size and index configuration: a run of another configuration adds its own.
-    configuration = (
-        f"{' and '.join(config.storages)}, m {' and '.join(map(str, config.m_values))},"
-        f" ef_construction {config.ef_construction}"
+    embeddings = GeneratedEmbeddings(
+        pack=config.pack,
+        dim=len(model.mean),
+        fitted_to=str(config.lfw_dir),
+        real_embeddings=len(real),
+        people=len(set(names.tolist())),
+        real_same=model.real_same,
+        generated_same=same,
+        real_different=model.real_different,
+        generated_different=different,
+        photos_per_person=config.samples_per_person,
     )
+    threshold = default_threshold(config.pack)
+    where = results_path(config.output)
     with tempfile.TemporaryDirectory() as tmp:
         services = LocalServices(Path(tmp), durable=False, postgres_settings={"shared_buffers": config.shared_buffers})
         try:
@@ -301,25 +309,42 @@ def run(config: SearchBenchConfig) -> Path:
             with psycopg.connect(services.dsn(VECTOR_DB), autocommit=True) as conn:
                 for size in config.sizes:
                     started = time.perf_counter()
-                    body = _measure_size(conn, config, model, size, threshold, rng)
-                    lines = [
-                        f"## Search at scale: {size:,} embeddings, {configuration}",
-                        "",
-                        f"Written by `fecapass bench-search` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())};"
-                        f" machine: {machine()}.",
-                        *intro,
-                        *body,
-                        "",
-                        f"Whole run for this size: {time.perf_counter() - started:.0f} s.",
-                    ]
+                    figures = _measure_size(conn, config, model, size, threshold, rng)
+                    measured = SearchRun(
+                        size=size,
+                        storages=config.storages,
+                        m_values=config.m_values,
+                        ef_construction=config.ef_construction,
+                        finished_at=datetime.now(UTC),
+                        machine=machine(),
+                        embeddings=embeddings,
+                        queries=config.queries,
+                        limit=DEFAULT_LIMIT,
+                        candidates_per_result=CANDIDATES_PER_RESULT,
+                        threshold=threshold,
+                        shared_buffers=config.shared_buffers,
+                        maintenance_work_mem=MAINTENANCE_WORK_MEM,
+                        warmed=True,  # measure() runs each ef_search's queries once untimed first
+                        load_seconds=figures.load_seconds,
+                        exact_scan_ms=figures.exact_scan_ms,
+                        own_share=figures.own_share,
+                        run_seconds=time.perf_counter() - started,
+                        measurements=tuple(figures.measurements),
+                    )
+                    results = load_results(where).with_run(measured)
+                    save_results(where, results)
                     existing = config.output.read_text() if config.output.exists() else ""
-                    section = f"{SECTION}-{size}-{'-'.join(config.storages)}-m{'-'.join(map(str, config.m_values))}"
-                    section += f"-efc{config.ef_construction}"
-                    written = merged(existing, HEADER, section, "\n".join(lines))
-                    config.output.write_text(with_target_summary(written))
+                    config.output.write_text(rendered(existing, results))
         finally:
             services.stop()
     return config.output
+
+
+class SizeFigures(NamedTuple):
+    load_seconds: float
+    exact_scan_ms: float
+    own_share: float  # of the exact candidates at or above the threshold, photos of the query's person
+    measurements: list[Measurement]
 
 
 def _measure_size(
@@ -329,7 +354,7 @@ def _measure_size(
     size: int,
     threshold: float,
     rng: np.random.Generator,
-) -> list[str]:
+) -> SizeFigures:
     limit = DEFAULT_LIMIT
     dim = len(model.mean)
     people = model.people(size // config.samples_per_person, rng)
@@ -346,135 +371,9 @@ def _measure_size(
     load_seconds = load(conn, stored)
     del stored
     scan = exact_scan_ms(conn, queries, limit * CANDIDATES_PER_RESULT)
-    lines = [
-        "",
-        f"Loaded ({dim}-d) in {load_seconds:.0f} s. Exact scan (no index, parallel workers): {scan:.0f} ms a query."
-        f" Of the exact candidates at or above the threshold, {own_share * 100:.0f} % are photos of the query's",
-        "person; the rest are strangers: false matches at this gallery size, which an index that misses them does",
-        "the user no harm, so person recall is the figure that matters.",
-        "",
-        "| storage | m | ef_construction | build s | index MiB | ef_search | person recall |"
-        " match recall | recall@10 | p50 ms | p99 ms | queries/s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
+    measurements = []
     for storage in config.storages:
         for m in config.m_values:
             built = build(conn, storage, dim, m, config.ef_construction)
-            measure(conn, built, queries, exact, same_person, threshold, config.ef_search, limit)
-            for result in built.results:
-                lines.append(
-                    f"| {storage} | {m} | {config.ef_construction} | {built.seconds:.0f} |"
-                    f" {built.megabytes:.0f} | {result['ef_search']:.0f} |"
-                    f" {result['person_recall']:.3f} |"
-                    f" {result['match_recall']:.3f} | {result['recall_at_10']:.3f} |"
-                    f" {result['p50']:.1f} | {result['p99']:.1f} | {result['qps']:.0f} |"
-                )
-    return lines
-
-
-# -- the target, over every configuration measured at its size ---------------------------------------------
-
-# The issue's target: at a million embeddings, match recall >= 0.99 with p99 under 10 ms.
-TARGET_SIZE = 1_000_000
-TARGET_RECALL = 0.99
-TARGET_P99_MS = 10.0
-
-
-def target_verdict(builds: list[IndexBuild], own_share: float) -> list[str]:
-    """Met or missed, by how much, and why, from this size's figures."""
-    measured = [(built, result) for built in builds for result in built.results]
-
-    def described(built: IndexBuild, result: dict[str, float]) -> str:
-        return (
-            f"{result['match_recall']:.3f} ({built.storage}, m {built.m}, ef_search {result['ef_search']:.0f};"
-            f" person recall {result['person_recall']:.3f}, p99 {result['p99']:.1f} ms)"
-        )
-
-    met = [(b, r) for b, r in measured if r["match_recall"] >= TARGET_RECALL and r["p99"] < TARGET_P99_MS]
-    fast = [(b, r) for b, r in measured if r["p99"] < TARGET_P99_MS]
-
-    def recall(pair: tuple[IndexBuild, dict[str, float]]) -> float:
-        return pair[1]["match_recall"]
-
-    best = max(measured, key=recall)
-    line = (
-        f"**Target** (match recall >= {TARGET_RECALL} with p99 under {TARGET_P99_MS:.0f} ms at {TARGET_SIZE:,}"
-        f" embeddings): {'met by ' + described(*met[0]) if met else 'missed'}."
-    )
-    if met:
-        return [line]
-    within = (
-        f"Within {TARGET_P99_MS:.0f} ms p99 the best match recall is {described(*max(fast, key=recall))}"
-        if fast
-        else f"No configuration measured answered within {TARGET_P99_MS:.0f} ms p99"
-    )
-    return [
-        f"{line} {within}; the highest match recall measured is {described(*best)}. Why: match recall counts every"
-        f" exact candidate at or above the threshold, and {(1 - own_share) * 100:.0f} % of those are strangers"
-        " just above it, the faces a graph search is least likely to reach; more of them need a larger ef_search"
-        " (or m), and each step costs latency on these cores (the tables above). Person recall, the share of the"
-        " person's own photos found, is the figure a user notices.",
-    ]
-
-
-TARGET_SECTION = "search-target"
-_SECTION = re.compile(r"<!-- section:(search-(\d+)-[^ ]+) -->\n(.*?)<!-- /section:\1 -->", re.DOTALL)
-_OWN_SHARE = re.compile(r"(\d+) % are photos of the query's")
-
-
-def measured_sections(report: str, size: int) -> list[tuple[str, list[IndexBuild], float, bool]]:
-    """The report's sections at ``size`` embeddings: name, builds with their results, share of the query's own
-    photos among the exact matches, and whether each ef_search was warmed before it was timed."""
-    found = []
-    for name, section_size, body in _SECTION.findall(report):
-        if int(section_size) != size:
-            continue
-        builds: dict[tuple[str, int, int], IndexBuild] = {}
-        for line in body.splitlines():
-            cells = [cell.strip() for cell in line.strip("|").split("|")]
-            if len(cells) != 12 or cells[0] not in ("vector", "halfvec"):
-                continue
-            storage, m, efc, seconds, megabytes, ef, person, match, at10, p50, p99, qps = cells
-            key = (storage, int(m), int(efc))
-            built = builds.setdefault(key, IndexBuild(storage, int(m), int(efc), float(seconds), float(megabytes)))
-            built.results.append(
-                {
-                    "ef_search": float(ef),
-                    "person_recall": float(person),
-                    "match_recall": float(match),
-                    "recall_at_10": float(at10),
-                    "p50": float(p50),
-                    "p99": float(p99),
-                    "qps": float(qps),
-                }
-            )
-        share = _OWN_SHARE.search(body)
-        if builds and share:
-            found.append((name, list(builds.values()), int(share.group(1)) / 100, "run once untimed" in body))
-    return found
-
-
-def with_target_summary(report: str) -> str:
-    """The report with its target section rewritten from every section at the target size (none: unchanged)."""
-    sections = measured_sections(report, TARGET_SIZE)
-    if not sections:
-        return report
-    builds = [built for _, section_builds, _, _ in sections for built in section_builds]
-    own_share = max(share for _, _, share, _ in sections)
-    cold = [name for name, _, _, warmed in sections if not warmed]
-    lines = [
-        f"## Search target at {TARGET_SIZE:,} embeddings",
-        "",
-        f"Over every configuration measured at this size ({', '.join(f'`{name}`' for name, *_ in sections)}),"
-        " rewritten by `fecapass bench-search` whenever it writes a section.",
-        "",
-        *target_verdict(builds, own_share),
-    ]
-    if cold:
-        lines += [
-            "",
-            f"Timed without an untimed pass first: {', '.join(f'`{name}`' for name in cold)}. Right after a"
-            " build, pages of the index and the table may not be in memory yet: their p99 figures may include"
-            " cold reads (the later, warmed runs will tell); their recall figures are not affected.",
-        ]
-    return merged(report, HEADER, TARGET_SECTION, "\n".join(lines))
+            measurements += measure(conn, built, queries, exact, same_person, threshold, config.ef_search, limit)
+    return SizeFigures(load_seconds, scan, own_share, measurements)

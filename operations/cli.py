@@ -1,21 +1,72 @@
-"""The ``fecapass`` command: up (local mode), api, worker STAGE, migrate."""
+"""The ``fecapass`` command: a table of subcommands, each parser carrying its handler (``set_defaults``).
+
+Handlers import what they run inside themselves: ``fecapass worker detect`` must load the detect stage and
+nothing of the API, the other stages or the benchmarks.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
 
 from common import settings as s
 from common.logs import configure_logging
 from common.packs import ModelPackError
 from operations import models_cli
-from operations.local import LocalModeError
-from operations.services import ServiceError, interrupt_on_sigterm
 from schemas.streams import Stage
 
+if TYPE_CHECKING:
+    import redis
 
-def _api() -> None:
+    from common.db.main_repository import MainRepository
+    from operations.dlq import DeadLetter
+
+    Commands = argparse._SubParsersAction[argparse.ArgumentParser]
+
+Handler = Callable[[argparse.Namespace], None]
+
+STAGE_NAMES = [stage.value for stage in Stage]
+
+
+def refuse(exc: Exception) -> NoReturn:
+    """An error the user can fix (settings, a pack, a port): its message, exit 2, no traceback."""
+    print(f"fecapass: {exc}", file=sys.stderr)
+    raise SystemExit(2) from None
+
+
+def command(commands: Commands, name: str, handler: Handler, help: str) -> argparse.ArgumentParser:
+    parser = commands.add_parser(name, help=help)
+    parser.set_defaults(handler=handler)
+    return parser
+
+
+# -- services -----------------------------------------------------------------------------------------------
+
+
+def _up(args: argparse.Namespace) -> None:
+    from operations.local import LocalModeError, UpOptions, run_up
+    from operations.services import ServiceError
+
+    options = UpOptions(
+        args.data_dir,
+        args.api_port,
+        args.postgres_port,
+        args.redis_port,
+        args.s3_port,
+        args.workers,
+        args.metrics_port,
+    )
+    try:
+        run_up(options)
+    except (LocalModeError, ServiceError) as exc:
+        refuse(exc)
+
+
+def _api(_: argparse.Namespace) -> None:
     import uvicorn
 
     from ingest_api.app import create_app
@@ -31,7 +82,13 @@ def _api() -> None:
     )
 
 
-def _migrate() -> None:
+def _worker(args: argparse.Namespace) -> None:
+    from operations.worker import run_worker
+
+    run_worker(Stage(args.stage))
+
+
+def _migrate(_: argparse.Namespace) -> None:
     from common.db.migrate import migrate_all
 
     database = s.load(s.DatabaseSettings)
@@ -39,7 +96,7 @@ def _migrate() -> None:
     print("applied: " + (", ".join(applied) if applied else "nothing, already up to date"))
 
 
-def _streams() -> None:
+def _streams(_: argparse.Namespace) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -65,7 +122,12 @@ def _streams() -> None:
     Console().print(table)
 
 
-def _healthcheck() -> None:
+def _healthcheck(_: argparse.Namespace) -> None:
+    check_health()
+
+
+def check_health() -> None:
+    """Exit 0 when FECAPASS_HEALTHCHECK_URL answers 200, else exit 1 with the reason."""
     import httpx
 
     url = s.load(s.ObservabilitySettings).healthcheck_url
@@ -77,68 +139,8 @@ def _healthcheck() -> None:
         raise SystemExit(f"unhealthy: {url} answered {response.status_code}")
 
 
-def _keys(args: argparse.Namespace) -> None:
-    from common import clients
-    from common.apikeys import new_key
-    from common.db.main_repository import MainRepository
-
-    with clients.main_db_pool(s.load(s.DatabaseSettings)) as pool:
-        repository = MainRepository(pool)
-        if args.action == "create":
-            key, prefix, digest = new_key()
-            row = repository.create_api_key(args.name, args.scope, prefix, digest)
-            print(f"created key {row.id} ({row.name}, {row.scope}); it is shown only now:\n{key}")
-        elif args.action == "list":
-            for row in repository.list_api_keys():
-                state = f"revoked {row.revoked_at:%Y-%m-%d %H:%M}" if row.revoked_at else "active"
-                print(f"{row.id}\t{row.prefix}...\t{row.scope}\t{state}\t{row.name}")
-        elif args.action == "revoke":
-            if not repository.revoke_api_key(args.id):
-                raise SystemExit(f"no active key with id {args.id}")
-            print(f"revoked key {args.id}")
-
-
-def _dlq(args: argparse.Namespace) -> None:
-    from common import clients
-    from operations import dlq
-
-    client = clients.redis_client(s.load(s.RedisSettings))
-    stages = [Stage(args.stage)] if getattr(args, "stage", None) else list(Stage)
-    if args.action == "list":
-        for stage, count in dlq.counts(client).items():
-            if stage not in stages:
-                continue
-            print(f"{stage.dead_letter_stream}: {count}")
-            for letter in dlq.entries(client, stage, count=args.count):
-                fields = letter.fields
-                reason = f"{fields.get('dead_error_code')}: {fields.get('dead_error')}"
-                print(f"  {letter.message_id}  job {fields.get('job_id', '-')}  {reason}")
-    elif args.action == "show":
-        shown = dlq.find(client, Stage(args.stage), args.id)
-        if shown is None:
-            raise SystemExit(f"no dead letter {args.id} in {Stage(args.stage).dead_letter_stream}")
-        for key, value in shown.fields.items():
-            print(f"{key}: {value}")
-    elif args.action == "replay":
-        ttl = s.load(s.PipelineSettings).job_ttl_seconds
-        replayed = 0
-        for stage in stages:
-            found = dlq.find(client, stage, args.id) if args.id else None
-            letters = ([found] if found else []) if args.id else dlq.entries(client, stage, count=10_000)
-            for letter in letters:
-                print(f"{stage.stream}: replayed {letter.message_id} as {dlq.replay(client, letter, ttl)}")
-                replayed += 1
-        print(f"replayed {replayed}")
-    elif args.action == "purge":
-        for stage in stages:
-            print(f"{stage.dead_letter_stream}: removed {dlq.purge(client, stage, [args.id] if args.id else None)}")
-
-
-def parser() -> argparse.ArgumentParser:
-    root = argparse.ArgumentParser(prog="fecapass", description="Self-hosted face recognition.")
-    commands = root.add_subparsers(dest="command", required=True)
-
-    up = commands.add_parser("up", help="local mode: embedded PostgreSQL, Valkey, S3, the API and every stage")
+def _add_services(commands: Commands) -> None:
+    up = command(commands, "up", _up, "local mode: embedded PostgreSQL, Valkey, S3, the API and every stage")
     up.add_argument("--data-dir", type=Path, default=Path(".fecapass"), help="kept across restarts")
     up.add_argument("--api-port", type=int, default=8000)
     up.add_argument("--postgres-port", type=int, default=5433)
@@ -146,16 +148,53 @@ def parser() -> argparse.ArgumentParser:
     up.add_argument("--s3-port", type=int, default=9000)
     up.add_argument("--workers", type=int, default=1, help="processes per stage")
     up.add_argument("--metrics-port", type=int, default=9101, help="first stage process's metrics port; 0: off")
+    command(commands, "api", _api, "run the HTTP API against external services")
+    worker = command(commands, "worker", _worker, "run one stage process against external services")
+    worker.add_argument("stage", choices=STAGE_NAMES)
+    command(commands, "migrate", _migrate, "apply database migrations (idempotent)")
+    command(commands, "streams", _streams, "every stream and group: length, consumers, pending, lag, dead letters")
+    command(commands, "healthcheck", _healthcheck, "exit 0 when FECAPASS_HEALTHCHECK_URL answers 200 (container check)")
 
-    commands.add_parser("api", help="run the HTTP API against external services")
-    worker = commands.add_parser("worker", help="run one stage process against external services")
-    worker.add_argument("stage", choices=[stage.value for stage in Stage])
-    commands.add_parser("migrate", help="apply database migrations (idempotent)")
-    commands.add_parser("streams", help="every stream and group: length, consumers, pending, lag, dead letters")
-    commands.add_parser("healthcheck", help="exit 0 when FECAPASS_HEALTHCHECK_URL answers 200 (container check)")
+
+# -- keys ---------------------------------------------------------------------------------------------------
+
+
+@contextmanager
+def _main_repository() -> Iterator[MainRepository]:
+    from common import clients
+    from common.db.main_repository import MainRepository
+
+    with clients.main_db_pool(s.load(s.DatabaseSettings)) as pool:
+        yield MainRepository(pool)
+
+
+def _key_create(args: argparse.Namespace) -> None:
+    from common.apikeys import new_key
+
+    with _main_repository() as repository:
+        key, prefix, digest = new_key()
+        row = repository.create_api_key(args.name, args.scope, prefix, digest)
+        print(f"created key {row.id} ({row.name}, {row.scope}); it is shown only now:\n{key}")
+
+
+def _key_list(_: argparse.Namespace) -> None:
+    with _main_repository() as repository:
+        for row in repository.list_api_keys():
+            state = f"revoked {row.revoked_at:%Y-%m-%d %H:%M}" if row.revoked_at else "active"
+            print(f"{row.id}\t{row.prefix}...\t{row.scope}\t{state}\t{row.name}")
+
+
+def _key_revoke(args: argparse.Namespace) -> None:
+    with _main_repository() as repository:
+        if not repository.revoke_api_key(args.id):
+            raise SystemExit(f"no active key with id {args.id}")
+        print(f"revoked key {args.id}")
+
+
+def _add_keys(commands: Commands) -> None:
     keys = commands.add_parser("keys", help="API keys (sent as X-API-Key)")
-    key_actions = keys.add_subparsers(dest="action", required=True)
-    create = key_actions.add_parser("create", help="create a key and print it once")
+    actions = keys.add_subparsers(dest="action", required=True)
+    create = command(actions, "create", _key_create, "create a key and print it once")
     create.add_argument("--name", required=True, help="who or what uses the key")
     create.add_argument(
         "--scope",
@@ -163,33 +202,179 @@ def parser() -> argparse.ArgumentParser:
         required=True,
         help="read: search, verify, detect, read; write: also create, enroll, update and delete",
     )
-    key_actions.add_parser("list", help="every key: id, prefix, scope, state, name")
-    revoke = key_actions.add_parser("revoke", help="revoke a key (takes effect within 30 s)")
+    command(actions, "list", _key_list, "every key: id, prefix, scope, state, name")
+    revoke = command(actions, "revoke", _key_revoke, "revoke a key (takes effect within 30 s)")
     revoke.add_argument("id", type=int)
+
+
+# -- dead letters -------------------------------------------------------------------------------------------
+
+
+def _redis() -> redis.Redis:
+    from common import clients
+
+    return clients.redis_client(s.load(s.RedisSettings))
+
+
+def _chosen_stages(args: argparse.Namespace) -> list[Stage]:
+    """--stage, or every stage."""
+    return [Stage(args.stage)] if args.stage else list(Stage)
+
+
+def _needs_stage_for_id(args: argparse.Namespace) -> None:
+    if args.id and not args.stage:
+        raise SystemExit("--id needs --stage")
+
+
+def _dlq_list(args: argparse.Namespace) -> None:
+    from operations import dlq
+
+    client = _redis()
+    stages = _chosen_stages(args)
+    for stage, count in dlq.counts(client).items():
+        if stage not in stages:
+            continue
+        print(f"{stage.dead_letter_stream}: {count}")
+        for letter in dlq.entries(client, stage, count=args.count):
+            fields = letter.fields
+            reason = f"{fields.get('dead_error_code')}: {fields.get('dead_error')}"
+            print(f"  {letter.message_id}  job {fields.get('job_id', '-')}  {reason}")
+
+
+def _dlq_show(args: argparse.Namespace) -> None:
+    from operations import dlq
+
+    shown = dlq.find(_redis(), Stage(args.stage), args.id)
+    if shown is None:
+        raise SystemExit(f"no dead letter {args.id} in {Stage(args.stage).dead_letter_stream}")
+    for key, value in shown.fields.items():
+        print(f"{key}: {value}")
+
+
+def _dlq_replay(args: argparse.Namespace) -> None:
+    from operations import dlq
+
+    _needs_stage_for_id(args)
+    client = _redis()
+    ttl = s.load(s.PipelineSettings).job_ttl_seconds
+    replayed = 0
+    for stage in _chosen_stages(args):
+        letters: list[DeadLetter]
+        if args.id:
+            found = dlq.find(client, stage, args.id)
+            letters = [found] if found else []
+        else:
+            letters = dlq.entries(client, stage, count=10_000)
+        for letter in letters:
+            print(f"{stage.stream}: replayed {letter.message_id} as {dlq.replay(client, letter, ttl)}")
+            replayed += 1
+    print(f"replayed {replayed}")
+
+
+def _dlq_purge(args: argparse.Namespace) -> None:
+    from operations import dlq
+
+    _needs_stage_for_id(args)
+    client = _redis()
+    for stage in _chosen_stages(args):
+        print(f"{stage.dead_letter_stream}: removed {dlq.purge(client, stage, [args.id] if args.id else None)}")
+
+
+def _add_dlq(commands: Commands) -> None:
     dead = commands.add_parser("dlq", help="dead-letter streams: list, show, replay, purge")
-    dead_actions = dead.add_subparsers(dest="action", required=True)
-    stage_names = [stage.value for stage in Stage]
-    listing = dead_actions.add_parser("list", help="dead letters per stage with their reasons")
-    listing.add_argument("--stage", choices=stage_names)
+    actions = dead.add_subparsers(dest="action", required=True)
+    listing = command(actions, "list", _dlq_list, "dead letters per stage with their reasons")
+    listing.add_argument("--stage", choices=STAGE_NAMES)
     listing.add_argument("--count", type=int, default=20, help="entries shown per stage")
-    show = dead_actions.add_parser("show", help="every field of one dead letter")
-    show.add_argument("stage", choices=stage_names)
+    show = command(actions, "show", _dlq_show, "every field of one dead letter")
+    show.add_argument("stage", choices=STAGE_NAMES)
     show.add_argument("id")
-    for name, text in (("replay", "put dead letters back on their stage's stream"), ("purge", "delete dead letters")):
-        action = dead_actions.add_parser(name, help=text)
-        action.add_argument("--stage", choices=stage_names, help="only this stage's (default: all)")
+    for name, handler, text in (
+        ("replay", _dlq_replay, "put dead letters back on their stage's stream"),
+        ("purge", _dlq_purge, "delete dead letters"),
+    ):
+        action = command(actions, name, handler, text)
+        action.add_argument("--stage", choices=STAGE_NAMES, help="only this stage's (default: all)")
         action.add_argument("--id", help="only this entry (needs --stage)")
-    models_cli.add_commands(commands)
-    bench = commands.add_parser(
-        "bench", help="measure the pipeline against a plain insightface loop, write BENCHMARKS.md"
+
+
+# -- measurements -------------------------------------------------------------------------------------------
+
+
+def _bench(args: argparse.Namespace) -> None:
+    from operations.bench import BenchConfig
+    from operations.bench import run as bench
+    from operations.services import ServiceError, interrupt_on_sigterm
+
+    interrupt_on_sigterm()
+    model = s.load(s.ModelSettings)
+    config = BenchConfig(
+        args.photos_dir,
+        model.model_root,
+        model.model_pack,
+        args.photos,
+        args.searches,
+        args.uploads,
+        output=args.output,
+    )
+    try:
+        print(f"wrote {bench(config)}")
+    except ServiceError as exc:
+        refuse(exc)
+
+
+def _bench_search(args: argparse.Namespace) -> None:
+    if args.summary_only:
+        from operations.search_report import rewrite_report
+
+        print(f"wrote {rewrite_report(args.output)}")
+        return
+    from operations.bench_search import SearchBenchConfig
+    from operations.bench_search import run as bench_search
+    from operations.services import ServiceError, interrupt_on_sigterm
+
+    interrupt_on_sigterm()
+    model = s.load(s.ModelSettings)
+    config = SearchBenchConfig(
+        lfw_dir=args.pairs,
+        model_root=model.model_root,
+        pack=model.model_pack,
+        sizes=tuple(args.sizes),
+        queries=args.queries,
+        m_values=tuple(args.m),
+        ef_construction=args.ef_construction,
+        ef_search=tuple(args.ef_search),
+        storages=tuple(args.storage),
+        output=args.output,
+        fit_photos=args.fit_photos,
+        shared_buffers=args.shared_buffers,
+    )
+    try:
+        print(f"wrote {bench_search(config)}")
+    except ServiceError as exc:
+        refuse(exc)
+
+
+def _calibrate(args: argparse.Namespace) -> None:
+    from operations.calibrate import main as calibrate
+
+    calibrate(s.load(s.ModelSettings), args.pairs, args.output)
+
+
+def _add_measurements(commands: Commands) -> None:
+    bench = command(
+        commands, "bench", _bench, "measure the pipeline against a plain insightface loop, write BENCHMARKS.md"
     )
     bench.add_argument("--photos-dir", type=Path, default=Path("../shared/faces/basic"))
     bench.add_argument("--photos", type=int, default=200)
     bench.add_argument("--searches", type=int, default=50)
     bench.add_argument("--uploads", type=int, default=320)
     bench.add_argument("--output", type=Path, default=Path("BENCHMARKS.md"))
-    scale = commands.add_parser(
-        "bench-search", help="k-NN search at 100k and 1M generated embeddings, vector vs halfvec, into BENCHMARKS.md"
+    scale = command(
+        commands,
+        "bench-search",
+        _bench_search,
+        "k-NN search at 100k and 1M generated embeddings, vector vs halfvec, into BENCHMARKS.md",
     )
     scale.add_argument(
         "--pairs", type=Path, default=Path("../shared/faces/lfw_gray"), help="photos the model is fitted to"
@@ -200,15 +385,20 @@ def parser() -> argparse.ArgumentParser:
     scale.add_argument("--ef-construction", type=int, default=128)
     scale.add_argument("--ef-search", type=int, nargs="+", default=[40, 100, 200, 400, 800])
     scale.add_argument("--storage", nargs="+", choices=["vector", "halfvec"], default=["vector", "halfvec"])
-    scale.add_argument("--output", type=Path, default=Path("BENCHMARKS.md"))
+    scale.add_argument(
+        "--output",
+        type=Path,
+        default=Path("BENCHMARKS.md"),
+        help="the report; its measurements are kept beside it (BENCHMARKS-search.json beside BENCHMARKS.md)",
+    )
     scale.add_argument("--fit-photos", type=int, help="fit the generator to this many photos only (quick runs)")
     scale.add_argument("--shared-buffers", default="4GB", help="PostgreSQL shared_buffers for the run")
     scale.add_argument(
         "--summary-only",
         action="store_true",
-        help="measure nothing: rewrite the target summary from the sections already in the report",
+        help="measure nothing: render the search sections and the target summary again from the measurements file",
     )
-    calibrate = commands.add_parser("calibrate", help="measure the pack on LFW-style pairs, write CALIBRATION.md")
+    calibrate = command(commands, "calibrate", _calibrate, "measure the pack on LFW-style pairs, write CALIBRATION.md")
     calibrate.add_argument(
         "--pairs",
         type=Path,
@@ -216,6 +406,19 @@ def parser() -> argparse.ArgumentParser:
         help="folder with pairs.tsv and images/",
     )
     calibrate.add_argument("--output", type=Path, default=Path("CALIBRATION.md"))
+
+
+# -- the command --------------------------------------------------------------------------------------------
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="fecapass", description="Self-hosted face recognition.")
+    commands = root.add_subparsers(dest="command", required=True)
+    _add_services(commands)
+    _add_keys(commands)
+    _add_dlq(commands)
+    models_cli.add_commands(commands)
+    _add_measurements(commands)
     return root
 
 
@@ -223,88 +426,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
     logs = s.load(s.LogSettings)
     configure_logging(logs.log_level, logs.log_json)
+    handler: Handler = args.handler
     try:
-        if args.command == "up":
-            from operations.local import UpOptions, run_up
-
-            run_up(
-                UpOptions(
-                    args.data_dir,
-                    args.api_port,
-                    args.postgres_port,
-                    args.redis_port,
-                    args.s3_port,
-                    args.workers,
-                )
-            )
-        elif args.command == "api":
-            _api()
-        elif args.command == "worker":
-            from operations.worker import run_worker
-
-            run_worker(Stage(args.stage))
-        elif args.command == "migrate":
-            _migrate()
-        elif args.command == "streams":
-            _streams()
-        elif args.command == "healthcheck":
-            _healthcheck()
-        elif args.command == "keys":
-            _keys(args)
-        elif args.command == "dlq":
-            if getattr(args, "id", None) and not getattr(args, "stage", None):
-                raise SystemExit("--id needs --stage")
-            _dlq(args)
-        elif args.command in ("models", "reindex"):
-            models_cli.run(args)
-        elif args.command == "bench":
-            from operations.bench import BenchConfig
-            from operations.bench import run as bench
-
-            interrupt_on_sigterm()
-            model = s.load(s.ModelSettings)
-            config = BenchConfig(
-                args.photos_dir,
-                model.model_root,
-                model.model_pack,
-                args.photos,
-                args.searches,
-                args.uploads,
-                output=args.output,
-            )
-            print(f"wrote {bench(config)}")
-        elif args.command == "bench-search":
-            from operations.bench_search import SearchBenchConfig, with_target_summary
-            from operations.bench_search import run as bench_search
-
-            if args.summary_only:
-                args.output.write_text(with_target_summary(args.output.read_text()))
-                print(f"wrote {args.output}")
-                return
-            interrupt_on_sigterm()
-            model = s.load(s.ModelSettings)
-            search_config = SearchBenchConfig(
-                lfw_dir=args.pairs,
-                model_root=model.model_root,
-                pack=model.model_pack,
-                sizes=tuple(args.sizes),
-                queries=args.queries,
-                m_values=tuple(args.m),
-                ef_construction=args.ef_construction,
-                ef_search=tuple(args.ef_search),
-                storages=tuple(args.storage),
-                output=args.output,
-                fit_photos=args.fit_photos,
-                shared_buffers=args.shared_buffers,
-            )
-            print(f"wrote {bench_search(search_config)}")
-        elif args.command == "calibrate":
-            from operations.calibrate import main as calibrate
-
-            calibrate(s.load(s.ModelSettings), args.pairs, args.output)
-    except (s.SettingsError, ModelPackError, LocalModeError, ServiceError) as exc:
-        print(f"fecapass: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+        handler(args)
+    except (s.SettingsError, ModelPackError) as exc:
+        refuse(exc)
     except KeyboardInterrupt:
         # Ctrl-C, or SIGTERM where interrupt_on_sigterm is set: the servers were stopped on the way out.
         print("fecapass: interrupted", file=sys.stderr)

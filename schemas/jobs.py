@@ -49,6 +49,7 @@ class ErrorCode(StrEnum):
     MALFORMED_MESSAGE = "malformed_message"
     PACK_UNAVAILABLE = "pack_unavailable"
     TOO_MANY_DELIVERIES = "too_many_deliveries"
+    CALLBACK_URL_REFUSED = "callback_url_refused"  # a webhook whose destination the egress policy refuses
     INTERNAL = "internal_error"
 
 

@@ -29,6 +29,7 @@ from redis.typing import EncodableT, FieldT
 from common.runner import errors_key
 from schemas.jobs import ErrorCode, JobState, job_key, user_jobs_key
 from schemas.streams import PIPELINE, Stage
+from schemas.text import decode_fields, decode_text
 
 log = structlog.get_logger(__name__)
 
@@ -65,7 +66,7 @@ def queue_job_owner(pipe: Any, user_id: int, job_id: str, job_ttl_seconds: int) 
 
 
 def user_job_ids(client: redis.Redis, user_id: int) -> set[str]:
-    return {_text(member) for member in cast(Iterable[bytes], client.smembers(user_jobs_key(user_id)))}
+    return {decode_text(member) for member in cast(Iterable[bytes], client.smembers(user_jobs_key(user_id)))}
 
 
 @dataclass
@@ -88,7 +89,7 @@ def find_traces(client: redis.Redis, job_ids: Sequence[str]) -> Traces:
     windows: list[tuple[int, int]] = []
     now_ms = int(time.time() * 1000)
     for job_id in job_ids:
-        raw = {_text(k): _text(v) for k, v in cast(dict[bytes, bytes], client.hgetall(job_key(job_id))).items()}
+        raw = decode_fields(cast(dict[bytes, bytes], client.hgetall(job_key(job_id))))
         if not raw:
             continue  # expired: its live entries were trimmed long before (retention << job TTL)
         state = raw.get("state", "")
@@ -153,7 +154,7 @@ def delete_traces(
         results = pipe.execute()
     held: set[str] = set()
     for (_, jobs_of), held_ids in zip(checked, results[: len(checked)], strict=True):
-        held |= {jobs_of[_text(entry_id)] for entry_id in held_ids}
+        held |= {jobs_of[decode_text(entry_id)] for entry_id in held_ids}
     for stream in traces.entries:
         if stream.endswith(":dead"):
             compact(client, stream)
@@ -201,11 +202,13 @@ def _matching(
     while True:
         rows = cast(list[tuple[bytes, dict[bytes, bytes]]], client.xrange(stream, min=low, max=high, count=PAGE))
         found += [
-            (_text(entry_id), _text(fields[b"job_id"])) for entry_id, fields in rows if fields.get(b"job_id") in wanted
+            (decode_text(entry_id), decode_text(fields[b"job_id"]))
+            for entry_id, fields in rows
+            if fields.get(b"job_id") in wanted
         ]
         if len(rows) < PAGE:
             return found
-        low = "(" + _text(rows[-1][0])
+        low = "(" + decode_text(rows[-1][0])
 
 
 def _merged(windows: list[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -227,7 +230,3 @@ def _ms(seconds: str | None, default: int) -> int:
         return int(float(seconds) * 1000) if seconds else default
     except ValueError:
         return default
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

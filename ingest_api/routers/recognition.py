@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, File, Query, Request, UploadFile
+from fastapi import APIRouter, Depends, File, Query, Request, UploadFile
 from fastapi.responses import JSONResponse
 from pydantic import AnyHttpUrl
 
+from common import egress
 from common.imaging import ImageInfo
 from ingest_api import jobs
 from ingest_api.auth import READ, WRITE
@@ -38,10 +39,26 @@ Threshold = Annotated[
     ),
 ]
 Photo = Annotated[UploadFile, File(description="JPEG, PNG, WebP, BMP, TIFF or GIF photo")]
-CallbackUrl = Annotated[
+CallbackQuery = Annotated[
     AnyHttpUrl | None,
     Query(description="POST the finished job here, signed with X-Fecapass-Signature (see README)"),
 ]
+
+
+def checked_callback_url(callback_url: CallbackQuery = None) -> AnyHttpUrl | None:
+    """Refuse a destination the webhook sender would refuse (common/egress.py). A plain def on purpose: FastAPI
+    runs it on a worker thread, off the event loop, where resolving the host may block."""
+    try:
+        if callback_url is not None:
+            egress.policy_from_env().check_url(str(callback_url))
+    except egress.EgressRefused as exc:
+        raise ApiError(422, "callback_url_refused", f"callback_url refused: {exc}") from None
+    except OSError:
+        pass  # does not resolve (yet): the sender checks again when it connects
+    return callback_url
+
+
+CallbackUrl = Annotated[AnyHttpUrl | None, Depends(checked_callback_url)]
 
 
 def callback(url: AnyHttpUrl | None) -> dict[str, Any]:

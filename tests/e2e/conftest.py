@@ -124,6 +124,8 @@ def start_cluster(
         "FECAPASS_MAX_WAIT_SECONDS": "90",
         "FECAPASS_READ_COUNT": "4",
         "FECAPASS_ORT_THREADS": "1",
+        # The receivers of test_webhooks.py listen on loopback, which webhooks may not reach by default.
+        "FECAPASS_WEBHOOK_ALLOW": "127.0.0.1/32",
     }
     running = RunningPipeline(f"http://127.0.0.1:{port}", env, log_dir)
     running.keys = {scope: create_key_in(env["FECAPASS_MAIN_DB_DSN"], scope) for scope in ("read", "write")}

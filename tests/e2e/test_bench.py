@@ -12,6 +12,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from operations.search_report import load_results, rendered, results_path
 from tests.shared_data import BASIC, LFW, MODEL_ROOT, PACK, require_basic, require_pack
 
 pytestmark = pytest.mark.e2e
@@ -112,6 +113,11 @@ def test_search_bench_smoke_adds_its_section_and_keeps_the_others(tmp_path: Path
     for row in rows:  # a real measurement: recall is a share, latency positive
         cells = [cell.strip() for cell in row.strip("|").split("|")]
         assert 0.0 <= float(cells[6]) <= 1.0 and 0.0 <= float(cells[7]) <= 1.0 and float(cells[9]) > 0
+    # The figures are kept as data beside the report, one run per size, and the report is rendered from them.
+    results = load_results(results_path(output))
+    assert [run.size for run in results.runs] == [1500, 1000]
+    assert all(len(run.measurements) == 2 and run.warmed for run in results.runs)
+    assert rendered(text, results) == text
 
 
 def test_search_bench_stopped_by_sigterm_stops_its_postgres(tmp_path: Path) -> None:

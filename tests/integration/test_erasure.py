@@ -33,7 +33,20 @@ from indexer.stage import IndexHandler
 from operations import dlq
 from operations.services import LocalServices
 from schemas.jobs import job_key
-from schemas.streams import FaceBox, JobKind, PipelineMessage, Stage, encode_embeddings
+from schemas.results import StoredSearchResult
+from schemas.streams import (
+    AlignedFace,
+    AlignedMessage,
+    DetectedMessage,
+    EmbeddedMessage,
+    FaceBox,
+    JobKind,
+    JobMessage,
+    Stage,
+    StreamMessage,
+    encode_embeddings,
+)
+from schemas.text import decode_fields
 
 PACK, DIM, TTL = "erase8", 8, 600
 # Redelivery without waiting: a failed entry is claimed again by the next iteration.
@@ -53,6 +66,10 @@ def databases(services: LocalServices) -> Iterator[tuple[MainRepository, VectorR
     )
     with clients.main_db_pool(settings) as main_pool, clients.vector_db_pool(settings) as vector_pool:
         yield MainRepository(main_pool), VectorRepository(vector_pool)
+
+
+def presign(key: str) -> str:
+    return f"https://s3.invalid/{key}"
 
 
 @dataclass
@@ -81,7 +98,7 @@ def world(
         object_store,
         redis_client,
         Erasure(main, vectors, object_store, redis_client, TTL),
-        IndexHandler(main, vectors, object_store, threshold=0.5),
+        IndexHandler(main, vectors, object_store, threshold=0.5, presign=presign),
     )
 
 
@@ -91,7 +108,7 @@ class Enroll:
     job_id: str
     embedding: np.ndarray
     box: tuple[float, float, float, float]
-    entries: dict[Stage, PipelineMessage]
+    entries: dict[Stage, StreamMessage]
 
     @property
     def embedding_b64(self) -> bytes:
@@ -107,7 +124,7 @@ def submit(world: World, user_id: int, *, up_to: Stage, rng: np.random.Generator
     user's job set, and an entry in each stream up to ``up_to`` (the earlier ones handled and acknowledged)."""
     job_id = uuid.uuid4().hex
     world.store.put(original_key(job_id), b"photo of " + job_id.encode())
-    base = PipelineMessage(
+    base = JobMessage(
         job_id=job_id,
         kind=JobKind.ENROLL,
         image_key=original_key(job_id),
@@ -115,31 +132,29 @@ def submit(world: World, user_id: int, *, up_to: Stage, rng: np.random.Generator
         pack=PACK,
         callback_url="http://127.0.0.1:9/hook",
     )
-    with world.redis.pipeline(transaction=True) as pipe:
-        fields = {"kind": "enroll", "image_key": base.image_key, "model_pack": PACK, "user_id": str(user_id)}
-        status.queue_created(pipe, job_id, fields, TTL)
+    with world.redis.pipeline(transaction=True) as pipe:  # as the API submits: hash, detect entry, job owner
+        status.queue_job(pipe, base, TTL)
         queue_job_owner(pipe, user_id, job_id, TTL)
         pipe.execute()
     # Fractions no timestamp or id is likely to contain, so that the box can be searched for as text.
     x, y = (float(v) for v in rng.integers(100, 800, 2))
     box = (x + 0.109375, y + 0.203125, x + 80.296875, y + 90.390625)
-    detected = base.model_copy(
-        update={
-            "faces": [FaceBox(box=box, keypoints=[(box[0] + i, box[1] + i) for i in range(5)], score=0.93)],
-            "faces_seen": 1,
-            "crop_size": 112,
-        }
-    )
-    aligned = detected.model_copy(
-        update={"faces": [detected.require_faces()[0].model_copy(update={"crop_key": crop_key(job_id, 0)})]}
-    )
+    face = FaceBox(box=box, keypoints=[(box[0] + i, box[1] + i) for i in range(5)], score=0.93)
+    detected = base.advance(DetectedMessage, faces=[face], faces_seen=1, crop_size=112)
+    aligned = detected.advance(AlignedMessage, faces=[AlignedFace(**dict(face), crop_key=crop_key(job_id, 0))])
     embedding = unit(rng.standard_normal(DIM))
-    embedded = aligned.model_copy(update={"embeddings": encode_embeddings(embedding[None, :]), "dim": DIM})
-    entries = {Stage.DETECT: base, Stage.ALIGN: detected, Stage.EMBED: aligned, Stage.INDEX: embedded}
+    embedded = aligned.advance(EmbeddedMessage, embeddings=encode_embeddings(embedding[None, :]), dim=DIM)
+    entries: dict[Stage, StreamMessage] = {
+        Stage.DETECT: base,
+        Stage.ALIGN: detected,
+        Stage.EMBED: aligned,
+        Stage.INDEX: embedded,
+    }
     for stage, message in entries.items():
         if stage in (Stage.EMBED, Stage.INDEX):  # align stored the crop
             world.store.put(crop_key(job_id, 0), b"crop of " + job_id.encode())
-        world.redis.xadd(stage.stream, message.to_fields())
+        if stage is not Stage.DETECT:  # the detect entry came with the job
+            world.redis.xadd(stage.stream, message.to_fields())
         if stage is up_to:
             break
         acknowledge(world.redis, stage)
@@ -166,7 +181,7 @@ def unit(vector: np.ndarray) -> np.ndarray:
 
 
 def job(client: redis.Redis, job_id: str) -> dict[str, str]:
-    return status.decode_hash(client.hgetall(job_key(job_id)))
+    return decode_fields(client.hgetall(job_key(job_id)))
 
 
 def index_fields(client: redis.Redis, job_id: str) -> dict[bytes, bytes]:
@@ -191,19 +206,22 @@ def embeddings_of(world: World, enroll: Enroll) -> int:
     return int(row[0])
 
 
-def search_matches(world: World, enroll: Enroll) -> list[dict[str, Any]]:
-    query = PipelineMessage(
+def search_matches(world: World, enroll: Enroll) -> list[int]:
+    """Face ids a search with the job's own embedding finds."""
+    query = EmbeddedMessage(
         job_id=uuid.uuid4().hex,
         kind=JobKind.SEARCH,
         image_key="originals/query",
-        faces=[FaceBox(box=(0, 0, 10, 10), keypoints=[(1, 1)] * 5, score=0.9)],
+        faces=[AlignedFace(box=(0, 0, 10, 10), keypoints=[(1, 1)] * 5, score=0.9, crop_key="crops/query/0.png")],
+        faces_seen=1,
+        crop_size=112,
         embeddings=encode_embeddings(enroll.embedding[None, :]),
         dim=DIM,
         pack=PACK,
     )
-    result = world.handler.handle(query).result
-    assert result is not None
-    return [match for face in result["faces"] for match in face["matches"]]
+    finished = world.handler.handle(query).result
+    assert finished is not None and isinstance(finished.stored, StoredSearchResult)
+    return [match.face_id for face in finished.stored.faces for match in face.matches]
 
 
 def redis_contents(client: redis.Redis) -> list[tuple[bytes, bytes, bytes]]:
@@ -261,7 +279,7 @@ def traces_of(world: World, enroll: Enroll, *, user: bool) -> list[str]:
 def test_a_redelivered_index_entry_of_an_erased_face_stores_nothing(world: World) -> None:
     enroll = enrolled(world, np.random.default_rng(1))
     ((face_id, served),) = face_rows(world, enroll.job_id)
-    assert served and search_matches(world, enroll)[0]["face_id"] == face_id
+    assert served and search_matches(world, enroll)[0] == face_id
     original = index_fields(world.redis, enroll.job_id)
 
     assert world.erasure.erase_face(face_id)
@@ -280,7 +298,7 @@ def test_an_entry_held_by_a_worker_killed_before_its_xack_stays_erased(world: Wo
     """The worker committed the face and died before XACK; the face is erased; the entry is then claimed."""
     enroll = submit(world, new_user(world), up_to=Stage.INDEX, rng=np.random.default_rng(2))
     read = world.redis.xreadgroup(Stage.INDEX.group, "killed", {Stage.INDEX.stream: ">"}, count=1)
-    message = PipelineMessage.from_fields(read[0][1][0][1])
+    message = EmbeddedMessage.from_fields(read[0][1][0][1])
     world.handler.handle(message)  # its commits, then nothing: no XACK
     ((face_id, _),) = face_rows(world, enroll.job_id)
 
@@ -338,7 +356,7 @@ class FailingOnce:
 def test_a_crash_between_the_main_and_the_vector_commit_serves_nothing_and_redelivery_completes(world: World) -> None:
     enroll = submit(world, new_user(world), up_to=Stage.INDEX, rng=np.random.default_rng(4))
     # The face row committed, then the worker dies.
-    crashing = IndexHandler(FailingOnce(world.main, "add_face"), world.vectors, world.store, 0.5)
+    crashing = IndexHandler(FailingOnce(world.main, "add_face"), world.vectors, world.store, 0.5, presign=presign)
     assert world.runner(crashing).run_once() == 1
 
     ((face_id, served),) = face_rows(world, enroll.job_id)
@@ -350,13 +368,13 @@ def test_a_crash_between_the_main_and_the_vector_commit_serves_nothing_and_redel
     time.sleep(0.01)
     assert world.runner(crashing).run_once() == 1  # redelivered: the same row, now with its embedding
     assert face_rows(world, enroll.job_id) == [(face_id, True)] and embeddings_of(world, enroll) == 1
-    assert search_matches(world, enroll)[0]["face_id"] == face_id
+    assert search_matches(world, enroll)[0] == face_id
     assert job(world.redis, enroll.job_id)["state"] == "done"
 
 
 def test_a_crash_after_the_vector_commit_returns_nothing_and_an_erasure_then_is_completed(world: World) -> None:
     enroll = submit(world, new_user(world), up_to=Stage.INDEX, rng=np.random.default_rng(5))
-    crashing = IndexHandler(world.main, FailingOnce(world.vectors, "add_embedding"), world.store, 0.5)
+    crashing = IndexHandler(world.main, FailingOnce(world.vectors, "add_embedding"), world.store, 0.5, presign=presign)
     assert world.runner(crashing).run_once() == 1
     ((_, served),) = face_rows(world, enroll.job_id)
     assert not served and embeddings_of(world, enroll) == 1
@@ -383,7 +401,7 @@ def test_an_embedding_written_after_the_erasure_deleted_it_is_deleted_by_the_las
             assert erasure.erase_user(enroll.user_id)
             super().add_embedding(face_id, pack, embedding)
 
-    paused = IndexHandler(world.main, ErasedMeanwhile(world.vectors.pool), world.store, 0.5)
+    paused = IndexHandler(world.main, ErasedMeanwhile(world.vectors.pool), world.store, 0.5, presign=presign)
     assert world.runner(paused).run_once() == 1
 
     assert job(world.redis, enroll.job_id)["error_code"] == "user_not_found"
@@ -406,8 +424,7 @@ def test_deleting_a_user_while_their_enroll_waits_in_a_stage_stores_nothing(worl
 
     # A worker that held the entry at that moment carries on: its successors reach the index stage.
     world.store.put(crop_key(enroll.job_id, 0), b"crop written late")
-    late = enroll.entries[stage].model_copy(update=submit_fields(enroll))
-    world.redis.xadd(Stage.INDEX.stream, late.to_fields())
+    world.redis.xadd(Stage.INDEX.stream, enroll.entries[Stage.INDEX].to_fields())
     assert world.runner().run_once() == 1
     state = job(world.redis, enroll.job_id)
     assert state["state"] == "failed" and state["error_code"] == "user_not_found"
@@ -431,19 +448,12 @@ def test_an_entry_a_worker_holds_at_the_erasure_reaches_the_index_stage_and_stor
 
     # The worker finishes: its successors carry the job to the index stage.
     world.store.put(crop_key(enroll.job_id, 0), b"crop written by align")
-    late = enroll.entries[stage].model_copy(update=submit_fields(enroll))
-    world.redis.xadd(Stage.INDEX.stream, late.to_fields())
+    world.redis.xadd(Stage.INDEX.stream, enroll.entries[Stage.INDEX].to_fields())
     world.redis.xack(stage.stream, stage.group, held_id)
     assert world.runner().run_once() == 1
     assert job(world.redis, enroll.job_id)["error_code"] == "user_not_found"
     assert face_rows(world, enroll.job_id) == [] and embeddings_of(world, enroll) == 0
     assert [key for key in world.store.keys("") if enroll.job_id in key] == []
-
-
-def submit_fields(enroll: Enroll) -> dict[str, Any]:
-    """What the stages after detect add: the face with its crop, and the embedding."""
-    face = FaceBox(box=enroll.box, keypoints=[(1, 1)] * 5, score=0.9, crop_key=crop_key(enroll.job_id, 0))
-    return {"faces": [face], "faces_seen": 1, "embeddings": encode_embeddings(enroll.embedding[None, :]), "dim": DIM}
 
 
 # -- nothing left ----------------------------------------------------------------------------------------------

@@ -1,33 +1,57 @@
-"""The benchmark's verdicts: met or missed, and the figures they cite, from measured results."""
+"""The benchmark's verdicts: met or missed, and the figures they cite, from measured results; the search
+report rendered from its measurements file."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+from pathlib import Path
+
 from operations.bench import HEADER, Throughput, best_batches, why_slower
-from operations.bench_search import IndexBuild, target_verdict, with_target_summary
 from operations.reports import merged
+from operations.search_report import (
+    GeneratedEmbeddings,
+    Measurement,
+    SearchResults,
+    SearchRun,
+    load_results,
+    rendered,
+    results_path,
+    rewrite_report,
+    save_results,
+    target_verdict,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
-def build(m: int, *results: tuple[int, float, float]) -> IndexBuild:
-    """results: (ef_search, match recall, p99 ms)"""
-    built = IndexBuild("halfvec", m, 128, 100.0, 10.0)
-    for ef, recall, p99 in results:
-        built.results.append(
-            {"ef_search": ef, "match_recall": recall, "person_recall": 1.0, "p99": p99, "p50": p99 / 2, "qps": 1.0}
-        )
-    return built
+def row(m: int, ef: int, recall: float, p99: float, storage: str = "halfvec") -> Measurement:
+    return Measurement(
+        storage=storage,
+        m=m,
+        ef_construction=128,
+        ef_search=ef,
+        build_seconds=100.0,
+        index_mib=10.0,
+        person_recall=1.0,
+        match_recall=recall,
+        recall_at_10=1.0,
+        p50_ms=p99 / 2,
+        p99_ms=p99,
+        queries_per_second=1.0,
+    )
 
 
 def test_search_target_is_met_only_by_one_configuration_with_both_recall_and_latency() -> None:
-    lines = target_verdict([build(16, (100, 0.995, 12.0)), build(32, (40, 0.991, 9.5))], own_share=0.2)
+    lines = target_verdict([row(16, 100, 0.995, 12.0), row(32, 40, 0.991, 9.5)], own_share=0.2)
     assert len(lines) == 1 and "met by 0.991 (halfvec, m 32, ef_search 40" in lines[0]
 
 
 def test_search_target_missed_cites_the_best_within_the_latency_and_the_best_overall() -> None:
-    (line,) = target_verdict([build(32, (100, 0.62, 8.0), (400, 0.89, 25.0))], own_share=0.13)
+    (line,) = target_verdict([row(32, 100, 0.62, 8.0), row(32, 400, 0.89, 25.0)], own_share=0.13)
     assert "missed" in line
     assert "Within 10 ms p99 the best match recall is 0.620 (halfvec, m 32, ef_search 100" in line
     assert "highest match recall measured is 0.890" in line and "87 % of those are strangers" in line
-    (line,) = target_verdict([build(32, (400, 0.89, 25.0))], own_share=0.13)
+    (line,) = target_verdict([row(32, 400, 0.89, 25.0)], own_share=0.13)
     assert "No configuration measured answered within 10 ms p99" in line
 
 
@@ -46,49 +70,109 @@ def test_best_batch_per_thread_setting_against_the_stage_default() -> None:
     assert "default (8) runs at 0.90 of the best with 1 thread; 1.00 of the best with default threads." in line
 
 
-def section_body(rows: list[str], warmed: bool) -> str:
-    """A bench-search section as the command writes it (the lines the summary reads)."""
-    return "\n".join(
-        [
-            "## Search at scale",
-            "One client, no prepared statements" + ("; each ef_search's queries run once untimed." if warmed else "."),
-            "Of the exact candidates at or above the threshold, 13 % are photos of the query's person.",
-            "| storage | m | ef_construction | build s | index MiB | ef_search | person recall |"
-            " match recall | recall@10 | p50 ms | p99 ms | queries/s |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|",
-            *rows,
-        ]
+def search_run(
+    size: int, m: int, *rows: Measurement, warmed: bool = True, shared_buffers: str | None = "4GB"
+) -> SearchRun:
+    return SearchRun(
+        size=size,
+        storages=tuple(dict.fromkeys(r.storage for r in rows)),
+        m_values=(m,),
+        ef_construction=128,
+        finished_at=datetime(2026, 11, 26, 15, 19, tzinfo=UTC),
+        machine="AMD EPYC, 2 cores, 24 GiB",
+        embeddings=GeneratedEmbeddings(
+            pack="buffalo_sc_lite",
+            dim=512,
+            fitted_to="../shared/faces/lfw_gray",
+            real_embeddings=1492,
+            people=809,
+            real_same=0.587,
+            generated_same=0.585,
+            real_different=0.032,
+            generated_different=0.022,
+            photos_per_person=5,
+        ),
+        queries=200,
+        limit=10,
+        candidates_per_result=4,
+        threshold=0.27,
+        shared_buffers=shared_buffers,
+        maintenance_work_mem=shared_buffers,
+        warmed=warmed,
+        load_seconds=18.0,
+        exact_scan_ms=1521.0,
+        own_share=0.13,
+        run_seconds=5814.0,
+        measurements=rows,
     )
 
 
-def test_target_summary_is_rewritten_from_every_section_at_a_million() -> None:
-    report = HEADER
-    for name, row, warmed in (
-        (
-            "search-1000000-halfvec-m16-efc128",
-            "| halfvec | 16 | 128 | 2605 | 1302 | 100 | 0.659 | 0.276 | 0.472 | 12.9 | 9.4 | 61 |",
-            False,
-        ),
-        (
-            "search-1000000-halfvec-m32-efc128",
-            "| halfvec | 32 | 128 | 5672 | 1563 | 800 | 0.992 | 0.844 | 0.940 | 123.5 | 363.6 | 8 |",
-            True,
-        ),
-        (
-            "search-100000-vector-m16-efc128",
-            "| vector | 16 | 128 | 150 | 260 | 40 | 1.0 | 1.0 | 1.0 | 1.0 | 1.0 | 99 |",
-            True,
-        ),
-    ):
-        report = merged(report, HEADER, name, section_body([row], warmed))
-    summary = with_target_summary(report)
-    assert summary.startswith(report.rstrip("\n"))  # the other sections are kept as they were
-    target = summary.split("<!-- section:search-target -->", 1)[1]
+PIPELINE = merged(HEADER, HEADER, "pipeline", "pipeline figures")
+COLD_MILLION = search_run(1_000_000, 16, row(16, 100, 0.276, 9.4), warmed=False)
+WARM_MILLION = search_run(1_000_000, 32, row(32, 800, 0.844, 363.6))
+SMALL = search_run(100_000, 16, row(16, 40, 1.0, 1.0, "vector"), shared_buffers=None)
+
+
+def test_sections_and_target_are_rendered_from_the_measurements() -> None:
+    results = SearchResults(runs=(COLD_MILLION, SMALL, WARM_MILLION))
+    report = rendered(PIPELINE, results)
+    assert report.startswith(PIPELINE.rstrip("\n"))  # the other sections are kept as they were
+    assert rendered(report, results) == report  # rendered in place, not added again
+    small = report.split("<!-- section:search-100000-vector-m16-efc128 -->", 1)[1].split("<!-- /section", 1)[0]
+    assert "## Search at scale: 100,000 embeddings, vector, m 16, ef_construction 128" in small
+    assert "| vector | 16 | 128 | 100 | 10 | 40 | 1.000 | 1.000 | 1.000 | 0.5 | 1.0 | 1 |" in small
+    assert "Loaded (512-d) in 18 s. Exact scan (no index, parallel workers): 1521 ms a query." in small
+    assert "13 % are photos of the query's" in small and "Whole run for this size: 5814 s." in small
+    assert "on 2026-11-26 15:19 UTC; machine: AMD EPYC, 2 cores, 24 GiB." in small
+    assert "PostgreSQL:" not in small  # not recorded for that run: not invented
+    assert "run once untimed" in small
+    million = report.split("<!-- section:search-1000000-halfvec-m16-efc128 -->", 1)[1].split("<!-- /section", 1)[0]
+    assert "PostgreSQL: shared_buffers 4GB; index built with maintenance_work_mem 4GB." in million
+    assert "run once untimed" not in million
+    target = report.split("<!-- section:search-target -->", 1)[1]
     assert "(`search-1000000-halfvec-m16-efc128`, `search-1000000-halfvec-m32-efc128`)" in target
     assert "best match recall is 0.276 (halfvec, m 16, ef_search 100" in target  # the 100k row does not count
     assert "highest match recall measured is 0.844 (halfvec, m 32, ef_search 800" in target
     assert "87 % of those are strangers" in target
     assert "Timed without an untimed pass first: `search-1000000-halfvec-m16-efc128`." in target
-    assert with_target_summary(summary) == summary  # rewritten in place, not added again
-    smaller = merged(HEADER, HEADER, "search-300000-halfvec-m16-efc128", section_body([], True))
-    assert with_target_summary(smaller) == smaller  # no section at the target size: no summary
+
+
+def test_no_run_at_the_target_size_no_target_summary() -> None:
+    report = rendered(PIPELINE, SearchResults(runs=(SMALL,)))
+    assert "search-100000-vector-m16-efc128" in report and "search-target" not in report
+
+
+def test_a_rerun_of_a_configuration_replaces_its_run_and_keeps_the_others() -> None:
+    results = SearchResults().with_run(COLD_MILLION).with_run(SMALL)
+    rerun = search_run(1_000_000, 16, row(16, 100, 0.5, 30.0))
+    replaced = results.with_run(rerun)
+    assert replaced.runs == (rerun, SMALL)
+    assert results.with_run(WARM_MILLION).runs == (COLD_MILLION, SMALL, WARM_MILLION)
+
+
+def test_the_report_is_rewritten_from_the_file_beside_it_not_from_its_own_text(tmp_path: Path) -> None:
+    report = tmp_path / "BENCHMARKS.md"
+    assert results_path(report) == tmp_path / "BENCHMARKS-search.json"
+    save_results(results_path(report), SearchResults(runs=(WARM_MILLION,)))
+    assert load_results(results_path(report)) == SearchResults(runs=(WARM_MILLION,))
+    assert load_results(tmp_path / "missing.json") == SearchResults()
+    # A report whose section says something else: the measurements win.
+    stale = merged(
+        PIPELINE, HEADER, WARM_MILLION.section, "| halfvec | 32 | 128 | 1 | 1 | 800 | 0.1 | 0.1 | 0.1 | 1 | 2 | 3 |"
+    )
+    report.write_text(stale)
+    assert rewrite_report(report) == report
+    text = report.read_text()
+    assert "pipeline figures" in text and "| 0.1 |" not in text
+    assert "| halfvec | 32 | 128 | 100 | 10 | 800 | 1.000 | 0.844 | 1.000 | 181.8 | 363.6 | 1 |" in text
+    assert "highest match recall measured is 0.844" in text
+
+
+def test_benchmarks_md_search_sections_are_those_of_its_measurements_file() -> None:
+    """The committed report and its JSON agree: a figure edited in one and not the other fails here."""
+    report = (ROOT / "BENCHMARKS.md").read_text()
+    results = load_results(results_path(ROOT / "BENCHMARKS.md"))
+    assert results.runs, "BENCHMARKS-search.json is missing or empty"
+    assert rendered(report, results) == report
+    for run in results.runs:
+        assert f"<!-- section:{run.section} -->" in report
