@@ -88,8 +88,12 @@ def find_traces(client: redis.Redis, job_ids: Sequence[str]) -> Traces:
     wanted = {job_id.encode() for job_id in job_ids}
     windows: list[tuple[int, int]] = []
     now_ms = int(time.time() * 1000)
-    for job_id in job_ids:
-        raw = decode_fields(cast(dict[bytes, bytes], client.hgetall(job_key(job_id))))
+    with client.pipeline(transaction=False) as pipe:  # one round trip for a user's many jobs
+        for job_id in job_ids:
+            pipe.hgetall(job_key(job_id))
+        hashes = cast(list[dict[bytes, bytes]], pipe.execute())
+    for job_id, stored in zip(job_ids, hashes, strict=True):
+        raw = decode_fields(stored)
         if not raw:
             continue  # expired: its live entries were trimmed long before (retention << job TTL)
         state = raw.get("state", "")
@@ -123,7 +127,7 @@ def delete_traces(
     with client.pipeline(transaction=True) as pipe:
         for stream, jobs_of in checked:  # first, so that their answers lead the results
             stage = pipeline_streams[stream]
-            pipe.eval(_DELETE_UNLESS_HELD, 2, stream, errors_key(stage), stage.group, *jobs_of)
+            pipe.eval(_DELETE_UNLESS_HELD, 2, stream, errors_key(stage), stage.group, *list(jobs_of))
         for stream, entries in traces.entries.items():
             if stream in pipeline_streams:
                 continue
