@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 import psycopg
 
-from common.db.main_repository import MainRepository, NewFace, UnknownUser
+from common.db.main_repository import Erased, MainRepository, NewFace, UnknownUser
 from common.db.vector_repository import PackMismatch, VectorRepository
 from common.errors import DependencyUnavailable, JobFailed, PoisonMessage
 from common.handlers import HandlerResult, Outcome, per_message
@@ -101,7 +101,7 @@ class IndexHandler:
             raise PoisonMessage(ErrorCode.MALFORMED_MESSAGE, "enroll message without user_id")
         face = message.faces[0]
         try:
-            face_id = self.main.add_face(
+            face_id = self._store_face(
                 NewFace(
                     user_id=message.user_id,
                     job_id=message.job_id,
@@ -111,14 +111,17 @@ class IndexHandler:
                     det_score=face.score,
                     faces_seen=message.faces_seen,
                     model_pack=pack,
-                )
+                ),
+                matrix[0],
             )
+        except Erased as exc:
+            discard_job_objects(self.store, message.job_id, crop_keys(message))
+            if exc.user_erased:
+                raise JobFailed(ErrorCode.USER_NOT_FOUND, "the user was erased") from exc
+            raise JobFailed(ErrorCode.FACE_ERASED, "the face of this job was erased; nothing is stored again") from exc
         except UnknownUser as exc:
             discard_job_objects(self.store, message.job_id, crop_keys(message))
             raise JobFailed(ErrorCode.USER_NOT_FOUND, f"user {message.user_id} does not exist or is inactive") from exc
-        # Second database, second commit: if we crash between the two, the redelivered message finds
-        # the face row above and this insert completes the enrollment.
-        self.vectors.add_embedding(face_id, pack, matrix[0])
         return EnrollResult(
             user_id=message.user_id,
             face_id=face_id,
@@ -126,6 +129,20 @@ class IndexHandler:
             face=FoundFace(box=face.box, score=face.score),
             model_pack=pack,
         )
+
+    def _store_face(self, new_face: NewFace, embedding: np.ndarray) -> int:
+        """Three commits over two databases, each safe to cut short and redo: the face row (not served), its
+        embedding, then the row served. Until the last, neither the API nor a search shows the face. The main
+        database checks the tombstones, under the user row's lock, in the first and last commit: an erased face is
+        never inserted again, and an embedding written after an erasure deleted it is deleted here (Erased)."""
+        try:
+            face_id = self.main.add_face(new_face)
+            self.vectors.add_embedding(face_id, new_face.model_pack, embedding)
+            self.main.serve_face(face_id, new_face.user_id, new_face.job_id)
+        except Erased as exc:
+            self.vectors.delete_faces(exc.face_ids)
+            raise
+        return face_id
 
     def _reindex(self, message: EmbeddedMessage, pack: str, matrix: np.ndarray) -> ReindexResult:
         if message.face_id is None:

@@ -78,7 +78,7 @@ def create_app(config: ApiConfig) -> FastAPI:
                 waiter=waiter,
                 keys=KeyChecker(main),
                 presigner=presigner,
-                erasure=Erasure(main, vectors, store),
+                erasure=Erasure(main, vectors, store, sync_redis, config.pipeline.job_ttl_seconds),
                 backlog=Backlog(redis_client, config.pipeline.max_backlog),
                 active_pack=active_pack,
             )

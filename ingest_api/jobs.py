@@ -16,6 +16,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import URLPath
 
 from common import status
+from common.db.job_traces import queue_job_owner
 from common.errors import TransientError
 from common.imaging import ImageInfo
 from common.objects import original_key
@@ -81,6 +82,8 @@ async def submit(
     try:
         async with state.redis.pipeline(transaction=True) as pipe:
             written = status.queue_job(pipe, message, state.config.pipeline.job_ttl_seconds)
+            if message.user_id is not None:  # erasing the user finds this job even before it has a face row
+                queue_job_owner(pipe, message.user_id, job_id, state.config.pipeline.job_ttl_seconds)
             await pipe.execute()
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
         raise unavailable("Redis") from exc

@@ -89,6 +89,8 @@ def test_add_face_is_idempotent_per_job(repositories: tuple[MainRepository, Vect
     face = new_face(user.id)
     first = main.add_face(face)
     assert main.add_face(face) == first  # redelivered message: same row
+    assert main.count_faces(user.id) == 0 and main.get_face(first) is None  # not served before its embedding
+    main.serve_face(first, user.id, face.job_id)
     assert main.count_faces(user.id) == 1
     embedding = unit(np.random.default_rng(3).standard_normal(8))
     vectors.add_embedding(first, "idem8", embedding)
