@@ -34,6 +34,7 @@ CLIENT_ERROR_STATUS = {
     "undecodable_image": 422,
     "image_too_large": 422,
     "user_not_found": 404,
+    "face_erased": 404,  # the user or face was erased while the enroll ran
     "user_has_no_faces": 422,
 }
 
