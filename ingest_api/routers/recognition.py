@@ -12,6 +12,7 @@ from common.imaging import ImageInfo
 from ingest_api import jobs
 from ingest_api.auth import READ, WRITE
 from ingest_api.deps import AppState, State
+from ingest_api.idempotency import Idempotency
 from ingest_api.problems import ApiError
 from ingest_api.stores import call_store
 from ingest_api.uploads import read_photo
@@ -48,13 +49,15 @@ def callback(url: AnyHttpUrl | None) -> dict[str, Any]:
     return {"callback_url": str(url)} if url is not None else {}
 
 
-ERRORS: dict[int | str, dict[str, object]] = {code: {"model": Problem} for code in (401, 403, 404, 413, 415, 422, 503)}
+ERRORS: dict[int | str, dict[str, object]] = {
+    code: {"model": Problem} for code in (401, 403, 404, 409, 413, 415, 422, 429, 503)
+}
 JOB_RESPONSES: dict[int | str, dict[str, object]] = {200: {"model": Job}, **ERRORS}
 
 
 async def photo_of(state: AppState, upload: UploadFile) -> tuple[bytes, ImageInfo]:
     cfg = state.config.pipeline
-    return await read_photo(upload, cfg.max_upload_bytes, cfg.max_image_pixels)
+    return await read_photo(upload, cfg.max_upload_bytes, cfg.max_image_pixels, state.decodes)
 
 
 async def require_active_user(state: AppState, user_id: int) -> None:
@@ -67,13 +70,23 @@ async def require_active_user(state: AppState, user_id: int) -> None:
     "/users/{user_id}/faces", status_code=202, response_model=Job, dependencies=[WRITE], responses=JOB_RESPONSES
 )
 async def enroll_face(
-    user_id: int, file: Photo, request: Request, state: State, wait: WaitSeconds = 0, callback_url: CallbackUrl = None
+    user_id: int,
+    file: Photo,
+    request: Request,
+    state: State,
+    idempotency: Idempotency,
+    wait: WaitSeconds = 0,
+    callback_url: CallbackUrl = None,
 ) -> JSONResponse:
     """Enroll the largest face of the photo for the user."""
     await require_active_user(state, user_id)
     photo = await photo_of(state, file)
     submitted = await jobs.submit(
-        state, kind=JobKind.ENROLL, photos=[photo], extra={"user_id": user_id, **callback(callback_url)}
+        state,
+        kind=JobKind.ENROLL,
+        photos=[photo],
+        extra={"user_id": user_id, **callback(callback_url)},
+        idempotency=idempotency,
     )
     return await jobs.respond(state, request, submitted, wait)
 
@@ -83,6 +96,7 @@ async def search_faces(
     file: Photo,
     request: Request,
     state: State,
+    idempotency: Idempotency,
     threshold: Threshold = None,
     limit: Annotated[
         int | None, Query(ge=1, le=100, description="most people returned per face; default FECAPASS_SEARCH_LIMIT")
@@ -98,7 +112,7 @@ async def search_faces(
         "limit": cfg.search_limit if limit is None else limit,
         **callback(callback_url),
     }
-    submitted = await jobs.submit(state, kind=JobKind.SEARCH, photos=[photo], extra=extra)
+    submitted = await jobs.submit(state, kind=JobKind.SEARCH, photos=[photo], extra=extra, idempotency=idempotency)
     return await jobs.respond(state, request, submitted, wait)
 
 
@@ -107,6 +121,7 @@ async def verify_face(
     file: Photo,
     request: Request,
     state: State,
+    idempotency: Idempotency,
     second_file: Annotated[UploadFile | None, File(description="a second photo to compare with")] = None,
     user_id: Annotated[int | None, Query(description="compare with this user's enrolled faces")] = None,
     threshold: Threshold = None,
@@ -126,13 +141,18 @@ async def verify_face(
         "user_id": user_id,
         **callback(callback_url),
     }
-    submitted = await jobs.submit(state, kind=JobKind.VERIFY, photos=photos, extra=extra)
+    submitted = await jobs.submit(state, kind=JobKind.VERIFY, photos=photos, extra=extra, idempotency=idempotency)
     return await jobs.respond(state, request, submitted, wait)
 
 
 @router.post("/detect", status_code=202, response_model=Job, dependencies=[READ], responses=JOB_RESPONSES)
 async def detect_faces(
-    file: Photo, request: Request, state: State, wait: WaitSeconds = 0, callback_url: CallbackUrl = None
+    file: Photo,
+    request: Request,
+    state: State,
+    idempotency: Idempotency,
+    wait: WaitSeconds = 0,
+    callback_url: CallbackUrl = None,
 ) -> JSONResponse:
     """Faces only: box, 5 keypoints, score and quality (size in pixels, sharpness) of every face.
 
@@ -140,5 +160,7 @@ async def detect_faces(
     with a 0..1 score; dlib gives the outer and inner corners of each eye and the base of the nose with its
     detector's margin (above 0)."""
     photo = await photo_of(state, file)
-    submitted = await jobs.submit(state, kind=JobKind.DETECT, photos=[photo], extra=callback(callback_url))
+    submitted = await jobs.submit(
+        state, kind=JobKind.DETECT, photos=[photo], extra=callback(callback_url), idempotency=idempotency
+    )
     return await jobs.respond(state, request, submitted, wait)
