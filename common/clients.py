@@ -12,6 +12,8 @@ from minio import Minio
 from pgvector.psycopg import register_vector
 from psycopg import Connection
 from psycopg_pool import ConnectionPool
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import ExponentialWithJitterBackoff
 
 from common.objects import ObjectStore
 from common.settings import DatabaseSettings, RedisSettings, S3Settings
@@ -38,6 +40,9 @@ def async_redis_client(settings: RedisSettings) -> aioredis.Redis:
         socket_timeout=settings.redis_socket_timeout_seconds,
         socket_connect_timeout=settings.redis_socket_timeout_seconds,
         health_check_interval=30,
+        # A few quick tries ride out a blip; the default (ten, backing off to a second) kept a request for
+        # seconds per command while Redis was down, where it should answer 503 at once.
+        retry=AsyncRetry(ExponentialWithJitterBackoff(base=0.01, cap=0.2), retries=3),
     )
     return aioredis.Redis.from_pool(pool)  # the client owns the pool: aclose() closes both
 

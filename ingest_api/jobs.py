@@ -134,9 +134,9 @@ async def _store_and_queue(
                 await pipe.execute()
             except redis.exceptions.WatchError as exc:
                 raise idempotency_lost() from exc
-    except BaseException:
+    except BaseException as error:
         if stored:
-            await _discard_unqueued(state, job_id, stored)
+            await _discard_unqueued(state, job_id, stored, error)
         raise
     state.backlog.accepted()
     return Submitted(job_id, written)
@@ -151,18 +151,35 @@ def idempotency_lost() -> ApiError:
     )
 
 
-async def _discard_unqueued(state: AppState, job_id: str, keys: list[str]) -> None:
-    """Delete the photos of a submit that failed after storing them, unless its job exists after all (a MULTI
-    whose answer was lost may have been applied). Where Redis or S3 cannot tell or do it now, the orphan sweep
-    deletes them later."""
+async def _discard_unqueued(state: AppState, job_id: str, keys: list[str], error: BaseException) -> None:
+    """Delete the photos of a submit that failed after storing them, unless its job may exist after all: a MULTI
+    whose answer was lost may have been applied. Redis answering that the job's hash is absent settles it, and so
+    does an error that sent nothing (no connection could be made). Otherwise, or if S3 is down too, the orphan
+    sweep deletes them later."""
     try:
-        if await asyncio.shield(state.redis.exists(job_key(job_id))):
-            return
-        await asyncio.shield(run_in_threadpool(state.store.delete_many, keys))
-    except Exception as exc:
-        log.warning("api.orphan_left", job_id=job_id, keys=keys, error=repr(exc))
+        try:
+            queued = bool(await asyncio.shield(state.redis.exists(job_key(job_id))))
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+            if not _nothing_sent(error):
+                raise
+            queued = False
+        if not queued:
+            await asyncio.shield(run_in_threadpool(state.store.delete_many, keys))
+    except Exception as exc:  # the submit's own error is what the client must see
+        log.warning("api.orphan_left", job_id=job_id, keys=keys, error=repr(exc), cause=repr(error))
     else:
-        log.info("api.orphan_deleted", job_id=job_id, keys=keys)
+        log.info("api.orphan_deleted" if not queued else "api.queued_despite_error", job_id=job_id, keys=keys)
+
+
+# redis-py's messages for a command that never left the client: the connection could not be made, or the
+# blocking pool had none free.
+_NOT_SENT_MARKERS = ("connecting to", "Timeout connecting", "No connection available")
+
+
+def _nothing_sent(error: BaseException) -> bool:
+    return isinstance(error, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError) and any(
+        marker in str(error) for marker in _NOT_SENT_MARKERS
+    )
 
 
 def with_photo_urls(state: AppState, result: dict[str, Any]) -> dict[str, Any]:
