@@ -104,6 +104,7 @@ async def _store_and_queue(
     job_id = uuid.uuid4().hex
     keys = [original_key(job_id, source) for source in range(len(photos))]
     stored: list[str] = []
+    sent = False  # whether the MULTI went to Redis: only then can the job exist despite an error
     try:
         # The objects are durable before the event exists: no event ever points at nothing.
         for key, (data, info) in zip(keys, photos, strict=True):
@@ -130,13 +131,15 @@ async def _store_and_queue(
             pipe.xadd(Stage.DETECT.stream, message.to_fields())
             if claim is not None:
                 pipe.set(claim.key.redis_key, claim.final(job_id=job_id), ex=state.config.api.idempotency_ttl_seconds)
+            sent = True
             try:
                 await pipe.execute()
-            except redis.exceptions.WatchError as exc:
+            except redis.exceptions.WatchError as exc:  # EXEC refused: nothing applied
+                sent = False
                 raise idempotency_lost() from exc
     except BaseException as error:
         if stored:
-            await _discard_unqueued(state, job_id, stored, error)
+            await _discard_unqueued(state, job_id, stored, error if sent else None)
         raise
     state.backlog.accepted()
     return Submitted(job_id, written)
@@ -151,22 +154,25 @@ def idempotency_lost() -> ApiError:
     )
 
 
-async def _discard_unqueued(state: AppState, job_id: str, keys: list[str], error: BaseException) -> None:
-    """Delete the photos of a submit that failed after storing them, unless its job may exist after all: a MULTI
-    whose answer was lost may have been applied. Redis answering that the job's hash is absent settles it, and so
-    does an error that sent nothing (no connection could be made). Otherwise, or if S3 is down too, the orphan
-    sweep deletes them later."""
+async def _discard_unqueued(state: AppState, job_id: str, keys: list[str], multi_error: BaseException | None) -> None:
+    """Delete the photos of a submit that failed after storing them, unless its job may exist after all.
+
+    ``multi_error``: the error of a MULTI that was sent, None when the submit failed before it. A MULTI whose
+    answer was lost may have been applied: Redis answering that the job's hash is absent settles it, and so does
+    an error that sent nothing (no connection could be made). Otherwise, or if S3 is down too, the orphan sweep
+    deletes the photos later."""
+    queued = False
     try:
-        try:
-            queued = bool(await asyncio.shield(state.redis.exists(job_key(job_id))))
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
-            if not _nothing_sent(error):
-                raise
-            queued = False
+        if multi_error is not None:
+            try:
+                queued = bool(await asyncio.shield(state.redis.exists(job_key(job_id))))
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+                if not _nothing_sent(multi_error):
+                    raise
         if not queued:
             await asyncio.shield(run_in_threadpool(state.store.delete_many, keys))
     except Exception as exc:  # the submit's own error is what the client must see
-        log.warning("api.orphan_left", job_id=job_id, keys=keys, error=repr(exc), cause=repr(error))
+        log.warning("api.orphan_left", job_id=job_id, keys=keys, error=repr(exc), cause=repr(multi_error))
     else:
         log.info("api.orphan_deleted" if not queued else "api.queued_despite_error", job_id=job_id, keys=keys)
 
