@@ -29,7 +29,12 @@ from schemas.jobs import job_key
 log = structlog.get_logger(__name__)
 
 LOCK_KEY = "fecapass:orphan-sweep"
-PAGE = 500  # objects listed, checked and deleted at a time
+PAGE = 500  # objects listed and checked at a time
+# Orphans are rare: a crash now and then. When most old originals look orphaned, the API is far more likely
+# pointed at the wrong (or an empty, freshly restored) database or Redis than facing that many crashes, and
+# deleting would destroy every enrolled photo: the sweep then deletes nothing and says so.
+SUSPICIOUS_ORPHANS = 100
+SUSPICIOUS_SHARE = 0.5
 
 
 class OrphanSweeper:
@@ -62,21 +67,32 @@ class OrphanSweeper:
     async def sweep(self, now: float | None = None) -> list[str]:
         """One pass over the originals; returns the keys deleted."""
         cutoff = (time.time() if now is None else now) - self.orphan_after_seconds
-        deleted: list[str] = []
+        orphans: list[str] = []
+        old = 0
         after = ""
         while True:
             page = await run_in_threadpool(self.store.listing, ORIGINALS_PREFIX, after, PAGE)
             if not page:
                 break
             after = page[-1].key
-            orphans = await self._orphans([obj.key for obj in page if obj.modified < cutoff])
-            if orphans:
-                await run_in_threadpool(self.store.delete_many, orphans)
-                deleted.extend(orphans)
+            candidates = [obj.key for obj in page if obj.modified < cutoff]
+            old += len(candidates)
+            orphans.extend(await self._orphans(candidates))
+            if len(orphans) > SUSPICIOUS_ORPHANS and len(orphans) > SUSPICIOUS_SHARE * old:
+                log.error(
+                    "api.orphan_sweep_refused",
+                    reason="most old originals have neither a job nor a face: is the API pointed at the right"
+                    " main database and Redis?",
+                    orphans=len(orphans),
+                    old_originals=old,
+                )
+                return []
             if len(page) < PAGE:
                 break
-        log.info("api.orphan_sweep", deleted=len(deleted), keys=deleted[:20])
-        return deleted
+        for start in range(0, len(orphans), 1000):
+            await run_in_threadpool(self.store.delete_many, orphans[start : start + 1000])
+        log.info("api.orphan_sweep", deleted=len(orphans), old_originals=old, keys=orphans[:20])
+        return orphans
 
     async def _orphans(self, keys: list[str]) -> list[str]:
         if not keys:

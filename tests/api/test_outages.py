@@ -267,3 +267,34 @@ def test_the_orphan_sweep_deletes_only_old_originals_without_a_job_or_a_face(
     expected_gone = {name for name, fate in objects.items() if fate.startswith("deleted")}
     assert set(deleted) == expected_gone
     assert set(store.keys("")) == set(objects) - expected_gone  # counted in the bucket, not from the answer
+
+
+def test_the_sweep_deletes_nothing_when_most_old_originals_look_orphaned(
+    services: LocalServices, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An API pointed at the wrong (or an empty, restored) main database or Redis must not wipe the photos."""
+    store = own_bucket(services, "fecapass-api-robust-sweep-guard")
+    monkeypatch.setattr(ingest_api.sweeper, "SUSPICIOUS_ORPHANS", 3)
+    redis.Redis(port=services.valkey_port, db=API_TEST_DB).flushdb()
+    names = [original_key(uuid.uuid4().hex) for _ in range(6)]  # faces of another database: none here
+    for name in names:
+        store.put(name, b"photo", "image/jpeg")
+    pool = clients.main_db_pool(
+        DatabaseSettings(main_db_dsn=services.dsn(MAIN_DB), vector_db_dsn=services.dsn(VECTOR_DB)), open_now=True
+    )
+
+    async def sweep() -> list[str]:
+        client = aioredis.Redis(port=services.valkey_port, db=API_TEST_DB)
+        try:
+            sweeper = OrphanSweeper(store, client, MainRepository(pool), orphan_after_seconds=3600, every_seconds=1)
+            return await sweeper.sweep(now=time.time() + 3601)
+        finally:
+            await client.aclose()
+
+    try:
+        with structlog.testing.capture_logs() as logs:
+            assert asyncio.run(sweep()) == []
+    finally:
+        pool.close()
+    assert sorted(store.keys("")) == sorted(names)
+    assert [entry["event"] for entry in logs if entry["log_level"] == "error"] == ["api.orphan_sweep_refused"]
