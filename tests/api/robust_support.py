@@ -17,7 +17,9 @@ import psycopg
 from fastapi import FastAPI
 from PIL import Image
 
+from common import clients
 from common.apikeys import new_key
+from common.objects import ObjectStore
 from common.settings import (
     ApiSettings,
     DatabaseSettings,
@@ -163,3 +165,16 @@ def jpeg(seed: int = 0, size: tuple[int, int] = (96, 80)) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format="JPEG", quality=85)
     return buffer.getvalue()
+
+
+def own_bucket(services: LocalServices, bucket: str) -> ObjectStore:
+    settings = S3Settings(
+        s3_endpoint=services.s3_endpoint,
+        s3_access_key=services.credentials.s3_access_key,
+        s3_secret_key=services.credentials.s3_secret_key,
+        s3_bucket=bucket,
+    )
+    store = ObjectStore(clients.minio_client(settings), bucket)
+    store.ensure_bucket()
+    store.delete_prefix("")
+    return store

@@ -13,8 +13,7 @@ import redis
 
 from operations.services import MAIN_DB, LocalServices
 from schemas.streams import Stage
-from tests.api.robust_support import API_TEST_DB, TcpProxy, api_config, create_api_key, jpeg, running_app
-from tests.api.test_outages import own_bucket
+from tests.api.robust_support import API_TEST_DB, TcpProxy, api_config, create_api_key, jpeg, own_bucket, running_app
 
 
 @pytest.fixture

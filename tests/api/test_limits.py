@@ -19,8 +19,7 @@ from ingest_api.problems import ApiError
 from ingest_api.uploads import DecodeSlots
 from operations.services import LocalServices
 from schemas.jobs import JobState
-from tests.api.robust_support import API_TEST_DB, api_config, create_api_key, jpeg, running_app
-from tests.api.test_outages import own_bucket
+from tests.api.robust_support import API_TEST_DB, api_config, create_api_key, jpeg, own_bucket, running_app
 
 
 def png_bomb(width: int = 7000, height: int = 7000) -> bytes:

@@ -25,12 +25,20 @@ import ingest_api.backpressure
 import ingest_api.sweeper
 from common import clients
 from common.db.main_repository import MainRepository
-from common.objects import ObjectStore, original_key
-from common.settings import DatabaseSettings, S3Settings
+from common.objects import original_key
+from common.settings import DatabaseSettings
 from ingest_api.sweeper import OrphanSweeper
 from operations.services import MAIN_DB, VECTOR_DB, LocalServices
 from schemas.jobs import job_key
-from tests.api.robust_support import API_TEST_DB, TcpProxy, api_config, create_api_key, jpeg, running_app
+from tests.api.robust_support import (
+    API_TEST_DB,
+    TcpProxy,
+    api_config,
+    create_api_key,
+    jpeg,
+    own_bucket,
+    running_app,
+)
 
 DEPENDENCIES = ("postgres", "redis", "s3")
 
@@ -205,19 +213,6 @@ def test_a_submit_that_cannot_queue_its_job_deletes_its_photo(
     assert len(deleted) == 1, logs  # the put happened (then the MULTI failed): the cleanup path ran
     # Counted in the bucket: the queued job's photo, and nothing of the refused one.
     assert store.keys("originals/") == [original_key(first.json()["job_id"])]
-
-
-def own_bucket(services: LocalServices, bucket: str) -> ObjectStore:
-    settings = S3Settings(
-        s3_endpoint=services.s3_endpoint,
-        s3_access_key=services.credentials.s3_access_key,
-        s3_secret_key=services.credentials.s3_secret_key,
-        s3_bucket=bucket,
-    )
-    store = ObjectStore(clients.minio_client(settings), bucket)
-    store.ensure_bucket()
-    store.delete_prefix("")
-    return store
 
 
 def test_the_orphan_sweep_deletes_only_old_originals_without_a_job_or_a_face(
