@@ -130,7 +130,7 @@ def api_config(
             s3_bucket=bucket or services.bucket,
         ),
         database=DatabaseSettings(
-            main_db_dsn=dsn(MAIN_DB), vector_db_dsn=dsn(VECTOR_DB), db_pool_max=4, db_pool_timeout_seconds=1.0
+            main_db_dsn=dsn(MAIN_DB), vector_db_dsn=dsn(VECTOR_DB), db_pool_max=4, db_pool_timeout_seconds=0.5
         ),
         model=ModelSettings(),
         pipeline=PipelineSettings(**(pipeline or {})),
