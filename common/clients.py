@@ -12,17 +12,39 @@ from minio import Minio
 from pgvector.psycopg import register_vector
 from psycopg import Connection
 from psycopg_pool import ConnectionPool
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import ExponentialWithJitterBackoff
 
 from common.objects import ObjectStore
 from common.settings import DatabaseSettings, RedisSettings, S3Settings
 
 
 def redis_client(settings: RedisSettings) -> redis.Redis:
-    return redis.Redis.from_url(settings.redis_url, decode_responses=False, health_check_interval=30)
+    # No socket timeout: a stage's XREADGROUP blocks for FECAPASS_BLOCK_MS, which may be long. A dead server
+    # still fails the connect quickly.
+    return redis.Redis.from_url(
+        settings.redis_url,
+        decode_responses=False,
+        health_check_interval=30,
+        socket_connect_timeout=settings.redis_socket_timeout_seconds,
+    )
 
 
 def async_redis_client(settings: RedisSettings) -> aioredis.Redis:
-    return aioredis.Redis.from_url(settings.redis_url, decode_responses=False, health_check_interval=30)
+    """The API's client. A blocking pool: when every connection is busy (hundreds of requests waiting for their
+    jobs) a command waits for one, up to the pool timeout, instead of failing with MaxConnectionsError."""
+    pool = aioredis.BlockingConnectionPool.from_url(
+        settings.redis_url,
+        max_connections=settings.redis_max_connections,
+        timeout=settings.redis_pool_timeout_seconds,
+        socket_timeout=settings.redis_socket_timeout_seconds,
+        socket_connect_timeout=settings.redis_socket_timeout_seconds,
+        health_check_interval=30,
+        # A few quick tries ride out a blip; the default (ten, backing off to a second) kept a request for
+        # seconds per command while Redis was down, where it should answer 503 at once.
+        retry=AsyncRetry(ExponentialWithJitterBackoff(base=0.01, cap=0.2), retries=3),
+    )
+    return aioredis.Redis.from_pool(pool)  # the client owns the pool: aclose() closes both
 
 
 def minio_client(settings: S3Settings, *, public: bool = False) -> Minio:
@@ -63,9 +85,6 @@ def _s3_http_client() -> urllib3.PoolManager:
     )
 
 
-POOL_TIMEOUT_SECONDS = 5.0
-
-
 def _configure_vector_connection(conn: Connection) -> None:
     register_vector(conn)
     conn.commit()
@@ -81,7 +100,7 @@ def main_db_pool(settings: DatabaseSettings, *, open_now: bool = False) -> Conne
         # A connection broken by a database restart is replaced instead of failing a request; and a
         # request waits seconds, not the default 30, for a connection while the database is down.
         check=ConnectionPool.check_connection,
-        timeout=POOL_TIMEOUT_SECONDS,
+        timeout=settings.db_pool_timeout_seconds,
     )
 
 
@@ -94,5 +113,5 @@ def vector_db_pool(settings: DatabaseSettings, *, open_now: bool = False) -> Con
         open=open_now,
         name="vector",
         check=ConnectionPool.check_connection,
-        timeout=POOL_TIMEOUT_SECONDS,
+        timeout=settings.db_pool_timeout_seconds,
     )

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import io
 import math
+import struct
 import warnings
+import zlib
 from dataclasses import dataclass
 
 import cv2
@@ -61,21 +63,95 @@ def probe(data: bytes, max_pixels: int) -> ImageInfo:
         raise UndecodableImage("image has no pixels")
     if info.width * info.height > max_pixels:
         raise ImageTooLarge(f"{info.width}x{info.height} is more than {max_pixels} pixels")
+    _check_data_can_fill_frame(data, info)
     return info
 
 
+# The fewest bytes a JPEG frame can take per pixel: a flat grey frame, progressive with optimised tables, takes
+# ~1/256 byte a pixel (libjpeg, measured); a quarter of that is a file whose header declares a frame its data
+# cannot hold (a 64x64 picture relabelled 7000x7000 decodes to 49 Mpx of grey, seconds of work downstream).
+MIN_JPEG_BYTES_PER_PIXEL = 1 / 1024
+# Deflate never compresses more than 1032:1, so a PNG shorter than its raw rows / 1032 cannot hold its frame.
+DEFLATE_MAX_RATIO = 1032
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # by IHDR colour type
+_ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
+
+
+def _check_data_can_fill_frame(data: bytes, info: ImageInfo) -> None:
+    """Header against data, from the file's size alone: refuse a frame the bytes cannot possibly fill."""
+    pixels = info.width * info.height
+    if info.format in ("JPEG", "MPO") and len(data) < pixels * MIN_JPEG_BYTES_PER_PIXEL:
+        raise UndecodableImage(f"{len(data)} bytes cannot hold a {info.width}x{info.height} JPEG frame")
+    if info.format == "PNG" and len(data) * DEFLATE_MAX_RATIO < _png_raw_size(data):
+        raise UndecodableImage(f"{len(data)} bytes cannot hold a {info.width}x{info.height} PNG frame")
+
+
+def _png_raw_size(data: bytes) -> int:
+    """Bytes of the filtered rows a PNG's IHDR declares (what its IDAT data must inflate to)."""
+    width, height, depth, colour, _, _, interlace = struct.unpack(">IIBBBBB", data[16:29])
+    bits = depth * _PNG_CHANNELS.get(colour, 4)
+    passes = _ADAM7 if interlace else ((0, 0, 1, 1),)
+    total = 0
+    for x0, y0, dx, dy in passes:
+        columns, rows = -(-(width - x0) // dx), -(-(height - y0) // dy)
+        if columns > 0 and rows > 0:
+            total += rows * (1 + -(-(columns * bits) // 8))
+    return total
+
+
+def decode_cost(info: ImageInfo) -> int:
+    """Pixels ``check_pixels`` decodes for this image: a JPEG at 1/8 scale, anything else every pixel."""
+    if info.format in ("JPEG", "MPO"):
+        return -(-info.width // 8) * -(-info.height // 8)
+    return info.width * info.height
+
+
 def check_pixels(data: bytes) -> None:
-    """Read every pixel cheaply (JPEG at 1/8 scale through DCT scaling), to refuse truncated or corrupt files
-    at upload instead of failing the job later. Call after ``probe``."""
+    """Read the pixel data cheaply, to refuse truncated or corrupt files at upload instead of failing the job
+    later: a JPEG at 1/8 scale through DCT scaling; a PNG by inflating its data as a stream (checked to fill the
+    frame, never held as pixels: a 7000x7000 PNG costs its inflate, not a 150 MB image). Call after ``probe``."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             with Image.open(io.BytesIO(data)) as image:
+                if image.format == "PNG":
+                    _inflate_png(data)
+                    return
                 if image.format == "JPEG":
                     image.draft("RGB", (max(1, image.width // 8), max(1, image.height // 8)))
                 image.load()
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, zlib.error) as exc:
         raise UndecodableImage(f"cannot decode image: {exc}") from exc
+
+
+_INFLATE_STEP = 1 << 20
+
+
+def _inflate_png(data: bytes) -> None:
+    """Walk the chunks (checking each CRC) and inflate the IDAT stream a megabyte at a time, discarding the output;
+    the frame is complete when the stream inflates to the declared raw size."""
+    expected = _png_raw_size(data)
+    inflater = zlib.decompressobj()
+    produced, offset = 0, 8
+    while produced < expected:
+        if offset + 8 > len(data):
+            raise UndecodableImage("the PNG ends before its pixel data does")
+        length, kind = struct.unpack(">I4s", data[offset : offset + 8])
+        end = offset + 8 + length
+        if end + 4 > len(data):
+            raise UndecodableImage("the PNG ends inside a chunk")
+        if zlib.crc32(data[offset + 4 : end]) != struct.unpack(">I", data[end : end + 4])[0]:
+            raise UndecodableImage(f"broken PNG chunk {kind!r} (CRC)")
+        if kind == b"IEND":
+            break
+        if kind == b"IDAT":
+            pending = data[offset + 8 : end]
+            while pending and produced < expected and not inflater.eof:
+                produced += len(inflater.decompress(pending, _INFLATE_STEP))
+                pending = inflater.unconsumed_tail
+        offset = end + 4
+    if produced < expected:
+        raise UndecodableImage(f"the PNG's pixel data fills {produced} of {expected} bytes of its frame")
 
 
 @dataclass(frozen=True)

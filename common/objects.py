@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import itertools
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import timedelta
 
 import urllib3
@@ -30,6 +32,20 @@ class ObjectUnreadable(RetryThenFail):
 
     def __init__(self, key: str, error: object) -> None:
         super().__init__(ErrorCode.OBJECT_UNREADABLE, f"object {key} cannot be read: {error}")
+
+
+ORIGINALS_PREFIX = "originals/"
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    key: str
+    modified: float  # unix time, the S3 server's clock
+
+
+def job_of_original(key: str) -> str:
+    """The job id in an original's key (``original_key``'s inverse)."""
+    return key.removeprefix(ORIGINALS_PREFIX).split(".", 1)[0]
 
 
 def original_key(job_id: str, source: int = 0) -> str:
@@ -126,6 +142,18 @@ class ObjectStore:
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise DependencyUnavailable(f"S3 list {prefix}: {exc}") from exc
         self.delete_many([key for key in keys if key])
+
+    def listing(self, prefix: str, start_after: str = "", limit: int = 1000) -> list[StoredObject]:
+        """One page of objects under ``prefix`` in key order, after ``start_after``, with their times."""
+        try:
+            found = self.client.list_objects(self.bucket, prefix=prefix, recursive=True, start_after=start_after)
+            return [
+                StoredObject(obj.object_name, obj.last_modified.timestamp() if obj.last_modified else 0.0)
+                for obj in itertools.islice(found, limit)
+                if obj.object_name
+            ]
+        except (ServerError, urllib3.exceptions.HTTPError, OSError) as exc:
+            raise DependencyUnavailable(f"S3 list {prefix}: {exc}") from exc
 
     def keys(self, prefix: str = "") -> list[str]:
         return [

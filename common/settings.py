@@ -23,6 +23,12 @@ class _Base(BaseSettings):
 
 class RedisSettings(_Base):
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # The API's connections: past the limit a command waits (up to the pool timeout) for a free one instead of
+    # failing, so hundreds of waiting requests share a few connections; a command that gets no answer within the
+    # socket timeout is an outage (503), never a request hanging on a dead server.
+    redis_max_connections: int = Field(default=64, ge=2)
+    redis_pool_timeout_seconds: float = Field(default=5.0, gt=0)
+    redis_socket_timeout_seconds: float = Field(default=10.0, gt=0)
 
 
 class S3Settings(_Base):
@@ -41,6 +47,8 @@ class DatabaseSettings(_Base):
     vector_db_dsn: SecretStr = Field(description="PostgreSQL DSN of the pgvector database; may be the main one")
     db_pool_min: int = 1
     db_pool_max: int = 8
+    # How long a request waits for a pooled connection (all busy, or the database down) before it is a 503.
+    db_pool_timeout_seconds: float = Field(default=5.0, gt=0)
 
 
 class SearchIndexSettings(_Base):
@@ -119,6 +127,20 @@ class ApiSettings(_Base):
     body_min_rate: int = Field(default=4096, ge=0, description="bytes per second; 0 turns the rate check off")
     # Requests with a body one key may have in flight on one API process; past it, 429 with Retry-After.
     max_uploads_per_key: int = Field(default=32, ge=1)
+
+    # An Idempotency-Key answers with the first job or user for this long.
+    idempotency_ttl_seconds: int = Field(default=24 * 3600, ge=60)
+    # Upload checks (decoding) in flight per API process: at most this many at once and this many decoded
+    # pixels; past either an upload waits up to decode_wait_seconds for room, then gets 503 busy.
+    max_concurrent_decodes: int = Field(default=4, ge=1)
+    max_decode_pixels_in_flight: int = Field(default=64_000_000, ge=1)
+    decode_wait_seconds: float = Field(default=2.0, ge=0)
+    # Originals older than this with neither a job hash nor a face row are deleted by the orphan sweep. A job's
+    # hash is written in the same MULTI as its event, seconds at most after its photo is stored; the margin
+    # covers slow S3 puts, Redis retries and clock skew between the S3 server and the API.
+    orphan_after_seconds: int = Field(default=3600, ge=300)
+    # How often one API process (a Redis lock picks it) sweeps the originals; 0 turns the sweep off.
+    orphan_sweep_seconds: float = Field(default=3600.0, ge=0)
 
     @property
     def base_url(self) -> str:

@@ -29,6 +29,8 @@ from ingest_api.openapi import install_openapi
 from ingest_api.problems import install_problem_handlers
 from ingest_api.request_metrics import RequestMetrics
 from ingest_api.routers import faces, health, job_status, metrics, recognition, users
+from ingest_api.sweeper import start_orphan_sweep
+from ingest_api.uploads import DecodeSlots
 from ingest_api.waiter import JobWaiter
 from schemas.streams import Stage
 
@@ -60,6 +62,7 @@ def create_app(config: ApiConfig) -> FastAPI:
         store = ObjectStore(clients.minio_client(config.s3), config.s3.s3_bucket)
         presigner = ObjectStore(clients.minio_client(config.s3, public=True), config.s3.s3_bucket)
         waiter = JobWaiter(redis_client)
+        api, sweep = config.api, None
         try:
             # Groups exist before the first event, whatever order the processes start in.
             for stage in Stage:
@@ -81,9 +84,15 @@ def create_app(config: ApiConfig) -> FastAPI:
                 erasure=Erasure(main, vectors, store, sync_redis, config.pipeline.job_ttl_seconds),
                 backlog=Backlog(redis_client, config.pipeline.max_backlog),
                 active_pack=active_pack,
+                decodes=DecodeSlots(
+                    api.max_concurrent_decodes, api.max_decode_pixels_in_flight, api.decode_wait_seconds
+                ),
             )
+            sweep = start_orphan_sweep(config.api, store, redis_client, main)
             yield
         finally:
+            if sweep is not None:
+                sweep.cancel()  # between pages; a delete in flight finishes in its thread
             await waiter.stop()
             await redis_client.aclose()
             sync_redis.close()

@@ -15,6 +15,7 @@ from common.objects import ObjectStore
 from ingest_api.active_pack import ActivePack
 from ingest_api.backpressure import Backlog
 from ingest_api.config import ApiConfig
+from ingest_api.uploads import DecodeSlots
 from ingest_api.waiter import JobWaiter
 
 if TYPE_CHECKING:
@@ -34,6 +35,7 @@ class AppState:
     erasure: Erasure
     backlog: Backlog
     active_pack: ActivePack
+    decodes: DecodeSlots  # this process's bound on upload decoding (ingest_api/uploads.py)
 
 
 def get_state(request: Request) -> AppState:

@@ -10,6 +10,7 @@ from datetime import timedelta
 from typing import Any
 
 import redis.exceptions
+import structlog
 from fastapi import Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
@@ -17,16 +18,19 @@ from starlette.datastructures import URLPath
 
 from common import status
 from common.db.job_traces import queue_job_owner
-from common.errors import TransientError
 from common.imaging import ImageInfo
 from common.objects import original_key
+from ingest_api import idempotency as idempotency_records
 from ingest_api.deps import AppState
-from ingest_api.problems import ApiError, unavailable
+from ingest_api.idempotency import IdempotencyKey
+from ingest_api.problems import ApiError
 from schemas.api import Job, JobError
 from schemas.jobs import JobState, job_key
 from schemas.results import Presign, client_result, parse_stored_result
 from schemas.streams import PIPELINE, JobKind, JobMessage
 from schemas.text import decode_fields
+
+log = structlog.get_logger(__name__)
 
 # Failures that are the caller's photo or request, reported as 422 to a caller who waited.
 CLIENT_ERROR_STATUS = {
@@ -58,38 +62,129 @@ class Submitted:
 
 
 async def submit(
-    state: AppState, *, kind: JobKind, photos: list[tuple[bytes, ImageInfo]], extra: dict[str, Any]
+    state: AppState,
+    *,
+    kind: JobKind,
+    photos: list[tuple[bytes, ImageInfo]],
+    extra: dict[str, Any],
+    idempotency: IdempotencyKey | None = None,
 ) -> Submitted:
-    """Store the photos, then enqueue the job."""
+    """Store the photos, then enqueue the job; with an Idempotency-Key, a repeat gets the first job back.
+
+    A store that is down raises through (503, ingest_api/problems.py). Whatever fails after the first photo is
+    stored deletes the photos again unless the job was queued after all; what a crash leaves behind, the orphan
+    sweep (ingest_api/sweeper.py) deletes."""
+    claim: idempotency_records.Claim | None = None
+    if idempotency is not None:
+        # Hashing 10 MB of photo takes tens of milliseconds: not on the event loop.
+        digest = await run_in_threadpool(
+            idempotency_records.fingerprint, kind.value, extra, [data for data, _ in photos]
+        )
+        started = await idempotency_records.begin(state.redis, idempotency, digest)
+        if isinstance(started, idempotency_records.Replay):
+            job_id = str(started.record["job_id"])
+            return Submitted(job_id, decode_fields(await state.redis.hgetall(job_key(job_id))))
+        claim = started
     try:
-        full = await state.backlog.full()
-    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
-        raise unavailable("Redis") from exc
-    if full:
+        return await _store_and_queue(state, kind, photos, extra, claim)
+    except BaseException:
+        if claim is not None:
+            await idempotency_records.release_quietly(state.redis, claim)
+        raise
+
+
+async def _store_and_queue(
+    state: AppState,
+    kind: JobKind,
+    photos: list[tuple[bytes, ImageInfo]],
+    extra: dict[str, Any],
+    claim: idempotency_records.Claim | None,
+) -> Submitted:
+    if await state.backlog.full():
         raise ApiError(
             429, "backlog_full", "the service is behind on its work; retry later", headers={"Retry-After": "10"}
         )
     job_id = uuid.uuid4().hex
     keys = [original_key(job_id, source) for source in range(len(photos))]
+    stored: list[str] = []
+    sent = False  # whether the MULTI went to Redis: only then can the job exist despite an error
     try:
         # The objects are durable before the event exists: no event ever points at nothing.
         for key, (data, info) in zip(keys, photos, strict=True):
+            stored.append(key)  # before the put: a put that fails half-way may still have written it
             await run_in_threadpool(state.store.put, key, data, info.content_type)
-    except TransientError as exc:
-        raise unavailable("object storage") from exc
-    second = keys[1] if len(keys) > 1 else None
-    pack = await state.active_pack.name()
-    message = JobMessage(job_id=job_id, kind=kind, image_key=keys[0], second_image_key=second, pack=pack, **extra)
-    try:
+        second = keys[1] if len(keys) > 1 else None
+        pack = await state.active_pack.name()
+        message = JobMessage(job_id=job_id, kind=kind, image_key=keys[0], second_image_key=second, pack=pack, **extra)
+        ttl = state.config.pipeline.job_ttl_seconds
         async with state.redis.pipeline(transaction=True) as pipe:
-            written = status.queue_job(pipe, message, state.config.pipeline.job_ttl_seconds)
+            if claim is not None:
+                # Queue the job only while the key is still this request's (a pending claim that outlived its
+                # expiry may have been taken by a retry, which then owns the job).
+                await pipe.watch(claim.key.redis_key)
+                if await pipe.get(claim.key.redis_key) not in (claim.pending, None):
+                    raise idempotency_lost()
+                pipe.multi()  # type: ignore[no-untyped-call]
+            written = status.queue_job(pipe, message, ttl)
             if message.user_id is not None:  # erasing the user finds this job even before it has a face row
-                queue_job_owner(pipe, message.user_id, job_id, state.config.pipeline.job_ttl_seconds)
-            await pipe.execute()
-    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
-        raise unavailable("Redis") from exc
+                queue_job_owner(pipe, message.user_id, job_id, ttl)
+            if claim is not None:
+                pipe.set(claim.key.redis_key, claim.final(job_id=job_id), ex=state.config.api.idempotency_ttl_seconds)
+            sent = True
+            try:
+                await pipe.execute()
+            except redis.exceptions.WatchError as exc:  # EXEC refused: nothing applied
+                sent = False
+                raise idempotency_lost() from exc
+    except BaseException as error:
+        if stored:
+            await _discard_unqueued(state, job_id, stored, error if sent else None)
+        raise
     state.backlog.accepted()
     return Submitted(job_id, written)
+
+
+def idempotency_lost() -> ApiError:
+    return ApiError(
+        409,
+        "idempotency_key_in_progress",
+        "another request with this Idempotency-Key took it over; retry to get its job",
+        headers={"Retry-After": "1"},
+    )
+
+
+async def _discard_unqueued(state: AppState, job_id: str, keys: list[str], multi_error: BaseException | None) -> None:
+    """Delete the photos of a submit that failed after storing them, unless its job may exist after all.
+
+    ``multi_error``: the error of a MULTI that was sent, None when the submit failed before it. A MULTI whose
+    answer was lost may have been applied: Redis answering that the job's hash is absent settles it, and so does
+    an error that sent nothing (no connection could be made). Otherwise, or if S3 is down too, the orphan sweep
+    deletes the photos later."""
+    queued = False
+    try:
+        if multi_error is not None:
+            try:
+                queued = bool(await asyncio.shield(state.redis.exists(job_key(job_id))))
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+                if not _nothing_sent(multi_error):
+                    raise
+        if not queued:
+            await asyncio.shield(run_in_threadpool(state.store.delete_many, keys))
+    except Exception as exc:  # the submit's own error is what the client must see
+        log.warning("api.orphan_left", job_id=job_id, keys=keys, error=repr(exc), cause=repr(multi_error))
+    else:
+        log.info("api.orphan_deleted" if not queued else "api.queued_despite_error", job_id=job_id, keys=keys)
+
+
+# redis-py's messages for a command that never left the client: the connection could not be made, or the
+# blocking pool had none free.
+_NOT_SENT_MARKERS = ("connecting to", "Timeout connecting", "No connection available")
+
+
+def _nothing_sent(error: BaseException) -> bool:
+    return isinstance(error, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError) and any(
+        marker in str(error) for marker in _NOT_SENT_MARKERS
+    )
 
 
 def photo_urls(state: AppState) -> Presign:

@@ -317,6 +317,14 @@ class MainRepository:
             )
             return {row.face_id: row for row in cur.fetchall()}
 
+    def jobs_with_faces(self, job_ids: Sequence[str]) -> set[str]:
+        """Which of these enroll jobs have a face row (which then keeps the job's original photo)."""
+        if not job_ids:
+            return set()
+        with self.pool.connection() as conn:
+            rows = conn.execute("SELECT job_id FROM faces WHERE job_id = ANY(%s)", (list(job_ids),)).fetchall()
+        return {str(row[0]) for row in rows}
+
     def count_faces(self, user_id: int) -> int:
         with self.pool.connection() as conn:
             row = conn.execute("SELECT count(*) FROM faces WHERE user_id = %s AND served", (user_id,)).fetchone()

@@ -13,6 +13,7 @@ from common.imaging import ImageInfo
 from ingest_api import jobs
 from ingest_api.auth import READ, WRITE
 from ingest_api.deps import AppState, State
+from ingest_api.idempotency import Idempotency
 from ingest_api.openapi import problems
 from ingest_api.problems import ApiError, user_not_found
 from ingest_api.stores import call_store
@@ -66,12 +67,12 @@ def callback(url: AnyHttpUrl | None) -> dict[str, Any]:
     return {"callback_url": str(url)} if url is not None else {}
 
 
-JOB_RESPONSES: dict[int | str, dict[str, object]] = {200: {"model": Job}, **problems(404, 413, 415, 422)}
+JOB_RESPONSES: dict[int | str, dict[str, object]] = {200: {"model": Job}, **problems(404, 409, 413, 415, 422)}
 
 
 async def photo_of(state: AppState, upload: UploadFile) -> tuple[bytes, ImageInfo]:
     cfg = state.config.pipeline
-    return await read_photo(upload, cfg.max_upload_bytes, cfg.max_image_pixels)
+    return await read_photo(upload, cfg.max_upload_bytes, cfg.max_image_pixels, state.decodes)
 
 
 async def require_active_user(state: AppState, user_id: int) -> None:
@@ -84,13 +85,23 @@ async def require_active_user(state: AppState, user_id: int) -> None:
     "/users/{user_id}/faces", status_code=202, response_model=Job, dependencies=[WRITE], responses=JOB_RESPONSES
 )
 async def enroll_face(
-    user_id: int, file: Photo, request: Request, state: State, wait: WaitSeconds = 0, callback_url: CallbackUrl = None
+    user_id: int,
+    file: Photo,
+    request: Request,
+    state: State,
+    idempotency: Idempotency,
+    wait: WaitSeconds = 0,
+    callback_url: CallbackUrl = None,
 ) -> JSONResponse:
     """Enroll the largest face of the photo for the user."""
     await require_active_user(state, user_id)
     photo = await photo_of(state, file)
     submitted = await jobs.submit(
-        state, kind=JobKind.ENROLL, photos=[photo], extra={"user_id": user_id, **callback(callback_url)}
+        state,
+        kind=JobKind.ENROLL,
+        photos=[photo],
+        extra={"user_id": user_id, **callback(callback_url)},
+        idempotency=idempotency,
     )
     return await jobs.respond(state, request, submitted, wait)
 
@@ -100,6 +111,7 @@ async def search_faces(
     file: Photo,
     request: Request,
     state: State,
+    idempotency: Idempotency,
     threshold: Threshold = None,
     limit: Annotated[
         int | None, Query(ge=1, le=100, description="most people returned per face; default FECAPASS_SEARCH_LIMIT")
@@ -115,7 +127,7 @@ async def search_faces(
         "limit": cfg.search_limit if limit is None else limit,
         **callback(callback_url),
     }
-    submitted = await jobs.submit(state, kind=JobKind.SEARCH, photos=[photo], extra=extra)
+    submitted = await jobs.submit(state, kind=JobKind.SEARCH, photos=[photo], extra=extra, idempotency=idempotency)
     return await jobs.respond(state, request, submitted, wait)
 
 
@@ -124,6 +136,7 @@ async def verify_face(
     file: Photo,
     request: Request,
     state: State,
+    idempotency: Idempotency,
     second_file: Annotated[UploadFile | None, File(description="a second photo to compare with")] = None,
     user_id: Annotated[int | None, Query(description="compare with this user's enrolled faces")] = None,
     threshold: Threshold = None,
@@ -143,13 +156,18 @@ async def verify_face(
         "user_id": user_id,
         **callback(callback_url),
     }
-    submitted = await jobs.submit(state, kind=JobKind.VERIFY, photos=photos, extra=extra)
+    submitted = await jobs.submit(state, kind=JobKind.VERIFY, photos=photos, extra=extra, idempotency=idempotency)
     return await jobs.respond(state, request, submitted, wait)
 
 
 @router.post("/detect", status_code=202, response_model=Job, responses=JOB_RESPONSES)
 async def detect_faces(
-    file: Photo, request: Request, state: State, wait: WaitSeconds = 0, callback_url: CallbackUrl = None
+    file: Photo,
+    request: Request,
+    state: State,
+    idempotency: Idempotency,
+    wait: WaitSeconds = 0,
+    callback_url: CallbackUrl = None,
 ) -> JSONResponse:
     """Faces only: box, 5 keypoints, score and quality (size in pixels, sharpness) of every face.
 
@@ -157,5 +175,7 @@ async def detect_faces(
     with a 0..1 score; dlib gives the outer and inner corners of each eye and the base of the nose with its
     detector's margin (above 0)."""
     photo = await photo_of(state, file)
-    submitted = await jobs.submit(state, kind=JobKind.DETECT, photos=[photo], extra=callback(callback_url))
+    submitted = await jobs.submit(
+        state, kind=JobKind.DETECT, photos=[photo], extra=callback(callback_url), idempotency=idempotency
+    )
     return await jobs.respond(state, request, submitted, wait)

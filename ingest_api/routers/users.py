@@ -5,8 +5,10 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Response
 
 from common.db.main_repository import DuplicateEmail
+from ingest_api import idempotency
 from ingest_api.auth import READ, WRITE
 from ingest_api.deps import State
+from ingest_api.idempotency import Idempotency
 from ingest_api.openapi import problems
 from ingest_api.problems import ApiError, user_not_found
 from ingest_api.stores import call_store
@@ -16,12 +18,16 @@ router = APIRouter(prefix="/v1/users", tags=["users"], dependencies=[READ])
 
 
 @router.post("", status_code=201, response_model=User, dependencies=[WRITE], responses=problems(409))
-async def create_user(body: UserCreate, state: State) -> User:
-    try:
-        row = await call_store(state.main.create_user, str(body.email), body.full_name)
-    except DuplicateEmail as exc:
-        raise ApiError(409, "email_taken", f"a user with email {body.email} exists") from exc
-    return User(**row.__dict__)
+async def create_user(body: UserCreate, state: State, key: Idempotency) -> User:
+    async def create() -> User:
+        try:
+            row = await call_store(state.main.create_user, str(body.email), body.full_name)
+        except DuplicateEmail as exc:
+            raise ApiError(409, "email_taken", f"a user with email {body.email} exists") from exc
+        return User(**row.__dict__)
+
+    request = idempotency.fingerprint("POST /v1/users", body.model_dump(mode="json"))
+    return await idempotency.once(state.redis, key, request, User, create, state.config.api.idempotency_ttl_seconds)
 
 
 @router.get("", response_model=UserPage)

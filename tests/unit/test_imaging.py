@@ -8,7 +8,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from common.imaging import ImageTooLarge, NotAnImage, UndecodableImage, decode, decode_reduced, encode_png, probe
+from common.imaging import (
+    ImageTooLarge,
+    NotAnImage,
+    UndecodableImage,
+    check_pixels,
+    decode,
+    decode_cost,
+    decode_reduced,
+    encode_png,
+    probe,
+)
 
 MAX = 50_000_000
 
@@ -145,3 +155,83 @@ def test_both_jpeg_decoders_give_the_same_pixels() -> None:
             assert fast.scale == careful.scale and fast.image.shape == careful.image.shape
             assert fast.image.shape[2] == 3
             assert np.abs(fast.image.astype(int) - careful.image.astype(int)).max() <= 1
+
+
+# -- header against data ---------------------------------------------------------------------------------------
+
+
+def png_full_frame(width: int, height: int) -> bytes:
+    """A PNG whose data really fills a width x height frame, at deflate's best ratio: the smallest valid file of
+    that size (a 7000x7000 one is ~143 KB)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    rows = zlib.compress(b"\0" * ((1 + 3 * width) * height), 9)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")
+
+
+def relabelled_jpeg(width: int, height: int) -> bytes:
+    """A 64x64 JPEG whose frame header claims width x height: decoders fill the rest with grey, at full cost."""
+    data = bytearray(encode(Image.effect_noise((64, 64), 50).convert("RGB"), "JPEG"))
+    frame = data.find(b"\xff\xc0")
+    struct.pack_into(">HH", data, frame + 5, height, width)
+    return bytes(data)
+
+
+def test_a_jpeg_too_small_for_its_declared_frame_is_refused_from_the_header() -> None:
+    lying = relabelled_jpeg(7000, 7000)
+    assert len(lying) < 5000
+    with pytest.raises(UndecodableImage, match="cannot hold a 7000x7000 JPEG"):
+        probe(lying, MAX)
+    with pytest.raises(UndecodableImage):  # the stages refuse it too, before decoding
+        decode_reduced(lying, MAX, 0.1)
+
+
+def test_the_smallest_real_jpegs_and_pngs_pass_the_header_check() -> None:
+    for mode, fill in (("L", 128), ("RGB", (128, 128, 128))):
+        flat = Image.new(mode, (3000, 3000), fill)  # flat grey: the best any encoder compresses a frame
+        for options in ({"quality": 5, "optimize": True}, {"quality": 5, "progressive": True, "optimize": True}):
+            data = encode(flat, "JPEG", **options)
+            assert probe(data, MAX).width == 3000
+            check_pixels(data)
+    bomb = png_full_frame(4000, 3000)
+    assert probe(bomb, MAX).height == 3000
+    check_pixels(bomb)  # complete: accepted (its cost is bounded per API process, not here)
+
+
+def test_a_png_whose_data_cannot_fill_its_frame_is_refused() -> None:
+    with pytest.raises(UndecodableImage, match="cannot hold a 4000x4000 PNG"):
+        probe(png_header_only(4000, 4000), MAX)  # from the file size alone
+    complete = png_full_frame(300, 200)
+    idat = complete.index(b"IDAT")
+    length = struct.unpack(">I", complete[idat - 4 : idat])[0]
+    short_rows = zlib.compress(b"\0" * ((1 + 3 * 300) * 150), 9)  # 150 of 200 rows
+    chunk = struct.pack(">I", len(short_rows)) + b"IDAT" + short_rows
+    chunk += struct.pack(">I", zlib.crc32(b"IDAT" + short_rows))
+    short = complete[: idat - 4] + chunk + complete[idat + 4 + length + 4 :]
+    with pytest.raises(UndecodableImage, match="fills"):
+        check_pixels(short)
+    corrupt = bytearray(complete)
+    corrupt[idat + 10] ^= 0xFF  # the CRC no longer matches
+    with pytest.raises(UndecodableImage):
+        check_pixels(bytes(corrupt))
+    with pytest.raises(UndecodableImage):
+        check_pixels(complete[: len(complete) - 30])  # truncated inside the data
+
+
+def test_ordinary_pngs_of_every_mode_pass_the_streamed_check() -> None:
+    for mode in ("RGB", "RGBA", "L", "LA", "P", "1", "I;16"):
+        data = encode(Image.new(mode, (123, 77)), "PNG")
+        probe(data, MAX)
+        check_pixels(data)
+        with pytest.raises(UndecodableImage):
+            check_pixels(data[:-20])
+
+
+def test_decode_cost_counts_what_the_check_decodes() -> None:
+    jpeg_info = probe(encode(Image.new("RGB", (800, 600)), "JPEG"), MAX)
+    png_info = probe(encode(Image.new("RGB", (800, 600)), "PNG"), MAX)
+    assert decode_cost(jpeg_info) == 100 * 75  # checked at 1/8 scale
+    assert decode_cost(png_info) == 800 * 600
