@@ -121,7 +121,10 @@ def api_config(
 
     return ApiConfig(
         redis=RedisSettings(
-            redis_url=f"redis://127.0.0.1:{redis_port or services.valkey_port}/{API_TEST_DB}", **(redis or {})
+            redis_url=services.redis_url.replace(
+                f":{services.valkey_port}/0", f":{redis_port or services.valkey_port}/{API_TEST_DB}"
+            ),
+            **(redis or {}),
         ),
         s3=S3Settings(
             s3_endpoint=f"127.0.0.1:{s3_port or services.s3_port}",

@@ -18,7 +18,7 @@ from tests.api.robust_support import API_TEST_DB, TcpProxy, api_config, create_a
 
 @pytest.fixture
 def valkey(services: LocalServices) -> Iterator[redis.Redis]:
-    client = redis.Redis(port=services.valkey_port, db=API_TEST_DB)
+    client = redis.Redis(port=services.valkey_port, db=API_TEST_DB, password=services.credentials.valkey_password)
     client.flushdb()
     yield client
     client.close()

@@ -48,7 +48,7 @@ def bomb() -> bytes:
 
 @pytest.fixture
 def valkey(services: LocalServices) -> Iterator[redis.Redis]:
-    client = redis.Redis(port=services.valkey_port, db=API_TEST_DB)
+    client = redis.Redis(port=services.valkey_port, db=API_TEST_DB, password=services.credentials.valkey_password)
     client.flushdb()
     yield client
     client.close()
@@ -160,7 +160,9 @@ def test_five_hundred_waiting_clients_are_served_or_told_to_retry(services: Loca
             async def finish_some() -> None:
                 await asyncio.sleep(0.5)
                 async with (
-                    aioredis.Redis(port=services.valkey_port, db=API_TEST_DB) as direct,
+                    aioredis.Redis(
+                        port=services.valkey_port, db=API_TEST_DB, password=services.credentials.valkey_password
+                    ) as direct,
                     direct.pipeline(transaction=True) as pipe,
                 ):
                     for job_id in finished:

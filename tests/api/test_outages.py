@@ -78,7 +78,7 @@ ROUTES = [
 
 @pytest.fixture
 def proxies(services: LocalServices) -> Iterator[dict[str, TcpProxy]]:
-    redis.Redis(port=services.valkey_port, db=API_TEST_DB).flushdb()
+    redis.Redis(port=services.valkey_port, db=API_TEST_DB, password=services.credentials.valkey_password).flushdb()
     running = {
         "postgres": TcpProxy(services.postgres_port),
         "redis": TcpProxy(services.valkey_port),
@@ -220,7 +220,7 @@ def test_the_orphan_sweep_deletes_only_old_originals_without_a_job_or_a_face(
 ) -> None:
     store = own_bucket(services, "fecapass-api-robust-sweep")
     monkeypatch.setattr(ingest_api.sweeper, "PAGE", 2)  # several pages from a handful of objects
-    sync_redis = redis.Redis(port=services.valkey_port, db=API_TEST_DB)
+    sync_redis = redis.Redis(port=services.valkey_port, db=API_TEST_DB, password=services.credentials.valkey_password)
     sync_redis.flushdb()
     orphan, orphan_second, queued, enrolled = (uuid.uuid4().hex for _ in range(4))
     user, _ = make_user(services, with_face=False)
@@ -246,7 +246,9 @@ def test_the_orphan_sweep_deletes_only_old_originals_without_a_job_or_a_face(
     )
 
     async def sweep(now: float) -> list[str]:
-        client = aioredis.Redis(port=services.valkey_port, db=API_TEST_DB)
+        client = aioredis.Redis(
+            port=services.valkey_port, db=API_TEST_DB, password=services.credentials.valkey_password
+        )
         try:
             sweeper = OrphanSweeper(store, client, MainRepository(pool), orphan_after_seconds=3600, every_seconds=3600)
             return await sweeper.sweep(now=now)
@@ -270,7 +272,7 @@ def test_the_sweep_deletes_nothing_when_most_old_originals_look_orphaned(
     """An API pointed at the wrong (or an empty, restored) main database or Redis must not wipe the photos."""
     store = own_bucket(services, "fecapass-api-robust-sweep-guard")
     monkeypatch.setattr(ingest_api.sweeper, "SUSPICIOUS_ORPHANS", 3)
-    redis.Redis(port=services.valkey_port, db=API_TEST_DB).flushdb()
+    redis.Redis(port=services.valkey_port, db=API_TEST_DB, password=services.credentials.valkey_password).flushdb()
     names = [original_key(uuid.uuid4().hex) for _ in range(6)]  # faces of another database: none here
     for name in names:
         store.put(name, b"photo", "image/jpeg")
@@ -279,7 +281,9 @@ def test_the_sweep_deletes_nothing_when_most_old_originals_look_orphaned(
     )
 
     async def sweep() -> list[str]:
-        client = aioredis.Redis(port=services.valkey_port, db=API_TEST_DB)
+        client = aioredis.Redis(
+            port=services.valkey_port, db=API_TEST_DB, password=services.credentials.valkey_password
+        )
         try:
             sweeper = OrphanSweeper(store, client, MainRepository(pool), orphan_after_seconds=3600, every_seconds=1)
             return await sweeper.sweep(now=time.time() + 3601)
