@@ -24,11 +24,12 @@ from ingest_api.auth import KeyChecker
 from ingest_api.backpressure import Backlog
 from ingest_api.body_limit import BodySizeLimit
 from ingest_api.config import ApiConfig
+from ingest_api.console import MOUNT_PATH, console_files
 from ingest_api.deps import AppState
 from ingest_api.openapi import install_openapi
 from ingest_api.problems import install_problem_handlers
 from ingest_api.request_metrics import RequestMetrics
-from ingest_api.routers import faces, health, job_status, metrics, recognition, users
+from ingest_api.routers import faces, health, job_status, keys, metrics, pipeline, recognition, users
 from ingest_api.waiter import JobWaiter
 from schemas.streams import Stage
 
@@ -78,6 +79,7 @@ def create_app(config: ApiConfig) -> FastAPI:
                 erasure=Erasure(main, vectors, store),
                 backlog=Backlog(redis_client, config.pipeline.max_backlog),
                 active_pack=active_pack,
+                sync_redis=sync_redis,
             )
             yield
         finally:
@@ -101,6 +103,9 @@ def create_app(config: ApiConfig) -> FastAPI:
     app.add_middleware(RequestMetrics)  # outermost: refused oversized bodies are counted too
     for router in (users.router, faces.router, recognition.router, job_status.router, health.router, metrics.router):
         app.include_router(router)
+    for router in (keys.router, pipeline.router):  # what the console needs beyond the recognition API
+        app.include_router(router)
+    app.mount(MOUNT_PATH, console_files(config.s3), name="console")
 
     return app
 

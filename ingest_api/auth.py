@@ -56,3 +56,4 @@ def _require(needed: Scope):  # type: ignore[no-untyped-def]
 
 READ = _require(Scope.READ)
 WRITE = _require(Scope.WRITE)
+ADMIN = _require(Scope.ADMIN)

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import redis.asyncio as aioredis
 from fastapi import Depends, Request
+from redis import Redis as SyncRedis
 
 from common.db.erasure import Erasure
 from common.db.main_repository import MainRepository
@@ -34,6 +35,7 @@ class AppState:
     erasure: Erasure
     backlog: Backlog
     active_pack: ActivePack
+    sync_redis: SyncRedis  # for the blocking helpers shared with the CLI (stream stats, dead letters)
 
 
 def get_state(request: Request) -> AppState:

@@ -1,0 +1,119 @@
+"""The console against the whole pipeline (models from ../shared): enroll two people through the file input,
+recognize a photo of both, and see each name at its face."""
+
+from __future__ import annotations
+
+import io
+import uuid
+from pathlib import Path
+
+import numpy as np
+import psycopg
+from PIL import Image
+from playwright.sync_api import Page, expect
+
+from tests.browser.conftest import json_of, sign_in
+from tests.e2e.conftest import RunningPipeline
+from tests.shared_data import BASIC, iou, labels
+
+GROUP_PHOTO = "multi_two_people.jpg"
+ENROLLED = {"obama": "obama_1.jpg", "biden": "biden_1.jpg"}
+
+
+def no_face_photo(folder: Path) -> Path:
+    path = folder / "landscape.png"
+    pixels = np.random.default_rng(7).integers(0, 255, (240, 320, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    path.write_bytes(buffer.getvalue())
+    return path
+
+
+def create_and_enroll(page: Page, base_url: str, full_name: str, photos: list[Path]) -> None:
+    page.goto(f"{base_url}/ui/#/people")
+    form = page.locator("#create-person")
+    form.get_by_label("Full name").fill(full_name)
+    form.get_by_label("Email").fill(f"{uuid.uuid4().hex[:10]}@example.com")
+    form.get_by_role("button", name="Create").click()
+    form.get_by_role("link", name=full_name).click()
+    page.get_by_label("Photos to enroll").set_input_files([str(photo) for photo in photos])
+    for photo in photos:
+        expect(page.locator(f"#uploads li[data-file='{photo.name}'] .outcome")).not_to_have_text(
+            ["waiting", "uploading"], timeout=90_000
+        )
+
+
+def test_enroll_recognize_and_erase(page: Page, recognition_cluster: RunningPipeline, tmp_path: Path) -> None:
+    base_url = recognition_cluster.base_url
+    tag = uuid.uuid4().hex[:6]
+    names = {identity: f"{identity.title()} {tag}" for identity in ENROLLED}
+    sign_in(page, base_url, recognition_cluster.keys["write"], "#/people")
+
+    blank = no_face_photo(tmp_path)
+    create_and_enroll(page, base_url, names["obama"], [BASIC / ENROLLED["obama"], blank])
+    outcomes = page.locator("#uploads .outcome")
+    expect(outcomes.nth(0)).to_contain_text("enrolled (face")
+    expect(outcomes.nth(1)).to_have_text("no face")
+    expect(page.locator("#faces figure")).to_have_count(1)
+    expect(page.locator("#faces figure img.crop")).to_have_js_property("complete", True)
+    create_and_enroll(page, base_url, names["biden"], [BASIC / ENROLLED["biden"]])
+    expect(page.locator("#uploads .outcome")).to_contain_text("enrolled (face")
+    with psycopg.connect(recognition_cluster.env["FECAPASS_MAIN_DB_DSN"]) as conn:
+        enrolled = conn.execute(
+            "SELECT u.full_name, count(f.id) FROM users u LEFT JOIN faces f ON f.user_id = u.id"
+            " WHERE u.full_name LIKE %s GROUP BY u.full_name",
+            (f"% {tag}",),
+        ).fetchall()
+    assert sorted(enrolled) == sorted((name, 1) for name in names.values())
+
+    searches: list[str] = []
+    page.on("request", lambda request: searches.append(request.url) if "/v1/search" in request.url else None)
+    page.get_by_role("link", name="Recognize").click()
+    page.get_by_label("Photo to recognize").set_input_files(str(BASIC / GROUP_PHOTO))
+    expect(page.locator("#raw-json")).to_be_attached(timeout=90_000)
+    job = json_of(page, "#raw-json")
+    assert job["state"] == "done"
+    faces = job["result"]["faces"]
+    expect(page.locator("#stage-times")).to_contain_text("detect")
+    photo = page.locator("#result .photo img")
+    expect(photo).to_have_js_property("complete", True)
+    shown = photo.bounding_box()
+    natural_width = photo.evaluate("img => img.naturalWidth")
+    assert shown is not None
+    scale = shown["width"] / natural_width
+    for label in (row for row in labels() if row.file == GROUP_PHOTO):
+        assert label.box is not None
+        index = max(range(len(faces)), key=lambda i: iou(faces[i]["box"], label.box))
+        assert iou(faces[index]["box"], label.box) > 0.5, f"no face found at {label.identity}'s box"
+        box = page.locator(f"#result .box[data-face-index='{index}']")
+        expect(box.locator(".tag")).to_contain_text(names[label.identity])
+        drawn = box.bounding_box()
+        assert drawn is not None
+        x1, y1 = faces[index]["box"][:2]
+        assert abs(drawn["x"] - (shown["x"] + x1 * scale)) < 4 and abs(drawn["y"] - (shown["y"] + y1 * scale)) < 4
+    page.locator("#result").screenshot(path=str(tmp_path / "recognized.png"))
+
+    # The slider filters the answer already received: at 1.0 nobody matches, and nothing is uploaded again.
+    page.get_by_label("Similarity threshold").fill("1")
+    expect(page.locator("#result .box.unknown")).to_have_count(len(faces))
+    page.get_by_label("Similarity threshold").fill("-1")
+    expect(page.locator("#result .box.unknown")).to_have_count(0)
+    assert len(searches) == 1
+
+    # Erase Biden: gone from the list, and his face is unknown in the next recognition.
+    page.get_by_role("link", name="People").click()
+    page.get_by_label("Search by name or email").fill(tag)
+    page.get_by_role("button", name="Search").click()
+    page.get_by_role("link", name=names["biden"]).click()
+    page.get_by_role("button", name="Erase person").click()
+    expect(page.locator("dialog#confirm")).to_contain_text("their 1 enrolled face(s)")
+    page.locator("dialog#confirm").get_by_role("button", name="Erase person").click()
+    page.get_by_label("Search by name or email").fill(tag)
+    page.get_by_role("button", name="Search").click()
+    expect(page.locator("#people tbody tr")).to_have_count(1)
+    expect(page.locator("#people")).not_to_contain_text(names["biden"])
+    page.get_by_role("link", name="Recognize").click()
+    page.get_by_label("Photo to recognize").set_input_files(str(BASIC / GROUP_PHOTO))
+    expect(page.locator("#result .box")).to_have_count(len(faces), timeout=90_000)
+    expect(page.locator("#result")).not_to_contain_text(names["biden"])
+    expect(page.locator("#result")).to_contain_text(names["obama"])
