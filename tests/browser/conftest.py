@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 # Redis databases of their own: no stage process of the other tests reads these streams.
 CONSOLE_REDIS_DB = 12
 RECOGNITION_REDIS_DB = 13
+NO_PLAYWRIGHT = "playwright is not installed (pip install -e '.[dev]')"
 NO_MODELS = Path("/nonexistent/fecapass-models")
 CHROMIUM_ARGS = [
     "--headless",
@@ -127,7 +128,9 @@ def recognition_cluster(services: LocalServices, tmp_path_factory: pytest.TempPa
 @pytest.fixture(scope="session")
 def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Browser]:
     executable = chromium_path()
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e '.[dev]')")
+    sync_api = pytest.importorskip(
+        "playwright.sync_api", reason="playwright is not installed (pip install -e '.[dev]')"
+    )
     with sync_api.sync_playwright() as playwright:
         launched = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS, headless=True)
         yield launched
@@ -150,8 +153,19 @@ def page(browser: Browser, screenshots: Path, request: pytest.FixtureRequest) ->
     opened.on("pageerror", lambda error: errors.append(str(error)))
     yield opened
     opened.screenshot(path=str(screenshots / f"{request.node.name}.png"), full_page=True)
+    unlabelled = opened.evaluate(UNLABELLED)
     context.close()
     assert not errors, f"JavaScript errors in the console: {errors}"
+    assert not unlabelled, f"controls without a label or images without alt text on the last page: {unlabelled}"
+
+
+# Every image has alt text and every form control a label, on whatever page a test ends.
+UNLABELLED = """() => [
+  ...[...document.querySelectorAll("img")].filter((img) => !img.alt.trim()).map((img) => "img " + img.src),
+  ...[...document.querySelectorAll("input, select, textarea")]
+    .filter((control) => control.type !== "hidden" && !control.labels?.length && !control.getAttribute("aria-label"))
+    .map((control) => control.outerHTML),
+]"""
 
 
 def sign_in(page: Page, base_url: str, key: str, hash_: str = "") -> None:

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 
+import pytest
 import redis
-from playwright.sync_api import Page, expect
 
 from schemas.streams import Stage
-from tests.browser.conftest import Console, sign_in
+from tests.browser.conftest import NO_PLAYWRIGHT, Console, sign_in
+
+pytest.importorskip("playwright.sync_api", reason=NO_PLAYWRIGHT)
+from playwright.sync_api import Browser, Page, expect
 
 
 def unique(name: str) -> str:
@@ -84,7 +88,9 @@ def test_people_pages(page: Page, console: Console) -> None:
     tag = uuid.uuid4().hex[:6]
     with console.client("write") as client:
         for index in range(25):  # one page is 20
-            client.post("/v1/users", json={"email": f"p{index}.{tag}@example.com", "full_name": f"Pager {index:02} {tag}"})
+            client.post(
+                "/v1/users", json={"email": f"p{index}.{tag}@example.com", "full_name": f"Pager {index:02} {tag}"}
+            )
     sign_in(page, console.base_url, console.keys["read"], "#/people")
     page.get_by_label("Search by name or email").fill(tag)
     page.get_by_role("button", name="Search").click()
@@ -174,3 +180,30 @@ def httpx_client(console: Console, key: str):  # type: ignore[no-untyped-def]
     import httpx
 
     return httpx.Client(base_url=console.base_url, timeout=30, headers={"X-API-Key": key})
+
+
+def test_keyboard_only_at_phone_width(browser: Browser, console: Console, screenshots: Path) -> None:
+    context = browser.new_context(viewport={"width": 375, "height": 740}, is_mobile=True)
+    page = context.new_page()
+    page.goto(f"{console.base_url}/ui/")
+    expect(page.get_by_label("API key")).to_be_focused()  # the sign-in form takes the keyboard at once
+    page.keyboard.type(console.keys["write"])
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("button", name="Sign out")).to_be_visible()
+    page.get_by_role("link", name="People").focus()
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("heading", level=1)).to_have_text("People")
+    page.get_by_label("Search by name or email").focus()
+    page.keyboard.press("Tab")
+    expect(page.get_by_role("button", name="Search")).to_be_focused()
+    page.keyboard.press("Tab")
+    expect(page.locator("#create-person").get_by_label("Full name")).to_be_focused()
+    for hash_ in ("#/recognize", "#/people", "#/pipeline"):
+        page.goto(f"{console.base_url}/ui/{hash_}")
+        page.locator("h1").wait_for()
+        overflow = page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
+        assert overflow <= 0, f"{hash_} is {overflow} px wider than a phone screen"
+    page.goto(f"{console.base_url}/ui/#/people")
+    page.locator("#people").wait_for()
+    page.screenshot(path=str(screenshots / "phone-width-people.png"), full_page=True)
+    context.close()

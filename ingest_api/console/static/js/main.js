@@ -33,7 +33,6 @@ function signInPage(message) {
     try {
       const me = await api("GET", "/v1/me", { key: input.value.trim() });
       session.save(input.value.trim(), me.scope);
-      if (!window.location.hash || window.location.hash === "#/") window.location.hash = "#/recognize";
       show();
     } catch (error) {
       status.textContent = error instanceof ApiProblem ? error.detail : String(error);
@@ -67,11 +66,17 @@ async function show() {
     return;
   }
   const match = hash.match(route.pattern);
+  // Each page renders into a container of its own: a page still loading when the user moves on writes into
+  // its detached container, never over the page shown now.
+  const container = h("div");
+  replace(view, container);
   try {
-    leave = (await route.page(view, ...match.slice(1))) ?? null;
+    const cleanUp = (await route.page(container, ...match.slice(1))) ?? null;
+    if (container.isConnected) leave = cleanUp; else if (cleanUp) cleanUp();
   } catch (error) {
+    if (!container.isConnected) return;
     if (error instanceof ApiProblem && error.status === 401) { session.clear(); chrome(false); signInPage(error.detail); return; }
-    replace(view, h("p", { class: "error", role: "alert" }, String(error.message ?? error)));
+    replace(container, h("p", { class: "error", role: "alert" }, String(error.message ?? error)));
   }
 }
 

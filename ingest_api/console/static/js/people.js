@@ -159,7 +159,7 @@ export async function renderPerson(view, id) {
       h("h2", {}, "Edit"),
       h("label", { for: "edit-name" }, "Full name"), name,
       h("label", { for: "edit-email" }, "Email"), email,
-      h("label", { class: "inline", for: "edit-active" }, active, "Active (an inactive person is neither enrolled nor found)"),
+      h("label", { class: "check", for: "edit-active" }, active, "Active (an inactive person is neither enrolled nor found)"),
       h("div", {},
         h("button", { type: "submit" }, "Save"),
         h("button", { type: "button", class: "secondary", id: "deactivate", onclick: async () => {
