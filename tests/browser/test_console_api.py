@@ -93,7 +93,8 @@ def test_the_cli_creates_an_admin_key(console: Console, monkeypatch: pytest.Monk
 def test_pipeline_endpoints(console: Console) -> None:
     client = redis.Redis.from_url(console.env["FECAPASS_REDIS_URL"], decode_responses=True)
     stage = Stage.ALIGN
-    client.delete(stage.stream, stage.dead_letter_stream)
+    client.xtrim(stage.stream, maxlen=0)  # emptied, its consumer group kept
+    client.delete(stage.dead_letter_stream)
     letter = client.xadd(
         stage.dead_letter_stream, {"job_id": "j1", "dead_error_code": "internal", "dead_error": "boom"}
     )
@@ -114,7 +115,7 @@ def test_pipeline_endpoints(console: Console) -> None:
         client.xadd(stage.dead_letter_stream, {"job_id": "j3"})
         assert writer.delete("/v1/pipeline/dead-letters/align").json() == {"stage": "align", "removed": 2}
         assert client.xlen(stage.dead_letter_stream) == 0
-    client.delete(stage.stream)
+    client.xtrim(stage.stream, maxlen=0)
     client.close()
 
 

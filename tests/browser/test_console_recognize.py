@@ -137,3 +137,23 @@ def test_enroll_recognize_and_erase(
     expect(page.locator("#verdict")).to_contain_text("the same person", timeout=90_000)
     page.get_by_label("Similarity threshold").fill("1")
     expect(page.locator("#verdict")).to_contain_text("different people")
+
+    # The first search's job, looked up by id on the pipeline page.
+    page.get_by_role("link", name="Pipeline").click()
+    page.get_by_label("Job id").fill(job["job_id"])
+    page.get_by_role("button", name="Look up").click()
+    expect(page.locator("#job-lookup")).to_contain_text("search job, done")
+
+    # Erase Obama's one face: gone from his page and from PostgreSQL, the person kept.
+    page.get_by_role("link", name="People").click()
+    page.get_by_role("link", name=names["obama"]).click()
+    face = page.locator("#faces figure")
+    face_id = face.get_attribute("data-face-id")
+    face.get_by_role("button", name=f"Erase face {face_id}").click()
+    expect(page.locator("dialog#confirm")).to_contain_text("its embeddings in every pack, its photo and crop")
+    page.locator("dialog#confirm").get_by_role("button", name="Erase face").click()
+    expect(page.locator("#faces")).to_contain_text("No face enrolled yet.")
+    with psycopg.connect(recognition_cluster.env["FECAPASS_MAIN_DB_DSN"]) as conn:
+        left = conn.execute("SELECT count(*) FROM faces WHERE id = %s", (int(face_id or 0),)).fetchone()
+        people = conn.execute("SELECT count(*) FROM users WHERE email = %s", (f"obama.{tag}@example.com",)).fetchone()
+    assert (left, people) == ((0,), (1,))
