@@ -48,6 +48,10 @@ class StageStats(BaseModel):
 class Pipeline(BaseModel):
     stages: list[StageStats]
     model_pack: dict[str, Any] = Field(description="the active pack: name, family, dim, licence, threshold")
+    threshold: float | None = Field(
+        description="the similarity threshold a search without one uses: FECAPASS_SIMILARITY_THRESHOLD, else the"
+        " active pack's calibrated threshold"
+    )
 
 
 class DeadLetter(BaseModel):

@@ -44,7 +44,10 @@ async def pipeline(state: State) -> Pipeline:
         pack = await state.active_pack.describe()
     except Exception as exc:  # the vector database may be down: the streams are still worth showing
         pack = {"name": state.active_pack.last_known, "error": str(exc) or type(exc).__name__}
-    return Pipeline(stages=stages, model_pack=pack)
+    threshold, calibrated = state.config.pipeline.similarity_threshold, pack.get("threshold")
+    if threshold is None and isinstance(calibrated, int | float):
+        threshold = float(calibrated)
+    return Pipeline(stages=stages, model_pack=pack, threshold=threshold)
 
 
 def _view(letter: dead_letters.DeadLetter) -> DeadLetter:

@@ -99,7 +99,9 @@ def test_pipeline_endpoints(console: Console) -> None:
         stage.dead_letter_stream, {"job_id": "j1", "dead_error_code": "internal", "dead_error": "boom"}
     )
     with console.client("read") as reader, console.client("write") as writer:
-        stats = {row["stage"]: row for row in reader.get("/v1/pipeline").json()["stages"]}
+        answer = reader.get("/v1/pipeline").json()
+        assert answer["model_pack"]["name"] == "buffalo_sc_lite" and answer["threshold"] == 0.27  # the pack's
+        stats = {row["stage"]: row for row in answer["stages"]}
         assert set(stats) == {each.value for each in Stage}
         assert stats["align"]["dead_letters"] == 1 and stats["align"]["backlog"] == 0
         listed = reader.get("/v1/pipeline/dead-letters", params={"stage": "align"}).json()

@@ -24,8 +24,12 @@ function stageTimes(job) {
 export async function render(view) {
   let mode = "search";
   let pack = null;
-  try { pack = (await api("GET", "/v1/pipeline")).model_pack; } catch { /* the threshold then starts at 0.3 */ }
-  const initial = Number(pack?.threshold ?? 0.3);
+  let initial = 0.3; // where the API cannot say (the vector database is down)
+  try {
+    const pipeline = await api("GET", "/v1/pipeline");
+    pack = pipeline.model_pack;
+    initial = Number(pipeline.threshold ?? initial);
+  } catch { /* the page still works, from the fallback threshold */ }
   const slider = h("input", { type: "range", id: "threshold", min: "-1", max: "1", step: "0.01", value: String(initial) });
   const sliderValue = h("output", { for: "threshold", id: "threshold-value" }, initial.toFixed(2));
   const result = h("div", { id: "result", "aria-live": "polite" });
@@ -133,7 +137,7 @@ export async function render(view) {
       modeChoice,
       h("label", { for: "threshold" }, "Similarity threshold"),
       h("div", {}, slider, " ", sliderValue),
-      h("p", { class: "muted" }, pack ? `Active pack ${pack.name}, calibrated threshold ${pack.threshold ?? "–"}. Moving the slider re-filters the answer; nothing is uploaded again.` : ""),
+      h("p", { class: "muted" }, `${pack ? `Active pack ${pack.name}, calibrated threshold ${pack.threshold ?? "–"}; the API's default is ${initial}. ` : ""}Moving the slider re-filters the answer; nothing is uploaded again.`),
       inputs),
     result);
   showInputs();
