@@ -29,14 +29,17 @@ def create_person(page: Page, full_name: str, email: str) -> None:
 
 def test_sign_in_refuses_a_wrong_key_and_keeps_the_key_in_session_storage(page: Page, console: Console) -> None:
     page.goto(f"{console.base_url}/ui/")
+    expect(page.get_by_role("navigation", include_hidden=True)).to_be_hidden()  # nothing to go to before sign-in
     page.get_by_label("API key").fill("fcp_not-a-key")
     page.get_by_role("button", name="Sign in").click()
     expect(page.get_by_role("alert")).to_contain_text("unknown or revoked")
     sign_in(page, console.base_url, console.keys["write"])
     assert page.evaluate("sessionStorage.getItem('fecapass.key')") == console.keys["write"]
     assert page.evaluate("localStorage.length") == 0
+    expect(page.get_by_role("navigation")).to_be_visible()
     page.get_by_role("button", name="Sign out").click()
     expect(page.get_by_label("API key")).to_be_visible()
+    expect(page.get_by_role("navigation", include_hidden=True)).to_be_hidden()
     assert page.evaluate("sessionStorage.getItem('fecapass.key')") is None
 
 
