@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Path, Query, Response
 from starlette.concurrency import run_in_threadpool
 
 from common import dead_letters
@@ -18,6 +18,8 @@ from schemas.streams import Stage
 
 router = APIRouter(prefix="/v1/pipeline", tags=["pipeline"])
 ERRORS: dict[int | str, dict[str, object]] = {code: {"model": Problem} for code in (401, 403, 503)}
+# A Redis stream entry id; anything else would reach XRANGE and fail there.
+MessageId = Annotated[str, Path(pattern=r"^\d{1,20}-\d{1,20}$", description="the dead letter's entry id")]
 NOT_FOUND: dict[int | str, dict[str, object]] = {404: {"model": Problem}, **ERRORS}
 
 
@@ -85,7 +87,7 @@ async def _find(state: AppState, stage: Stage, message_id: str) -> dead_letters.
 @router.post(
     "/dead-letters/{stage}/{message_id}/replay", response_model=Replayed, dependencies=[WRITE], responses=NOT_FOUND
 )
-async def replay_dead_letter(stage: Stage, message_id: str, state: State) -> Replayed:
+async def replay_dead_letter(stage: Stage, message_id: MessageId, state: State) -> Replayed:
     """Put the entry back on its stage's stream (and its job back in flight)."""
     letter = await _find(state, stage, message_id)
     ttl = state.config.pipeline.job_ttl_seconds
@@ -94,7 +96,7 @@ async def replay_dead_letter(stage: Stage, message_id: str, state: State) -> Rep
 
 
 @router.delete("/dead-letters/{stage}/{message_id}", status_code=204, dependencies=[WRITE], responses=NOT_FOUND)
-async def purge_dead_letter(stage: Stage, message_id: str, state: State) -> Response:
+async def purge_dead_letter(stage: Stage, message_id: MessageId, state: State) -> Response:
     await _find(state, stage, message_id)
     await run_in_threadpool(dead_letters.purge, state.sync_redis, stage, [message_id])
     return Response(status_code=204)
