@@ -30,10 +30,12 @@ COPY --from=build /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     FECAPASS_MODEL_ROOT=/models \
-    FECAPASS_API_HOST=0.0.0.0
+    FECAPASS_API_HOST=0.0.0.0 \
+    FECAPASS_METRICS_HOST=0.0.0.0
 USER 10001:10001
 WORKDIR /home/fecapass
 EXPOSE 8000 9100
-# The API checks its own /health/live; stage containers set FECAPASS_HEALTHCHECK_URL to their metrics port.
+# The API checks its own /health/live; stage containers run `fecapass healthcheck --heartbeat` instead (the age
+# of the file their loop rewrites each turn: a stuck loop fails it, while the metrics thread would still answer).
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 CMD ["fecapass", "healthcheck"]
 CMD ["fecapass", "api"]

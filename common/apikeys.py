@@ -15,8 +15,12 @@ class Scope(StrEnum):
     WRITE = "write"  # everything read may do, plus create, enroll, update and delete
     ADMIN = "admin"  # everything write may do, plus list, create and revoke API keys
 
+    @property
+    def rank(self) -> int:
+        return _RANK[self]
+
     def allows(self, needed: Scope) -> bool:
-        return _RANK[self] >= _RANK[needed]
+        return self.rank >= needed.rank
 
 
 _RANK = {Scope.READ: 0, Scope.WRITE: 1, Scope.ADMIN: 2}

@@ -9,8 +9,9 @@ import redis
 from redis.typing import EncodableT, FieldT
 
 from common import status
-from schemas.jobs import STAGE_STATE, job_key
+from schemas.jobs import STAGE_STATE
 from schemas.streams import Stage
+from schemas.text import decode_fields, decode_text
 
 DEAD_FIELD_PREFIX = "dead_"
 
@@ -26,10 +27,6 @@ class DeadLetter:
         return {k: v for k, v in self.fields.items() if not k.startswith(DEAD_FIELD_PREFIX)}
 
 
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 def counts(client: redis.Redis) -> dict[Stage, int]:
     return {stage: int(client.xlen(stage.dead_letter_stream)) for stage in Stage}
 
@@ -38,10 +35,7 @@ Rows = list[tuple[bytes, dict[bytes, bytes]]]
 
 
 def _letters(stage: Stage, rows: Rows) -> list[DeadLetter]:
-    return [
-        DeadLetter(stage, _text(message_id), {_text(k): _text(v) for k, v in (fields or {}).items()})
-        for message_id, fields in rows
-    ]
+    return [DeadLetter(stage, decode_text(message_id), decode_fields(fields or {})) for message_id, fields in rows]
 
 
 def entries(client: redis.Redis, stage: Stage, count: int = 100) -> list[DeadLetter]:
@@ -60,11 +54,9 @@ def replay(client: redis.Redis, letter: DeadLetter, job_ttl_seconds: int) -> str
         pipe.xdel(letter.stage.dead_letter_stream, letter.message_id)
         job_id = letter.fields.get("job_id")
         if job_id and letter.stage in STAGE_STATE:
-            key = job_key(job_id)
-            pipe.hdel(key, "error_code", "error_message", "finished_at")
-            status.queue_stage_started(pipe, job_id, letter.stage, job_ttl_seconds)
+            status.queue_reopened(pipe, job_id, letter.stage, job_ttl_seconds)
         new_id = pipe.execute()[0]
-    return _text(new_id)
+    return decode_text(new_id)
 
 
 def purge(client: redis.Redis, stage: Stage, message_ids: list[str] | None = None) -> int:

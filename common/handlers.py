@@ -6,6 +6,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
+from schemas.results import FinishedResult
 from schemas.streams import Stage, StreamMessage
 
 
@@ -14,7 +15,7 @@ class Outcome:
     """What a handler produced for one message."""
 
     forward: StreamMessage | None = None  # sent to the next stage's stream
-    result: dict[str, Any] | None = None  # final job result: the job is done
+    result: FinishedResult | None = None  # final job result: the job is done
     status_fields: dict[str, str] = field(default_factory=dict)
 
 

@@ -12,6 +12,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from schemas.streams import Stage
+from schemas.text import decode_text
 
 STAGE_ENTRIES = Counter(
     "fecapass_stage_entries_total",
@@ -33,6 +34,13 @@ HTTP_REQUESTS = Counter(
 HTTP_SECONDS = Histogram("fecapass_http_request_seconds", "HTTP request latency", ["method", "route"])
 
 
+def backlog(pending: int, lag: int | None, length: int) -> int:
+    """Entries waiting in a stage's group: delivered and not yet acknowledged (pending) plus not yet delivered
+    (lag). Redis reports no lag when it cannot tell (an entry deleted inside the unread range); the stream's
+    length is then the bound used."""
+    return pending + (lag if lag is not None else length)
+
+
 @dataclass(frozen=True)
 class GroupStats:
     stream: str
@@ -44,6 +52,10 @@ class GroupStats:
     oldest_pending_seconds: float | None
     dead_letters: int
 
+    @property
+    def backlog(self) -> int:
+        return backlog(self.pending, self.lag, self.length)
+
 
 def stream_stats(client: redis.Redis) -> list[GroupStats]:
     """What XINFO GROUPS, XPENDING and XLEN say about every stage's stream, in one place."""
@@ -53,7 +65,7 @@ def stream_stats(client: redis.Redis) -> list[GroupStats]:
         length = int(client.xlen(stage.stream))
         dead = int(client.xlen(stage.dead_letter_stream))
         exists = bool(client.exists(stage.stream))
-        groups = {_text(g["name"]): g for g in client.xinfo_groups(stage.stream)} if exists else {}
+        groups = {decode_text(g["name"]): g for g in client.xinfo_groups(stage.stream)} if exists else {}
         info = groups.get(stage.group)
         if info is None:
             rows.append(GroupStats(stage.stream, stage.group, length, 0, 0, None, None, dead))
@@ -61,7 +73,7 @@ def stream_stats(client: redis.Redis) -> list[GroupStats]:
         summary = client.xpending(stage.stream, stage.group)
         oldest = None
         if summary["pending"] and summary["min"]:
-            oldest = max(0.0, (now_ms - int(_text(summary["min"]).split("-")[0])) / 1000)
+            oldest = max(0.0, (now_ms - int(decode_text(summary["min"]).split("-")[0])) / 1000)
         lag = info.get("lag")
         rows.append(
             GroupStats(
@@ -76,10 +88,6 @@ def stream_stats(client: redis.Redis) -> list[GroupStats]:
             )
         )
     return rows
-
-
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 class StreamCollector(Collector):
@@ -98,6 +106,11 @@ class StreamCollector(Collector):
             "fecapass_stream_oldest_pending_seconds", "Age of the oldest pending entry", labels=labels
         )
         dead = GaugeMetricFamily("fecapass_stream_dead_letters", "Entries in the dead-letter stream", labels=labels)
+        waiting = GaugeMetricFamily(
+            "fecapass_stream_backlog",
+            "Entries waiting in the group (pending + undelivered): uploads get 429 past FECAPASS_MAX_BACKLOG",
+            labels=labels,
+        )
         try:
             stats = stream_stats(self.client)
         except redis.RedisError:
@@ -108,7 +121,8 @@ class StreamCollector(Collector):
             pending.add_metric(key, row.pending)
             consumers.add_metric(key, row.consumers)
             dead.add_metric(key, row.dead_letters)
+            waiting.add_metric(key, row.backlog)
             if row.lag is not None:
                 lag.add_metric(key, row.lag)
             oldest.add_metric(key, row.oldest_pending_seconds or 0.0)
-        yield from (length, pending, lag, consumers, oldest, dead)
+        yield from (length, pending, lag, consumers, oldest, dead, waiting)

@@ -11,11 +11,25 @@ from minio import Minio
 from minio.deleteobjects import DeleteObject
 from minio.error import InvalidResponseError, S3Error, ServerError
 
-from common.errors import DependencyUnavailable
+from common.errors import DependencyUnavailable, RetryThenFail
+from schemas.jobs import ErrorCode
+
+# What a failed request can raise besides S3's own error answers: 5xx after the client's retries, a refused or
+# broken connection, a body cut short.
+_REQUEST_ERRORS = (ServerError, urllib3.exceptions.HTTPError, OSError)
 
 
 class ObjectMissing(LookupError):
     pass
+
+
+class ObjectUnreadable(RetryThenFail):
+    """One object fails (a 5xx for that key, a body cut short) while the store answers for others: the message is
+    retried by redelivery and its job fails with ``object_unreadable`` when the retries are spent, instead of the
+    stage waiting in place as for an outage."""
+
+    def __init__(self, key: str, error: object) -> None:
+        super().__init__(ErrorCode.OBJECT_UNREADABLE, f"object {key} cannot be read: {error}")
 
 
 def original_key(job_id: str, source: int = 0) -> str:
@@ -55,11 +69,22 @@ class ObjectStore:
             if exc.code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
                 raise
 
+    def _failure(self, action: str, key: str, error: object) -> Exception:
+        """What a failed request on one key means: the store down (every key fails: wait it out) or this object
+        unreadable (the store answers a cheap HEAD of the bucket: only this key is bad)."""
+        try:
+            store_answers = self.client.bucket_exists(self.bucket)
+        except (S3Error, *_REQUEST_ERRORS):
+            store_answers = False
+        if store_answers:
+            return ObjectUnreadable(key, error)
+        return DependencyUnavailable(f"S3 {action} {key}: {error}")
+
     def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
         try:
             self.client.put_object(self.bucket, key, io.BytesIO(data), len(data), content_type=content_type)
-        except (ServerError, urllib3.exceptions.HTTPError, OSError) as exc:
-            raise DependencyUnavailable(f"S3 put {key}: {exc}") from exc
+        except _REQUEST_ERRORS as exc:
+            raise self._failure("put", key, exc) from exc
 
     def get(self, key: str) -> bytes:
         try:
@@ -67,16 +92,18 @@ class ObjectStore:
         except S3Error as exc:
             if exc.code in ("NoSuchKey", "NoSuchObject", "NoSuchBucket"):
                 raise ObjectMissing(key) from exc
-            raise DependencyUnavailable(f"S3 get {key}: {exc.code}") from exc
+            raise self._failure("get", key, exc.code) from exc
         except InvalidResponseError as exc:
             # Some S3 servers answer a missing key with a 404 whose body is not labelled as XML.
             if getattr(exc, "_code", None) == 404:
                 raise ObjectMissing(key) from exc
-            raise DependencyUnavailable(f"S3 get {key}: {exc}") from exc
-        except (ServerError, urllib3.exceptions.HTTPError, OSError) as exc:
-            raise DependencyUnavailable(f"S3 get {key}: {exc}") from exc
+            raise self._failure("get", key, exc) from exc
+        except _REQUEST_ERRORS as exc:
+            raise self._failure("get", key, exc) from exc
         try:
             return response.read()
+        except _REQUEST_ERRORS as exc:  # the body cut short
+            raise self._failure("get", key, exc) from exc
         finally:
             response.close()
             response.release_conn()

@@ -1,10 +1,16 @@
 """The one stage runner: every stage process is this loop around a handler.
 
-It owns all stream commands: XREADGROUP (block, count), the handler call, then in one MULTI/EXEC the
-XADD of the outputs, the status change and the XACK, so an entry is acknowledged only together with
-its durable output. Entries idle past the visibility timeout are taken over with XAUTOCLAIM; an entry
-delivered more than ``max_deliveries`` times goes to ``<stream>:dead`` with its last error. SIGTERM
-stops reading, lets the batch in hand finish and be acked, then leaves the group cleanly.
+It owns all stream commands: XREADGROUP (block, count), the handler call, then one Lua script per entry that
+checks the entry is still this consumer's (its pending entry names this consumer, with the delivery count it was
+read with) and only then XADDs the output, writes the job's status (forward only: see common/status.py), queues
+the webhook, and XACKs. A consumer that was paused while another claimed and finished its entries (SIGSTOP, a
+long GC, a VM migration) therefore writes nothing when it wakes up: ``stage.claim_lost``. Entries idle past the
+visibility timeout are taken over with XAUTOCLAIM; an entry delivered more than ``max_deliveries`` times goes to
+``<stream>:dead`` with its last error, before its handler sees it again. SIGTERM stops reading, lets the batch
+in hand finish and be acked, then leaves the group cleanly.
+
+Whatever bytes an entry holds, it cannot stop a stage: the parse is guarded, and the dead-letter path reads
+fields leniently. Each loop turn beats the heartbeat that ``fecapass healthcheck --heartbeat`` checks.
 """
 
 from __future__ import annotations
@@ -15,24 +21,33 @@ import secrets
 import signal
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from types import FrameType
 from typing import Any, cast
 
 import redis
 import structlog
-from redis.typing import EncodableT, FieldT
 
-from common import status, webhooks
-from common.errors import DependencyUnavailable, JobFailed, PoisonMessage, StageError
+from common import status, stream_scripts, webhooks
+from common.errors import DependencyUnavailable, JobFailed, PoisonMessage, RetryThenFail, StageError
 from common.handlers import HandlerResult, Outcome, StageHandler
+from common.heartbeat import Heartbeat
 from common.metrics import STAGE_BATCH_SECONDS, STAGE_BATCH_SIZE, STAGE_ENTRIES
 from common.settings import StreamSettings
-from schemas.jobs import STAGE_STATE, ErrorCode, JobState
-from schemas.streams import MalformedMessage, Stage, StreamMessage
+from schemas.jobs import JOB_DONE_CHANNEL, STAGE_STATE, ErrorCode, JobState, job_key
+from schemas.results import FinishedResult
+from schemas.streams import JobMessage, MalformedMessage, Stage, StreamMessage
+from schemas.text import decode_text
 
 log = structlog.get_logger(__name__)
+
+# A dead letter keeps the entry readable however large or strange it was: so many fields, so many characters each.
+DEAD_LETTER_FIELDS = 200
+DEAD_LETTER_FIELD_CHARS = 64 * 1024
+ERROR_CHARS = 2000
+MAX_JOB_ID_CHARS = 200
 
 
 @dataclass
@@ -68,6 +83,8 @@ class StageRunner:
         *,
         job_ttl_seconds: int,
         consumer: str | None = None,
+        heartbeat_file: Path | None = None,
+        heartbeat_max_age_seconds: float = 120.0,
     ) -> None:
         self.client = client
         self.handler = handler
@@ -80,6 +97,19 @@ class StageRunner:
         self._next_housekeeping = 0.0
         self._failures = 0
         self.log = log.bind(stage=self.stage.value, consumer=self.consumer)
+        self.heartbeat = (
+            Heartbeat(heartbeat_file, self.stage.value, self.consumer, min(1.0, heartbeat_max_age_seconds / 4))
+            if heartbeat_file
+            else None
+        )
+        # An XREADGROUP blocks no longer than a quarter of the heartbeat's max age: an idle stage is alive.
+        longest_block_ms = max(1, int(heartbeat_max_age_seconds * 250)) if heartbeat_file else settings.block_ms
+        self.block_ms = min(settings.block_ms, longest_block_ms)
+        # Scripts run by SHA; redis-py loads them again when Redis answers NOSCRIPT (after a restart).
+        self._start_script = client.register_script(stream_scripts.START)
+        self._settle_script = client.register_script(stream_scripts.SETTLE)
+        self._keep_script = client.register_script(stream_scripts.KEEP)
+        self._note_error_script = client.register_script(stream_scripts.NOTE_ERROR)
 
     # -- lifecycle -------------------------------------------------------------------------------------
 
@@ -104,16 +134,22 @@ class StageRunner:
         signal.signal(signal.SIGALRM, on_grace_over)
 
     def run(self, *, max_iterations: int | None = None) -> None:
+        self._beat()
         self._with_redis(lambda: ensure_group(self.client, self.stage))
         self.log.info("stage.started", stream=self.stage.stream, group=self.stage.group)
         iterations = 0
         while not self._stopping and (max_iterations is None or iterations < max_iterations):
+            self._beat()
             self._with_redis(self.run_once)
             if time.monotonic() >= self._next_housekeeping:
                 self._with_redis(self.housekeeping)
             iterations += 1
         self._with_redis(self._leave_group, retry=False)
         self.log.info("stage.stopped")
+
+    def _beat(self) -> None:
+        if self.heartbeat is not None:
+            self.heartbeat.beat()
 
     def _with_redis(self, action: Callable[[], object], *, retry: bool = True) -> None:
         """Run one step; when Redis is away (restart, failover), back off and let the loop try again."""
@@ -137,6 +173,7 @@ class StageRunner:
         delay = min(cap, self.settings.retry_backoff_ms / 1000 * 2 ** (self._failures - 1)) * random.uniform(0.5, 1.5)
         deadline = time.monotonic() + delay
         while not self._stopping and time.monotonic() < deadline:
+            self._beat()
             time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
 
     def _leave_group(self) -> None:
@@ -161,10 +198,10 @@ class StageRunner:
         horizon_ms = int((time.time() - self.settings.stream_retention_seconds) * 1000)
         safe = [(horizon_ms, 0)]
         for group in groups:
-            safe.append(_parse_id(_text(group["last-delivered-id"])))
+            safe.append(_parse_id(decode_text(group["last-delivered-id"])))
             if int(group["pending"]):
-                oldest = self.client.xpending(self.stage.stream, _text(group["name"]))["min"]
-                safe.append(_parse_id(_text(oldest)))
+                oldest = self.client.xpending(self.stage.stream, decode_text(group["name"]))["min"]
+                safe.append(_parse_id(decode_text(oldest)))
         minimum = min(safe)
         trimmed = int(self.client.xtrim(self.stage.stream, minid=f"{minimum[0]}-{minimum[1]}", approximate=False))
         if trimmed:
@@ -174,7 +211,7 @@ class StageRunner:
     def remove_idle_consumers(self) -> list[str]:
         removed = []
         for consumer in self.client.xinfo_consumers(self.stage.stream, self.stage.group):
-            name = _text(consumer["name"])
+            name = decode_text(consumer["name"])
             if (
                 name != self.consumer
                 and int(consumer["pending"]) == 0
@@ -203,14 +240,15 @@ class StageRunner:
             self.consumer,
             {self.stage.stream: ">"},
             count=self.settings.read_count,
-            block=self.settings.block_ms,
+            block=self.block_ms,
         )
         entries: list[Entry] = []
-        # RESP2 (the client's default protocol) answers a list of [stream, entries] pairs.
+        # RESP2 (the client's default protocol) answers a list of [stream, entries] pairs. An entry read with
+        # ">" has never been delivered: its count is 1, so only claimed entries can be over the limit.
         stream_batches = cast(list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]], response or [])
         for _stream, messages in stream_batches:
             for message_id, fields in messages:
-                entries.append(Entry(_text(message_id), fields or {}, deliveries=1))
+                entries.append(Entry(decode_text(message_id), fields or {}, deliveries=1))
         return entries
 
     def _claim_stale(self) -> list[Entry]:
@@ -227,9 +265,9 @@ class StageRunner:
         if not messages:
             return []
         self._next_claim = 0.0  # there may be more stale work: look again next iteration
-        ids = [_text(message_id) for message_id, _ in messages]
+        ids = [decode_text(message_id) for message_id, _ in messages]
         counts = {
-            _text(row["message_id"]): int(row["times_delivered"])
+            decode_text(row["message_id"]): int(row["times_delivered"])
             for row in self.client.xpending_range(
                 self.stage.stream,
                 self.stage.group,
@@ -240,39 +278,42 @@ class StageRunner:
             )
         }
         self.log.warning("stage.claimed_stale", count=len(ids))
+        # An id missing from our pending list was claimed away again meanwhile: it is not ours to run.
         return [
-            Entry(message_id, fields or {}, counts.get(message_id, 1))
+            Entry(message_id, fields or {}, counts[message_id])
             for message_id, (_, fields) in zip(ids, messages, strict=True)
+            if message_id in counts
         ]
 
     def _process(self, entries: list[Entry]) -> None:
-        runnable: list[tuple[Entry, StreamMessage]] = []
+        parsed: list[tuple[Entry, StreamMessage]] = []
         for entry in entries:
+            self._beat()
             if entry.deliveries > self.settings.max_deliveries:
+                # Never handed to the handler again: a message that crashes its process ends here.
                 last_error = self.client.hget(errors_key(self.stage), entry.message_id)
                 self._dead_letter(
                     entry,
-                    None,
+                    self._parse_leniently(entry),
                     ErrorCode.TOO_MANY_DELIVERIES,
-                    f"delivered {entry.deliveries} times; last error: {_text(last_error or b'unknown')}",
+                    f"delivered {entry.deliveries} times; last error: {decode_text(last_error or b'unknown')}",
                 )
                 continue
             try:
-                runnable.append((entry, self.handler.message_type.from_fields(entry.fields)))
-            except MalformedMessage as exc:
-                self._dead_letter(entry, None, ErrorCode.MALFORMED_MESSAGE, str(exc))
+                message = self.handler.message_type.from_fields(entry.fields)
+                if _job_id(entry, message) != message.job_id:  # the parser replaced bytes that were not UTF-8
+                    raise MalformedMessage("job_id is not plain UTF-8 text")
+                parsed.append((entry, message))
+            except Exception as exc:  # MalformedMessage, or whatever else a hostile entry makes the parser raise
+                self._dead_letter(entry, self._parse_leniently(entry), ErrorCode.MALFORMED_MESSAGE, _describe(exc))
+        runnable = self._start(parsed)
         if not runnable:
             return
-
-        if self.stage in STAGE_STATE:
-            with self.client.pipeline(transaction=False) as pipe:
-                for _, message in runnable:
-                    status.queue_stage_started(pipe, message.job_id, self.stage, self.job_ttl_seconds)
-                pipe.execute()
 
         batch = runnable
         outage_started: float | None = None
         while batch:
+            self._beat()
             results, elapsed_ms = self._run_handler(batch)
             waiting: list[tuple[Entry, StreamMessage]] = []
             for (entry, message), result in zip(batch, results, strict=True):
@@ -292,17 +333,46 @@ class StageRunner:
                 # Left pending: another consumer (or this one) claims them later, counting a delivery.
                 self.log.warning("stage.outage_retry_given_up", entries=len(waiting))
                 return
-            self.log.warning("stage.dependency_unavailable", entries=len(waiting), error=str(results[0]))
-            # Keep the entries ours without counting a delivery (JUSTID), so nobody claims them meanwhile.
-            self.client.xclaim(
-                self.stage.stream,
-                self.stage.group,
-                self.consumer,
-                min_idle_time=0,
-                message_ids=[entry.message_id for entry, _ in waiting],
-                justid=True,
-            )
-            batch = waiting
+            self.log.warning("stage.dependency_unavailable", entries=len(waiting), error=repr(results[0]))
+            batch = self._keep(waiting)
+
+    def _start(self, parsed: list[tuple[Entry, StreamMessage]]) -> list[tuple[Entry, StreamMessage]]:
+        """Mark each job as in this stage (forward only), dropping entries no longer ours and those of jobs that
+        are finished already (a duplicate, a replay of a done job): those are acked without being run."""
+        if self.stage not in STAGE_STATE or not parsed:
+            return parsed
+        with self.client.pipeline(transaction=False) as pipe:
+            for entry, message in parsed:
+                rank, fields = status.stage_started(self.stage)
+                self._start_script(
+                    keys=[self.stage.stream, errors_key(self.stage), job_key(message.job_id)],
+                    args=[*self._fence(entry), self.job_ttl_seconds, rank, *fields],
+                    client=pipe,
+                )
+            answers = pipe.execute(raise_on_error=False)
+        runnable = []
+        for (entry, message), answer in zip(parsed, answers, strict=True):
+            if isinstance(answer, redis.ConnectionError | redis.TimeoutError):
+                raise answer
+            if isinstance(answer, Exception):
+                self._write_failed(entry, message.job_id, answer)
+            elif decode_text(answer) == "lost":
+                self._claim_lost(entry, message.job_id)
+            elif decode_text(answer) == "finished":
+                STAGE_ENTRIES.labels(self.stage.value, "already_finished").inc()
+                self.log.info("stage.job_already_finished", job_id=message.job_id, message_id=entry.message_id)
+            else:
+                runnable.append((entry, message))
+        return runnable
+
+    def _keep(self, waiting: list[tuple[Entry, StreamMessage]]) -> list[tuple[Entry, StreamMessage]]:
+        """Keep the entries of a batch waiting out an outage ours, without counting a delivery."""
+        pairs = [item for entry, _ in waiting for item in (entry.message_id, entry.deliveries)]
+        kept = {decode_text(i) for i in self._keep_script(keys=[self.stage.stream], args=[*self._group(), *pairs])}
+        for entry, message in waiting:
+            if entry.message_id not in kept:
+                self._claim_lost(entry, message.job_id)
+        return [(entry, message) for entry, message in waiting if entry.message_id in kept]
 
     def _run_handler(self, batch: list[tuple[Entry, StreamMessage]]) -> tuple[list[HandlerResult], float]:
         started = time.perf_counter()
@@ -319,89 +389,220 @@ class StageRunner:
         self, entry: Entry, message: StreamMessage, result: HandlerResult, batch_size: int, elapsed_ms: float
     ) -> None:
         bound = self.log.bind(job_id=message.job_id, message_id=entry.message_id)
+        if isinstance(result, RetryThenFail) and entry.deliveries >= self.settings.max_deliveries:
+            result = JobFailed(result.code, result.message)  # the last delivery failed too: the job fails
         if isinstance(result, Outcome):
-            self._complete(entry, message, result)
-            STAGE_ENTRIES.labels(self.stage.value, "processed").inc()
-            bound.info("stage.handled", batch=batch_size, batch_ms=round(elapsed_ms, 1))
+            if self._complete(entry, message, result):
+                STAGE_ENTRIES.labels(self.stage.value, "processed").inc()
+                bound.info("stage.handled", batch=batch_size, batch_ms=round(elapsed_ms, 1))
         elif isinstance(result, JobFailed):
-            self._fail_job(entry, message, result)
-            STAGE_ENTRIES.labels(self.stage.value, "job_failed").inc()
-            bound.info("stage.job_failed", code=str(result.code), reason=result.message)
+            if self._fail_job(entry, message, result):
+                STAGE_ENTRIES.labels(self.stage.value, "job_failed").inc()
+                bound.info("stage.job_failed", code=str(result.code), reason=result.message)
         elif isinstance(result, PoisonMessage):
             self._dead_letter(entry, message, result.code, result.message)
         else:
             self._record_retry(entry, result)
             STAGE_ENTRIES.labels(self.stage.value, "retried").inc()
-            bound.warning("stage.retry_later", deliveries=entry.deliveries, error=repr(result))
+            bound.warning("stage.retry_later", deliveries=entry.deliveries, error=_describe(result))
 
-    # -- outcomes, each one MULTI/EXEC -----------------------------------------------------------------
+    # -- outcomes, each one fenced script ----------------------------------------------------------------
 
-    def _complete(self, entry: Entry, message: StreamMessage, outcome: Outcome) -> None:
-        with self.client.pipeline(transaction=True) as pipe:
-            if outcome.forward is not None:
-                next_stage = self.stage.next
-                if next_stage is None:
-                    raise RuntimeError(f"{self.stage} has no next stage to forward to")
-                pipe.xadd(next_stage.stream, outcome.forward.to_fields())
-            if self.stage in STAGE_STATE:
-                status.queue_stage_finished(
-                    pipe, message.job_id, self.stage, self.job_ttl_seconds, outcome.status_fields
-                )
-            if outcome.result is not None:
-                status.queue_done(pipe, message.job_id, outcome.result, self.job_ttl_seconds)
-                webhooks.queue_job_finished(pipe, message, JobState.DONE, result=outcome.result)
-            pipe.xack(self.stage.stream, self.stage.group, entry.message_id)
-            pipe.hdel(errors_key(self.stage), entry.message_id)
-            pipe.execute()
+    def _complete(self, entry: Entry, message: StreamMessage, outcome: Outcome) -> bool:
+        forward: list[str] = []
+        if outcome.forward is not None:
+            next_stage = self.stage.next
+            if next_stage is None:
+                raise RuntimeError(f"{self.stage} has no next stage to forward to")
+            forward = _flat(outcome.forward.to_fields())
+        tracked = self.stage in STAGE_STATE
+        note = _ranked(status.stage_finished(self.stage, outcome.status_fields)) if tracked else []
+        final: list[str] = []
+        webhook: list[str] = []
+        if outcome.result is not None:
+            final = _ranked(status.done(outcome.result))
+            webhook = _webhook(message, JobState.DONE, result=outcome.result)
+        job_id = message.job_id if tracked or outcome.result is not None else ""
+        return self._write(entry, job_id, forward=forward, note=note, final=final, webhook=webhook) is not None
 
-    def _fail_job(self, entry: Entry, message: StreamMessage, error: StageError) -> None:
-        with self.client.pipeline(transaction=True) as pipe:
-            status.queue_stage_finished(pipe, message.job_id, self.stage, self.job_ttl_seconds)
-            status.queue_failed(pipe, message.job_id, error.code, error.message, self.job_ttl_seconds)
-            webhooks.queue_job_finished(pipe, message, JobState.FAILED, error=(str(error.code), error.message))
-            pipe.xack(self.stage.stream, self.stage.group, entry.message_id)
-            pipe.hdel(errors_key(self.stage), entry.message_id)
-            pipe.execute()
+    def _fail_job(self, entry: Entry, message: StreamMessage, error: StageError) -> bool:
+        if self.stage not in STAGE_STATE:  # the webhook stage: a failed delivery does not un-finish its job
+            return self._write(entry, "") is not None
+        return (
+            self._write(
+                entry,
+                message.job_id,
+                note=_ranked(status.stage_finished(self.stage)),
+                final=_ranked(status.failed(error.code, error.message)),
+                webhook=_webhook(message, JobState.FAILED, error=(str(error.code), error.message)),
+            )
+            is not None
+        )
 
     def _dead_letter(self, entry: Entry, message: StreamMessage | None, code: ErrorCode, reason: str) -> None:
-        job_id = message.job_id if message else _text(entry.fields.get(b"job_id", b""))
-        dead_fields: dict[FieldT, EncodableT] = {_text(k): _text(v) for k, v in entry.fields.items()}
-        dead_fields.update(
-            {
-                "dead_original_id": entry.message_id,
-                "dead_stage": self.stage.value,
-                "dead_error_code": str(code),
-                "dead_error": reason[:2000],
-                "dead_deliveries": str(entry.deliveries),
-                "dead_at": status.now(),
-            }
-        )
-        with self.client.pipeline(transaction=True) as pipe:
-            pipe.xadd(self.stage.dead_letter_stream, dead_fields)
-            if job_id and self.stage in STAGE_STATE:  # a dead webhook does not un-finish its job
-                status.queue_failed(pipe, job_id, code, reason, self.job_ttl_seconds)
-                if message is not None:
-                    webhooks.queue_job_finished(pipe, message, JobState.FAILED, error=(str(code), reason))
-            pipe.xack(self.stage.stream, self.stage.group, entry.message_id)
-            pipe.hdel(errors_key(self.stage), entry.message_id)
-            pipe.execute()
+        # A dead webhook does not un-finish its job; a job id the entry does not plainly carry is not used.
+        job_id = _job_id(entry, message) if self.stage in STAGE_STATE else ""
+        dead = _flat(_dead_letter_fields(entry, self.stage, code, reason))
+        final = _ranked(status.failed(code, reason)) if job_id else []
+        webhook = _webhook(message, JobState.FAILED, error=(str(code), reason)) if job_id and message else []
+        if self._write(entry, job_id, dead=dead, final=final, webhook=webhook) is None:
+            return
         STAGE_ENTRIES.labels(self.stage.value, "dead_lettered").inc()
         self.log.error(
             "stage.dead_lettered",
             job_id=job_id or None,
             message_id=entry.message_id,
             code=str(code),
-            reason=reason,
+            reason=reason[:ERROR_CHARS],
         )
 
+    def _write(
+        self,
+        entry: Entry,
+        job_id: str,
+        *,
+        forward: Sequence[str] = (),
+        dead: Sequence[str] = (),
+        note: Sequence[str] = (),
+        final: Sequence[str] = (),
+        webhook: Sequence[str] = (),
+    ) -> bool | None:
+        """Settle one entry in one script; None when it is no longer ours (nothing written), else whether this
+        write finished the job."""
+        next_stage = self.stage.next
+        keys = [
+            self.stage.stream,
+            errors_key(self.stage),
+            job_key(job_id) if job_id else self.stage.stream,
+            next_stage.stream if next_stage else self.stage.stream,
+            self.stage.dead_letter_stream,
+            Stage.WEBHOOK.stream,
+        ]
+        args: list[str | int] = [*self._fence(entry), self.job_ttl_seconds, job_id, JOB_DONE_CHANNEL]
+        for section in (forward, dead, note, final, webhook):
+            args += [len(section), *section]
+        try:
+            written, finished = self._settle_script(keys=keys, args=args)
+        except redis.ResponseError as exc:
+            if "NOGROUP" in str(exc):
+                raise
+            self._write_failed(entry, job_id, exc)
+            return None
+        if not int(written):
+            self._claim_lost(entry, job_id)
+            return None
+        return bool(int(finished))
+
     def _record_retry(self, entry: Entry, error: BaseException) -> None:
-        self.client.hset(errors_key(self.stage), entry.message_id, f"{type(error).__name__}: {error}"[:2000])
+        text = f"{type(error).__name__}: {_describe(error)}"[:ERROR_CHARS]
+        keys = [self.stage.stream, errors_key(self.stage)]
+        if not int(self._note_error_script(keys=keys, args=[*self._fence(entry), text])):
+            self.log.warning("stage.claim_lost", message_id=entry.message_id, deliveries=entry.deliveries)
+
+    def _claim_lost(self, entry: Entry, job_id: str | None) -> None:
+        STAGE_ENTRIES.labels(self.stage.value, "claim_lost").inc()
+        self.log.warning(
+            "stage.claim_lost", job_id=job_id or None, message_id=entry.message_id, deliveries=entry.deliveries
+        )
+
+    def _write_failed(self, entry: Entry, job_id: str | None, error: Exception) -> None:
+        # Left pending: it is redelivered, and dead-lettered after max_deliveries, instead of stopping the stage.
+        self.log.error("stage.write_failed", job_id=job_id or None, message_id=entry.message_id, error=str(error))
+
+    def _group(self) -> list[str]:
+        return [self.stage.group, self.consumer]
+
+    def _fence(self, entry: Entry) -> list[str | int]:
+        return [*self._group(), entry.message_id, entry.deliveries]
+
+    def _parse_leniently(self, entry: Entry) -> StreamMessage | None:
+        """The entry's message as far as it can be read, for the webhook of a job that ends in a dead letter:
+        the whole entry, else the fields a webhook needs."""
+        try:
+            return self.handler.message_type.from_fields(entry.fields)
+        except Exception:  # expected: the entry is being dead-lettered because it is bad
+            pass
+        if not issubclass(self.handler.message_type, JobMessage):
+            return None
+        needed = (b"v", b"job_id", b"kind", b"image_key", b"callback_url")
+        try:
+            return JobMessage.from_fields({name: entry.fields[name] for name in needed if name in entry.fields})
+        except Exception:  # nothing usable: the dead letter is still written, without a webhook
+            return None
+
+
+def _job_id(entry: Entry, message: StreamMessage | None) -> str:
+    """The job an entry names, when it names one plainly (UTF-8, not absurdly long); else ''."""
+    raw = entry.fields.get(b"job_id")
+    if message is not None and raw is None:
+        return message.job_id
+    try:
+        job_id = raw.decode("utf-8") if isinstance(raw, bytes) else ""
+    except UnicodeDecodeError:
+        return ""
+    return job_id if 0 < len(job_id) <= MAX_JOB_ID_CHARS and job_id.isprintable() else ""
+
+
+def _dead_letter_fields(entry: Entry, stage: Stage, code: ErrorCode, reason: str) -> dict[str, str]:
+    """The entry's fields as readable text (undecodable bytes as backslash escapes), cut to a size a person
+    can read, then why it died."""
+    fields: dict[str, str] = {}
+    notes: list[str] = []
+    for index, (name, value) in enumerate(entry.fields.items()):
+        if index == DEAD_LETTER_FIELDS:
+            notes.append(f"{len(entry.fields) - index} more fields dropped")
+            break
+        key = decode_text(name)[:200]
+        if key.startswith("dead_"):  # the entry's own dead_* fields must not pose as this dead letter's
+            key = "original_" + key
+        text = decode_text(value)
+        if len(text) > DEAD_LETTER_FIELD_CHARS:
+            notes.append(f"{key}: {len(value)} bytes, first {DEAD_LETTER_FIELD_CHARS} characters kept")
+            text = text[:DEAD_LETTER_FIELD_CHARS]
+        fields[key] = text
+    fields.update(
+        {
+            "dead_original_id": entry.message_id,
+            "dead_stage": stage.value,
+            "dead_error_code": str(code),
+            "dead_error": reason[:ERROR_CHARS],
+            "dead_deliveries": str(entry.deliveries),
+            "dead_at": status.now(),
+        }
+    )
+    if notes:
+        fields["dead_truncated"] = "; ".join(notes)
+    return fields
+
+
+def _webhook(
+    message: StreamMessage | None,
+    state: JobState,
+    *,
+    result: FinishedResult | None = None,
+    error: tuple[str, str] | None = None,
+) -> list[str]:
+    webhook = webhooks.finished_webhook(message, state, result=result, error=error) if message else None
+    return _flat(webhook.to_fields()) if webhook else []
+
+
+def _flat(fields: dict[Any, Any]) -> list[str]:
+    return [decode_text(item) for pair in fields.items() for item in pair]
+
+
+def _ranked(write: tuple[int, list[str]]) -> list[str]:
+    rank, fields = write
+    return [str(rank), *fields]
+
+
+def _describe(error: BaseException) -> str:
+    """An exception as text; never raises, whatever its ``__str__`` does."""
+    try:
+        return str(error)
+    except Exception:
+        return f"<{type(error).__name__}: unprintable>"
 
 
 def _parse_id(stream_id: str) -> tuple[int, int]:
     milliseconds, _, sequence = stream_id.partition("-")
     return int(milliseconds), int(sequence or 0)
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

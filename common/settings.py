@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TypeVar
 
-from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic import AnyHttpUrl, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "FECAPASS_"
@@ -109,6 +109,36 @@ class StreamSettings(_Base):
 class ApiSettings(_Base):
     api_host: str = "127.0.0.1"
     api_port: int = 8000
+    # Base of every URL the API hands to clients (status_url, Location); never taken from the Host header.
+    public_url: AnyHttpUrl | None = Field(default=None, description="default: http://<api_host>:<api_port>")
+    # Comma-separated addresses (or CIDRs) of reverse proxies whose X-Forwarded-* headers are believed.
+    trusted_proxies: str = ""
+    # A request body that sends nothing for this long, or less than body_min_rate bytes/s on average after
+    # this long, is cut off with 408 (slow clients would otherwise hold a connection and an upload slot).
+    body_timeout_seconds: float = Field(default=30.0, gt=0)
+    body_min_rate: int = Field(default=4096, ge=0, description="bytes per second; 0 turns the rate check off")
+    # Requests with a body one key may have in flight on one API process; past it, 429 with Retry-After.
+    max_uploads_per_key: int = Field(default=32, ge=1)
+
+    @property
+    def base_url(self) -> str:
+        if self.public_url is not None:
+            return str(self.public_url).rstrip("/")
+        host = f"[{self.api_host}]" if ":" in self.api_host else self.api_host
+        return f"http://{host}:{self.api_port}"
+
+    @property
+    def proxies(self) -> list[str]:
+        return [address.strip() for address in self.trusted_proxies.split(",") if address.strip()]
+
+
+class EgressSettings(_Base):
+    """Where webhooks may go (common/egress.py; read by the API at submit time and by the webhook sender).
+    Comma-separated CIDRs and host names (a name covers its subdomains). By default only public addresses are
+    reached; allow wins over that default refusal, deny wins over everything."""
+
+    webhook_allow: str = ""
+    webhook_deny: str = ""
 
 
 class WebhookSettings(_Base):
@@ -116,13 +146,25 @@ class WebhookSettings(_Base):
     webhook_secret: SecretStr
     webhook_timeout_seconds: float = Field(default=10.0, gt=0)
     webhook_attempts: int = Field(default=3, ge=1, le=10, description="quick tries before a delivery is redelivered")
+    # Deliveries in flight at once to one receiver (host:port), and in all; a slow receiver holds only its own.
+    webhook_per_receiver: int = Field(default=4, ge=1, le=100)
+    webhook_concurrency: int = Field(default=16, ge=1, le=256)
+    # How long a batch waits for its deliveries; one still going on after that finishes on its own, and the
+    # batch moves on, so that a receiver that never answers does not hold the others' webhooks.
+    webhook_batch_wait_seconds: float = Field(default=2.0, ge=0)
 
 
 class ObservabilitySettings(_Base):
     # Each stage process serves Prometheus metrics here (the API serves them at /metrics on its own port).
     metrics_port: int = Field(default=9100, ge=0, le=65535, description="0 turns the worker metrics server off")
+    # Address that server listens on: this machine only unless a deployment opens it to its scraper.
+    metrics_host: str = "127.0.0.1"
     # What `fecapass healthcheck` (the container HEALTHCHECK) fetches.
     healthcheck_url: str = "http://127.0.0.1:8000/health/live"
+    # Each stage loop touches this file on every turn; `fecapass healthcheck --heartbeat` fails once it is older
+    # than the max age (a stuck loop), which the metrics thread, still answering, cannot show.
+    heartbeat_file: Path = Path("/tmp/fecapass-heartbeat")
+    heartbeat_max_age_seconds: float = Field(default=120.0, gt=0, description="longest batch a stage may take")
 
 
 class LogSettings(_Base):
@@ -139,6 +181,7 @@ ALL_SETTINGS: tuple[type[BaseSettings], ...] = (
     PipelineSettings,
     StreamSettings,
     ApiSettings,
+    EgressSettings,
     WebhookSettings,
     ObservabilitySettings,
     LogSettings,

@@ -1,5 +1,14 @@
-"""Job status hashes in Redis. Functions queue commands on a pipeline (sync or asyncio) so that a status
-change lands in the same MULTI/EXEC as the stream commands it belongs with."""
+"""Job status hashes in Redis.
+
+The API creates a job's hash (``queue_created``, on a pipeline, with the stream commands it belongs with). Every
+later write goes through the job-state rules in ``TRANSITION_LUA``, which run inside Redis in the same script as
+the stream commands of that write, so that a check and its write cannot be separated by another client:
+
+* a job's state only moves forward: queued -> detecting -> aligning -> embedding -> indexing -> done | failed;
+* done and failed are final: once a job has either, no stage write touches its hash again (``queue_reopened``,
+  the operator's dead-letter replay, is the one way back);
+* every write renews the hash's TTL, so a job whose hash expired while it ran does not come back without one.
+"""
 
 from __future__ import annotations
 
@@ -7,63 +16,107 @@ import json
 import time
 from typing import Any
 
-from schemas.jobs import JOB_DONE_CHANNEL, STAGE_STATE, ErrorCode, JobState, job_key
-from schemas.streams import Stage
+from schemas.jobs import STAGE_STATE, ErrorCode, JobState, job_key
+from schemas.results import FinishedResult
+from schemas.streams import JobMessage, Stage
+
+# Each state's place in a job's life; the finished states share the last one.
+STATE_RANK: dict[JobState, int] = {
+    JobState.QUEUED: 0,
+    **{state: index + 1 for index, state in enumerate(STAGE_STATE.values())},
+    JobState.DONE: len(STAGE_STATE) + 1,
+    JobState.FAILED: len(STAGE_STATE) + 1,
+}
+TERMINAL_RANK = STATE_RANK[JobState.DONE]
+ERROR_MESSAGE_CHARS = 1000
+
+_RANKS_LUA = ", ".join(f"[{json.dumps(state.value)}]={rank}" for state, rank in STATE_RANK.items())
+
+# Lua shared by every script that writes a job hash. ``job_write(key, rank, fields, ttl)`` writes the flat
+# field list and renews the TTL only when the job is not finished and ``rank`` is not behind its state; it
+# returns 1 when it wrote. A state Redis holds that this code does not know counts as queued (it moves on);
+# a key holding something other than a hash is never written (a job id cannot be used to clobber other data).
+TRANSITION_LUA = f"""
+local RANK = {{{_RANKS_LUA}}}
+local TERMINAL = {TERMINAL_RANK}
+local function job_rank(key)
+  local kind = redis.call('TYPE', key)['ok']
+  if kind == 'none' then return 0 end
+  if kind ~= 'hash' then return -1 end
+  local state = redis.call('HGET', key, 'state')
+  if not state then return 0 end
+  return RANK[state] or 0
+end
+local function job_write(key, rank, fields, ttl)
+  local current = job_rank(key)
+  if current < 0 or current >= TERMINAL or rank < current then return 0 end
+  if #fields > 0 then redis.call('HSET', key, unpack(fields)) end
+  redis.call('EXPIRE', key, ttl)
+  return 1
+end
+"""
 
 
 def now() -> str:
     return f"{time.time():.6f}"
 
 
-def queue_created(pipe: Any, job_id: str, fields: dict[str, str], ttl_seconds: int) -> dict[str, str]:
-    """Queue the new job's hash; returns what it will hold."""
-    key = job_key(job_id)
-    written = {**fields, "state": JobState.QUEUED.value, "created_at": now()}
+def queue_job(pipe: Any, message: JobMessage, ttl_seconds: int) -> dict[str, str]:
+    """Queue a new job: its status hash and its entry on the detect stream, on a MULTI ``pipe`` so that neither
+    exists without the other. Returns what the hash will hold."""
+    key = job_key(message.job_id)
+    written = {"kind": message.kind.value, "image_key": message.image_key}
+    if message.pack is not None:
+        written["model_pack"] = message.pack
+    if message.user_id is not None:
+        written["user_id"] = str(message.user_id)
+    written.update(state=JobState.QUEUED.value, created_at=now())
     pipe.hset(key, mapping=written)
     pipe.expire(key, ttl_seconds)
+    pipe.xadd(Stage.DETECT.stream, message.to_fields())
     return written
 
 
-def queue_stage_started(pipe: Any, job_id: str, stage: Stage, ttl_seconds: int) -> None:
-    key = job_key(job_id)
-    pipe.hset(key, mapping={"state": STAGE_STATE[stage].value, f"{stage.value}_started_at": now()})
-    pipe.expire(key, ttl_seconds)
+# What each write puts in the hash, as the flat lists ``job_write`` takes; the rank says where it belongs.
 
 
-# Every write sets the TTL again: a job whose hash expired while it ran must not come back without one.
+def stage_started(stage: Stage) -> tuple[int, list[str]]:
+    state = STAGE_STATE[stage]
+    return STATE_RANK[state], ["state", state.value, f"{stage.value}_started_at", now()]
 
 
-def queue_stage_finished(
-    pipe: Any, job_id: str, stage: Stage, ttl_seconds: int, extra: dict[str, str] | None = None
-) -> None:
-    key = job_key(job_id)
-    pipe.hset(key, mapping={f"{stage.value}_finished_at": now(), **(extra or {})})
-    pipe.expire(key, ttl_seconds)
+def stage_finished(stage: Stage, extra: dict[str, str] | None = None) -> tuple[int, list[str]]:
+    fields = {f"{stage.value}_finished_at": now(), **(extra or {})}
+    return STATE_RANK[STAGE_STATE[stage]], [item for pair in fields.items() for item in pair]
 
 
-def queue_done(pipe: Any, job_id: str, result: dict[str, Any], ttl_seconds: int) -> None:
-    key = job_key(job_id)
-    pipe.hset(key, mapping={"state": JobState.DONE.value, "finished_at": now(), "result": json.dumps(result)})
-    pipe.expire(key, ttl_seconds)
-    pipe.publish(JOB_DONE_CHANNEL, job_id)
+def done(result: FinishedResult) -> tuple[int, list[str]]:
+    """The result is stored as its model's JSON (``schemas.results.parse_stored_result`` reads it back)."""
+    stored = result.stored.model_dump_json()
+    return TERMINAL_RANK, ["state", JobState.DONE.value, "finished_at", now(), "result", stored]
 
 
-def queue_failed(pipe: Any, job_id: str, code: ErrorCode | str, message: str, ttl_seconds: int) -> None:
-    key = job_key(job_id)
-    pipe.hset(
-        key,
-        mapping={
-            "state": JobState.FAILED.value,
-            "finished_at": now(),
-            "error_code": str(code),
-            "error_message": message[:1000],
-        },
-    )
-    pipe.expire(key, ttl_seconds)
-    pipe.publish(JOB_DONE_CHANNEL, job_id)
+def failed(code: ErrorCode | str, message: str) -> tuple[int, list[str]]:
+    fields = ["state", JobState.FAILED.value, "finished_at", now(), "error_code", str(code)]
+    return TERMINAL_RANK, [*fields, "error_message", message[:ERROR_MESSAGE_CHARS]]
 
 
-def decode_hash(raw: dict[Any, Any]) -> dict[str, str]:
-    return {
-        (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v) for k, v in raw.items()
-    }
+_REOPEN_LUA = (
+    TRANSITION_LUA
+    + """
+local state = redis.call('HGET', KEYS[1], 'state')
+if job_rank(KEYS[1]) < 0 or (state and state ~= 'failed') then return 0 end
+redis.call('HDEL', KEYS[1], 'error_code', 'error_message', 'finished_at')
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+return 1
+"""
+)
+
+
+def queue_reopened(pipe: Any, job_id: str, stage: Stage, ttl_seconds: int) -> None:
+    """Put a failed job back in flight at ``stage`` (an operator replaying its dead letter), the one write that
+    leaves a final state. Any other job keeps its state: a done one stays done (the stage then acknowledges the
+    replayed entry without running it), one in flight is not moved back."""
+    _, fields = stage_started(stage)
+    pipe.register_script(_REOPEN_LUA)(keys=[job_key(job_id)], args=[ttl_seconds, *fields], client=pipe)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 
@@ -15,7 +14,8 @@ from common.packs import Face
 from common.packs.library import PackLibrary, aligner_for, pack_for
 from detector.quality import sharpness
 from schemas.jobs import ErrorCode
-from schemas.streams import FaceBox, JobKind, PipelineMessage, Stage
+from schemas.results import DetectedFace, DetectResult, FinishedResult, Quality
+from schemas.streams import AlignedFace, AlignedMessage, DetectedMessage, FaceBox, JobKind, JobMessage, Stage
 
 # One face per photo is compared for these kinds: the largest, usually the subject.
 LARGEST_FACE_ONLY = (JobKind.ENROLL, JobKind.VERIFY)
@@ -76,21 +76,21 @@ def to_wire(face: Face, source: int = 0) -> FaceBox:
 
 class DetectHandler:
     stage = Stage.DETECT
-    message_type = PipelineMessage
+    message_type = JobMessage
 
     def __init__(self, store: ObjectStore, packs: PackLibrary, max_image_pixels: int) -> None:
         self.store = store
         self.packs = packs
         self.max_image_pixels = max_image_pixels
 
-    def handle(self, message: PipelineMessage) -> Outcome:
+    def handle(self, message: JobMessage) -> Outcome:
         try:
             return self._handle(message)
         except JobFailed:
             discard_job_objects(self.store, message.job_id)  # a failed job keeps no photo
             raise
 
-    def _handle(self, message: PipelineMessage) -> Outcome:
+    def _handle(self, message: JobMessage) -> Outcome:
         pack = pack_for(self.packs, message.pack)
         kept: list[FaceBox] = []
         seen = 0
@@ -104,14 +104,15 @@ class DetectHandler:
                 raise JobFailed(ErrorCode.NO_FACE, f"no face found in {where}")
             if message.kind is JobKind.DETECT:
                 discard_job_objects(self.store, message.job_id)
-                return Outcome(result=detect_result(image, faces))
+                return Outcome(result=FinishedResult.without_photos(detect_result(image, faces)))
             seen += len(faces) if source == 0 else 0
             kept += [to_wire(face, source) for face in self._chosen(message, faces)]
-        update = {"faces": kept, "faces_seen": seen, "pack": pack.info.name, "crop_size": pack.info.crop_size}
-        forward = message.model_copy(update=update)
+        forward = message.advance(
+            DetectedMessage, faces=kept, faces_seen=seen, pack=pack.info.name, crop_size=pack.info.crop_size
+        )
         return Outcome(forward=forward, status_fields={"faces_seen": str(seen)})
 
-    def _chosen(self, message: PipelineMessage, faces: list[Face]) -> list[Face]:
+    def _chosen(self, message: JobMessage, faces: list[Face]) -> list[Face]:
         if message.kind is JobKind.REINDEX:
             if message.face_box is None:
                 raise PoisonMessage(ErrorCode.MALFORMED_MESSAGE, "reindex message without face_box")
@@ -125,21 +126,18 @@ class DetectHandler:
             return [max(faces, key=lambda face: face.area)]
         return faces
 
-    def handle_batch(self, messages: Sequence[PipelineMessage]) -> list[HandlerResult]:
+    def handle_batch(self, messages: Sequence[JobMessage]) -> list[HandlerResult]:
         return per_message(self.handle)(messages)
 
 
-def detect_result(image: np.ndarray, faces: list[Face]) -> dict[str, Any]:
-    return {
-        "faces_seen": len(faces),
-        "faces": [
-            {
-                **to_wire(face).model_dump(exclude={"crop_key", "source"}),
-                "quality": {"size": round(face.min_side, 1), "sharpness": round(sharpness(image, face.box), 1)},
-            }
-            for face in faces
-        ],
-    }
+def detect_result(image: np.ndarray, faces: list[Face]) -> DetectResult:
+    return DetectResult(faces_seen=len(faces), faces=[detected_face(image, face) for face in faces])
+
+
+def detected_face(image: np.ndarray, face: Face) -> DetectedFace:
+    wire = to_wire(face)
+    quality = Quality(size=round(face.min_side, 1), sharpness=round(sharpness(image, face.box), 1))
+    return DetectedFace(box=wire.box, keypoints=wire.keypoints, score=wire.score, quality=quality)
 
 
 def align_fraction(boxes: Sequence[Sequence[float]], crop_size: int) -> float:
@@ -151,38 +149,38 @@ def align_fraction(boxes: Sequence[Sequence[float]], crop_size: int) -> float:
 
 class AlignHandler:
     stage = Stage.ALIGN
-    message_type = PipelineMessage
+    message_type = DetectedMessage
 
     def __init__(self, store: ObjectStore, packs: PackLibrary, max_image_pixels: int) -> None:
         self.store = store
         self.packs = packs
         self.max_image_pixels = max_image_pixels
 
-    def handle(self, message: PipelineMessage) -> Outcome:
+    def handle(self, message: DetectedMessage) -> Outcome:
         try:
             return self._handle(message)
         except JobFailed:
             discard_job_objects(self.store, message.job_id)
             raise
 
-    def _handle(self, message: PipelineMessage) -> Outcome:
+    def _handle(self, message: DetectedMessage) -> Outcome:
         aligner = aligner_for(self.packs, message.pack, message.crop_size)
-        faces = message.require_faces()
+        faces = message.faces
         keys = message.image_keys
         images: dict[int, Decoded] = {}
         for source in {face.source for face in faces}:
             boxes = [face.box for face in faces if face.source == source]
             needed = align_fraction(boxes, aligner.crop_size)
             images[source] = load_image(self.store, keys[source], self.max_image_pixels, needed)
-        aligned: list[FaceBox] = []
+        aligned: list[AlignedFace] = []
         for index, face in enumerate(faces):
             decoded = images[face.source]
             crop = aligner.align(decoded.image, from_wire(face).scaled(1 / decoded.scale))
             # Deterministic key: a redelivered message overwrites the same object instead of adding one.
             key = crop_key(message.job_id, index)
             self.store.put(key, encode_png(crop), content_type="image/png")
-            aligned.append(face.model_copy(update={"crop_key": key}))
-        return Outcome(forward=message.model_copy(update={"faces": aligned}))
+            aligned.append(AlignedFace(**dict(face), crop_key=key))
+        return Outcome(forward=message.advance(AlignedMessage, faces=aligned))
 
-    def handle_batch(self, messages: Sequence[PipelineMessage]) -> list[HandlerResult]:
+    def handle_batch(self, messages: Sequence[DetectedMessage]) -> list[HandlerResult]:
         return per_message(self.handle)(messages)

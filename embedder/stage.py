@@ -13,23 +13,21 @@ from common.objects import ObjectMissing, ObjectStore
 from common.packs import ModelPack
 from common.packs.library import PackLibrary, pack_for
 from schemas.jobs import ErrorCode
-from schemas.streams import PipelineMessage, Stage, encode_embeddings
+from schemas.streams import AlignedMessage, EmbeddedMessage, Stage, encode_embeddings
 
 
 class EmbedHandler:
     stage = Stage.EMBED
-    message_type = PipelineMessage
+    message_type = AlignedMessage
 
     def __init__(self, store: ObjectStore, packs: PackLibrary, batch: int = 8) -> None:
         self.store = store
         self.packs = packs
         self.batch = batch
 
-    def _crops(self, message: PipelineMessage) -> list[np.ndarray]:
+    def _crops(self, message: AlignedMessage) -> list[np.ndarray]:
         crops = []
-        for face in message.require_faces():
-            if face.crop_key is None:
-                raise PoisonMessage(ErrorCode.MALFORMED_MESSAGE, "face without crop_key reached embed")
+        for face in message.faces:
             try:
                 data = self.store.get(face.crop_key)
             except ObjectMissing as exc:
@@ -40,7 +38,7 @@ class EmbedHandler:
             crops.append(crop)
         return crops
 
-    def handle_batch(self, messages: Sequence[PipelineMessage]) -> list[HandlerResult]:
+    def handle_batch(self, messages: Sequence[AlignedMessage]) -> list[HandlerResult]:
         results: list[HandlerResult | None] = [None] * len(messages)
         batches: dict[str, tuple[ModelPack, list[np.ndarray], list[tuple[int, int, int]]]] = {}
         for index, message in enumerate(messages):
@@ -62,12 +60,11 @@ class EmbedHandler:
                     results[index] = exc
                 continue
             for index, first, count in spans:
-                forward = messages[index].model_copy(
-                    update={
-                        "embeddings": encode_embeddings(vectors[first : first + count]),
-                        "dim": pack.info.dim,
-                        "pack": pack.info.name,
-                    }
+                forward = messages[index].advance(
+                    EmbeddedMessage,
+                    embeddings=encode_embeddings(vectors[first : first + count]),
+                    dim=pack.info.dim,
+                    pack=pack.info.name,
                 )
                 results[index] = Outcome(forward=forward)
         return [result if result is not None else RuntimeError("message left unhandled") for result in results]

@@ -4,58 +4,76 @@ reindex adds another pack's embedding to an enrolled face."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 import psycopg
 
-from common.db.main_repository import MainRepository, NewFace, UnknownUser
+from common.db.main_repository import Erased, MainRepository, NewFace, UnknownUser
 from common.db.vector_repository import PackMismatch, VectorRepository
 from common.errors import DependencyUnavailable, JobFailed, PoisonMessage
 from common.handlers import HandlerResult, Outcome, per_message
 from common.objects import ObjectStore, discard_job_objects
 from common.packs.catalog import default_threshold
 from schemas.jobs import ErrorCode
-from schemas.streams import JobKind, MalformedMessage, PipelineMessage, Stage
+from schemas.results import (
+    EnrollResult,
+    FinishedResult,
+    FoundFace,
+    Presign,
+    ReindexResult,
+    StoredMatch,
+    StoredResult,
+    StoredSearchFace,
+    StoredSearchResult,
+    VerifiedFace,
+    VerifyResult,
+)
+from schemas.streams import EmbeddedMessage, JobKind, MalformedMessage, Stage
 
 # Several faces of one person can be near the query; read this many more candidates than the limit
 # so that, after keeping each person's best face, the limit can still be filled with distinct people.
 CANDIDATES_PER_RESULT = 4
 
 
-def crop_keys(message: PipelineMessage) -> list[str]:
+def crop_keys(message: EmbeddedMessage) -> list[str]:
     """The job's crops: align stored one per face, under these keys."""
-    return [face.crop_key for face in message.faces or [] if face.crop_key]
+    return [face.crop_key for face in message.faces]
 
 
 class IndexHandler:
     stage = Stage.INDEX
-    message_type = PipelineMessage
+    message_type = EmbeddedMessage
 
     def __init__(
-        self, main: MainRepository, vectors: VectorRepository, store: ObjectStore, threshold: float | None = None
+        self,
+        main: MainRepository,
+        vectors: VectorRepository,
+        store: ObjectStore,
+        threshold: float | None = None,
+        *,
+        presign: Presign,
     ) -> None:
         self.main = main
         self.vectors = vectors
         self.store = store
         self.threshold = threshold  # FECAPASS_SIMILARITY_THRESHOLD; unset: each pack's calibrated one
+        self.presign = presign  # photo URLs of search matches, for the webhook body
 
-    def _threshold(self, message: PipelineMessage, pack: str) -> float:
+    def _threshold(self, message: EmbeddedMessage, pack: str) -> float:
         if message.threshold is not None:
             return message.threshold
         return self.threshold if self.threshold is not None else default_threshold(pack)
 
-    def handle(self, message: PipelineMessage) -> Outcome:
+    def handle(self, message: EmbeddedMessage) -> Outcome:
         try:
             matrix = message.embedding_matrix()
-            if message.pack is None:
-                raise MalformedMessage("message carries no model pack")
         except MalformedMessage as exc:
             raise PoisonMessage(ErrorCode.MALFORMED_MESSAGE, str(exc)) from exc
         try:
             if message.kind is JobKind.ENROLL:
-                return Outcome(result=self._enroll(message, message.pack, matrix))
+                return self._finished(self._enroll(message, message.pack, matrix))
             # Search and verify photos are not kept once answered, nor a reindex job's crop.
+            result: StoredResult
             if message.kind is JobKind.REINDEX:
                 result = self._reindex(message, message.pack, matrix)
             elif message.kind is JobKind.VERIFY:
@@ -63,7 +81,7 @@ class IndexHandler:
             else:
                 result = self._search(message, message.pack, matrix)
             discard_job_objects(self.store, message.job_id, crop_keys(message))
-            return Outcome(result=result)
+            return self._finished(result)
         except JobFailed:
             discard_job_objects(self.store, message.job_id, crop_keys(message))
             raise
@@ -72,17 +90,18 @@ class IndexHandler:
         except psycopg.OperationalError as exc:
             raise DependencyUnavailable(f"database unavailable: {exc}") from exc
 
-    def handle_batch(self, messages: Sequence[PipelineMessage]) -> list[HandlerResult]:
+    def handle_batch(self, messages: Sequence[EmbeddedMessage]) -> list[HandlerResult]:
         return per_message(self.handle)(messages)
 
-    def _enroll(self, message: PipelineMessage, pack: str, matrix: np.ndarray) -> dict[str, Any]:
+    def _finished(self, result: StoredResult) -> Outcome:
+        return Outcome(result=FinishedResult(result, self.presign))
+
+    def _enroll(self, message: EmbeddedMessage, pack: str, matrix: np.ndarray) -> EnrollResult:
         if message.user_id is None:
             raise PoisonMessage(ErrorCode.MALFORMED_MESSAGE, "enroll message without user_id")
-        face = message.require_faces()[0]
-        if face.crop_key is None:
-            raise PoisonMessage(ErrorCode.MALFORMED_MESSAGE, "face without crop_key reached index")
+        face = message.faces[0]
         try:
-            face_id = self.main.add_face(
+            face_id = self._store_face(
                 NewFace(
                     user_id=message.user_id,
                     job_id=message.job_id,
@@ -90,45 +109,63 @@ class IndexHandler:
                     crop_key=face.crop_key,
                     box=face.box,
                     det_score=face.score,
-                    faces_seen=message.faces_seen or 1,
+                    faces_seen=message.faces_seen,
                     model_pack=pack,
-                )
+                ),
+                matrix[0],
             )
+        except Erased as exc:
+            discard_job_objects(self.store, message.job_id, crop_keys(message))
+            if exc.user_erased:
+                raise JobFailed(ErrorCode.USER_NOT_FOUND, "the user was erased") from exc
+            raise JobFailed(ErrorCode.FACE_ERASED, "the face of this job was erased; nothing is stored again") from exc
         except UnknownUser as exc:
             discard_job_objects(self.store, message.job_id, crop_keys(message))
             raise JobFailed(ErrorCode.USER_NOT_FOUND, f"user {message.user_id} does not exist or is inactive") from exc
-        # Second database, second commit: if we crash between the two, the redelivered message finds
-        # the face row above and this insert completes the enrollment.
-        self.vectors.add_embedding(face_id, pack, matrix[0])
-        return {
-            "user_id": message.user_id,
-            "face_id": face_id,
-            "faces_seen": message.faces_seen or 1,
-            "face": {"box": list(face.box), "score": face.score},
-            "model_pack": pack,
-        }
+        return EnrollResult(
+            user_id=message.user_id,
+            face_id=face_id,
+            faces_seen=message.faces_seen,
+            face=FoundFace(box=face.box, score=face.score),
+            model_pack=pack,
+        )
 
-    def _reindex(self, message: PipelineMessage, pack: str, matrix: np.ndarray) -> dict[str, Any]:
+    def _store_face(self, new_face: NewFace, embedding: np.ndarray) -> int:
+        """Three commits over two databases, each safe to cut short and redo: the face row (not served), its
+        embedding, then the row served. Until the last, neither the API nor a search shows the face. The main
+        database checks the tombstones, under the user row's lock, in the first and last commit: an erased face is
+        never inserted again, and an embedding written after an erasure deleted it is deleted here (Erased)."""
+        try:
+            face_id = self.main.add_face(new_face)
+            self.vectors.add_embedding(face_id, new_face.model_pack, embedding)
+            self.main.serve_face(face_id, new_face.user_id, new_face.job_id)
+        except Erased as exc:
+            self.vectors.delete_faces(exc.face_ids)
+            raise
+        return face_id
+
+    def _reindex(self, message: EmbeddedMessage, pack: str, matrix: np.ndarray) -> ReindexResult:
         if message.face_id is None:
             raise PoisonMessage(ErrorCode.MALFORMED_MESSAGE, "reindex message without face_id")
+        erased = ReindexResult(face_id=message.face_id, model_pack=pack, skipped="the face was erased")
         if self.main.get_face(message.face_id) is None:
-            return {"face_id": message.face_id, "model_pack": pack, "skipped": "the face was erased"}
+            return erased
         self.vectors.add_embedding(message.face_id, pack, matrix[0])
         # An erasure between the check and the insert would leave this vector behind: look again.
         if self.main.get_face(message.face_id) is None:
             self.vectors.delete_faces([message.face_id])
-            return {"face_id": message.face_id, "model_pack": pack, "skipped": "the face was erased"}
-        return {"face_id": message.face_id, "model_pack": pack}
+            return erased
+        return ReindexResult(face_id=message.face_id, model_pack=pack)
 
-    def _search(self, message: PipelineMessage, pack: str, matrix: np.ndarray) -> dict[str, Any]:
+    def _search(self, message: EmbeddedMessage, pack: str, matrix: np.ndarray) -> StoredSearchResult:
         threshold = self._threshold(message, pack)
         limit = message.limit or 10
-        faces = message.require_faces()
+        faces = message.faces
         neighbours = [self.vectors.nearest(pack, row, limit * CANDIDATES_PER_RESULT) for row in matrix]
         owners = self.main.face_owners(sorted({n.face_id for found in neighbours for n in found}))
         results = []
         for face, found in zip(faces, neighbours, strict=True):
-            matches: list[dict[str, Any]] = []
+            matches: list[StoredMatch] = []
             seen_users: set[int] = set()
             for neighbour in found:  # nearest first
                 owner = owners.get(neighbour.face_id)
@@ -136,22 +173,24 @@ class IndexHandler:
                     continue
                 seen_users.add(owner.user_id)
                 matches.append(
-                    {
-                        "user_id": owner.user_id,
-                        "face_id": neighbour.face_id,
-                        "similarity": round(neighbour.similarity, 4),
-                        "image_key": owner.image_key,  # the API turns it into a short-lived photo URL
-                    }
+                    StoredMatch(
+                        user_id=owner.user_id,
+                        face_id=neighbour.face_id,
+                        similarity=round(neighbour.similarity, 4),
+                        image_key=owner.image_key,  # clients get a short-lived photo URL instead
+                    )
                 )
                 if len(matches) == limit:
                     break
-            results.append({"box": list(face.box), "score": face.score, "matches": matches})
-        return {"faces": results, "threshold": threshold, "model_pack": pack, "faces_seen": len(faces)}
+            results.append(StoredSearchFace(box=face.box, score=face.score, matches=matches))
+        return StoredSearchResult(faces=results, threshold=threshold, model_pack=pack, faces_seen=len(faces))
 
-    def _verify(self, message: PipelineMessage, pack: str, matrix: np.ndarray) -> dict[str, Any]:
+    def _verify(self, message: EmbeddedMessage, pack: str, matrix: np.ndarray) -> VerifyResult:
         threshold = self._threshold(message, pack)
-        faces = message.require_faces()
-        result: dict[str, Any] = {"threshold": threshold, "model_pack": pack}
+        faces = message.faces
+        user_id: int | None = None  # set when comparing with a user's enrolled faces
+        face_id: int | None = None
+        faces_compared: int | None = None
         if message.user_id is not None:
             stored = self.main.list_faces(message.user_id)
             user = self.main.get_user(message.user_id)
@@ -161,14 +200,18 @@ class IndexHandler:
             if best is None:
                 raise JobFailed(ErrorCode.USER_HAS_NO_FACES, f"user {message.user_id} has no face enrolled with {pack}")
             similarity = best.similarity
-            result.update(user_id=message.user_id, face_id=best.face_id, faces_compared=len(stored))
+            user_id, face_id, faces_compared = message.user_id, best.face_id, len(stored)
         else:
             if len(faces) != 2:
                 raise PoisonMessage(ErrorCode.MALFORMED_MESSAGE, "verify of two photos needs one face of each")
             similarity = float(matrix[0] @ matrix[1])
-        result.update(
+        return VerifyResult(
+            threshold=threshold,
+            model_pack=pack,
+            user_id=user_id,
+            face_id=face_id,
+            faces_compared=faces_compared,
             similarity=round(similarity, 4),
             match=similarity >= threshold,
-            faces=[{"box": list(face.box), "score": face.score, "photo": face.source} for face in faces],
+            faces=[VerifiedFace(box=face.box, score=face.score, photo=face.source) for face in faces],
         )
-        return result

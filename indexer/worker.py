@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 
 from common import clients
 from common import settings as s
 from common.db.main_repository import MainRepository
 from common.db.vector_repository import HnswParameters, VectorRepository
+from common.objects import ObjectStore
 from indexer.stage import IndexHandler
 
 
@@ -16,11 +18,16 @@ from indexer.stage import IndexHandler
 def index_handler() -> Iterator[IndexHandler]:
     database = s.load(s.DatabaseSettings)
     pipeline = s.load(s.PipelineSettings)
-    store = clients.object_store(s.load(s.S3Settings))
+    s3 = s.load(s.S3Settings)
+    store = clients.object_store(s3)
+    # Webhook bodies carry the photo URLs clients would get from the API: signed for the public endpoint.
+    presigner = ObjectStore(clients.minio_client(s3, public=True), s3.s3_bucket)
+    expires = timedelta(seconds=pipeline.presign_seconds)
     with clients.main_db_pool(database) as main_pool, clients.vector_db_pool(database) as vector_pool:
         yield IndexHandler(
             MainRepository(main_pool),
             VectorRepository(vector_pool, HnswParameters.from_settings(s.load(s.SearchIndexSettings))),
             store,
             pipeline.similarity_threshold,
+            presign=lambda key: presigner.presigned_url(key, expires),
         )

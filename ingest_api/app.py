@@ -20,7 +20,7 @@ from common.objects import ObjectStore
 from common.packs.library import PackLibrary
 from common.runner import ensure_group
 from ingest_api.active_pack import ActivePack
-from ingest_api.auth import KeyChecker
+from ingest_api.auth import Authenticate, KeyChecker, check_every_operation_declared
 from ingest_api.backpressure import Backlog
 from ingest_api.body_limit import BodySizeLimit
 from ingest_api.config import ApiConfig
@@ -34,6 +34,9 @@ from ingest_api.waiter import JobWaiter
 from schemas.streams import Stage
 
 log = structlog.get_logger(__name__)
+
+# Every router under /v1: the key check reads the scope each of their routes declares (auth.py).
+V1_ROUTERS = (users.router, faces.router, recognition.router, job_status.router, keys.router, pipeline.router)
 
 
 async def _log_pack(active_pack: ActivePack) -> None:
@@ -76,7 +79,7 @@ def create_app(config: ApiConfig) -> FastAPI:
                 waiter=waiter,
                 keys=KeyChecker(main),
                 presigner=presigner,
-                erasure=Erasure(main, vectors, store),
+                erasure=Erasure(main, vectors, store, sync_redis, config.pipeline.job_ttl_seconds),
                 backlog=Backlog(redis_client, config.pipeline.max_backlog),
                 active_pack=active_pack,
                 sync_redis=sync_redis,
@@ -98,13 +101,22 @@ def create_app(config: ApiConfig) -> FastAPI:
     )
     install_problem_handlers(app)
     install_openapi(app)
+    # Every URL handed to clients starts here, whatever Host or X-Forwarded-* a request carries.
+    app.state.public_url = config.api.base_url
     # Two photos (verify) plus multipart framing; each photo is also checked against the limit on its own.
-    app.add_middleware(BodySizeLimit, max_bytes=2 * config.pipeline.max_upload_bytes + 64 * 1024)
-    app.add_middleware(RequestMetrics)  # outermost: refused oversized bodies are counted too
-    for router in (users.router, faces.router, recognition.router, job_status.router, health.router, metrics.router):
+    app.add_middleware(
+        BodySizeLimit,
+        max_bytes=2 * config.pipeline.max_upload_bytes + 64 * 1024,
+        timeout_seconds=config.api.body_timeout_seconds,
+        min_rate=config.api.body_min_rate,
+    )
+    # Outside the body limits: a client without a valid key is refused before any body is read or measured.
+    secured = [route for router in V1_ROUTERS for route in router.routes]
+    app.add_middleware(Authenticate, routes=secured, max_uploads=config.api.max_uploads_per_key)
+    app.add_middleware(RequestMetrics)  # outermost: refused requests are counted too
+    for router in (*V1_ROUTERS, health.router, metrics.router):
         app.include_router(router)
-    for router in (keys.router, pipeline.router):  # what the console needs beyond the recognition API
-        app.include_router(router)
+    check_every_operation_declared(app, secured)
     app.mount(MOUNT_PATH, console_files(config.s3), name="console")
 
     return app

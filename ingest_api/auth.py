@@ -1,23 +1,42 @@
-"""X-API-Key authentication with read and write scopes. Health and metrics need no key."""
+"""X-API-Key authentication with read, write and admin scopes, checked from the headers before any body is read.
+
+One place enforces it: the `Authenticate` middleware, for every path under /v1 (a new route cannot opt out).
+The scope a route needs is declared once, as a dependency: each /v1 router carries ``READ`` (or ``WRITE``) and a
+route that needs more adds ``WRITE`` or ``ADMIN``; the strongest declared wins, and a /v1 route that declares none
+needs ``WRITE``. The dependencies also put the key in the OpenAPI document. Health and metrics need no key.
+"""
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Sequence
 from typing import Annotated
 
 from cachetools import TTLCache
-from fastapi import Depends, Security
+from fastapi import FastAPI, Request, Security
+from fastapi.params import Depends
 from fastapi.security import APIKeyHeader
-from starlette.concurrency import run_in_threadpool
+from starlette._utils import get_route_path  # the router's own reading of the path (FastAPI imports it too)
+from starlette.routing import BaseRoute
+from starlette.types import ASGIApp, Receive, Send
+from starlette.types import Scope as AsgiScope
 
 from common.apikeys import Scope, hash_key
 from common.db.main_repository import MainRepository
-from ingest_api.deps import State
-from ingest_api.problems import ApiError
+from ingest_api.problems import ApiError, problem_response
+from ingest_api.route_lookup import route_for
+from ingest_api.stores import call_store
 
 # A revoked key stops working within this many seconds on every API process.
 KEY_CACHE_SECONDS = 30
+SECURED_PREFIX = "/v1"
+API_KEY_HEADER = "X-API-Key"
+# Where the middleware leaves the key's scope for the route (request.state.api_key_scope).
+GRANTED = "api_key_scope"
+# Seconds a client refused for too many uploads in flight is told to wait.
+UPLOADS_RETRY_AFTER = 2
 
-api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="a key from `fecapass keys create`")
+api_key_header = APIKeyHeader(name=API_KEY_HEADER, auto_error=False, description="a key from `fecapass keys create`")
 
 
 class KeyChecker:
@@ -28,32 +47,109 @@ class KeyChecker:
     async def scope_of(self, key: str) -> Scope | None:
         digest = hash_key(key)
         if digest not in self._cache:
-            scope = await run_in_threadpool(self.main.api_key_scope, digest)
+            scope = await call_store(self.main.api_key_scope, digest)
             self._cache[digest] = Scope(scope) if scope else None
         return self._cache[digest]
 
 
-def _require(needed: Scope):  # type: ignore[no-untyped-def]
-    async def check(state: State, key: Annotated[str | None, Security(api_key_header)] = None) -> Scope:
+class Needs:
+    """The scope a route needs, as a dependency. It checks nothing itself: the middleware did, before the
+    body was read; it hands the route the key's scope."""
+
+    def __init__(self, scope: Scope) -> None:
+        self.scope = scope
+
+    async def __call__(self, request: Request, _: Annotated[str | None, Security(api_key_header)] = None) -> Scope:
+        granted = request.scope.get("state", {}).get(GRANTED)
+        if granted is None:  # the app was built without Authenticate: refuse rather than serve unchecked
+            raise RuntimeError(f"{request.url.path} reached without the Authenticate middleware")
+        return Scope(granted)
+
+
+READ = Security(Needs(Scope.READ))
+WRITE = Security(Needs(Scope.WRITE))
+ADMIN = Security(Needs(Scope.ADMIN))
+
+
+def declared_scope(route: BaseRoute) -> Scope:
+    dependencies: list[Depends] = getattr(route, "dependencies", [])
+    declared = {d.dependency.scope for d in dependencies if isinstance(d.dependency, Needs)}
+    return max(declared, key=lambda scope: scope.rank) if declared else Scope.WRITE
+
+
+def check_every_operation_declared(app: FastAPI, routes: Sequence[BaseRoute]) -> None:
+    """Refuse to start when the OpenAPI document has a /v1 operation the key check does not know (a router
+    included without being listed among the /v1 routers): its scope would be a guess."""
+    known = {(getattr(route, "path", ""), method) for route in routes for method in getattr(route, "methods", ())}
+    for path, operations in app.openapi()["paths"].items():
+        unknown = {(path, method.upper()) for method in operations} - known
+        if path.startswith(SECURED_PREFIX + "/") and unknown:
+            raise RuntimeError(f"/v1 operations outside the key check's routers: {sorted(unknown)}")
+
+
+def _has_body(headers: dict[bytes, bytes]) -> bool:
+    return headers.get(b"content-length", b"0") not in (b"0", b"") or b"transfer-encoding" in headers
+
+
+class Authenticate:
+    """401/403 from the headers alone, so an unauthenticated client cannot make the API read (or parse) a
+    body; and at most ``max_uploads`` requests with a body in flight per key on this process."""
+
+    def __init__(self, app: ASGIApp, routes: Sequence[BaseRoute], max_uploads: int) -> None:
+        self.app = app
+        self.routes = routes  # those of the /v1 routers, where each route carries its routers' dependencies
+        self.max_uploads = max_uploads
+        self._uploads: Counter[str] = Counter()
+
+    async def __call__(self, scope: AsgiScope, receive: Receive, send: Send) -> None:
+        path = get_route_path(scope) if scope["type"] == "http" else ""  # as the router sees it: less root_path
+        if not (path == SECURED_PREFIX or path.startswith(SECURED_PREFIX + "/")):
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        with_body = _has_body(headers)
+        key = headers.get(API_KEY_HEADER.lower().encode(), b"").decode("latin-1")
+        try:
+            granted = await self._check(scope, key)
+        except ApiError as exc:
+            response = problem_response(exc.status, exc.code, exc.detail, exc.headers)
+            if with_body:  # the body is never read: the connection cannot carry another request
+                response.headers["Connection"] = "close"
+            await response(scope, receive, send)
+            return
+        scope.setdefault("state", {})[GRANTED] = granted.value
+        if not with_body:
+            await self.app(scope, receive, send)
+            return
+        if self._uploads[key] >= self.max_uploads:
+            response = problem_response(
+                429,
+                "too_many_uploads",
+                f"this key already has {self.max_uploads} uploads in flight; retry when one has finished",
+                headers={"Retry-After": str(UPLOADS_RETRY_AFTER), "Connection": "close"},
+            )
+            await response(scope, receive, send)
+            return
+        self._uploads[key] += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self._uploads[key] -= 1
+            if not self._uploads[key]:
+                del self._uploads[key]
+
+    async def _check(self, scope: AsgiScope, key: str) -> Scope:
+        challenge = {"WWW-Authenticate": "ApiKey"}
         if not key:
-            raise ApiError(
-                401,
-                "missing_api_key",
-                "send an API key in the X-API-Key header",
-                headers={"WWW-Authenticate": "ApiKey"},
-            )
-        scope = await state.keys.scope_of(key)
-        if scope is None:
-            raise ApiError(
-                401, "invalid_api_key", "the API key is unknown or revoked", headers={"WWW-Authenticate": "ApiKey"}
-            )
-        if not scope.allows(needed):
-            raise ApiError(403, "insufficient_scope", f"this key has the {scope} scope; {needed} is needed")
-        return scope
-
-    return Depends(check)
-
-
-READ = _require(Scope.READ)
-WRITE = _require(Scope.WRITE)
-ADMIN = _require(Scope.ADMIN)
+            raise ApiError(401, "missing_api_key", "send an API key in the X-API-Key header", headers=challenge)
+        app = scope["app"]
+        keys: KeyChecker = app.state.fecapass.keys
+        granted = await keys.scope_of(key)
+        if granted is None:
+            raise ApiError(401, "invalid_api_key", "the API key is unknown or revoked", headers=challenge)
+        route = route_for(self.routes, scope)
+        # No route (404) or another method (405): any valid key may learn that.
+        needed = declared_scope(route) if route is not None else Scope.READ
+        if not granted.allows(needed):
+            raise ApiError(403, "insufficient_scope", f"this key has the {granted} scope; {needed} is needed")
+        return granted

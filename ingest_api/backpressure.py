@@ -9,6 +9,7 @@ import time
 import redis.asyncio as aioredis
 import redis.exceptions
 
+from common.metrics import backlog
 from schemas.streams import PIPELINE
 
 # Reading four XINFO GROUPS per upload would cost more than the upload; a second-old figure is enough.
@@ -44,8 +45,9 @@ class Backlog:
                 continue
             for group in groups:
                 lag = group.get("lag")
-                undelivered = int(lag) if lag is not None else int(await self.client.xlen(stage.stream))
-                sizes.append(undelivered + int(group["pending"]))
+                # The length only where Redis cannot tell the lag: one XLEN less per look in the usual case.
+                length = 0 if lag is not None else int(await self.client.xlen(stage.stream))
+                sizes.append(backlog(int(group["pending"]), int(lag) if lag is not None else None, length))
         self._largest = max(sizes)
         self._checked_at = time.monotonic()
         self._since_check = 0

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
@@ -17,6 +16,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import URLPath
 
 from common import status
+from common.db.job_traces import queue_job_owner
 from common.errors import TransientError
 from common.imaging import ImageInfo
 from common.objects import original_key
@@ -24,7 +24,9 @@ from ingest_api.deps import AppState
 from ingest_api.problems import ApiError, unavailable
 from schemas.api import Job, JobError
 from schemas.jobs import JobState, job_key
-from schemas.streams import PIPELINE, JobKind, PipelineMessage, Stage
+from schemas.results import Presign, client_result, parse_stored_result
+from schemas.streams import PIPELINE, JobKind, JobMessage
+from schemas.text import decode_fields
 
 # Failures that are the caller's photo or request, reported as 422 to a caller who waited.
 CLIENT_ERROR_STATUS = {
@@ -32,6 +34,7 @@ CLIENT_ERROR_STATUS = {
     "undecodable_image": 422,
     "image_too_large": 422,
     "user_not_found": 404,
+    "face_erased": 404,  # the user or face was erased while the enroll ran
     "user_has_no_faces": 422,
 }
 
@@ -45,7 +48,7 @@ def job_url(request: Request, job_id: str) -> str:
     if template is None:
         template = request.app.url_path_for("get_job", job_id=_JOB_ID_SLOT)
         request.app.state.job_path_template = template
-    return str(URLPath(template.replace(_JOB_ID_SLOT, job_id)).make_absolute_url(request.base_url))
+    return str(URLPath(template.replace(_JOB_ID_SLOT, job_id)).make_absolute_url(request.app.state.public_url))
 
 
 @dataclass(frozen=True)
@@ -76,14 +79,12 @@ async def submit(
         raise unavailable("object storage") from exc
     second = keys[1] if len(keys) > 1 else None
     pack = await state.active_pack.name()
-    message = PipelineMessage(job_id=job_id, kind=kind, image_key=keys[0], second_image_key=second, pack=pack, **extra)
-    fields = {"kind": kind.value, "image_key": keys[0], "model_pack": pack}
-    if message.user_id is not None:
-        fields["user_id"] = str(message.user_id)
+    message = JobMessage(job_id=job_id, kind=kind, image_key=keys[0], second_image_key=second, pack=pack, **extra)
     try:
         async with state.redis.pipeline(transaction=True) as pipe:
-            written = status.queue_created(pipe, job_id, fields, state.config.pipeline.job_ttl_seconds)
-            pipe.xadd(Stage.DETECT.stream, message.to_fields())
+            written = status.queue_job(pipe, message, state.config.pipeline.job_ttl_seconds)
+            if message.user_id is not None:  # erasing the user finds this job even before it has a face row
+                queue_job_owner(pipe, message.user_id, job_id, state.config.pipeline.job_ttl_seconds)
             await pipe.execute()
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
         raise unavailable("Redis") from exc
@@ -91,22 +92,18 @@ async def submit(
     return Submitted(job_id, written)
 
 
-def with_photo_urls(state: AppState, result: dict[str, Any]) -> dict[str, Any]:
-    """Search matches carry the stored photo's key; clients get a short-lived URL instead."""
+def photo_urls(state: AppState) -> Presign:
+    """Search matches store the photo's key; clients get a short-lived URL instead."""
     expires = timedelta(seconds=state.config.pipeline.presign_seconds)
-    for face in result.get("faces", []):
-        for match in face.get("matches", []):
-            key = match.pop("image_key", None)
-            if key:
-                match["photo_url"] = state.presigner.presigned_url(key, expires)
-    return result
+    return lambda key: state.presigner.presigned_url(key, expires)
 
 
 async def read_job(state: AppState, request: Request, job_id: str) -> Job | None:
-    return job_from_hash(state, request, job_id, status.decode_hash(await state.redis.hgetall(job_key(job_id))))
+    raw = decode_fields(await state.redis.hgetall(job_key(job_id)))
+    return job_from_hash(raw, job_id, job_url(request, job_id), photo_urls(state))
 
 
-def job_from_hash(state: AppState, request: Request, job_id: str, raw: dict[str, str]) -> Job | None:
+def job_from_hash(raw: dict[str, str], job_id: str, status_url: str, presign: Presign) -> Job | None:
     if not raw or "kind" not in raw:
         return None
     stages: dict[str, dict[str, float]] = {}
@@ -120,12 +117,13 @@ def job_from_hash(state: AppState, request: Request, job_id: str, raw: dict[str,
             stages[stage.value] = times
     created_at = float(raw["created_at"]) if "created_at" in raw else None
     finished_at = float(raw["finished_at"]) if "finished_at" in raw else None
-    result = with_photo_urls(state, json.loads(raw["result"])) if "result" in raw else None
+    kind = JobKind(raw["kind"])
+    result = client_result(parse_stored_result(kind, raw["result"]), presign) if "result" in raw else None
     return Job(
         job_id=job_id,
-        kind=JobKind(raw["kind"]),
+        kind=kind,
         state=JobState(raw["state"]),
-        status_url=job_url(request, job_id),
+        status_url=status_url,
         image_key=raw.get("image_key", ""),
         user_id=int(raw["user_id"]) if raw.get("user_id") else None,
         model_pack=raw.get("model_pack"),
@@ -156,7 +154,7 @@ async def respond(state: AppState, request: Request, submitted: Submitted, wait:
     if wait > 0:
         job = await wait_for_job(state, request, job_id, wait)
     else:  # answered from what was just written: no read back
-        job = job_from_hash(state, request, job_id, submitted.status)
+        job = job_from_hash(submitted.status, job_id, job_url(request, job_id), photo_urls(state))
     if job is None:  # expired between submit and read: only with a tiny TTL
         raise ApiError(404, "job_not_found", f"job {job_id} not found")
     if job.state is JobState.FAILED and job.error is not None and wait > 0:

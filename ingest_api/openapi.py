@@ -14,9 +14,14 @@ from schemas.api import Problem
 PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
 # Status codes any operation of a kind can answer, whatever its handler declares.
 SECURED = ("401", "403")
-WITH_BODY = ("400", "413", "422", "429")
+WITH_BODY = ("400", "408", "413", "422", "429")
 WITH_PARAMETERS = ("422",)
 BACKED = ("503",)
+
+
+def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The problem answers a route declares beyond those of its kind (added in install_openapi)."""
+    return {status: {"model": Problem} for status in statuses}
 
 
 def _problem(status: str) -> dict[str, Any]:

@@ -10,6 +10,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ingest_api.route_lookup import allowed_methods
+
 log = structlog.get_logger(__name__)
 
 PROBLEM_JSON = "application/problem+json"
@@ -42,6 +44,10 @@ def unavailable(what: str, retry_after: int = 5) -> ApiError:
     )
 
 
+def user_not_found(user_id: int) -> ApiError:
+    return ApiError(404, "user_not_found", f"user {user_id} not found")
+
+
 def problem_response(
     status: int, code: str, detail: str, headers: dict[str, str] | None = None, job_id: str | None = None
 ) -> JSONResponse:
@@ -68,9 +74,12 @@ def install_problem_handlers(app: FastAPI) -> None:
         return problem_response(422, "invalid_request", "; ".join(parts))
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return problem_response(exc.status_code, code, str(exc.detail), getattr(exc, "headers", None))
+        headers = dict(getattr(exc, "headers", None) or {})
+        if exc.status_code == 405:
+            headers["Allow"] = ", ".join(allowed_methods(request.app.router.routes, request.scope))
+        return problem_response(exc.status_code, code, str(exc.detail), headers or None)
 
     @app.exception_handler(Exception)
     async def unexpected(_: Request, exc: Exception) -> JSONResponse:

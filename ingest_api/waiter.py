@@ -10,6 +10,7 @@ import redis.asyncio as aioredis
 import structlog
 
 from schemas.jobs import JOB_DONE_CHANNEL
+from schemas.text import decode_text
 
 log = structlog.get_logger(__name__)
 
@@ -41,7 +42,7 @@ class JobWaiter:
                     while True:
                         message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=5.0)
                         if message is not None:
-                            self._wake(message["data"].decode())
+                            self._wake(decode_text(message["data"]))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # Redis restarted: wake everyone so they re-read, then resubscribe

@@ -4,13 +4,11 @@ is taken in the same run as its baseline and written to BENCHMARKS.md with the m
 
 from __future__ import annotations
 
-import contextlib
 import multiprocessing
 import os
 import platform
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -23,10 +21,11 @@ import numpy as np
 import onnxruntime
 import psutil
 
-from common.apikeys import new_key
+from common.db.main_repository import MainRepository
 from common.settings import ModelSettings
+from operations.installation import Installation, start_servers
 from operations.reports import merged
-from operations.services import MAIN_DB, VECTOR_DB, LocalServices, ServiceError, free_port
+from operations.services import MAIN_DB, LocalServices
 from schemas.streams import PIPELINE, Stage
 
 HEADER = "# Benchmarks\n"
@@ -173,9 +172,16 @@ def embedding_throughput(config: BenchConfig) -> list[tuple[str, int, float]]:
 @dataclass
 class Running:
     services: LocalServices
-    base_url: str
+    installation: Installation
     key: str
-    processes: dict[str, subprocess.Popen[bytes]]
+
+    @property
+    def base_url(self) -> str:
+        return self.installation.base_url
+
+    @property
+    def processes(self) -> dict[str, subprocess.Popen[bytes]]:
+        return self.installation.processes
 
     def client(self, connections: int = 16) -> httpx.Client:
         """One client per measurement, shared by its threads: connections are kept alive, as a real client's
@@ -185,66 +191,31 @@ class Running:
 
 
 def start_pipeline(config: BenchConfig, data_dir: Path, stages: list[Stage], workers: int = 1) -> Running:
-    services = LocalServices(data_dir, durable=True)
-    processes: dict[str, subprocess.Popen[bytes]] = {}
+    services = start_servers(LocalServices(data_dir, durable=True))
     try:
-        return _start_pipeline(config, services, processes, stages, workers)
-    except BaseException:  # interrupted or failed half way: stop what was started
-        stop_pipeline(Running(services, "", "", processes))
-        raise
-
-
-def _start_pipeline(
-    config: BenchConfig,
-    services: LocalServices,
-    processes: dict[str, subprocess.Popen[bytes]],
-    stages: list[Stage],
-    workers: int,
-) -> Running:
-    import psycopg
-
-    from common.db.migrate import migrate_all
-
-    services.start()
-    migrate_all(services.dsn(MAIN_DB), services.dsn(VECTOR_DB))
-    key, prefix, digest = new_key()
-    with psycopg.connect(services.dsn(MAIN_DB)) as conn:
-        conn.execute(
-            "INSERT INTO api_keys (name, scope, prefix, key_hash) VALUES ('bench', 'write', %s, %s)", (prefix, digest)
+        key = MainRepository.at(services.dsn(MAIN_DB)).create_api_key("bench", "write").key
+        installation = Installation(
+            env={
+                **services.environment(),
+                "FECAPASS_MODEL_PACK": config.pack,
+                "FECAPASS_MODEL_ROOT": str(config.model_root),
+                "FECAPASS_ORT_THREADS": "1",
+                "FECAPASS_LOG_LEVEL": "WARNING",
+                "FECAPASS_MAX_WAIT_SECONDS": "120",
+                "FECAPASS_MAX_BACKLOG": "1000000",
+            },
+            stages=stages,
+            workers_per_stage=workers,
         )
-    port = free_port()
-    env = {
-        **os.environ,
-        **services.environment(),
-        "FECAPASS_API_PORT": str(port),
-        "FECAPASS_MODEL_PACK": config.pack,
-        "FECAPASS_MODEL_ROOT": str(config.model_root),
-        "FECAPASS_ORT_THREADS": "1",
-        "FECAPASS_METRICS_PORT": "0",
-        "FECAPASS_LOG_LEVEL": "WARNING",
-        "FECAPASS_MAX_WAIT_SECONDS": "120",
-        "FECAPASS_MAX_BACKLOG": "1000000",
-    }
-    processes["api"] = subprocess.Popen([sys.executable, "-m", "operations.cli", "api"], env=env)
-    for stage in stages:
-        for number in range(1, workers + 1):
-            name = stage.value if workers == 1 else f"{stage.value} {number}"
-            processes[name] = subprocess.Popen([sys.executable, "-m", "operations.cli", "worker", stage.value], env=env)
-    running = Running(services, f"http://127.0.0.1:{port}", key, processes)
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{running.base_url}/health/ready", timeout=2).status_code == 200:
-                return running
-        time.sleep(0.3)
-    raise ServiceError(f"the API at {running.base_url} was not ready within 90 s")
+        installation.start(ready_timeout=90)
+    except BaseException:  # interrupted or failed half way: stop what was started
+        services.stop()
+        raise
+    return Running(services, installation, key)
 
 
 def stop_pipeline(running: Running) -> None:
-    for process in running.processes.values():
-        process.terminate()
-    for process in running.processes.values():
-        process.wait(60)
+    running.installation.stop(timeout=60)
     running.services.stop()
 
 
@@ -542,8 +513,8 @@ def why_slower(best: Throughput, pipeline: Throughput, costs: dict[str, float]) 
 
 
 def _process_kind(name: str) -> str:
-    """ "detect 2" -> "detect": the processes of one stage are summed."""
-    head, _, tail = name.rpartition(" ")
+    """ "detect-1" -> "detect": the processes of one stage are summed."""
+    head, _, tail = name.rpartition("-")
     return head if tail.isdigit() else name
 
 

@@ -71,15 +71,13 @@ def _api(_: argparse.Namespace) -> None:
 
     from ingest_api.app import create_app
     from ingest_api.config import ApiConfig
+    from ingest_api.server import server_config
 
     config = ApiConfig.from_env()
-    uvicorn.run(
-        create_app(config),
-        host=config.api.api_host,
-        port=config.api.api_port,
-        log_config=None,
-        timeout_graceful_shutdown=10,
-    )
+    server = uvicorn.Server(server_config(config, create_app(config)))
+    server.run()
+    if not server.started:  # the port was taken, or start-up failed: as uvicorn.run reports it
+        raise SystemExit(3)
 
 
 def _worker(args: argparse.Namespace) -> None:
@@ -122,15 +120,25 @@ def _streams(_: argparse.Namespace) -> None:
     Console().print(table)
 
 
-def _healthcheck(_: argparse.Namespace) -> None:
-    check_health()
+def _healthcheck(args: argparse.Namespace) -> None:
+    check_health(heartbeat=args.heartbeat)
 
 
-def check_health() -> None:
-    """Exit 0 when FECAPASS_HEALTHCHECK_URL answers 200, else exit 1 with the reason."""
+def check_health(*, heartbeat: bool = False) -> None:
+    """Exit 0 when healthy, else exit 1 with the reason. A stage (``heartbeat``) is healthy while its loop turns:
+    the heartbeat file is fresh (its metrics thread would answer while the loop is stuck); the API when
+    FECAPASS_HEALTHCHECK_URL answers 200."""
     import httpx
 
-    url = s.load(s.ObservabilitySettings).healthcheck_url
+    observability = s.load(s.ObservabilitySettings)
+    if heartbeat:
+        from common.heartbeat import heartbeat_problem
+
+        problem = heartbeat_problem(observability.heartbeat_file, observability.heartbeat_max_age_seconds)
+        if problem:
+            raise SystemExit(f"unhealthy: {problem}")
+        return
+    url = observability.healthcheck_url
     try:
         response = httpx.get(url, timeout=4)
     except httpx.HTTPError as exc:
@@ -153,7 +161,14 @@ def _add_services(commands: Commands) -> None:
     worker.add_argument("stage", choices=STAGE_NAMES)
     command(commands, "migrate", _migrate, "apply database migrations (idempotent)")
     command(commands, "streams", _streams, "every stream and group: length, consumers, pending, lag, dead letters")
-    command(commands, "healthcheck", _healthcheck, "exit 0 when FECAPASS_HEALTHCHECK_URL answers 200 (container check)")
+    health = command(
+        commands, "healthcheck", _healthcheck, "exit 0 when FECAPASS_HEALTHCHECK_URL answers 200 (container check)"
+    )
+    health.add_argument(
+        "--heartbeat",
+        action="store_true",
+        help="a stage: exit 0 when FECAPASS_HEARTBEAT_FILE is younger than FECAPASS_HEARTBEAT_MAX_AGE_SECONDS",
+    )
 
 
 # -- keys ---------------------------------------------------------------------------------------------------
@@ -169,11 +184,9 @@ def _main_repository() -> Iterator[MainRepository]:
 
 
 def _key_create(args: argparse.Namespace) -> None:
-    from common.apikeys import new_key
-
     with _main_repository() as repository:
-        key, prefix, digest = new_key()
-        row = repository.create_api_key(args.name, args.scope, prefix, digest)
+        created = repository.create_api_key(args.name, args.scope)
+        row, key = created.row, created.key
         print(f"created key {row.id} ({row.name}, {row.scope}); it is shown only now:\n{key}")
 
 

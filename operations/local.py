@@ -1,30 +1,29 @@
-"""``fecapass up``: the embedded servers, migrations, the API and one process per stage, supervised."""
+"""``fecapass up``: the embedded servers, migrations, the API and N processes per stage, all supervised."""
 
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import psycopg
-import structlog
 from pydantic import SecretStr
 
 from common import clients
 from common import settings as s
-from common.apikeys import new_key
-from common.db.migrate import migrate_all
+from common.db.main_repository import MainRepository
 from common.db.vector_repository import VectorRepository
 from common.packs import PackInfo
 from common.packs.library import PackLibrary
-from operations.services import MAIN_DB, VECTOR_DB, LocalServices, interrupt_on_sigterm, valkey_cli
+from operations.installation import Installation, InstallationError, Supervisor, start_servers
+from operations.services import (
+    MAIN_DB,
+    PRIVATE_UMASK,
+    VECTOR_DB,
+    LocalServices,
+    interrupt_on_sigterm,
+    valkey_cli,
+)
 from schemas.streams import Stage
-
-log = structlog.get_logger(__name__)
 
 
 @dataclass
@@ -47,54 +46,12 @@ def active_pack(services: LocalServices, configured: str) -> str:
         return VectorRepository(pool).active_pack() or configured
 
 
-# `fecapass` exits with 2 on a settings or model-pack error.
-CONFIGURATION_ERROR = 2
-
-
-class LocalModeError(RuntimeError):
-    pass
-
-
-class Supervisor:
-    """Starts child processes and restarts one that dies, until asked to stop."""
-
-    def __init__(self, env: dict[str, str]) -> None:
-        self.env = env
-        self.children: dict[str, tuple[list[str], dict[str, str], subprocess.Popen[bytes]]] = {}
-        self.stopping = False
-
-    def spawn(self, name: str, args: list[str], extra_env: dict[str, str] | None = None) -> None:
-        command = [sys.executable, "-m", "operations.cli", *args]
-        env = {**self.env, **(extra_env or {})}
-        self.children[name] = (command, env, subprocess.Popen(command, env=env))
-
-    def watch(self) -> None:
-        while not self.stopping:
-            for name, (command, env, process) in list(self.children.items()):
-                if process.poll() is None or self.stopping:
-                    continue
-                if process.returncode == CONFIGURATION_ERROR:  # restarting cannot help
-                    raise LocalModeError(f"{name} cannot start (see its message above)")
-                log.warning("local.process_restarting", process=name, code=process.returncode)
-                time.sleep(1)
-                self.children[name] = (command, env, subprocess.Popen(command, env=env))
-            time.sleep(0.5)
-
-    def stop(self, timeout: float = 40) -> None:
-        self.stopping = True
-        for _, _, process in self.children.values():
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        for _, _, process in self.children.values():
-            try:
-                process.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+# The CLI reports it as a configuration error (exit 2).
+LocalModeError = InstallationError
 
 
 def run_up(options: UpOptions) -> None:
+    os.umask(PRIVATE_UMASK)  # the API key file and whatever else this process writes: the owner's alone
     services = LocalServices(
         options.data_dir,
         postgres_port=options.postgres_port,
@@ -102,39 +59,33 @@ def run_up(options: UpOptions) -> None:
         s3_port=options.s3_port,
     )
     interrupt_on_sigterm()
-    supervisor: Supervisor | None = None
+    installation: Installation | None = None
     try:
-        services.start()
-        migrate_all(services.dsn(MAIN_DB), services.dsn(VECTOR_DB))
+        start_servers(services)
         # Load the pack here first: a missing one is one clear error, not a crash loop of every stage process.
         packs = PackLibrary(s.load(s.ModelSettings))
         pack = packs.describe(active_pack(services, packs.default_name))
         api_key = first_api_key(options.data_dir, services.dsn(MAIN_DB))
-        env = {
-            **os.environ,
-            **services.environment(),
-            "FECAPASS_LOG_JSON": os.environ.get("FECAPASS_LOG_JSON", "false"),
-            "FECAPASS_API_PORT": str(options.api_port),
-            "FECAPASS_MODEL_PACK": pack.name,
-        }
-        supervisor = Supervisor(env)
-        supervisor.spawn("api", ["api"])
-        metrics_ports: list[str] = []
-        for stage in Stage:
-            for index in range(options.workers_per_stage):
-                port = options.metrics_port + len(metrics_ports) if options.metrics_port else 0
-                metrics_ports.append(f"{stage.value}-{index}:{port}")
-                supervisor.spawn(
-                    f"{stage.value}-{index}", ["worker", stage.value], {"FECAPASS_METRICS_PORT": str(port)}
-                )
-        _print_banner(options, services, pack, metrics_ports, api_key)
-        supervisor.watch()
+        installation = Installation(
+            env={
+                **services.environment(),
+                "FECAPASS_LOG_JSON": os.environ.get("FECAPASS_LOG_JSON", "false"),
+                "FECAPASS_MODEL_PACK": pack.name,
+            },
+            api_port=options.api_port,
+            workers_per_stage=options.workers_per_stage,
+            metrics_port=options.metrics_port,
+            metrics_host="127.0.0.1",  # this machine only: other local users have no business there
+        )
+        installation.start(ready_timeout=120)
+        _print_banner(options, services, pack, installation, api_key)
+        Supervisor(installation, services).run()
     except KeyboardInterrupt:
         pass
     finally:
         print("\nStopping Fecapass ...", flush=True)
-        if supervisor is not None:
-            supervisor.stop()
+        if installation is not None:
+            installation.stop()
         services.stop()
         print("Stopped. Data kept in", options.data_dir, flush=True)
 
@@ -144,21 +95,16 @@ def first_api_key(data_dir: Path, main_dsn: str) -> str:
     path = data_dir / "api-key"
     if path.exists():
         return path.read_text().strip()
-    key, prefix, digest = new_key()
-    with psycopg.connect(main_dsn) as conn:
-        conn.execute(
-            "INSERT INTO api_keys (name, scope, prefix, key_hash) VALUES ('local mode', 'write', %s, %s)",
-            (prefix, digest),
-        )
-    path.write_text(key)
-    path.chmod(0o600)
+    key = MainRepository.at(main_dsn).create_api_key("local mode", "write").key
+    path.write_text(key)  # 0600: the umask of run_up
     return key
 
 
 def _print_banner(
-    options: UpOptions, services: LocalServices, pack: PackInfo, metrics: list[str], api_key: str
+    options: UpOptions, services: LocalServices, pack: PackInfo, installation: Installation, api_key: str
 ) -> None:
     cli = valkey_cli()
+    metrics = ", ".join(f"{name} 127.0.0.1:{port}" for name, port in installation.metrics_ports.items()) or "off"
     print(
         f"""
 Fecapass is up (data in {options.data_dir}).
@@ -166,11 +112,12 @@ Fecapass is up (data in {options.data_dir}).
   API            http://127.0.0.1:{options.api_port}   (OpenAPI docs at /docs, metrics at /metrics)
   API key        {api_key}   (write scope; kept in {options.data_dir / "api-key"})
                  export FECAPASS_KEY={api_key}
-  Stage metrics  {", ".join(metrics)}
+  Stage metrics  {metrics}
   PostgreSQL     {MAIN_DB} and {VECTOR_DB} on 127.0.0.1:{services.postgres_port}
-  Valkey/Redis   {services.redis_url}
+  Valkey/Redis   redis://127.0.0.1:{services.valkey_port}/0   (password in {options.data_dir / "credentials.json"})
   S3             http://{services.s3_endpoint}  bucket {services.bucket}
 Inspect the streams:
+  export REDISCLI_AUTH={services.credentials.valkey_password}
   {cli} -p {services.valkey_port} XINFO GROUPS {Stage.DETECT.stream}
   (redis-cli -p {services.valkey_port} works the same)
 Press Ctrl-C to stop.

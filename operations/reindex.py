@@ -8,7 +8,6 @@ new pack, so an interrupted re-index resumes where it stopped when run again.
 
 from __future__ import annotations
 
-import json
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -21,7 +20,9 @@ from common.db.main_repository import FaceRow, MainRepository
 from common.db.vector_repository import VectorRepository
 from common.packs import PackInfo
 from schemas.jobs import JobState, job_key
-from schemas.streams import JobKind, PipelineMessage, Stage
+from schemas.results import ReindexResult, parse_stored_result
+from schemas.streams import JobKind, JobMessage
+from schemas.text import decode_fields
 
 PAGE = 500
 # Jobs in flight at once: enough to keep every stage busy, few enough not to crowd out live searches.
@@ -98,7 +99,7 @@ class Reindexer:
     def _submit(self, face: FaceRow) -> str:
         job_id = reindex_job_id(self.pack.name, face.id)
         x1, y1, x2, y2 = (float(v) for v in face.box)
-        message = PipelineMessage(
+        message = JobMessage(
             job_id=job_id,
             kind=JobKind.REINDEX,
             image_key=face.image_key,
@@ -107,10 +108,8 @@ class Reindexer:
             face_id=face.id,
             face_box=(x1, y1, x2, y2),
         )
-        fields = {"kind": JobKind.REINDEX.value, "image_key": face.image_key, "model_pack": self.pack.name}
         with self.client.pipeline(transaction=True) as pipe:
-            status.queue_created(pipe, job_id, fields, self.job_ttl_seconds)
-            pipe.xadd(Stage.DETECT.stream, message.to_fields())
+            status.queue_job(pipe, message, self.job_ttl_seconds)
             pipe.execute()
         return job_id
 
@@ -123,10 +122,11 @@ class Reindexer:
                 pipe.hgetall(job_key(job_id))
             rows = pipe.execute()
         for job_id, raw in zip(job_ids, rows, strict=True):
-            job = status.decode_hash(raw)
+            job = decode_fields(raw)
             state = job.get("state")
             if state == JobState.DONE.value:
-                if json.loads(job.get("result", "{}")).get("skipped"):
+                result = parse_stored_result(JobKind.REINDEX, job["result"])
+                if isinstance(result, ReindexResult) and result.skipped:
                     progress.skipped += 1
                 else:
                     progress.embedded += 1

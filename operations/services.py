@@ -16,10 +16,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
+import psutil
 import psycopg
 import redis
+import structlog
 from minio import Minio
 
 from common.objects import ObjectStore
@@ -27,6 +29,10 @@ from common.objects import ObjectStore
 MAIN_DB = "fecapass_main"
 VECTOR_DB = "fecapass_vector"
 DB_USER = "fecapass"
+# Everything a local installation writes is its owner's alone: photos, crops, the AOF, logs, secrets.
+PRIVATE_UMASK = 0o077
+
+log = structlog.get_logger(__name__)
 
 
 class ServiceError(RuntimeError):
@@ -107,15 +113,56 @@ class Credentials:
     s3_access_key: str = field(default_factory=lambda: "fecapass-" + secrets.token_hex(6))
     s3_secret_key: str = field(default_factory=lambda: secrets.token_urlsafe(24))
     webhook_secret: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+    valkey_password: str = field(default_factory=lambda: secrets.token_urlsafe(24))
 
     @classmethod
     def load_or_create(cls, path: Path) -> Credentials:
         stored = json.loads(path.read_text()) if path.exists() else {}
         credentials = cls(**stored)  # secrets added in later versions get made now
         if stored != credentials.__dict__:
-            path.write_text(json.dumps(credentials.__dict__))
-            path.chmod(0o600)
+            with _private_file(path, "w") as handle:
+                handle.write(json.dumps(credentials.__dict__))
         return credentials
+
+
+def _private_file(path: Path, mode: str) -> IO[Any]:
+    """``open(path, mode)``, the file made (or left) readable by its owner only."""
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if "a" in mode else os.O_TRUNC)
+    handle = open(os.open(path, flags, 0o600), mode)  # noqa: SIM115 (the caller closes it)
+    os.chmod(path, 0o600)  # a file from an older version may be world-readable
+    return handle
+
+
+def postgres_processes_of(pgdata: Path) -> list[psutil.Process]:
+    """Live PostgreSQL processes of this data directory (each runs in it), the postmaster or its backends."""
+    found = []
+    for process in psutil.process_iter(["name"]):
+        try:
+            ours = process.info["name"] == "postgres" and Path(process.cwd()) == pgdata
+            if ours and process.status() != psutil.STATUS_ZOMBIE:
+                found.append(process)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):  # gone, or another user's (never ours)
+            continue
+    return found
+
+
+def clear_stale_postmaster_pid(pgdata: Path) -> bool:
+    """Remove the postmaster.pid of a PostgreSQL that was killed, once no process of this data directory lives.
+
+    PostgreSQL trusts a lock whose PID is alive: a reaped postmaster's PID reused by another process blocks every
+    start. Clearing it while backends of the killed postmaster still run would let two servers share the data, so
+    then this refuses (the caller retries later). True when a lock was removed."""
+    lock = pgdata / "postmaster.pid"
+    if not lock.exists():
+        return False
+    running = postgres_processes_of(pgdata)
+    if running:
+        pids = ", ".join(str(p.pid) for p in running)
+        raise ServiceError(f"PostgreSQL processes of {pgdata} still run (PIDs {pids}); not starting another")
+    stale = lock.read_text().split("\n", 1)[0]
+    lock.unlink(missing_ok=True)
+    log.warning("services.stale_postmaster_pid_removed", path=str(lock), pid=stale)
+    return True
 
 
 @dataclass
@@ -134,6 +181,7 @@ class LocalServices:
     def __post_init__(self) -> None:
         self.data_dir = self.data_dir.resolve()
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._make_private(self.data_dir)
         self.credentials = Credentials.load_or_create(self.data_dir / "credentials.json")
         self.postgres_port = self.postgres_port or free_port()
         self.valkey_port = self.valkey_port or free_port()
@@ -146,7 +194,7 @@ class LocalServices:
 
     @property
     def redis_url(self) -> str:
-        return f"redis://127.0.0.1:{self.valkey_port}/0"
+        return f"redis://:{self.credentials.valkey_password}@127.0.0.1:{self.valkey_port}/0"
 
     @property
     def s3_endpoint(self) -> str:
@@ -187,9 +235,25 @@ class LocalServices:
         for name in reversed(list(self.processes)):
             self.stop_service(name)
 
+    def restart(self, name: str) -> None:
+        """Start a server again whose process has ended (the caller has reaped it with ``poll()``)."""
+        try:
+            {"postgres": self.start_postgres, "valkey": self.start_valkey, "s3": self.start_s3}[name]()
+        except BaseException:
+            # One that started but never answered must not hold the port for the next try; its ended process stays
+            # listed, so that a supervisor sees it is still down.
+            process = self.processes.get(name)
+            if process is not None:
+                self._halt(name, process)
+            raise
+
     def stop_service(self, name: str, timeout: float = 30) -> None:
         process = self.processes.pop(name, None)
-        if process is None or process.poll() is not None:
+        if process is not None:
+            self._halt(name, process, timeout)
+
+    def _halt(self, name: str, process: subprocess.Popen[bytes], timeout: float = 30) -> None:
+        if process.poll() is not None:
             return
         # PostgreSQL: SIGINT is its "fast" shutdown. The others treat SIGTERM as a clean stop.
         process.send_signal(signal.SIGINT if name == "postgres" else signal.SIGTERM)
@@ -220,25 +284,38 @@ class LocalServices:
             nobody = pwd.getpwnam("nobody")
             os.chown(path, nobody.pw_uid, nobody.pw_gid)
 
+    def _make_private(self, data_dir: Path) -> None:
+        """Only the owner enters the data folder. As root, PostgreSQL runs as `nobody`: its group may pass
+        through (0710) to PostgreSQL's own 0700 folders, other users still cannot."""
+        if os.geteuid() != 0:
+            data_dir.chmod(0o700)
+            return
+        os.chown(data_dir, 0, pwd.getpwnam("nobody").pw_gid)
+        data_dir.chmod(0o710)
+
+    def _let_postgres_through(self) -> None:
+        """As root, `nobody` must reach the data folder through its parents. Checked at every (re)start: a parent
+        may have been closed meanwhile (each pytest session makes /tmp/pytest-of-<user> 0700 again)."""
+        if os.geteuid() != 0:
+            return
+        for parent in self.data_dir.parents:
+            if parent.stat().st_mode & 0o001 == 0:
+                parent.chmod(parent.stat().st_mode | 0o011)
+
     def start_postgres(self) -> None:
         bin_dir = _postgres_bin()
         pgdata = self.data_dir / "postgres"
         socket_dir = self.data_dir / "pg-socket"
-        socket_dir.mkdir(exist_ok=True)
+        socket_dir.mkdir(mode=0o700, exist_ok=True)
         self._chown_for_postgres(socket_dir)
-        # nobody must be able to reach the data folder through its parents.
-        for parent in [self.data_dir, *self.data_dir.parents]:
-            if parent.stat().st_mode & 0o001 == 0:
-                if os.geteuid() == 0:
-                    parent.chmod(parent.stat().st_mode | 0o011)
-                else:
-                    break
+        self._let_postgres_through()
         run_as = self._unprivileged()
         if not (pgdata / "PG_VERSION").exists():
             pgdata.mkdir(exist_ok=True)
             self._chown_for_postgres(pgdata)
             pwfile = self.data_dir / "pg-password.tmp"
-            pwfile.write_text(self.credentials.db_password)
+            with _private_file(pwfile, "w") as handle:
+                handle.write(self.credentials.db_password)
             self._chown_for_postgres(pwfile)
             try:
                 subprocess.run(
@@ -280,8 +357,11 @@ class LocalServices:
             args += ["-c", f"{name}={value}"]
         if not self.durable:
             args += ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]
-        log_file = (self.data_dir / "postgres.log").open("ab")
-        self.processes["postgres"] = subprocess.Popen(args, stdout=log_file, stderr=log_file, **run_as)
+        clear_stale_postmaster_pid(pgdata)
+        with _private_file(self.data_dir / "postgres.log", "ab") as log_file:
+            self.processes["postgres"] = subprocess.Popen(
+                args, stdout=log_file, stderr=log_file, umask=PRIVATE_UMASK, **run_as
+            )
         _wait_until(
             lambda: psycopg.connect(self.dsn("postgres"), connect_timeout=2).close(),
             "PostgreSQL",
@@ -298,9 +378,14 @@ class LocalServices:
 
     def start_valkey(self) -> None:
         directory = self.data_dir / "valkey"
-        directory.mkdir(exist_ok=True)
+        directory.mkdir(mode=0o700, exist_ok=True)
+        # The password goes in a private config file: on the command line every local user could read it.
+        config = self.data_dir / "valkey.conf"
+        with _private_file(config, "w") as handle:
+            handle.write(f"requirepass {self.credentials.valkey_password}\n")
         args = [
             str(_valkey_server()),
+            str(config),
             "--port",
             str(self.valkey_port),
             "--bind",
@@ -318,7 +403,9 @@ class LocalServices:
             "--logfile",
             str(self.data_dir / "valkey.log"),
         ]
-        self.processes["valkey"] = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.processes["valkey"] = subprocess.Popen(
+            args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, umask=PRIVATE_UMASK
+        )
         _wait_until(
             lambda: redis.Redis.from_url(self.redis_url, socket_timeout=2).ping(),
             "Valkey",
@@ -330,7 +417,7 @@ class LocalServices:
 
     def start_s3(self) -> None:
         directory = self.data_dir / "s3"
-        directory.mkdir(exist_ok=True)
+        directory.mkdir(mode=0o700, exist_ok=True)
         args = [
             str(_rclone()),
             "serve",
@@ -338,14 +425,21 @@ class LocalServices:
             str(directory),
             "--addr",
             f"127.0.0.1:{self.s3_port}",
-            "--auth-key",
-            f"{self.credentials.s3_access_key},{self.credentials.s3_secret_key}",
             "--config",
             "/dev/null",
             "--log-file",
             str(self.data_dir / "s3.log"),
         ]
-        self.processes["s3"] = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # The key pair by environment, not argv (which every local user can read). rclone reads a list flag's
+        # variable as CSV: quoted, the comma stays inside the one pair.
+        auth = f'"{self.credentials.s3_access_key},{self.credentials.s3_secret_key}"'
+        self.processes["s3"] = subprocess.Popen(
+            args,
+            env={**os.environ, "RCLONE_AUTH_KEY": auth},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            umask=PRIVATE_UMASK,
+        )
         # Wait for the port before the first S3 call: the SDK would log a retry for each refusal.
         _wait_until(
             lambda: socket.create_connection(("127.0.0.1", self.s3_port), timeout=1).close(),

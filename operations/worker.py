@@ -40,25 +40,33 @@ def handler_factory(stage: Stage) -> Callable[[], AbstractContextManager[StageHa
     return index_handler
 
 
-def serve_metrics(port: int, stage: Stage) -> None:
+def serve_metrics(host: str, port: int, stage: Stage) -> None:
     if not port:
         return
     try:
-        start_http_server(port)
+        start_http_server(port, addr=host)
     except OSError as exc:  # metrics are not worth failing the stage over
-        log.warning("stage.metrics_unavailable", port=port, error=str(exc))
+        log.warning("stage.metrics_unavailable", host=host, port=port, error=str(exc))
     else:
-        log.info("stage.metrics", stage=stage.value, port=port)
+        log.info("stage.metrics", stage=stage.value, host=host, port=port)
 
 
 def run_worker(stage: Stage) -> None:
-    serve_metrics(s.load(s.ObservabilitySettings).metrics_port, stage)
+    observability = s.load(s.ObservabilitySettings)
+    serve_metrics(observability.metrics_host, observability.metrics_port, stage)
     streams = s.load(s.StreamSettings)
     pipeline = s.load(s.PipelineSettings)
     client = clients.redis_client(s.load(s.RedisSettings))
     try:
         with handler_factory(stage)() as handler:
-            runner = StageRunner(client, handler, streams, job_ttl_seconds=pipeline.job_ttl_seconds)
+            runner = StageRunner(
+                client,
+                handler,
+                streams,
+                job_ttl_seconds=pipeline.job_ttl_seconds,
+                heartbeat_file=observability.heartbeat_file,
+                heartbeat_max_age_seconds=observability.heartbeat_max_age_seconds,
+            )
             runner.install_signal_handlers()
             runner.run()
     finally:

@@ -1,1 +1,1 @@
-"""Wire formats: stream names, versioned stream messages, job status and HTTP API models."""
+"""Wire formats: stream names, versioned stream messages, job status, job results and HTTP API models."""

@@ -5,24 +5,42 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import BaseModel, EmailStr, Field
+import email_validator
+from pydantic import AfterValidator, BaseModel, Field, StrictBool, WithJsonSchema, model_validator
 
 from schemas.jobs import JobState
+from schemas.results import JobResult, result_for_kind
 from schemas.streams import JobKind
 
 # PostgreSQL text cannot hold NUL; refuse it with a 422 rather than fail on insert.
 FullName = Annotated[str, Field(max_length=200, pattern=r"^[^\x00]*$")]
 
 
+def _valid_email(value: str) -> str:
+    """The address, normalised, if its syntax is valid (RFC 5321/5322). Unlike pydantic's EmailStr, addresses on
+    the special-use .test domain and on dotless intranet domains (user@host.test, user@intranet) are accepted: the
+    API sends no mail and only checks syntax. .local, .localhost, .invalid, .onion and .arpa stay refused."""
+    try:
+        return email_validator.validate_email(
+            value, check_deliverability=False, globally_deliverable=False, test_environment=True
+        ).normalized
+    except email_validator.EmailNotValidError as exc:
+        raise ValueError(f"value is not a valid email address: {exc}") from None
+
+
+Email = Annotated[str, AfterValidator(_valid_email), WithJsonSchema({"type": "string", "format": "email"})]
+
+
 class UserCreate(BaseModel):
-    email: EmailStr
+    email: Email
     full_name: FullName = ""
 
 
 class UserUpdate(BaseModel):
-    email: EmailStr | None = None
+    email: Email | None = None
     full_name: FullName | None = None
-    is_active: bool | None = None
+    # Only JSON true or false: "off", 0 or "1" would each flip a person's status by a guess.
+    is_active: StrictBool | None = None
 
 
 class User(BaseModel):
@@ -56,20 +74,6 @@ class JobError(BaseModel):
     message: str
 
 
-class Match(BaseModel):
-    user_id: int
-    face_id: int
-    similarity: float = Field(
-        description="cosine similarity of the two face embeddings, -1..1; same person above the threshold"
-    )
-
-
-class SearchFace(BaseModel):
-    box: list[float] = Field(description="x1, y1, x2, y2 in pixels of the uploaded photo")
-    score: float = Field(description="detection confidence")
-    matches: list[Match] = Field(description="distinct people, most similar first")
-
-
 class Job(BaseModel):
     """A job's state; ``result`` is set when ``state`` is ``done``, ``error`` when it is ``failed``."""
 
@@ -88,12 +92,23 @@ class Job(BaseModel):
     faces_seen: int | None = None
     query_time_ms: float | None = Field(default=None, description="from upload to result, once finished")
     error: JobError | None = None
-    result: dict[str, Any] | None = Field(
-        default=None,
-        description="enroll: user_id, face_id, faces_seen, face. search: faces[] each with box, score and "
-        "matches[] (user_id, face_id, similarity, photo_url). verify: similarity, match, threshold, faces. "
-        "detect: faces[] with box, keypoints, score, quality {size, sharpness}.",
-    )
+    result: JobResult | None = Field(default=None, description="once done: the result model of the job's kind")
+
+    _result_for_kind = model_validator(mode="before")(result_for_kind)
+
+
+class WebhookBody(BaseModel):
+    """What is POSTed to a job's ``callback_url`` once it finishes: ``result`` exactly as ``GET /v1/jobs/{id}``
+    returns it (done), or ``error`` (failed)."""
+
+    job_id: str
+    kind: JobKind
+    state: JobState
+    result: JobResult | None = None
+    error: JobError | None = None
+    finished_at: float = Field(description="Unix time")
+
+    _result_for_kind = model_validator(mode="before")(result_for_kind)
 
 
 class Problem(BaseModel):

@@ -3,18 +3,28 @@
 Every stream entry is a flat map of readable strings, so operators can read it with
 ``redis-cli XRANGE``. Structured parts (faces) are compact JSON strings; embeddings are
 base64 of little-endian float32, the only binary-ish field, and it never holds image bytes.
+
+Each stage reads its own model, and each stage's output is the next one's input with the stage's fields added:
+``JobMessage`` (what the API or ``fecapass reindex`` submits; the detect stage reads it) -> ``DetectedMessage``
+(+ faces, faces_seen, crop_size; align) -> ``AlignedMessage`` (+ a crop per face; embed) -> ``EmbeddedMessage``
+(+ embeddings, dim; index). An entry that lacks what its stage needs fails validation and is dead-lettered as
+malformed. The wire layout is the same for every version of these models (version ``1``), so entries written
+before the split still parse.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Sequence
 from enum import StrEnum
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 import numpy as np
 from pydantic import BaseModel, Field, ValidationError
 from redis.typing import EncodableT, FieldT
+
+from schemas.text import decode_fields
 
 SCHEMA_VERSION = "1"
 STREAM_PREFIX = "fecapass"
@@ -73,12 +83,17 @@ class FaceBox(BaseModel):
     )
     score: float
     source: int = Field(default=0, description="0: the job's photo, 1: its second photo (verify)")
-    crop_key: str | None = None
 
     @property
     def area(self) -> float:
         x1, y1, x2, y2 = self.box
         return max(0.0, x2 - x1) * max(0.0, y2 - y1)
+
+
+class AlignedFace(FaceBox):
+    """A face whose aligned crop the align stage stored."""
+
+    crop_key: str
 
 
 class StreamMessage(BaseModel):
@@ -100,7 +115,7 @@ class StreamMessage(BaseModel):
 
     @classmethod
     def from_fields(cls, raw: dict[Any, Any]) -> Self:
-        fields = {_text(k): _text(v) for k, v in raw.items()}
+        fields = decode_fields(raw)
         version = fields.get("v")
         if version != SCHEMA_VERSION:
             raise MalformedMessage(f"unsupported schema version {version!r}")
@@ -117,11 +132,12 @@ class WebhookMessage(StreamMessage):
     body: str
 
 
-class PipelineMessage(StreamMessage):
-    """The one message shape that flows detect -> align -> embed -> index.
+M = TypeVar("M", bound="JobMessage")
 
-    Each stage adds its own fields; a stage checks that the fields it needs are present.
-    """
+
+class JobMessage(StreamMessage):
+    """A submitted job: what the API and `fecapass reindex` queue on the detect stream, and what every later
+    stage's message carries on."""
 
     kind: JobKind
     image_key: str
@@ -129,14 +145,9 @@ class PipelineMessage(StreamMessage):
     user_id: int | None = None
     threshold: float | None = None
     limit: int | None = None
-    faces: list[FaceBox] | None = None
-    faces_seen: int | None = None
-    embeddings: bytes | None = Field(default=None, description="float32 [len(faces), dim], base64 on the wire")
-    dim: int | None = None
     pack: str | None = Field(
         default=None, description="model pack of every stage of this job: the active pack when it was submitted"
     )
-    crop_size: int | None = Field(default=None, description="side of the pack's aligned crop, set by detect")
     face_id: int | None = Field(default=None, description="reindex: the enrolled face to embed again")
     face_box: tuple[float, float, float, float] | None = Field(
         default=None, description="reindex: where that face was found when it was enrolled (x1, y1, x2, y2)"
@@ -144,46 +155,75 @@ class PipelineMessage(StreamMessage):
     callback_url: str | None = Field(default=None, description="where the finished job is POSTed")
 
     def _encode(self, name: str, value: Any) -> str:
-        if name == "faces":
-            return json.dumps([face.model_dump(exclude_none=True) for face in value], separators=(",", ":"))
-        if name == "embeddings":
-            return base64.b64encode(value).decode("ascii")
         if name == "face_box":
             return ",".join(str(v) for v in value)
         return str(value)
 
     @classmethod
     def _decode(cls, data: dict[str, Any]) -> dict[str, Any]:
-        if "faces" in data:
-            data["faces"] = json.loads(data["faces"])
-        if "embeddings" in data:
-            data["embeddings"] = base64.b64decode(data["embeddings"], validate=True)
         if "face_box" in data:
             data["face_box"] = data["face_box"].split(",")
         return data
-
-    def embedding_matrix(self) -> np.ndarray:
-        if self.embeddings is None or self.dim is None or self.faces is None:
-            raise MalformedMessage("message carries no embeddings")
-        matrix = np.frombuffer(self.embeddings, dtype="<f4")
-        if matrix.size != self.dim * len(self.faces):
-            raise MalformedMessage("embedding size does not match faces x dim")
-        return matrix.reshape(len(self.faces), self.dim)
 
     @property
     def image_keys(self) -> list[str]:
         """The job's photos, indexed by ``FaceBox.source``."""
         return [self.image_key] + ([self.second_image_key] if self.second_image_key else [])
 
-    def require_faces(self) -> list[FaceBox]:
-        if self.faces is None:
-            raise MalformedMessage("message carries no faces")
-        return self.faces
+    def advance(self, model: type[M], **added: Any) -> M:
+        """The next stage's message: every field of this one plus what this stage adds, validated as ``model``."""
+        return model.model_validate({**dict(self), **added})
+
+
+class DetectedMessage(JobMessage):
+    """The align stage's input: the detect stage chose the faces and the pack."""
+
+    pack: str
+    crop_size: int = Field(description="side of the pack's aligned crop")
+    faces: Sequence[FaceBox] = Field(min_length=1)
+    faces_seen: int = Field(description="faces found in the job's (first) photo")
+
+    def _encode(self, name: str, value: Any) -> str:
+        if name == "faces":
+            return json.dumps([face.model_dump(exclude_none=True) for face in value], separators=(",", ":"))
+        return super()._encode(name, value)
+
+    @classmethod
+    def _decode(cls, data: dict[str, Any]) -> dict[str, Any]:
+        if "faces" in data:
+            data["faces"] = json.loads(data["faces"])
+        return super()._decode(data)
+
+
+class AlignedMessage(DetectedMessage):
+    """The embed stage's input: every face has its crop."""
+
+    faces: Sequence[AlignedFace] = Field(min_length=1)
+
+
+class EmbeddedMessage(AlignedMessage):
+    """The index stage's input: one embedding per face."""
+
+    embeddings: bytes = Field(description="float32 [len(faces), dim], base64 on the wire")
+    dim: int
+
+    def _encode(self, name: str, value: Any) -> str:
+        if name == "embeddings":
+            return base64.b64encode(value).decode("ascii")
+        return super()._encode(name, value)
+
+    @classmethod
+    def _decode(cls, data: dict[str, Any]) -> dict[str, Any]:
+        if "embeddings" in data:
+            data["embeddings"] = base64.b64decode(data["embeddings"], validate=True)
+        return super()._decode(data)
+
+    def embedding_matrix(self) -> np.ndarray:
+        matrix = np.frombuffer(self.embeddings, dtype="<f4")
+        if matrix.size != self.dim * len(self.faces):
+            raise MalformedMessage("embedding size does not match faces x dim")
+        return matrix.reshape(len(self.faces), self.dim)
 
 
 def encode_embeddings(matrix: np.ndarray) -> bytes:
     return np.ascontiguousarray(matrix, dtype="<f4").tobytes()
-
-
-def _text(value: Any) -> str:
-    return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else str(value)

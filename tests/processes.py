@@ -1,30 +1,26 @@
-"""Waiting for a started API to answer, shared by the tests that run processes."""
+"""Helpers of the tests that run processes: waiting for a started API (the launcher's own wait), and data folders
+for servers."""
 
 from __future__ import annotations
 
-import subprocess
-import time
-from collections.abc import Callable
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
-import httpx
+from operations.installation import wait_until_answers
+
+__all__ = ["server_data_dir", "wait_until_answers"]
 
 
-def wait_until_answers(
-    url: str,
-    *,
-    timeout: float = 90,
-    process: subprocess.Popen[bytes] | None = None,
-    describe: Callable[[], str] = lambda: "",
-) -> None:
-    """Until ``url`` answers 200; fails at once if ``process`` exits, with ``describe()`` (its log tail)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            raise AssertionError(f"process exited with {process.returncode} before {url} answered:\n{describe()}")
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"{url} did not answer within {timeout:.0f} s:\n{describe()}")
+@contextmanager
+def server_data_dir() -> Iterator[Path]:
+    """A data folder for LocalServices outside pytest's own: as root PostgreSQL runs as `nobody`, which must pass
+    through every parent, and each pytest session that starts on the machine makes /tmp/pytest-of-<user> 0700
+    again (initdb then fails with "Permission denied")."""
+    folder = Path(tempfile.mkdtemp(prefix="fecapass-servers-"))
+    try:
+        yield folder / "data"
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

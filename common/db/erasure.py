@@ -1,37 +1,96 @@
-"""Erasing a person or one face: face rows, embeddings of every pack, and the photo and crop in S3.
+"""Erasing a person or one face: face rows, embeddings of every pack, the photos and crops in S3, and what Redis holds
+about their jobs (status hashes, stream entries with boxes and embeddings, dead letters).
 
-Each step is idempotent, so a failed erasure is finished by running it again. The user is deactivated first,
-so nothing new is enrolled for them and searches stop returning them while the rest is removed.
+The order makes every cut-short erasure safe and finishable by running it again:
+1. main database, one transaction: tombstones (job and face ids, the user id; see migration 0003), the user
+   deactivated, the faces no longer served. From this commit on, nothing is served and the index stage refuses to
+   store anything for these jobs, whatever is delivered to it again;
+2. embeddings in the vector database; 3. the faces' photos and crops in S3;
+4. Redis traces (job_traces), then an AOF rewrite; then the photos and crops of the jobs still in flight, except
+   those whose entry a worker holds: the index stage refuses such a job and deletes them;
+5. the main rows last: until then a second DELETE finds the face or user and finishes the work.
 """
 
 from __future__ import annotations
 
+import redis
+import structlog
+
+from common.db import job_traces
 from common.db.main_repository import FaceRow, MainRepository
 from common.db.vector_repository import VectorRepository
-from common.objects import ObjectStore
+from common.errors import DependencyUnavailable
+from common.objects import ObjectStore, discard_job_objects
+from schemas.jobs import ErrorCode
+
+log = structlog.get_logger(__name__)
 
 
 class Erasure:
-    def __init__(self, main: MainRepository, vectors: VectorRepository, store: ObjectStore) -> None:
+    def __init__(
+        self,
+        main: MainRepository,
+        vectors: VectorRepository,
+        store: ObjectStore,
+        redis_client: redis.Redis,
+        job_ttl_seconds: int,
+    ) -> None:
         self.main = main
         self.vectors = vectors
         self.store = store
-
-    def _erase_faces(self, faces: list[FaceRow]) -> None:
-        self.vectors.delete_faces([face.id for face in faces])
-        self.store.delete_many([key for face in faces for key in (face.image_key, face.crop_key)])
+        self.redis = redis_client
+        self.job_ttl_seconds = job_ttl_seconds
 
     def erase_user(self, user_id: int) -> bool:
-        if not self.main.deactivate_user(user_id):
+        faces = self.main.begin_user_erasure(user_id)
+        if faces is None:
             return False
-        self._erase_faces(self.main.list_faces(user_id))
-        self.main.delete_user(user_id)
+        # Jobs in flight have no face row yet: the API recorded them per user when they were submitted.
+        job_ids = sorted({face.job_id for face in faces} | job_traces.user_job_ids(self.redis, user_id))
+        self._erase(faces, job_ids, user_id, whole_user=True)
+        self.main.delete_user(user_id)  # and, by cascade, the face rows
+        log.info("erasure.user_erased", user_id=user_id, faces=len(faces), jobs=len(job_ids))
         return True
 
     def erase_face(self, face_id: int) -> bool:
-        face = self.main.get_face(face_id)
+        face = self.main.begin_face_erasure(face_id)
         if face is None:
             return False
-        self._erase_faces([face])
+        self._erase([face], [face.job_id], face.user_id, whole_user=False)
         self.main.delete_face(face_id)
+        log.info("erasure.face_erased", face_id=face_id, job_id=face.job_id)
         return True
+
+    def _erase(self, faces: list[FaceRow], job_ids: list[str], user_id: int, *, whole_user: bool) -> None:
+        self.vectors.delete_faces([face.id for face in faces])
+        self.store.delete_many([key for face in faces for key in (face.image_key, face.crop_key)])
+        try:
+            running = self._erase_traces(job_ids, user_id, whole_user=whole_user)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise DependencyUnavailable(f"Redis: {exc}") from exc  # 503: the same DELETE again finishes
+        # Photos and crops of the jobs in flight, wherever they got to; a job a worker holds needs its photo to
+        # reach the index stage, which refuses it and deletes them (job_traces).
+        for job_id in job_ids:
+            if job_id not in running:
+                discard_job_objects(self.store, job_id)
+
+    def _erase_traces(self, job_ids: list[str], user_id: int, *, whole_user: bool) -> set[str]:
+        traces = job_traces.find_traces(self.redis, job_ids)
+        running = job_traces.delete_traces(
+            self.redis,
+            traces,
+            owner=user_id,
+            whole_user=whole_user,
+            closing_code=ErrorCode.USER_NOT_FOUND if whole_user else ErrorCode.FACE_ERASED,
+            job_ttl_seconds=self.job_ttl_seconds,
+        )
+        if traces.entry_count or traces.finished or traces.in_flight:
+            job_traces.rewrite_append_only_file(self.redis)
+        log.info(
+            "erasure.redis_cleared",
+            entries=traces.entry_count,
+            job_hashes=len(traces.finished) + len(traces.in_flight),
+            closed_in_flight=len(traces.in_flight),
+            held_by_workers=len(running),
+        )
+        return running

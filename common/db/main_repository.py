@@ -2,13 +2,34 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any, Protocol
 
 import psycopg
 from psycopg.rows import class_row
-from psycopg_pool import ConnectionPool
+
+from common.apikeys import Scope, new_key
+
+
+class Connections(Protocol):
+    """A psycopg_pool.ConnectionPool, or OneConnection for a tool that needs no pool."""
+
+    def connection(self) -> AbstractContextManager[psycopg.Connection[Any]]: ...
+
+
+class OneConnection:
+    """A fresh connection per call (committed on success), for short-lived tools and tests."""
+
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+
+    @contextmanager
+    def connection(self) -> Iterator[psycopg.Connection[Any]]:
+        with psycopg.connect(self.dsn) as conn:
+            yield conn
 
 
 class DuplicateEmail(ValueError):
@@ -17,6 +38,18 @@ class DuplicateEmail(ValueError):
 
 class UnknownUser(LookupError):
     pass
+
+
+class Erased(LookupError):
+    """The job's face, or its whole user, was erased: nothing may be stored for it again.
+
+    ``face_ids``: faces of the job whose embeddings must go (a worker may have written one after the erasure
+    deleted them)."""
+
+    def __init__(self, job_id: str, *, user_erased: bool, face_ids: Sequence[int]) -> None:
+        super().__init__(f"job {job_id}: {'the user' if user_erased else 'the face'} was erased")
+        self.user_erased = user_erased
+        self.face_ids = sorted(set(face_ids))
 
 
 @dataclass(frozen=True)
@@ -66,6 +99,12 @@ class ApiKeyRow:
 
 
 @dataclass(frozen=True)
+class NewApiKey:
+    key: str  # shown once: only its SHA-256 is stored
+    row: ApiKeyRow
+
+
+@dataclass(frozen=True)
 class FaceOwner:
     face_id: int
     user_id: int
@@ -78,8 +117,13 @@ _KEY_COLUMNS = "id, name, scope, prefix, created_at, revoked_at"
 
 
 class MainRepository:
-    def __init__(self, pool: ConnectionPool) -> None:
+    def __init__(self, pool: Connections) -> None:
         self.pool = pool
+
+    @classmethod
+    def at(cls, dsn: str) -> MainRepository:
+        """The repository over one connection per call (no pool to open or close)."""
+        return cls(OneConnection(dsn))
 
     def create_user(self, email: str, full_name: str) -> UserRow:
         with self.pool.connection() as conn, conn.cursor(row_factory=class_row(UserRow)) as cur:
@@ -136,12 +180,12 @@ class MainRepository:
 
     def list_faces(self, user_id: int) -> list[FaceRow]:
         with self.pool.connection() as conn, conn.cursor(row_factory=class_row(FaceRow)) as cur:
-            cur.execute(f"SELECT {_FACE_COLUMNS} FROM faces WHERE user_id = %s ORDER BY id", (user_id,))
+            cur.execute(f"SELECT {_FACE_COLUMNS} FROM faces WHERE user_id = %s AND served ORDER BY id", (user_id,))
             return cur.fetchall()
 
     def get_face(self, face_id: int) -> FaceRow | None:
         with self.pool.connection() as conn, conn.cursor(row_factory=class_row(FaceRow)) as cur:
-            cur.execute(f"SELECT {_FACE_COLUMNS} FROM faces WHERE id = %s", (face_id,))
+            cur.execute(f"SELECT {_FACE_COLUMNS} FROM faces WHERE id = %s AND served", (face_id,))
             return cur.fetchone()
 
     def faces_after(self, after: int, limit: int) -> list[FaceRow]:
@@ -161,16 +205,18 @@ class MainRepository:
 
     # -- API keys ------------------------------------------------------------------------------------
 
-    def create_api_key(self, name: str, scope: str, prefix: str, key_hash: bytes) -> ApiKeyRow:
+    def create_api_key(self, name: str, scope: Scope | str) -> NewApiKey:
+        """A new random key of this scope; the key itself is returned once and never stored."""
+        key, prefix, key_hash = new_key()
         with self.pool.connection() as conn, conn.cursor(row_factory=class_row(ApiKeyRow)) as cur:
             cur.execute(
                 f"INSERT INTO api_keys (name, scope, prefix, key_hash) VALUES (%s, %s, %s, %s)"
                 f" RETURNING {_KEY_COLUMNS}",
-                (name, scope, prefix, key_hash),
+                (name, Scope(scope).value, prefix, key_hash),
             )
             row = cur.fetchone()
         assert row is not None
-        return row
+        return NewApiKey(key, row)
 
     def list_api_keys(self) -> list[ApiKeyRow]:
         with self.pool.connection() as conn, conn.cursor(row_factory=class_row(ApiKeyRow)) as cur:
@@ -190,16 +236,28 @@ class MainRepository:
             ).fetchone()
         return str(row[0]) if row else None
 
+    # -- enrollment and erasure: both lock the user row first (share / update), so they never interleave -----
+
     def add_face(self, face: NewFace) -> int:
-        """Insert the face of an enroll job, or return the id it already has (redelivery)."""
-        with self.pool.connection() as conn:
+        """Insert the face of an enroll job, not yet served, or return the id it already has (redelivery).
+
+        Raises Erased when the face or its user was erased, UnknownUser when the user is missing or inactive."""
+        with self.pool.connection() as conn, conn.transaction():
+            user = conn.execute("SELECT is_active FROM users WHERE id = %s FOR SHARE", (face.user_id,)).fetchone()
+            _refuse_erased(conn, face.user_id, face.job_id, ())
+            found = conn.execute("SELECT id FROM faces WHERE job_id = %s", (face.job_id,)).fetchone()
+            if found is not None:
+                return int(found[0])
+            if user is None or not user[0]:
+                raise UnknownUser(face.user_id)
             row = conn.execute(
                 "WITH inserted AS ("
                 "  INSERT INTO faces (user_id, job_id, image_key, crop_key, box, det_score, faces_seen, model_pack)"
-                "  SELECT id, %s, %s, %s, %s, %s, %s, %s FROM users WHERE id = %s AND is_active"
+                "  VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
                 "  ON CONFLICT (job_id) DO NOTHING RETURNING id"
                 ") SELECT id FROM inserted UNION ALL SELECT id FROM faces WHERE job_id = %s",
                 (
+                    face.user_id,
                     face.job_id,
                     face.image_key,
                     face.crop_key,
@@ -207,13 +265,51 @@ class MainRepository:
                     face.det_score,
                     face.faces_seen,
                     face.model_pack,
-                    face.user_id,
                     face.job_id,
                 ),
             ).fetchone()
-        if row is None:
-            raise UnknownUser(face.user_id)
+            if row is None:  # the other worker's row committed after this statement's snapshot: the next one sees it
+                row = conn.execute("SELECT id FROM faces WHERE job_id = %s", (face.job_id,)).fetchone()
+        assert row is not None
         return int(row[0])
+
+    def serve_face(self, face_id: int, user_id: int, job_id: str) -> None:
+        """Serve the face once its embedding is committed; raises Erased if it was erased meanwhile."""
+        with self.pool.connection() as conn, conn.transaction():
+            conn.execute("SELECT 1 FROM users WHERE id = %s FOR SHARE", (user_id,))
+            _refuse_erased(conn, user_id, job_id, (face_id,))
+            if conn.execute("UPDATE faces SET served = true WHERE id = %s", (face_id,)).rowcount != 1:
+                # Deleted without a tombstone (by hand, or before tombstones existed): erased all the same.
+                raise Erased(job_id, user_erased=False, face_ids=[face_id])
+
+    def begin_face_erasure(self, face_id: int) -> FaceRow | None:
+        """Tombstone the face and stop serving it; the row itself goes last (delete_face), so that an erasure
+        cut short is found again and finished."""
+        with self.pool.connection() as conn, conn.transaction():
+            with conn.cursor(row_factory=class_row(FaceRow)) as cur:
+                face = cur.execute(f"SELECT {_FACE_COLUMNS} FROM faces WHERE id = %s", (face_id,)).fetchone()
+            if face is None:
+                return None
+            conn.execute("SELECT 1 FROM users WHERE id = %s FOR UPDATE", (face.user_id,))
+            _tombstone_faces(conn, [face])
+            conn.execute("UPDATE faces SET served = false WHERE id = %s", (face_id,))
+        return face
+
+    def begin_user_erasure(self, user_id: int) -> list[FaceRow] | None:
+        """Tombstone the user and every face row of theirs (served or not), deactivate the user, stop serving the
+        faces; returns those faces, or None for an unknown user. The rows go last (delete_user)."""
+        with self.pool.connection() as conn, conn.transaction():
+            if conn.execute("SELECT 1 FROM users WHERE id = %s FOR UPDATE", (user_id,)).fetchone() is None:
+                return None
+            conn.execute("INSERT INTO erased_users (user_id) VALUES (%s) ON CONFLICT DO NOTHING", (user_id,))
+            conn.execute("UPDATE users SET is_active = false, updated_at = now() WHERE id = %s", (user_id,))
+            with conn.cursor(row_factory=class_row(FaceRow)) as cur:
+                faces = cur.execute(
+                    f"SELECT {_FACE_COLUMNS} FROM faces WHERE user_id = %s ORDER BY id", (user_id,)
+                ).fetchall()
+            _tombstone_faces(conn, faces)
+            conn.execute("UPDATE faces SET served = false WHERE user_id = %s", (user_id,))
+        return faces
 
     def face_owners(self, face_ids: Sequence[int]) -> dict[int, FaceOwner]:
         """Owners of the given faces, active users only."""
@@ -222,16 +318,38 @@ class MainRepository:
         with self.pool.connection() as conn, conn.cursor(row_factory=class_row(FaceOwner)) as cur:
             cur.execute(
                 "SELECT f.id AS face_id, f.user_id, f.image_key FROM faces f JOIN users u ON u.id = f.user_id"
-                " WHERE f.id = ANY(%s) AND u.is_active",
+                " WHERE f.id = ANY(%s) AND f.served AND u.is_active",
                 (list(face_ids),),
             )
             return {row.face_id: row for row in cur.fetchall()}
 
     def count_faces(self, user_id: int) -> int:
         with self.pool.connection() as conn:
-            row = conn.execute("SELECT count(*) FROM faces WHERE user_id = %s", (user_id,)).fetchone()
+            row = conn.execute("SELECT count(*) FROM faces WHERE user_id = %s AND served", (user_id,)).fetchone()
         return int(row[0]) if row else 0
 
     def ping(self) -> None:
         with self.pool.connection() as conn:
             conn.execute("SELECT 1")
+
+
+def _refuse_erased(conn: psycopg.Connection[Any], user_id: int, job_id: str, face_ids: Sequence[int]) -> None:
+    row = conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM erased_users WHERE user_id = %s),"
+        " (SELECT face_id FROM erased_faces WHERE job_id = %s)",
+        (user_id, job_id),
+    ).fetchone()
+    assert row is not None
+    user_erased, erased_face = bool(row[0]), row[1]
+    if user_erased or erased_face is not None:
+        known = [*face_ids, *([int(erased_face)] if erased_face is not None else [])]
+        raise Erased(job_id, user_erased=user_erased, face_ids=known)
+
+
+def _tombstone_faces(conn: psycopg.Connection[Any], faces: Sequence[FaceRow]) -> None:
+    if faces:
+        conn.execute(
+            "INSERT INTO erased_faces (job_id, face_id) SELECT * FROM unnest(%s::text[], %s::bigint[])"
+            " ON CONFLICT (job_id) DO NOTHING",
+            ([face.job_id for face in faces], [face.id for face in faces]),
+        )

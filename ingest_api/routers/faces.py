@@ -9,12 +9,12 @@ from fastapi import APIRouter, Response
 from common.db.main_repository import FaceRow
 from ingest_api.auth import READ, WRITE
 from ingest_api.deps import AppState, State
-from ingest_api.problems import ApiError
+from ingest_api.openapi import problems
+from ingest_api.problems import ApiError, user_not_found
 from ingest_api.stores import call_store
-from schemas.api import Face, Problem
+from schemas.api import Face
 
-router = APIRouter(prefix="/v1", tags=["faces"])
-ERRORS: dict[int | str, dict[str, object]] = {code: {"model": Problem} for code in (401, 403, 404, 503)}
+router = APIRouter(prefix="/v1", tags=["faces"], dependencies=[READ])
 
 
 def face_view(state: AppState, row: FaceRow) -> Face:
@@ -32,16 +32,16 @@ def face_view(state: AppState, row: FaceRow) -> Face:
     )
 
 
-@router.get("/users/{user_id}/faces", response_model=list[Face], dependencies=[READ], responses=ERRORS)
+@router.get("/users/{user_id}/faces", response_model=list[Face], responses=problems(404))
 async def list_faces(user_id: int, state: State) -> list[Face]:
     user = await call_store(state.main.get_user, user_id)
     rows = await call_store(state.main.list_faces, user_id)
     if user is None:
-        raise ApiError(404, "user_not_found", f"user {user_id} not found")
+        raise user_not_found(user_id)
     return [face_view(state, row) for row in rows]
 
 
-@router.get("/faces/{face_id}", response_model=Face, dependencies=[READ], responses=ERRORS)
+@router.get("/faces/{face_id}", response_model=Face, responses=problems(404))
 async def get_face(face_id: int, state: State) -> Face:
     row = await call_store(state.main.get_face, face_id)
     if row is None:
@@ -49,7 +49,7 @@ async def get_face(face_id: int, state: State) -> Face:
     return face_view(state, row)
 
 
-@router.delete("/faces/{face_id}", status_code=204, dependencies=[WRITE], responses=ERRORS)
+@router.delete("/faces/{face_id}", status_code=204, dependencies=[WRITE], responses=problems(404))
 async def delete_face(face_id: int, state: State) -> Response:
     """Erase one face: its row, its embeddings in every pack, its photo and crop."""
     if not await call_store(state.erasure.erase_face, face_id):

@@ -5,14 +5,16 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request
 
 from ingest_api import jobs
+from ingest_api.auth import READ
 from ingest_api.deps import State
+from ingest_api.openapi import problems
 from ingest_api.problems import ApiError
-from schemas.api import Job, Problem
+from schemas.api import Job
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[READ])
 
 
-@router.get("/{job_id}", response_model=Job, name="get_job", responses={404: {"model": Problem}})
+@router.get("/{job_id}", response_model=Job, name="get_job", responses=problems(404))
 async def get_job(
     job_id: str,
     request: Request,

@@ -11,19 +11,17 @@ from common import dead_letters
 from common.metrics import stream_stats
 from ingest_api.auth import READ, WRITE
 from ingest_api.deps import AppState, State
+from ingest_api.openapi import problems
 from ingest_api.problems import ApiError
-from schemas.api import Problem
 from schemas.console import DeadLetter, Pipeline, Purged, Replayed, StageStats
 from schemas.streams import Stage
 
-router = APIRouter(prefix="/v1/pipeline", tags=["pipeline"])
-ERRORS: dict[int | str, dict[str, object]] = {code: {"model": Problem} for code in (401, 403, 503)}
+router = APIRouter(prefix="/v1/pipeline", tags=["pipeline"], dependencies=[READ])
 # A Redis stream entry id; anything else would reach XRANGE and fail there.
 MessageId = Annotated[str, Path(pattern=r"^\d{1,20}-\d{1,20}$", description="the dead letter's entry id")]
-NOT_FOUND: dict[int | str, dict[str, object]] = {404: {"model": Problem}, **ERRORS}
 
 
-@router.get("", response_model=Pipeline, dependencies=[READ], responses=ERRORS)
+@router.get("", response_model=Pipeline)
 async def pipeline(state: State) -> Pipeline:
     """Every stage's backlog, pending entries, consumers, lag and dead letters, read from Redis now."""
     by_stream = {stage.stream: stage for stage in Stage}
@@ -64,7 +62,7 @@ def _view(letter: dead_letters.DeadLetter) -> DeadLetter:
     )
 
 
-@router.get("/dead-letters", response_model=list[DeadLetter], dependencies=[READ], responses=ERRORS)
+@router.get("/dead-letters", response_model=list[DeadLetter])
 async def list_dead_letters(
     state: State,
     stage: Annotated[Stage | None, Query(description="only this stage's (default: every stage)")] = None,
@@ -85,7 +83,7 @@ async def _find(state: AppState, stage: Stage, message_id: str) -> dead_letters.
 
 
 @router.post(
-    "/dead-letters/{stage}/{message_id}/replay", response_model=Replayed, dependencies=[WRITE], responses=NOT_FOUND
+    "/dead-letters/{stage}/{message_id}/replay", response_model=Replayed, dependencies=[WRITE], responses=problems(404)
 )
 async def replay_dead_letter(stage: Stage, message_id: MessageId, state: State) -> Replayed:
     """Put the entry back on its stage's stream (and its job back in flight)."""
@@ -95,14 +93,14 @@ async def replay_dead_letter(stage: Stage, message_id: MessageId, state: State) 
     return Replayed(stage=stage.value, message_id=new_id)
 
 
-@router.delete("/dead-letters/{stage}/{message_id}", status_code=204, dependencies=[WRITE], responses=NOT_FOUND)
+@router.delete("/dead-letters/{stage}/{message_id}", status_code=204, dependencies=[WRITE], responses=problems(404))
 async def purge_dead_letter(stage: Stage, message_id: MessageId, state: State) -> Response:
     await _find(state, stage, message_id)
     await run_in_threadpool(dead_letters.purge, state.sync_redis, stage, [message_id])
     return Response(status_code=204)
 
 
-@router.delete("/dead-letters/{stage}", response_model=Purged, dependencies=[WRITE], responses=ERRORS)
+@router.delete("/dead-letters/{stage}", response_model=Purged, dependencies=[WRITE])
 async def purge_stage(stage: Stage, state: State) -> Purged:
     """Delete every dead letter of the stage."""
     removed = await run_in_threadpool(dead_letters.purge, state.sync_redis, stage, None)

@@ -4,21 +4,23 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, File, Query, Request, UploadFile
+from fastapi import APIRouter, Depends, File, Query, Request, UploadFile
 from fastapi.responses import JSONResponse
 from pydantic import AnyHttpUrl
 
+from common import egress
 from common.imaging import ImageInfo
 from ingest_api import jobs
 from ingest_api.auth import READ, WRITE
 from ingest_api.deps import AppState, State
-from ingest_api.problems import ApiError
+from ingest_api.openapi import problems
+from ingest_api.problems import ApiError, user_not_found
 from ingest_api.stores import call_store
 from ingest_api.uploads import read_photo
-from schemas.api import Job, Problem
+from schemas.api import Job
 from schemas.streams import JobKind
 
-router = APIRouter(prefix="/v1", tags=["recognition"])
+router = APIRouter(prefix="/v1", tags=["recognition"], dependencies=[READ])
 
 WaitSeconds = Annotated[
     float,
@@ -38,18 +40,33 @@ Threshold = Annotated[
     ),
 ]
 Photo = Annotated[UploadFile, File(description="JPEG, PNG, WebP, BMP, TIFF or GIF photo")]
-CallbackUrl = Annotated[
+CallbackQuery = Annotated[
     AnyHttpUrl | None,
     Query(description="POST the finished job here, signed with X-Fecapass-Signature (see README)"),
 ]
+
+
+def checked_callback_url(callback_url: CallbackQuery = None) -> AnyHttpUrl | None:
+    """Refuse a destination the webhook sender would refuse (common/egress.py). A plain def on purpose: FastAPI
+    runs it on a worker thread, off the event loop, where resolving the host may block."""
+    try:
+        if callback_url is not None:
+            egress.policy_from_env().check_url(str(callback_url))
+    except egress.EgressRefused as exc:
+        raise ApiError(422, "callback_url_refused", f"callback_url refused: {exc}") from None
+    except OSError:
+        pass  # does not resolve (yet): the sender checks again when it connects
+    return callback_url
+
+
+CallbackUrl = Annotated[AnyHttpUrl | None, Depends(checked_callback_url)]
 
 
 def callback(url: AnyHttpUrl | None) -> dict[str, Any]:
     return {"callback_url": str(url)} if url is not None else {}
 
 
-ERRORS: dict[int | str, dict[str, object]] = {code: {"model": Problem} for code in (401, 403, 404, 413, 415, 422, 503)}
-JOB_RESPONSES: dict[int | str, dict[str, object]] = {200: {"model": Job}, **ERRORS}
+JOB_RESPONSES: dict[int | str, dict[str, object]] = {200: {"model": Job}, **problems(404, 413, 415, 422)}
 
 
 async def photo_of(state: AppState, upload: UploadFile) -> tuple[bytes, ImageInfo]:
@@ -60,7 +77,7 @@ async def photo_of(state: AppState, upload: UploadFile) -> tuple[bytes, ImageInf
 async def require_active_user(state: AppState, user_id: int) -> None:
     user = await call_store(state.main.get_user, user_id)
     if user is None or not user.is_active:
-        raise ApiError(404, "user_not_found", f"user {user_id} not found")
+        raise user_not_found(user_id)
 
 
 @router.post(
@@ -78,7 +95,7 @@ async def enroll_face(
     return await jobs.respond(state, request, submitted, wait)
 
 
-@router.post("/search", status_code=202, response_model=Job, dependencies=[READ], responses=JOB_RESPONSES)
+@router.post("/search", status_code=202, response_model=Job, responses=JOB_RESPONSES)
 async def search_faces(
     file: Photo,
     request: Request,
@@ -102,7 +119,7 @@ async def search_faces(
     return await jobs.respond(state, request, submitted, wait)
 
 
-@router.post("/verify", status_code=202, response_model=Job, dependencies=[READ], responses=JOB_RESPONSES)
+@router.post("/verify", status_code=202, response_model=Job, responses=JOB_RESPONSES)
 async def verify_face(
     file: Photo,
     request: Request,
@@ -130,7 +147,7 @@ async def verify_face(
     return await jobs.respond(state, request, submitted, wait)
 
 
-@router.post("/detect", status_code=202, response_model=Job, dependencies=[READ], responses=JOB_RESPONSES)
+@router.post("/detect", status_code=202, response_model=Job, responses=JOB_RESPONSES)
 async def detect_faces(
     file: Photo, request: Request, state: State, wait: WaitSeconds = 0, callback_url: CallbackUrl = None
 ) -> JSONResponse:

@@ -7,21 +7,15 @@ from fastapi import APIRouter, Query, Response
 from common.db.main_repository import DuplicateEmail
 from ingest_api.auth import READ, WRITE
 from ingest_api.deps import State
-from ingest_api.problems import ApiError
+from ingest_api.openapi import problems
+from ingest_api.problems import ApiError, user_not_found
 from ingest_api.stores import call_store
-from schemas.api import Problem, User, UserCreate, UserPage, UserUpdate
+from schemas.api import User, UserCreate, UserPage, UserUpdate
 
-router = APIRouter(prefix="/v1/users", tags=["users"])
-ERRORS: dict[int | str, dict[str, object]] = {code: {"model": Problem} for code in (401, 403, 404, 503)}
-
-
-def _user_not_found(user_id: int) -> ApiError:
-    return ApiError(404, "user_not_found", f"user {user_id} not found")
+router = APIRouter(prefix="/v1/users", tags=["users"], dependencies=[READ])
 
 
-@router.post(
-    "", status_code=201, response_model=User, dependencies=[WRITE], responses={409: {"model": Problem}, **ERRORS}
-)
+@router.post("", status_code=201, response_model=User, dependencies=[WRITE], responses=problems(409))
 async def create_user(body: UserCreate, state: State) -> User:
     try:
         row = await call_store(state.main.create_user, str(body.email), body.full_name)
@@ -30,7 +24,7 @@ async def create_user(body: UserCreate, state: State) -> User:
     return User(**row.__dict__)
 
 
-@router.get("", response_model=UserPage, dependencies=[READ], responses=ERRORS)
+@router.get("", response_model=UserPage)
 async def list_users(
     state: State,
     after: Annotated[int, Query(ge=0, description="the last id of the previous page")] = 0,
@@ -43,15 +37,15 @@ async def list_users(
     )
 
 
-@router.get("/{user_id}", response_model=User, dependencies=[READ], responses=ERRORS)
+@router.get("/{user_id}", response_model=User, responses=problems(404))
 async def get_user(user_id: int, state: State) -> User:
     row = await call_store(state.main.get_user, user_id)
     if row is None:
-        raise _user_not_found(user_id)
+        raise user_not_found(user_id)
     return User(**row.__dict__)
 
 
-@router.patch("/{user_id}", response_model=User, dependencies=[WRITE], responses={409: {"model": Problem}, **ERRORS})
+@router.patch("/{user_id}", response_model=User, dependencies=[WRITE], responses=problems(404, 409))
 async def update_user(user_id: int, body: UserUpdate, state: State) -> User:
     try:
         row = await call_store(
@@ -64,13 +58,13 @@ async def update_user(user_id: int, body: UserUpdate, state: State) -> User:
     except DuplicateEmail as exc:
         raise ApiError(409, "email_taken", f"a user with email {body.email} exists") from exc
     if row is None:
-        raise _user_not_found(user_id)
+        raise user_not_found(user_id)
     return User(**row.__dict__)
 
 
-@router.delete("/{user_id}", status_code=204, dependencies=[WRITE], responses=ERRORS)
+@router.delete("/{user_id}", status_code=204, dependencies=[WRITE], responses=problems(404))
 async def delete_user(user_id: int, state: State) -> Response:
     """Erase the user and everything held about them: face rows, embeddings of every pack, photos and crops."""
     if not await call_store(state.erasure.erase_user, user_id):
-        raise _user_not_found(user_id)
+        raise user_not_found(user_id)
     return Response(status_code=204)

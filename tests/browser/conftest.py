@@ -8,22 +8,17 @@ from __future__ import annotations
 
 import json
 import shutil
-import threading
-import time
 from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
 import psycopg
 import pytest
-import uvicorn
 
-from ingest_api.app import create_app
-from ingest_api.config import ApiConfig
-from operations.services import LocalServices, free_port
+from operations.services import LocalServices
+from tests.api.conftest import api_config, serving
 from tests.e2e.conftest import RunningPipeline, create_key_in, fresh_installation, start_cluster, stop_cluster
 from tests.shared_data import require_basic, require_pack
 
@@ -69,33 +64,6 @@ class Console:
         return httpx.Client(base_url=self.base_url, timeout=30, headers={"X-API-Key": self.keys[scope]})
 
 
-def api_config(env: dict[str, str]) -> ApiConfig:
-    with pytest.MonkeyPatch.context() as patch:
-        for name, value in env.items():
-            patch.setenv(name, value)
-        return ApiConfig.from_env()
-
-
-@contextmanager
-def serve(config: ApiConfig) -> Iterator[str]:
-    """create_app(config) under uvicorn in a thread, on a free port of 127.0.0.1."""
-    port = free_port()
-    config = replace(config, api=config.api.model_copy(update={"api_port": port, "api_host": "127.0.0.1"}))
-    server = uvicorn.Server(uvicorn.Config(create_app(config), host="127.0.0.1", port=port, log_config=None))
-    thread = threading.Thread(target=server.run, name="console-api", daemon=True)
-    thread.start()
-    for _ in range(300):
-        if server.started or not thread.is_alive():
-            break
-        time.sleep(0.1)
-    assert server.started, "the API did not start within 30 s"
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(30)
-
-
 @pytest.fixture(scope="session")
 def console(services: LocalServices) -> Iterator[Console]:
     """The API (and so the console) in this process; no model files, no stage process."""
@@ -106,8 +74,8 @@ def console(services: LocalServices) -> Iterator[Console]:
         "FECAPASS_MAX_WAIT_SECONDS": "0",
     }
     keys = {scope: create_key_in(env["FECAPASS_MAIN_DB_DSN"], scope, f"console-{scope}") for scope in SCOPES}
-    with serve(api_config(env)) as base_url:
-        yield Console(base_url, env, keys)
+    with serving(api_config(env)) as (host, port):
+        yield Console(f"http://{host}:{port}", env, keys)
 
 
 SCOPES = ("read", "write", "admin")

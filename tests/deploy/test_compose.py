@@ -21,10 +21,14 @@ STAGES = {stage.value for stage in Stage}
 PYTHON_SERVICES = {"api", "migrate", "models"} | STAGES
 DUMMY_SECRETS = {
     "POSTGRES_PASSWORD": "pw",
-    "MINIO_ROOT_USER": "user",
+    "REDIS_PASSWORD": "redis-pass",
+    "MINIO_ROOT_USER": "root-user",
     "MINIO_ROOT_PASSWORD": "password1",
+    "FECAPASS_S3_ACCESS_KEY": "app-user",
+    "FECAPASS_S3_SECRET_KEY": "app-secret",
     "FECAPASS_WEBHOOK_SECRET": "hook-secret",
 }
+MINIO_SERVICES = {"minio", "minio_init"}  # the only ones that may see the MinIO root credentials
 
 
 def tool(name: str) -> str:
@@ -78,7 +82,7 @@ def test_services_and_images(compose: dict[str, Any]) -> None:
     assert services["db_main"]["image"] == "postgres:18"
     assert services["db_vector"]["image"] == "pgvector/pgvector:pg18"
     assert services["redis"]["image"].startswith("redis:")
-    assert "--appendonly" in services["redis"]["command"] and "yes" in services["redis"]["command"]
+    assert "--appendonly yes" in " ".join(services["redis"]["command"])
     assert services["minio"]["image"].startswith("minio/minio:")
 
 
@@ -140,10 +144,61 @@ def test_services_get_every_secret_from_the_environment(compose: dict[str, Any])
     for variable in (
         "FECAPASS_MAIN_DB_DSN",
         "FECAPASS_VECTOR_DB_DSN",
+        "FECAPASS_REDIS_URL",
         "FECAPASS_S3_ACCESS_KEY",
         "FECAPASS_S3_SECRET_KEY",
     ):
         assert variable in env
+
+
+def test_app_services_never_get_the_minio_root_credentials(compose: dict[str, Any]) -> None:
+    root = {DUMMY_SECRETS["MINIO_ROOT_USER"], DUMMY_SECRETS["MINIO_ROOT_PASSWORD"]}
+    for name, service in compose["services"].items():
+        if name in MINIO_SERVICES:
+            continue
+        env = service.get("environment", {})
+        assert not [key for key in env if key.startswith("MINIO_")], name
+        assert not [key for key, value in env.items() if any(secret in str(value) for secret in root)], name
+    for name in PYTHON_SERVICES:
+        env = compose["services"][name]["environment"]
+        assert env["FECAPASS_S3_ACCESS_KEY"] == DUMMY_SECRETS["FECAPASS_S3_ACCESS_KEY"], name
+        assert env["FECAPASS_S3_SECRET_KEY"] == DUMMY_SECRETS["FECAPASS_S3_SECRET_KEY"], name
+
+
+def test_minio_init_gives_the_app_user_its_bucket_only(compose: dict[str, Any]) -> None:
+    init = compose["services"]["minio_init"]
+    script = " ".join(init["command"])
+    assert init["environment"]["FECAPASS_S3_ACCESS_KEY"] == DUMMY_SECRETS["FECAPASS_S3_ACCESS_KEY"]
+    assert 'mc admin user add local "$$FECAPASS_S3_ACCESS_KEY" "$$FECAPASS_S3_SECRET_KEY"' in script
+    assert 'mc admin policy attach local fecapass-app --user "$$FECAPASS_S3_ACCESS_KEY"' in script
+    policy = json.loads(script.split("<<EOF", 1)[1].split("EOF", 1)[0])
+    bucket = "arn:aws:s3:::$$FECAPASS_S3_BUCKET"
+    for statement in policy["Statement"]:
+        assert statement["Effect"] == "Allow"
+        assert set(statement["Resource"]) <= {bucket, f"{bucket}/*"}, statement
+        assert all(action.startswith("s3:") and "*" not in action for action in statement["Action"]), statement
+    for name in PYTHON_SERVICES - {"models", "migrate"}:  # these two never touch S3
+        if name != "webhook":
+            assert "minio_init" in compose["services"][name]["depends_on"], name
+
+
+def test_redis_requires_a_password(compose: dict[str, Any]) -> None:
+    redis = compose["services"]["redis"]
+    script = " ".join(redis["command"])
+    assert "requirepass" in script and "$$REDIS_PASSWORD" in script
+    # On the server's command line every process of the host could read it: it goes in a config file.
+    server_args = script.split("exec ", 1)[1]
+    assert "REDIS_PASSWORD" not in server_args and "--requirepass" not in server_args
+    assert redis["environment"]["REDIS_PASSWORD"] == DUMMY_SECRETS["REDIS_PASSWORD"]
+    assert "REDISCLI_AUTH" in " ".join(redis["healthcheck"]["test"])
+    for name in PYTHON_SERVICES:
+        url = compose["services"][name]["environment"]["FECAPASS_REDIS_URL"]
+        assert url.startswith(f"redis://:{DUMMY_SECRETS['REDIS_PASSWORD']}@redis:"), name
+
+
+def test_stage_metrics_listen_for_the_scraper(compose: dict[str, Any]) -> None:
+    for stage in STAGES:
+        assert compose["services"][stage]["environment"]["FECAPASS_METRICS_HOST"] == "0.0.0.0"
 
 
 def test_hadolint_clean_at_warning_level() -> None:

@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import uuid
 from collections import defaultdict
 from collections.abc import Iterator
@@ -20,32 +16,28 @@ import pytest
 import redis
 
 from common import clients
-from common.apikeys import new_key
+from common.db.main_repository import MainRepository
 from common.db.migrate import migrate_all
 from common.objects import ObjectStore
 from common.settings import S3Settings
-from operations.services import MAIN_DB, LocalServices, free_port
+from operations.installation import Installation
+from operations.services import MAIN_DB, LocalServices
 from schemas.streams import Stage
-from tests.processes import wait_until_answers
 from tests.shared_data import BASIC, MODEL_ROOT, PACK, labels, require_basic, require_pack
 
 WORKERS_PER_STAGE = 2
 
 
-@dataclass
-class RunningPipeline:
-    base_url: str
-    env: dict[str, str]
-    log_dir: Path
+@dataclass(kw_only=True)
+class RunningPipeline(Installation):
     keys: dict[str, str] = field(default_factory=dict)  # scope -> key
-    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
-    metrics_ports: dict[str, int] = field(default_factory=dict)
 
     def client(self, scope: str = "write") -> httpx.Client:
         return httpx.Client(base_url=self.base_url, timeout=90, headers={"X-API-Key": self.keys[scope]})
 
     def handled_by(self, stage: Stage) -> dict[str, int]:
         """Entries each process of a stage finished, read from its structured log."""
+        assert self.log_dir is not None
         counts = {}
         for name in self.processes:
             if name.startswith(stage.value):
@@ -60,26 +52,7 @@ def create_key(services: LocalServices, scope: str, name: str = "tests") -> str:
 
 
 def create_key_in(main_dsn: str, scope: str, name: str = "tests") -> str:
-    key, prefix, digest = new_key()
-    with psycopg.connect(main_dsn) as conn:
-        conn.execute(
-            "INSERT INTO api_keys (name, scope, prefix, key_hash) VALUES (%s, %s, %s, %s)",
-            (name, scope, prefix, digest),
-        )
-    return key
-
-
-def start_process(env: dict[str, str], log_dir: Path, name: str, args: list[str]) -> subprocess.Popen[bytes]:
-    log = (log_dir / f"{name}.log").open("wb")
-    return subprocess.Popen([sys.executable, "-m", "operations.cli", *args], env=env, stdout=log, stderr=log)
-
-
-def start_stage(running: RunningPipeline, stage: Stage, name: str) -> None:
-    """Start (or replace) one stage process with a metrics port of its own."""
-    port = free_port()
-    running.metrics_ports[name] = port
-    env = {**running.env, "FECAPASS_METRICS_PORT": str(port)}
-    running.processes[name] = start_process(env, running.log_dir, name, ["worker", stage.value])
+    return MainRepository.at(main_dsn).create_api_key(name, scope).key
 
 
 def fresh_installation(services: LocalServices, name: str, redis_db: int) -> dict[str, str]:
@@ -113,39 +86,27 @@ def start_cluster(
     env: dict[str, str], log_dir: Path, *, pack: str = PACK, workers_per_stage: int = WORKERS_PER_STAGE
 ) -> RunningPipeline:
     """`fecapass api` and workers_per_stage `fecapass worker` processes per stage, ready to take uploads."""
-    port = free_port()
-    env = {
-        **os.environ,
+    settings = {
         **env,
         "FECAPASS_MODEL_PACK": pack,
         "FECAPASS_MODEL_ROOT": str(MODEL_ROOT),
-        "FECAPASS_API_PORT": str(port),
         "FECAPASS_LOG_JSON": "true",
         "FECAPASS_MAX_WAIT_SECONDS": "90",
         "FECAPASS_READ_COUNT": "4",
         "FECAPASS_ORT_THREADS": "1",
+        # The receivers of test_webhooks.py listen on loopback, which webhooks may not reach by default.
+        "FECAPASS_WEBHOOK_ALLOW": "127.0.0.1/32",
     }
-    running = RunningPipeline(f"http://127.0.0.1:{port}", env, log_dir)
+    running = RunningPipeline(env=settings, log_dir=log_dir, workers_per_stage=workers_per_stage, metrics_port=None)
     running.keys = {scope: create_key_in(env["FECAPASS_MAIN_DB_DSN"], scope) for scope in ("read", "write")}
-    running.processes["api"] = start_process(env, log_dir, "api", ["api"])
-    for stage in Stage:
-        for index in range(workers_per_stage):
-            start_stage(running, stage, f"{stage.value}-{index}")
-    wait_until_answers(
-        f"{running.base_url}/health/ready", timeout=90, describe=lambda: (log_dir / "api.log").read_text()[-2000:]
-    )
+    running.start(ready_timeout=90)
     return running
 
 
 def stop_cluster(running: RunningPipeline) -> None:
-    for process in running.processes.values():
-        process.send_signal(signal.SIGTERM)
-    for name, process in running.processes.items():
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            pytest.fail(f"{name} did not stop within 30 s of SIGTERM")
+    killed = running.stop(timeout=30)
+    if killed:
+        pytest.fail(f"{', '.join(killed)} did not stop within 30 s of SIGTERM")
 
 
 @pytest.fixture(scope="session")

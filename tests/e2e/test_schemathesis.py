@@ -6,9 +6,6 @@ It gets databases, a Redis database and a bucket of its own, so its random delet
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 
 import pytest
@@ -21,9 +18,9 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from operations.services import LocalServices, free_port
+from operations.installation import Installation
+from operations.services import LocalServices
 from tests.e2e.conftest import create_key_in, fresh_installation
-from tests.processes import wait_until_answers
 
 pytestmark = pytest.mark.e2e
 
@@ -31,22 +28,15 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture(scope="module")
 def fuzz_api(services: LocalServices, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
     env = fresh_installation(services, "fuzz", redis_db=1)
-    port = free_port()
     env.update(
         FECAPASS_MODEL_PACK="dlib",  # installed with the package; the API only describes it
-        FECAPASS_API_PORT=str(port),
         FECAPASS_MAX_WAIT_SECONDS="0",  # no stage runs here: never hold a request open
     )
-    log = (tmp_path_factory.mktemp("fuzz") / "api.log").open("wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "operations.cli", "api"], env={**os.environ, **env}, stdout=log, stderr=log
-    )
-    base = f"http://127.0.0.1:{port}"
-    wait_until_answers(f"{base}/health/live", timeout=30, process=process)
+    api = Installation(env=env, log_dir=tmp_path_factory.mktemp("fuzz"), stages=())
+    api.start(ready_timeout=30)
     key = create_key_in(env["FECAPASS_MAIN_DB_DSN"], "write")
-    yield base, key
-    process.send_signal(signal.SIGTERM)
-    process.wait(30)
+    yield api.base_url, key
+    api.stop(timeout=30)
 
 
 # More examples find more; the default keeps the run to seconds. FECAPASS_FUZZ_EXAMPLES=500 for a long run.

@@ -13,7 +13,7 @@ from common.packs import Face, ModelPack, PackInfo
 from common.packs.library import PackLibrary
 from common.settings import ModelSettings
 from embedder.stage import EmbedHandler
-from schemas.streams import FaceBox, JobKind, PipelineMessage
+from schemas.streams import AlignedFace, AlignedMessage, EmbeddedMessage, JobKind
 from tests.shared_data import MODEL_ROOT, PACK, require_basic, require_pack
 
 
@@ -64,9 +64,17 @@ def test_faces_of_several_messages_are_embedded_batch_by_batch(object_store: Obj
         for index, crop in enumerate(crops[first : first + count]):
             key = f"crops/{job_id}/{index}.png"
             store.put(key, encode_png(crop), content_type="image/png")
-            boxes.append(FaceBox(box=(0, 0, 1, 1), keypoints=[(0, 0)] * 5, score=1.0, crop_key=key))
+            boxes.append(AlignedFace(box=(0, 0, 1, 1), keypoints=[(0, 0)] * 5, score=1.0, crop_key=key))
         messages.append(
-            PipelineMessage(job_id=job_id, kind=JobKind.SEARCH, image_key="originals/x", faces=boxes, pack=PACK)
+            AlignedMessage(
+                job_id=job_id,
+                kind=JobKind.SEARCH,
+                image_key="originals/x",
+                faces=boxes,
+                faces_seen=count,
+                pack=PACK,
+                crop_size=pack.info.crop_size,
+            )
         )
     counting = CountingPack(pack)
     handler = EmbedHandler(store, OnePackLibrary(settings, counting), batch=2)
@@ -77,7 +85,7 @@ def test_faces_of_several_messages_are_embedded_batch_by_batch(object_store: Obj
     for result in results:
         assert not isinstance(result, BaseException), result
         forward = result.forward
-        assert forward is not None and forward.embeddings is not None and forward.dim == pack.info.dim
+        assert isinstance(forward, EmbeddedMessage) and forward.dim == pack.info.dim
         found.append(np.frombuffer(forward.embeddings, dtype="<f4").reshape(-1, pack.info.dim))
     # Each message gets its own faces' embeddings, in order, the same as one crop at a time.
     assert np.allclose(np.vstack(found), one_by_one, atol=1e-4)

@@ -12,6 +12,7 @@ import pytest
 from psycopg import sql
 
 from common import clients
+from common.apikeys import KEY_PREFIX, Scope, hash_key
 from common.db.main_repository import DuplicateEmail, MainRepository, NewFace, UnknownUser
 from common.db.migrate import apply_migrations, migrate_all, migration_files
 from common.db.vector_repository import (
@@ -88,6 +89,8 @@ def test_add_face_is_idempotent_per_job(repositories: tuple[MainRepository, Vect
     face = new_face(user.id)
     first = main.add_face(face)
     assert main.add_face(face) == first  # redelivered message: same row
+    assert main.count_faces(user.id) == 0 and main.get_face(first) is None  # not served before its embedding
+    main.serve_face(first, user.id, face.job_id)
     assert main.count_faces(user.id) == 1
     embedding = unit(np.random.default_rng(3).standard_normal(8))
     vectors.add_embedding(first, "idem8", embedding)
@@ -247,3 +250,24 @@ def test_first_pack_is_active_until_another_is_activated(
     vectors.activate(active)  # back, for the other tests
     with psycopg.connect(vectors.pool.conninfo) as conn, pytest.raises(psycopg.errors.UniqueViolation):
         conn.execute("UPDATE model_packs SET active = true")  # the database itself allows one active pack
+
+
+def test_api_keys_are_stored_as_hashes_and_revoked_once(
+    repositories: tuple[MainRepository, VectorRepository], services: LocalServices
+) -> None:
+    main, _ = repositories
+    created = main.create_api_key("repo-test", "read")
+    assert created.key.startswith(KEY_PREFIX) and created.row.prefix == created.key[:12]
+    assert created.row.scope == "read" and created.row.revoked_at is None
+    with psycopg.connect(services.dsn("fecapass_repo_main")) as conn:
+        stored = conn.execute("SELECT key_hash FROM api_keys WHERE id = %s", (created.row.id,)).fetchone()
+    assert stored is not None and bytes(stored[0]) == hash_key(created.key) and created.key.encode() not in stored[0]
+    assert main.api_key_scope(hash_key(created.key)) == "read"
+    # The same method over one connection per call (tools and tests without a pool) sees the same rows.
+    other = MainRepository.at(services.dsn("fecapass_repo_main")).create_api_key("repo-test-2", Scope.WRITE)
+    assert main.api_key_scope(hash_key(other.key)) == "write"
+    with pytest.raises(ValueError):
+        main.create_api_key("bad", "admin")
+    assert main.revoke_api_key(created.row.id) and not main.revoke_api_key(created.row.id)
+    assert main.api_key_scope(hash_key(created.key)) is None
+    assert [row.name for row in main.list_api_keys()][-2:] == ["repo-test", "repo-test-2"]

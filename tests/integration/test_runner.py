@@ -20,7 +20,8 @@ from common.runner import StageRunner, ensure_group, errors_key
 from common.settings import StreamSettings
 from operations.services import LocalServices
 from schemas.jobs import ErrorCode, job_key
-from schemas.streams import JobKind, PipelineMessage, Stage
+from schemas.results import FinishedResult, ReindexResult
+from schemas.streams import JobKind, JobMessage, Stage
 from tests.conftest import redis_client_url
 
 FAST = StreamSettings(read_count=8, block_ms=50, claim_idle_ms=100, max_deliveries=3)
@@ -30,26 +31,26 @@ class ScriptedHandler:
     """Align-stage stand-in whose behaviour per job is chosen by the test."""
 
     stage = Stage.ALIGN
-    message_type = PipelineMessage
+    message_type = JobMessage
 
     def __init__(self, behaviour: dict[str, list[BaseException | None]] | None = None) -> None:
         self.behaviour = behaviour or {}
         self.calls: list[str] = []
 
-    def handle(self, message: PipelineMessage) -> Outcome:
+    def handle(self, message: JobMessage) -> Outcome:
         self.calls.append(message.job_id)
         script = self.behaviour.get(message.job_id, [])
         error = script.pop(0) if script else None
         if error is not None:
             raise error
-        return Outcome(forward=message.model_copy(update={"faces_seen": 1}))
+        return Outcome(forward=message)
 
-    def handle_batch(self, messages: Sequence[PipelineMessage]) -> list[HandlerResult]:
+    def handle_batch(self, messages: Sequence[JobMessage]) -> list[HandlerResult]:
         return per_message(self.handle)(messages)
 
 
 def enqueue(client: redis.Redis, job_id: str, stage: Stage = Stage.ALIGN) -> str:
-    message = PipelineMessage(job_id=job_id, kind=JobKind.SEARCH, image_key=f"originals/{job_id}")
+    message = JobMessage(job_id=job_id, kind=JobKind.SEARCH, image_key=f"originals/{job_id}")
     client.hset(job_key(job_id), mapping={"kind": "search", "state": "queued"})
     return client.xadd(stage.stream, message.to_fields()).decode()
 
@@ -72,7 +73,7 @@ def test_success_forwards_then_acks(redis_client: redis.Redis) -> None:
     runner(redis_client, ScriptedHandler()).run_once()
     forwarded = redis_client.xrange(Stage.EMBED.stream)
     assert len(forwarded) == 1
-    assert PipelineMessage.from_fields(forwarded[0][1]).job_id == "ok-1"
+    assert JobMessage.from_fields(forwarded[0][1]).job_id == "ok-1"
     assert pending_count(redis_client) == 0
     state = job(redis_client, "ok-1")
     assert state["state"] == "aligning" and "align_finished_at" in state
@@ -178,8 +179,8 @@ def test_final_result_marks_job_done_and_publishes(redis_client: redis.Redis) ->
     class Finisher(ScriptedHandler):
         stage = Stage.INDEX
 
-        def handle(self, message: PipelineMessage) -> Outcome:
-            return Outcome(result={"answer": 42})
+        def handle(self, message: JobMessage) -> Outcome:
+            return Outcome(result=FinishedResult.without_photos(ReindexResult(face_id=42, model_pack="p")))
 
     ensure_group(redis_client, Stage.INDEX)
     pubsub = redis_client.pubsub()
@@ -188,7 +189,7 @@ def test_final_result_marks_job_done_and_publishes(redis_client: redis.Redis) ->
     enqueue(redis_client, "final", stage=Stage.INDEX)
     StageRunner(redis_client, Finisher(), FAST, job_ttl_seconds=600, consumer="x").run_once()
     state = job(redis_client, "final")
-    assert state["state"] == "done" and json.loads(state["result"]) == {"answer": 42}
+    assert state["state"] == "done" and json.loads(state["result"]) == {"face_id": 42, "model_pack": "p"}
     message = pubsub.get_message(timeout=2)
     assert message is not None and message["data"] == b"final"
     pubsub.close()
@@ -200,7 +201,7 @@ def test_stop_request_finishes_batch_and_leaves_group(redis_client: redis.Redis)
         enqueue(redis_client, f"drain-{index}")
 
     class StopsMidway(ScriptedHandler):
-        def handle_batch(self, messages: Sequence[PipelineMessage]) -> list[HandlerResult]:
+        def handle_batch(self, messages: Sequence[JobMessage]) -> list[HandlerResult]:
             stage.request_stop()  # SIGTERM arrives while the batch is in hand
             return super().handle_batch(messages)
 
@@ -304,7 +305,7 @@ def test_dead_letters_can_be_replayed_and_purged(redis_client: redis.Redis) -> N
     assert redis_client.xlen(Stage.ALIGN.dead_letter_stream) == 0
     assert job(redis_client, "revived")["state"] == "aligning" and "error_code" not in job(redis_client, "revived")
     stage.run_once()  # the handler now succeeds
-    assert PipelineMessage.from_fields(redis_client.xrange(Stage.EMBED.stream)[-1][1]).job_id == "revived"
+    assert JobMessage.from_fields(redis_client.xrange(Stage.EMBED.stream)[-1][1]).job_id == "revived"
     redis_client.xadd(Stage.ALIGN.dead_letter_stream, {"job_id": "x"})
     assert dlq.purge(redis_client, Stage.ALIGN) == 1 and redis_client.xlen(Stage.ALIGN.dead_letter_stream) == 0
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.processes import server_data_dir
 from tests.reliability import report
 from tests.reliability.harness import Cluster, Ledger, make_cluster
 from tests.shared_data import require_basic, require_pack
@@ -20,10 +21,11 @@ LEDGERS: list[Ledger] = []
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     require_pack()
     require_basic()
-    running = make_cluster(tmp_path_factory.mktemp("reliability"), tmp_path_factory.mktemp("reliability-logs"))
-    yield running
-    running.stop()
-    running.services.stop()
+    with server_data_dir() as data_dir:
+        running = make_cluster(data_dir, tmp_path_factory.mktemp("reliability-logs"))
+        yield running
+        running.stop()
+        running.services.stop()
     target = os.environ.get("FECAPASS_RELIABILITY_REPORT")
     if target:
         report.write(Path(target), LEDGERS, JOBS)

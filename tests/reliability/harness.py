@@ -3,28 +3,21 @@ and count what became of every accepted upload."""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import time
 import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from itertools import count
 from pathlib import Path
-from typing import Any
 
 import httpx
 import psycopg
 import redis
 
-from common.db.migrate import migrate_all
-from operations.services import MAIN_DB, VECTOR_DB, LocalServices, free_port
-from schemas.streams import PIPELINE, Stage
+from operations.installation import Installation, start_servers
+from operations.services import MAIN_DB, VECTOR_DB, LocalServices
+from schemas.streams import PIPELINE
 from tests.e2e.conftest import create_key_in
-from tests.processes import wait_until_answers
 from tests.shared_data import BASIC, MODEL_ROOT, PACK
 
 # Enough photos of several people to keep every stage busy.
@@ -39,7 +32,6 @@ CLUSTER_ENV = {
     "FECAPASS_READ_COUNT": "4",
     "FECAPASS_ORT_THREADS": "1",
     "FECAPASS_DRAIN_SECONDS": "15",
-    "FECAPASS_METRICS_PORT": "0",
     "FECAPASS_MAX_WAIT_SECONDS": "30",
     "FECAPASS_LOG_JSON": "true",
     "FECAPASS_MAX_BACKLOG": "100000",
@@ -61,77 +53,30 @@ class Ledger:
     notes: list[str] = field(default_factory=list)
 
 
-@dataclass
-class Cluster:
+@dataclass(kw_only=True)
+class Cluster(Installation):
     services: LocalServices
-    log_dir: Path
-    env: dict[str, str]
-    base_url: str = ""
     key: str = ""
-    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     users: list[int] = field(default_factory=list)
-    _names: Any = field(default_factory=count)
 
     # -- processes ---------------------------------------------------------------------------------------
-
-    def spawn(self, name: str, args: list[str], extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-        log = (self.log_dir / f"{name}.log").open("ab")
-        process = subprocess.Popen(
-            [sys.executable, "-m", "operations.cli", *args],
-            env={**self.env, **(extra_env or {})},
-            stdout=log,
-            stderr=log,
-        )
-        self.processes[name] = process
-        return process
-
-    def start_stage(self, stage: Stage) -> str:
-        name = f"{stage.value}-{next(self._names)}"
-        self.spawn(name, ["worker", stage.value])
-        return name
-
-    def stage_processes(self, stage: Stage) -> list[str]:
-        return [n for n, p in self.processes.items() if n.startswith(f"{stage.value}-") and p.poll() is None]
 
     def signal(self, name: str, signum: int) -> None:
         self.processes[name].send_signal(signum)
 
-    def start(self) -> None:
-        port = free_port()
-        self.base_url = f"http://127.0.0.1:{port}"
-        self.env["FECAPASS_API_PORT"] = str(port)
-        self.spawn("api", ["api"])
-        for stage in Stage:
-            self.start_stage(stage)
-        self.wait_ready()
+    def start(self, ready_timeout: float = 60) -> None:
+        super().start(ready_timeout)
         self.key = create_key_in(self.services.dsn(MAIN_DB), "write", "reliability")
         with self.client() as client:
             for _ in range(4):
                 response = client.post("/v1/users", json={"email": f"r{uuid.uuid4().hex}@example.com"})
                 self.users.append(int(response.json()["id"]))
 
-    def wait_ready(self, timeout: float = 60) -> None:
-        wait_until_answers(
-            f"{self.base_url}/health/ready",
-            timeout=timeout,
-            describe=lambda: (self.log_dir / "api.log").read_text()[-2000:],
-        )
-
     def ready(self) -> int:
         try:
             return httpx.get(f"{self.base_url}/health/ready", timeout=8).status_code
         except httpx.HTTPError:
             return 0
-
-    def stop(self) -> None:
-        for process in self.processes.values():
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        for process in self.processes.values():
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                process.kill()
 
     def client(self, base_url: str | None = None) -> httpx.Client:
         return httpx.Client(base_url=base_url or self.base_url, timeout=60, headers={"X-API-Key": self.key})
@@ -218,16 +163,8 @@ class Cluster:
 
 
 def make_cluster(data_dir: Path, log_dir: Path) -> Cluster:
-    services = LocalServices(data_dir, durable=True)
-    services.start()
-    migrate_all(services.dsn(MAIN_DB), services.dsn(VECTOR_DB))
-    env = {
-        **os.environ,
-        **services.environment(),
-        **CLUSTER_ENV,
-        "FECAPASS_MODEL_PACK": PACK,
-        "FECAPASS_MODEL_ROOT": str(MODEL_ROOT),
-    }
-    cluster = Cluster(services, log_dir, env)
+    services = start_servers(LocalServices(data_dir, durable=True))
+    env = {**services.environment(), **CLUSTER_ENV, "FECAPASS_MODEL_PACK": PACK, "FECAPASS_MODEL_ROOT": str(MODEL_ROOT)}
+    cluster = Cluster(services=services, log_dir=log_dir, env=env)
     cluster.start()
     return cluster

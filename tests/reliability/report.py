@@ -18,6 +18,21 @@ S3 and its job's `XADD` has returned, so a clean Redis restart (SIGTERM: the AOF
 uploads accepted in that second, and acknowledgements of that second (those entries are then simply processed
 again; every handler is idempotent). Use `appendfsync always` to close that window at the cost of write latency.
 PostgreSQL commits are durable (`fsync` on); S3 durability is the store's.
+
+## Exactly-once effects
+
+Redis Streams deliver at least once: an entry whose consumer stalls past `FECAPASS_CLAIM_IDLE_MS` is claimed by
+another. Its effects still happen once. Each entry is settled by one Lua script that first checks, in Redis, that
+the entry is still pending for this consumer with the delivery count it was read with; only then does it add the
+output to the next stream, write the job's status, queue the webhook and `XACK`. A consumer that was paused
+(`SIGSTOP`, a long GC, a VM migration) while another claimed and finished its entries writes nothing when it wakes
+up (`stage.claim_lost`). Job states only move forward and `done`/`failed` are final, checked in the same script,
+so a duplicate or stale delivery can neither move a job back nor fail a finished one, and the job-done `PUBLISH`
+and the webhook fire only on the write that finished the job. No entry can stop a stage: unreadable bytes are
+dead-lettered with backslash escapes, and an entry that crashes its process is dead-lettered once its deliveries
+pass `FECAPASS_MAX_DELIVERIES`, without being run again. One unreadable S3 object fails its job
+(`object_unreadable`) after its deliveries instead of stalling the stage; only a store that fails for every key
+is waited out in place. `tests/integration/test_exactly_once.py` shows each of these against a real Valkey and S3.
 """
 
 

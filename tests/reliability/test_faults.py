@@ -18,11 +18,11 @@ from PIL import Image
 from common.objects import original_key
 from operations.services import free_port
 from schemas.jobs import job_key
-from schemas.streams import PIPELINE, FaceBox, JobKind, PipelineMessage, Stage
+from schemas.streams import PIPELINE, DetectedMessage, FaceBox, JobKind, JobMessage, Stage
 from tests.e2e.test_api import png_bomb
 from tests.reliability.conftest import JOBS, PG_OUTAGE_SECONDS
 from tests.reliability.harness import Cluster, Ledger
-from tests.shared_data import BASIC
+from tests.shared_data import BASIC, PACK
 
 pytestmark = pytest.mark.reliability
 
@@ -149,16 +149,16 @@ def test_s3_outage(cluster: Cluster, ledger: Ledger) -> None:
 def test_poison_messages(cluster: Cluster, ledger: Ledger) -> None:
     redis_client = cluster.redis()
 
-    def inject(stage: Stage, job_id: str, message: PipelineMessage | dict[str, str]) -> None:
+    def inject(stage: Stage, job_id: str, message: JobMessage | dict[str, str]) -> None:
         redis_client.hset(job_key(job_id), mapping={"kind": "search", "state": "queued", "image_key": "x"})
-        fields = message.to_fields() if isinstance(message, PipelineMessage) else message
+        fields = message.to_fields() if isinstance(message, JobMessage) else message
         redis_client.xadd(stage.stream, fields)
 
     inject(Stage.DETECT, "poison-malformed", {"v": "1", "job_id": "poison-malformed", "kind": "paint"})
     inject(
         Stage.DETECT,
         "poison-missing",
-        PipelineMessage(job_id="poison-missing", kind=JobKind.SEARCH, image_key="originals/never-uploaded"),
+        JobMessage(job_id="poison-missing", kind=JobKind.SEARCH, image_key="originals/never-uploaded"),
     )
     from common import clients
     from common.objects import ObjectStore
@@ -178,15 +178,21 @@ def test_poison_messages(cluster: Cluster, ledger: Ledger) -> None:
     inject(
         Stage.DETECT,
         "poison-undecodable",
-        PipelineMessage(job_id="poison-undecodable", kind=JobKind.SEARCH, image_key=original_key("poison-undecodable")),
+        JobMessage(job_id="poison-undecodable", kind=JobKind.SEARCH, image_key=original_key("poison-undecodable")),
     )
     store.put(original_key("poison-raises"), (BASIC / "obama_1.jpg").read_bytes())
     three_points = FaceBox(box=(1, 1, 50, 50), keypoints=[(1, 1)] * 3, score=0.9)  # alignment needs five
     inject(
         Stage.ALIGN,
         "poison-raises",
-        PipelineMessage(
-            job_id="poison-raises", kind=JobKind.SEARCH, image_key=original_key("poison-raises"), faces=[three_points]
+        DetectedMessage(
+            job_id="poison-raises",
+            kind=JobKind.SEARCH,
+            image_key=original_key("poison-raises"),
+            faces=[three_points],
+            faces_seen=1,
+            pack=PACK,
+            crop_size=112,
         ),
     )
     cluster.submit(ledger, JOBS // 2)  # healthy work alongside
