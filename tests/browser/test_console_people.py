@@ -211,3 +211,18 @@ def test_keyboard_only_at_phone_width(browser: Browser, console: Console, screen
     page.locator("#people").wait_for()
     page.screenshot(path=str(screenshots / "phone-width-people.png"), full_page=True)
     context.close()
+
+
+def test_names_from_the_api_are_shown_as_text_never_as_markup(page: Page, console: Console) -> None:
+    tag = uuid.uuid4().hex[:6]
+    hostile = f'<img src=x onerror="window.pwned=1">{tag}'
+    with console.client("write") as client:
+        person = client.post("/v1/users", json={"email": f"x.{tag}@example.com", "full_name": hostile}).json()
+    sign_in(page, console.base_url, console.keys["read"], "#/people")
+    page.get_by_label("Search by name or email").fill(tag)
+    page.get_by_role("button", name="Search").click()
+    expect(page.locator("#people tbody a")).to_have_text(hostile)
+    page.goto(f"{console.base_url}/ui/#/people/{person['id']}")
+    expect(page.get_by_role("heading", level=1)).to_have_text(hostile)
+    assert page.locator("#view img[src=x]").count() == 0
+    assert page.evaluate("window.pwned") is None
