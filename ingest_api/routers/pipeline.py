@@ -76,7 +76,9 @@ async def list_dead_letters(
 
 
 async def _find(state: AppState, stage: Stage, message_id: str) -> dead_letters.DeadLetter:
-    letter = await run_in_threadpool(dead_letters.find, state.sync_redis, stage, message_id)
+    # Both parts of a stream id are 64-bit: a larger one names no entry (and XRANGE would refuse it).
+    fits = all(int(part) < 2**64 for part in message_id.split("-"))
+    letter = await run_in_threadpool(dead_letters.find, state.sync_redis, stage, message_id) if fits else None
     if letter is None:
         raise ApiError(404, "dead_letter_not_found", f"no dead letter {message_id} in {stage.dead_letter_stream}")
     return letter

@@ -111,7 +111,7 @@ def test_pipeline_endpoints(console: Console) -> None:
         assert client.xlen(stage.dead_letter_stream) == 1
         assert writer.post("/v1/pipeline/dead-letters/align/0-1/replay").json()["code"] == "dead_letter_not_found"
         assert writer.post(f"/v1/pipeline/dead-letters/nowhere/{letter}/replay").status_code == 422
-        for bad in ("-", "1-x", "+", "%20", "9" * 30 + "-1"):  # never handed to XRANGE
+        for bad in ("-", "1-x", "+", "%20", "9" * 30 + "-1", f"{2**64}-0", f"0-{2**64}"):  # never handed to XRANGE
             assert writer.post(f"/v1/pipeline/dead-letters/align/{bad}/replay").status_code in (404, 422), bad
             assert writer.delete(f"/v1/pipeline/dead-letters/align/{bad}").status_code in (404, 422), bad
         replayed = writer.post(f"/v1/pipeline/dead-letters/align/{letter}/replay").json()

@@ -221,6 +221,7 @@ def test_names_from_the_api_are_shown_as_text_never_as_markup(page: Page, consol
     sign_in(page, console.base_url, console.keys["read"], "#/people")
     page.get_by_label("Search by name or email").fill(tag)
     page.get_by_role("button", name="Search").click()
+    expect(page.locator("#people tbody tr")).to_have_count(1)
     expect(page.locator("#people tbody a")).to_have_text(hostile)
     page.goto(f"{console.base_url}/ui/#/people/{person['id']}")
     expect(page.get_by_role("heading", level=1)).to_have_text(hostile)
