@@ -19,7 +19,7 @@ from common.objects import original_key
 from operations.services import free_port
 from schemas.jobs import job_key
 from schemas.streams import PIPELINE, DetectedMessage, FaceBox, JobKind, JobMessage, Stage
-from tests.e2e.test_api import png_bomb
+from tests.api.test_errors import png_bomb
 from tests.reliability.conftest import JOBS, PG_OUTAGE_SECONDS
 from tests.reliability.harness import Cluster, Ledger
 from tests.shared_data import BASIC, PACK
