@@ -13,9 +13,17 @@ KEY_PREFIX = "fcp_"
 class Scope(StrEnum):
     READ = "read"  # search, verify, detect, read users, faces and jobs
     WRITE = "write"  # everything read may do, plus create, enroll, update and delete
+    ADMIN = "admin"  # everything write may do, plus list, create and revoke API keys
+
+    @property
+    def rank(self) -> int:
+        return _RANK[self]
 
     def allows(self, needed: Scope) -> bool:
-        return self is Scope.WRITE or needed is Scope.READ
+        return self.rank >= needed.rank
+
+
+_RANK = {Scope.READ: 0, Scope.WRITE: 1, Scope.ADMIN: 2}
 
 
 def new_key() -> tuple[str, str, bytes]:

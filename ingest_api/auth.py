@@ -1,9 +1,9 @@
-"""X-API-Key authentication with read and write scopes, checked from the headers before any body is read.
+"""X-API-Key authentication with read, write and admin scopes, checked from the headers before any body is read.
 
 One place enforces it: the `Authenticate` middleware, for every path under /v1 (a new route cannot opt out).
 The scope a route needs is declared once, as a dependency: each /v1 router carries ``READ`` (or ``WRITE``) and a
-route that needs more adds ``WRITE``; the strongest declared wins, and a /v1 route that declares none needs
-``WRITE``. The dependencies also put the key in the OpenAPI document. Health and metrics need no key.
+route that needs more adds ``WRITE`` or ``ADMIN``; the strongest declared wins, and a /v1 route that declares none
+needs ``WRITE``. The dependencies also put the key in the OpenAPI document. Health and metrics need no key.
 """
 
 from __future__ import annotations
@@ -68,12 +68,13 @@ class Needs:
 
 READ = Security(Needs(Scope.READ))
 WRITE = Security(Needs(Scope.WRITE))
+ADMIN = Security(Needs(Scope.ADMIN))
 
 
 def declared_scope(route: BaseRoute) -> Scope:
     dependencies: list[Depends] = getattr(route, "dependencies", [])
     declared = {d.dependency.scope for d in dependencies if isinstance(d.dependency, Needs)}
-    return Scope.READ if declared == {Scope.READ} else Scope.WRITE
+    return max(declared, key=lambda scope: scope.rank) if declared else Scope.WRITE
 
 
 def check_every_operation_declared(app: FastAPI, routes: Sequence[BaseRoute]) -> None:

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import redis.asyncio as aioredis
 from fastapi import Depends, Request
+from redis import Redis as SyncRedis
 
 from common.db.erasure import Erasure
 from common.db.main_repository import MainRepository
@@ -36,6 +37,7 @@ class AppState:
     backlog: Backlog
     active_pack: ActivePack
     decodes: DecodeSlots  # this process's bound on upload decoding (ingest_api/uploads.py)
+    sync_redis: SyncRedis  # for the blocking helpers shared with the CLI (stream stats, dead letters)
 
 
 def get_state(request: Request) -> AppState:

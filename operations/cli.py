@@ -211,9 +211,10 @@ def _add_keys(commands: Commands) -> None:
     create.add_argument("--name", required=True, help="who or what uses the key")
     create.add_argument(
         "--scope",
-        choices=["read", "write"],
+        choices=["read", "write", "admin"],
         required=True,
-        help="read: search, verify, detect, read; write: also create, enroll, update and delete",
+        help="read: search, verify, detect, read; write: also create, enroll, update and delete;"
+        " admin: also list, create and revoke API keys (the console's Keys page)",
     )
     command(actions, "list", _key_list, "every key: id, prefix, scope, state, name")
     revoke = command(actions, "revoke", _key_revoke, "revoke a key (takes effect within 30 s)")

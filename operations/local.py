@@ -110,6 +110,7 @@ def _print_banner(
 Fecapass is up (data in {options.data_dir}).
   Model pack     {pack.name}: {pack.dim}-d, licence {pack.licence} (fecapass models list)
   API            http://127.0.0.1:{options.api_port}   (OpenAPI docs at /docs, metrics at /metrics)
+  Console        http://127.0.0.1:{options.api_port}/ui/   (sign in with the API key)
   API key        {api_key}   (write scope; kept in {options.data_dir / "api-key"})
                  export FECAPASS_KEY={api_key}
   Stage metrics  {metrics}

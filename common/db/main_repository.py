@@ -142,10 +142,16 @@ class MainRepository:
             cur.execute(f"SELECT {_USER_COLUMNS} FROM users WHERE id = %s", (user_id,))
             return cur.fetchone()
 
-    def list_users(self, after: int, limit: int) -> list[UserRow]:
-        """Keyset pagination: users with id > after, in id order."""
+    def list_users(self, after: int, limit: int, containing: str = "") -> list[UserRow]:
+        """Keyset pagination: users with id > after, in id order; with ``containing``, only those whose name or
+        email contains it (case-insensitive, taken literally: % and _ match themselves)."""
+        pattern = "%" + containing.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
         with self.pool.connection() as conn, conn.cursor(row_factory=class_row(UserRow)) as cur:
-            cur.execute(f"SELECT {_USER_COLUMNS} FROM users WHERE id > %s ORDER BY id LIMIT %s", (after, limit))
+            cur.execute(
+                f"SELECT {_USER_COLUMNS} FROM users WHERE id > %s AND (%s = '' OR full_name ILIKE %s OR email ILIKE %s)"
+                " ORDER BY id LIMIT %s",
+                (after, containing, pattern, pattern, limit),
+            )
             return cur.fetchall()
 
     def update_user(

@@ -35,8 +35,9 @@ async def list_users(
     state: State,
     after: Annotated[int, Query(ge=0, description="the last id of the previous page")] = 0,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    q: Annotated[str, Query(max_length=200, pattern=r"^[^\x00]*$", description="name or email contains")] = "",
 ) -> UserPage:
-    rows = await call_store(state.main.list_users, after, limit)
+    rows = await call_store(state.main.list_users, after, limit, q)
     return UserPage(
         items=[User(**row.__dict__) for row in rows], next_after=rows[-1].id if len(rows) == limit else None
     )

@@ -49,7 +49,7 @@ class Installation:
     main: MainRepository
     store: ObjectStore
     redis: redis.Redis
-    keys: dict[str, str]  # "read", "write", "revoked" -> key
+    keys: dict[str, str]  # "read", "write", "admin", "revoked" -> key
 
     def config(self, **settings: str) -> ApiConfig:
         return api_config(self.env, **settings)
@@ -70,7 +70,7 @@ def installation(services: LocalServices) -> Iterator[Installation]:
     main = MainRepository.at(env["FECAPASS_MAIN_DB_DSN"])
     revoked = main.create_api_key("revoked-before-use", "write")
     assert main.revoke_api_key(revoked.row.id)
-    keys = {scope: main.create_api_key(f"api-tests-{scope}", scope).key for scope in ("read", "write")}
+    keys = {scope: main.create_api_key(f"api-tests-{scope}", scope).key for scope in ("read", "write", "admin")}
     config = api_config(env)
     store = ObjectStore(clients.minio_client(config.s3), config.s3.s3_bucket)
     client = redis.Redis.from_url(config.redis.redis_url)

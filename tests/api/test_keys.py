@@ -33,7 +33,18 @@ SCOPES = {
     ("POST", "/v1/verify"): "read",
     ("POST", "/v1/detect"): "read",
     ("GET", "/v1/jobs/{job_id}"): "read",
+    ("GET", "/v1/me"): "read",
+    ("GET", "/v1/pipeline"): "read",
+    ("GET", "/v1/pipeline/dead-letters"): "read",
+    ("POST", "/v1/pipeline/dead-letters/{stage}/{message_id}/replay"): "write",
+    ("DELETE", "/v1/pipeline/dead-letters/{stage}/{message_id}"): "write",
+    ("DELETE", "/v1/pipeline/dead-letters/{stage}"): "write",
+    ("GET", "/v1/keys"): "admin",
+    ("POST", "/v1/keys"): "admin",
+    ("DELETE", "/v1/keys/{key_id}"): "admin",
 }
+# The keys that may use an operation of each scope.
+ALLOWED = {"read": ("read", "write", "admin"), "write": ("write", "admin"), "admin": ("admin",)}
 
 
 def operations(api: TestClient) -> list[tuple[str, str]]:
@@ -76,7 +87,7 @@ def test_a_read_key_may_not_write(api: TestClient, installation: Installation) -
     users_before = len(installation.main.list_users(0, 100_000))
     before = installation.submitted()
     for (method, path), scope in SCOPES.items():
-        if scope != "write":
+        if scope == "read":
             continue
         url = concrete(path, user_id)
         for body in ({"files": {"file": ("a.jpg", photo())}}, {"json": {"email": new_email("reader")}}, {}):
@@ -91,10 +102,20 @@ def test_a_read_key_may_not_write(api: TestClient, installation: Installation) -
 def test_read_and_write_keys_reach_what_their_scope_allows(api: TestClient, installation: Installation) -> None:
     user_id = installation.main.create_user(new_email("scoped"), "Scoped").id
     for (method, path), scope in SCOPES.items():
-        keys = ("read", "write") if scope == "read" else ("write",)
-        for name in keys:
+        for name in ALLOWED[scope]:
             response = api.request(method, concrete(path, user_id), headers=key(installation, name))
             assert response.status_code not in (401, 403), (method, path, name, response.text)
+
+
+def test_a_write_key_may_not_manage_keys(api: TestClient, installation: Installation) -> None:
+    keys_before = len(installation.main.list_api_keys())
+    for (method, path), scope in SCOPES.items():
+        if scope != "admin":
+            continue
+        body = {"json": {"name": "escalated", "scope": "admin"}}
+        response = api.request(method, concrete(path), headers=key(installation, "write"), **body)  # type: ignore[arg-type]
+        assert response.status_code == 403 and response.json()["code"] == "insufficient_scope", (method, path)
+    assert len(installation.main.list_api_keys()) == keys_before
 
 
 def test_keys_and_scopes(api: TestClient, installation: Installation) -> None:
