@@ -18,7 +18,8 @@ from ingest_api.deps import AppState
 from ingest_api.problems import ApiError
 from ingest_api.uploads import DecodeSlots
 from operations.services import LocalServices
-from schemas.jobs import JobState
+from schemas.jobs import JOB_DONE_CHANNEL, JobState, job_key
+from schemas.results import DetectResult, FinishedResult
 from tests.api.robust_support import API_TEST_DB, api_config, create_api_key, jpeg, own_bucket, running_app
 
 
@@ -165,8 +166,13 @@ def test_five_hundred_waiting_clients_are_served_or_told_to_retry(services: Loca
                     ) as direct,
                     direct.pipeline(transaction=True) as pipe,
                 ):
+                    # What the stage that finishes a job writes (common/runner.py's settle script): the final
+                    # fields, a TTL, and the wake-up on the job-done channel.
+                    _, fields = status.done(FinishedResult.without_photos(DetectResult(faces_seen=0, faces=[])))
                     for job_id in finished:
-                        status.queue_done(pipe, job_id, {"faces": []}, 600)
+                        pipe.hset(job_key(job_id), mapping=dict(zip(fields[::2], fields[1::2], strict=True)))
+                        pipe.expire(job_key(job_id), 600)
+                        pipe.publish(JOB_DONE_CHANNEL, job_id)
                     await pipe.execute()
 
             waits = [
