@@ -29,15 +29,22 @@ STATE_RANK: dict[JobState, int] = {
 }
 TERMINAL_RANK = STATE_RANK[JobState.DONE]
 ERROR_MESSAGE_CHARS = 1000
+# The codes an erasure closes a job in flight with (common/db/job_traces.py). Such a job is final like any failed
+# one, but an entry of it that a worker held at the erasure still runs through the stages: the erasure left the
+# job's photo and crops for the index stage, which refuses the job and deletes them (its state stays as it is).
+ERASURE_CODES = (ErrorCode.USER_NOT_FOUND, ErrorCode.FACE_ERASED)
 
 _RANKS_LUA = ", ".join(f"[{json.dumps(state.value)}]={rank}" for state, rank in STATE_RANK.items())
+_ERASURE_CODES_LUA = ", ".join(f"[{json.dumps(code.value)}]=true" for code in ERASURE_CODES)
 
 # Lua shared by every script that writes a job hash. ``job_write(key, rank, fields, ttl)`` writes the flat
 # field list and renews the TTL only when the job is not finished and ``rank`` is not behind its state; it
 # returns 1 when it wrote. A state Redis holds that this code does not know counts as queued (it moves on);
 # a key holding something other than a hash is never written (a job id cannot be used to clobber other data).
+# ``job_erased(key)``: the job was closed by an erasure (see ``ERASURE_CODES``).
 TRANSITION_LUA = f"""
 local RANK = {{{_RANKS_LUA}}}
+local ERASURE_CODES = {{{_ERASURE_CODES_LUA}}}
 local TERMINAL = {TERMINAL_RANK}
 local function job_rank(key)
   local kind = redis.call('TYPE', key)['ok']
@@ -46,6 +53,10 @@ local function job_rank(key)
   local state = redis.call('HGET', key, 'state')
   if not state then return 0 end
   return RANK[state] or 0
+end
+local function job_erased(key)
+  if job_rank(key) < TERMINAL or redis.call('HGET', key, 'state') ~= 'failed' then return false end
+  return ERASURE_CODES[redis.call('HGET', key, 'error_code') or ''] == true
 end
 local function job_write(key, rank, fields, ttl)
   local current = job_rank(key)

@@ -19,12 +19,13 @@ end
 _PREAMBLE = status.TRANSITION_LUA + _FENCE
 
 # KEYS: stream, errors hash, job hash. ARGV: group, consumer, id, deliveries, ttl, rank, fields...
-# 'lost': not ours; 'finished': the job is done or failed already, the entry is acked unrun; 'ok'.
+# 'lost': not ours; 'finished': the job is done or failed already, the entry is acked unrun; 'ok' (also for a job
+# an erasure closed: its entry runs on to the index stage, which deletes the photo and crops the erasure left).
 START = (
     _PREAMBLE
     + """
 if not owned(KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4]) then return 'lost' end
-if job_rank(KEYS[3]) >= TERMINAL then
+if job_rank(KEYS[3]) >= TERMINAL and not job_erased(KEYS[3]) then
   redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
   redis.call('HDEL', KEYS[2], ARGV[3])
   return 'finished'
