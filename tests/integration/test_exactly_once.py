@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
+import numpy as np
 import pytest
 import redis
 
@@ -32,7 +33,16 @@ from common.settings import S3Settings
 from operations.services import LocalServices
 from schemas.jobs import ErrorCode, job_key
 from schemas.results import FinishedResult, ReindexResult
-from schemas.streams import JobKind, JobMessage, Stage, WebhookMessage
+from schemas.streams import (
+    AlignedFace,
+    DetectedMessage,
+    EmbeddedMessage,
+    JobKind,
+    JobMessage,
+    Stage,
+    WebhookMessage,
+    encode_embeddings,
+)
 from tests.conftest import redis_client_url
 from tests.integration.test_runner import FAST, ScriptedHandler, enqueue, job, pending_count
 
@@ -74,6 +84,26 @@ class Finisher(ScriptedHandler):
     def handle(self, message: JobMessage) -> Outcome:
         self.calls.append(message.job_id)
         return Outcome(result=FinishedResult.without_photos(ReindexResult(face_id=1, model_pack=message.job_id)))
+
+
+class EmbeddedFinisher(Finisher):
+    message_type = EmbeddedMessage  # the index stage's input
+
+
+def embedded(job_id: str) -> EmbeddedMessage:
+    """A well-formed index-stage entry of a search job (every earlier stage's fields included)."""
+    face = AlignedFace(box=(10, 20, 110, 140), keypoints=[(0, 0)] * 5, score=0.97, crop_key=f"crops/{job_id}/0.png")
+    return EmbeddedMessage(
+        job_id=job_id,
+        kind=JobKind.SEARCH,
+        image_key=f"originals/{job_id}",
+        pack="p",
+        crop_size=112,
+        faces=[face],
+        faces_seen=1,
+        embeddings=encode_embeddings(np.ones((1, 4), dtype=np.float32)),
+        dim=4,
+    )
 
 
 # -- 1. a job's state only moves forward ---------------------------------------------------------------------
@@ -284,8 +314,10 @@ def test_entries_of_any_bytes_are_dead_lettered_and_the_stage_keeps_running(redi
     bad[3][b"faces"] = b"not json"
     for fields in bad:
         redis_client.xadd(stream, fields)
-    enqueue(redis_client, "healthy", stage=Stage.INDEX)
-    handler = Finisher()
+    # The index stage's own message model, which has faces to parse (a plain JobMessage ignores a faces field).
+    redis_client.hset(job_key("healthy"), mapping={"kind": "search", "state": "embedding"})
+    redis_client.xadd(stream, embedded("healthy").to_fields())
+    handler = EmbeddedFinisher()
     runner = StageRunner(redis_client, handler, FAST, job_ttl_seconds=600, consumer="a")
     for _ in range(5):
         runner.run_once()
@@ -363,11 +395,16 @@ def test_a_job_dead_lettered_after_too_many_deliveries_fires_its_webhook(redis_c
 
 
 def test_a_malformed_entry_with_a_callback_fires_its_webhook(redis_client: redis.Redis) -> None:
+    class Aligner(ScriptedHandler):
+        message_type = DetectedMessage  # the align stage's input, whose faces are parsed
+
     ensure_group(redis_client, Stage.ALIGN)
-    fields = {**JobMessage(job_id="broken-faces", kind=JobKind.SEARCH, image_key="k").to_fields()}
+    fields = {**embedded("broken-faces").to_fields()}
     fields.update({"callback_url": "http://x.test/h", "faces": "{not json"})
     redis_client.xadd(Stage.ALIGN.stream, fields)
-    StageRunner(redis_client, ScriptedHandler(), FAST, job_ttl_seconds=600, consumer="a").run_once()
+    handler = Aligner()
+    StageRunner(redis_client, handler, FAST, job_ttl_seconds=600, consumer="a").run_once()
+    assert handler.calls == []
     [hook] = webhooks_queued(redis_client)
     assert hook["job_id"] == "broken-faces" and hook["error"]["code"] == "malformed_message"
 
