@@ -80,6 +80,7 @@ def enrolled_face(main: MainRepository, vectors: VectorRepository) -> tuple[int,
         NewFace(user.id, job_id, f"originals/{job_id}", f"crops/{job_id}/0.png", (1, 2, 3, 4), 0.9, 1, PACK)
     )
     vectors.add_embedding(face_id, PACK, unit([1, 0, 0, 0]))
+    main.serve_face(face_id, user.id, job_id)  # as the index stage does once the embedding is committed
     return user.id, face_id, f"originals/{job_id}"
 
 
