@@ -121,6 +121,24 @@ def test_a_duplicate_entry_of_a_done_job_is_acked_without_running(redis_client: 
     assert redis_client.xlen(Stage.EMBED.stream) == 0 and pending_count(redis_client) == 0
 
 
+def test_an_entry_of_a_job_an_erasure_closed_runs_on_and_leaves_the_job_as_it_is(redis_client: redis.Redis) -> None:
+    """The erasure left the photo of a job whose entry a worker held, for the index stage to delete: the later stages
+    run its entries (other failed jobs' entries are acked unrun), and none of their writes reopens it."""
+    ensure_group(redis_client, Stage.ALIGN)
+    closed = {"state": "failed", "error_message": "the user was erased", "finished_at": "1"}
+    for job_id, code in (("erased", "user_not_found"), ("face-erased", "face_erased"), ("failed", "internal")):
+        enqueue(redis_client, job_id)
+        redis_client.hset(job_key(job_id), mapping={**closed, "error_code": code})
+    handler = ScriptedHandler()
+    StageRunner(redis_client, handler, FAST, job_ttl_seconds=600, consumer="a").run_once()
+    assert sorted(handler.calls) == ["erased", "face-erased"]
+    forwarded = [fields[b"job_id"] for _, fields in redis_client.xrange(Stage.EMBED.stream)]
+    assert sorted(forwarded) == [b"erased", b"face-erased"] and pending_count(redis_client) == 0
+    for job_id in ("erased", "face-erased", "failed"):
+        state = job(redis_client, job_id)
+        assert state["state"] == "failed" and not {"align_started_at", "align_finished_at"} & set(state), state
+
+
 def test_a_stale_delivery_does_not_move_a_job_back(redis_client: redis.Redis) -> None:
     ensure_group(redis_client, Stage.ALIGN)
     enqueue(redis_client, "ahead")
