@@ -124,6 +124,9 @@ def test_uploads_in_flight_per_key_are_capped(capped_server: tuple[str, int], in
     # A body the route refuses quickly (415): a full upload that holds its slot only for a moment.
     quick = {"files": {"file": ("a", b"not a photo")}, "timeout": 15}
     held: list[socket.socket] = []
+    # The key known and a database connection open first: on a loaded machine the held uploads' first key check
+    # could otherwise wait past the pool timeout on a cold pool and be answered 503, never holding a slot.
+    assert httpx.get(f"{base}/v1/users", headers=key(installation, "read"), timeout=15).status_code == 200
     try:
         for _ in range(2):  # two uploads that send their first bytes, then wait
             connection = raw_request(capped_server, upload_head("/v1/search", 100_000, key(installation, "read")))
