@@ -20,6 +20,10 @@ from indexer.gallery_feed import Change, GalleryFeed, Position
 
 log = structlog.get_logger()
 
+# One thread per scan: a million codes take ~3 ms on one core, and OpenMP's threads spin-waiting for each other on
+# cores the other stages share made the same scan 30-100 times slower (measured: 2 threads, p50 100-380 ms).
+SCAN_THREADS = 1
+
 
 def binary_code(vectors: np.ndarray) -> np.ndarray:
     """Sign bits packed 8 to a byte, most significant first: the bytes of pgvector's binary_quantize."""
@@ -62,6 +66,7 @@ class BinaryIndex:
         self.vectors = vectors
         self.feed = feed
         self.candidates = candidates
+        faiss.omp_set_num_threads(SCAN_THREADS)
         self._packs: dict[str, PackCodes] = {}
         self._positions: dict[str, Position] = {}
         self._lock = threading.Lock()

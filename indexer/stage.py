@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import psycopg
+import redis
 
 from common.db.main_repository import Erased, MainRepository, NewFace, UnknownUser
 from common.db.vector_repository import Neighbour, PackMismatch, VectorRepository
@@ -76,8 +77,13 @@ class IndexHandler:
         return loaded if loaded is not None else self.vectors.count(pack)
 
     def _publish(self, change: Change, pack: str, face_ids: list[int]) -> None:
-        if self.feed is not None:
+        if self.feed is None:
+            return
+        try:
             self.feed.publish(change, pack, face_ids)
+        except redis.RedisError as exc:
+            # Retried like a database outage: an enroll is served only once its face is on the feed.
+            raise DependencyUnavailable(f"gallery feed unavailable: {exc}") from exc
 
     def _nearest(self, pack: str, query: np.ndarray, limit: int) -> list[Neighbour]:
         if self.binary is not None:
@@ -115,6 +121,9 @@ class IndexHandler:
             raise PoisonMessage(ErrorCode.MALFORMED_MESSAGE, str(exc)) from exc
         except psycopg.OperationalError as exc:
             raise DependencyUnavailable(f"database unavailable: {exc}") from exc
+        except redis.RedisError as exc:
+            # The binary index cannot tell what it missed without the feed: answering could miss a new face.
+            raise DependencyUnavailable(f"gallery feed unavailable: {exc}") from exc
 
     def handle_batch(self, messages: Sequence[EmbeddedMessage]) -> list[HandlerResult]:
         return per_message(self.handle)(messages)
