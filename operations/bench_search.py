@@ -423,7 +423,9 @@ class BinaryTrial:
         wanted = self.limit * CANDIDATES_PER_RESULT
         client = redis.Redis.from_url(self.services.redis_url)
         feed = GalleryFeed(client, stream=f"fecapass:gallery:bench:{candidates}")
-        with ConnectionPool(self.services.dsn(VECTOR_DB), min_size=1, max_size=2, open=True) as pool:
+        with ConnectionPool(
+            self.services.dsn(VECTOR_DB), min_size=1, max_size=2, open=True, configure=register_vector
+        ) as pool:
             vectors = VectorRepository(pool)
             index = BinaryIndex(vectors, feed, candidates)
             started = time.perf_counter()

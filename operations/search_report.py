@@ -151,7 +151,9 @@ def rendered(report: str, results: SearchResults) -> str:
 
 def section_lines(run: SearchRun) -> list[str]:
     fit = run.embeddings
-    if not run.measurements and run.binary:
+    binary_only = not run.measurements and bool(run.binary)
+    warm = "20 queries" if binary_only else "each ef_search's queries"
+    if binary_only:
         title = f"## Search at scale: {run.size:,} embeddings, binary-code scan and re-rank"
     else:
         title = (
@@ -167,15 +169,19 @@ def section_lines(run: SearchRun) -> list[str]:
         f" person: real {fit.real_same:.3f}, generated {fit.generated_same:.3f}; of two people: real"
         f" {fit.real_different:.3f}, generated {fit.generated_different:.3f}. {fit.photos_per_person} photos per"
         f" person; {run.queries} queries, each a",
-        "new photo of a stored person. The query is the product's: the pack's partial HNSW index, LIMIT",
-        f"{run.limit * run.candidates_per_result} (limit {run.limit} x {run.candidates_per_result} candidates)."
+        "new photo of a stored person. The query is the product's: "
+        + ("the binary-code index (below)," if binary_only else "the pack's partial HNSW index,")
+        + f" LIMIT {run.limit * run.candidates_per_result} (limit {run.limit} x {run.candidates_per_result}"
+        " candidates)."
         " **Person recall**: share of the query person's stored photos the index returns; **match recall**: share",
         f"of the exact search's candidates at or above the pack's threshold ({run.threshold:.2f}) that the index"
         " returns;",
         "**recall@10**: overlap of the first 10 with the exact first 10. One client, no prepared statements"
-        + ("; each ef_search's queries run once untimed before they are timed." if run.warmed else "."),
+        + (f"; {warm} run once untimed before they are timed." if run.warmed else "."),
     ]
-    if run.shared_buffers or run.maintenance_work_mem:
+    if binary_only and run.shared_buffers:
+        lines.append(f"PostgreSQL: shared_buffers {run.shared_buffers}; no HNSW index built.")
+    elif run.shared_buffers or run.maintenance_work_mem:
         lines.append(
             f"PostgreSQL: shared_buffers {run.shared_buffers or 'not recorded'}; index built with"
             f" maintenance_work_mem {run.maintenance_work_mem or 'not recorded'}."
