@@ -173,8 +173,9 @@ class IndexHandler:
         try:
             face_id = self.main.add_face(new_face)
             self.vectors.add_embedding(face_id, new_face.model_pack, embedding)
-            # Published before the face is served, so every served face is in the feed: a redo after a crash here
-            # publishes again. A search that finds the code before it is served drops it (face_owners: served).
+            # Published before the face is served, so every served face is on the feed: a redo after a crash here
+            # publishes again. A search that finds the code before the face is served leaves it out (face_owners
+            # keeps served faces only).
             self._publish(Change.ADD, new_face.model_pack, [face_id])
             self.main.serve_face(face_id, new_face.user_id, new_face.job_id)
         except Erased as exc:

@@ -3,9 +3,8 @@ beside HNSW's."""
 
 from __future__ import annotations
 
-from tests.unit.test_bench_reports import PIPELINE, WARM_MILLION, row, search_run
-
 from operations.search_report import BinaryMeasurement, SearchResults, SearchRun, rendered, target_verdict
+from tests.unit.test_bench_reports import PIPELINE, WARM_MILLION, row, search_run
 
 
 def binary_row(candidates: int, person: float, p99: float) -> BinaryMeasurement:
