@@ -15,6 +15,7 @@ import redis
 from common import clients
 from common.db.main_repository import MainRepository, NewFace
 from common.db.vector_repository import VectorRepository
+from common.errors import DependencyUnavailable
 from common.objects import ObjectStore
 from common.packs.catalog import default_threshold, gallery_threshold
 from common.runner import StageRunner, ensure_group
@@ -255,3 +256,31 @@ def test_an_enrollment_through_the_stage_is_published_before_it_is_served(
     result = run_job(redis_client, searcher, job(pack, newcomer))
     assert isinstance(result, StoredSearchResult) and result.gallery_size == 6
     assert result.faces[0].matches[0].face_id == enrolled.face_id  # type: ignore[attr-defined]
+
+
+class FeedDown(GalleryFeed):
+    def publish(self, change: Change, pack: str, face_ids: list[int]) -> None:
+        raise redis.ConnectionError("feed down")
+
+
+def test_an_enrollment_the_feed_did_not_take_is_not_served_and_its_redo_is(
+    repositories: tuple[MainRepository, VectorRepository],
+    feed: GalleryFeed,
+    pack: str,
+    redis_client: redis.Redis,
+    object_store: ObjectStore,
+) -> None:
+    main, vectors = repositories
+    user = main.create_user(f"binary.{uuid.uuid4().hex[:8]}@example.com", "Unpublished Person")
+    assert user is not None
+    newcomer = unit(np.random.default_rng(8).normal(size=DIM))
+    message = search_message(pack, newcomer, JobKind.ENROLL, None, user_id=user.id)
+    down = IndexHandler(main, vectors, object_store, presign=str, feed=FeedDown(redis_client, stream=feed.stream))
+    with pytest.raises(DependencyUnavailable):
+        down.handle(message)
+    # Not served: no process can have missed a face that is not there to find; the runner delivers it again.
+    assert main.count_faces(user.id) == 0
+    IndexHandler(main, vectors, object_store, presign=str, feed=feed).handle(message)
+    assert main.count_faces(user.id) == 1
+    [(_, fields)] = redis_client.xrange(feed.stream)
+    assert decode_fields(fields)["change"] == "add"
