@@ -8,7 +8,7 @@ Each process builds only the classes it needs in ``main()`` and passes them down
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 from pydantic import AnyHttpUrl, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -58,6 +58,11 @@ class SearchIndexSettings(_Base):
     hnsw_m: int = Field(default=32, ge=2, le=100)
     hnsw_ef_construction: int = Field(default=128, ge=4, le=1000)
     hnsw_ef_search: int = Field(default=100, ge=1, le=1000, description="at least the candidates a search reads")
+    # binary: an exact Hamming scan of every face's sign bits held in memory by each index process, then PostgreSQL
+    # ranks the best codes by their full vectors; hnsw: pgvector's graph (BENCHMARKS.md, search at scale).
+    search_index: Literal["binary", "hnsw"] = "binary"
+    # Codes a binary scan hands PostgreSQL to rank by the full vectors (per face searched; at least 4x the limit).
+    binary_candidates: int = Field(default=200, ge=10, le=5000)
 
     @model_validator(mode="after")
     def _construction_covers_links(self) -> SearchIndexSettings:
@@ -86,6 +91,9 @@ class PipelineSettings(_Base):
     # Cosine similarity above which a stored face counts as the same person. Unset: the active pack's
     # calibrated threshold (CALIBRATION.md), which differs between packs: each uses the cosine scale differently.
     similarity_threshold: float | None = Field(default=None, ge=-1.0, le=1.0)
+    # Unset threshold: search picks it from the gallery's size N so that one search expects at most this many false
+    # matches (per-comparison false-match rate <= this / N, from the pack's curve in CALIBRATION.md).
+    false_matches_per_search: float = Field(default=0.1, gt=0.0, le=100.0)
     search_limit: int = Field(default=10, ge=1, le=100)
     max_upload_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
     max_image_pixels: int = Field(default=50_000_000, ge=1)

@@ -7,13 +7,17 @@ from collections.abc import Sequence
 
 import numpy as np
 import psycopg
+import redis
 
 from common.db.main_repository import Erased, MainRepository, NewFace, UnknownUser
-from common.db.vector_repository import PackMismatch, VectorRepository
+from common.db.vector_repository import Neighbour, PackMismatch, VectorRepository
 from common.errors import DependencyUnavailable, JobFailed, PoisonMessage
 from common.handlers import HandlerResult, Outcome, per_message
 from common.objects import ObjectStore, discard_job_objects
 from common.packs.catalog import default_threshold
+from indexer.binary_index import BinaryIndex
+from indexer.gallery_feed import Change, GalleryFeed
+from indexer.threshold import SearchThreshold
 from schemas.jobs import ErrorCode
 from schemas.results import (
     EnrollResult,
@@ -52,14 +56,42 @@ class IndexHandler:
         threshold: float | None = None,
         *,
         presign: Presign,
+        false_matches_per_search: float = 0.1,
+        feed: GalleryFeed | None = None,
+        binary: BinaryIndex | None = None,
     ) -> None:
         self.main = main
         self.vectors = vectors
         self.store = store
-        self.threshold = threshold  # FECAPASS_SIMILARITY_THRESHOLD; unset: each pack's calibrated one
+        self.threshold = threshold  # FECAPASS_SIMILARITY_THRESHOLD; unset: verify uses each pack's calibrated one
         self.presign = presign  # photo URLs of search matches, for the webhook body
+        # Faces added and removed, for every index process's in-memory codes (None: no process keeps codes).
+        self.feed = binary.feed if binary is not None else feed
+        self.binary = binary  # None: search through pgvector's HNSW index
+        self.search_threshold = SearchThreshold(threshold, false_matches_per_search, self._gallery_size)
+
+    def _gallery_size(self, pack: str) -> int:
+        """Faces of the pack a search compares with: the codes in memory once loaded, else the stored rows. Both
+        may count a face being enrolled or erased right now: a gallery one face larger only raises the threshold."""
+        loaded = self.binary.loaded_size(pack) if self.binary is not None else None
+        return loaded if loaded is not None else self.vectors.count(pack)
+
+    def _publish(self, change: Change, pack: str, face_ids: list[int]) -> None:
+        if self.feed is None:
+            return
+        try:
+            self.feed.publish(change, pack, face_ids)
+        except redis.RedisError as exc:
+            # Retried like a database outage: an enroll is served only once its face is on the feed.
+            raise DependencyUnavailable(f"gallery feed unavailable: {exc}") from exc
+
+    def _nearest(self, pack: str, query: np.ndarray, limit: int) -> list[Neighbour]:
+        if self.binary is not None:
+            return self.binary.nearest(pack, query, limit)
+        return self.vectors.nearest(pack, query, limit)
 
     def _threshold(self, message: EmbeddedMessage, pack: str) -> float:
+        """Verify's threshold (1:1: the gallery's size plays no part)."""
         if message.threshold is not None:
             return message.threshold
         return self.threshold if self.threshold is not None else default_threshold(pack)
@@ -89,6 +121,9 @@ class IndexHandler:
             raise PoisonMessage(ErrorCode.MALFORMED_MESSAGE, str(exc)) from exc
         except psycopg.OperationalError as exc:
             raise DependencyUnavailable(f"database unavailable: {exc}") from exc
+        except redis.RedisError as exc:
+            # The binary index cannot tell what it missed without the feed: answering could miss a new face.
+            raise DependencyUnavailable(f"gallery feed unavailable: {exc}") from exc
 
     def handle_batch(self, messages: Sequence[EmbeddedMessage]) -> list[HandlerResult]:
         return per_message(self.handle)(messages)
@@ -138,9 +173,14 @@ class IndexHandler:
         try:
             face_id = self.main.add_face(new_face)
             self.vectors.add_embedding(face_id, new_face.model_pack, embedding)
+            # Published before the face is served, so every served face is on the feed: a redo after a crash here
+            # publishes again. A search that finds the code before the face is served leaves it out (face_owners
+            # keeps served faces only).
+            self._publish(Change.ADD, new_face.model_pack, [face_id])
             self.main.serve_face(face_id, new_face.user_id, new_face.job_id)
         except Erased as exc:
             self.vectors.delete_faces(exc.face_ids)
+            self._publish(Change.REMOVE, new_face.model_pack, exc.face_ids)
             raise
         return face_id
 
@@ -151,17 +191,22 @@ class IndexHandler:
         if self.main.get_face(message.face_id) is None:
             return erased
         self.vectors.add_embedding(message.face_id, pack, matrix[0])
+        self._publish(Change.ADD, pack, [message.face_id])
         # An erasure between the check and the insert would leave this vector behind: look again.
         if self.main.get_face(message.face_id) is None:
             self.vectors.delete_faces([message.face_id])
+            self._publish(Change.REMOVE, pack, [message.face_id])
             return erased
         return ReindexResult(face_id=message.face_id, model_pack=pack)
 
     def _search(self, message: EmbeddedMessage, pack: str, matrix: np.ndarray) -> StoredSearchResult:
-        threshold = self._threshold(message, pack)
+        if self.binary is not None:
+            self.binary.refresh(pack, int(matrix.shape[1]))
+        chosen = self.search_threshold.choose(pack, message.threshold)
+        threshold = chosen.value
         limit = message.limit or 10
         faces = message.faces
-        neighbours = [self.vectors.nearest(pack, row, limit * CANDIDATES_PER_RESULT) for row in matrix]
+        neighbours = [self._nearest(pack, row, limit * CANDIDATES_PER_RESULT) for row in matrix]
         owners = self.main.face_owners(sorted({n.face_id for found in neighbours for n in found}))
         results = []
         for face, found in zip(faces, neighbours, strict=True):
@@ -183,7 +228,14 @@ class IndexHandler:
                 if len(matches) == limit:
                     break
             results.append(StoredSearchFace(box=face.box, score=face.score, matches=matches))
-        return StoredSearchResult(faces=results, threshold=threshold, model_pack=pack, faces_seen=len(faces))
+        return StoredSearchResult(
+            faces=results,
+            threshold=threshold,
+            threshold_source=chosen.source,
+            gallery_size=chosen.gallery_size,
+            model_pack=pack,
+            faces_seen=len(faces),
+        )
 
     def _verify(self, message: EmbeddedMessage, pack: str, matrix: np.ndarray) -> VerifyResult:
         threshold = self._threshold(message, pack)

@@ -11,6 +11,8 @@ from common import settings as s
 from common.db.main_repository import MainRepository
 from common.db.vector_repository import HnswParameters, VectorRepository
 from common.objects import ObjectStore
+from indexer.binary_index import BinaryIndex
+from indexer.gallery_feed import GalleryFeed
 from indexer.stage import IndexHandler
 
 
@@ -23,11 +25,23 @@ def index_handler() -> Iterator[IndexHandler]:
     # Webhook bodies carry the photo URLs clients would get from the API: signed for the public endpoint.
     presigner = ObjectStore(clients.minio_client(s3, public=True), s3.s3_bucket)
     expires = timedelta(seconds=pipeline.presign_seconds)
+    search = s.load(s.SearchIndexSettings)
+    feed = GalleryFeed(clients.redis_client(s.load(s.RedisSettings)))
     with clients.main_db_pool(database) as main_pool, clients.vector_db_pool(database) as vector_pool:
+        vectors = VectorRepository(vector_pool, HnswParameters.from_settings(search))
+        binary = BinaryIndex(vectors, feed, search.binary_candidates) if search.search_index == "binary" else None
+        if binary is not None:
+            # Load the active pack's codes now rather than in the first search (a million: a few seconds).
+            active = vectors.active()
+            if active is not None:
+                binary.load(*active)
         yield IndexHandler(
             MainRepository(main_pool),
-            VectorRepository(vector_pool, HnswParameters.from_settings(s.load(s.SearchIndexSettings))),
+            vectors,
             store,
             pipeline.similarity_threshold,
             presign=lambda key: presigner.presigned_url(key, expires),
+            false_matches_per_search=pipeline.false_matches_per_search,
+            feed=feed,
+            binary=binary,
         )

@@ -20,15 +20,26 @@ from typing import NamedTuple
 
 import numpy as np
 import psycopg
+import redis
 from pgvector.psycopg import register_vector
 from psycopg import sql
+from psycopg_pool import ConnectionPool
 
 from common.db.migrate import apply_migrations
-from common.db.vector_repository import HnswParameters, PackIndex, index_statement, nearest_statement
+from common.db.vector_repository import (
+    HnswParameters,
+    PackIndex,
+    VectorRepository,
+    index_statement,
+    nearest_statement,
+)
 from common.settings import ModelSettings
+from indexer.binary_index import BinaryIndex, binary_code
+from indexer.gallery_feed import Change, GalleryFeed
 from indexer.stage import CANDIDATES_PER_RESULT
 from operations.bench import machine, percentile
 from operations.search_report import (
+    BinaryMeasurement,
     GeneratedEmbeddings,
     Measurement,
     SearchRun,
@@ -62,6 +73,8 @@ class SearchBenchConfig:
     seed: int = 7
     fit_photos: int | None = None  # fit to this many LFW photos only (the smoke test)
     shared_buffers: str = "4GB"  # a server sized for a million embeddings; the report states it
+    indexes: tuple[str, ...] = ("hnsw",)  # "hnsw" (pgvector's graph, each storage and m) and/or "binary"
+    binary_candidates: tuple[int, ...] = (200, 400)
 
 
 # -- a generative model of the pack's embeddings ------------------------------------------------------------
@@ -305,15 +318,18 @@ def run(config: SearchBenchConfig) -> Path:
         services = LocalServices(Path(tmp), durable=False, postgres_settings={"shared_buffers": config.shared_buffers})
         try:
             services.start_postgres()
+            if "binary" in config.indexes:
+                services.start_valkey()  # the gallery feed
             apply_migrations(services.dsn(VECTOR_DB), "vector")
             with psycopg.connect(services.dsn(VECTOR_DB), autocommit=True) as conn:
                 for size in config.sizes:
                     started = time.perf_counter()
-                    figures = _measure_size(conn, config, model, size, threshold, rng)
+                    figures = _measure_size(conn, config, model, size, threshold, rng, services)
+                    hnsw = "hnsw" in config.indexes
                     measured = SearchRun(
                         size=size,
-                        storages=config.storages,
-                        m_values=config.m_values,
+                        storages=config.storages if hnsw else (),
+                        m_values=config.m_values if hnsw else (),
                         ef_construction=config.ef_construction,
                         finished_at=datetime.now(UTC),
                         machine=machine(),
@@ -330,6 +346,7 @@ def run(config: SearchBenchConfig) -> Path:
                         own_share=figures.own_share,
                         run_seconds=time.perf_counter() - started,
                         measurements=tuple(figures.measurements),
+                        binary=tuple(figures.binary),
                     )
                     results = load_results(where).with_run(measured)
                     save_results(where, results)
@@ -345,6 +362,7 @@ class SizeFigures(NamedTuple):
     exact_scan_ms: float
     own_share: float  # of the exact candidates at or above the threshold, photos of the query's person
     measurements: list[Measurement]
+    binary: list[BinaryMeasurement]
 
 
 def _measure_size(
@@ -354,6 +372,7 @@ def _measure_size(
     size: int,
     threshold: float,
     rng: np.random.Generator,
+    services: LocalServices | None = None,
 ) -> SizeFigures:
     limit = DEFAULT_LIMIT
     dim = len(model.mean)
@@ -372,8 +391,104 @@ def _measure_size(
     del stored
     scan = exact_scan_ms(conn, queries, limit * CANDIDATES_PER_RESULT)
     measurements = []
-    for storage in config.storages:
-        for m in config.m_values:
-            built = build(conn, storage, dim, m, config.ef_construction)
-            measurements += measure(conn, built, queries, exact, same_person, threshold, config.ef_search, limit)
-    return SizeFigures(load_seconds, scan, own_share, measurements)
+    if "hnsw" in config.indexes:
+        for storage in config.storages:
+            for m in config.m_values:
+                built = build(conn, storage, dim, m, config.ef_construction)
+                measurements += measure(conn, built, queries, exact, same_person, threshold, config.ef_search, limit)
+    binary = []
+    if "binary" in config.indexes:
+        assert services is not None, "the binary index needs the gallery feed's Redis"
+        trial = BinaryTrial(services, queries, exact, same_person, threshold, limit, dim)
+        binary = [trial.measure(candidates, model, people, rng) for candidates in config.binary_candidates]
+    return SizeFigures(load_seconds, scan, own_share, measurements, binary)
+
+
+@dataclass
+class BinaryTrial:
+    """The product's binary-code index (indexer/binary_index.py) over the bench's rows: loaded from PostgreSQL as a
+    starting index process does, then the product's search (scan, then PostgreSQL's ranking) timed per query."""
+
+    services: LocalServices
+    queries: np.ndarray
+    exact: list[tuple[np.ndarray, np.ndarray]]
+    same_person: list[set[int]]
+    threshold: float
+    limit: int
+    dim: int
+
+    def measure(
+        self, candidates: int, model: FaceModel, people: np.ndarray, rng: np.random.Generator
+    ) -> BinaryMeasurement:
+        wanted = self.limit * CANDIDATES_PER_RESULT
+        client = redis.Redis.from_url(self.services.redis_url)
+        feed = GalleryFeed(client, stream=f"fecapass:gallery:bench:{candidates}")
+        with ConnectionPool(
+            self.services.dsn(VECTOR_DB), min_size=1, max_size=2, open=True, configure=register_vector
+        ) as pool:
+            vectors = VectorRepository(pool)
+            index = BinaryIndex(vectors, feed, candidates)
+            started = time.perf_counter()
+            codes = index.load(BENCH_PACK, self.dim)
+            load_seconds = time.perf_counter() - started
+            started = time.perf_counter()
+            index.nearest(BENCH_PACK, self.queries[0], wanted)
+            cold_ms = (time.perf_counter() - started) * 1000
+            for query in self.queries[:20]:  # warm: PostgreSQL's pages of the rows ranked
+                index.nearest(BENCH_PACK, query, wanted)
+            latencies, scans, ranks, person, at10 = [], [], [], [], []
+            match_found = match_total = 0
+            for query, (ids, sims), own in zip(self.queries, self.exact, self.same_person, strict=True):
+                started = time.perf_counter()
+                found = [n.face_id for n in index.nearest(BENCH_PACK, query, wanted)]
+                latencies.append((time.perf_counter() - started) * 1000)
+                started = time.perf_counter()
+                chosen = codes.nearest(binary_code(query), candidates)
+                scans.append((time.perf_counter() - started) * 1000)
+                started = time.perf_counter()
+                vectors.rank(BENCH_PACK, query, chosen)
+                ranks.append((time.perf_counter() - started) * 1000)
+                above = set(ids[sims >= self.threshold].tolist())
+                match_total += len(above)
+                match_found += len(above & set(found))
+                at10.append(len(set(ids[:10].tolist()) & set(found[:10])) / 10)
+                person.append(len(own & set(found)) / len(own))
+            findable = self._findable_ms(index, feed, model, people, rng)
+            memory_mib = len(codes) * (codes.index.code_size + 8) / 2**20  # codes and their int64 ids
+        client.close()
+        return BinaryMeasurement(
+            candidates=candidates,
+            load_seconds=load_seconds,
+            memory_mib=memory_mib,
+            cold_first_query_ms=cold_ms,
+            person_recall=float(np.mean(person)),
+            match_recall=match_found / match_total if match_total else 1.0,
+            recall_at_10=float(np.mean(at10)),
+            p50_ms=statistics.median(latencies),
+            p99_ms=percentile(latencies, 99),
+            scan_p50_ms=statistics.median(scans),
+            rank_p50_ms=statistics.median(ranks),
+            queries_per_second=1000 / statistics.mean(latencies),
+            findable_ms=findable,
+        )
+
+    def _findable_ms(
+        self, index: BinaryIndex, feed: GalleryFeed, model: FaceModel, people: np.ndarray, rng: np.random.Generator
+    ) -> float:
+        """A new photo stored and published as the index stage does; the time until the next search returns it.
+        Stored by plain SQL: the repository's add_embedding would build the pack's HNSW index first."""
+        photo = model.photos(people[:1], rng)[0]
+        face_id = 10**12 + int(rng.integers(1 << 30))
+        with psycopg.connect(self.services.dsn(VECTOR_DB), autocommit=True) as conn:
+            register_vector(conn)
+            conn.execute(
+                "INSERT INTO face_embeddings (face_id, model_pack, embedding) VALUES (%s, %s, %s)",
+                (face_id, BENCH_PACK, photo),
+            )
+            started = time.perf_counter()
+            feed.publish(Change.ADD, BENCH_PACK, [face_id])
+            found = index.nearest(BENCH_PACK, photo, 1)
+            seconds = time.perf_counter() - started
+            conn.execute("DELETE FROM face_embeddings WHERE face_id = %s", (face_id,))
+        assert found and found[0].face_id == face_id, "a published face was not found by the next search"
+        return seconds * 1000

@@ -1,9 +1,13 @@
-"""``fecapass calibrate``: measure a pack's same/different-person cosine similarities on LFW-style pairs and
-choose the search threshold. Writes CALIBRATION.md. Needs a folder with ``pairs.tsv`` and ``images/``."""
+"""``fecapass calibrate``: measure a pack's same/different-person cosine similarities on LFW-style pairs, choose
+the verify threshold, and measure the false-match rate per comparison down to the rates a million-face gallery
+needs (the curve search thresholds are chosen from, by gallery size). Writes CALIBRATION.md and the pack's curve
+in common/packs/fmr_curves.json. Needs a folder with ``pairs.tsv`` and ``images/``."""
 
 from __future__ import annotations
 
 import csv
+import json
+import math
 import platform
 import time
 from dataclasses import dataclass
@@ -14,12 +18,54 @@ import numpy as np
 
 from common.imaging import decode
 from common.packs import Face, ModelPack
+from common.packs.catalog import CURVES_FILE, FMR_POINTS, FmrCurve
 from common.packs.library import PackLibrary
 from common.settings import ModelSettings
 from operations.reports import merged
 
 # Tight LFW crops must be padded or SCRFD finds no face in them.
 PAD_FRACTION = 0.5
+# The impostor tail is modelled from the highest scores: this fraction of all different-person pairs (~1,100 of
+# LFW's 1.1M), high enough to be the tail, and enough exceedances for a stable fit.
+TAIL_FRACTION = 1e-3
+# A rate read from the data needs at least this many accepted pairs behind it; rarer rates come from the fit.
+MIN_EXCEEDANCES = 100
+
+
+@dataclass(frozen=True)
+class ImpostorTail:
+    """Generalised Pareto fit to the scores of different-person pairs above ``start`` (peaks over threshold):
+    P(score >= t) = rate * (1 + shape (t - start) / scale) ** (-1 / shape). The shape is fitted by moments and
+    then clamped at 0 (the exponential tail): cosine scores are bounded, so fits often find a negative shape that
+    would predict the tail ends, and promise fewer false matches than can be shown. The clamp can only raise the
+    predicted rate, hence the threshold: extrapolation errs towards missing a person, never towards a stranger."""
+
+    start: float
+    rate: float  # fraction of all different-person pairs above ``start``
+    scale: float
+    fitted_shape: float
+    exceedances: int
+
+    @property
+    def shape(self) -> float:
+        return max(self.fitted_shape, 0.0)
+
+    @classmethod
+    def fit(cls, scores: np.ndarray) -> ImpostorTail:
+        ordered = np.sort(scores.astype(np.float64))
+        top = max(MIN_EXCEEDANCES, int(len(ordered) * TAIL_FRACTION))
+        start = float(ordered[-top - 1])
+        excess = ordered[-top:] - start
+        mean, variance = float(excess.mean()), float(excess.var())
+        # Method of moments for the GPD (Hosking & Wallis 1987); variance 0 only for identical scores.
+        ratio = mean * mean / variance if variance > 0 else 1.0
+        return cls(start, top / len(ordered), 0.5 * mean * (ratio + 1), 0.5 * (1 - ratio), top)
+
+    def threshold_for(self, fmr: float) -> float:
+        """The score that a different-person pair reaches with probability ``fmr`` (below ``rate``)."""
+        if self.shape < 1e-6:
+            return self.start + self.scale * math.log(self.rate / fmr)
+        return self.start + self.scale / self.shape * (math.pow(self.rate / fmr, self.shape) - 1)
 
 
 @dataclass(frozen=True)
@@ -74,6 +120,26 @@ class Calibration:
 
     def rates(self, threshold: float) -> tuple[float, float]:
         return float(np.mean(self.same >= threshold)), float(np.mean(self.different >= threshold))
+
+    def tail(self) -> ImpostorTail:
+        return ImpostorTail.fit(self.all_different)
+
+    def fmr_curve(self) -> FmrCurve:
+        """(false-match rate per comparison, threshold) for each rate of FMR_POINTS: read from the pairs where at
+        least MIN_EXCEEDANCES different-person pairs are that high, from the tail fit below, whichever is higher
+        (so the fit never lowers a threshold the data shows), thresholds rounded up to 0.001."""
+        tail = self.tail()
+        ordered = np.sort(self.all_different)
+        points: list[tuple[float, float]] = []
+        for fmr in FMR_POINTS:
+            modelled = tail.threshold_for(fmr) if fmr < tail.rate else -1.0
+            measured = -1.0
+            if fmr * len(ordered) >= MIN_EXCEEDANCES:
+                measured = float(ordered[math.floor(len(ordered) * (1 - fmr))])
+            threshold = min(1.0, math.ceil(max(measured, modelled) * 1000 - 1e-6) / 1000)
+            # Rarer rates never get a lower threshold than commoner ones.
+            points.append((fmr, max(threshold, points[-1][1]) if points else threshold))
+        return tuple(points)
 
 
 def _closest_to_centre(pack: ModelPack, image: np.ndarray) -> Face | None:
@@ -177,11 +243,45 @@ def report(result: Calibration, folder: Path) -> str:
         "",
         f"Chosen default threshold of `{result.pack}` for search: **{chosen:.2f}**: the lowest value (to 0.01)",
         f"at which no listed different-person pair is accepted ({strict:.2f}) and a search of {GALLERY_FACES:,}",
-        f"enrolled faces expects at most one false match ({result.gallery_threshold():.2f}). False matches grow",
-        "with the gallery (last column, for 100,000 faces): with more faces enrolled, raise the threshold, at the",
-        "cost in same-person pairs the rows show; the best-accuracy threshold suits 1:1 verify.",
+        f"enrolled faces expects at most one false match ({result.gallery_threshold():.2f}). It is the threshold of",
+        "1:1 verify, and of search only for a pack without a curve below: search chooses its threshold from the",
+        "gallery's size (README, Search threshold).",
+        "",
+        *curve_report(result),
     ]
     return "\n".join(lines)
+
+
+def curve_report(result: Calibration) -> list[str]:
+    tail = result.tail()
+    pairs = len(result.all_different)
+    lines = [
+        "### False-match rate per comparison, down to a million-face gallery",
+        "",
+        f"Rates down to {MIN_EXCEEDANCES / pairs:.1e} are read from the {pairs:,} different-person pairs",
+        f"(at least {MIN_EXCEEDANCES} pairs at or above the threshold); rarer rates come from a generalised Pareto",
+        f"fit to the top {tail.exceedances:,} scores (above {tail.start:.3f}, rate {tail.rate:.1e}): scale",
+        f"{tail.scale:.4f}, fitted shape {tail.fitted_shape:+.3f}, used {tail.shape:+.3f} (a negative shape is",
+        "clamped to 0, the exponential tail,",
+        "which predicts more false matches, never fewer). Where both exist the higher threshold is kept. A search of",
+        "N faces expects N x rate false matches; the default search threshold is the one whose rate is at most",
+        "FECAPASS_FALSE_MATCHES_PER_SEARCH / N (default 0.1 / N).",
+        "",
+        "| false-match rate per comparison | threshold | from | same pairs accepted | gallery for 0.1 false matches |",
+        "|---|---|---|---|---|",
+    ]
+    for fmr, threshold in result.fmr_curve():
+        source = "pairs" if fmr * pairs >= MIN_EXCEEDANCES else "tail fit"
+        tar, _ = result.rates(threshold)
+        lines.append(f"| {fmr:.0e} | {threshold:.3f} | {source} | {tar * 100:.1f} % | {0.1 / fmr:,.0f} |")
+    return lines
+
+
+def write_curve(pack: str, curve: FmrCurve, path: Path = CURVES_FILE) -> None:
+    """Replace ``pack``'s curve in the curves file, keeping the other packs'."""
+    curves = json.loads(path.read_text()) if path.exists() else {}
+    curves[pack] = [[fmr, threshold] for fmr, threshold in curve]
+    path.write_text(json.dumps(dict(sorted(curves.items())), indent=1) + "\n")
 
 
 HEADER = """# Similarity threshold calibration
@@ -198,4 +298,5 @@ def main(settings: ModelSettings, folder: Path, output: Path) -> None:
     result = calibrate(settings, folder)
     existing = output.read_text() if output.exists() else ""
     output.write_text(merged(existing, HEADER, result.pack, report(result, folder)))
-    print(f"wrote {output}: search threshold {result.search_threshold():.2f}, AUC {result.auc():.4f}")
+    write_curve(result.pack, result.fmr_curve())
+    print(f"wrote {output} and {CURVES_FILE}: verify threshold {result.search_threshold():.2f}, AUC {result.auc():.4f}")

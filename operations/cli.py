@@ -362,6 +362,8 @@ def _bench_search(args: argparse.Namespace) -> None:
         output=args.output,
         fit_photos=args.fit_photos,
         shared_buffers=args.shared_buffers,
+        indexes=tuple(args.index),
+        binary_candidates=tuple(args.binary_candidates),
     )
     try:
         print(f"wrote {bench_search(config)}")
@@ -405,6 +407,10 @@ def _add_measurements(commands: Commands) -> None:
         default=Path("BENCHMARKS.md"),
         help="the report; its measurements are kept beside it (BENCHMARKS-search.json beside BENCHMARKS.md)",
     )
+    scale.add_argument(
+        "--index", nargs="+", choices=["hnsw", "binary"], default=["hnsw"], help="the search indexes to measure"
+    )
+    scale.add_argument("--binary-candidates", type=int, nargs="+", default=[200, 400], help="codes PostgreSQL ranks")
     scale.add_argument("--fit-photos", type=int, help="fit the generator to this many photos only (quick runs)")
     scale.add_argument("--shared-buffers", default="4GB", help="PostgreSQL shared_buffers for the run")
     scale.add_argument(

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -83,10 +83,21 @@ class EnrollResult(BaseModel):
     model_pack: str
 
 
+# Where a search's threshold came from: the request's `threshold`, FECAPASS_SIMILARITY_THRESHOLD, or the rule that
+# picks it from the gallery's size (at most FECAPASS_FALSE_MATCHES_PER_SEARCH false matches expected per search).
+ThresholdSource = Literal["request", "setting", "gallery"]
+
+
 class SearchSummary(BaseModel):
     threshold: float
     model_pack: str
     faces_seen: int
+    # Optional only so that results stored before these fields existed still parse; every new search sets them.
+    threshold_source: ThresholdSource | None = omitted_unless_set(
+        "why this threshold: request (the request's threshold), setting (FECAPASS_SIMILARITY_THRESHOLD) or gallery"
+        " (chosen from gallery_size so that a search expects at most FECAPASS_FALSE_MATCHES_PER_SEARCH false matches)"
+    )
+    gallery_size: int | None = omitted_unless_set("faces of the pack that the search compared the photo with")
 
 
 class StoredSearchResult(SearchSummary):
@@ -110,7 +121,12 @@ class StoredSearchResult(SearchSummary):
             for face in self.faces
         ]
         return SearchResult(
-            threshold=self.threshold, model_pack=self.model_pack, faces_seen=self.faces_seen, faces=faces
+            threshold=self.threshold,
+            model_pack=self.model_pack,
+            faces_seen=self.faces_seen,
+            threshold_source=self.threshold_source,
+            gallery_size=self.gallery_size,
+            faces=faces,
         )
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from psycopg import sql
@@ -144,6 +146,46 @@ class VectorRepository:
             rows = conn.execute(statement, {"q": query.astype(np.float32), "limit": limit}).fetchall()
         return [Neighbour(int(face_id), float(similarity)) for face_id, similarity in rows]
 
+    def binary_codes(self, pack: str, dim: int, batch: int = 50_000) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Every embedding of ``pack`` as its sign bits (pgvector's binary_quantize), packed 8 to a byte, most
+        significant first (numpy's packbits order): (face ids, codes) ``batch`` rows at a time, read through a
+        server-side cursor so that a million rows never sit in memory twice."""
+        # varbit_send gives the bits as bytea: a 4-byte bit count, then the packed bits.
+        statement = sql.SQL(
+            "SELECT face_id, substring(varbit_send(binary_quantize(embedding::vector({dim}))::varbit) from 5)"
+            " FROM face_embeddings WHERE model_pack = %s"
+        ).format(dim=sql.Literal(dim))
+        with self.pool.connection() as conn, conn.transaction(), conn.cursor(name="fecapass_binary_codes") as cur:
+            cur.itersize = batch
+            cur.execute(statement, (pack,))
+            while rows := cur.fetchmany(batch):
+                yield _codes(rows, dim)
+
+    def binary_codes_of(self, pack: str, dim: int, face_ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        """The codes (as binary_codes) of those of ``face_ids`` that have an embedding of ``pack``."""
+        statement = sql.SQL(
+            "SELECT face_id, substring(varbit_send(binary_quantize(embedding::vector({dim}))::varbit) from 5)"
+            " FROM face_embeddings WHERE model_pack = %s AND face_id = ANY(%s)"
+        ).format(dim=sql.Literal(dim))
+        with self.pool.connection() as conn:
+            rows = conn.execute(statement, (pack, face_ids)).fetchall()
+        return _codes(rows, dim)
+
+    def rank(self, pack: str, query: np.ndarray, face_ids: list[int]) -> list[Neighbour]:
+        """The faces among ``face_ids`` stored now, most similar to ``query`` first, by their full-precision
+        vectors: a candidate erased since it was chosen is never returned."""
+        if not face_ids:
+            return []
+        dim = int(query.shape[0])
+        statement = sql.SQL(
+            "SELECT face_id, 1 - (embedding::vector({dim}) <=> %(q)s::vector({dim})) AS similarity"
+            " FROM face_embeddings WHERE model_pack = %(pack)s AND face_id = ANY(%(ids)s)"
+            " ORDER BY similarity DESC, face_id"
+        ).format(dim=sql.Literal(dim))
+        with self.pool.connection() as conn:
+            rows = conn.execute(statement, {"q": query.astype(np.float32), "pack": pack, "ids": face_ids}).fetchall()
+        return [Neighbour(int(face_id), float(similarity)) for face_id, similarity in rows]
+
     def delete_faces(self, face_ids: list[int]) -> int:
         """Erase the embeddings of these faces in every pack."""
         if not face_ids:
@@ -211,3 +253,10 @@ class VectorRepository:
     def ping(self) -> None:
         with self.pool.connection() as conn:
             conn.execute("SELECT 1")
+
+
+def _codes(rows: list[tuple[Any, ...]], dim: int) -> tuple[np.ndarray, np.ndarray]:
+    width = (dim + 7) // 8
+    ids = np.array([int(row[0]) for row in rows], dtype=np.int64)
+    codes = np.frombuffer(b"".join(bytes(row[1]) for row in rows), dtype=np.uint8)
+    return ids, codes.reshape(len(rows), width)
