@@ -82,4 +82,10 @@ def build_session(path: Path, settings: ModelSettings, *, probe: bool = False) -
             str(path), sess_options=session_options(settings, threads=1), providers=[CPU]
         )
     providers = choose_providers(settings.ort_providers, onnxruntime.get_available_providers())
+    if providers != [CPU]:
+        # onnxruntime-gpu with pip's CUDA and cuDNN (the gpu extra) finds those libraries only once they are
+        # loaded (onnxruntime >= 1.21; older builds rely on the system's libraries).
+        preload = getattr(onnxruntime, "preload_dlls", None)
+        if preload is not None:
+            preload()
     return onnxruntime.InferenceSession(str(path), sess_options=session_options(settings), providers=providers)
