@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import onnxruntime
 import pytest
 
 from common.packs import ModelPackError
-from common.packs.onnx_runtime import CPU, choose_providers, session_options
+from common.packs.insightface_files import find_pack
+from common.packs.library import warmed_library
+from common.packs.onnx_runtime import CPU, PROVIDER_NAMES, build_session, choose_providers, session_options
+from common.packs.scrfd import FaceDetector
 from common.settings import ModelSettings
+from tests.shared_data import MODEL_ROOT, PACK, require_pack
 
 GPU_BUILD = ["TensorrtExecutionProvider", "CUDAExecutionProvider", CPU]
 
@@ -50,8 +56,6 @@ def test_the_providers_of_this_onnxruntime_are_what_is_checked() -> None:
 
 
 def _installed(short: str) -> bool:
-    from common.packs.onnx_runtime import PROVIDER_NAMES
-
     return PROVIDER_NAMES[short] in onnxruntime.get_available_providers()
 
 
@@ -77,3 +81,30 @@ def test_settings_read_providers_and_options_from_the_environment(monkeypatch: p
     monkeypatch.setenv("FECAPASS_ORT_GRAPH_OPTIMIZATION", "fastest")
     with pytest.raises(ValueError):
         ModelSettings()
+
+
+def test_a_missing_provider_stops_the_session_before_the_model_loads(tmp_path: Path) -> None:
+    missing = next(name for name in PROVIDER_NAMES if not _installed(name))
+    with pytest.raises(ModelPackError, match="FECAPASS_ORT_PROVIDERS"):
+        build_session(tmp_path / "never-read.onnx", ModelSettings(ort_providers=missing))
+
+
+def test_a_stage_asking_for_a_missing_provider_fails_at_start_up() -> None:
+    require_pack()
+    missing = next(name for name in PROVIDER_NAMES if not _installed(name))
+    settings = ModelSettings(model_pack=PACK, model_root=MODEL_ROOT, ort_providers=missing)
+    with pytest.raises(ModelPackError, match="does not have"):
+        warmed_library(settings, "detect", warm_detector=True)
+
+
+def test_the_detector_keeps_the_providers_its_session_was_built_with() -> None:
+    """insightface's prepare(ctx_id=-1) would reset the session to the CPU provider behind the setting's back."""
+    require_pack()
+    settings = ModelSettings(model_pack=PACK, model_root=MODEL_ROOT)
+    files = find_pack(settings)
+    session = build_session(files.detector, settings)
+    calls: list[object] = []
+    original = session.set_providers
+    session.set_providers = lambda *args, **kwargs: calls.append(args) or original(*args, **kwargs)  # type: ignore[method-assign]
+    FaceDetector(session, files.detector)
+    assert calls == []
