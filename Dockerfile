@@ -20,6 +20,15 @@ COPY indexer ./indexer
 COPY webhook_sender ./webhook_sender
 COPY operations ./operations
 RUN pip install --no-cache-dir .
+# The GPU image (compose.gpu.yaml, the Kubernetes gpu overlay): onnxruntime-gpu with pip's CUDA and cuDNN in
+# place of the CPU onnxruntime. Both install the same module, so the CPU one goes first.
+ARG ONNXRUNTIME_GPU=false
+# hadolint ignore=DL3013
+RUN if [ "$ONNXRUNTIME_GPU" = "true" ]; then \
+        pip uninstall -y onnxruntime \
+        && pip install --no-cache-dir ".[gpu]" \
+        && python -c "import onnxruntime; assert 'CUDAExecutionProvider' in onnxruntime.get_available_providers()"; \
+    fi
 
 # --- runtime: no compilers, no sources beyond the installed package, not root -------------------------------
 FROM python:3.11-slim-bookworm AS runtime

@@ -82,6 +82,14 @@ class ModelSettings(_Base):
     min_face_size: int = Field(default=20, ge=1, description="smaller faces (shorter box side, px) are ignored")
     # 0 lets onnxruntime pick; 1 is best when several stage processes share the cores.
     ort_threads: int = Field(default=0, ge=0)
+    # onnxruntime execution providers, in order of preference, comma-separated: cpu, cuda, tensorrt, openvino,
+    # coreml (or onnxruntime's own names). Each must be installed (onnxruntime-gpu for cuda/tensorrt); CPU is
+    # always added last as the fallback for operators a provider does not run.
+    ort_providers: str = "cpu"
+    # onnxruntime graph optimisation: disable, basic, extended or all.
+    ort_graph_optimization: str = Field(default="all", pattern="^(disable|basic|extended|all)$")
+    # onnxruntime's CPU memory arena: faster steady state, memory that is never handed back to the system.
+    ort_memory_arena: bool = True
     # Faces per recognizer forward pass in the embed stage. On CPU, batches past a few faces are no faster per
     # face and larger ones slower (BENCHMARKS.md, embedding); on a GPU raise it.
     embed_batch: int = Field(default=8, ge=1)

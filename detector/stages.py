@@ -8,7 +8,7 @@ import numpy as np
 
 from common.errors import JobFailed, PoisonMessage, TransientError
 from common.handlers import HandlerResult, Outcome, per_message
-from common.imaging import Decoded, ImageError, ImageTooLarge, decode_reduced, encode_png
+from common.imaging import ImageError, ImageTooLarge, decode, encode_png
 from common.objects import ObjectMissing, ObjectStore, crop_key, discard_job_objects
 from common.packs import Face
 from common.packs.library import PackLibrary, aligner_for, pack_for
@@ -21,20 +21,15 @@ from schemas.streams import AlignedFace, AlignedMessage, DetectedMessage, FaceBo
 LARGEST_FACE_ONLY = (JobKind.ENROLL, JobKind.VERIFY)
 
 
-# The aligner samples a face from a photo decoded at reduced size only while the face keeps at least this many
-# pixels per crop pixel (below about 1.5, bilinear warping starts to blur the crop).
-ALIGN_OVERSAMPLING = 1.5
-
-
-def load_image(store: ObjectStore, key: str, max_pixels: int, fraction: float = 1.0) -> Decoded:
-    """The photo, decoded at ``fraction`` of its size or more (see ``decode_reduced``)."""
+def load_image(store: ObjectStore, key: str, max_pixels: int) -> np.ndarray:
+    """The photo, every pixel (both stages: see the comments where they call this)."""
     try:
         data = store.get(key)
     except ObjectMissing as exc:
         # Retried, then dead-lettered: the object may still be replicating to this S3 endpoint.
         raise TransientError(f"object {key} is missing") from exc
     try:
-        return decode_reduced(data, max_pixels, fraction)
+        return decode(data, max_pixels)
     except ImageTooLarge as exc:
         raise JobFailed(ErrorCode.IMAGE_TOO_LARGE, str(exc)) from exc
     except ImageError as exc:
@@ -95,9 +90,10 @@ class DetectHandler:
         kept: list[FaceBox] = []
         seen = 0
         for source, key in enumerate(message.image_keys):
-            # Every pixel: on a photo decoded at reduced size, keypoints move by a pixel or two and embeddings
-            # change (cosine ~0.97 to the full-size ones on ../shared/faces/basic upscaled 2x).
-            image = load_image(self.store, key, self.max_image_pixels).image
+            # Every pixel, as the plain insightface loop: on a photo decoded at 1/2 or 1/4 size through DCT scaling,
+            # keypoints move by 0.4 to 16 px and embeddings land at cosine 0.92-0.9998 to the loop's
+            # (BENCHMARKS.md, profile of the stages; tests/integration/test_embedding_equality.py).
+            image = load_image(self.store, key, self.max_image_pixels)
             faces = pack.detect(image)
             if not faces:
                 where = "the second photo" if source else "the photo"
@@ -140,13 +136,6 @@ def detected_face(image: np.ndarray, face: Face) -> DetectedFace:
     return DetectedFace(box=wire.box, keypoints=wire.keypoints, score=wire.score, quality=quality)
 
 
-def align_fraction(boxes: Sequence[Sequence[float]], crop_size: int) -> float:
-    """How small the photo may be decoded for these faces' crops: the smallest face keeps ALIGN_OVERSAMPLING
-    pixels per crop pixel."""
-    smallest = min(min(box[2] - box[0], box[3] - box[1]) for box in boxes)
-    return ALIGN_OVERSAMPLING * crop_size / max(smallest, 1.0)
-
-
 class AlignHandler:
     stage = Stage.ALIGN
     message_type = DetectedMessage
@@ -167,15 +156,15 @@ class AlignHandler:
         aligner = aligner_for(self.packs, message.pack, message.crop_size)
         faces = message.faces
         keys = message.image_keys
-        images: dict[int, Decoded] = {}
-        for source in {face.source for face in faces}:
-            boxes = [face.box for face in faces if face.source == source]
-            needed = align_fraction(boxes, aligner.crop_size)
-            images[source] = load_image(self.store, keys[source], self.max_image_pixels, needed)
+        # Every pixel, as the plain insightface loop: norm_crop's bilinear warp samples single pixels of a large
+        # face, so a crop warped from a JPEG decoded at 1/2 or 1/4 size (DCT-averaged pixels) is a different crop
+        # (cosine 0.97 to 0.998 to the full-size one on ../shared/faces/basic, even at 3 pixels per crop pixel).
+        images = {
+            source: load_image(self.store, keys[source], self.max_image_pixels) for source in {f.source for f in faces}
+        }
         aligned: list[AlignedFace] = []
         for index, face in enumerate(faces):
-            decoded = images[face.source]
-            crop = aligner.align(decoded.image, from_wire(face).scaled(1 / decoded.scale))
+            crop = aligner.align(images[face.source], from_wire(face))
             # Deterministic key: a redelivered message overwrites the same object instead of adding one.
             key = crop_key(message.job_id, index)
             self.store.put(key, encode_png(crop), content_type="image/png")

@@ -29,6 +29,8 @@ from operations.services import MAIN_DB, LocalServices
 from schemas.streams import PIPELINE, Stage
 
 HEADER = "# Benchmarks\n"
+# Issue 16: the pipeline delivers at least this fraction of the best plain insightface loop's photos per second.
+THROUGHPUT_TARGET = 0.95
 
 
 @dataclass
@@ -466,8 +468,9 @@ def _report_pipeline(
     ratio = fastest.throughput.photos_per_second / best.photos_per_second
     report.lines += [
         "",
-        f"Pipeline ({fastest.workers} per stage) / best baseline ({best_name}): **{ratio:.2f}** (target 0.90:"
-        f" {_verdict(ratio >= 0.9)}). Upload-to-result latency under this load: p50"
+        f"Pipeline ({fastest.workers} per stage) / best baseline ({best_name}): **{ratio:.2f}** (target"
+        f" {THROUGHPUT_TARGET:.2f}: {_verdict(ratio >= THROUGHPUT_TARGET)}). Upload-to-result latency under this"
+        " load: p50"
         f" {statistics.median(fastest.latencies) * 1000:.0f} ms,"
         f" p99 {percentile(fastest.latencies, 99) * 1000:.0f} ms.",
     ]
@@ -486,7 +489,7 @@ def _report_pipeline(
         ["process", *[f"{r.workers} per stage" for r in runs]],
         [[name, *[f"{summed(r, name):.1f}" for r in runs]] for name in names],
     )
-    if ratio < 0.9:
+    if ratio < THROUGHPUT_TARGET:
         costs = {name: summed(fastest, name) for name in names if name != LOAD_GENERATOR}
         report.lines += ["", *why_slower(best, fastest.throughput, costs)]
 
@@ -496,19 +499,20 @@ MODEL_STAGES = ("detect", "embed")
 
 
 def why_slower(best: Throughput, pipeline: Throughput, costs: dict[str, float]) -> list[str]:
-    """Why the pipeline misses 0.9 of the baseline, from the CPU each process spends per photo."""
+    """Why the pipeline misses THROUGHPUT_TARGET of the baseline, from the CPU each process spends per photo."""
     cores = os.cpu_count() or 1
     models = sum(costs.get(stage, 0.0) for stage in MODEL_STAGES)
     others = sorted(((v, k) for k, v in costs.items() if k not in MODEL_STAGES and v >= 0.5), reverse=True)
     return [
         f"Why the target is missed: both are CPU-bound on the same {cores} cores, so photos/s is about"
         f" {cores} x 1000 / CPU ms per photo. The pipeline spends {pipeline.cpu_ms_per_photo:.0f} ms a photo"
-        f" against the baseline's {best.cpu_ms_per_photo:.0f}; 0.90 of the baseline's throughput allows at most"
-        f" {best.cpu_ms_per_photo / 0.9:.0f}. The detect and embed stages, which do what the baseline does"
+        f" against the baseline's {best.cpu_ms_per_photo:.0f}; {THROUGHPUT_TARGET:.2f} of the baseline's throughput"
+        f" allows at most {best.cpu_ms_per_photo / THROUGHPUT_TARGET:.0f}. The detect and embed stages, which do"
+        " what the baseline does"
         f" (decode, both models), spend {models:.0f} ms together; on top of that come "
         + ", ".join(f"{name} {value:.0f}" for value, name in others)
-        + " ms (the align stage's second decode of the photo and S3 round trips, the API's upload handling and"
-        " pixel check, the S3 server itself).",
+        + " ms (the align stage's second full decode of the photo, S3 round trips for the photo and every crop,"
+        " the API's upload handling, the S3 server itself; see the profile below).",
     ]
 
 
@@ -545,6 +549,6 @@ def _report_latency(
         report.lines[-1] += (
             f" Why: the align stage takes {median['align']:.0f} ms (it reads the photo from S3 and decodes it again,"
             f" then writes the crops), the index stage {median['index']:.0f} ms; outside the stages, the upload"
-            f" takes {median[UPLOAD]:.0f} ms (receiving it, the pixel check, the S3 put), the waits between stages"
+            f" takes {median[UPLOAD]:.0f} ms (receiving it, the header check, the S3 put), the waits between stages"
             f" {median[HOPS]:.0f} ms together, and the answer {median[ANSWER]:.0f} ms."
         )

@@ -13,6 +13,7 @@ import numpy as np
 import onnxruntime
 
 from common.packs.base import ModelPackError
+from common.packs.onnx_runtime import build_session
 from common.settings import ModelSettings
 
 
@@ -28,17 +29,6 @@ class PackFiles:
 
 def pack_directory(settings: ModelSettings, name: str | None = None) -> Path:
     return settings.model_root.expanduser() / "models" / (name or settings.model_pack)
-
-
-def _session(path: Path, threads: int) -> onnxruntime.InferenceSession:
-    options = onnxruntime.SessionOptions()
-    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
-    # Some packs declare a fixed batch of 1 yet run any batch; onnxruntime warns on every call otherwise.
-    options.log_severity_level = 3
-    if threads:
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-    return onnxruntime.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
 
 
 def _is_detector(session: onnxruntime.InferenceSession) -> bool:
@@ -83,7 +73,7 @@ def find_pack(settings: ModelSettings, name: str | None = None) -> PackFiles:
         if detector is not None and recognizer is not None:
             break
         try:
-            session = _session(path, threads=1)
+            session = build_session(path, settings, probe=True)
         except Exception as exc:  # onnxruntime raises its own untyped errors for bad files
             raise ModelPackError(f"cannot load {path}: {exc}") from exc
         if detector is None and _is_detector(session):
@@ -102,7 +92,7 @@ def is_pack_folder(directory: Path) -> bool:
 
 
 def load_session(path: Path, settings: ModelSettings) -> onnxruntime.InferenceSession:
-    return _session(path, settings.ort_threads)
+    return build_session(path, settings)
 
 
 def pull_pack(settings: ModelSettings, name: str | None = None) -> Path:

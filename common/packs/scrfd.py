@@ -22,7 +22,9 @@ class FaceDetector:
         min_face_size: int = 20,
     ) -> None:
         self._model = RetinaFace(model_file=str(model_file), session=session)
-        self._model.prepare(ctx_id=-1, input_size=(det_size, det_size), det_thresh=threshold)
+        # ctx_id 0, not -1: insightface resets a session to the CPU provider for a negative ctx_id, which would
+        # undo FECAPASS_ORT_PROVIDERS (the session arrives with its providers chosen).
+        self._model.prepare(ctx_id=0, input_size=(det_size, det_size), det_thresh=threshold)
         if not self._model.use_kps:
             raise ValueError(f"{model_file.name} predicts no keypoints; alignment needs a 5-point detector")
         self.min_face_size = min_face_size

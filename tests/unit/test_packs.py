@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 
 from common.errors import JobFailed
-from common.imaging import decode, decode_reduced
+from common.imaging import decode
 from common.packs import Face, ModelPack, ModelPackError
 from common.packs.catalog import CALIBRATED_THRESHOLDS, DLIB, LICENCES, UNCALIBRATED_THRESHOLD, default_threshold
 from common.packs.library import PackLibrary, pack_for
 from common.settings import ModelSettings
-from detector.stages import align_fraction, same_place
+from detector.stages import same_place
 from operations.calibrate import HEADER, calibrate
 from operations.reports import merged
 from schemas.jobs import ErrorCode
@@ -43,25 +43,6 @@ def photo(name: str) -> np.ndarray:
 
 def centre(box: np.ndarray | tuple[float, ...]) -> np.ndarray:
     return (np.asarray(box[:2], dtype=np.float32) + np.asarray(box[2:4], dtype=np.float32)) / 2
-
-
-@pytest.mark.parametrize("name", ["buffalo_sc_lite"])  # dlib's 150 px crops need larger faces
-def test_crops_from_a_photo_decoded_at_reduced_size_keep_the_identity(library: PackLibrary, name: str) -> None:
-    """The align stage decodes a JPEG at 1/2, 1/4... while the smallest face keeps 1.5 pixels per crop pixel."""
-    pack = pack_of(library, name)
-    reduced_photos = 0
-    for path in sorted(require_basic().glob("*.jp*g")):
-        data = path.read_bytes()
-        full = decode(data, 100_000_000)
-        faces = pack.detect(full)
-        if not faces:
-            continue
-        decoded = decode_reduced(data, 100_000_000, align_fraction([f.box for f in faces], pack.info.crop_size))
-        reduced_photos += decoded.scale > 1
-        exact = pack.embed([pack.align(full, face) for face in faces])
-        reduced = pack.embed([pack.align(decoded.image, face.scaled(1 / decoded.scale)) for face in faces])
-        assert np.sum(exact * reduced, axis=1).min() > 0.98, path.name
-    assert reduced_photos >= 2  # the photos have faces large enough to need fewer pixels
 
 
 @pytest.mark.parametrize("name", PACKS)

@@ -1,0 +1,91 @@
+"""onnxruntime session settings of one process: execution providers, threads, graph optimisation, memory arena.
+
+Providers come from ``FECAPASS_ORT_PROVIDERS``, checked against what the installed onnxruntime has, so that a
+GPU deployment on an image without onnxruntime-gpu stops at start-up with a clear message instead of quietly
+running on the CPU."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import onnxruntime
+
+from common.packs.base import ModelPackError
+from common.settings import ModelSettings
+
+CPU = "CPUExecutionProvider"
+# Short names operators write, for onnxruntime's own.
+PROVIDER_NAMES = {
+    "cpu": CPU,
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+    "openvino": "OpenVINOExecutionProvider",
+    "coreml": "CoreMLExecutionProvider",
+    "directml": "DmlExecutionProvider",
+    "rocm": "ROCMExecutionProvider",
+}
+GRAPH_OPTIMIZATION = {
+    "disable": onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": onnxruntime.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": onnxruntime.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+# Where the GPU providers come from, for the error message.
+INSTALL_HINT = (
+    "CUDA and TensorRT come with onnxruntime-gpu (pip install 'fecapass[gpu]', or the GPU image: DEPLOYMENT.md, "
+    "GPU), OpenVINO with onnxruntime-openvino"
+)
+
+
+def choose_providers(requested: str, available: Sequence[str]) -> list[str]:
+    """The providers to hand onnxruntime, in the order asked, CPU last as the fallback for operators another
+    provider does not run. ModelPackError naming what is installed when one asked for is not."""
+    chosen: list[str] = []
+    for word in (part.strip() for part in requested.split(",")):
+        if not word:
+            continue
+        name = PROVIDER_NAMES.get(word.lower(), word)
+        if name not in PROVIDER_NAMES.values() and name not in available:
+            known = ", ".join(PROVIDER_NAMES)
+            raise ModelPackError(f"FECAPASS_ORT_PROVIDERS: unknown execution provider {word!r} (known: {known})")
+        if name not in available:
+            raise ModelPackError(
+                f"FECAPASS_ORT_PROVIDERS asks for {name}, which the installed onnxruntime "
+                f"{onnxruntime.__version__} does not have; it has {', '.join(available) or 'none'}. {INSTALL_HINT}"
+            )
+        if name not in chosen:
+            chosen.append(name)
+    if CPU in chosen:
+        chosen.remove(CPU)
+    return [*chosen, CPU]
+
+
+def session_options(settings: ModelSettings, threads: int | None = None) -> onnxruntime.SessionOptions:
+    options = onnxruntime.SessionOptions()
+    options.graph_optimization_level = GRAPH_OPTIMIZATION[settings.ort_graph_optimization]
+    options.enable_cpu_mem_arena = settings.ort_memory_arena
+    # Some packs declare a fixed batch of 1 yet run any batch; onnxruntime warns on every call otherwise.
+    options.log_severity_level = 3
+    threads = settings.ort_threads if threads is None else threads
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    return options
+
+
+def build_session(path: Path, settings: ModelSettings, *, probe: bool = False) -> onnxruntime.InferenceSession:
+    """A session for ``path`` with this process's settings; ``probe``: a one-thread CPU session, only to read
+    a file's inputs and outputs (finding a pack's files must not start a GPU)."""
+    if probe:
+        return onnxruntime.InferenceSession(
+            str(path), sess_options=session_options(settings, threads=1), providers=[CPU]
+        )
+    providers = choose_providers(settings.ort_providers, onnxruntime.get_available_providers())
+    if providers != [CPU]:
+        # onnxruntime-gpu with pip's CUDA and cuDNN (the gpu extra) finds those libraries only once they are
+        # loaded (onnxruntime >= 1.21; older builds rely on the system's libraries).
+        preload = getattr(onnxruntime, "preload_dlls", None)
+        if preload is not None:
+            preload()
+    return onnxruntime.InferenceSession(str(path), sess_options=session_options(settings), providers=providers)
