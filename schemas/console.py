@@ -37,7 +37,9 @@ class StageStats(BaseModel):
     stage: str
     stream: str
     group: str
-    backlog: int = Field(description="entries in the stage's stream (XLEN)")
+    backlog: int = Field(
+        description="entries waiting: undelivered plus pending (what backpressure compares with FECAPASS_MAX_BACKLOG)"
+    )
     pending: int = Field(description="delivered to a consumer, not yet acknowledged")
     consumers: int
     lag: int | None = Field(description="entries not yet delivered to the group; null when Redis cannot tell")

@@ -31,7 +31,7 @@ async def pipeline(state: State) -> Pipeline:
             stage=by_stream[row.stream].value,
             stream=row.stream,
             group=row.group,
-            backlog=row.length,
+            backlog=row.backlog,
             pending=row.pending,
             consumers=row.consumers,
             lag=row.lag,

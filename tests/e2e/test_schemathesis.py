@@ -26,7 +26,7 @@ pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
-def fuzz_api(services: LocalServices, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+def fuzz_api(services: LocalServices, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict[str, str]]]:
     env = fresh_installation(services, "fuzz", redis_db=1)
     env.update(
         FECAPASS_MODEL_PACK="dlib",  # installed with the package; the API only describes it
@@ -34,8 +34,8 @@ def fuzz_api(services: LocalServices, tmp_path_factory: pytest.TempPathFactory) 
     )
     api = Installation(env=env, log_dir=tmp_path_factory.mktemp("fuzz"), stages=())
     api.start(ready_timeout=30)
-    key = create_key_in(env["FECAPASS_MAIN_DB_DSN"], "write")
-    yield api.base_url, key
+    keys = {scope: create_key_in(env["FECAPASS_MAIN_DB_DSN"], scope) for scope in ("write", "read")}
+    yield api.base_url, keys
     api.stop(timeout=30)
 
 
@@ -44,8 +44,11 @@ EXAMPLES = int(os.environ.get("FECAPASS_FUZZ_EXAMPLES", "25"))
 CHECKS = [not_a_server_error, response_schema_conformance, status_code_conformance, content_type_conformance]
 
 
-def test_api_schema(fuzz_api: tuple[str, str]) -> None:
-    base, key = fuzz_api
+# The same checks hold whoever asks: a write key, a read key (403 on writes), and no key at all (401 everywhere).
+@pytest.mark.parametrize("scope", ["write", "read", None])
+def test_api_schema(fuzz_api: tuple[str, dict[str, str]], scope: str | None) -> None:
+    base, keys = fuzz_api
+    headers = {"X-API-Key": keys[scope]} if scope else {}
     schema = schemathesis.openapi.from_url(f"{base}/openapi.json")
     failures: list[str] = []
     operations = 0
@@ -56,7 +59,7 @@ def test_api_schema(fuzz_api: tuple[str, str]) -> None:
         @given(case=operation.as_strategy())
         @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), database=None)
         def run(case: schemathesis.Case) -> None:
-            case.call_and_validate(base_url=base, headers={"X-API-Key": key}, checks=CHECKS, timeout=30)
+            case.call_and_validate(base_url=base, headers=headers, checks=CHECKS, timeout=30)
 
         try:
             run()
