@@ -64,7 +64,7 @@ class Console:
         return httpx.Client(base_url=self.base_url, timeout=30, headers={"X-API-Key": self.keys[scope]})
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def console(services: LocalServices) -> Iterator[Console]:
     """The API (and so the console) in this process; no model files, no stage process."""
     env = {
@@ -81,7 +81,7 @@ def console(services: LocalServices) -> Iterator[Console]:
 SCOPES = ("read", "write", "admin")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def recognition_cluster(services: LocalServices, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningPipeline]:
     """`fecapass api` and one process per stage on an installation of their own: the people these tests enroll
     never reach the other end-to-end tests' searches."""
@@ -93,7 +93,9 @@ def recognition_cluster(services: LocalServices, tmp_path_factory: pytest.TempPa
     stop_cluster(running)
 
 
-@pytest.fixture(scope="session")
+# Package scope: Playwright's sync API keeps an event loop running in this thread while it is open, and a later
+# test's asyncio.run() would refuse to start; the browser, the API and the cluster end with these tests.
+@pytest.fixture(scope="package")
 def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Browser]:
     executable = chromium_path()
     sync_api = pytest.importorskip(
