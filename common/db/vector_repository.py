@@ -195,17 +195,8 @@ class VectorRepository:
 
     def best_among(self, pack: str, query: np.ndarray, face_ids: list[int]) -> Neighbour | None:
         """The most similar of the given faces (exact: a user has few faces)."""
-        if not face_ids:
-            return None
-        dim = int(query.shape[0])
-        statement = sql.SQL(
-            "SELECT face_id, 1 - (embedding::vector({dim}) <=> %(q)s::vector({dim})) AS similarity"
-            " FROM face_embeddings WHERE model_pack = %(pack)s AND face_id = ANY(%(ids)s)"
-            " ORDER BY similarity DESC LIMIT 1"
-        ).format(dim=sql.Literal(dim))
-        with self.pool.connection() as conn:
-            row = conn.execute(statement, {"q": query.astype(np.float32), "pack": pack, "ids": face_ids}).fetchone()
-        return Neighbour(int(row[0]), float(row[1])) if row else None
+        ranked = self.rank(pack, query, face_ids)
+        return ranked[0] if ranked else None
 
     def active(self) -> tuple[str, int] | None:
         """The pack searches use and its dimension; None before any pack was registered (the configured one is

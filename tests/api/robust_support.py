@@ -13,12 +13,12 @@ from typing import Any
 
 import httpx
 import numpy as np
-import psycopg
+import redis
 from fastapi import FastAPI
 from PIL import Image
 
 from common import clients
-from common.apikeys import new_key
+from common.db.main_repository import MainRepository
 from common.objects import ObjectStore
 from common.settings import (
     ApiSettings,
@@ -153,13 +153,7 @@ async def running_app(config: ApiConfig) -> AsyncIterator[tuple[FastAPI, httpx.A
 
 
 def create_api_key(services: LocalServices, scope: str) -> str:
-    key, prefix, digest = new_key()
-    with psycopg.connect(services.dsn(MAIN_DB)) as conn:
-        conn.execute(
-            "INSERT INTO api_keys (name, scope, prefix, key_hash) VALUES (%s, %s, %s, %s)",
-            ("api-robust-tests", scope, prefix, digest),
-        )
-    return key
+    return MainRepository.at(services.dsn(MAIN_DB)).create_api_key("api-robust-tests", scope).key
 
 
 def jpeg(seed: int = 0, size: tuple[int, int] = (96, 80)) -> bytes:
@@ -181,3 +175,10 @@ def own_bucket(services: LocalServices, bucket: str) -> ObjectStore:
     store.ensure_bucket()
     store.delete_prefix("")
     return store
+
+
+def valkey_client(services: LocalServices) -> redis.Redis:
+    """The API tests' Redis database, emptied."""
+    client = redis.Redis(port=services.valkey_port, db=API_TEST_DB, password=services.credentials.valkey_password)
+    client.flushdb()
+    return client

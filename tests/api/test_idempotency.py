@@ -13,13 +13,20 @@ import redis
 
 from operations.services import MAIN_DB, LocalServices
 from schemas.streams import Stage
-from tests.api.robust_support import API_TEST_DB, TcpProxy, api_config, create_api_key, jpeg, own_bucket, running_app
+from tests.api.robust_support import (
+    TcpProxy,
+    api_config,
+    create_api_key,
+    jpeg,
+    own_bucket,
+    running_app,
+    valkey_client,
+)
 
 
 @pytest.fixture
 def valkey(services: LocalServices) -> Iterator[redis.Redis]:
-    client = redis.Redis(port=services.valkey_port, db=API_TEST_DB, password=services.credentials.valkey_password)
-    client.flushdb()
+    client = valkey_client(services)
     yield client
     client.close()
 

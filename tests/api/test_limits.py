@@ -20,7 +20,15 @@ from ingest_api.uploads import DecodeSlots
 from operations.services import LocalServices
 from schemas.jobs import JOB_DONE_CHANNEL, JobState, job_key
 from schemas.results import DetectResult, FinishedResult
-from tests.api.robust_support import API_TEST_DB, api_config, create_api_key, jpeg, own_bucket, running_app
+from tests.api.robust_support import (
+    API_TEST_DB,
+    api_config,
+    create_api_key,
+    jpeg,
+    own_bucket,
+    running_app,
+    valkey_client,
+)
 
 
 def png_bomb(width: int = 7000, height: int = 7000) -> bytes:
@@ -49,8 +57,7 @@ def bomb() -> bytes:
 
 @pytest.fixture
 def valkey(services: LocalServices) -> Iterator[redis.Redis]:
-    client = redis.Redis(port=services.valkey_port, db=API_TEST_DB, password=services.credentials.valkey_password)
-    client.flushdb()
+    client = valkey_client(services)
     yield client
     client.close()
 
