@@ -12,6 +12,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 if __name__ == "__main__":
     os.environ.setdefault("FECAPASS_RELIABILITY_JOBS", "300")
+    os.environ.setdefault("FECAPASS_RELIABILITY_PRODUCTION", "1")  # claim idle, deliveries, read count
     os.environ.setdefault("FECAPASS_PG_OUTAGE_SECONDS", "20")
     os.environ.setdefault("FECAPASS_RELIABILITY_REPORT", str(ROOT / "RELIABILITY.md"))
     sys.exit(pytest.main([str(ROOT / "tests" / "reliability"), "-q", "-p", "no:cacheprovider", *sys.argv[1:]]))

@@ -36,20 +36,26 @@ is waited out in place. `tests/integration/test_exactly_once.py` shows each of t
 """
 
 
-def render(ledgers: list[Ledger], jobs_per_fault: int) -> str:
+def render(ledgers: list[Ledger], jobs_per_fault: int, settings: dict[str, str]) -> str:
+    configured = ", ".join(f"`{name}={value}`" for name, value in settings.items())
     lines = [
         "# Reliability report",
         "",
         f"Written by `python -m tests.reliability` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
-        f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}.",
+        f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, with {configured}.",
         "Each fault runs against real processes (API, one process per stage) and real PostgreSQL, Valkey and S3",
-        f"servers, under a load of {jobs_per_fault} enroll uploads (fewer where noted). *Accepted* uploads got 202;",
-        "*lost* means accepted but never finished; *duplicates* counts extra face rows or embeddings; *missing*",
-        "counts finished enrolls without their face row or embedding.",
+        f"servers, under a load of {jobs_per_fault} enroll uploads (fewer where noted). Every count is taken from",
+        "PostgreSQL, the Redis job hashes and streams, and the S3 server's folder, not from what the API answers.",
+        "*Accepted* uploads got 202; *lost*: accepted, never finished (no done or failed hash); *duplicates*: extra",
+        "face rows or embeddings of one job; *missing*: done enrolls without their face row or embedding;",
+        "*resurrected*: face rows of erased users or faces, and embeddings whose face row is gone; *rewritten*:",
+        "finished jobs (of this and every earlier fault) whose state, finish time or error changed afterwards;",
+        "*orphans*: originals and crops in the bucket with neither a job hash nor a face row; *blocked*: the",
+        "longest time the stage handled nothing while one bad entry was in it (where the fault has one).",
         "",
         "| fault | uploads | accepted | refused (status: count) | done | failed (code: count) | lost | duplicates "
-        "| missing |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| missing | resurrected | rewritten | orphans | blocked |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for ledger in ledgers:
         refused = ", ".join(f"{status}: {n}" for status, n in sorted(ledger.refused.items())) or "-"
@@ -61,17 +67,23 @@ def render(ledgers: list[Ledger], jobs_per_fault: int) -> str:
             )
             or "-"
         )
+        blocked = "-" if ledger.blocked_s is None else f"{ledger.blocked_s:.1f} s"
+        if ledger.outcome.startswith("skipped"):
+            lines.append(f"| {ledger.fault} | skipped (see below) |" + " |" * 11)
+            continue
         lines.append(
             f"| {ledger.fault} | {ledger.submitted} | {len(ledger.accepted)} | {refused} | {ledger.states['done']} "
-            f"| {failed} | {ledger.lost} | {ledger.duplicates} | {ledger.missing} |"
+            f"| {failed} | {ledger.lost} | {ledger.duplicates} | {ledger.missing} | {ledger.resurrected} "
+            f"| {ledger.rewritten} | {ledger.orphans} | {blocked} |"
         )
     lines.append("")
     for ledger in ledgers:
-        if ledger.notes:
-            lines.append(f"* **{ledger.fault}**: " + " ".join(ledger.notes))
+        if ledger.notes or ledger.outcome:
+            said = [ledger.outcome.rstrip(".") + "."] if ledger.outcome else []
+            lines.append(f"* **{ledger.fault}**: " + " ".join([*said, *ledger.notes]))
     lines += ["", DURABILITY]
     return "\n".join(lines)
 
 
-def write(path: Path, ledgers: list[Ledger], jobs_per_fault: int) -> None:
-    path.write_text(render(ledgers, jobs_per_fault))
+def write(path: Path, ledgers: list[Ledger], jobs_per_fault: int, settings: dict[str, str]) -> None:
+    path.write_text(render(ledgers, jobs_per_fault, settings))
