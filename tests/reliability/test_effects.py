@@ -470,7 +470,7 @@ def test_crash_between_index_commits(cluster: Cluster, ledger: Ledger) -> None:
     holds a SHARE lock on face_embeddings, so the stage's insert waits there with the face row committed (watched
     in PostgreSQL); then the stage is killed and the lock released. This reaches the window every time, where kills
     at random moments would hit its few milliseconds rarely, and needs no hook in the product."""
-    rounds = 3 if PRODUCTION else 1
+    rounds = 2 if PRODUCTION else 1
     for _ in range(rounds):
         jobs = []
         with psycopg.connect(cluster.services.dsn(VECTOR_DB)) as lock:
