@@ -29,6 +29,11 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         yield running
         running.stop()
         running.services.stop()
+    write_report()
+
+
+def write_report() -> None:
+    """RELIABILITY.md, when asked for; written after every scenario, so that a run cut short still reports."""
     target = os.environ.get("FECAPASS_RELIABILITY_REPORT")
     if target:
         shown = ("FECAPASS_CLAIM_IDLE_MS", "FECAPASS_MAX_DELIVERIES", "FECAPASS_READ_COUNT")
@@ -56,6 +61,7 @@ def ledger(request: pytest.FixtureRequest) -> Iterator[Ledger]:
     yield entry
     outcome = request.node.stash.get(OUTCOME, None)
     if outcome is None:
+        write_report()
         return
     if hasattr(outcome, "wasxfail"):
         entry.outcome = f"known product bug (xfail): {outcome.wasxfail}"
@@ -63,3 +69,4 @@ def ledger(request: pytest.FixtureRequest) -> Iterator[Ledger]:
         entry.outcome = f"skipped: {outcome.longrepr[2] if isinstance(outcome.longrepr, tuple) else outcome.longrepr}"
     elif outcome.failed:
         entry.outcome = "FAILED: " + str(outcome.longrepr).strip().splitlines()[-1][:300]
+    write_report()
