@@ -488,6 +488,10 @@ def test_crash_between_index_commits(cluster: Cluster, ledger: Ledger) -> None:
             cluster.processes[index].wait(10)
             lock.rollback()
         cluster.start_stage(Stage.INDEX)
+        # The next round starts once this one's jobs are done: an entry of this round still unread would otherwise be
+        # what the next round's lock stops, before any of its own jobs reaches the main-database commit.
+        states = cluster.wait_finished(jobs, REDELIVERY_SECONDS)
+        assert set(states.values()) == {"done"}, states
     cluster.settle(ledger)
     with psycopg.connect(cluster.services.dsn(MAIN_DB)) as conn:
         unserved = conn.execute("SELECT count(*) FROM faces WHERE NOT served").fetchone()
