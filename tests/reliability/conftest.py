@@ -66,7 +66,8 @@ def ledger(request: pytest.FixtureRequest) -> Iterator[Ledger]:
     if hasattr(outcome, "wasxfail"):
         entry.outcome = f"known product bug (xfail): {outcome.wasxfail}"
     elif outcome.skipped:
-        entry.outcome = f"skipped: {outcome.longrepr[2] if isinstance(outcome.longrepr, tuple) else outcome.longrepr}"
+        reason = outcome.longrepr[2] if isinstance(outcome.longrepr, tuple) else str(outcome.longrepr)
+        entry.outcome = f"skipped: {reason.removeprefix('Skipped: ')}"
     elif outcome.failed:
         entry.outcome = "FAILED: " + str(outcome.longrepr).strip().splitlines()[-1][:300]
     write_report()

@@ -377,8 +377,8 @@ class Cluster(Installation):
         orphans = self.orphans()
         self.store().delete_many(orphans)
         ledger.notes.append(
-            f"{len(orphans)} orphan original(s) left by uploads refused with 503 while Redis was down (put done, XADD "
-            "failed): the upload-side work of issue 14, not merged in this build, deletes them; removed here."
+            f"{len(orphans)} orphan original(s) left by uploads refused with 503 after their photo's put (Redis failed "
+            "before the XADD): the upload-side work of issue 14, not merged in this build, deletes them; removed here."
         )
         return len(orphans)
 

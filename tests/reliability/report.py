@@ -76,7 +76,7 @@ def render(ledgers: list[Ledger], jobs_per_fault: int, settings: dict[str, str])
         "*resurrected*: face rows of erased users or faces, and embeddings whose face row is gone; *rewritten*:",
         "finished jobs (of this and every earlier fault) whose state, finish time or error changed afterwards;",
         "*orphans*: originals and crops in the bucket with neither a job hash nor a face row; *blocked*: the",
-        "longest time the stage handled nothing while one bad entry was in it (where the fault has one).",
+        "longest time the stage settled nothing while good work waited behind a bad entry (where there is one).",
         "",
         "| fault | uploads | accepted | refused (status: count) | done | failed (code: count) | lost | duplicates "
         "| missing | resurrected | rewritten | orphans | blocked |",
