@@ -374,7 +374,16 @@ class Cluster(Installation):
         rows count their own; returns how many. After the merge there must be none (the caller asserts it)."""
         if UPLOAD_SIDE or not ledger.orphans:
             return 0
-        orphans = self.orphans()
+        # An upload the client gave up on may still be finishing in the API (its Redis client retries): count
+        # once the orphans have stayed the same for a few seconds.
+        orphans, deadline = self.orphans(), time.monotonic() + 30
+        while time.monotonic() < deadline:
+            time.sleep(5)
+            again = self.orphans()
+            if again == orphans:
+                break
+            orphans = again
+        ledger.orphans = len(orphans)
         self.store().delete_many(orphans)
         ledger.notes.append(
             f"{len(orphans)} orphan original(s) left by uploads refused with 503 after their photo's put (Redis failed "
