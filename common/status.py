@@ -41,6 +41,10 @@ _ERASURE_CODES_LUA = ", ".join(f"[{json.dumps(code.value)}]=true" for code in ER
 # field list and renews the TTL only when the job is not finished and ``rank`` is not behind its state; it
 # returns 1 when it wrote. A state Redis holds that this code does not know counts as queued (it moves on);
 # a key holding something other than a hash is never written (a job id cannot be used to clobber other data).
+# A job whose hash is gone (erased with its person, or expired after FECAPASS_JOB_TTL_SECONDS) is never put back
+# in flight: the API writes the hash in the same MULTI as the job's first entry, so a missing one is no job in
+# flight. Only its final outcome may write it again (a replayed entry of an erased face ends `face_erased`, the
+# hash then holding that outcome and its times, nothing about the person).
 # ``job_erased(key)``: the job was closed by an erasure (see ``ERASURE_CODES``).
 TRANSITION_LUA = f"""
 local RANK = {{{_RANKS_LUA}}}
@@ -61,6 +65,7 @@ end
 local function job_write(key, rank, fields, ttl)
   local current = job_rank(key)
   if current < 0 or current >= TERMINAL or rank < current then return 0 end
+  if rank < TERMINAL and redis.call('EXISTS', key) == 0 then return 0 end
   if #fields > 0 then redis.call('HSET', key, unpack(fields)) end
   redis.call('EXPIRE', key, ttl)
   return 1

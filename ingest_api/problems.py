@@ -63,6 +63,7 @@ OUTAGES: tuple[tuple[type[Exception], str], ...] = (
     (redis.exceptions.ConnectionError, "Redis"),
     (redis.exceptions.TimeoutError, "Redis"),
     (redis.exceptions.ReadOnlyError, "Redis"),  # a replica during failover
+    (redis.exceptions.OutOfMemoryError, "Redis"),  # maxmemory reached: it refuses writes until work drains
     (urllib3.exceptions.HTTPError, "object storage"),
     (minio.error.ServerError, "object storage"),
     (TransientError, "a database or object storage"),  # what ObjectStore and the repositories wrap them in
