@@ -21,6 +21,8 @@ from typing import Any
 
 import redis
 
+from schemas.text import decode_text
+
 FEED = "fecapass:gallery"
 # Entries kept (approximate trim): a process further behind than this reloads from PostgreSQL.
 FEED_LENGTH = 100_000
@@ -48,12 +50,8 @@ class Position:
     entries_added: int
 
 
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 def _id(value: object) -> tuple[int, int]:
-    millis, _, sequence = _text(value).partition("-")
+    millis, _, sequence = decode_text(value).partition("-")
     return int(millis), int(sequence or 0)
 
 
@@ -79,7 +77,7 @@ class GalleryFeed:
         info = self._info()
         if info is None:
             return Position("0-0", 0)
-        return Position(_text(info["last-generated-id"]), int(_text(info["entries-added"])))
+        return Position(decode_text(info["last-generated-id"]), int(decode_text(info["entries-added"])))
 
     def read(self, since: Position) -> tuple[list[FeedEntry], Position] | None:
         """Entries after ``since`` and the new position; None when entries after ``since`` may be lost (trimmed
@@ -91,7 +89,7 @@ class GalleryFeed:
         info = self._info()
         if info is None:
             return ([], since) if since.entries_added == 0 else None
-        added, end = int(_text(info["entries-added"])), _text(info["last-generated-id"])
+        added, end = int(decode_text(info["entries-added"])), decode_text(info["last-generated-id"])
         if added == since.entries_added:
             return [], since
         if added < since.entries_added:
@@ -103,7 +101,7 @@ class GalleryFeed:
             if not batch:
                 break
             for entry_id, fields in batch:
-                last = _text(entry_id)
+                last = decode_text(entry_id)
                 entries.append(_entry(fields))
         if len(entries) != added - since.entries_added or last != end:
             return None
@@ -118,6 +116,6 @@ class GalleryFeed:
 
 
 def _entry(fields: dict[bytes, bytes]) -> FeedEntry:
-    text = {_text(key): _text(value) for key, value in fields.items()}
+    text = {decode_text(key): decode_text(value) for key, value in fields.items()}
     ids = [int(value) for value in text.get("face_ids", "").split(",") if value]
     return FeedEntry(Change(text["change"]), text["pack"], ids)
