@@ -69,6 +69,15 @@ def redis_client(services: LocalServices) -> Iterator[redis.Redis]:
 
 
 @pytest.fixture(autouse=True)
+def _process_logging_untouched(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests call the CLI's main() in this process: it would configure structlog for the whole test run (loggers
+    cached on first use, bound to a captured stream), and later tests' capture_logs would see nothing."""
+    from operations import cli
+
+    monkeypatch.setattr(cli, "configure_logging", lambda *args, **kwargs: None)
+
+
+@pytest.fixture(autouse=True)
 def _isolated_cwd(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Run each test in an empty folder, so a developer's .env never reaches the settings under test."""
     monkeypatch.chdir(tmp_path)

@@ -10,7 +10,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import structlog
 
 from operations import cli, models_cli
 
@@ -39,14 +38,6 @@ COMMANDS = {
     "bench-search",
     "calibrate",
 }
-
-
-@pytest.fixture(autouse=True)
-def _logging_left_as_found() -> Iterator[None]:
-    """main() configures logging for its process, bound to this test's captured stderr; later tests must not
-    write to that closed stream."""
-    yield
-    structlog.reset_defaults()
 
 
 def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
