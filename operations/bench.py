@@ -24,11 +24,10 @@ import psutil
 from common.db.main_repository import MainRepository
 from common.settings import ModelSettings
 from operations.installation import Installation, start_servers
-from operations.reports import merged
+from operations.reports import BENCHMARKS_HEADER, merged
 from operations.services import MAIN_DB, LocalServices
 from schemas.streams import PIPELINE, Stage
 
-HEADER = "# Benchmarks\n"
 # Issue 16: the pipeline delivers at least this fraction of the best plain insightface loop's photos per second.
 THROUGHPUT_TARGET = 0.95
 
@@ -414,7 +413,7 @@ def run(config: BenchConfig) -> Path:
     report.section("Resident memory after the run (one process per stage)", "")
     report.table(["process", "MiB"], memory)
     existing = config.output.read_text() if config.output.exists() else ""
-    config.output.write_text(merged(existing, HEADER, "pipeline", "\n".join(report.lines)))
+    config.output.write_text(merged(existing, BENCHMARKS_HEADER, "pipeline", "\n".join(report.lines)))
     return config.output
 
 

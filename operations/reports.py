@@ -16,3 +16,7 @@ def merged(existing: str, header: str, name: str, body: str) -> str:
     if start in text and end in text:
         return text[: text.index(start)] + section + text[text.index(end) + len(end) :]
     return text.rstrip("\n") + "\n\n" + section + "\n"
+
+
+# The heading of BENCHMARKS.md, written by `fecapass bench` and `fecapass bench-search` alike.
+BENCHMARKS_HEADER = "# Benchmarks\n"

@@ -6,7 +6,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
-from operations.bench import HEADER, Throughput, best_batches, why_slower
+from operations.bench import Throughput, best_batches, why_slower
+from operations.reports import BENCHMARKS_HEADER as HEADER
 from operations.reports import merged
 from operations.search_report import (
     GeneratedEmbeddings,
