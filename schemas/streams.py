@@ -143,6 +143,9 @@ class JobMessage(StreamMessage):
     image_key: str
     second_image_key: str | None = None
     user_id: int | None = None
+    collection_id: int = Field(
+        default=1, description="the collection the job works in: enroll's person's, search's and verify's gallery"
+    )
     threshold: float | None = None
     limit: int | None = None
     pack: str | None = Field(

@@ -129,7 +129,7 @@ class MainRepository:
         with self.pool.connection() as conn, conn.cursor(row_factory=class_row(UserRow)) as cur:
             cur.execute(
                 f"INSERT INTO users (email, full_name) VALUES (%s, %s)"
-                f" ON CONFLICT (lower(email)) DO NOTHING RETURNING {_USER_COLUMNS}",
+                f" ON CONFLICT (collection_id, lower(email)) DO NOTHING RETURNING {_USER_COLUMNS}",
                 (email, full_name),
             )
             row = cur.fetchone()
