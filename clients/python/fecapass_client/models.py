@@ -176,7 +176,7 @@ class Job:
     faces_seen: int | None = None
     query_time_ms: float | None = None
     error: JobError | None = None
-    result: JobResult | dict[str, Any] | None = field(default=None, metadata={"parsed_by": "parse_job"})
+    result: JobResult | dict[str, Any] | None = None  # read by parse_job, as its kind says
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False, metadata={"client_only": True})
 
     @property
@@ -241,8 +241,10 @@ def parse_job(data: Any) -> Job:
     if not isinstance(data, dict):
         raise InvalidResponse(f"expected a job object, got {type(data).__name__}")
     result = data.get("result")
+    if result is not None and not isinstance(result, dict):
+        raise InvalidResponse(f"Job.result: expected an object, got {type(result).__name__}")
     kind = RESULT_TYPES.get(str(data.get("kind")))
-    if isinstance(result, dict) and kind is not None:
+    if result is not None and kind is not None:
         result = parse(kind, result)
     return parse(Job, data, result=result, raw=data)
 
