@@ -11,6 +11,11 @@ A missed entry can never become a wrong answer. A face is added to the feed befo
 so every served face has an entry; a gap reloads. A missed removal only leaves a stale code in memory: the final
 ranking reads the full vectors of rows still stored, and the owners of faces still served, so the face is never
 returned, and its code is dropped when the ranking finds it gone.
+
+Each entry names the collection of its faces (``collection_id``; entries written before collections have none and
+are the default collection's, 1). A process reads the collection of an added face from PostgreSQL with its code,
+and drops a removed face's code from the collection the entry names: a face moved to another collection is
+published as a removal from the old one and an addition.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import redis
 from schemas.text import decode_text
 
 FEED = "fecapass:gallery"
+DEFAULT_COLLECTION_ID = 1  # of entries written before collections
 # Entries kept (approximate trim): a process further behind than this reloads from PostgreSQL.
 FEED_LENGTH = 100_000
 # Entries read per round trip when catching up.
@@ -40,6 +46,7 @@ class FeedEntry:
     change: Change
     pack: str
     face_ids: list[int]
+    collection_id: int = DEFAULT_COLLECTION_ID
 
 
 @dataclass(frozen=True)
@@ -61,12 +68,19 @@ class GalleryFeed:
         self.stream = stream
         self.length = length
 
-    def publish(self, change: Change, pack: str, face_ids: list[int]) -> None:
+    def publish(
+        self, change: Change, pack: str, face_ids: list[int], collection_id: int = DEFAULT_COLLECTION_ID
+    ) -> None:
         if not face_ids:
             return
         self.client.xadd(
             self.stream,
-            {"change": change.value, "pack": pack, "face_ids": ",".join(str(i) for i in face_ids)},
+            {
+                "change": change.value,
+                "pack": pack,
+                "face_ids": ",".join(str(i) for i in face_ids),
+                "collection_id": str(collection_id),
+            },
             maxlen=self.length,
             approximate=True,
         )
@@ -118,4 +132,5 @@ class GalleryFeed:
 def _entry(fields: dict[bytes, bytes]) -> FeedEntry:
     text = {decode_text(key): decode_text(value) for key, value in fields.items()}
     ids = [int(value) for value in text.get("face_ids", "").split(",") if value]
-    return FeedEntry(Change(text["change"]), text["pack"], ids)
+    collection = int(text.get("collection_id") or DEFAULT_COLLECTION_ID)
+    return FeedEntry(Change(text["change"]), text["pack"], ids, collection)
