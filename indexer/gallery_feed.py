@@ -15,38 +15,25 @@ returned, and its code is dropped when the ranking finds it gone.
 Each entry names the collection of its faces (``collection_id``; entries written before collections have none and
 are the default collection's, 1). A process reads the collection of an added face from PostgreSQL with its code,
 and drops a removed face's code from the collection the entry names: a face moved to another collection is
-published as a removal from the old one and an addition.
+published as a removal from the old one and an addition. An erasure (common/db/erasure.py) publishes the removal of
+the faces it erased in every pack (``*``), so that no process keeps their codes. The entries' format is in
+schemas/gallery.py.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any
 
 import redis
 
+from schemas.gallery import DEFAULT_COLLECTION_ID, FEED, FEED_LENGTH, Change, FeedEntry
 from schemas.text import decode_text
 
-FEED = "fecapass:gallery"
-DEFAULT_COLLECTION_ID = 1  # of entries written before collections
-# Entries kept (approximate trim): a process further behind than this reloads from PostgreSQL.
-FEED_LENGTH = 100_000
+__all__ = ["DEFAULT_COLLECTION_ID", "FEED", "FEED_LENGTH", "Change", "FeedEntry", "GalleryFeed", "Position"]
+
 # Entries read per round trip when catching up.
 READ_COUNT = 10_000
-
-
-class Change(StrEnum):
-    ADD = "add"
-    REMOVE = "remove"
-
-
-@dataclass(frozen=True)
-class FeedEntry:
-    change: Change
-    pack: str
-    face_ids: list[int]
-    collection_id: int = DEFAULT_COLLECTION_ID
 
 
 @dataclass(frozen=True)
@@ -75,12 +62,7 @@ class GalleryFeed:
             return
         self.client.xadd(
             self.stream,
-            {
-                "change": change.value,
-                "pack": pack,
-                "face_ids": ",".join(str(i) for i in face_ids),
-                "collection_id": str(collection_id),
-            },
+            FeedEntry(change, pack, face_ids, collection_id).to_fields(),
             maxlen=self.length,
             approximate=True,
         )
@@ -116,7 +98,7 @@ class GalleryFeed:
                 break
             for entry_id, fields in batch:
                 last = decode_text(entry_id)
-                entries.append(_entry(fields))
+                entries.append(FeedEntry.from_fields(fields))
         if len(entries) != added - since.entries_added or last != end:
             return None
         return entries, Position(end, added)
@@ -127,10 +109,3 @@ class GalleryFeed:
         except redis.ResponseError:  # no such stream
             return None
         return info
-
-
-def _entry(fields: dict[bytes, bytes]) -> FeedEntry:
-    text = {decode_text(key): decode_text(value) for key, value in fields.items()}
-    ids = [int(value) for value in text.get("face_ids", "").split(",") if value]
-    collection = int(text.get("collection_id") or DEFAULT_COLLECTION_ID)
-    return FeedEntry(Change(text["change"]), text["pack"], ids, collection)
