@@ -321,3 +321,20 @@ def test_erasing_a_collection_leaves_nothing_of_it(
     assert api.delete(f"/v1/collections/{a.name}", headers=admin(installation)).status_code == 404
     assert api.get("/v1/collections", headers=site_key).json() == []
     assert api.get("/v1/users", headers=site_key).json()["code"] == "collection_not_found"
+
+
+def test_the_cli_creates_keys_limited_to_collections(
+    api: TestClient, installation: Installation, vectors: VectorRepository, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from operations.cli import main as fecapass
+
+    a, b = new_site(api, installation, vectors), new_site(api, installation, vectors)
+    for name, value in installation.env.items():
+        monkeypatch.setenv(name, value)
+    label = f"cli-site-{uuid.uuid4().hex[:6]}"
+    fecapass(["keys", "create", "--name", label, "--scope", "read", "--collection", a.name, "--collection", b.name])
+    [made] = [row for row in installation.main.list_api_keys() if row.name == label]
+    assert sorted(made.collection_ids or []) == sorted([a.id, b.id])
+    with pytest.raises(SystemExit, match="no such collection: no-such-site"):
+        fecapass(["keys", "create", "--name", "x", "--scope", "read", "--collection", "no-such-site"])
+    assert not [row for row in installation.main.list_api_keys() if row.name == "x"]
