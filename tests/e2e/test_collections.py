@@ -5,6 +5,7 @@ stage, and erasing the site leaves nothing of it in either database or the bucke
 from __future__ import annotations
 
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import psycopg
@@ -54,6 +55,19 @@ def test_a_site_finds_its_own_people_only_and_is_erased_whole(
             files={"file": ("obama_4.jpg", (BASIC / "obama_4.jpg").read_bytes())},
         )
         assert verified.status_code == 200 and verified.json()["result"]["match"] is True, verified.text
+        # Two enrolls racing for one face id: one is stored, the other answered 409 (by the API's check, or by the
+        # index stage's unique violation when both passed it), never a 500.
+        with ThreadPoolExecutor(2) as pool:
+            answers = list(
+                pool.map(lambda name: _enroll(pipeline, user_id, name, "race-1"), ["biden_1.jpg", "biden_2.jpg"])
+            )
+        assert sorted(status for status, _ in answers) == [200, 409], answers
+        assert [code for status, code in answers if status == 409] == ["face_external_id_taken"]
+        with psycopg.connect(services.dsn(MAIN_DB)) as conn:
+            taken = conn.execute(
+                "SELECT count(*) FROM faces WHERE collection_id = %s AND external_id = 'race-1'", (site.id,)
+            ).fetchone()
+        assert taken == (1,)
     with httpx.Client(base_url=pipeline.base_url, timeout=90, headers=site_key) as reader:
         assert reader.get(f"/v1/jobs/{elsewhere['job_id']}").json()["code"] == "job_not_found"
         assert reader.get(f"/v1/users/{user_id}").json()["external_id"] == "HR-7"
@@ -69,6 +83,12 @@ def test_a_site_finds_its_own_people_only_and_is_erased_whole(
         assert count == (0,)
     stored = set(object_store.keys())
     assert keys and not [key for key in keys if key in stored]
+
+
+def _enroll(pipeline: RunningPipeline, user_id: int, name: str, external_id: str) -> tuple[int, str | None]:
+    with pipeline.client() as client:
+        answer = upload(client, f"/v1/users/{user_id}/faces", name, {"wait": 60, "external_id": external_id})
+    return answer.status_code, answer.json().get("code")
 
 
 def _face_keys(services: LocalServices, collection_id: int) -> list[str]:
