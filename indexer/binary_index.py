@@ -16,7 +16,8 @@ import numpy as np
 import structlog
 
 from common.db.vector_repository import Neighbour, VectorRepository
-from indexer.gallery_feed import Change, GalleryFeed, Position
+from common.gallery_feed import Change
+from indexer.gallery_feed import GalleryFeed, Position
 
 log = structlog.get_logger()
 

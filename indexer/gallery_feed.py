@@ -1,6 +1,7 @@
-"""The change feed that keeps every index process's in-memory codes current: a Redis stream of the face ids added
-to a pack (and removed, where the remover knows), read by every index process from where it last read (XREAD, no
-consumer group: each process needs every entry).
+"""The reader of the gallery feed (common/gallery_feed.py: its format and writer), which keeps every index process's
+in-memory codes current: a Redis stream of the face ids added to a pack and removed from it (by the index stage and
+the API's erasures), read by every index process from where it last read (XRANGE, no consumer group: each process
+needs every entry).
 
 Why a Redis stream rather than PostgreSQL LISTEN/NOTIFY: a NOTIFY sent while a listener is disconnected is gone,
 and nothing tells the listener; a stream keeps its entries, so a process that was away reads what it missed, and
@@ -16,30 +17,15 @@ returned, and its code is dropped when the ranking finds it gone.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any
 
 import redis
 
+from common.gallery_feed import FeedEntry, GalleryPublisher
 from schemas.text import decode_text
 
-FEED = "fecapass:gallery"
-# Entries kept (approximate trim): a process further behind than this reloads from PostgreSQL.
-FEED_LENGTH = 100_000
 # Entries read per round trip when catching up.
 READ_COUNT = 10_000
-
-
-class Change(StrEnum):
-    ADD = "add"
-    REMOVE = "remove"
-
-
-@dataclass(frozen=True)
-class FeedEntry:
-    change: Change
-    pack: str
-    face_ids: list[int]
 
 
 @dataclass(frozen=True)
@@ -50,26 +36,8 @@ class Position:
     entries_added: int
 
 
-def _id(value: object) -> tuple[int, int]:
-    millis, _, sequence = decode_text(value).partition("-")
-    return int(millis), int(sequence or 0)
-
-
-class GalleryFeed:
-    def __init__(self, client: redis.Redis, stream: str = FEED, length: int = FEED_LENGTH) -> None:
-        self.client = client
-        self.stream = stream
-        self.length = length
-
-    def publish(self, change: Change, pack: str, face_ids: list[int]) -> None:
-        if not face_ids:
-            return
-        self.client.xadd(
-            self.stream,
-            {"change": change.value, "pack": pack, "face_ids": ",".join(str(i) for i in face_ids)},
-            maxlen=self.length,
-            approximate=True,
-        )
+class GalleryFeed(GalleryPublisher):
+    """The feed as an index process uses it: it publishes what its stage stores and reads every change."""
 
     def position(self) -> Position:
         """The stream's end now: read from here after loading from PostgreSQL, nothing published after the load
@@ -102,7 +70,7 @@ class GalleryFeed:
                 break
             for entry_id, fields in batch:
                 last = decode_text(entry_id)
-                entries.append(_entry(fields))
+                entries.append(FeedEntry.from_fields(fields))
         if len(entries) != added - since.entries_added or last != end:
             return None
         return entries, Position(end, added)
@@ -113,9 +81,3 @@ class GalleryFeed:
         except redis.ResponseError:  # no such stream
             return None
         return info
-
-
-def _entry(fields: dict[bytes, bytes]) -> FeedEntry:
-    text = {decode_text(key): decode_text(value) for key, value in fields.items()}
-    ids = [int(value) for value in text.get("face_ids", "").split(",") if value]
-    return FeedEntry(Change(text["change"]), text["pack"], ids)

@@ -9,14 +9,15 @@ import numpy as np
 import psycopg
 import redis
 
-from common.db.main_repository import Erased, MainRepository, NewFace, UnknownUser
+from common.db.main_repository import Erased, MainRepository, NewFace, Reassigned, UnknownUser
 from common.db.vector_repository import Neighbour, PackMismatch, VectorRepository
 from common.errors import DependencyUnavailable, JobFailed, PoisonMessage
+from common.gallery_feed import Change
 from common.handlers import HandlerResult, Outcome, per_message
 from common.objects import ObjectStore, discard_job_objects
 from common.packs.catalog import default_threshold
 from indexer.binary_index import BinaryIndex
-from indexer.gallery_feed import Change, GalleryFeed
+from indexer.gallery_feed import GalleryFeed
 from indexer.threshold import SearchThreshold
 from schemas.jobs import ErrorCode
 from schemas.results import (
@@ -135,6 +136,7 @@ class IndexHandler:
         if message.user_id is None:
             raise PoisonMessage(ErrorCode.MALFORMED_MESSAGE, "enroll message without user_id")
         face = message.faces[0]
+        user_id = message.user_id
         try:
             face_id = self._store_face(
                 NewFace(
@@ -157,8 +159,10 @@ class IndexHandler:
         except UnknownUser as exc:
             discard_job_objects(self.store, message.job_id, crop_keys(message))
             raise JobFailed(ErrorCode.USER_NOT_FOUND, f"user {message.user_id} does not exist or is inactive") from exc
+        except Reassigned as exc:  # replayed after a correction gave its face away: theirs, photo and all
+            face_id, user_id = exc.face_id, exc.user_id
         return EnrollResult(
-            user_id=message.user_id,
+            user_id=user_id,
             face_id=face_id,
             faces_seen=message.faces_seen,
             face=FoundFace(box=face.box, score=face.score),

@@ -33,9 +33,10 @@ from common.db.vector_repository import (
     index_statement,
     nearest_statement,
 )
+from common.gallery_feed import Change
 from common.settings import ModelSettings
 from indexer.binary_index import BinaryIndex, binary_code
-from indexer.gallery_feed import Change, GalleryFeed
+from indexer.gallery_feed import GalleryFeed
 from indexer.stage import CANDIDATES_PER_RESULT
 from operations.bench import machine, percentile
 from operations.search_report import (

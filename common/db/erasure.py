@@ -5,10 +5,15 @@ The order makes every cut-short erasure safe and finishable by running it again:
 1. main database, one transaction: tombstones (job and face ids, the user id; see migration 0003), the user
    deactivated, the faces no longer served. From this commit on, nothing is served and the index stage refuses to
    store anything for these jobs, whatever is delivered to it again;
-2. embeddings in the vector database; 3. the faces' photos and crops in S3;
+2. embeddings in the vector database, announced first on the gallery feed (REMOVE) so that every index process drops
+   their codes at once; 3. the faces' photos and crops in S3;
 4. Redis traces (job_traces), then an AOF rewrite; then the photos and crops of the jobs still in flight, except
    those whose entry a worker holds: the index stage refuses such a job and deletes them;
 5. the main rows last: until then a second DELETE finds the face or user and finishes the work.
+
+A user merged into another (common/db/corrections.py) is erased the same way once its served faces have moved: only
+what is left (faces not yet served, jobs without a face, the row) goes. A job whose face now belongs to someone else
+(merged or moved) keeps its photo and crop, whoever erases the user it was enrolled for.
 """
 
 from __future__ import annotations
@@ -17,9 +22,10 @@ import redis
 import structlog
 
 from common.db import job_traces
-from common.db.main_repository import FaceRow, MainRepository
+from common.db.main_repository import FaceRow, MainRepository, Merge
 from common.db.vector_repository import VectorRepository
 from common.errors import DependencyUnavailable
+from common.gallery_feed import Change, GalleryPublisher
 from common.objects import ObjectStore, discard_job_objects
 from schemas.jobs import ErrorCode
 
@@ -34,23 +40,40 @@ class Erasure:
         store: ObjectStore,
         redis_client: redis.Redis,
         job_ttl_seconds: int,
+        feed: GalleryPublisher | None = None,
     ) -> None:
         self.main = main
         self.vectors = vectors
         self.store = store
         self.redis = redis_client
         self.job_ttl_seconds = job_ttl_seconds
+        self.feed = feed if feed is not None else GalleryPublisher(redis_client)
 
     def erase_user(self, user_id: int) -> bool:
         faces = self.main.begin_user_erasure(user_id)
         if faces is None:
             return False
-        # Jobs in flight have no face row yet: the API recorded them per user when they were submitted.
-        job_ids = sorted({face.job_id for face in faces} | job_traces.user_job_ids(self.redis, user_id))
-        self._erase(faces, job_ids, user_id, whole_user=True)
-        self.main.delete_user(user_id)  # and, by cascade, the face rows
+        job_ids = self._erase_user_rest(faces, user_id)
         log.info("erasure.user_erased", user_id=user_id, faces=len(faces), jobs=len(job_ids))
         return True
+
+    def erase_merged(self, merge: Merge, from_id: int) -> None:
+        """Finish erasing user ``from_id`` after merge_users moved its served faces: its faces not yet served, its
+        jobs without a face, its row. Nothing to do when a repeated merge finds the row gone."""
+        if merge.from_row_left:
+            job_ids = self._erase_user_rest(merge.dropped, from_id)
+            log.info("erasure.merged_user_erased", user_id=from_id, faces=len(merge.dropped), jobs=len(job_ids))
+
+    def _erase_user_rest(self, faces: list[FaceRow], user_id: int) -> list[str]:
+        """Steps 2-5 for a user tombstoned with these face rows; returns the jobs whose traces went."""
+        # Jobs in flight have no face row yet: the API recorded them per user when they were submitted. A listed job
+        # whose face row is someone else's (moved or merged there) is theirs now: its photo and crop stay.
+        listed = job_traces.user_job_ids(self.redis, user_id)
+        own = {face.job_id for face in faces}
+        job_ids = sorted(own | (listed - self.main.jobs_with_faces(sorted(listed - own))))
+        self._erase(faces, job_ids, user_id, whole_user=True)
+        self.main.delete_user(user_id)  # and, by cascade, the face rows
+        return job_ids
 
     def erase_face(self, face_id: int) -> bool:
         face = self.main.begin_face_erasure(face_id)
@@ -62,7 +85,16 @@ class Erasure:
         return True
 
     def _erase(self, faces: list[FaceRow], job_ids: list[str], user_id: int, *, whole_user: bool) -> None:
-        self.vectors.delete_faces([face.id for face in faces])
+        face_ids = [face.id for face in faces]
+        # Announced before the delete, so that a cut-short erasure announces again when it is finished (the
+        # embeddings it finds are still there); an index process that drops a code early loses nothing, the face
+        # is no longer served.
+        try:
+            for pack, ids in self.vectors.packs_of(face_ids).items():
+                self.feed.publish(Change.REMOVE, pack, ids)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise DependencyUnavailable(f"Redis: {exc}") from exc  # 503: the same DELETE again finishes
+        self.vectors.delete_faces(face_ids)
         self.store.delete_many([key for face in faces for key in (face.image_key, face.crop_key)])
         try:
             running = self._erase_traces(job_ids, user_id, whole_user=whole_user)

@@ -193,6 +193,18 @@ class VectorRepository:
         with self.pool.connection() as conn:
             return conn.execute("DELETE FROM face_embeddings WHERE face_id = ANY(%s)", (face_ids,)).rowcount
 
+    def packs_of(self, face_ids: list[int]) -> dict[str, list[int]]:
+        """Which of these faces have an embedding of which pack: what an erasure tells the gallery feed it removes."""
+        if not face_ids:
+            return {}
+        with self.pool.connection() as conn:
+            rows = conn.execute(
+                "SELECT model_pack, array_agg(face_id ORDER BY face_id) FROM face_embeddings"
+                " WHERE face_id = ANY(%s) GROUP BY model_pack ORDER BY model_pack",
+                (face_ids,),
+            ).fetchall()
+        return {str(pack): [int(i) for i in ids] for pack, ids in rows}
+
     def best_among(self, pack: str, query: np.ndarray, face_ids: list[int]) -> Neighbour | None:
         """The most similar of the given faces (exact: a user has few faces)."""
         ranked = self.rank(pack, query, face_ids)

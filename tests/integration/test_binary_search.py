@@ -16,12 +16,13 @@ from common import clients
 from common.db.main_repository import MainRepository, NewFace
 from common.db.vector_repository import VectorRepository
 from common.errors import DependencyUnavailable
+from common.gallery_feed import Change
 from common.objects import ObjectStore
 from common.packs.catalog import default_threshold, gallery_threshold
 from common.runner import StageRunner, ensure_group
 from common.settings import DatabaseSettings, StreamSettings
 from indexer.binary_index import BinaryIndex, binary_code
-from indexer.gallery_feed import Change, GalleryFeed
+from indexer.gallery_feed import GalleryFeed
 from indexer.stage import IndexHandler
 from operations.services import LocalServices
 from schemas.jobs import job_key
