@@ -14,6 +14,9 @@ The order makes every cut-short erasure safe and finishable by running it again:
 A user merged into another (common/db/corrections.py) is erased the same way once its served faces have moved: only
 what is left (faces not yet served, jobs without a face, the row) goes. A job whose face now belongs to someone else
 (merged or moved) keeps its photo and crop, whoever erases the user it was enrolled for.
+
+Erasing a collection erases every person in it this way, one at a time, then the collection's row: cut short, the
+same DELETE erases the people left and the row.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import redis
 import structlog
 
 from common.db import job_traces
-from common.db.main_repository import FaceRow, MainRepository, Merge
+from common.db.main_repository import CollectionNotEmpty, FaceRow, MainRepository, Merge
 from common.db.vector_repository import VectorRepository
 from common.errors import DependencyUnavailable
 from common.gallery_feed import Change, GalleryPublisher
@@ -30,6 +33,9 @@ from common.objects import ObjectStore, discard_job_objects
 from schemas.jobs import ErrorCode
 
 log = structlog.get_logger(__name__)
+
+# Times a collection's erasure looks again for people created while it ran before it gives up.
+ERASE_COLLECTION_ROUNDS = 5
 
 
 class Erasure:
@@ -75,6 +81,27 @@ class Erasure:
         self.main.delete_user(user_id)  # and, by cascade, the face rows
         return job_ids
 
+    def erase_collection(self, collection_id: int, *, keep_row: bool = False) -> int:
+        """Erase every person of the collection (as erase_user), then its row unless ``keep_row`` (the default
+        collection is only ever emptied). Returns how many people were erased. People added while it runs are
+        erased too; raises CollectionNotEmpty if they keep coming faster than they are erased."""
+        erased = 0
+        for _ in range(ERASE_COLLECTION_ROUNDS):
+            while user_ids := self.main.collection_user_ids(collection_id):
+                for user_id in user_ids:
+                    erased += int(self.erase_user(user_id))
+            if keep_row:
+                break
+            try:
+                self.main.delete_collection(collection_id)
+            except CollectionNotEmpty:
+                continue  # a person was created meanwhile: erase them too
+            break
+        else:
+            raise CollectionNotEmpty(collection_id)
+        log.info("erasure.collection_erased", collection_id=collection_id, users=erased, row_deleted=not keep_row)
+        return erased
+
     def erase_face(self, face_id: int) -> bool:
         face = self.main.begin_face_erasure(face_id)
         if face is None:
@@ -90,8 +117,8 @@ class Erasure:
         # embeddings it finds are still there); an index process that drops a code early loses nothing, the face
         # is no longer served.
         try:
-            for pack, ids in self.vectors.packs_of(face_ids).items():
-                self.feed.publish(Change.REMOVE, pack, ids)
+            for (pack, collection_id), ids in self.vectors.packs_of(face_ids).items():
+                self.feed.publish(Change.REMOVE, pack, ids, collection_id)
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise DependencyUnavailable(f"Redis: {exc}") from exc  # 503: the same DELETE again finishes
         self.vectors.delete_faces(face_ids)

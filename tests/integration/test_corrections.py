@@ -150,7 +150,8 @@ def embeddings(world: World, face_ids: list[int]) -> dict[int, bytes]:
 def codes_in_memory(world: World) -> set[int]:
     """Face ids whose code the searching process holds, after applying the feed."""
     world.binary.refresh(PACK, DIM)
-    return {int(i) for i in faiss.vector_to_array(world.binary._packs[PACK].index.id_map)}
+    gallery = world.binary._packs[PACK]
+    return {int(i) for codes in gallery.collections.values() for i in faiss.vector_to_array(codes.index.id_map)}
 
 
 def feed_entries(world: World) -> list[FeedEntry]:
@@ -373,7 +374,9 @@ def test_a_merge_while_enrolls_of_b_run_leaves_every_face_on_a_or_nowhere(world:
 
     states = {e.job_id: job(world.redis, e.job_id) for e in enrolls}
     done = [e for e in enrolls if states[e.job_id].get("state") == "done"]
-    failed = [e for e in enrolls if states[e.job_id].get("error_code") == "user_not_found"]
+    # Failed with user_not_found; or failed by its worker just before the erasure's Redis step, which then took
+    # the finished job's hash away with the rest of B's traces.
+    failed = [e for e in enrolls if states[e.job_id].get("error_code") == "user_not_found" or not states[e.job_id]]
     assert len(done) + len(failed) == len(enrolls), states
     assert len(done) >= 2 and not errors
     assert faces_per_user(world, a, b) == [len(done), 0]
