@@ -406,6 +406,12 @@ class MainRepository:
             row = conn.execute("SELECT count(*) FROM faces").fetchone()
         return int(row[0]) if row else 0
 
+    def face_collection(self, face_id: int) -> int | None:
+        """The collection of the face's row, served or not (an erasure cut short is finished in its collection)."""
+        with self.pool.connection() as conn:
+            row = conn.execute("SELECT collection_id FROM faces WHERE id = %s", (face_id,)).fetchone()
+        return int(row[0]) if row else None
+
     def face_external_id_taken(self, collection_id: int, external_id: str) -> bool:
         """Whether a served face of the collection has this external id."""
         with self.pool.connection() as conn:

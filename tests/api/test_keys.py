@@ -25,10 +25,12 @@ SCOPES = {
     ("GET", "/v1/users/{user_id}"): "read",
     ("PATCH", "/v1/users/{user_id}"): "write",
     ("DELETE", "/v1/users/{user_id}"): "write",
+    ("POST", "/v1/users/{user_id}/merge"): "write",
     ("POST", "/v1/users/{user_id}/faces"): "write",
     ("GET", "/v1/users/{user_id}/faces"): "read",
     ("GET", "/v1/faces/{face_id}"): "read",
     ("DELETE", "/v1/faces/{face_id}"): "write",
+    ("POST", "/v1/faces/{face_id}/move"): "write",
     ("POST", "/v1/search"): "read",
     ("POST", "/v1/verify"): "read",
     ("POST", "/v1/detect"): "read",
@@ -42,6 +44,10 @@ SCOPES = {
     ("GET", "/v1/keys"): "admin",
     ("POST", "/v1/keys"): "admin",
     ("DELETE", "/v1/keys/{key_id}"): "admin",
+    ("GET", "/v1/collections"): "read",
+    ("GET", "/v1/collections/{name}"): "read",
+    ("POST", "/v1/collections"): "admin",
+    ("DELETE", "/v1/collections/{name}"): "admin",
 }
 # The keys that may use an operation of each scope.
 ALLOWED = {"read": ("read", "write", "admin"), "write": ("write", "admin"), "admin": ("admin",)}
