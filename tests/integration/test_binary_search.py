@@ -116,7 +116,7 @@ def test_an_erased_face_is_never_returned_even_while_its_code_is_in_memory(
     index = BinaryIndex(vectors, feed, candidates=20)
     target, embedding = next(iter(stored.items()))
     assert index.nearest(pack, embedding, 5)[0].face_id == target
-    # Erased by a process that publishes nothing (the API's erasure): the code stays in memory.
+    # Erased by a process that publishes nothing (a removal lost with a trimmed feed): the code stays in memory.
     assert vectors.delete_faces([target]) == 1
     found = index.nearest(pack, embedding, 5)
     assert target not in {n.face_id for n in found} and len(found) == 5
