@@ -20,8 +20,7 @@ import numpy as np
 import structlog
 
 from common.db.vector_repository import Codes, Neighbour, VectorRepository
-from common.gallery_feed import DEFAULT_COLLECTION_ID, Change
-from indexer.gallery_feed import GalleryFeed, Position
+from indexer.gallery_feed import DEFAULT_COLLECTION_ID, Change, GalleryFeed, Position
 
 log = structlog.get_logger()
 
@@ -137,7 +136,7 @@ class BinaryIndex:
         added = sorted({i for e in entries if e.pack == pack and e.change is Change.ADD for i in e.face_ids})
         removed: dict[int, list[int]] = {}
         for entry in entries:
-            if entry.pack == pack and entry.change is Change.REMOVE:
+            if entry.concerns(pack) and entry.change is Change.REMOVE:
                 removed.setdefault(entry.collection_id, []).extend(entry.face_ids)
         for collection_id, face_ids in removed.items():
             if collection_id in gallery.collections:

@@ -1,7 +1,6 @@
-"""The reader of the gallery feed (common/gallery_feed.py: its format and writer), which keeps every index process's
-in-memory codes current: a Redis stream of the face ids added to a pack and removed from it (by the index stage and
-the API's erasures), read by every index process from where it last read (XRANGE, no consumer group: each process
-needs every entry).
+"""The change feed that keeps every index process's in-memory codes current: a Redis stream of the face ids added
+to a pack (and removed, where the remover knows), read by every index process from where it last read (XREAD, no
+consumer group: each process needs every entry).
 
 Why a Redis stream rather than PostgreSQL LISTEN/NOTIFY: a NOTIFY sent while a listener is disconnected is gone,
 and nothing tells the listener; a stream keeps its entries, so a process that was away reads what it missed, and
@@ -12,6 +11,13 @@ A missed entry can never become a wrong answer. A face is added to the feed befo
 so every served face has an entry; a gap reloads. A missed removal only leaves a stale code in memory: the final
 ranking reads the full vectors of rows still stored, and the owners of faces still served, so the face is never
 returned, and its code is dropped when the ranking finds it gone.
+
+Each entry names the collection of its faces (``collection_id``; entries written before collections have none and
+are the default collection's, 1). A process reads the collection of an added face from PostgreSQL with its code,
+and drops a removed face's code from the collection the entry names: a face moved to another collection is
+published as a removal from the old one and an addition. An erasure (common/db/erasure.py) publishes the removal of
+the faces it erased in every pack (``*``), so that no process keeps their codes. The entries' format is in
+schemas/gallery.py.
 """
 
 from __future__ import annotations
@@ -21,8 +27,10 @@ from typing import Any
 
 import redis
 
-from common.gallery_feed import FeedEntry, GalleryPublisher
+from schemas.gallery import DEFAULT_COLLECTION_ID, FEED, FEED_LENGTH, Change, FeedEntry
 from schemas.text import decode_text
+
+__all__ = ["DEFAULT_COLLECTION_ID", "FEED", "FEED_LENGTH", "Change", "FeedEntry", "GalleryFeed", "Position"]
 
 # Entries read per round trip when catching up.
 READ_COUNT = 10_000
@@ -36,8 +44,28 @@ class Position:
     entries_added: int
 
 
-class GalleryFeed(GalleryPublisher):
-    """The feed as an index process uses it: it publishes what its stage stores and reads every change."""
+def _id(value: object) -> tuple[int, int]:
+    millis, _, sequence = decode_text(value).partition("-")
+    return int(millis), int(sequence or 0)
+
+
+class GalleryFeed:
+    def __init__(self, client: redis.Redis, stream: str = FEED, length: int = FEED_LENGTH) -> None:
+        self.client = client
+        self.stream = stream
+        self.length = length
+
+    def publish(
+        self, change: Change, pack: str, face_ids: list[int], collection_id: int = DEFAULT_COLLECTION_ID
+    ) -> None:
+        if not face_ids:
+            return
+        self.client.xadd(
+            self.stream,
+            FeedEntry(change, pack, face_ids, collection_id).to_fields(),
+            maxlen=self.length,
+            approximate=True,
+        )
 
     def position(self) -> Position:
         """The stream's end now: read from here after loading from PostgreSQL, nothing published after the load

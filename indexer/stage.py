@@ -12,12 +12,11 @@ import redis
 from common.db.main_repository import DuplicateFaceExternalId, Erased, MainRepository, NewFace, Reassigned, UnknownUser
 from common.db.vector_repository import Neighbour, PackMismatch, VectorRepository
 from common.errors import DependencyUnavailable, JobFailed, PoisonMessage
-from common.gallery_feed import Change
 from common.handlers import HandlerResult, Outcome, per_message
 from common.objects import ObjectStore, discard_job_objects
 from common.packs.catalog import default_threshold
 from indexer.binary_index import BinaryIndex
-from indexer.gallery_feed import GalleryFeed
+from indexer.gallery_feed import Change, GalleryFeed
 from indexer.threshold import SearchThreshold
 from schemas.jobs import ErrorCode
 from schemas.results import (

@@ -33,10 +33,9 @@ from common.db.vector_repository import (
     index_statement,
     nearest_statement,
 )
-from common.gallery_feed import DEFAULT_COLLECTION_ID, Change
 from common.settings import ModelSettings
 from indexer.binary_index import BinaryIndex, binary_code
-from indexer.gallery_feed import GalleryFeed
+from indexer.gallery_feed import DEFAULT_COLLECTION_ID, Change, GalleryFeed
 from indexer.stage import CANDIDATES_PER_RESULT
 from operations.bench import machine, percentile
 from operations.search_report import (

@@ -25,12 +25,14 @@ class HnswParameters:
     ef_construction: int = 128
     ef_search: int = 100  # at least; a search reading more candidates than this raises it to their number
     # A search in one collection walks the graph until it has its candidates (hnsw.iterative_scan), visiting at
-    # most this many index tuples: a collection holding 1 % of a million faces needs ~100 x its candidates.
+    # most this many index tuples (FECAPASS_HNSW_MAX_SCAN_TUPLES).
     max_scan_tuples: int = 1_000_000
 
     @classmethod
     def from_settings(cls, settings: SearchIndexSettings) -> HnswParameters:
-        return cls(settings.hnsw_m, settings.hnsw_ef_construction, settings.hnsw_ef_search)
+        return cls(
+            settings.hnsw_m, settings.hnsw_ef_construction, settings.hnsw_ef_search, settings.hnsw_max_scan_tuples
+        )
 
 
 @dataclass(frozen=True)
@@ -218,19 +220,6 @@ class VectorRepository:
             return 0
         with self.pool.connection() as conn:
             return conn.execute("DELETE FROM face_embeddings WHERE face_id = ANY(%s)", (face_ids,)).rowcount
-
-    def packs_of(self, face_ids: list[int]) -> dict[tuple[str, int], list[int]]:
-        """Which of these faces have an embedding of which (pack, collection): what an erasure tells the gallery
-        feed it removes."""
-        if not face_ids:
-            return {}
-        with self.pool.connection() as conn:
-            rows = conn.execute(
-                "SELECT model_pack, collection_id, array_agg(face_id ORDER BY face_id) FROM face_embeddings"
-                " WHERE face_id = ANY(%s) GROUP BY 1, 2 ORDER BY 1, 2",
-                (face_ids,),
-            ).fetchall()
-        return {(str(pack), int(collection)): [int(i) for i in ids] for pack, collection, ids in rows}
 
     def best_among(self, pack: str, query: np.ndarray, face_ids: list[int]) -> Neighbour | None:
         """The most similar of the given faces (exact: a user has few faces)."""

@@ -18,7 +18,7 @@ from structlog.testing import capture_logs
 from common import clients
 from common.db.main_repository import NewFace
 from common.db.vector_repository import VectorRepository
-from common.gallery_feed import FEED, Change, FeedEntry
+from schemas.gallery import EVERY_PACK, FEED, Change, FeedEntry
 from tests.api.conftest import Installation, key, new_email, photo
 
 pytestmark = pytest.mark.integration
@@ -264,7 +264,7 @@ def test_erasures_through_the_api_publish_their_removals_on_the_gallery_feed(
 
     entries = [FeedEntry.from_fields(fields) for _, fields in installation.redis.xrange(FEED, min=f"({start}")]
     assert [(e.change, e.pack, e.face_ids, e.collection_id) for e in entries] == [
-        (Change.REMOVE, PACK, [lone], 1),
-        (Change.REMOVE, PACK, sorted(of_y), 1),
+        (Change.REMOVE, EVERY_PACK, [lone], 1),
+        (Change.REMOVE, EVERY_PACK, sorted(of_y), 1),
     ]
     assert vectors.embedded_among(PACK, [lone, *of_y]) == set()

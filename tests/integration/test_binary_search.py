@@ -16,13 +16,12 @@ from common import clients
 from common.db.main_repository import MainRepository, NewFace
 from common.db.vector_repository import VectorRepository
 from common.errors import DependencyUnavailable
-from common.gallery_feed import Change
 from common.objects import ObjectStore
 from common.packs.catalog import default_threshold, gallery_threshold
 from common.runner import StageRunner, ensure_group
 from common.settings import DatabaseSettings, StreamSettings
 from indexer.binary_index import BinaryIndex, binary_code
-from indexer.gallery_feed import GalleryFeed
+from indexer.gallery_feed import Change, GalleryFeed
 from indexer.stage import IndexHandler
 from operations.services import LocalServices
 from schemas.jobs import job_key
@@ -116,7 +115,7 @@ def test_an_erased_face_is_never_returned_even_while_its_code_is_in_memory(
     index = BinaryIndex(vectors, feed, candidates=20)
     target, embedding = next(iter(stored.items()))
     assert index.nearest(pack, embedding, 5)[0].face_id == target
-    # Erased by a process that publishes nothing (a removal lost with a trimmed feed): the code stays in memory.
+    # Erased by a process that publishes nothing (the API's erasure): the code stays in memory.
     assert vectors.delete_faces([target]) == 1
     found = index.nearest(pack, embedding, 5)
     assert target not in {n.face_id for n in found} and len(found) == 5

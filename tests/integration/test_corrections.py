@@ -25,7 +25,6 @@ from common.db.erasure import Erasure
 from common.db.main_repository import CollectionMismatch, MainRepository, NewFace, UnknownFace, UnknownUser
 from common.db.migrate import migrate_all
 from common.db.vector_repository import VectorRepository
-from common.gallery_feed import Change, FeedEntry
 from common.objects import ObjectStore, crop_key, original_key
 from common.runner import StageRunner, ensure_group
 from common.settings import DatabaseSettings, StreamSettings
@@ -33,6 +32,7 @@ from indexer.binary_index import BinaryIndex
 from indexer.gallery_feed import GalleryFeed
 from indexer.stage import IndexHandler
 from operations.services import LocalServices
+from schemas.gallery import EVERY_PACK, Change, FeedEntry
 from schemas.jobs import job_key, user_jobs_key
 from schemas.results import StoredSearchResult
 from schemas.streams import AlignedFace, EmbeddedMessage, JobKind, Stage, encode_embeddings
@@ -327,7 +327,7 @@ def test_an_enroll_of_b_whose_row_is_in_but_not_yet_served_is_erased_not_moved(w
 
     assert merge.moved == [] and [f.id for f in merge.dropped] == [face_id]
     assert faces_per_user(world, a, b) == [0, 0] and embeddings(world, [face_id]) == {}
-    assert FeedEntry(Change.REMOVE, PACK, [face_id]) in feed_entries(world)
+    assert FeedEntry(Change.REMOVE, EVERY_PACK, [face_id]) in feed_entries(world)
     time.sleep(0.01)
     assert world.runner(crashing).run_once() == 1  # redelivered: refused
     assert job(world.redis, enroll.job_id)["error_code"] == "user_not_found"
@@ -482,4 +482,4 @@ def test_an_erasure_publishes_its_removals_so_index_processes_drop_the_codes_at_
     # Dropped when the feed is applied, before any search ranks them (no search runs here).
     assert codes_in_memory(world) & {lone, *of_b} == set() and kept in codes_in_memory(world)
     removals = [e for e in feed_entries(world) if e.change is Change.REMOVE]
-    assert [(e.pack, e.face_ids) for e in removals] == [(PACK, [lone]), (PACK, sorted(of_b))]
+    assert [(e.pack, e.face_ids) for e in removals] == [(EVERY_PACK, [lone]), (EVERY_PACK, sorted(of_b))]
