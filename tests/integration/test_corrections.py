@@ -398,6 +398,41 @@ def test_a_merge_while_enrolls_of_b_run_leaves_every_face_on_a_or_nowhere(world:
     assert len(embeddings(world, [face_of(world, e) for e in done])) == len(done)
 
 
+def merges_at_once(world: World, pairs: list[tuple[int, int]]) -> dict[tuple[int, int], object]:
+    """Run these merges (into, from) in threads released together: what each returned (A's id) or raised."""
+    start = threading.Barrier(len(pairs))
+    outcomes: dict[tuple[int, int], object] = {}
+
+    def merge(into: int, source: int) -> None:
+        start.wait(10)
+        try:
+            outcomes[(into, source)] = world.corrections.merge(into, source).into.id
+        except Exception as exc:  # recorded, for the test to judge
+            outcomes[(into, source)] = exc
+
+    threads = [threading.Thread(target=merge, args=pair) for pair in pairs]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    return outcomes
+
+
+def test_two_opposite_merges_at_once_neither_deadlock_nor_both_win(world: World) -> None:
+    """A into B and B into A at the same moment: the users are locked in id order, so one waits for the other; the
+    second then finds its target merged away (a deadlock would raise DeadlockDetected in one). Rounds bounded."""
+    rng = np.random.default_rng(31)
+    for _ in range(4):
+        a, b = new_user(world, "A"), new_user(world, "B")
+        faces = {face_of(world, enrolled_for(world, user, rng)) for user in (a, b)}
+        outcomes = merges_at_once(world, [(a, b), (b, a)])
+        won = [pair for pair, outcome in outcomes.items() if isinstance(outcome, int)]
+        lost = [outcome for outcome in outcomes.values() if not isinstance(outcome, int)]
+        assert len(won) == 1 and len(lost) == 1 and isinstance(lost[0], UnknownUser), outcomes
+        winner, loser = won[0]
+        assert faces_per_user(world, winner, loser) == [2, 0] and {f.id for f in world.main.list_faces(winner)} == faces
+
+
 # -- move -------------------------------------------------------------------------------------------------------
 
 
