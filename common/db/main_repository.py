@@ -688,12 +688,14 @@ class _LockedUser:
 
 def _lock_users(conn: psycopg.Connection[Any], user_ids: Sequence[int]) -> dict[int, _LockedUser]:
     """Lock the rows of these users, in id order (LockRows runs above the sort)."""
+    ids = sorted(set(user_ids))
     rows = conn.execute(
-        "SELECT u.id, u.is_active, u.collection_id, EXISTS (SELECT 1 FROM erased_users e WHERE e.user_id = u.id)"
-        " FROM users u WHERE u.id = ANY(%s) ORDER BY u.id FOR UPDATE OF u",
-        (sorted(set(user_ids)),),
+        "SELECT id, is_active, collection_id FROM users WHERE id = ANY(%s) ORDER BY id FOR UPDATE", (ids,)
     ).fetchall()
-    return {int(row[0]): _LockedUser(bool(row[1]), int(row[2]), bool(row[3])) for row in rows}
+    # A statement of its own, after the locks: its snapshot sees the tombstone of an erasure that held one of them
+    # (the locking statement's snapshot predates that commit).
+    erased = {int(row[0]) for row in conn.execute("SELECT user_id FROM erased_users WHERE user_id = ANY(%s)", (ids,))}
+    return {int(row[0]): _LockedUser(bool(row[1]), int(row[2]), int(row[0]) in erased) for row in rows}
 
 
 def _sees(visible: Collection[int] | None, collection_id: int) -> bool:

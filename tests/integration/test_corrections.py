@@ -433,6 +433,45 @@ def test_two_opposite_merges_at_once_neither_deadlock_nor_both_win(world: World)
         assert faces_per_user(world, winner, loser) == [2, 0] and {f.id for f in world.main.list_faces(winner)} == faces
 
 
+WAITING_FOR_A_LOCK = (
+    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"
+)
+
+
+def test_a_merge_waiting_for_an_erasure_of_b_finds_b_erased_and_moves_nothing(world: World) -> None:
+    """The erasure's first transaction holds B's row when the merge asks for it; once it commits, the merge must see
+    the tombstone that transaction wrote (not the snapshot it took before waiting)."""
+    rng = np.random.default_rng(32)
+    a, b = new_user(world, "A"), new_user(world, "B")
+    face_of(world, enrolled_for(world, b, rng))
+    outcome: list[object] = []
+    with world.main.pool.connection() as erasing:
+        erasing.execute("SELECT 1 FROM users WHERE id = %s FOR UPDATE", (b,))  # as begin_user_erasure does
+        erasing.execute("INSERT INTO erased_users (user_id) VALUES (%s)", (b,))
+        erasing.execute("UPDATE users SET is_active = false WHERE id = %s", (b,))
+        erasing.execute("UPDATE faces SET served = false WHERE user_id = %s", (b,))
+
+        def merge() -> None:
+            try:
+                outcome.append(world.corrections.merge(a, b))
+            except Exception as exc:  # judged below
+                outcome.append(exc)
+
+        thread = threading.Thread(target=merge)
+        thread.start()
+        for _ in range(1000):  # bounded (10 s): until the merge waits for B's row
+            waiting = rows(world, WAITING_FOR_A_LOCK)
+            if waiting != [(0,)]:
+                break
+            time.sleep(0.01)
+        assert waiting != [(0,)], "the merge never waited for the erasure's lock"
+        erasing.commit()
+    thread.join(30)
+    assert len(outcome) == 1 and isinstance(outcome[0], UnknownUser) and outcome[0].args == (b,), outcome
+    assert faces_per_user(world, a) == [0]
+    assert rows(world, "SELECT count(*) FROM merged_users WHERE user_id = %s", b) == [(0,)]
+
+
 # -- move -------------------------------------------------------------------------------------------------------
 
 
