@@ -9,7 +9,7 @@ import numpy as np
 import psycopg
 import redis
 
-from common.db.main_repository import DuplicateFaceExternalId, Erased, MainRepository, NewFace, UnknownUser
+from common.db.main_repository import DuplicateFaceExternalId, Erased, MainRepository, NewFace, Reassigned, UnknownUser
 from common.db.vector_repository import Neighbour, PackMismatch, VectorRepository
 from common.errors import DependencyUnavailable, JobFailed, PoisonMessage
 from common.handlers import HandlerResult, Outcome, per_message
@@ -136,6 +136,7 @@ class IndexHandler:
         if message.user_id is None:
             raise PoisonMessage(ErrorCode.MALFORMED_MESSAGE, "enroll message without user_id")
         face = message.faces[0]
+        user_id = message.user_id
         try:
             face_id = self._store_face(
                 NewFace(
@@ -165,8 +166,10 @@ class IndexHandler:
             raise JobFailed(
                 ErrorCode.FACE_EXTERNAL_ID_TAKEN, f"a face of this collection has external id {message.external_id}"
             ) from exc
+        except Reassigned as exc:  # replayed after a correction gave its face away: theirs, photo and all
+            face_id, user_id = exc.face_id, exc.user_id
         return EnrollResult(
-            user_id=message.user_id,
+            user_id=user_id,
             face_id=face_id,
             faces_seen=message.faces_seen,
             face=FoundFace(box=face.box, score=face.score),

@@ -12,6 +12,7 @@ from prometheus_client.registry import Collector
 from starlette.concurrency import run_in_threadpool
 
 from common import clients
+from common.db.corrections import Corrections
 from common.db.erasure import Erasure
 from common.db.main_repository import MainRepository
 from common.db.vector_repository import VectorRepository
@@ -81,6 +82,7 @@ def create_app(config: ApiConfig) -> FastAPI:
             await waiter.start()
             main, vectors = MainRepository(main_pool), VectorRepository(vector_pool)
             active_pack = ActivePack(vectors, PackLibrary(config.model))
+            erasure = Erasure(main, vectors, store, sync_redis, config.pipeline.job_ttl_seconds)
             await _log_pack(active_pack)
             app.state.fecapass = AppState(
                 config=config,
@@ -91,7 +93,8 @@ def create_app(config: ApiConfig) -> FastAPI:
                 waiter=waiter,
                 keys=KeyChecker(main),
                 presigner=presigner,
-                erasure=Erasure(main, vectors, store, sync_redis, config.pipeline.job_ttl_seconds),
+                erasure=erasure,
+                corrections=Corrections(main, erasure),
                 backlog=Backlog(redis_client, config.pipeline.max_backlog),
                 active_pack=active_pack,
                 decodes=DecodeSlots(

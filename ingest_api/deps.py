@@ -9,6 +9,7 @@ import redis.asyncio as aioredis
 from fastapi import Depends, Request
 from redis import Redis as SyncRedis
 
+from common.db.corrections import Corrections
 from common.db.erasure import Erasure
 from common.db.main_repository import MainRepository
 from common.db.vector_repository import VectorRepository
@@ -35,6 +36,7 @@ class AppState:
     keys: KeyChecker
     presigner: ObjectStore  # signs URLs for the endpoint clients reach
     erasure: Erasure
+    corrections: Corrections  # merge people, move faces
     backlog: Backlog
     active_pack: ActivePack
     decodes: DecodeSlots  # this process's bound on upload decoding (ingest_api/uploads.py)

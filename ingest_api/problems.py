@@ -54,6 +54,10 @@ def user_not_found(user_id: int) -> ApiError:
     return ApiError(404, "user_not_found", f"user {user_id} not found")
 
 
+def collection_mismatch(detail: str) -> ApiError:
+    return ApiError(409, "collection_mismatch", f"{detail}: faces never move between collections")
+
+
 # What a store that is down raises, anywhere in a request (the API-key lookup included), and the name the client
 # is told. One mapping for every route: a route lets these propagate and the client gets 503 with Retry-After.
 # psycopg's OperationalError covers a refused or broken connection and psycopg_pool's PoolTimeout; redis-py's

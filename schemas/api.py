@@ -66,6 +66,18 @@ class User(BaseModel):
     external_id: str | None = Field(description="the client's id for the person; null when unset")
 
 
+# A row id the databases can hold (bigint): a larger one is refused with 422, not sent to PostgreSQL.
+RowId = Annotated[int, Field(ge=1, le=2**63 - 1)]
+
+
+class UserMerge(BaseModel):
+    from_user_id: RowId = Field(description="merged into this user: their faces move here, then they are erased")
+
+
+class FaceMove(BaseModel):
+    user_id: RowId = Field(description="the user the face is given to (same collection, active)")
+
+
 class UserPage(BaseModel):
     items: list[User]
     next_after: int | None = Field(description="pass as `after` for the next page; null on the last page")

@@ -11,6 +11,10 @@ The order makes every cut-short erasure safe and finishable by running it again:
    those whose entry a worker holds: the index stage refuses such a job and deletes them;
 5. the main rows last: until then a second DELETE finds the face or user and finishes the work.
 
+A user merged into another (common/db/corrections.py) is erased the same way once its served faces have moved: only
+what is left (faces not yet served, jobs without a face, the row) goes. A job whose face now belongs to someone else
+(merged or moved) keeps its photo and crop, whoever erases the user it was enrolled for.
+
 Erasing a collection erases every person in it this way, one at a time, then the collection's row: cut short, the
 same DELETE erases the people left and the row.
 """
@@ -21,7 +25,7 @@ import redis
 import structlog
 
 from common.db import job_traces
-from common.db.main_repository import CollectionNotEmpty, FaceRow, MainRepository
+from common.db.main_repository import CollectionNotEmpty, FaceRow, MainRepository, Merge
 from common.db.vector_repository import VectorRepository
 from common.errors import DependencyUnavailable
 from common.objects import ObjectStore, discard_job_objects
@@ -55,12 +59,27 @@ class Erasure:
         faces = self.main.begin_user_erasure(user_id)
         if faces is None:
             return False
-        # Jobs in flight have no face row yet: the API recorded them per user when they were submitted.
-        job_ids = sorted({face.job_id for face in faces} | job_traces.user_job_ids(self.redis, user_id))
-        self._erase(faces, job_ids, user_id, whole_user=True)
-        self.main.delete_user(user_id)  # and, by cascade, the face rows
+        job_ids = self._erase_user_rest(faces, user_id)
         log.info("erasure.user_erased", user_id=user_id, faces=len(faces), jobs=len(job_ids))
         return True
+
+    def erase_merged(self, merge: Merge, from_id: int) -> None:
+        """Finish erasing user ``from_id`` after merge_users moved its served faces: its faces not yet served, its
+        jobs without a face, its row. Nothing to do when a repeated merge finds the row gone."""
+        if merge.from_row_left:
+            job_ids = self._erase_user_rest(merge.dropped, from_id)
+            log.info("erasure.merged_user_erased", user_id=from_id, faces=len(merge.dropped), jobs=len(job_ids))
+
+    def _erase_user_rest(self, faces: list[FaceRow], user_id: int) -> list[str]:
+        """Steps 2-5 for a user tombstoned with these face rows; returns the jobs whose traces went."""
+        # Jobs in flight have no face row yet: the API recorded them per user when they were submitted. A listed job
+        # whose face row is someone else's (moved or merged there) is theirs now: its photo and crop stay.
+        listed = job_traces.user_job_ids(self.redis, user_id)
+        own = {face.job_id for face in faces}
+        job_ids = sorted(own | (listed - self.main.jobs_with_faces(sorted(listed - own))))
+        self._erase(faces, job_ids, user_id, whole_user=True)
+        self.main.delete_user(user_id)  # and, by cascade, the face rows
+        return job_ids
 
     def erase_collection(self, collection_id: int, *, keep_row: bool = False) -> int:
         """Erase every person of the collection (as erase_user), then its row unless ``keep_row`` (the default

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -12,6 +12,10 @@ import psycopg
 from psycopg.rows import class_row
 
 from common.apikeys import Scope, new_key
+from common.errors import TransientError
+
+# Tries of a face move whose face changes owner between the read and the lock (another correction at once).
+MOVE_ATTEMPTS = 5
 
 
 class Connections(Protocol):
@@ -62,6 +66,23 @@ class CollectionNotEmpty(RuntimeError):
 
 class UnknownUser(LookupError):
     pass
+
+
+class UnknownFace(LookupError):
+    pass
+
+
+class Reassigned(LookupError):
+    """The job's face was given to another user by a correction (merge, move): it stays theirs, as it is."""
+
+    def __init__(self, job_id: str, *, face_id: int, user_id: int) -> None:
+        super().__init__(f"job {job_id}: its face {face_id} belongs to user {user_id} now")
+        self.face_id = face_id
+        self.user_id = user_id
+
+
+class CollectionMismatch(ValueError):
+    """A correction between two people of different collections: faces never cross galleries."""
 
 
 class Erased(LookupError):
@@ -161,6 +182,24 @@ class FaceOwner:
     user_id: int
     image_key: str
     external_id: str | None = None  # the user's
+
+
+@dataclass(frozen=True)
+class Merge:
+    """What merge_users did: B's served faces moved to A; B tombstoned, its row left for the erasure to finish."""
+
+    into: UserRow
+    moved: list[FaceRow]  # B's served faces, now A's (empty on a repeat)
+    dropped: list[FaceRow]  # B's faces not yet served (enrolls in flight), tombstoned: erased with B
+    repeated: bool  # B had been merged into A already: nothing changed here
+    from_row_left: bool  # B's row is still there (this merge, or one whose erasure was cut short): erase it
+
+
+@dataclass(frozen=True)
+class Move:
+    face: FaceRow  # as it is now
+    from_user_id: int
+    moved: bool  # False: it already belonged to the user
 
 
 _COLLECTION_COLUMNS = "id, name, keep_unknown_faces, unknown_retention_hours, created_at"
@@ -437,11 +476,19 @@ class MainRepository:
 
         Raises Erased when the face or its user was erased, UnknownUser when the user is missing, inactive or in
         another collection than the job's, DuplicateFaceExternalId when another face of the collection has the
-        face's external id."""
+        face's external id, Reassigned when the job's face was served and then moved to another user (a replay of
+        a finished enroll)."""
         with self.pool.connection() as conn, conn.transaction():
             user = conn.execute(
                 "SELECT is_active, collection_id FROM users WHERE id = %s FOR SHARE", (face.user_id,)
             ).fetchone()
+            # Before the tombstones: the user of a face merged away is erased, and that must not erase the face.
+            moved = conn.execute(
+                "SELECT id, user_id FROM faces WHERE job_id = %s AND served AND user_id <> %s",
+                (face.job_id, face.user_id),
+            ).fetchone()
+            if moved is not None:
+                raise Reassigned(face.job_id, face_id=int(moved[0]), user_id=int(moved[1]))
             _refuse_erased(conn, face.user_id, face.job_id, ())
             found = conn.execute("SELECT id FROM faces WHERE job_id = %s", (face.job_id,)).fetchone()
             if found is not None:
@@ -509,13 +556,97 @@ class MainRepository:
                 return None
             conn.execute("INSERT INTO erased_users (user_id) VALUES (%s) ON CONFLICT DO NOTHING", (user_id,))
             conn.execute("UPDATE users SET is_active = false, updated_at = now() WHERE id = %s", (user_id,))
-            with conn.cursor(row_factory=class_row(FaceRow)) as cur:
-                faces = cur.execute(
-                    f"SELECT {_FACE_COLUMNS} FROM faces WHERE user_id = %s ORDER BY id", (user_id,)
-                ).fetchall()
+            faces = _faces_of(conn, user_id)
             _tombstone_faces(conn, faces)
             conn.execute("UPDATE faces SET served = false WHERE user_id = %s", (user_id,))
         return faces
+
+    # -- corrections: lock the users in id order (FOR UPDATE), so that two of them, or one beside an enrollment or
+    # an erasure (which lock one user each), never wait for each other in a cycle ------------------------------
+
+    def merge_users(self, into_id: int, from_id: int, visible: Collection[int] | None = None) -> Merge:
+        """Move every served face of user ``from_id`` (B) to ``into_id`` (A), tombstone B (erased_users, and a
+        merged_users record) and B's faces not yet served, and deactivate B, in one transaction. B's row and what
+        else is held about B go afterwards (common/db/erasure.py). ``visible``: the caller's collections (None:
+        all); a user outside them is unknown. A repeat of a merge that was done returns A, changing nothing.
+
+        Raises UnknownUser (A missing or inactive, B missing or erased), CollectionMismatch."""
+        if into_id == from_id:
+            raise ValueError("a user cannot be merged into itself")
+        with self.pool.connection() as conn, conn.transaction():
+            users = _lock_users(conn, [into_id, from_id])
+            merged_into = conn.execute("SELECT merged_into FROM merged_users WHERE user_id = %s", (from_id,)).fetchone()
+            target = users.get(into_id)
+            if target is None or not _sees(visible, target.collection_id):
+                raise UnknownUser(into_id)
+            if merged_into is not None:
+                if int(merged_into[0]) != into_id:
+                    raise UnknownUser(from_id)  # merged into someone else: as a person, B is gone
+                # B's row is still there when the erasure after the first merge was cut short: finish it.
+                dropped = _faces_of(conn, from_id) if from_id in users else []
+                return Merge(_user(conn, into_id), [], dropped, repeated=True, from_row_left=from_id in users)
+            source = users.get(from_id)
+            if source is None or source.erased or not _sees(visible, source.collection_id):
+                raise UnknownUser(from_id)
+            if not target.is_active or target.erased:
+                raise UnknownUser(into_id)
+            if source.collection_id != target.collection_id:
+                raise CollectionMismatch(f"users {into_id} and {from_id} are in different collections")
+            with conn.cursor(row_factory=class_row(FaceRow)) as cur:
+                moved = cur.execute(
+                    f"UPDATE faces SET user_id = %s WHERE user_id = %s AND served RETURNING {_FACE_COLUMNS}",
+                    (into_id, from_id),
+                ).fetchall()
+            dropped = _faces_of(conn, from_id)
+            _tombstone_faces(conn, dropped)
+            conn.execute("INSERT INTO erased_users (user_id) VALUES (%s) ON CONFLICT DO NOTHING", (from_id,))
+            conn.execute("INSERT INTO merged_users (user_id, merged_into) VALUES (%s, %s)", (from_id, into_id))
+            conn.execute("UPDATE users SET is_active = false, updated_at = now() WHERE id = %s", (from_id,))
+            return Merge(_user(conn, into_id), sorted(moved, key=lambda f: f.id), dropped, False, True)
+
+    def move_face(self, face_id: int, to_user_id: int, visible: Collection[int] | None = None) -> Move:
+        """Give a served face to another active user of its collection, in one transaction; the face keeps its id,
+        embeddings, photo and crop. Moving it to its own user changes nothing. ``visible`` as in merge_users.
+
+        Raises UnknownFace, UnknownUser (the target missing, inactive or erased), CollectionMismatch."""
+        with self.pool.connection() as conn:
+            for _ in range(MOVE_ATTEMPTS):
+                with conn.transaction():
+                    found = conn.execute("SELECT user_id FROM faces WHERE id = %s AND served", (face_id,)).fetchone()
+                    if found is None:
+                        raise UnknownFace(face_id)
+                    owner_id = int(found[0])
+                    users = _lock_users(conn, [owner_id, to_user_id])
+                    with conn.cursor(row_factory=class_row(FaceRow)) as cur:
+                        face = cur.execute(
+                            f"SELECT {_FACE_COLUMNS} FROM faces WHERE id = %s AND served FOR UPDATE", (face_id,)
+                        ).fetchone()
+                    if face is None:
+                        raise UnknownFace(face_id)
+                    if face.user_id != owner_id:
+                        continue  # moved by another correction before the lock: lock its new owner
+                    owner, target = users.get(owner_id), users.get(to_user_id)
+                    if owner is None or not _sees(visible, owner.collection_id):
+                        raise UnknownFace(face_id)
+                    if (
+                        target is None
+                        or not target.is_active
+                        or target.erased
+                        or not _sees(visible, target.collection_id)
+                    ):
+                        raise UnknownUser(to_user_id)
+                    if owner.collection_id != target.collection_id:
+                        raise CollectionMismatch(f"face {face_id} and user {to_user_id} are in different collections")
+                    if owner_id == to_user_id:
+                        return Move(face, owner_id, moved=False)
+                    with conn.cursor(row_factory=class_row(FaceRow)) as cur:
+                        now = cur.execute(
+                            f"UPDATE faces SET user_id = %s WHERE id = %s RETURNING {_FACE_COLUMNS}",
+                            (to_user_id, face_id),
+                        ).fetchone()
+                    assert now is not None
+                    return Move(now, owner_id, moved=True)
+        raise TransientError(f"face {face_id} kept changing owner; retry")
 
     def face_owners(self, face_ids: Sequence[int], collection_id: int | None = None) -> dict[int, FaceOwner]:
         """Owners of the given faces, active users only; with ``collection_id``, faces of that collection only."""
@@ -546,6 +677,42 @@ class MainRepository:
     def ping(self) -> None:
         with self.pool.connection() as conn:
             conn.execute("SELECT 1")
+
+
+@dataclass(frozen=True)
+class _LockedUser:
+    is_active: bool
+    collection_id: int
+    erased: bool
+
+
+def _lock_users(conn: psycopg.Connection[Any], user_ids: Sequence[int]) -> dict[int, _LockedUser]:
+    """Lock the rows of these users, in id order (LockRows runs above the sort)."""
+    ids = sorted(set(user_ids))
+    rows = conn.execute(
+        "SELECT id, is_active, collection_id FROM users WHERE id = ANY(%s) ORDER BY id FOR UPDATE", (ids,)
+    ).fetchall()
+    # A statement of its own, after the locks: its snapshot sees the tombstone of an erasure that held one of them
+    # (the locking statement's snapshot predates that commit).
+    erased = {int(row[0]) for row in conn.execute("SELECT user_id FROM erased_users WHERE user_id = ANY(%s)", (ids,))}
+    return {int(row[0]): _LockedUser(bool(row[1]), int(row[2]), int(row[0]) in erased) for row in rows}
+
+
+def _sees(visible: Collection[int] | None, collection_id: int) -> bool:
+    return visible is None or collection_id in visible
+
+
+def _user(conn: psycopg.Connection[Any], user_id: int) -> UserRow:
+    with conn.cursor(row_factory=class_row(UserRow)) as cur:
+        row = cur.execute(f"SELECT {_USER_COLUMNS} FROM users WHERE id = %s", (user_id,)).fetchone()
+    assert row is not None
+    return row
+
+
+def _faces_of(conn: psycopg.Connection[Any], user_id: int) -> list[FaceRow]:
+    """Every face row of the user, served or not."""
+    with conn.cursor(row_factory=class_row(FaceRow)) as cur:
+        return cur.execute(f"SELECT {_FACE_COLUMNS} FROM faces WHERE user_id = %s ORDER BY id", (user_id,)).fetchall()
 
 
 def _refuse_erased(conn: psycopg.Connection[Any], user_id: int, job_id: str, face_ids: Sequence[int]) -> None:

@@ -1,19 +1,20 @@
-"""A user's enrolled faces: list, read, erase. Photo URLs are presigned and short-lived."""
+"""A user's enrolled faces: list, read, move to another user, erase. Photo URLs are presigned and short-lived."""
 
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Annotated
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Path, Response
 
-from common.db.main_repository import FaceRow
+from common.db.main_repository import CollectionMismatch, FaceRow, UnknownFace, UnknownUser
 from ingest_api.auth import READ, WRITE, Caller
 from ingest_api.deps import AppState, State
 from ingest_api.openapi import problems
-from ingest_api.problems import ApiError
+from ingest_api.problems import ApiError, collection_mismatch, user_not_found
 from ingest_api.routers.users import visible_user
 from ingest_api.stores import call_store
-from schemas.api import Face
+from schemas.api import Face, FaceMove, RowId
 
 router = APIRouter(prefix="/v1", tags=["faces"], dependencies=[READ])
 
@@ -57,6 +58,22 @@ async def visible_face(state: AppState, caller: Caller, face_id: int) -> FaceRow
 @router.get("/faces/{face_id}", response_model=Face, responses=problems(404))
 async def get_face(face_id: int, state: State, caller: Caller) -> Face:
     return await face_view(state, await visible_face(state, caller, face_id))
+
+
+@router.post("/faces/{face_id}/move", response_model=Face, dependencies=[WRITE], responses=problems(404, 409))
+async def move_face(face_id: Annotated[RowId, Path()], body: FaceMove, state: State, caller: Caller) -> Face:
+    """Give the face to another user of its collection (a face enrolled for the wrong person): it keeps its id,
+    embeddings, photo and crop, and the next search finds it under its new user. Moving it to where it is changes
+    nothing."""
+    try:
+        move = await call_store(state.corrections.move, face_id, body.user_id, caller.collection_ids)
+    except UnknownFace as exc:
+        raise face_not_found(face_id) from exc
+    except UnknownUser as exc:
+        raise user_not_found(body.user_id) from exc
+    except CollectionMismatch as exc:
+        raise collection_mismatch(str(exc)) from exc
+    return await face_view(state, move.face)
 
 
 @router.delete("/faces/{face_id}", status_code=204, dependencies=[WRITE], responses=problems(404))

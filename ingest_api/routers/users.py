@@ -2,18 +2,35 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Path, Query, Response
 
-from common.db.main_repository import DuplicateEmail, DuplicateExternalId, UnknownCollection, UserRow
+from common.db.main_repository import (
+    CollectionMismatch,
+    DuplicateEmail,
+    DuplicateExternalId,
+    UnknownCollection,
+    UnknownUser,
+    UserRow,
+)
 from ingest_api import idempotency
 from ingest_api.auth import READ, WRITE, Caller
 from ingest_api.collection_access import collection_not_found
 from ingest_api.deps import AppState, State
 from ingest_api.idempotency import Idempotency
 from ingest_api.openapi import problems
-from ingest_api.problems import ApiError, user_not_found
+from ingest_api.problems import ApiError, collection_mismatch, user_not_found
 from ingest_api.stores import call_store
-from schemas.api import DEFAULT_COLLECTION, CollectionName, ExternalId, User, UserCreate, UserPage, UserUpdate
+from schemas.api import (
+    DEFAULT_COLLECTION,
+    CollectionName,
+    ExternalId,
+    RowId,
+    User,
+    UserCreate,
+    UserMerge,
+    UserPage,
+    UserUpdate,
+)
 
 router = APIRouter(prefix="/v1/users", tags=["users"], dependencies=[READ])
 
@@ -128,3 +145,18 @@ async def delete_user(user_id: int, state: State, caller: Caller) -> Response:
     if not await call_store(state.erasure.erase_user, user_id):
         raise user_not_found(user_id)
     return Response(status_code=204)
+
+
+@router.post("/{user_id}/merge", response_model=User, dependencies=[WRITE], responses=problems(404, 409, 422))
+async def merge_user(user_id: Annotated[RowId, Path()], body: UserMerge, state: State, caller: Caller) -> User:
+    """Merge user `from_user_id` into this one: every face of theirs moves here (ids, embeddings, photos kept), then
+    they are erased. One transaction; repeating a merge that was done answers with this user and changes nothing."""
+    if body.from_user_id == user_id:
+        raise ApiError(422, "merge_into_itself", f"user {user_id} cannot be merged into itself")
+    try:
+        merge = await call_store(state.corrections.merge, user_id, body.from_user_id, caller.collection_ids)
+    except UnknownUser as exc:
+        raise user_not_found(int(exc.args[0])) from exc
+    except CollectionMismatch as exc:
+        raise collection_mismatch(str(exc)) from exc
+    return await user_view(state, merge.into)
