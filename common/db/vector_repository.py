@@ -24,10 +24,13 @@ class HnswParameters:
     m: int = 32
     ef_construction: int = 128
     ef_search: int = 100  # at least; a search reading more candidates than this raises it to their number
+    # Whether ensure_pack builds the pack's index: the binary-code index needs none, and a million-face build takes
+    # 1.6 h on 2 cores and every insert maintains it (SearchIndexSettings.builds_hnsw).
+    build: bool = True
 
     @classmethod
     def from_settings(cls, settings: SearchIndexSettings) -> HnswParameters:
-        return cls(settings.hnsw_m, settings.hnsw_ef_construction, settings.hnsw_ef_search)
+        return cls(settings.hnsw_m, settings.hnsw_ef_construction, settings.hnsw_ef_search, settings.builds_hnsw)
 
 
 @dataclass(frozen=True)
@@ -69,12 +72,15 @@ def index_name(pack: str) -> str:
     return "face_embeddings_hnsw_" + re.sub(r"[^a-z0-9]+", "_", pack.lower())
 
 
-def index_statement(name: str, pack: str, index: PackIndex, hnsw: HnswParameters) -> sql.Composed:
+def index_statement(
+    name: str, pack: str, index: PackIndex, hnsw: HnswParameters, *, concurrently: bool = False
+) -> sql.Composed:
     """The pack's partial HNSW index."""
     return sql.SQL(
-        "CREATE INDEX IF NOT EXISTS {name} ON face_embeddings USING hnsw (({expression}) {operators})"
+        "CREATE INDEX {concurrently} IF NOT EXISTS {name} ON face_embeddings USING hnsw (({expression}) {operators})"
         " WITH (m = {m}, ef_construction = {ef}) WHERE model_pack = {pack}"
     ).format(
+        concurrently=sql.SQL("CONCURRENTLY" if concurrently else ""),
         name=sql.Identifier(name),
         expression=index.expression(),
         operators=index.operators(),
@@ -103,7 +109,8 @@ class VectorRepository:
         self._known: dict[str, PackIndex] = {}
 
     def ensure_pack(self, pack: str, dim: int) -> PackIndex:
-        """Register the pack and build its partial HNSW index once; refuse a second dimension."""
+        """Register the pack and build its partial HNSW index once (where ``hnsw.build``); refuse a second
+        dimension."""
         known = self._known.get(pack)
         if known is not None and known.dim == dim:
             return known
@@ -123,9 +130,30 @@ class VectorRepository:
                 ).fetchone()
             assert row is not None
             found = PackIndex(dim, str(row[1]))
-            conn.execute(index_statement(index_name(pack), pack, found, self.hnsw))
+            if self.hnsw.build:
+                conn.execute(index_statement(index_name(pack), pack, found, self.hnsw))
         self._known[pack] = found
         return found
+
+    def build_index(self, pack: str, dim: int) -> None:
+        """The pack's HNSW index, built without blocking writes (CREATE INDEX CONCURRENTLY): before switching a
+        gallery enrolled under the binary index to FECAPASS_SEARCH_INDEX=hnsw (``fecapass models build-index``)."""
+        index = self.ensure_pack(pack, dim)
+        with self.pool.connection() as conn:
+            conn.autocommit = True  # CONCURRENTLY refuses to run inside a transaction
+            try:
+                conn.execute(index_statement(index_name(pack), pack, index, self.hnsw, concurrently=True))
+            finally:
+                conn.autocommit = False
+
+    def drop_index(self, pack: str) -> None:
+        """The pack's HNSW index removed (an installation moved to the binary index stops maintaining it)."""
+        with self.pool.connection() as conn:
+            conn.autocommit = True
+            try:
+                conn.execute(sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(sql.Identifier(index_name(pack))))
+            finally:
+                conn.autocommit = False
 
     def add_embedding(self, face_id: int, pack: str, embedding: np.ndarray) -> None:
         self.ensure_pack(pack, int(embedding.shape[0]))
