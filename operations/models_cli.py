@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 
 def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    models = commands.add_parser("models", help="model packs: list, pull, check, status, activate, build-index, drop-index")
+    models = commands.add_parser("models", help="model packs: list, pull, check, status, activate, build-index")
     actions = models.add_subparsers(dest="action", required=True)
     actions.add_parser("list", help="packs installed here: dimension, licence, default threshold, folder").set_defaults(
         handler=_list

@@ -403,7 +403,7 @@ R = TypeVar("R", Measurement, IvfflatMeasurement)
 K = TypeVar("K")
 
 
-def _closest(rows: list[Row]) -> Row:
+def _closest(rows: Sequence[Row]) -> Row:
     """The row a user would pick: the fastest that finds the person (recall target), else the one finding most."""
     found = [row for row in rows if row.person_recall >= TARGET_RECALL]
     if found:
@@ -431,8 +431,8 @@ def side_by_side(runs: list[SearchRun]) -> list[str]:
                 f"| HNSW {storage}, m {m}, ef_construction {best.ef_construction} | ef_search {best.ef_search} |"
                 f" {best.build_seconds:.0f} | {best.index_mib:.0f} | {_figures(best)} | {when} |"
             )
-        for lists, rows in _group(run.ivfflat, lambda r: r.lists).items():
-            best = _closest(rows)
+        for lists, cells in _group(run.ivfflat, lambda r: r.lists).items():
+            best = _closest(cells)
             assert isinstance(best, IvfflatMeasurement)
             table.append(
                 f"| IVFFlat halfvec, lists {lists} | probes {best.probes} | {best.build_seconds:.0f} |"
@@ -448,8 +448,8 @@ def side_by_side(runs: list[SearchRun]) -> list[str]:
     return table
 
 
-def _group(rows: Sequence[R], key: Callable[[R], K]) -> dict[K, list[Row]]:
-    grouped: dict[K, list[Row]] = {}
+def _group(rows: Sequence[R], key: Callable[[R], K]) -> dict[K, list[R]]:
+    grouped: dict[K, list[R]] = {}
     for row in rows:
         grouped.setdefault(key(row), []).append(row)
     return grouped
@@ -489,8 +489,8 @@ def build_verdict(runs: list[SearchRun]) -> list[str]:
         when = f"{run.finished_at:%Y-%m-%d}"
         for (storage, m), rows in _group(run.measurements, lambda r: (r.storage, r.m)).items():
             builds.append((f"HNSW {storage} m {m} (measured {when})", rows[0].build_seconds))
-        for lists, rows in _group(run.ivfflat, lambda r: r.lists).items():
-            builds.append((f"IVFFlat lists {lists}", rows[0].build_seconds))
+        for lists, cells in _group(run.ivfflat, lambda r: r.lists).items():
+            builds.append((f"IVFFlat lists {lists}", cells[0].build_seconds))
         if run.binary_build_seconds is not None:
             builds.append(("binary mode: rows bulk-loaded + codes read", run.binary_build_seconds))
     within = [name for name, seconds in builds if seconds <= TARGET_BUILD_SECONDS]
@@ -516,7 +516,10 @@ def writes_and_end_to_end(runs: list[SearchRun]) -> list[str]:
                 f"{row.index}: p50 {row.p50_ms:.1f} ms, p99 {row.p99_ms:.1f} ms ({row.enrolls} enrolls)"
                 for row in run.enroll
             )
-            lines += ["", f"**Enroll latency** with {run.size:,} faces stored (index stage, `{run.section}`): {enrolls}."]
+            lines += [
+                "",
+                f"**Enroll latency** with {run.size:,} faces stored (index stage, `{run.section}`): {enrolls}.",
+            ]
         if run.end_to_end:
             e2e = run.end_to_end
             lines += [
