@@ -83,14 +83,16 @@ def test_the_target_summary_puts_every_option_side_by_side_with_when_it_was_meas
     report = rendered(PIPELINE, SearchResults(runs=(WARM_MILLION, ivf, binary)))
     target = section(report, "search-target")
     # HNSW is kept from its earlier run (not rebuilt) and says when it was measured.
-    assert "| HNSW halfvec, m 32, ef_construction 128 | ef_search 800 | 100 | 10 |" in target
-    assert "| 2026-11-26 |" in target
+    assert "| HNSW halfvec, m 32, ef_construction 128 | ef_search 800 | 100 | 10 | 0.01 |" in target
+    assert "| 2026-11-26 |" in target and "(HNSW at this size: 2026-11-26, kept from those runs" in target
+    assert "(1953 MiB a million 512-d" in target
     # IVFFlat finds the person less than 0.99 of the time: its row is the setting finding most.
     assert (
-        "| IVFFlat halfvec, lists 1000 | probes 256 | 60 | 1000 | 0.940 | 0.500 | 90.0 | 180.0 | 2026-12-02 |" in target
+        "| IVFFlat halfvec, lists 1000 | probes 256 | 60 | 1000 | 0.51 | 0.940 | 0.500 | 90.0 | 180.0 | 2026-12-02 |"
+        in target
     )
     # Both binary settings find the person: the faster one is shown; its build is load + codes.
-    assert "| binary codes + PostgreSQL ranking | 200 candidates | 52 | 69 | 0.999 |" in target
+    assert "| binary codes + PostgreSQL ranking | 200 candidates | 52 | 69 | 0.04 | 0.999 |" in target
     assert "**IVFFlat** (person recall >= 0.99, p99 under 10 ms): missed (person recall 0.050 short" in target
     assert "**End to end** (upload to answer through the real API and stages" in target
     assert "highest match recall measured is 0.844" in target  # HNSW's verdict stays
