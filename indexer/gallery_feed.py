@@ -11,35 +11,29 @@ A missed entry can never become a wrong answer. A face is added to the feed befo
 so every served face has an entry; a gap reloads. A missed removal only leaves a stale code in memory: the final
 ranking reads the full vectors of rows still stored, and the owners of faces still served, so the face is never
 returned, and its code is dropped when the ranking finds it gone.
+
+Each entry names the collection of its faces (``collection_id``; entries written before collections have none and
+are the default collection's, 1). A process reads the collection of an added face from PostgreSQL with its code,
+and drops a removed face's code from the collection the entry names: a face moved to another collection is
+published as a removal from the old one and an addition. An erasure (common/db/erasure.py) publishes the removal of
+the faces it erased in every pack (``*``), so that no process keeps their codes. The entries' format is in
+schemas/gallery.py.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any
 
 import redis
 
+from schemas.gallery import DEFAULT_COLLECTION_ID, FEED, FEED_LENGTH, Change, FeedEntry
 from schemas.text import decode_text
 
-FEED = "fecapass:gallery"
-# Entries kept (approximate trim): a process further behind than this reloads from PostgreSQL.
-FEED_LENGTH = 100_000
+__all__ = ["DEFAULT_COLLECTION_ID", "FEED", "FEED_LENGTH", "Change", "FeedEntry", "GalleryFeed", "Position"]
+
 # Entries read per round trip when catching up.
 READ_COUNT = 10_000
-
-
-class Change(StrEnum):
-    ADD = "add"
-    REMOVE = "remove"
-
-
-@dataclass(frozen=True)
-class FeedEntry:
-    change: Change
-    pack: str
-    face_ids: list[int]
 
 
 @dataclass(frozen=True)
@@ -61,12 +55,14 @@ class GalleryFeed:
         self.stream = stream
         self.length = length
 
-    def publish(self, change: Change, pack: str, face_ids: list[int]) -> None:
+    def publish(
+        self, change: Change, pack: str, face_ids: list[int], collection_id: int = DEFAULT_COLLECTION_ID
+    ) -> None:
         if not face_ids:
             return
         self.client.xadd(
             self.stream,
-            {"change": change.value, "pack": pack, "face_ids": ",".join(str(i) for i in face_ids)},
+            FeedEntry(change, pack, face_ids, collection_id).to_fields(),
             maxlen=self.length,
             approximate=True,
         )
@@ -102,7 +98,7 @@ class GalleryFeed:
                 break
             for entry_id, fields in batch:
                 last = decode_text(entry_id)
-                entries.append(_entry(fields))
+                entries.append(FeedEntry.from_fields(fields))
         if len(entries) != added - since.entries_added or last != end:
             return None
         return entries, Position(end, added)
@@ -113,9 +109,3 @@ class GalleryFeed:
         except redis.ResponseError:  # no such stream
             return None
         return info
-
-
-def _entry(fields: dict[bytes, bytes]) -> FeedEntry:
-    text = {decode_text(key): decode_text(value) for key, value in fields.items()}
-    ids = [int(value) for value in text.get("face_ids", "").split(",") if value]
-    return FeedEntry(Change(text["change"]), text["pack"], ids)

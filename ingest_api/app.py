@@ -23,13 +23,14 @@ from ingest_api.active_pack import ActivePack
 from ingest_api.auth import Authenticate, KeyChecker, check_every_operation_declared
 from ingest_api.backpressure import Backlog
 from ingest_api.body_limit import BodySizeLimit
+from ingest_api.collection_access import CollectionDirectory
 from ingest_api.config import ApiConfig
 from ingest_api.console import MOUNT_PATH, console_files
 from ingest_api.deps import AppState
 from ingest_api.openapi import install_openapi
 from ingest_api.problems import install_problem_handlers
 from ingest_api.request_metrics import RequestMetrics
-from ingest_api.routers import faces, health, job_status, keys, metrics, pipeline, recognition, users
+from ingest_api.routers import collections, faces, health, job_status, keys, metrics, pipeline, recognition, users
 from ingest_api.sweeper import start_orphan_sweep
 from ingest_api.uploads import DecodeSlots
 from ingest_api.waiter import JobWaiter
@@ -38,7 +39,15 @@ from schemas.streams import Stage
 log = structlog.get_logger(__name__)
 
 # Every router under /v1: the key check reads the scope each of their routes declares (auth.py).
-V1_ROUTERS = (users.router, faces.router, recognition.router, job_status.router, keys.router, pipeline.router)
+V1_ROUTERS = (
+    users.router,
+    faces.router,
+    recognition.router,
+    job_status.router,
+    keys.router,
+    pipeline.router,
+    collections.router,
+)
 
 
 async def _log_pack(active_pack: ActivePack) -> None:
@@ -89,6 +98,7 @@ def create_app(config: ApiConfig) -> FastAPI:
                     api.max_concurrent_decodes, api.max_decode_pixels_in_flight, api.decode_wait_seconds
                 ),
                 sync_redis=sync_redis,
+                collections=CollectionDirectory(main),
             )
             sweep = start_orphan_sweep(config.api, store, redis_client, main)
             yield

@@ -24,7 +24,7 @@ from common.db.main_repository import MainRepository
 from common.db.vector_repository import HnswParameters, VectorRepository
 from common.settings import S3Settings
 from indexer.binary_index import BinaryIndex
-from indexer.gallery_feed import GalleryFeed
+from indexer.gallery_feed import DEFAULT_COLLECTION_ID, GalleryFeed
 from indexer.stage import IndexHandler
 from operations.bench import SEARCH_PHOTO, BenchConfig, percentile, search_latency, start_pipeline
 from operations.search_report import EndToEndMeasurement, EnrollMeasurement
@@ -54,21 +54,33 @@ def user_id_of(person: int) -> int:
     return person + 1
 
 
-def write_main_gallery(databases: Databases, pack: str, people: int, faces: int) -> float:
+def write_main_gallery(
+    databases: Databases, pack: str, people: int, faces: int, collections: np.ndarray | None = None
+) -> float:
     """Users and served face rows as the index stage leaves them: face ``i`` (the vector database's face id) is a
-    photo of person ``i % people``. Seconds taken."""
+    photo of person ``i % people``, in collection ``collections[i]`` (default: every one in the default
+    collection; a person's faces share one). Seconds taken."""
     started = time.perf_counter()
+
+    def collection(face: int) -> int:
+        return DEFAULT_COLLECTION_ID if collections is None else int(collections[face])
+
     with psycopg.connect(databases.main, autocommit=True) as conn:
         conn.execute("TRUNCATE faces, users, erased_faces, erased_users")
-        with conn.cursor().copy("COPY users (id, email, full_name) FROM STDIN") as copy:
+        for other in sorted({collection(face) for face in range(min(people, faces))} - {DEFAULT_COLLECTION_ID}):
+            conn.execute(
+                "INSERT INTO collections (id, name) VALUES (%s, %s) ON CONFLICT DO NOTHING", (other, f"bench-{other}")
+            )
+        with conn.cursor().copy("COPY users (id, email, full_name, collection_id) FROM STDIN") as copy:
             for person in range(people):
-                copy.write_row((user_id_of(person), f"person{person}@bench.example", f"Person {person}"))
+                email, name = f"person{person}@bench.example", f"Person {person}"
+                copy.write_row((user_id_of(person), email, name, collection(person)))
         columns = "id, user_id, job_id, image_key, crop_key, box, det_score, faces_seen, model_pack, served"
-        with conn.cursor().copy(f"COPY faces ({columns}) FROM STDIN") as copy:
+        with conn.cursor().copy(f"COPY faces ({columns}, collection_id) FROM STDIN") as copy:
             for face in range(faces):
                 job, owner = f"bench-{face}", user_id_of(face % people)
                 keys = (f"originals/{job}", f"crops/{job}/0.png")
-                copy.write_row((face, owner, job, *keys, "{1,2,3,4}", 0.9, 1, pack, True))
+                copy.write_row((face, owner, job, *keys, "{1,2,3,4}", 0.9, 1, pack, True, collection(face)))
         # New rows (the enrolls timed) get identities after the generated ones.
         conn.execute("SELECT setval(pg_get_serial_sequence('users', 'id'), %s)", (people,))
         conn.execute("SELECT setval(pg_get_serial_sequence('faces', 'id'), %s)", (faces,))

@@ -80,6 +80,21 @@ class IvfflatMeasurement(_Record):
     queries_per_second: float
 
 
+class FilteredMeasurement(_Record):
+    """A search in a collection holding a small share of the gallery (the product's: the binary index scans that
+    collection's codes; HNSW filters by collection with pgvector's iterative scan), against the exact search of the
+    collection."""
+
+    index: str  # "binary" or "hnsw"
+    configuration: str  # e.g. "candidates 200", "halfvec m 32 ef_search 100"
+    person_recall: float  # share of the query person's stored photos returned
+    match_recall: float  # share of the collection's exact candidates at or above the threshold returned
+    recall_at_10: float
+    p50_ms: float
+    p99_ms: float
+    queries_per_second: float
+
+
 class EnrollMeasurement(_Record):
     """The index stage's enroll (IndexHandler.handle of an embedded enroll message, through the real repositories:
     the face row, the embedding, the gallery feed, the row served) with the run's gallery stored."""
@@ -145,6 +160,11 @@ class SearchRun(_Record):
     main_rows_seconds: float | None = None  # users and faces written to the main database (enroll, end to end)
     enroll: tuple[EnrollMeasurement, ...] = ()
     end_to_end: EndToEndMeasurement | None = None
+    # A collection holding this share of the gallery's people (runs before collections have none), its faces, and
+    # the searches in it.
+    collection_share: float | None = None
+    collection_faces: int | None = None
+    filtered: tuple[FilteredMeasurement, ...] = ()
 
     @property
     def section(self) -> str:
@@ -282,6 +302,8 @@ def section_lines(run: SearchRun) -> list[str]:
         lines += ivfflat_lines(run)
     if run.enroll or run.end_to_end:
         lines += write_and_end_to_end_lines(run)
+    if run.filtered:
+        lines += filtered_lines(run)
     lines.append(f"Whole run for this size: {run.run_seconds:.0f} s.")
     return lines
 
@@ -363,6 +385,27 @@ def binary_lines(run: SearchRun) -> list[str]:
         f"**Build** in binary mode (no index is built: the rows bulk-loaded, then every code read into memory):"
         f" {run.load_seconds:.0f} s + {max(row.load_seconds for row in run.binary):.1f} s ="
         f" {run.binary_build_seconds or 0:.0f} s.",
+        "",
+    ]
+
+
+def filtered_lines(run: SearchRun) -> list[str]:
+    share = (run.collection_share or 0) * 100
+    return [
+        f"**Search in a collection holding {share:g} % of the gallery** ({run.collection_faces or 0:,} faces; the"
+        " other faces in the default collection; the searches above are of people of the default collection).",
+        "The product's search in that collection: the binary index scans that collection's codes only; HNSW adds",
+        "`collection_id = ...` and pgvector's iterative scan (`relaxed_order`, `FECAPASS_HNSW_MAX_SCAN_TUPLES`)."
+        f" {run.queries} queries, each a new photo of a person of the collection, measured against the exact",
+        "search of the collection.",
+        "",
+        "| index | configuration | person recall | match recall | recall@10 | p50 ms | p99 ms | queries/s |",
+        "|---|---|---|---|---|---|---|---|",
+        *(
+            f"| {row.index} | {row.configuration} | {row.person_recall:.3f} | {row.match_recall:.3f} |"
+            f" {row.recall_at_10:.3f} | {row.p50_ms:.1f} | {row.p99_ms:.1f} | {row.queries_per_second:.0f} |"
+            for row in run.filtered
+        ),
         "",
     ]
 

@@ -15,6 +15,7 @@ from ingest_api.deps import AppState, State
 from ingest_api.openapi import problems
 from ingest_api.problems import ApiError
 from schemas.console import DeadLetter, Pipeline, Purged, Replayed, StageStats
+from schemas.gallery import DEFAULT_COLLECTION_ID
 from schemas.streams import Stage
 
 router = APIRouter(prefix="/v1/pipeline", tags=["pipeline"], dependencies=[READ])
@@ -53,13 +54,14 @@ async def _search_threshold(
     state: AppState, pack: dict[str, object]
 ) -> tuple[float | None, Literal["setting", "gallery"] | None, int | None]:
     """The threshold a search without one uses now, as the index stage chooses it (indexer/threshold.py): the
-    setting, else from the active pack's gallery size; the pack's calibrated one where the size cannot be read."""
+    setting, else from the size of the gallery a search without a collection compares with (the active pack's
+    faces in the default collection); the pack's calibrated one where the size cannot be read."""
     setting = state.config.pipeline.similarity_threshold
     if setting is not None:
         return setting, "setting", None
     name, calibrated = str(pack["name"]), pack.get("threshold")
     try:
-        size = await run_in_threadpool(state.active_pack.vectors.count, name)
+        size = await run_in_threadpool(state.active_pack.vectors.count, name, DEFAULT_COLLECTION_ID)
     except Exception:  # the vector database is down: said in model_pack.error
         fixed = float(calibrated) if isinstance(calibrated, int | float) else None
         return fixed, None, None
