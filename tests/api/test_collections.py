@@ -9,7 +9,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import numpy as np
+import psycopg
 import pytest
 from fastapi.testclient import TestClient
 
@@ -59,7 +59,13 @@ def served_face(installation: Installation, vectors: VectorRepository, user_id: 
     face_id = installation.main.add_face(
         NewFace(user_id, job_id, image_key, crop_key, (1, 2, 3, 4), 0.9, 1, PACK, collection_id=collection_id)
     )
-    vectors.add_embedding(face_id, PACK, np.ones(8, dtype=np.float32) / np.sqrt(8), collection_id)
+    # Plain SQL: the repository's add_embedding would register PACK, and the first pack registered becomes the
+    # active pack of this installation's other tests.
+    with psycopg.connect(installation.env["FECAPASS_VECTOR_DB_DSN"]) as conn:
+        conn.execute(
+            "INSERT INTO face_embeddings (face_id, model_pack, embedding, collection_id) VALUES (%s, %s, %s, %s)",
+            (face_id, PACK, str([0.5] * 4), collection_id),
+        )
     installation.main.serve_face(face_id, user_id, job_id)
     row = installation.main.get_collection(collection_id)
     assert row is not None
