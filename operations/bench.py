@@ -198,9 +198,10 @@ def start_pipeline(
     workers: int = 1,
     *,
     services: LocalServices | None = None,
+    settings: dict[str, str] | None = None,
 ) -> Running:
     """The API and the stages on new servers in ``data_dir``, or on ``services`` (started and migrated: the caller
-    stops them; the processes write their logs to ``data_dir``)."""
+    stops them; the processes write their logs to ``data_dir``); ``settings``: FECAPASS_* variables on top."""
     owned = services is None
     services = services or start_servers(LocalServices(data_dir, durable=True))
     try:
@@ -214,6 +215,7 @@ def start_pipeline(
                 "FECAPASS_LOG_LEVEL": "WARNING",
                 "FECAPASS_MAX_WAIT_SECONDS": "120",
                 "FECAPASS_MAX_BACKLOG": "1000000",
+                **(settings or {}),
             },
             stages=stages,
             workers_per_stage=workers,
