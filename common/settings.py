@@ -66,6 +66,14 @@ class SearchIndexSettings(_Base):
     search_index: Literal["binary", "hnsw"] = "binary"
     # Codes a binary scan hands PostgreSQL to rank by the full vectors (per face searched; at least 4x the limit).
     binary_candidates: int = Field(default=200, ge=10, le=5000)
+    # Whether each pack's HNSW index is built and maintained: unset, only with search_index hnsw (the binary index
+    # needs none; a million-face build takes 1.6 h on 2 cores and every insert pays for it); true keeps it for a
+    # switch back to hnsw without a build (`fecapass models build-index` builds it later).
+    hnsw_index: bool | None = None
+
+    @property
+    def builds_hnsw(self) -> bool:
+        return self.search_index == "hnsw" if self.hnsw_index is None else self.hnsw_index
 
     @model_validator(mode="after")
     def _construction_covers_links(self) -> SearchIndexSettings:

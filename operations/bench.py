@@ -191,8 +191,19 @@ class Running:
         return httpx.Client(base_url=self.base_url, timeout=120, headers={"X-API-Key": self.key}, limits=limits)
 
 
-def start_pipeline(config: BenchConfig, data_dir: Path, stages: list[Stage], workers: int = 1) -> Running:
-    services = start_servers(LocalServices(data_dir, durable=True))
+def start_pipeline(
+    config: BenchConfig,
+    data_dir: Path,
+    stages: list[Stage],
+    workers: int = 1,
+    *,
+    services: LocalServices | None = None,
+    settings: dict[str, str] | None = None,
+) -> Running:
+    """The API and the stages on new servers in ``data_dir``, or on ``services`` (started and migrated: the caller
+    stops them; the processes write their logs to ``data_dir``); ``settings``: FECAPASS_* variables on top."""
+    owned = services is None
+    services = services or start_servers(LocalServices(data_dir, durable=True))
     try:
         key = MainRepository.at(services.dsn(MAIN_DB)).create_api_key("bench", "write").key
         installation = Installation(
@@ -204,13 +215,16 @@ def start_pipeline(config: BenchConfig, data_dir: Path, stages: list[Stage], wor
                 "FECAPASS_LOG_LEVEL": "WARNING",
                 "FECAPASS_MAX_WAIT_SECONDS": "120",
                 "FECAPASS_MAX_BACKLOG": "1000000",
+                **(settings or {}),
             },
             stages=stages,
             workers_per_stage=workers,
+            log_dir=None if owned else data_dir,
         )
         installation.start(ready_timeout=90)
     except BaseException:  # interrupted or failed half way: stop what was started
-        services.stop()
+        if owned:
+            services.stop()
         raise
     return Running(services, installation, key)
 

@@ -33,6 +33,7 @@ from common.db.vector_repository import (
     HnswParameters,
     PackIndex,
     VectorRepository,
+    index_name,
     index_statement,
     nearest_statement,
 )
@@ -41,10 +42,22 @@ from indexer.binary_index import BinaryIndex, binary_code
 from indexer.gallery_feed import DEFAULT_COLLECTION_ID, Change, GalleryFeed
 from indexer.stage import CANDIDATES_PER_RESULT
 from operations.bench import machine, percentile
+from operations.bench_gallery import (
+    BINARY_ENROLL,
+    WARM_ENROLLS,
+    Databases,
+    api_search_latency,
+    enroll_latency,
+    hnsw_label,
+    write_main_gallery,
+)
 from operations.search_report import (
     BinaryMeasurement,
+    EndToEndMeasurement,
+    EnrollMeasurement,
     FilteredMeasurement,
     GeneratedEmbeddings,
+    IvfflatMeasurement,
     Measurement,
     SearchRun,
     load_results,
@@ -52,10 +65,11 @@ from operations.search_report import (
     results_path,
     save_results,
 )
-from operations.services import VECTOR_DB, LocalServices
+from operations.services import MAIN_DB, VECTOR_DB, LocalServices
 
-BENCH_PACK = "bench"
-BENCH_INDEX = "bench_hnsw"
+# The rows are stored under the pack's own name and the pack registered active, as an installation has them: the
+# end-to-end search's stages use it, and the HNSW index built here is the one the index stage would build.
+BENCH_IVFFLAT = "bench_ivfflat"
 SMALL_COLLECTION = 2  # the collection holding collection_share of the people; the rest are in the default one
 # The product's query: `limit` people per face, read as limit * CANDIDATES_PER_RESULT nearest faces.
 DEFAULT_LIMIT = 10
@@ -78,8 +92,13 @@ class SearchBenchConfig:
     seed: int = 7
     fit_photos: int | None = None  # fit to this many LFW photos only (the smoke test)
     shared_buffers: str = "4GB"  # a server sized for a million embeddings; the report states it
-    indexes: tuple[str, ...] = ("hnsw",)  # "hnsw" (pgvector's graph, each storage and m) and/or "binary"
+    indexes: tuple[str, ...] = ("hnsw",)  # "hnsw" (pgvector's graph, each storage and m), "ivfflat", "binary"
     binary_candidates: tuple[int, ...] = (200, 400)
+    ivfflat_lists: int | None = None  # None: the square root of the size (1,000 at a million)
+    ivfflat_probes: tuple[int, ...] = (4, 16, 64, 256)
+    enrolls: int = 0  # enrolls timed through the index stage's handler with the gallery stored (0: none)
+    api_searches: int = 0  # searches timed through the real API and stages (0: none)
+    photos_dir: Path = Path("../shared/faces/basic")  # the end-to-end search's photo
     collection_share: float = 0.01  # people in a small collection searched on its own; 0: no filtered case
 
 
@@ -185,17 +204,23 @@ class FaceModel:
 # -- PostgreSQL ---------------------------------------------------------------------------------------------
 
 
-def load(conn: psycopg.Connection, vectors: np.ndarray, collections: np.ndarray | None = None) -> float:
-    """Face i is ``vectors[i]``, in collection ``collections[i]`` (default: every face in the default one)."""
+def load(conn: psycopg.Connection, pack: str, vectors: np.ndarray, collections: np.ndarray | None = None) -> float:
+    """The rows bulk-loaded (face ids 0..n-1) under ``pack``, registered as the active pack: face i is
+    ``vectors[i]``, in collection ``collections[i]`` (default: every face in the default one)."""
     started = time.perf_counter()
     conn.execute("TRUNCATE face_embeddings")
+    conn.execute("TRUNCATE model_packs")
+    conn.execute(
+        "INSERT INTO model_packs (name, dim, index_name, active) VALUES (%s, %s, %s, true)",
+        (pack, vectors.shape[1], index_name(pack)),
+    )
     register_vector(conn)
     statement = "COPY face_embeddings (face_id, model_pack, embedding, collection_id) FROM STDIN WITH (FORMAT BINARY)"
     with conn.cursor().copy(statement) as copy:
         copy.set_types(["int8", "text", "vector", "int8"])
         for face_id, vector in enumerate(vectors):
             collection = DEFAULT_COLLECTION_ID if collections is None else int(collections[face_id])
-            copy.write_row((face_id, BENCH_PACK, vector, collection))
+            copy.write_row((face_id, pack, vector, collection))
     conn.execute("VACUUM ANALYZE face_embeddings")
     return time.perf_counter() - started
 
@@ -209,53 +234,109 @@ class IndexBuild:
     megabytes: float
 
 
-def build(conn: psycopg.Connection, storage: str, dim: int, m: int, ef_construction: int) -> IndexBuild:
-    """The product's index (``vector_repository.index_statement``) with these parameters."""
-    conn.execute(sql.SQL("DROP INDEX IF EXISTS {}").format(sql.Identifier(BENCH_INDEX)))
+def drop_indexes(conn: psycopg.Connection, pack: str) -> None:
+    for name in (index_name(pack), BENCH_IVFFLAT):
+        conn.execute(sql.SQL("DROP INDEX IF EXISTS {}").format(sql.Identifier(name)))
+
+
+def _index_mib(conn: psycopg.Connection, name: str) -> float:
+    size = conn.execute("SELECT pg_relation_size(%s::regclass)", (name,)).fetchone()
+    return (size[0] if size else 0) / 2**20
+
+
+def build(conn: psycopg.Connection, pack: str, storage: str, dim: int, m: int, ef_construction: int) -> IndexBuild:
+    """The product's index (``vector_repository.index_statement``, its name) with these parameters."""
+    drop_indexes(conn, pack)
     conn.execute(sql.SQL("SET maintenance_work_mem = {}").format(sql.Literal(MAINTENANCE_WORK_MEM)))
     started = time.perf_counter()
     hnsw = HnswParameters(m=m, ef_construction=ef_construction)
-    conn.execute(index_statement(BENCH_INDEX, BENCH_PACK, PackIndex(dim, storage), hnsw))
+    conn.execute(index_statement(index_name(pack), pack, PackIndex(dim, storage), hnsw))
     seconds = time.perf_counter() - started
-    size = conn.execute("SELECT pg_relation_size(%s::regclass)", (BENCH_INDEX,)).fetchone()
-    return IndexBuild(storage, m, ef_construction, seconds, (size[0] if size else 0) / 2**20)
+    return IndexBuild(storage, m, ef_construction, seconds, _index_mib(conn, index_name(pack)))
 
 
-def search(conn: psycopg.Connection, storage: str, query: np.ndarray, limit: int) -> tuple[list[int], float]:
+def build_ivfflat(conn: psycopg.Connection, pack: str, dim: int, lists: int) -> tuple[float, float]:
+    """An IVFFlat index on the expression the product's query orders by (halfvec), partial on the pack as the
+    product's HNSW index is: (build seconds, MiB)."""
+    drop_indexes(conn, pack)
+    conn.execute(sql.SQL("SET maintenance_work_mem = {}").format(sql.Literal(MAINTENANCE_WORK_MEM)))
+    index = PackIndex(dim, "halfvec")
+    started = time.perf_counter()
+    conn.execute(
+        sql.SQL(
+            "CREATE INDEX {name} ON face_embeddings USING ivfflat (({expression}) {operators})"
+            " WITH (lists = {lists}) WHERE model_pack = {pack}"
+        ).format(
+            name=sql.Identifier(BENCH_IVFFLAT),
+            expression=index.expression(),
+            operators=index.operators(),
+            lists=sql.Literal(lists),
+            pack=sql.Literal(pack),
+        )
+    )
+    return time.perf_counter() - started, _index_mib(conn, BENCH_IVFFLAT)
+
+
+def search(conn: psycopg.Connection, pack: str, storage: str, query: np.ndarray, limit: int) -> tuple[list[int], float]:
     """The product's k-NN statement (``vector_repository.nearest_statement``)."""
-    statement = nearest_statement(BENCH_PACK, PackIndex(len(query), storage))
+    statement = nearest_statement(pack, PackIndex(len(query), storage))
     started = time.perf_counter()
     rows = conn.execute(statement, {"q": query, "limit": limit}, prepare=False).fetchall()
     return [int(row[0]) for row in rows], time.perf_counter() - started
 
 
-def measure(
-    conn: psycopg.Connection,
-    built: IndexBuild,
-    queries: np.ndarray,
-    exact: list[tuple[np.ndarray, np.ndarray]],
-    same_person: list[set[int]],
-    threshold: float,
-    ef_values: tuple[int, ...],
-    limit: int,
-) -> list[Measurement]:
-    candidates = limit * CANDIDATES_PER_RESULT
+@dataclass(frozen=True)
+class Truth:
+    """The queries of one size and what an exact search answers them with: what every index is measured against."""
+
+    pack: str
+    queries: np.ndarray
+    exact: list[tuple[np.ndarray, np.ndarray]]  # per query: the exact nearest ids and similarities
+    same_person: list[set[int]]  # per query: the ids of its person's stored photos
+    threshold: float
+    limit: int
+
+    @property
+    def candidates(self) -> int:
+        return self.limit * CANDIDATES_PER_RESULT
+
+
+class PassFigures(NamedTuple):
+    person_recall: float
+    match_recall: float
+    recall_at_10: float
+    p50_ms: float
+    p99_ms: float
+    queries_per_second: float
+
+
+def timed_pass(conn: psycopg.Connection, truth: Truth, storage: str) -> PassFigures:
+    """Every query through the product's k-NN statement under the session's settings now, after an untimed pass:
+    right after a build the index and the rows are not all in memory yet, and cold reads would be charged to
+    whichever setting is measured first."""
+    for query in truth.queries:
+        search(conn, truth.pack, storage, query, truth.candidates)
+    latencies, found = [], []
+    for query in truth.queries:
+        ids, seconds = search(conn, truth.pack, storage, query, truth.candidates)
+        found.append(ids)
+        latencies.append(seconds * 1000)
+    person, match, at10 = recall_figures(found, truth)
+    return PassFigures(
+        person_recall=person,
+        match_recall=match,
+        recall_at_10=at10,
+        p50_ms=statistics.median(latencies),
+        p99_ms=percentile(latencies, 99),
+        queries_per_second=1000 / statistics.mean(latencies),
+    )
+
+
+def measure(conn: psycopg.Connection, built: IndexBuild, truth: Truth, ef_values: tuple[int, ...]) -> list[Measurement]:
     measured = []
     for ef in ef_values:
         conn.execute(sql.SQL("SET hnsw.ef_search = {}").format(sql.Literal(ef)))
-        # An untimed pass first: right after a build the index and the rows are not all in memory yet, and
-        # cold reads would be charged to whichever ef_search is measured first.
-        for query in queries:
-            search(conn, built.storage, query, candidates)
-        latencies, match_found, match_total, at10, person = [], 0, 0, [], []
-        for query, (ids, sims), own in zip(queries, exact, same_person, strict=True):
-            found, seconds = search(conn, built.storage, query, candidates)
-            latencies.append(seconds * 1000)
-            wanted = set(ids[sims >= threshold].tolist())
-            match_total += len(wanted)
-            match_found += len(wanted & set(found))
-            at10.append(len(set(ids[:10].tolist()) & set(found[:10])) / 10)
-            person.append(len(own & set(found)) / len(own))
+        figures = timed_pass(conn, truth, built.storage)
         measured.append(
             Measurement(
                 storage=built.storage,
@@ -264,15 +345,35 @@ def measure(
                 ef_search=ef,
                 build_seconds=built.seconds,
                 index_mib=built.megabytes,
-                person_recall=float(np.mean(person)),
-                match_recall=match_found / match_total if match_total else 1.0,
-                recall_at_10=float(np.mean(at10)),
-                p50_ms=statistics.median(latencies),
-                p99_ms=percentile(latencies, 99),
-                queries_per_second=1000 / statistics.mean(latencies),
+                **figures._asdict(),
             )
         )
     return measured
+
+
+def measure_ivfflat(
+    conn: psycopg.Connection, truth: Truth, dim: int, lists: int, probes: tuple[int, ...]
+) -> list[IvfflatMeasurement]:
+    seconds, megabytes = build_ivfflat(conn, truth.pack, dim, lists)
+    measured = []
+    try:
+        for probe in probes:
+            conn.execute(sql.SQL("SET ivfflat.probes = {}").format(sql.Literal(probe)))
+            figures = timed_pass(conn, truth, "halfvec")
+            measured.append(
+                IvfflatMeasurement(
+                    lists=lists, probes=probe, build_seconds=seconds, index_mib=megabytes, **figures._asdict()
+                )
+            )
+    finally:
+        conn.execute(sql.SQL("DROP INDEX IF EXISTS {}").format(sql.Identifier(BENCH_IVFFLAT)))
+        conn.execute("RESET ivfflat.probes")
+    return measured
+
+
+def ivfflat_lists(config: SearchBenchConfig, size: int) -> int:
+    """pgvector's advice: rows / 1000 up to a million rows; sqrt(rows) is the usual choice at a million (1,000)."""
+    return config.ivfflat_lists or max(1, round(size**0.5))
 
 
 def exact_neighbours(stored: np.ndarray, queries: np.ndarray, k: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -288,10 +389,10 @@ def exact_neighbours(stored: np.ndarray, queries: np.ndarray, k: int) -> list[tu
     return found
 
 
-def exact_scan_ms(conn: psycopg.Connection, queries: np.ndarray, limit: int) -> float:
+def exact_scan_ms(conn: psycopg.Connection, pack: str, queries: np.ndarray, limit: int) -> float:
     conn.execute("SET enable_indexscan = off")
     try:
-        times = [search(conn, "vector", query, limit)[1] * 1000 for query in queries[:10]]
+        times = [search(conn, pack, "vector", query, limit)[1] * 1000 for query in queries[:10]]
     finally:
         conn.execute("SET enable_indexscan = on")
     return statistics.median(times)
@@ -326,14 +427,11 @@ def run(config: SearchBenchConfig) -> Path:
     with tempfile.TemporaryDirectory() as tmp:
         services = LocalServices(Path(tmp), durable=False, postgres_settings={"shared_buffers": config.shared_buffers})
         try:
-            services.start_postgres()
-            if "binary" in config.indexes:
-                services.start_valkey()  # the gallery feed
-            apply_migrations(services.dsn(VECTOR_DB), "vector")
+            _start(services, config)
             with psycopg.connect(services.dsn(VECTOR_DB), autocommit=True) as conn:
                 for size in config.sizes:
                     started = time.perf_counter()
-                    figures = _measure_size(conn, config, model, size, threshold, rng, services)
+                    figures = _measure_size(conn, config, model, size, threshold, rng, services, Path(tmp))
                     hnsw = "hnsw" in config.indexes
                     measured = SearchRun(
                         size=size,
@@ -349,13 +447,17 @@ def run(config: SearchBenchConfig) -> Path:
                         threshold=threshold,
                         shared_buffers=config.shared_buffers,
                         maintenance_work_mem=MAINTENANCE_WORK_MEM,
-                        warmed=True,  # measure() runs each ef_search's queries once untimed first
+                        warmed=True,  # timed_pass() runs each setting's queries once untimed first
                         load_seconds=figures.load_seconds,
                         exact_scan_ms=figures.exact_scan_ms,
                         own_share=figures.own_share,
                         run_seconds=time.perf_counter() - started,
                         measurements=tuple(figures.measurements),
                         binary=tuple(figures.binary),
+                        ivfflat=tuple(figures.ivfflat),
+                        main_rows_seconds=figures.main_rows_seconds,
+                        enroll=tuple(figures.enroll),
+                        end_to_end=figures.end_to_end,
                         collection_share=config.collection_share if figures.filtered else None,
                         collection_faces=figures.collection_faces if figures.filtered else None,
                         filtered=tuple(figures.filtered),
@@ -369,30 +471,37 @@ def run(config: SearchBenchConfig) -> Path:
     return config.output
 
 
+def _start(services: LocalServices, config: SearchBenchConfig) -> None:
+    """PostgreSQL always; Valkey for the gallery feed; S3 and the main database for enrolls and the API."""
+    writes = config.enrolls > 0 or config.api_searches > 0
+    services.start_postgres()
+    if "binary" in config.indexes or writes:
+        services.start_valkey()
+    if writes:
+        services.start_s3()
+        apply_migrations(services.dsn(MAIN_DB), "main")
+    apply_migrations(services.dsn(VECTOR_DB), "vector")
+
+
 class SizeFigures(NamedTuple):
     load_seconds: float
     exact_scan_ms: float
     own_share: float  # of the exact candidates at or above the threshold, photos of the query's person
     measurements: list[Measurement]
     binary: list[BinaryMeasurement]
+    ivfflat: list[IvfflatMeasurement]
+    main_rows_seconds: float | None
+    enroll: list[EnrollMeasurement]
+    end_to_end: EndToEndMeasurement | None
     collection_faces: int
     filtered: list[FilteredMeasurement]
 
 
-@dataclass(frozen=True)
-class Queries:
-    """Queries with their truth: the exact candidates (face ids, similarities) and the ids of each one's person."""
-
-    vectors: np.ndarray
-    exact: list[tuple[np.ndarray, np.ndarray]]
-    same_person: list[set[int]]
-
-
-def recall_figures(found: list[list[int]], queries: Queries, threshold: float) -> tuple[float, float, float]:
+def recall_figures(found: list[list[int]], truth: Truth) -> tuple[float, float, float]:
     """Person recall, match recall and recall@10 of the faces each query found."""
     person, at10, match_found, match_total = [], [], 0, 0
-    for ids_found, (ids, sims), own in zip(found, queries.exact, queries.same_person, strict=True):
-        wanted = set(ids[sims >= threshold].tolist())
+    for ids_found, (ids, sims), own in zip(found, truth.exact, truth.same_person, strict=True):
+        wanted = set(ids[sims >= truth.threshold].tolist())
         match_total += len(wanted)
         match_found += len(wanted & set(ids_found))
         at10.append(len(set(ids[:10].tolist()) & set(ids_found[:10])) / min(10, max(1, len(ids))))
@@ -400,10 +509,12 @@ def recall_figures(found: list[list[int]], queries: Queries, threshold: float) -
     return float(np.mean(person)), match_found / match_total if match_total else 1.0, float(np.mean(at10))
 
 
-def filtered_search(conn: psycopg.Connection, storage: str, query: np.ndarray, limit: int) -> tuple[list[int], float]:
+def filtered_search(
+    conn: psycopg.Connection, pack: str, storage: str, query: np.ndarray, limit: int
+) -> tuple[list[int], float]:
     """The product's k-NN statement in one collection (``nearest_statement``, in_collection), re-sorted by the
     full-precision similarity as ``VectorRepository.nearest`` does after a relaxed-order scan."""
-    statement = nearest_statement(BENCH_PACK, PackIndex(len(query), storage), in_collection=True)
+    statement = nearest_statement(pack, PackIndex(len(query), storage), in_collection=True)
     started = time.perf_counter()
     rows = conn.execute(
         statement, {"q": query, "limit": limit, "collection": SMALL_COLLECTION}, prepare=False
@@ -412,26 +523,24 @@ def filtered_search(conn: psycopg.Connection, storage: str, query: np.ndarray, l
     return ordered, time.perf_counter() - started
 
 
-def measure_filtered_hnsw(
-    conn: psycopg.Connection, built: IndexBuild, queries: Queries, threshold: float, limit: int
-) -> FilteredMeasurement:
+def measure_filtered_hnsw(conn: psycopg.Connection, built: IndexBuild, truth: Truth) -> FilteredMeasurement:
     """The product's search in the small collection on this build, at the product's ef_search."""
     product = HnswParameters()
-    candidates = limit * CANDIDATES_PER_RESULT
+    candidates = truth.candidates
     conn.execute(sql.SQL("SET hnsw.ef_search = {}").format(sql.Literal(max(product.ef_search, candidates))))
     conn.execute("SET hnsw.iterative_scan = relaxed_order")
     conn.execute(sql.SQL("SET hnsw.max_scan_tuples = {}").format(sql.Literal(product.max_scan_tuples)))
     try:
-        for query in queries.vectors:  # untimed, as measure() does
-            filtered_search(conn, built.storage, query, candidates)
+        for query in truth.queries:  # untimed, as measure() does
+            filtered_search(conn, truth.pack, built.storage, query, candidates)
         found, latencies = [], []
-        for query in queries.vectors:
-            ids, seconds = filtered_search(conn, built.storage, query, candidates)
+        for query in truth.queries:
+            ids, seconds = filtered_search(conn, truth.pack, built.storage, query, candidates)
             found.append(ids)
             latencies.append(seconds * 1000)
     finally:
         conn.execute("SET hnsw.iterative_scan = off")
-    person, match, at10 = recall_figures(found, queries, threshold)
+    person, match, at10 = recall_figures(found, truth)
     return FilteredMeasurement(
         index="hnsw",
         configuration=f"{built.storage} m {built.m} ef_search {max(product.ef_search, candidates)}",
@@ -450,7 +559,8 @@ def _small_collection(
     people: np.ndarray,
     stored: np.ndarray,
     rng: np.random.Generator,
-) -> tuple[np.ndarray | None, Queries | None]:
+    threshold: float,
+) -> tuple[np.ndarray | None, Truth | None]:
     """The collection of each stored face (every ``1 / collection_share``-th person in SMALL_COLLECTION) and
     the queries of people of that collection, with the exact search of the collection; (None, None) without a
     filtered case."""
@@ -467,7 +577,7 @@ def _small_collection(
         for ids, sims in exact_neighbours(stored[in_small], vectors, DEFAULT_LIMIT * CANDIDATES_PER_RESULT)
     ]
     same = [{int(p) + k * len(people) for k in range(config.samples_per_person)} for p in chosen]
-    return collections, Queries(vectors, exact, same)
+    return collections, Truth(config.pack, vectors, exact, same, threshold, DEFAULT_LIMIT)
 
 
 def _measure_size(
@@ -477,13 +587,14 @@ def _measure_size(
     size: int,
     threshold: float,
     rng: np.random.Generator,
-    services: LocalServices | None = None,
+    services: LocalServices,
+    scratch: Path,
 ) -> SizeFigures:
     limit = DEFAULT_LIMIT
     dim = len(model.mean)
     people = model.people(size // config.samples_per_person, rng)
     stored = np.vstack([model.photos(people, rng) for _ in range(config.samples_per_person)])
-    collections, small = _small_collection(config, model, people, stored, rng)
+    collections, small = _small_collection(config, model, people, stored, rng, threshold)
     if collections is None:
         chosen = rng.integers(0, len(people), config.queries)
     else:  # the gallery's searches are of people of the default collection, as the binary index scans only it
@@ -493,32 +604,69 @@ def _measure_size(
     exact = exact_neighbours(stored, queries, limit * CANDIDATES_PER_RESULT)
     # Photo i of the stored set is of person i % len(people).
     same_person = [{int(p) + k * len(people) for k in range(config.samples_per_person)} for p in chosen]
+    truth = Truth(config.pack, queries, exact, same_person, threshold, limit)
     above = [(ids[sims >= threshold] % len(people)) for ids, sims in exact]
     own_share = sum(int((a == p).sum()) for a, p in zip(above, chosen, strict=True)) / max(
         1, sum(len(a) for a in above)
     )
-    load_seconds = load(conn, stored, collections)
+    load_seconds = load(conn, config.pack, stored, collections)
     del stored
     conn.execute("ANALYZE face_embeddings")
-    scan = exact_scan_ms(conn, queries, limit * CANDIDATES_PER_RESULT)
-    measurements, filtered = [], []
+    scan = exact_scan_ms(conn, config.pack, queries, limit * CANDIDATES_PER_RESULT)
+    main_rows = None
+    if config.enrolls or config.api_searches:
+        main_rows = write_main_gallery(Databases.of(services), config.pack, len(people), size, collections)
+    # New photos of people of the default collection, enrolled there as a job without a collection is.
+    newcomers = chosen[rng.integers(0, len(chosen), config.enrolls + WARM_ENROLLS)]
+    new_photos = model.photos(people[newcomers], rng)
+    measurements, filtered, enroll = [], [], []
     if "hnsw" in config.indexes:
         for storage in config.storages:
             for m in config.m_values:
-                built = build(conn, storage, dim, m, config.ef_construction)
-                measurements += measure(conn, built, queries, exact, same_person, threshold, config.ef_search, limit)
+                built = build(conn, config.pack, storage, dim, m, config.ef_construction)
+                measurements += measure(conn, built, truth, config.ef_search)
                 if small is not None:
-                    filtered.append(measure_filtered_hnsw(conn, built, small, threshold, limit))
+                    filtered.append(measure_filtered_hnsw(conn, built, small))
+        if config.enrolls:  # each insert maintains the graph built last, as the index stage's would
+            hnsw = HnswParameters(m=config.m_values[-1], ef_construction=config.ef_construction)
+            label = hnsw_label(config.storages[-1], config.m_values[-1])
+            enroll.append(
+                enroll_latency(services, Databases.of(services), config.pack, label, hnsw, new_photos, newcomers)
+            )
+    drop_indexes(conn, config.pack)
+    ivfflat = []
+    if "ivfflat" in config.indexes:
+        ivfflat = measure_ivfflat(conn, truth, dim, ivfflat_lists(config, size), config.ivfflat_probes)
     binary = []
     if "binary" in config.indexes:
-        assert services is not None, "the binary index needs the gallery feed's Redis"
-        trial = BinaryTrial(services, queries, exact, same_person, threshold, limit, dim, small)
+        trial = BinaryTrial(services, truth, dim, small)
         for candidates in config.binary_candidates:
             whole, in_collection = trial.measure(candidates, model, people, rng)
             binary.append(whole)
             filtered += [in_collection] if in_collection is not None else []
+    if config.enrolls:  # the product's default: no HNSW index to maintain
+        enroll.append(
+            enroll_latency(services, Databases.of(services), config.pack, BINARY_ENROLL, None, new_photos, newcomers)
+        )
+    end_to_end = None
+    if config.api_searches:
+        end_to_end = api_search_latency(
+            services, config.photos_dir, config.model_root, config.pack, config.api_searches, scratch
+        )
     small_faces = 0 if collections is None else int((collections == SMALL_COLLECTION).sum())
-    return SizeFigures(load_seconds, scan, own_share, measurements, binary, small_faces, filtered)
+    return SizeFigures(
+        load_seconds,
+        scan,
+        own_share,
+        measurements,
+        binary,
+        ivfflat,
+        main_rows,
+        enroll,
+        end_to_end,
+        small_faces,
+        filtered,
+    )
 
 
 @dataclass
@@ -527,18 +675,14 @@ class BinaryTrial:
     starting index process does, then the product's search (scan, then PostgreSQL's ranking) timed per query."""
 
     services: LocalServices
-    queries: np.ndarray
-    exact: list[tuple[np.ndarray, np.ndarray]]
-    same_person: list[set[int]]
-    threshold: float
-    limit: int
+    truth: Truth
     dim: int
-    small: Queries | None = None  # searches in the small collection
+    small: Truth | None = None  # searches in the small collection
 
     def measure(
         self, candidates: int, model: FaceModel, people: np.ndarray, rng: np.random.Generator
     ) -> tuple[BinaryMeasurement, FilteredMeasurement | None]:
-        wanted = self.limit * CANDIDATES_PER_RESULT
+        wanted, pack = self.truth.candidates, self.truth.pack
         client = redis.Redis.from_url(self.services.redis_url)
         feed = GalleryFeed(client, stream=f"fecapass:gallery:bench:{candidates}")
         with ConnectionPool(
@@ -547,27 +691,28 @@ class BinaryTrial:
             vectors = VectorRepository(pool)
             index = BinaryIndex(vectors, feed, candidates)
             started = time.perf_counter()
-            gallery = index.load(BENCH_PACK, self.dim)
+            gallery = index.load(pack, self.dim)
             codes = gallery.codes(DEFAULT_COLLECTION_ID)  # what a search of the gallery's people scans
             load_seconds = time.perf_counter() - started
             started = time.perf_counter()
-            index.nearest(BENCH_PACK, self.queries[0], wanted)
+            index.nearest(pack, self.truth.queries[0], wanted)
             cold_ms = (time.perf_counter() - started) * 1000
-            for query in self.queries[:20]:  # warm: PostgreSQL's pages of the rows ranked
-                index.nearest(BENCH_PACK, query, wanted)
+            for query in self.truth.queries[:20]:  # warm: PostgreSQL's pages of the rows ranked
+                index.nearest(pack, query, wanted)
             latencies, scans, ranks, person, at10 = [], [], [], [], []
             match_found = match_total = 0
-            for query, (ids, sims), own in zip(self.queries, self.exact, self.same_person, strict=True):
+            truth = self.truth
+            for query, (ids, sims), own in zip(truth.queries, truth.exact, truth.same_person, strict=True):
                 started = time.perf_counter()
-                found = [n.face_id for n in index.nearest(BENCH_PACK, query, wanted)]
+                found = [n.face_id for n in index.nearest(pack, query, wanted)]
                 latencies.append((time.perf_counter() - started) * 1000)
                 started = time.perf_counter()
                 chosen = codes.nearest(binary_code(query), candidates)
                 scans.append((time.perf_counter() - started) * 1000)
                 started = time.perf_counter()
-                vectors.rank(BENCH_PACK, query, chosen)
+                vectors.rank(pack, query, chosen)
                 ranks.append((time.perf_counter() - started) * 1000)
-                above = set(ids[sims >= self.threshold].tolist())
+                above = set(ids[sims >= self.truth.threshold].tolist())
                 match_total += len(above)
                 match_found += len(above & set(found))
                 at10.append(len(set(ids[:10].tolist()) & set(found[:10])) / 10)
@@ -597,14 +742,14 @@ class BinaryTrial:
         """The product's search in the small collection: that collection's codes scanned, then ranked."""
         if self.small is None:
             return None
-        for query in self.small.vectors[:20]:  # warm, as the gallery's searches are
-            index.nearest(BENCH_PACK, query, wanted, SMALL_COLLECTION)
+        for query in self.small.queries[:20]:  # warm, as the gallery's searches are
+            index.nearest(self.truth.pack, query, wanted, SMALL_COLLECTION)
         found, latencies = [], []
-        for query in self.small.vectors:
+        for query in self.small.queries:
             started = time.perf_counter()
-            found.append([n.face_id for n in index.nearest(BENCH_PACK, query, wanted, SMALL_COLLECTION)])
+            found.append([n.face_id for n in index.nearest(self.truth.pack, query, wanted, SMALL_COLLECTION)])
             latencies.append((time.perf_counter() - started) * 1000)
-        person, match, at10 = recall_figures(found, self.small, self.threshold)
+        person, match, at10 = recall_figures(found, self.small)
         return FilteredMeasurement(
             index="binary",
             configuration=f"candidates {candidates}",
@@ -619,19 +764,19 @@ class BinaryTrial:
     def _findable_ms(
         self, index: BinaryIndex, feed: GalleryFeed, model: FaceModel, people: np.ndarray, rng: np.random.Generator
     ) -> float:
-        """A new photo stored and published as the index stage does; the time until the next search returns it.
-        Stored by plain SQL: the repository's add_embedding would build the pack's HNSW index first."""
+        """A new photo stored and published as the index stage does; the time until the next search returns it."""
+        pack = self.truth.pack
         photo = model.photos(people[:1], rng)[0]
         face_id = 10**12 + int(rng.integers(1 << 30))
         with psycopg.connect(self.services.dsn(VECTOR_DB), autocommit=True) as conn:
             register_vector(conn)
             conn.execute(
                 "INSERT INTO face_embeddings (face_id, model_pack, embedding) VALUES (%s, %s, %s)",
-                (face_id, BENCH_PACK, photo),
+                (face_id, pack, photo),
             )
             started = time.perf_counter()
-            feed.publish(Change.ADD, BENCH_PACK, [face_id])
-            found = index.nearest(BENCH_PACK, photo, 1)
+            feed.publish(Change.ADD, pack, [face_id])
+            found = index.nearest(pack, photo, 1)
             seconds = time.perf_counter() - started
             conn.execute("DELETE FROM face_embeddings WHERE face_id = %s", (face_id,))
         assert found and found[0].face_id == face_id, "a published face was not found by the next search"

@@ -379,6 +379,11 @@ def _bench_search(args: argparse.Namespace) -> None:
         shared_buffers=args.shared_buffers,
         indexes=tuple(args.index),
         binary_candidates=tuple(args.binary_candidates),
+        ivfflat_lists=args.ivfflat_lists,
+        ivfflat_probes=tuple(args.ivfflat_probes),
+        enrolls=args.enrolls,
+        api_searches=args.api_searches,
+        photos_dir=args.photos_dir,
         collection_share=args.collection_share,
     )
     try:
@@ -406,7 +411,8 @@ def _add_measurements(commands: Commands) -> None:
         commands,
         "bench-search",
         _bench_search,
-        "k-NN search at 100k and 1M generated embeddings, vector vs halfvec, into BENCHMARKS.md",
+        "k-NN search at 100k and 1M generated embeddings (HNSW, IVFFlat, binary codes), enroll and end-to-end"
+        " latency with them stored, into BENCHMARKS.md",
     )
     scale.add_argument(
         "--pairs", type=Path, default=Path("../shared/faces/lfw_gray"), help="photos the model is fitted to"
@@ -424,9 +430,24 @@ def _add_measurements(commands: Commands) -> None:
         help="the report; its measurements are kept beside it (BENCHMARKS-search.json beside BENCHMARKS.md)",
     )
     scale.add_argument(
-        "--index", nargs="+", choices=["hnsw", "binary"], default=["hnsw"], help="the search indexes to measure"
+        "--index",
+        nargs="+",
+        choices=["hnsw", "ivfflat", "binary"],
+        default=["hnsw"],
+        help="the search indexes to measure",
     )
     scale.add_argument("--binary-candidates", type=int, nargs="+", default=[200, 400], help="codes PostgreSQL ranks")
+    scale.add_argument("--ivfflat-lists", type=int, help="IVFFlat cells (default: the square root of the size)")
+    scale.add_argument("--ivfflat-probes", type=int, nargs="+", default=[4, 16, 64, 256], help="cells searched")
+    scale.add_argument(
+        "--enrolls", type=int, default=0, help="enrolls timed through the index stage with the gallery stored"
+    )
+    scale.add_argument(
+        "--api-searches", type=int, default=0, help="searches timed upload to answer through the API and the stages"
+    )
+    scale.add_argument(
+        "--photos-dir", type=Path, default=Path("../shared/faces/basic"), help="the end-to-end search's photo"
+    )
     scale.add_argument(
         "--collection-share",
         type=float,

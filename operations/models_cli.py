@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 
 def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    models = commands.add_parser("models", help="model packs: list, pull, check, status, activate")
+    models = commands.add_parser("models", help="model packs: list, pull, check, status, activate, build-index")
     actions = models.add_subparsers(dest="action", required=True)
     actions.add_parser("list", help="packs installed here: dimension, licence, default threshold, folder").set_defaults(
         handler=_list
@@ -42,6 +42,13 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "--allow-missing", action="store_true", help="switch even though some faces have no embedding of the pack"
     )
     activate.set_defaults(handler=_activate)
+    for name, handler, text in (
+        ("build-index", _build_index, "build a pack's HNSW index, for FECAPASS_SEARCH_INDEX=hnsw (writes go on)"),
+        ("drop-index", _drop_index, "drop a pack's HNSW index: the binary index does not use it"),
+    ):
+        action = actions.add_parser(name, help=text)
+        action.add_argument("--pack", help="default: the active pack")
+        action.set_defaults(handler=handler)
     reindex = commands.add_parser(
         "reindex", help="embed every enrolled face again with another pack, from the stored photos"
     )
@@ -109,13 +116,18 @@ class Repositories:
 
 
 @contextmanager
-def repositories() -> Iterator[Repositories]:
+def repositories(build_hnsw: bool | None = None) -> Iterator[Repositories]:
+    """``build_hnsw``: None builds a pack's HNSW index as the settings say (activate registers the pack)."""
+    import dataclasses
+
     from common import clients
     from common.db.main_repository import MainRepository
     from common.db.vector_repository import HnswParameters, VectorRepository
 
     database = s.load(s.DatabaseSettings)
-    hnsw = HnswParameters.from_settings(s.load(s.SearchIndexSettings))  # reindex builds the new pack's index
+    hnsw = HnswParameters.from_settings(s.load(s.SearchIndexSettings))
+    if build_hnsw is not None:
+        hnsw = dataclasses.replace(hnsw, build=build_hnsw)
     with clients.main_db_pool(database) as main_pool, clients.vector_db_pool(database) as vector_pool:
         yield Repositories(MainRepository(main_pool), VectorRepository(vector_pool, hnsw))
 
@@ -154,6 +166,39 @@ def _activate(args: argparse.Namespace) -> None:
         f"API processes submit new jobs with {info.name} within a few seconds. Set FECAPASS_MODEL_PACK={info.name}"
         " on the stage processes so that they load it at start-up; old vectors stay until you delete them."
     )
+
+
+def _chosen_pack(repos: Repositories, name: str | None) -> tuple[str, int]:
+    registered = {pack.name: pack.dim for pack in repos.vectors.packs()}
+    chosen = name or repos.vectors.active_pack()
+    if chosen is None or chosen not in registered:
+        raise SystemExit(f"fecapass: pack {chosen or '(none active)'} has no embeddings in the database")
+    return chosen, registered[chosen]
+
+
+def _build_index(args: argparse.Namespace) -> None:
+    import time
+
+    from common.db.vector_repository import index_name
+
+    with repositories(build_hnsw=True) as repos:
+        pack, dim = _chosen_pack(repos, args.pack)
+        print(f"building {index_name(pack)} over {repos.vectors.count(pack)} embeddings (a million: ~1.6 h on 2 cores)")
+        started = time.monotonic()
+        repos.vectors.build_index(pack, dim)
+    print(
+        f"built in {time.monotonic() - started:.0f} s; set FECAPASS_SEARCH_INDEX=hnsw (or FECAPASS_HNSW_INDEX=true to"
+        " keep it maintained under the binary index) and restart the index stage processes"
+    )
+
+
+def _drop_index(args: argparse.Namespace) -> None:
+    from common.db.vector_repository import index_name
+
+    with repositories() as repos:
+        pack, _ = _chosen_pack(repos, args.pack)
+        repos.vectors.drop_index(pack)
+    print(f"dropped {index_name(pack)} (if it was there); searches with FECAPASS_SEARCH_INDEX=hnsw need it built again")
 
 
 def _reindex(args: argparse.Namespace) -> None:

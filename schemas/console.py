@@ -62,8 +62,15 @@ class Pipeline(BaseModel):
     stages: list[StageStats]
     model_pack: dict[str, Any] = Field(description="the active pack: name, family, dim, licence, threshold")
     threshold: float | None = Field(
-        description="the similarity threshold a search without one uses: FECAPASS_SIMILARITY_THRESHOLD, else the"
-        " active pack's calibrated threshold"
+        description="the similarity threshold a search without one uses now: FECAPASS_SIMILARITY_THRESHOLD, else"
+        " chosen from the active pack's gallery size (FECAPASS_FALSE_MATCHES_PER_SEARCH), as every search result"
+        " reports it; the pack's calibrated threshold while the vector database cannot be read"
+    )
+    threshold_source: Literal["setting", "gallery"] | None = Field(
+        default=None, description="setting or gallery (as a search result's threshold_source); null: calibrated"
+    )
+    gallery_size: int | None = Field(
+        default=None, description="faces of the active pack in the default collection the threshold was chosen for"
     )
 
 

@@ -27,11 +27,18 @@ class HnswParameters:
     # A search in one collection walks the graph until it has its candidates (hnsw.iterative_scan), visiting at
     # most this many index tuples (FECAPASS_HNSW_MAX_SCAN_TUPLES).
     max_scan_tuples: int = 1_000_000
+    # Whether ensure_pack builds the pack's index: the binary-code index needs none, and a million-face build takes
+    # 1.6 h on 2 cores and every insert maintains it (SearchIndexSettings.builds_hnsw).
+    build: bool = True
 
     @classmethod
     def from_settings(cls, settings: SearchIndexSettings) -> HnswParameters:
         return cls(
-            settings.hnsw_m, settings.hnsw_ef_construction, settings.hnsw_ef_search, settings.hnsw_max_scan_tuples
+            settings.hnsw_m,
+            settings.hnsw_ef_construction,
+            settings.hnsw_ef_search,
+            settings.hnsw_max_scan_tuples,
+            settings.builds_hnsw,
         )
 
 
@@ -74,12 +81,15 @@ def index_name(pack: str) -> str:
     return "face_embeddings_hnsw_" + re.sub(r"[^a-z0-9]+", "_", pack.lower())
 
 
-def index_statement(name: str, pack: str, index: PackIndex, hnsw: HnswParameters) -> sql.Composed:
+def index_statement(
+    name: str, pack: str, index: PackIndex, hnsw: HnswParameters, *, concurrently: bool = False
+) -> sql.Composed:
     """The pack's partial HNSW index."""
     return sql.SQL(
-        "CREATE INDEX IF NOT EXISTS {name} ON face_embeddings USING hnsw (({expression}) {operators})"
+        "CREATE INDEX {concurrently} IF NOT EXISTS {name} ON face_embeddings USING hnsw (({expression}) {operators})"
         " WITH (m = {m}, ef_construction = {ef}) WHERE model_pack = {pack}"
     ).format(
+        concurrently=sql.SQL("CONCURRENTLY" if concurrently else ""),
         name=sql.Identifier(name),
         expression=index.expression(),
         operators=index.operators(),
@@ -116,7 +126,8 @@ class VectorRepository:
         self._known: dict[str, PackIndex] = {}
 
     def ensure_pack(self, pack: str, dim: int) -> PackIndex:
-        """Register the pack and build its partial HNSW index once; refuse a second dimension."""
+        """Register the pack and build its partial HNSW index once (where ``hnsw.build``); refuse a second
+        dimension."""
         known = self._known.get(pack)
         if known is not None and known.dim == dim:
             return known
@@ -136,9 +147,30 @@ class VectorRepository:
                 ).fetchone()
             assert row is not None
             found = PackIndex(dim, str(row[1]))
-            conn.execute(index_statement(index_name(pack), pack, found, self.hnsw))
+            if self.hnsw.build:
+                conn.execute(index_statement(index_name(pack), pack, found, self.hnsw))
         self._known[pack] = found
         return found
+
+    def build_index(self, pack: str, dim: int) -> None:
+        """The pack's HNSW index, built without blocking writes (CREATE INDEX CONCURRENTLY): before switching a
+        gallery enrolled under the binary index to FECAPASS_SEARCH_INDEX=hnsw (``fecapass models build-index``)."""
+        index = self.ensure_pack(pack, dim)
+        with self.pool.connection() as conn:
+            conn.autocommit = True  # CONCURRENTLY refuses to run inside a transaction
+            try:
+                conn.execute(index_statement(index_name(pack), pack, index, self.hnsw, concurrently=True))
+            finally:
+                conn.autocommit = False
+
+    def drop_index(self, pack: str) -> None:
+        """The pack's HNSW index removed (an installation moved to the binary index stops maintaining it)."""
+        with self.pool.connection() as conn:
+            conn.autocommit = True
+            try:
+                conn.execute(sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(sql.Identifier(index_name(pack))))
+            finally:
+                conn.autocommit = False
 
     def add_embedding(self, face_id: int, pack: str, embedding: np.ndarray, collection_id: int = 1) -> None:
         """``collection_id``: the face's (main database), kept here so that a search filters without a join."""

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Path, Query, Response
 from starlette.concurrency import run_in_threadpool
 
 from common import dead_letters
 from common.metrics import stream_stats
+from common.packs.catalog import gallery_threshold
 from ingest_api.auth import READ, WRITE
 from ingest_api.deps import AppState, State
 from ingest_api.openapi import problems
 from ingest_api.problems import ApiError
 from schemas.console import DeadLetter, Pipeline, Purged, Replayed, StageStats
+from schemas.gallery import DEFAULT_COLLECTION_ID
 from schemas.streams import Stage
 
 router = APIRouter(prefix="/v1/pipeline", tags=["pipeline"], dependencies=[READ])
@@ -44,10 +46,27 @@ async def pipeline(state: State) -> Pipeline:
         pack = await state.active_pack.describe()
     except Exception as exc:  # the vector database may be down: the streams are still worth showing
         pack = {"name": state.active_pack.last_known, "error": str(exc) or type(exc).__name__}
-    threshold, calibrated = state.config.pipeline.similarity_threshold, pack.get("threshold")
-    if threshold is None and isinstance(calibrated, int | float):
-        threshold = float(calibrated)
-    return Pipeline(stages=stages, model_pack=pack, threshold=threshold)
+    threshold, source, size = await _search_threshold(state, pack)
+    return Pipeline(stages=stages, model_pack=pack, threshold=threshold, threshold_source=source, gallery_size=size)
+
+
+async def _search_threshold(
+    state: AppState, pack: dict[str, object]
+) -> tuple[float | None, Literal["setting", "gallery"] | None, int | None]:
+    """The threshold a search without one uses now, as the index stage chooses it (indexer/threshold.py): the
+    setting, else from the size of the gallery a search without a collection compares with (the active pack's
+    faces in the default collection); the pack's calibrated one where the size cannot be read."""
+    setting = state.config.pipeline.similarity_threshold
+    if setting is not None:
+        return setting, "setting", None
+    name, calibrated = str(pack["name"]), pack.get("threshold")
+    try:
+        size = await run_in_threadpool(state.active_pack.vectors.count, name, DEFAULT_COLLECTION_ID)
+    except Exception:  # the vector database is down: said in model_pack.error
+        fixed = float(calibrated) if isinstance(calibrated, int | float) else None
+        return fixed, None, None
+    chosen = gallery_threshold(name, size, state.config.pipeline.false_matches_per_search)
+    return chosen, "gallery", size
 
 
 def _view(letter: dead_letters.DeadLetter) -> DeadLetter:

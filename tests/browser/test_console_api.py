@@ -8,10 +8,12 @@ import re
 import uuid
 
 import httpx
+import psycopg
 import pytest
 import redis
 
 from common.apikeys import Scope
+from common.packs.catalog import gallery_threshold
 from operations.cli import main as fecapass
 from schemas.streams import Stage
 from tests.browser.conftest import Console
@@ -100,7 +102,11 @@ def test_pipeline_endpoints(console: Console) -> None:
     )
     with console.client("read") as reader, console.client("write") as writer:
         answer = reader.get("/v1/pipeline").json()
-        assert answer["model_pack"]["name"] == "buffalo_sc_lite" and answer["threshold"] == 0.27  # the pack's
+        assert answer["model_pack"]["name"] == "buffalo_sc_lite"
+        # The threshold searches use now: chosen from the gallery's size, not the pack's fixed 0.27.
+        size = answer["gallery_size"]
+        assert answer["threshold_source"] == "gallery" and isinstance(size, int)
+        assert answer["threshold"] == pytest.approx(gallery_threshold("buffalo_sc_lite", size, 0.1))
         stats = {row["stage"]: row for row in answer["stages"]}
         assert set(stats) == {each.value for each in Stage}
         assert stats["align"]["dead_letters"] == 1 and stats["align"]["backlog"] == 0
@@ -122,6 +128,27 @@ def test_pipeline_endpoints(console: Console) -> None:
         assert client.xlen(stage.dead_letter_stream) == 0
     client.xtrim(stage.stream, maxlen=0)
     client.close()
+
+
+def test_the_pipeline_threshold_follows_the_gallery_the_search_would_compare_with(console: Console) -> None:
+    """The console's slider starts at what /v1/pipeline says: it must be the threshold a search would use now."""
+    dsn = console.env["FECAPASS_VECTOR_DB_DSN"]
+    rows = [(10**12 + i, "[" + ",".join(["0.1"] * 512) + "]") for i in range(30)]
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        before = conn.execute("SELECT count(*) FROM face_embeddings WHERE model_pack = 'buffalo_sc_lite'").fetchone()
+        assert before is not None
+        with conn.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO face_embeddings (face_id, model_pack, embedding) VALUES (%s, 'buffalo_sc_lite', %s)", rows
+            )
+        try:
+            with console.client("read") as reader:
+                answer = reader.get("/v1/pipeline").json()
+        finally:
+            conn.execute("DELETE FROM face_embeddings WHERE face_id >= %s", (10**12,))
+    assert answer["gallery_size"] == before[0] + 30 and answer["threshold_source"] == "gallery"
+    assert answer["threshold"] == pytest.approx(gallery_threshold("buffalo_sc_lite", before[0] + 30, 0.1))
+    assert answer["threshold"] != pytest.approx(gallery_threshold("buffalo_sc_lite", 1, 0.1))  # the size counts
 
 
 def test_people_search_takes_the_text_literally(console: Console) -> None:

@@ -80,11 +80,18 @@ def table_rows(report: str, heading: str) -> dict[str, list[str]]:
     return {cells[0].strip(): [cell.strip() for cell in cells[1:]] for cells in rows}
 
 
-def test_search_bench_smoke_adds_its_section_and_keeps_the_others(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def fitted_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One folder for the smoke runs' reports: the embeddings of the LFW photos they fit to are cached beside them
+    (.fecapass-bench), so the photos are embedded once, not once per run."""
+    return tmp_path_factory.mktemp("bench-search")
+
+
+def test_search_bench_smoke_adds_its_section_and_keeps_the_others(fitted_dir: Path) -> None:
     require_pack()
     if not (LFW / "identities.csv").is_file():
         pytest.skip(f"LFW photos not found at {LFW}")
-    output = tmp_path / "BENCHMARKS.md"
+    output = fitted_dir / "BENCHMARKS.md"
     output.write_text("# Benchmarks\n\n<!-- section:pipeline -->\npipeline figures\n<!-- /section:pipeline -->\n")
     env = {**os.environ, "FECAPASS_MODEL_PACK": "mbf128_lite", "FECAPASS_MODEL_ROOT": str(MODEL_ROOT)}
     args = ["bench-search", "--pairs", str(LFW), "--fit-photos", "150", "--sizes", "1500", "1000", "--queries", "20"]
@@ -118,6 +125,38 @@ def test_search_bench_smoke_adds_its_section_and_keeps_the_others(tmp_path: Path
     assert [run.size for run in results.runs] == [1500, 1000]
     assert all(len(run.measurements) == 2 and run.warmed for run in results.runs)
     assert rendered(text, results) == text
+
+
+def test_search_bench_smoke_of_ivfflat_enrolls_and_the_api_search(fitted_dir: Path) -> None:
+    """One tiny size through every new measurement: IVFFlat, the binary index, enrolls through the index stage and
+    searches through the real API and stages, with the generated gallery in both databases."""
+    require_pack()
+    require_basic()
+    if not (LFW / "identities.csv").is_file():
+        pytest.skip(f"LFW photos not found at {LFW}")
+    output = fitted_dir / "WRITES.md"
+    env = {**os.environ, "FECAPASS_MODEL_PACK": "mbf128_lite", "FECAPASS_MODEL_ROOT": str(MODEL_ROOT)}
+    args = ["bench-search", "--pairs", str(LFW), "--fit-photos", "150", "--sizes", "1000", "--queries", "10"]
+    args += ["--shared-buffers", "128MB", "--index", "ivfflat", "binary", "--binary-candidates", "200"]
+    args += ["--ivfflat-probes", "2", "32", "--enrolls", "6", "--api-searches", "2", "--photos-dir", str(BASIC)]
+    result = subprocess.run(
+        [sys.executable, "-m", "operations.cli", *args, "--output", str(output)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    [run] = load_results(results_path(output)).runs
+    assert run.section == "search-1000-binary-c200-ivfflat-l32"
+    assert [row.probes for row in run.ivfflat] == [2, 32]
+    assert run.ivfflat[1].person_recall == 1.0  # every cell probed: exact
+    assert [row.index for row in run.enroll] == ["binary (no HNSW index)"] and run.enroll[0].enrolls == 6
+    assert run.end_to_end is not None and run.end_to_end.searches == 2
+    assert set(run.end_to_end.stage_p50_ms) >= {"detect", "align", "embed", "index"}
+    assert all(value > 0 for name, value in run.end_to_end.stage_p50_ms.items() if name in ("detect", "index"))
+    text = output.read_text()
+    assert "**Enroll latency**" in text and "**End to end**" in text and "| lists | build s |" in text
 
 
 def test_search_bench_stopped_by_sigterm_stops_its_postgres(tmp_path: Path) -> None:

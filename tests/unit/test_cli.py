@@ -33,6 +33,8 @@ COMMANDS = {
     "models check",
     "models status",
     "models activate",
+    "models build-index",
+    "models drop-index",
     "reindex",
     "bench",
     "bench-search",

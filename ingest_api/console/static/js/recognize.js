@@ -25,10 +25,12 @@ export async function render(view) {
   let mode = "search";
   let pack = null;
   let initial = 0.3; // where the API cannot say (the vector database is down)
+  let gallery = null; // faces the API's default threshold was chosen for (the threshold searches use now)
   try {
     const pipeline = await api("GET", "/v1/pipeline");
     pack = pipeline.model_pack;
     initial = Number(pipeline.threshold ?? initial);
+    gallery = pipeline.gallery_size ?? null;
   } catch { /* the page still works, from the fallback threshold */ }
   const slider = h("input", { type: "range", id: "threshold", min: "-1", max: "1", step: "0.01", value: String(initial) });
   const sliderValue = h("output", { for: "threshold", id: "threshold-value" }, initial.toFixed(2));
@@ -137,7 +139,7 @@ export async function render(view) {
       modeChoice,
       h("label", { for: "threshold" }, "Similarity threshold"),
       h("div", {}, slider, " ", sliderValue),
-      h("p", { class: "muted" }, `${pack ? `Active pack ${pack.name}, calibrated threshold ${pack.threshold ?? "–"}; the API's default is ${initial}. ` : ""}Moving the slider re-filters the answer; nothing is uploaded again.`),
+      h("p", { class: "muted" }, `${pack ? `Active pack ${pack.name}, calibrated threshold ${pack.threshold ?? "–"}; the API's default is ${initial.toFixed(2)}${gallery === null ? "" : ` (chosen for a gallery of ${gallery} faces)`}. ` : ""}Moving the slider re-filters the answer; nothing is uploaded again.`),
       inputs),
     result);
   showInputs();
