@@ -21,6 +21,7 @@ from common.db.main_repository import FaceRow, MainRepository
 from common.db.vector_repository import VectorRepository
 from common.errors import DependencyUnavailable
 from common.objects import ObjectStore, discard_job_objects
+from common.transient import PHOTOS_PER_JOB, delete_blobs, job_blob_keys
 from schemas.jobs import ErrorCode
 
 log = structlog.get_logger(__name__)
@@ -73,6 +74,7 @@ class Erasure:
         for job_id in job_ids:
             if job_id not in running:
                 discard_job_objects(self.store, job_id)
+                delete_blobs(self.redis, job_blob_keys(job_id, crops=PHOTOS_PER_JOB))  # a verify's, in Redis
 
     def _erase_traces(self, job_ids: list[str], user_id: int, *, whole_user: bool) -> set[str]:
         traces = job_traces.find_traces(self.redis, job_ids)
