@@ -17,7 +17,7 @@ from ingest_api.idempotency import Idempotency
 from ingest_api.openapi import problems
 from ingest_api.problems import ApiError, user_not_found
 from ingest_api.stores import call_store
-from ingest_api.uploads import read_photo
+from ingest_api.uploads import Upload, photo_upload, read_photo
 from schemas.api import Job
 from schemas.streams import JobKind
 
@@ -40,7 +40,7 @@ Threshold = Annotated[
         " threshold (see CALIBRATION.md; each pack uses the cosine scale differently)",
     ),
 ]
-Photo = Annotated[UploadFile, File(description="JPEG, PNG, WebP, BMP, TIFF or GIF photo")]
+Photo = Annotated[Upload, Depends(photo_upload)]  # multipart `file`, or the body as image/jpeg, png or webp
 CallbackQuery = Annotated[
     AnyHttpUrl | None,
     Query(description="POST the finished job here, signed with X-Fecapass-Signature (see README)"),
@@ -70,7 +70,7 @@ def callback(url: AnyHttpUrl | None) -> dict[str, Any]:
 JOB_RESPONSES: dict[int | str, dict[str, object]] = {200: {"model": Job}, **problems(404, 409, 413, 415, 422)}
 
 
-async def photo_of(state: AppState, upload: UploadFile) -> tuple[bytes, ImageInfo]:
+async def photo_of(state: AppState, upload: Upload) -> tuple[bytes, ImageInfo]:
     cfg = state.config.pipeline
     return await read_photo(upload, cfg.max_upload_bytes, cfg.max_image_pixels, state.decodes)
 

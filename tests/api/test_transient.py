@@ -80,3 +80,37 @@ def test_photos_past_the_byte_cap_are_refused_with_retry_after_then_admitted(ins
         assert again.status_code == 202, again.text
     delete_blobs(installation.redis, blobs(installation))
     assert not installation.redis.exists(BYTES_KEY)
+
+
+def test_a_photo_sent_as_the_body_is_taken_like_a_multipart_one(api: TestClient, installation: Installation) -> None:
+    data = photo(seed=31)
+    read = {**key(installation, "read"), "Content-Type": "image/jpeg"}
+    searched = api.post("/v1/search", content=data, headers=read)
+    assert searched.status_code == 202, searched.text
+    assert installation.redis.get(photo_blob_key(searched.json()["job_id"])) == data
+    png = photo(seed=32, fmt="PNG")
+    detected = api.post("/v1/detect", content=png, headers={**read, "Content-Type": "image/png; charset=binary"})
+    assert detected.status_code == 202, detected.text
+    assert installation.redis.get(photo_blob_key(detected.json()["job_id"])) == png
+    user = installation.main.create_user(new_email("raw"), "Raw Body")
+    assert user is not None
+    write = {**key(installation, "write"), "Content-Type": "image/jpeg"}
+    enrolled = api.post(f"/v1/users/{user.id}/faces", content=data, headers=write)
+    assert enrolled.status_code == 202, enrolled.text
+    assert installation.store.get(f"originals/{enrolled.json()['job_id']}") == data
+    verified = api.post("/v1/verify", params={"user_id": user.id}, content=data, headers=read)
+    assert verified.status_code == 202, verified.text
+
+
+def test_a_body_photo_is_sniffed_and_limited_like_a_multipart_one(api: TestClient, installation: Installation) -> None:
+    read = {**key(installation, "read"), "Content-Type": "image/jpeg"}
+    before = installation.submitted()
+    lying = api.post("/v1/search", content=b"GIF89a, or rather plain text", headers=read)
+    assert lying.status_code == 415 and lying.json()["code"] == "unsupported_media_type", lying.text
+    empty = api.post("/v1/search", content=b"", headers=read)
+    assert empty.status_code == 415, empty.text
+    other = api.post("/v1/search", content=photo(seed=33), headers={**read, "Content-Type": "text/plain"})
+    assert other.status_code == 422 and other.json()["code"] == "invalid_request", other.text
+    too_large = api.post("/v1/search", content=photo(seed=34) + b"\0" * (10 * 1024 * 1024), headers=read)
+    assert too_large.status_code == 413, too_large.text
+    assert installation.submitted() == before  # none of them stored or queued anything
