@@ -28,6 +28,7 @@ from common.transient import (
     BLOB_PREFIX,
     BYTES_KEY,
     WINDOW_MS,
+    PhotoExpired,
     crop_blob_key,
     minimum_ttl_seconds,
     photo_blob_key,
@@ -267,3 +268,20 @@ def test_the_default_ttl_outlasts_every_redelivery_under_production_defaults() -
     production = StreamSettings()
     # A message that is claimed again and again in every stage before it is dead-lettered still finds its bytes.
     assert PipelineSettings.model_fields["transient_ttl_seconds"].default > minimum_ttl_seconds(production) == 600
+
+
+def test_a_transient_crop_can_be_kept_in_s3_before_its_job_ends(job_bytes: JobBytes, services: LocalServices) -> None:
+    """What a stage that keeps a search's face beyond its job calls (unknown-face clustering): the crop is copied to
+    S3 where an enroll's would be; the blob itself still goes with the job's final write."""
+    job_id = uuid.uuid4().hex
+    blob = crop_blob_key(job_id, 3)
+    job_bytes.transient.put(blob, b"crop bytes")
+    kept = job_bytes.keep_crop(blob, job_id, 3)
+    assert kept == f"crops/{job_id}/3.png"
+    assert job_bytes.store.get(kept) == b"crop bytes" and bucket_files(services, job_id) == [kept]
+    assert job_bytes.transient.get(blob) == b"crop bytes"
+    assert job_bytes.keep_crop(kept, job_id, 3) == kept  # already durable: nothing copied
+    job_bytes.transient.delete([blob])
+    with pytest.raises(PhotoExpired):
+        job_bytes.keep_crop(blob, job_id, 3)
+    job_bytes.store.delete_many([kept])
