@@ -160,6 +160,11 @@ def delete_blobs(client: redis.Redis, keys: Sequence[str]) -> int:
     return int(client.register_script(DELETE)(keys=[BYTES_KEY, *keys])) if keys else 0
 
 
+def held_bytes(client: redis.Redis) -> int:
+    """The bytes the blobs hold, as the cap counts them (the metrics collector, operators)."""
+    return int(client.register_script(HELD)(keys=[BYTES_KEY]))
+
+
 class TransientStore:
     """The blobs, for the stages (a blocking client)."""
 

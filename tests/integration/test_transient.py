@@ -21,6 +21,7 @@ from common.db.vector_repository import VectorRepository
 from common.errors import TransientError
 from common.handlers import HandlerResult, StageHandler
 from common.job_bytes import JobBytes
+from common.metrics import StreamCollector
 from common.packs.library import PackLibrary
 from common.runner import StageRunner, ensure_group
 from common.settings import DatabaseSettings, ModelSettings, StreamSettings
@@ -253,6 +254,8 @@ def test_bytes_are_counted_with_every_write_and_a_count_left_by_expiry_heals(job
     store.put("fecapass:blob:count:crop.0", b"y" * 300)
     store.put("fecapass:blob:count:crop.0", b"z" * 200)  # a redelivery overwrites: counted once
     assert store.held_bytes() == 1200
+    [gauge] = [f for f in StreamCollector(client).collect() if f.name == "fecapass_transient_bytes"]
+    assert gauge.samples[0].value == 1200  # what operators see on /metrics
     # What an expired blob leaves: bytes counted in a window of expiry time that has passed.
     past_window = int(client.time()[0]) * 1000 // WINDOW_MS - 2
     client.hincrby(BYTES_KEY, str(past_window), 5_000_000)
