@@ -94,11 +94,12 @@ local function blob_window(key)
   return tostring(math.floor(at / WINDOW_MS))
 end
 local function blob_delete(counter, key)
+  -- Only a string is a blob: whatever else sits under the name is left alone (and a settle never fails on it).
+  if redis.call('TYPE', key)['ok'] ~= 'string' then return 0 end
   local window = blob_window(key)
-  if window == nil then return 0 end
   local size = redis.call('STRLEN', key)
   redis.call('DEL', key)
-  if redis.call('HINCRBY', counter, window, -size) <= 0 then redis.call('HDEL', counter, window) end
+  if window ~= nil and redis.call('HINCRBY', counter, window, -size) <= 0 then redis.call('HDEL', counter, window) end
   return size
 end
 local function blob_held(counter)

@@ -270,6 +270,12 @@ def test_bytes_are_counted_with_every_write_and_a_count_left_by_expiry_heals(job
     assert not client.hexists(BYTES_KEY, str(past_window))  # dropped, not carried forever
     assert store.delete(["fecapass:blob:count:photo", "fecapass:blob:count:crop.0", "fecapass:blob:none"]) == 1200
     assert store.held_bytes() == 0 and not client.exists(BYTES_KEY)
+    # A name under the prefix that holds something else is not a blob: left alone, and deleting it fails nothing.
+    client.hset("fecapass:blob:count:photo", "not", "a blob")
+    client.set("fecapass:blob:count:crop.0", b"no ttl")  # written by hand: deleted all the same, nothing counted
+    assert store.delete(["fecapass:blob:count:photo", "fecapass:blob:count:crop.0"]) == len(b"no ttl")
+    assert client.type("fecapass:blob:count:photo") == b"hash" and not client.exists("fecapass:blob:count:crop.0")
+    assert store.held_bytes() == 0
 
 
 def test_the_default_ttl_outlasts_every_redelivery_under_production_defaults() -> None:
