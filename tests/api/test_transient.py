@@ -114,3 +114,12 @@ def test_a_body_photo_is_sniffed_and_limited_like_a_multipart_one(api: TestClien
     too_large = api.post("/v1/search", content=photo(seed=34) + b"\0" * (10 * 1024 * 1024), headers=read)
     assert too_large.status_code == 413, too_large.text
     assert installation.submitted() == before  # none of them stored or queued anything
+
+
+def test_the_openapi_document_offers_both_ways_to_send_a_photo(api: TestClient) -> None:
+    paths = api.get("/openapi.json").json()["paths"]
+    for path in ("/v1/users/{user_id}/faces", "/v1/search", "/v1/verify", "/v1/detect"):
+        body = paths[path]["post"]["requestBody"]
+        assert body["required"] is True
+        assert set(body["content"]) == {"multipart/form-data", "image/jpeg", "image/png", "image/webp"}, path
+    assert "requestBody" not in paths["/v1/users"]["get"]
