@@ -15,8 +15,10 @@ from psycopg_pool import ConnectionPool
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import ExponentialWithJitterBackoff
 
+from common.job_bytes import JobBytes
 from common.objects import ObjectStore
 from common.settings import DatabaseSettings, RedisSettings, S3Settings
+from common.transient import TransientStore
 
 
 def redis_client(settings: RedisSettings) -> redis.Redis:
@@ -66,6 +68,11 @@ def minio_client(settings: S3Settings, *, public: bool = False) -> Minio:
 
 def object_store(settings: S3Settings) -> ObjectStore:
     return ObjectStore(minio_client(settings), settings.s3_bucket)
+
+
+def job_bytes(s3: S3Settings, redis_settings: RedisSettings, transient_ttl_seconds: int) -> JobBytes:
+    """A stage's photos and crops: S3 for kept ones, Redis for transient ones (common/job_bytes.py)."""
+    return JobBytes(object_store(s3), TransientStore(redis_client(redis_settings), transient_ttl_seconds))
 
 
 # Kept-alive connections to S3 per process: at least the API's worker threads (anyio's 40), or concurrent uploads

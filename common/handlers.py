@@ -17,6 +17,9 @@ class Outcome:
     forward: StreamMessage | None = None  # sent to the next stage's stream
     result: FinishedResult | None = None  # final job result: the job is done
     status_fields: dict[str, str] = field(default_factory=dict)
+    # Keys of bytes no later stage reads; the transient ones among them (common/transient.py) are deleted by the
+    # same script as this write. A job's final write deletes all its transient bytes without being told.
+    release: Sequence[str] = ()
 
 
 HandlerResult = Outcome | BaseException

@@ -11,6 +11,7 @@ from prometheus_client import Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from common.transient import held_bytes
 from schemas.streams import Stage
 from schemas.text import decode_text
 
@@ -111,8 +112,13 @@ class StreamCollector(Collector):
             "Entries waiting in the group (pending + undelivered): uploads get 429 past FECAPASS_MAX_BACKLOG",
             labels=labels,
         )
+        held = GaugeMetricFamily(
+            "fecapass_transient_bytes",
+            "Bytes of transient photos and crops held in Redis: uploads get 429 past FECAPASS_TRANSIENT_MAX_BYTES",
+        )
         try:
             stats = stream_stats(self.client)
+            held.add_metric([], held_bytes(self.client))
         except redis.RedisError:
             return
         for row in stats:
@@ -125,4 +131,4 @@ class StreamCollector(Collector):
             if row.lag is not None:
                 lag.add_metric(key, row.lag)
             oldest.add_metric(key, row.oldest_pending_seconds or 0.0)
-        yield from (length, pending, lag, consumers, oldest, dead, waiting)
+        yield from (length, pending, lag, consumers, oldest, dead, waiting, held)

@@ -14,6 +14,7 @@ from minio.deleteobjects import DeleteObject
 from minio.error import InvalidResponseError, S3Error, ServerError
 
 from common.errors import DependencyUnavailable, RetryThenFail
+from common.transient import is_transient
 from schemas.jobs import ErrorCode
 
 # What a failed request can raise besides S3's own error answers: 5xx after the client's retries, a refused or
@@ -60,16 +61,33 @@ def crop_prefix(job_id: str) -> str:
     return f"crops/{job_id}/"
 
 
-def discard_job_objects(store: ObjectStore, job_id: str, crop_keys: Sequence[str] | None = None) -> None:
-    """Remove a job's photo and crops when the job keeps no face: search photos and failed enrolls are not
+def discard_job_objects(
+    store: ObjectStore,
+    job_id: str,
+    crop_keys: Sequence[str] | None = None,
+    *,
+    image_keys: Sequence[str] | None = None,
+) -> None:
+    """Remove a job's photo and crops from S3 when the job keeps no face: search photos and failed enrolls are not
     kept, they are biometric data of people who may never have agreed to be stored. ``crop_keys``: the job's
-    crops where the caller knows them (one delete request then), else they are listed by prefix."""
-    originals = [original_key(job_id), original_key(job_id, 1)]
+    crops where the caller knows them (one delete request then), else they are listed by prefix. ``image_keys``: the
+    job's photos where the caller knows them: only this job's originals among them are deleted, and a job whose
+    photos are not in S3 (transient, in Redis: common/transient.py) has no crops there either unless ``crop_keys``
+    names them. Transient keys are skipped: the runner deletes them with the job's final write."""
+    if image_keys is None:
+        originals = [original_key(job_id), original_key(job_id, 1)]
+    else:
+        own = (original_key(job_id), original_key(job_id, 1))
+        originals = [key for key in image_keys if key in own]
     if crop_keys is None:
+        if image_keys is not None and not originals:
+            return  # nothing of this job's was ever written to S3
         store.delete_many(originals)
         store.delete_prefix(crop_prefix(job_id))
     else:
-        store.delete_many([*originals, *crop_keys])
+        durable = [*originals, *(key for key in crop_keys if not is_transient(key))]
+        if durable:
+            store.delete_many(durable)
 
 
 class ObjectStore:

@@ -30,7 +30,7 @@ from typing import Any, cast
 import redis
 import structlog
 
-from common import status, stream_scripts, webhooks
+from common import status, stream_scripts, transient, webhooks
 from common.errors import DependencyUnavailable, JobFailed, PoisonMessage, RetryThenFail, StageError
 from common.handlers import HandlerResult, Outcome, StageHandler
 from common.heartbeat import Heartbeat
@@ -423,7 +423,13 @@ class StageRunner:
             final = _ranked(status.done(outcome.result))
             webhook = _webhook(message, JobState.DONE, result=outcome.result)
         job_id = message.job_id if tracked or outcome.result is not None else ""
-        return self._write(entry, job_id, forward=forward, note=note, final=final, webhook=webhook) is not None
+        freed = [key for key in outcome.release if transient.is_transient(key)]
+        if final:
+            freed = transient.message_blob_keys(job_id, message)
+        return (
+            self._write(entry, job_id, forward=forward, note=note, final=final, webhook=webhook, freed=freed)
+            is not None
+        )
 
     def _fail_job(self, entry: Entry, message: StreamMessage, error: StageError) -> bool:
         if self.stage not in STAGE_STATE:  # the webhook stage: a failed delivery does not un-finish its job
@@ -435,6 +441,7 @@ class StageRunner:
                 note=_ranked(status.stage_finished(self.stage)),
                 final=_ranked(status.failed(error.code, error.message)),
                 webhook=_webhook(message, JobState.FAILED, error=(str(error.code), error.message)),
+                freed=transient.message_blob_keys(message.job_id, message),
             )
             is not None
         )
@@ -445,7 +452,10 @@ class StageRunner:
         dead = _flat(_dead_letter_fields(entry, self.stage, code, reason))
         final = _ranked(status.failed(code, reason)) if job_id else []
         webhook = _webhook(message, JobState.FAILED, error=(str(code), reason)) if job_id and message else []
-        if self._write(entry, job_id, dead=dead, final=final, webhook=webhook) is None:
+        # A dead job keeps no transient bytes: those its entry names go now (crops of an entry too broken to name
+        # its faces, with their TTL).
+        freed = transient.message_blob_keys(job_id, message) if job_id else []
+        if self._write(entry, job_id, dead=dead, final=final, webhook=webhook, freed=freed) is None:
             return
         STAGE_ENTRIES.labels(self.stage.value, "dead_lettered").inc()
         self.log.error(
@@ -466,6 +476,7 @@ class StageRunner:
         note: Sequence[str] = (),
         final: Sequence[str] = (),
         webhook: Sequence[str] = (),
+        freed: Sequence[str] = (),
     ) -> bool | None:
         """Settle one entry in one script; None when it is no longer ours (nothing written), else whether this
         write finished the job."""
@@ -477,6 +488,8 @@ class StageRunner:
             next_stage.stream if next_stage else self.stage.stream,
             self.stage.dead_letter_stream,
             Stage.WEBHOOK.stream,
+            transient.BYTES_KEY,
+            *freed,
         ]
         args: list[str | int] = [*self._fence(entry), self.job_ttl_seconds, job_id, JOB_DONE_CHANNEL]
         for section in (forward, dead, note, final, webhook):

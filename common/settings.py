@@ -121,6 +121,13 @@ class PipelineSettings(_Base):
     presign_seconds: int = Field(default=900, ge=1, le=7 * 24 * 3600, description="lifetime of photo URLs")
     # Entries waiting in one stage (undelivered + pending) past which uploads get 429 instead of growing Redis.
     max_backlog: int = Field(default=10_000, ge=1)
+    # Transient bytes (search, verify and detect photos; every crop but an enroll's) live in Redis this long at most:
+    # a job's end deletes them sooner. Keep it above the longest wait of a healthy message, every stage's deliveries
+    # times the claim idle (600 s with the defaults); a message whose bytes expired fails `photo_expired`.
+    transient_ttl_seconds: int = Field(default=3600, ge=60)
+    # Bytes of transient photos and crops Redis may hold before uploads get 429 backlog_full: size it under Valkey's
+    # maxmemory with room for the streams and status hashes (DEPLOYMENT.md, Valkey memory).
+    transient_max_bytes: int = Field(default=256 * 1024 * 1024, ge=1024 * 1024)
 
 
 class StreamSettings(_Base):

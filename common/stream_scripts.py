@@ -6,7 +6,7 @@ Registered with ``register_script``: they run by SHA, and redis-py loads them ag
 
 from __future__ import annotations
 
-from common import status
+from common import status, transient
 
 # ``owned``: the entry is still pending for this consumer with the delivery count it was handed out with. A
 # claim by another consumer changes the owner; a claim that came back to this consumer changes the count.
@@ -16,7 +16,7 @@ local function owned(stream, group, consumer, id, deliveries)
   return row ~= nil and row[2] == consumer and tonumber(row[4]) == tonumber(deliveries)
 end
 """
-_PREAMBLE = status.TRANSITION_LUA + _FENCE
+_PREAMBLE = status.TRANSITION_LUA + _FENCE + transient.BLOB_LUA
 
 # KEYS: stream, errors hash, job hash. ARGV: group, consumer, id, deliveries, ttl, rank, fields...
 # 'lost': not ours; 'finished': the job is done or failed already, the entry is acked unrun; 'ok' (also for a job
@@ -35,7 +35,8 @@ return 'ok'
 """
 )
 
-# KEYS: stream, errors hash, job hash, next stream, dead-letter stream, webhook stream.
+# KEYS: stream, errors hash, job hash, next stream, dead-letter stream, webhook stream, the transient bytes' counter,
+# then the transient blobs this write frees (all of the job's when it ends it), deleted with it.
 # ARGV: group, consumer, id, deliveries, ttl, job id ('' for none), job-done channel, then five sections, each a
 # count and that many items: the output's fields, the dead letter's fields, the stage-finished write (rank, then
 # fields), the finishing write (rank, then fields), the webhook's fields. Returns {written, finished}: the
@@ -64,6 +65,7 @@ if ARGV[6] ~= '' then
     if #webhook > 0 then redis.call('XADD', KEYS[6], '*', unpack(webhook)) end
   end
 end
+for k = 8, #KEYS do blob_delete(KEYS[7], KEYS[k]) end
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
 redis.call('HDEL', KEYS[2], ARGV[3])
 return {1, finished}

@@ -6,10 +6,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from common.errors import JobFailed, PoisonMessage, TransientError
+from common.errors import JobFailed, PoisonMessage
 from common.handlers import HandlerResult, Outcome, per_message
 from common.imaging import ImageError, ImageTooLarge, decode, encode_png
-from common.objects import ObjectMissing, ObjectStore, crop_key, discard_job_objects
+from common.job_bytes import JobBytes
 from common.packs import Face
 from common.packs.library import PackLibrary, aligner_for, pack_for
 from detector.quality import sharpness
@@ -21,13 +21,9 @@ from schemas.streams import AlignedFace, AlignedMessage, DetectedMessage, FaceBo
 LARGEST_FACE_ONLY = (JobKind.ENROLL, JobKind.VERIFY)
 
 
-def load_image(store: ObjectStore, key: str, max_pixels: int) -> np.ndarray:
+def load_image(objects: JobBytes, key: str, max_pixels: int) -> np.ndarray:
     """The photo, every pixel (both stages: see the comments where they call this)."""
-    try:
-        data = store.get(key)
-    except ObjectMissing as exc:
-        # Retried, then dead-lettered: the object may still be replicating to this S3 endpoint.
-        raise TransientError(f"object {key} is missing") from exc
+    data = objects.get(key)
     try:
         return decode(data, max_pixels)
     except ImageTooLarge as exc:
@@ -73,8 +69,8 @@ class DetectHandler:
     stage = Stage.DETECT
     message_type = JobMessage
 
-    def __init__(self, store: ObjectStore, packs: PackLibrary, max_image_pixels: int) -> None:
-        self.store = store
+    def __init__(self, objects: JobBytes, packs: PackLibrary, max_image_pixels: int) -> None:
+        self.objects = objects
         self.packs = packs
         self.max_image_pixels = max_image_pixels
 
@@ -82,7 +78,7 @@ class DetectHandler:
         try:
             return self._handle(message)
         except JobFailed:
-            discard_job_objects(self.store, message.job_id)  # a failed job keeps no photo
+            self.objects.discard(message)  # a failed job keeps no photo
             raise
 
     def _handle(self, message: JobMessage) -> Outcome:
@@ -93,13 +89,13 @@ class DetectHandler:
             # Every pixel, as the plain insightface loop: on a photo decoded at 1/2 or 1/4 size through DCT scaling,
             # keypoints move by 0.4 to 16 px and embeddings land at cosine 0.92-0.9998 to the loop's
             # (BENCHMARKS.md, profile of the stages; tests/integration/test_embedding_equality.py).
-            image = load_image(self.store, key, self.max_image_pixels)
+            image = load_image(self.objects, key, self.max_image_pixels)
             faces = pack.detect(image)
             if not faces:
                 where = "the second photo" if source else "the photo"
                 raise JobFailed(ErrorCode.NO_FACE, f"no face found in {where}")
             if message.kind is JobKind.DETECT:
-                discard_job_objects(self.store, message.job_id)
+                self.objects.discard(message)
                 return Outcome(result=FinishedResult.without_photos(detect_result(image, faces)))
             seen += len(faces) if source == 0 else 0
             kept += [to_wire(face, source) for face in self._chosen(message, faces)]
@@ -140,8 +136,8 @@ class AlignHandler:
     stage = Stage.ALIGN
     message_type = DetectedMessage
 
-    def __init__(self, store: ObjectStore, packs: PackLibrary, max_image_pixels: int) -> None:
-        self.store = store
+    def __init__(self, objects: JobBytes, packs: PackLibrary, max_image_pixels: int) -> None:
+        self.objects = objects
         self.packs = packs
         self.max_image_pixels = max_image_pixels
 
@@ -149,7 +145,7 @@ class AlignHandler:
         try:
             return self._handle(message)
         except JobFailed:
-            discard_job_objects(self.store, message.job_id)
+            self.objects.discard(message)
             raise
 
     def _handle(self, message: DetectedMessage) -> Outcome:
@@ -159,17 +155,15 @@ class AlignHandler:
         # Every pixel, as the plain insightface loop: norm_crop's bilinear warp samples single pixels of a large
         # face, so a crop warped from a JPEG decoded at 1/2 or 1/4 size (DCT-averaged pixels) is a different crop
         # (cosine 0.97 to 0.998 to the full-size one on ../shared/faces/basic, even at 3 pixels per crop pixel).
-        images = {
-            source: load_image(self.store, keys[source], self.max_image_pixels) for source in {f.source for f in faces}
-        }
+        sources = {face.source for face in faces}
+        images = {source: load_image(self.objects, keys[source], self.max_image_pixels) for source in sources}
         aligned: list[AlignedFace] = []
         for index, face in enumerate(faces):
             crop = aligner.align(images[face.source], from_wire(face))
-            # Deterministic key: a redelivered message overwrites the same object instead of adding one.
-            key = crop_key(message.job_id, index)
-            self.store.put(key, encode_png(crop), content_type="image/png")
+            key = self.objects.put_crop(message, index, encode_png(crop))
             aligned.append(AlignedFace(**dict(face), crop_key=key))
-        return Outcome(forward=message.advance(AlignedMessage, faces=aligned))
+        # No later stage reads the photos: transient ones are deleted with this write (kept ones are not touched).
+        return Outcome(forward=message.advance(AlignedMessage, faces=aligned), release=keys)
 
     def handle_batch(self, messages: Sequence[DetectedMessage]) -> list[HandlerResult]:
         return per_message(self.handle)(messages)

@@ -15,7 +15,8 @@ from detector.stages import AlignHandler, DetectHandler
 def detect_handler() -> Iterator[DetectHandler]:
     pipeline = s.load(s.PipelineSettings)
     packs = warmed_library(s.load(s.ModelSettings), "detect", warm_detector=True)
-    yield DetectHandler(clients.object_store(s.load(s.S3Settings)), packs, pipeline.max_image_pixels)
+    objects = clients.job_bytes(s.load(s.S3Settings), s.load(s.RedisSettings), pipeline.transient_ttl_seconds)
+    yield DetectHandler(objects, packs, pipeline.max_image_pixels)
 
 
 @contextmanager
@@ -23,4 +24,5 @@ def align_handler() -> Iterator[AlignHandler]:
     pipeline = s.load(s.PipelineSettings)
     # Alignment is geometry: this stage needs no model files (the crop size comes with each job).
     packs = PackLibrary(s.load(s.ModelSettings))
-    yield AlignHandler(clients.object_store(s.load(s.S3Settings)), packs, pipeline.max_image_pixels)
+    objects = clients.job_bytes(s.load(s.S3Settings), s.load(s.RedisSettings), pipeline.transient_ttl_seconds)
+    yield AlignHandler(objects, packs, pipeline.max_image_pixels)

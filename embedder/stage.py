@@ -7,9 +7,9 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
-from common.errors import PoisonMessage, TransientError
+from common.errors import PoisonMessage
 from common.handlers import HandlerResult, Outcome
-from common.objects import ObjectMissing, ObjectStore
+from common.job_bytes import JobBytes
 from common.packs import ModelPack
 from common.packs.library import PackLibrary, pack_for
 from schemas.jobs import ErrorCode
@@ -20,31 +20,49 @@ class EmbedHandler:
     stage = Stage.EMBED
     message_type = AlignedMessage
 
-    def __init__(self, store: ObjectStore, packs: PackLibrary, batch: int = 8) -> None:
-        self.store = store
+    def __init__(self, objects: JobBytes, packs: PackLibrary, batch: int = 8) -> None:
+        self.objects = objects
         self.packs = packs
         self.batch = batch
 
-    def _crops(self, message: AlignedMessage) -> list[np.ndarray]:
+    def _crops(self, message: AlignedMessage, data: dict[str, bytes]) -> list[np.ndarray]:
         crops = []
         for face in message.faces:
-            try:
-                data = self.store.get(face.crop_key)
-            except ObjectMissing as exc:
-                raise TransientError(f"crop {face.crop_key} is missing") from exc
-            crop = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
+            crop = cv2.imdecode(np.frombuffer(data[face.crop_key], dtype=np.uint8), cv2.IMREAD_COLOR)
             if crop is None:
                 raise PoisonMessage(ErrorCode.UNDECODABLE_IMAGE, f"crop {face.crop_key} is not an image")
             crops.append(crop)
         return crops
 
+    def _fetch(self, messages: Sequence[AlignedMessage]) -> list[dict[str, bytes] | Exception]:
+        """Every crop of the batch in one read where they are blobs; should that fail, message by message, so that one
+        message's expired crop fails only its own job."""
+        try:
+            keys = [face.crop_key for message in messages for face in message.faces]
+            everything = dict(zip(keys, self.objects.get_many(keys), strict=True))
+            return [{face.crop_key: everything[face.crop_key] for face in m.faces} for m in messages]
+        except Exception:  # found again below, and kept as each message's own error
+            pass
+        results: list[dict[str, bytes] | Exception] = []
+        for message in messages:
+            keys = [face.crop_key for face in message.faces]
+            try:
+                results.append(dict(zip(keys, self.objects.get_many(keys), strict=True)))
+            except Exception as exc:
+                results.append(exc)
+        return results
+
     def handle_batch(self, messages: Sequence[AlignedMessage]) -> list[HandlerResult]:
         results: list[HandlerResult | None] = [None] * len(messages)
         batches: dict[str, tuple[ModelPack, list[np.ndarray], list[tuple[int, int, int]]]] = {}
+        fetched = self._fetch(messages)
         for index, message in enumerate(messages):
             try:
                 pack = pack_for(self.packs, message.pack)
-                crops = self._crops(message)
+                found = fetched[index]
+                if isinstance(found, Exception):
+                    raise found
+                crops = self._crops(message, found)
             except Exception as exc:
                 results[index] = exc
                 continue

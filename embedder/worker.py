@@ -15,4 +15,6 @@ from embedder.stage import EmbedHandler
 def embed_handler() -> Iterator[EmbedHandler]:
     models = s.load(s.ModelSettings)
     packs = warmed_library(models, "embed", warm_recognizer=True)
-    yield EmbedHandler(clients.object_store(s.load(s.S3Settings)), packs, models.embed_batch)
+    ttl = s.load(s.PipelineSettings).transient_ttl_seconds
+    objects = clients.job_bytes(s.load(s.S3Settings), s.load(s.RedisSettings), ttl)
+    yield EmbedHandler(objects, packs, models.embed_batch)

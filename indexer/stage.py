@@ -113,10 +113,10 @@ class IndexHandler:
                 result = self._verify(message, message.pack, matrix)
             else:
                 result = self._search(message, message.pack, matrix)
-            discard_job_objects(self.store, message.job_id, crop_keys(message))
+            discard_job_objects(self.store, message.job_id, crop_keys(message), image_keys=message.image_keys)
             return self._finished(result)
         except JobFailed:
-            discard_job_objects(self.store, message.job_id, crop_keys(message))
+            discard_job_objects(self.store, message.job_id, crop_keys(message), image_keys=message.image_keys)
             raise
         except PackMismatch as exc:
             raise PoisonMessage(ErrorCode.MALFORMED_MESSAGE, str(exc)) from exc
@@ -154,12 +154,12 @@ class IndexHandler:
                 matrix[0],
             )
         except Erased as exc:
-            discard_job_objects(self.store, message.job_id, crop_keys(message))
+            discard_job_objects(self.store, message.job_id, crop_keys(message), image_keys=message.image_keys)
             if exc.user_erased:
                 raise JobFailed(ErrorCode.USER_NOT_FOUND, "the user was erased") from exc
             raise JobFailed(ErrorCode.FACE_ERASED, "the face of this job was erased; nothing is stored again") from exc
         except UnknownUser as exc:
-            discard_job_objects(self.store, message.job_id, crop_keys(message))
+            discard_job_objects(self.store, message.job_id, crop_keys(message), image_keys=message.image_keys)
             raise JobFailed(ErrorCode.USER_NOT_FOUND, f"user {message.user_id} does not exist or is inactive") from exc
         except DuplicateFaceExternalId as exc:  # the API checked; another enroll of the same id got there first
             discard_job_objects(self.store, message.job_id, crop_keys(message))

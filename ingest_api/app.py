@@ -20,6 +20,7 @@ from common.metrics import StreamCollector
 from common.objects import ObjectStore
 from common.packs.library import PackLibrary
 from common.runner import ensure_group
+from common.transient import AsyncTransientStore
 from ingest_api.active_pack import ActivePack
 from ingest_api.auth import Authenticate, KeyChecker, check_every_operation_declared
 from ingest_api.backpressure import Backlog
@@ -88,6 +89,9 @@ def create_app(config: ApiConfig) -> FastAPI:
                 config=config,
                 redis=redis_client,
                 store=store,
+                transient=AsyncTransientStore(
+                    redis_client, config.pipeline.transient_ttl_seconds, config.pipeline.transient_max_bytes
+                ),
                 main=main,
                 vectors=vectors,
                 waiter=waiter,

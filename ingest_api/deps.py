@@ -14,6 +14,7 @@ from common.db.erasure import Erasure
 from common.db.main_repository import MainRepository
 from common.db.vector_repository import VectorRepository
 from common.objects import ObjectStore
+from common.transient import AsyncTransientStore
 from ingest_api.active_pack import ActivePack
 from ingest_api.backpressure import Backlog
 from ingest_api.config import ApiConfig
@@ -29,7 +30,8 @@ if TYPE_CHECKING:
 class AppState:
     config: ApiConfig
     redis: aioredis.Redis
-    store: ObjectStore
+    store: ObjectStore  # kept photos (enroll)
+    transient: AsyncTransientStore  # the other photos, in Redis (common/transient.py)
     main: MainRepository
     vectors: VectorRepository
     waiter: JobWaiter

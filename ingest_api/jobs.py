@@ -20,6 +20,7 @@ from common import status
 from common.db.job_traces import queue_job_owner
 from common.imaging import ImageInfo
 from common.objects import original_key
+from common.transient import TRANSIENT_PHOTO_KINDS, is_transient, photo_blob_key
 from ingest_api import idempotency as idempotency_records
 from ingest_api.deps import AppState
 from ingest_api.idempotency import IdempotencyKey
@@ -41,10 +42,13 @@ CLIENT_ERROR_STATUS = {
     "face_erased": 404,  # the user or face was erased while the enroll ran
     "user_has_no_faces": 422,
     "face_external_id_taken": 409,  # another enroll of the same external id got there first
+    "photo_expired": 503,  # the service was too slow for its own TTL: the same photo again may succeed
 }
 
 
 _JOB_ID_SLOT = "JOB-ID-SLOT"
+# Transient bytes go as their jobs finish, within seconds of a burst.
+TRANSIENT_FULL_RETRY_AFTER_SECONDS = 2
 
 
 def job_url(request: Request, job_id: str) -> str:
@@ -106,14 +110,22 @@ async def _store_and_queue(
             429, "backlog_full", "the service is behind on its work; retry later", headers={"Retry-After": "10"}
         )
     job_id = uuid.uuid4().hex
-    keys = [original_key(job_id, source) for source in range(len(photos))]
+    # A search, verify or detect photo is read once or twice and deleted within seconds: Redis, not S3.
+    transient = kind in TRANSIENT_PHOTO_KINDS
+    keys = [(photo_blob_key if transient else original_key)(job_id, source) for source in range(len(photos))]
     stored: list[str] = []
     sent = False  # whether the MULTI went to Redis: only then can the job exist despite an error
     try:
-        # The objects are durable before the event exists: no event ever points at nothing.
-        for key, (data, info) in zip(keys, photos, strict=True):
-            stored.append(key)  # before the put: a put that fails half-way may still have written it
-            await run_in_threadpool(state.store.put, key, data, info.content_type)
+        # The photos are stored before the event exists: no event ever points at nothing.
+        if transient:
+            stored += keys  # before the script: its answer may be lost after it stored them
+            if not await state.transient.put(keys, [data for data, _ in photos]):
+                stored.clear()  # refused: nothing was stored
+                raise transient_bytes_full()
+        else:
+            for key, (data, info) in zip(keys, photos, strict=True):
+                stored.append(key)  # before the put: a put that fails half-way may still have written it
+                await run_in_threadpool(state.store.put, key, data, info.content_type)
         second = keys[1] if len(keys) > 1 else None
         pack = await state.active_pack.name()
         message = JobMessage(job_id=job_id, kind=kind, image_key=keys[0], second_image_key=second, pack=pack, **extra)
@@ -145,6 +157,15 @@ async def _store_and_queue(
     return Submitted(job_id, written)
 
 
+def transient_bytes_full() -> ApiError:
+    return ApiError(
+        429,
+        "backlog_full",
+        "the service holds as many photos in flight as it may (FECAPASS_TRANSIENT_MAX_BYTES); retry shortly",
+        headers={"Retry-After": str(TRANSIENT_FULL_RETRY_AFTER_SECONDS)},
+    )
+
+
 def idempotency_lost() -> ApiError:
     return ApiError(
         409,
@@ -169,7 +190,9 @@ async def _discard_unqueued(state: AppState, job_id: str, keys: list[str], multi
             except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
                 if not _nothing_sent(multi_error):
                     raise
-        if not queued:
+        if not queued and is_transient(keys[0]):
+            await asyncio.shield(state.transient.delete(keys))
+        elif not queued:
             await asyncio.shield(run_in_threadpool(state.store.delete_many, keys))
     except Exception as exc:  # the submit's own error is what the client must see
         log.warning("api.orphan_left", job_id=job_id, keys=keys, error=repr(exc), cause=repr(multi_error))

@@ -9,6 +9,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from ingest_api.problems import PROBLEM_JSON
+from ingest_api.uploads import BODY_PHOTO_TYPES
 from schemas.api import Problem
 
 PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
@@ -28,6 +29,16 @@ def _problem(status: str) -> dict[str, Any]:
     return {"description": HTTPStatus(int(status)).phrase, "content": {PROBLEM_JSON: {"schema": PROBLEM_REF}}}
 
 
+def _photo_as_body(operation: dict[str, Any], schemas: dict[str, Any]) -> None:
+    """An upload whose multipart form has a ``file`` also takes the photo as the whole body (ingest_api/uploads.py)."""
+    content = operation.get("requestBody", {}).get("content", {})
+    form = content.get("multipart/form-data", {}).get("schema", {})
+    fields = schemas.get(str(form.get("$ref", "")).rsplit("/", 1)[-1], form).get("properties", {})
+    if "file" in fields:
+        content.update({kind: {"schema": {"type": "string", "format": "binary"}} for kind in BODY_PHOTO_TYPES})
+        operation["requestBody"]["required"] = True  # one way or the other, a photo
+
+
 def install_openapi(app: FastAPI) -> None:
     def openapi() -> dict[str, Any]:
         if app.openapi_schema:
@@ -41,6 +52,7 @@ def install_openapi(app: FastAPI) -> None:
             if path.startswith("/health"):  # health answers are Health documents, also when not ready
                 continue
             for operation in methods.values():
+                _photo_as_body(operation, schemas)
                 responses = operation.setdefault("responses", {})
                 extra: list[str] = []
                 if operation.get("security"):

@@ -1,13 +1,15 @@
-"""Reading an uploaded photo: size-limited, sniffed from its bytes (never trusting the filename), and checked
-under a per-process bound on decoding work."""
+"""Reading an uploaded photo: a multipart field or the whole request body (``Content-Type: image/jpeg``, png, webp:
+no multipart framing to parse), size-limited, sniffed from its bytes (never trusting the filename or the content
+type), and checked under a per-process bound on decoding work."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from typing import Annotated
 
-from fastapi import UploadFile
+from fastapi import File, Request, UploadFile
 from starlette.concurrency import run_in_threadpool
 
 from common.imaging import ImageInfo, ImageTooLarge, NotAnImage, UndecodableImage, check_pixels, decode_cost, probe
@@ -15,6 +17,51 @@ from ingest_api.problems import ApiError
 
 CHUNK = 1 << 16
 BUSY_RETRY_AFTER_SECONDS = 1
+# Content types of a photo sent as the request body. What the bytes are is still decided by sniffing them.
+BODY_PHOTO_TYPES = ("image/jpeg", "image/png", "image/webp")
+
+
+class BodyPhoto:
+    """A photo sent as the request body itself."""
+
+    def __init__(self, request: Request) -> None:
+        self.request = request
+
+
+Upload = UploadFile | BodyPhoto
+
+
+async def photo_upload(
+    request: Request,
+    file: Annotated[
+        UploadFile | None,
+        File(
+            description="JPEG, PNG, WebP, BMP, TIFF or GIF photo; or send the photo as the whole body instead, with"
+            " Content-Type image/jpeg, image/png or image/webp"
+        ),
+    ] = None,
+) -> Upload:
+    """The request's photo: the multipart field ``file``, else the body of an ``image/*`` request."""
+    if file is not None:
+        return file
+    content_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if content_type in BODY_PHOTO_TYPES:
+        return BodyPhoto(request)
+    raise ApiError(
+        422,
+        "invalid_request",
+        "send the photo as the multipart field `file`, or as the body with Content-Type " + ", ".join(BODY_PHOTO_TYPES),
+    )
+
+
+async def _chunks(upload: Upload) -> AsyncIterator[bytes]:
+    if isinstance(upload, BodyPhoto):
+        async for chunk in upload.request.stream():
+            if chunk:
+                yield chunk
+        return
+    while chunk := await upload.read(CHUNK):
+        yield chunk
 
 
 class DecodeSlots:
@@ -65,13 +112,11 @@ class DecodeSlots:
                 self._changed.notify_all()
 
 
-async def read_photo(
-    upload: UploadFile, max_bytes: int, max_pixels: int, slots: DecodeSlots
-) -> tuple[bytes, ImageInfo]:
+async def read_photo(upload: Upload, max_bytes: int, max_pixels: int, slots: DecodeSlots) -> tuple[bytes, ImageInfo]:
     """The photo's bytes and header facts, or a 413/415/422 problem (503 busy past the decoding bound)."""
     chunks: list[bytes] = []
     size = 0
-    while chunk := await upload.read(CHUNK):
+    async for chunk in _chunks(upload):
         size += len(chunk)
         if size > max_bytes:
             raise ApiError(413, "upload_too_large", f"the photo is larger than {max_bytes} bytes")

@@ -312,7 +312,7 @@ def search_latency(running: Running, photo: bytes, count: int) -> tuple[list[flo
 def ingest_latency(
     running: Running, photo: bytes, uploads: int, concurrency: int
 ) -> tuple[float, list[float], dict[str, float]]:
-    """Uploads answered 202 (photo in S3, event in Redis) with no stage running: ``concurrency`` clients on
+    """Uploads answered 202 (a search's photo and its event in Redis) with no stage running: ``concurrency`` clients on
     kept-alive connections, each sending its next upload when the last is answered."""
     client = running.client(connections=concurrency)
 
@@ -402,7 +402,7 @@ def run(config: BenchConfig) -> Path:
         "Ingest",
         f"{config.ingest_uploads} uploads of a {len(small) // 1024} KB photo by {config.concurrency} clients on"
         " kept-alive connections, each sending its next upload when the last is answered; no stage running"
-        " (202 = photo in S3 and event in Redis). The clients run on the same cores.",
+        " (202 = the search photo, transient, and its event in Redis). The clients run on the same cores.",
         "",
     )
     ingest_p99 = percentile(ingest, 99)
@@ -524,8 +524,8 @@ def why_slower(best: Throughput, pipeline: Throughput, costs: dict[str, float]) 
         " what the baseline does"
         f" (decode, both models), spend {models:.0f} ms together; on top of that come "
         + ", ".join(f"{name} {value:.0f}" for value, name in others)
-        + " ms (the align stage's second full decode of the photo, S3 round trips for the photo and every crop,"
-        " the API's upload handling, the S3 server itself; see the profile below).",
+        + " ms (the align stage's second full decode of the photo, the Redis round trips for the photo and every"
+        " crop, the API's upload handling; see the profile below).",
     ]
 
 
@@ -560,8 +560,8 @@ def _report_latency(
     if above > 30:
         median = {name: statistics.median(values) for name, values in per_stage.items()}
         report.lines[-1] += (
-            f" Why: the align stage takes {median['align']:.0f} ms (it reads the photo from S3 and decodes it again,"
-            f" then writes the crops), the index stage {median['index']:.0f} ms; outside the stages, the upload"
-            f" takes {median[UPLOAD]:.0f} ms (receiving it, the header check, the S3 put), the waits between stages"
-            f" {median[HOPS]:.0f} ms together, and the answer {median[ANSWER]:.0f} ms."
+            f" Why: the align stage takes {median['align']:.0f} ms (it reads the photo from Redis and decodes it"
+            f" again, then writes the crops), the index stage {median['index']:.0f} ms; outside the stages, the upload"
+            f" takes {median[UPLOAD]:.0f} ms (receiving it, the header check, the photo's SET), the waits between"
+            f" stages {median[HOPS]:.0f} ms together, and the answer {median[ANSWER]:.0f} ms."
         )

@@ -1,6 +1,7 @@
 """``python -m operations.bench_profile``: where the detect, align and embed handlers spend their CPU, one
-photo at a time on a real S3 server, under cProfile. A developer's tool beside ``fecapass bench`` (which measures
-throughput): its per-function figures are what BENCHMARKS.md's "profile" paragraphs summarise."""
+photo at a time on a real S3 server and Valkey (a search's photo and crops are transient: Valkey holds them), under
+cProfile. A developer's tool beside ``fecapass bench`` (which measures throughput): its per-function figures are what
+BENCHMARKS.md's "profile" paragraphs summarise."""
 
 from __future__ import annotations
 
@@ -16,14 +17,17 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import redis
 from pydantic import SecretStr
 
 from common import clients
 from common.errors import JobFailed
 from common.handlers import Outcome
+from common.job_bytes import JobBytes
 from common.objects import ObjectStore
 from common.packs.library import PackLibrary
 from common.settings import ModelSettings, S3Settings
+from common.transient import TransientStore, photo_blob_key
 from detector.stages import AlignHandler, DetectHandler
 from embedder.stage import EmbedHandler
 from operations.bench import photo_files
@@ -33,14 +37,15 @@ from schemas.streams import AlignedMessage, DetectedMessage, JobKind, JobMessage
 MAX_PIXELS = 50_000_000
 
 
-def _store(services: LocalServices) -> ObjectStore:
+def _objects(services: LocalServices) -> JobBytes:
     settings = S3Settings(
         s3_endpoint=services.s3_endpoint,
         s3_access_key=SecretStr(services.credentials.s3_access_key),
         s3_secret_key=SecretStr(services.credentials.s3_secret_key),
         s3_bucket=services.bucket,
     )
-    return ObjectStore(clients.minio_client(settings), services.bucket)
+    transient = TransientStore(redis.Redis.from_url(services.redis_url), ttl_seconds=3600)
+    return JobBytes(ObjectStore(clients.minio_client(settings), services.bucket), transient)
 
 
 class Profiled:
@@ -70,15 +75,16 @@ def profile(photos_dir: Path, model_root: Path, pack: str, count: int, top: int)
     packs = PackLibrary(settings)
     stages = {name: Profiled() for name in ("detect", "align", "embed")}
     with tempfile.TemporaryDirectory() as tmp, LocalServices(Path(tmp), durable=False) as services:
-        store = _store(services)
-        detect, align = DetectHandler(store, packs, MAX_PIXELS), AlignHandler(store, packs, MAX_PIXELS)
-        embed = EmbedHandler(store, packs, settings.embed_batch)
+        objects = _objects(services)
+        detect, align = DetectHandler(objects, packs, MAX_PIXELS), AlignHandler(objects, packs, MAX_PIXELS)
+        embed = EmbedHandler(objects, packs, settings.embed_batch)
         paths = photo_files(photos_dir, count)
         for warm_up in (True, False):  # the first pass loads the models: not part of the profile
             for path in paths[:2] if warm_up else paths:
                 job_id = uuid.uuid4().hex
-                store.put(f"originals/{job_id}", path.read_bytes(), content_type="image/jpeg")
-                message = JobMessage(job_id=job_id, kind=JobKind.SEARCH, image_key=f"originals/{job_id}", pack=pack)
+                photo = photo_blob_key(job_id)  # where the API puts a search's photo
+                objects.transient.put(photo, path.read_bytes())
+                message = JobMessage(job_id=job_id, kind=JobKind.SEARCH, image_key=photo, pack=pack)
 
                 def run(name: str, call: Callable[..., Any], argument: Any, warm_up: bool = warm_up) -> Any:
                     return call(argument) if warm_up else stages[name](partial(call, argument))

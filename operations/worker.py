@@ -12,6 +12,7 @@ from common import clients
 from common import settings as s
 from common.handlers import StageHandler
 from common.runner import StageRunner
+from common.transient import minimum_ttl_seconds
 from schemas.streams import Stage
 
 log = structlog.get_logger(__name__)
@@ -56,6 +57,14 @@ def run_worker(stage: Stage) -> None:
     serve_metrics(observability.metrics_host, observability.metrics_port, stage)
     streams = s.load(s.StreamSettings)
     pipeline = s.load(s.PipelineSettings)
+    longest_wait = minimum_ttl_seconds(streams)
+    if pipeline.transient_ttl_seconds < longest_wait:
+        # Not refused: a short TTL is a choice (less biometric data held); its cost is jobs failing photo_expired.
+        log.warning(
+            "stage.transient_ttl_short",
+            transient_ttl_seconds=pipeline.transient_ttl_seconds,
+            longest_redelivery_seconds=longest_wait,
+        )
     client = clients.redis_client(s.load(s.RedisSettings))
     try:
         with handler_factory(stage)() as handler:

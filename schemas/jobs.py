@@ -44,6 +44,7 @@ class ErrorCode(StrEnum):
     IMAGE_TOO_LARGE = "image_too_large"
     OBJECT_MISSING = "object_missing"
     OBJECT_UNREADABLE = "object_unreadable"
+    PHOTO_EXPIRED = "photo_expired"  # a transient photo or crop outlived its TTL in Redis before its stage read it
     USER_NOT_FOUND = "user_not_found"
     FACE_ERASED = "face_erased"  # an enroll entry delivered again after its face was erased: nothing is stored
     USER_HAS_NO_FACES = "user_has_no_faces"

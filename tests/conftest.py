@@ -10,8 +10,10 @@ import redis
 
 from common import clients
 from common.db.migrate import migrate_all
+from common.job_bytes import JobBytes
 from common.objects import ObjectStore
 from common.settings import S3Settings
+from common.transient import TransientStore
 from operations.services import MAIN_DB, VECTOR_DB, LocalServices
 
 
@@ -66,6 +68,12 @@ def redis_client(services: LocalServices) -> Iterator[redis.Redis]:
     client.flushdb()
     yield client
     client.close()
+
+
+@pytest.fixture
+def job_bytes(object_store: ObjectStore, redis_client: redis.Redis) -> JobBytes:
+    """What the stages read and write photos and crops through: the test S3 bucket and the test Redis."""
+    return JobBytes(object_store, TransientStore(redis_client, ttl_seconds=3600))
 
 
 @pytest.fixture(autouse=True)

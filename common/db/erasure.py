@@ -29,6 +29,7 @@ from common.db.main_repository import CollectionNotEmpty, FaceRow, MainRepositor
 from common.db.vector_repository import VectorRepository
 from common.errors import DependencyUnavailable
 from common.objects import ObjectStore, discard_job_objects
+from common.transient import PHOTOS_PER_JOB, delete_blobs, job_blob_keys
 from schemas.gallery import EVERY_PACK, FEED, FEED_LENGTH, Change, FeedEntry
 from schemas.jobs import ErrorCode
 
@@ -124,6 +125,7 @@ class Erasure:
         for job_id in job_ids:
             if job_id not in running:
                 discard_job_objects(self.store, job_id)
+                delete_blobs(self.redis, job_blob_keys(job_id, crops=PHOTOS_PER_JOB))  # a verify's, in Redis
 
     def _publish_removals(self, faces: list[FaceRow]) -> None:
         """Tell every index process to drop the faces' codes (they would drop them anyway once a search's ranking

@@ -18,7 +18,7 @@ from ingest_api.idempotency import Idempotency
 from ingest_api.openapi import problems
 from ingest_api.problems import ApiError, user_not_found
 from ingest_api.stores import call_store
-from ingest_api.uploads import read_photo
+from ingest_api.uploads import Upload, photo_upload, read_photo
 from schemas.api import DEFAULT_COLLECTION, CollectionName, ExternalId, Job
 from schemas.streams import JobKind
 
@@ -41,7 +41,7 @@ Threshold = Annotated[
         " threshold (see CALIBRATION.md; each pack uses the cosine scale differently)",
     ),
 ]
-Photo = Annotated[UploadFile, File(description="JPEG, PNG, WebP, BMP, TIFF or GIF photo")]
+Photo = Annotated[Upload, Depends(photo_upload)]  # multipart `file`, or the body as image/jpeg, png or webp
 InCollection = Annotated[
     CollectionName, Query(description="the collection (gallery) the request works in; unknown: 404")
 ]
@@ -78,7 +78,7 @@ def face_external_id_taken(external_id: str) -> ApiError:
     return ApiError(409, "face_external_id_taken", f"a face of this collection has external id {external_id}")
 
 
-async def photo_of(state: AppState, upload: UploadFile) -> tuple[bytes, ImageInfo]:
+async def photo_of(state: AppState, upload: Upload) -> tuple[bytes, ImageInfo]:
     cfg = state.config.pipeline
     return await read_photo(upload, cfg.max_upload_bytes, cfg.max_image_pixels, state.decodes)
 

@@ -24,6 +24,7 @@ from PIL import Image
 from common import clients
 from common.db.main_repository import MainRepository
 from common.objects import ObjectStore
+from common.transient import BLOB_PREFIX
 from ingest_api.app import create_app
 from ingest_api.config import ApiConfig
 from ingest_api.server import server_config
@@ -55,8 +56,10 @@ class Installation:
         return api_config(self.env, **settings)
 
     def submitted(self) -> tuple[int, int]:
-        """What uploads have left behind: stored originals and events on the detect stream."""
-        return len(self.store.keys("originals/")), int(self.redis.xlen(Stage.DETECT.stream))
+        """What uploads have left behind: stored photos (originals in S3, transient ones in Valkey) and events on the
+        detect stream."""
+        photos = len(self.store.keys("originals/")) + sum(1 for _ in self.redis.scan_iter(match=f"{BLOB_PREFIX}*"))
+        return photos, int(self.redis.xlen(Stage.DETECT.stream))
 
 
 @pytest.fixture(scope="session")

@@ -120,5 +120,5 @@ def test_a_photo_within_the_limits_becomes_a_queued_job(api: TestClient, install
     assert response.status_code == 202, response.text
     job = response.json()
     assert job["kind"] == "detect" and job["state"] == "queued" and job["model_pack"] == "buffalo_sc_lite"
-    assert installation.store.get(job["image_key"]) == photo(fmt="PNG")
+    assert installation.redis.get(job["image_key"]) == photo(fmt="PNG")  # a detect photo is transient: in Valkey
     assert installation.submitted() == (stored + 1, queued + 1)

@@ -11,6 +11,8 @@ import psycopg
 import pytest
 import redis
 
+from common.db.main_repository import MainRepository
+from common.transient import photo_blob_key
 from operations.services import MAIN_DB, LocalServices
 from schemas.streams import Stage
 from tests.api.robust_support import (
@@ -76,9 +78,10 @@ def test_a_retried_upload_gets_the_first_job_and_a_different_request_is_refused(
         assert refused.json()["code"] == "idempotency_key_reused"
     job_ids = {first.json()["job_id"], other_api_key.json()["job_id"], new_key.json()["job_id"]}
     assert len(job_ids) == 3
-    # Counted where they live: three jobs queued, three hashes, three photos.
+    # Counted where they live: three jobs queued, three hashes, three photos (a search's photo is held in Valkey).
     assert queued_jobs(valkey) == 3 and job_hashes(valkey) == 3
-    assert sorted(store.keys("originals/")) == sorted(f"originals/{job_id}" for job_id in job_ids)
+    assert sorted(k.decode() for k in valkey.scan_iter("fecapass:blob:*")) == sorted(map(photo_blob_key, job_ids))
+    assert store.keys("originals/") == []
 
 
 def test_concurrent_duplicates_resolve_to_one_job(services: LocalServices, valkey: redis.Redis) -> None:
@@ -99,18 +102,26 @@ def test_a_failed_upload_forgets_its_key_so_the_retry_is_processed(
     services: LocalServices, valkey: redis.Redis
 ) -> None:
     s3 = TcpProxy(services.s3_port)
-    key = create_api_key(services, "read")
+    key = create_api_key(services, "write")
     photo = jpeg(seed=31)
+    user = MainRepository.at(services.dsn(MAIN_DB)).create_user(f"{uuid.uuid4().hex}@example.com", "Retried Enroll")
+    assert user is not None
+
+    def enroll(client: httpx.AsyncClient):  # type: ignore[no-untyped-def]
+        # An enroll's photo goes to S3 (a search's to Valkey, which S3 being down does not stop).
+        files = {"file": ("a.jpg", photo, "image/jpeg")}
+        headers = {"X-API-Key": key, "Idempotency-Key": "after-outage"}
+        return client.post(f"/v1/users/{user.id}/faces", files=files, headers=headers)
 
     async def scenario() -> tuple[httpx.Response, httpx.Response, httpx.Response]:
         async with running_app(api_config(services, s3_port=s3.port)) as (_, client):
             s3.cut()
             try:
-                failed = await search(client, key, "after-outage", photo)
+                failed = await enroll(client)
             finally:
                 s3.restore()
-            retried = await search(client, key, "after-outage", photo)
-            again = await search(client, key, "after-outage", photo)
+            retried = await enroll(client)
+            again = await enroll(client)
             return failed, retried, again
 
     try:

@@ -83,6 +83,8 @@ def test_services_and_images(compose: dict[str, Any]) -> None:
     assert services["db_vector"]["image"] == "pgvector/pgvector:pg18"
     assert services["redis"]["image"].startswith("redis:")
     assert "--appendonly yes" in " ".join(services["redis"]["command"])
+    # Transient photos live in Redis: it must refuse writes when full, never evict a job's photo or entry.
+    assert "--maxmemory-policy noeviction" in " ".join(services["redis"]["command"])
     assert services["minio"]["image"].startswith("minio/minio:")
 
 

@@ -1,4 +1,4 @@
-"""The embed stage handler on real S3 and a real recognizer: crops of several messages, batched."""
+"""The embed stage handler on real Redis and S3 and a real recognizer: crops of several messages, batched."""
 
 from __future__ import annotations
 
@@ -8,10 +8,11 @@ from collections.abc import Sequence
 import numpy as np
 
 from common.imaging import decode, encode_png
-from common.objects import ObjectStore
+from common.job_bytes import JobBytes
 from common.packs import Face, ModelPack, PackInfo
 from common.packs.library import PackLibrary
 from common.settings import ModelSettings
+from common.transient import crop_blob_key
 from embedder.stage import EmbedHandler
 from schemas.streams import AlignedFace, AlignedMessage, EmbeddedMessage, JobKind
 from tests.shared_data import MODEL_ROOT, PACK, require_basic, require_pack
@@ -48,11 +49,11 @@ class OnePackLibrary(PackLibrary):
         return self.counting
 
 
-def test_faces_of_several_messages_are_embedded_batch_by_batch(object_store: ObjectStore) -> None:
+def test_faces_of_several_messages_are_embedded_batch_by_batch(job_bytes: JobBytes) -> None:
     require_pack()
     settings = ModelSettings(model_pack=PACK, model_root=MODEL_ROOT)
     pack = PackLibrary(settings).get()
-    store = object_store
+    store = job_bytes
     photo = decode((require_basic() / "multi_group_t1.jpg").read_bytes(), 100_000_000)
     faces = pack.detect(photo)
     assert len(faces) >= 5
@@ -62,8 +63,12 @@ def test_faces_of_several_messages_are_embedded_batch_by_batch(object_store: Obj
         job_id = uuid.uuid4().hex
         boxes = []
         for index, crop in enumerate(crops[first : first + count]):
-            key = f"crops/{job_id}/{index}.png"
-            store.put(key, encode_png(crop), content_type="image/png")
+            if first == 2:  # an enroll's crop, in S3
+                key = f"crops/{job_id}/{index}.png"
+                store.store.put(key, encode_png(crop), content_type="image/png")
+            else:  # a search's crops, in Redis
+                key = crop_blob_key(job_id, index)
+                store.transient.put(key, encode_png(crop))
             boxes.append(AlignedFace(box=(0, 0, 1, 1), keypoints=[(0, 0)] * 5, score=1.0, crop_key=key))
         messages.append(
             AlignedMessage(

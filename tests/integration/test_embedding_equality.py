@@ -13,11 +13,12 @@ import pytest
 
 from common.handlers import Outcome
 from common.imaging import decode
-from common.objects import ObjectStore
+from common.job_bytes import JobBytes
 from common.packs import ModelPack
 from common.packs.alignment import align_face
 from common.packs.library import PackLibrary
 from common.settings import ModelSettings
+from common.transient import photo_blob_key
 from detector.stages import AlignHandler, DetectHandler
 from embedder.stage import EmbedHandler
 from schemas.streams import AlignedMessage, DetectedMessage, EmbeddedMessage, JobKind, JobMessage
@@ -65,12 +66,12 @@ def plain_loop(pack: ModelPack, data: bytes) -> list[tuple[np.ndarray, np.ndarra
     return list(zip([face.box for face in faces], pack.embed(crops), strict=True)) if crops else []
 
 
-def through_stages(store: ObjectStore, packs: PackLibrary, data: bytes) -> list[tuple[np.ndarray, np.ndarray]]:
+def through_stages(store: JobBytes, packs: PackLibrary, data: bytes) -> list[tuple[np.ndarray, np.ndarray]]:
     """(box, embedding) per face from the detect, align and embed handlers, each message through its wire
     format as the runner would carry it."""
     job_id = uuid.uuid4().hex
-    key = f"originals/{job_id}"
-    store.put(key, data, content_type="application/octet-stream")
+    key = photo_blob_key(job_id)  # a search's photo, where the API puts it
+    store.transient.put(key, data)
     message = JobMessage(job_id=job_id, kind=JobKind.SEARCH, image_key=key, pack=PACK)
     detected = DetectHandler(store, packs, MAX_PIXELS).handle(message)
     assert isinstance(detected, Outcome) and detected.forward is not None
@@ -83,7 +84,7 @@ def through_stages(store: ObjectStore, packs: PackLibrary, data: bytes) -> list[
     return list(zip(boxes, result.embedding_matrix(), strict=True))
 
 
-def compare(pack: ModelPack, store: ObjectStore, photos: Iterator[tuple[str, bytes]]) -> None:
+def compare(pack: ModelPack, store: JobBytes, photos: Iterator[tuple[str, bytes]]) -> None:
     packs = PackLibrary(ModelSettings(model_pack=PACK, model_root=MODEL_ROOT))
     worst: list[str] = []
     faces = 0
@@ -109,15 +110,15 @@ def compare(pack: ModelPack, store: ObjectStore, photos: Iterator[tuple[str, byt
     assert not worst, "embeddings differ from the plain loop's:\n" + "\n".join(worst)
 
 
-def test_basic_photos_embed_as_in_the_plain_loop(pack: ModelPack, object_store: ObjectStore) -> None:
-    compare(pack, object_store, basic_photos())
+def test_basic_photos_embed_as_in_the_plain_loop(pack: ModelPack, job_bytes: JobBytes) -> None:
+    compare(pack, job_bytes, basic_photos())
 
 
-def test_padded_lfw_photos_embed_as_in_the_plain_loop(pack: ModelPack, object_store: ObjectStore) -> None:
-    compare(pack, object_store, lfw_photos())
+def test_padded_lfw_photos_embed_as_in_the_plain_loop(pack: ModelPack, job_bytes: JobBytes) -> None:
+    compare(pack, job_bytes, lfw_photos())
 
 
-def test_photos_of_large_faces_embed_as_in_the_plain_loop(pack: ModelPack, object_store: ObjectStore) -> None:
+def test_photos_of_large_faces_embed_as_in_the_plain_loop(pack: ModelPack, job_bytes: JobBytes) -> None:
     """The basic photos upscaled 2x: faces of 300 to 900 px, where reduced decodes matter most."""
 
     def upscaled() -> Iterator[tuple[str, bytes]]:
@@ -130,4 +131,4 @@ def test_photos_of_large_faces_embed_as_in_the_plain_loop(pack: ModelPack, objec
             assert ok
             yield f"{name} x2", encoded.tobytes()
 
-    compare(pack, object_store, upscaled())
+    compare(pack, job_bytes, upscaled())

@@ -12,12 +12,20 @@ from tests.reliability.harness import Ledger
 DURABILITY = """\
 ## Durability window
 
-Redis runs with `appendonly yes` and `appendfsync everysec`. An upload is answered 202 only after its photo is in
-S3 and its job's `XADD` has returned, so a clean Redis restart (SIGTERM: the AOF is flushed) loses nothing, as the
-`redis_restart` row shows. If the Redis host itself loses power, up to about one second of writes can be lost:
-uploads accepted in that second, and acknowledgements of that second (those entries are then simply processed
-again; every handler is idempotent). Use `appendfsync always` to close that window at the cost of write latency.
+Redis runs with `appendonly yes` and `appendfsync everysec`. An upload is answered 202 only after its photo is in S3
+(an enroll's) or Redis (a search's, verify's or detect's) and its job's `XADD` has returned, so a clean Redis
+restart (SIGTERM: the AOF is flushed) loses nothing, as the `redis_restart` row shows. If the Redis host itself
+loses power, up to about one second of writes can be lost: uploads accepted in that second, and acknowledgements of
+that second (those entries are then simply processed again; every handler is idempotent). Use `appendfsync always`
+to close that window at the cost of write latency.
 PostgreSQL commits are durable (`fsync` on); S3 durability is the store's.
+
+Transient photos and crops (README, Transient bytes) live in Redis with their job's entries and are written through
+the same AOF. A job whose entry survived but whose photo or crop did not (lost with that last second, or expired
+after `FECAPASS_TRANSIENT_TTL_SECONDS`) fails `photo_expired` on its first delivery instead of being retried. The
+write that ends a job, done, failed or dead-lettered, deletes its blobs in the same script, so a dead letter keeps
+no photo (a replayed dead letter of a search fails `photo_expired`; send the photo again); the TTL bounds what a
+crash between two of a job's writes, or a dead letter too broken to name its job's faces, leaves.
 
 ## Exactly-once effects
 

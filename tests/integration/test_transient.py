@@ -1,0 +1,303 @@
+"""Transient bytes on the real servers: a search's photo and crops live in Valkey only, through the real detect,
+align, embed and index handlers under the real runner; an enroll's stay in S3. Counted from the S3 folder and from
+Valkey's keys, at every step: nothing of a search in S3 at any point, no blob (and no count) left after a job ends
+done, failed or dead-lettered, a blob gone before its stage read it fails the job ``photo_expired`` at once."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator, Sequence
+
+import cv2
+import numpy as np
+import psycopg
+import pytest
+import redis
+
+from common import clients, status
+from common.db.main_repository import MainRepository
+from common.db.migrate import migrate_all
+from common.db.vector_repository import VectorRepository
+from common.errors import TransientError
+from common.handlers import HandlerResult, StageHandler
+from common.job_bytes import JobBytes
+from common.metrics import StreamCollector
+from common.packs.library import PackLibrary
+from common.runner import StageRunner, ensure_group
+from common.settings import DatabaseSettings, ModelSettings, StreamSettings
+from common.transient import (
+    BLOB_PREFIX,
+    BYTES_KEY,
+    WINDOW_MS,
+    PhotoExpired,
+    crop_blob_key,
+    minimum_ttl_seconds,
+    photo_blob_key,
+)
+from detector.stages import AlignHandler, DetectHandler
+from embedder.stage import EmbedHandler
+from indexer.stage import IndexHandler
+from operations.services import LocalServices
+from schemas.jobs import JobState, job_key
+from schemas.streams import AlignedFace, AlignedMessage, JobKind, JobMessage, Stage
+from tests.shared_data import BASIC, MODEL_ROOT, PACK, require_basic, require_pack
+
+FAST = StreamSettings(read_count=8, block_ms=20, claim_idle_ms=50, max_deliveries=2)
+MAX_PIXELS = 50_000_000
+
+
+@pytest.fixture(scope="module")
+def repositories(services: LocalServices) -> Iterator[tuple[MainRepository, VectorRepository]]:
+    # Databases of their own: the real pack's embeddings must not reach other tests' galleries.
+    names = ("fecapass_transient_main", "fecapass_transient_vector")
+    with psycopg.connect(services.dsn("postgres"), autocommit=True) as conn:
+        for database in names:
+            conn.execute(f"DROP DATABASE IF EXISTS {database}")
+            conn.execute(f"CREATE DATABASE {database}")
+    migrate_all(services.dsn(names[0]), services.dsn(names[1]))
+    settings = DatabaseSettings(main_db_dsn=services.dsn(names[0]), vector_db_dsn=services.dsn(names[1]))
+    with clients.main_db_pool(settings) as main_pool, clients.vector_db_pool(settings) as vector_pool:
+        yield MainRepository(main_pool), VectorRepository(vector_pool)
+
+
+def bucket_files(services: LocalServices, job_id: str) -> list[str]:
+    """The job's files in the S3 server's folder (rclone serves a directory: one file per object)."""
+    root = services.data_dir / "s3" / services.bucket
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and job_id in str(p))
+
+
+def blob_keys(client: redis.Redis) -> list[str]:
+    return sorted(key.decode() for key in client.scan_iter(match=f"{BLOB_PREFIX}*"))
+
+
+class Pipeline:
+    """The four stages, each under its own runner, in this process; runs a job stage by stage."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        objects: JobBytes,
+        repositories: tuple[MainRepository, VectorRepository],
+        services: LocalServices,
+    ) -> None:
+        packs = PackLibrary(ModelSettings(model_pack=PACK, model_root=MODEL_ROOT, ort_threads=1))
+        main, vectors = repositories
+        handlers: list[StageHandler] = [
+            DetectHandler(objects, packs, MAX_PIXELS),
+            AlignHandler(objects, packs, MAX_PIXELS),
+            EmbedHandler(objects, packs),
+            IndexHandler(main, vectors, objects.store, presign=str),
+        ]
+        self.client = client
+        self.objects = objects
+        self.services = services
+        self.runners = [StageRunner(client, h, FAST, job_ttl_seconds=600, consumer=f"t-{h.stage}") for h in handlers]
+        for stage in (Stage.DETECT, Stage.ALIGN, Stage.EMBED, Stage.INDEX, Stage.WEBHOOK):
+            ensure_group(client, stage)
+
+    def submit(self, kind: JobKind, photo: bytes, user_id: int | None = None) -> str:
+        """As the API submits: the photo first (Valkey for a search, S3 for an enroll), then hash and event."""
+        job_id = uuid.uuid4().hex
+        if kind is JobKind.ENROLL:
+            key = f"originals/{job_id}"
+            self.objects.store.put(key, photo, "image/jpeg")
+        else:
+            key = photo_blob_key(job_id)
+            self.objects.transient.put(key, photo)
+        message = JobMessage(job_id=job_id, kind=kind, image_key=key, pack=PACK, user_id=user_id)
+        with self.client.pipeline(transaction=True) as pipe:
+            status.queue_job(pipe, message, 600)
+            pipe.execute()
+        return job_id
+
+    def state(self, job_id: str) -> dict[str, str]:
+        return {k.decode(): v.decode() for k, v in self.client.hgetall(job_key(job_id)).items()}
+
+    def run(self, job_id: str, after_each: list[tuple[Stage, list[str], list[str]]] | None = None) -> dict[str, str]:
+        """Each stage once, in order, until the job ends; ``after_each`` gets the blobs and the S3 files seen."""
+        for runner in self.runners:
+            runner.run_once()
+            if after_each is not None:
+                after_each.append((runner.stage, blob_keys(self.client), self.s3_files(job_id)))
+            if JobState(self.state(job_id)["state"]).terminal:
+                break
+        return self.state(job_id)
+
+    def s3_files(self, job_id: str) -> list[str]:
+        return bucket_files(self.services, job_id)
+
+
+@pytest.fixture
+def pipeline(
+    redis_client: redis.Redis,
+    job_bytes: JobBytes,
+    repositories: tuple[MainRepository, VectorRepository],
+    services: LocalServices,
+) -> Pipeline:
+    require_pack()
+    require_basic()
+    return Pipeline(redis_client, job_bytes, repositories, services)
+
+
+def test_a_search_never_touches_s3_and_leaves_no_blob(pipeline: Pipeline, services: LocalServices) -> None:
+    photo = (BASIC / "multi_group_t1.jpg").read_bytes()
+    job_id = pipeline.submit(JobKind.SEARCH, photo)
+    assert blob_keys(pipeline.client) == [photo_blob_key(job_id)] and pipeline.s3_files(job_id) == []
+    assert pipeline.objects.transient.held_bytes() == len(photo)
+    seen: list[tuple[Stage, list[str], list[str]]] = []
+    final = pipeline.run(job_id, seen)
+    assert final["state"] == "done", final
+    faces = int(final["faces_seen"])
+    assert faces >= 5
+    by_stage = {stage: blobs for stage, blobs, _ in seen}
+    assert by_stage[Stage.DETECT] == [photo_blob_key(job_id)]
+    # Align cut the crops and let the photo go in the same write; embed read the crops; the index stage's final
+    # write deleted them.
+    assert by_stage[Stage.ALIGN] == sorted(crop_blob_key(job_id, i) for i in range(faces))
+    assert by_stage[Stage.EMBED] == by_stage[Stage.ALIGN]
+    assert by_stage[Stage.INDEX] == []
+    assert all(files == [] for _, _, files in seen)  # nothing of the search in the S3 folder at any point
+    assert not pipeline.client.exists(BYTES_KEY)  # and no count left
+    for entry in (e for stage in Stage for _, e in pipeline.client.xrange(stage.stream)):
+        # Bytes never ride in a stream entry: no photo, no PNG crop (embeddings, base64 text, are the largest field).
+        assert all(photo[:64] not in value and b"PNG" not in value and len(value) < 40_000 for value in entry.values())
+
+
+def test_an_enroll_keeps_its_photo_and_crop_in_s3(
+    pipeline: Pipeline, services: LocalServices, repositories: tuple[MainRepository, VectorRepository]
+) -> None:
+    user = repositories[0].create_user(f"transient.{uuid.uuid4().hex[:8]}@example.com", "Transient Person")
+    assert user is not None
+    job_id = pipeline.submit(JobKind.ENROLL, (BASIC / "obama_1.jpg").read_bytes(), user_id=user.id)
+    seen: list[tuple[Stage, list[str], list[str]]] = []
+    assert pipeline.run(job_id, seen)["state"] == "done"
+    assert all(blobs == [] for _, blobs, _ in seen)  # an enroll puts nothing in Valkey
+    assert bucket_files(services, job_id) == [f"crops/{job_id}/0.png", f"originals/{job_id}"]
+    [face] = repositories[0].list_faces(user.id)
+    assert (face.image_key, face.crop_key) == (f"originals/{job_id}", f"crops/{job_id}/0.png")
+
+
+def test_a_failed_search_leaves_no_blob(pipeline: Pipeline) -> None:
+    ok, blank = cv2.imencode(".jpg", np.full((240, 320, 3), 128, dtype=np.uint8))
+    assert ok
+    job_id = pipeline.submit(JobKind.SEARCH, blank.tobytes())
+    final = pipeline.run(job_id)
+    assert (final["state"], final["error_code"]) == ("failed", "no_face")
+    assert blob_keys(pipeline.client) == [] and not pipeline.client.exists(BYTES_KEY)
+
+
+def test_a_photo_gone_before_detect_fails_photo_expired_at_once(pipeline: Pipeline) -> None:
+    job_id = pipeline.submit(JobKind.SEARCH, (BASIC / "obama_1.jpg").read_bytes())
+    pipeline.client.pexpire(photo_blob_key(job_id), 1)  # its TTL runs out while the entry waits
+    for _ in range(1000):
+        if not pipeline.client.exists(photo_blob_key(job_id)):
+            break
+    assert not pipeline.client.exists(photo_blob_key(job_id))
+    assert pipeline.runners[0].run_once() == 1
+    final = pipeline.state(job_id)
+    assert (final["state"], final["error_code"]) == ("failed", "photo_expired"), final
+    assert "FECAPASS_TRANSIENT_TTL_SECONDS" in final["error_message"]
+    # Settled on its first delivery: acknowledged, neither retried nor dead-lettered.
+    assert int(pipeline.client.xpending(Stage.DETECT.stream, Stage.DETECT.group)["pending"]) == 0
+    assert pipeline.client.xlen(Stage.DETECT.dead_letter_stream) == 0
+    assert pipeline.runners[0].run_once() == 0
+
+
+def test_a_crop_gone_before_embed_fails_only_its_own_job(pipeline: Pipeline) -> None:
+    photo = (BASIC / "obama_1.jpg").read_bytes()
+    gone, kept = pipeline.submit(JobKind.SEARCH, photo), pipeline.submit(JobKind.SEARCH, photo)
+    pipeline.runners[0].run_once()
+    pipeline.runners[1].run_once()
+    pipeline.client.delete(crop_blob_key(gone, 0))
+    pipeline.runners[2].run_once()  # both in one batch: one MGET, then each message on its own
+    assert pipeline.state(gone)["error_code"] == "photo_expired"
+    assert pipeline.state(kept)["state"] == "embedding"
+    assert pipeline.run(kept)["state"] == "done"
+    assert blob_keys(pipeline.client) == []
+
+
+class Failing:
+    """A detect stage whose handler fails every delivery (as one that crashes on a photo would)."""
+
+    stage = Stage.DETECT
+    message_type = JobMessage
+
+    def handle_batch(self, messages: Sequence[JobMessage]) -> list[HandlerResult]:
+        return [TransientError("cannot get through") for _ in messages]
+
+
+def test_a_dead_lettered_job_keeps_no_blob(pipeline: Pipeline) -> None:
+    job_id = pipeline.submit(JobKind.SEARCH, (BASIC / "obama_1.jpg").read_bytes())
+    runner = StageRunner(pipeline.client, Failing(), FAST, job_ttl_seconds=600, consumer="failing")
+    for _ in range(200):  # each delivery waits out the claim idle; dead after max_deliveries
+        runner.run_once()
+        if pipeline.client.xlen(Stage.DETECT.dead_letter_stream):
+            break
+    assert pipeline.state(job_id)["error_code"] == "too_many_deliveries"
+    assert blob_keys(pipeline.client) == [] and not pipeline.client.exists(BYTES_KEY)
+
+
+def test_a_poison_crop_dead_letters_its_job_and_deletes_its_blobs(pipeline: Pipeline) -> None:
+    job_id = uuid.uuid4().hex
+    crops = [crop_blob_key(job_id, i) for i in range(2)]
+    for key in [photo_blob_key(job_id), *crops]:
+        pipeline.objects.transient.put(key, b"not an image at all")
+    faces = [AlignedFace(box=(0, 0, 1, 1), keypoints=[(0, 0)] * 5, score=1.0, crop_key=key) for key in crops]
+    message = AlignedMessage(
+        job_id=job_id, kind=JobKind.SEARCH, image_key=photo_blob_key(job_id), faces=faces, faces_seen=2, pack=PACK,
+        crop_size=112,
+    )  # fmt: skip
+    pipeline.client.hset(job_key(job_id), mapping={"kind": "search", "state": "aligning"})
+    pipeline.client.xadd(Stage.EMBED.stream, message.to_fields())
+    pipeline.runners[2].run_once()
+    assert pipeline.client.xlen(Stage.EMBED.dead_letter_stream) == 1
+    assert pipeline.state(job_id)["error_code"] == "undecodable_image"
+    assert blob_keys(pipeline.client) == [] and not pipeline.client.exists(BYTES_KEY)
+
+
+def test_bytes_are_counted_with_every_write_and_a_count_left_by_expiry_heals(job_bytes: JobBytes) -> None:
+    store, client = job_bytes.transient, job_bytes.transient.client
+    store.put("fecapass:blob:count:photo", b"x" * 1000)
+    store.put("fecapass:blob:count:crop.0", b"y" * 300)
+    store.put("fecapass:blob:count:crop.0", b"z" * 200)  # a redelivery overwrites: counted once
+    assert store.held_bytes() == 1200
+    [gauge] = [f for f in StreamCollector(client).collect() if f.name == "fecapass_transient_bytes"]
+    assert gauge.samples[0].value == 1200  # what operators see on /metrics
+    # What an expired blob leaves: bytes counted in a window of expiry time that has passed.
+    past_window = int(client.time()[0]) * 1000 // WINDOW_MS - 2
+    client.hincrby(BYTES_KEY, str(past_window), 5_000_000)
+    assert store.held_bytes() == 1200
+    assert not client.hexists(BYTES_KEY, str(past_window))  # dropped, not carried forever
+    assert store.delete(["fecapass:blob:count:photo", "fecapass:blob:count:crop.0", "fecapass:blob:none"]) == 1200
+    assert store.held_bytes() == 0 and not client.exists(BYTES_KEY)
+    # A name under the prefix that holds something else is not a blob: left alone, and deleting it fails nothing.
+    client.hset("fecapass:blob:count:photo", "not", "a blob")
+    client.set("fecapass:blob:count:crop.0", b"no ttl")  # written by hand: deleted all the same, nothing counted
+    assert store.delete(["fecapass:blob:count:photo", "fecapass:blob:count:crop.0"]) == len(b"no ttl")
+    assert client.type("fecapass:blob:count:photo") == b"hash" and not client.exists("fecapass:blob:count:crop.0")
+    assert store.held_bytes() == 0
+
+
+def test_the_default_ttl_outlasts_every_redelivery_under_production_defaults() -> None:
+    from common.settings import PipelineSettings
+
+    production = StreamSettings()
+    # A message that is claimed again and again in every stage before it is dead-lettered still finds its bytes.
+    assert PipelineSettings.model_fields["transient_ttl_seconds"].default > minimum_ttl_seconds(production) == 600
+
+
+def test_a_transient_crop_can_be_kept_in_s3_before_its_job_ends(job_bytes: JobBytes, services: LocalServices) -> None:
+    """What a stage that keeps a search's face beyond its job calls (unknown-face clustering): the crop is copied to
+    S3 where an enroll's would be; the blob itself still goes with the job's final write."""
+    job_id = uuid.uuid4().hex
+    blob = crop_blob_key(job_id, 3)
+    job_bytes.transient.put(blob, b"crop bytes")
+    kept = job_bytes.keep_crop(blob, job_id, 3)
+    assert kept == f"crops/{job_id}/3.png"
+    assert job_bytes.store.get(kept) == b"crop bytes" and bucket_files(services, job_id) == [kept]
+    assert job_bytes.transient.get(blob) == b"crop bytes"
+    assert job_bytes.keep_crop(kept, job_id, 3) == kept  # already durable: nothing copied
+    job_bytes.transient.delete([blob])
+    with pytest.raises(PhotoExpired):
+        job_bytes.keep_crop(blob, job_id, 3)
+    job_bytes.store.delete_many([kept])
