@@ -16,23 +16,16 @@ returned, and its code is dropped when the ranking finds it gone.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any
 
 import redis
 
+from common.gallery_changes import FEED, FEED_LENGTH, publish_change
+from common.gallery_changes import Change as Change  # re-exported: the feed's readers name it from here
 from schemas.text import decode_text
 
-FEED = "fecapass:gallery"
-# Entries kept (approximate trim): a process further behind than this reloads from PostgreSQL.
-FEED_LENGTH = 100_000
 # Entries read per round trip when catching up.
 READ_COUNT = 10_000
-
-
-class Change(StrEnum):
-    ADD = "add"
-    REMOVE = "remove"
 
 
 @dataclass(frozen=True)
@@ -62,14 +55,7 @@ class GalleryFeed:
         self.length = length
 
     def publish(self, change: Change, pack: str, face_ids: list[int]) -> None:
-        if not face_ids:
-            return
-        self.client.xadd(
-            self.stream,
-            {"change": change.value, "pack": pack, "face_ids": ",".join(str(i) for i in face_ids)},
-            maxlen=self.length,
-            approximate=True,
-        )
+        publish_change(self.client, change, pack, face_ids, self.stream, self.length)
 
     def position(self) -> Position:
         """The stream's end now: read from here after loading from PostgreSQL, nothing published after the load

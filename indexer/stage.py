@@ -10,6 +10,7 @@ import psycopg
 import redis
 
 from common.db.main_repository import Erased, MainRepository, NewFace, UnknownUser
+from common.db.unknown_faces import UnknownFaces, UnseenFace
 from common.db.vector_repository import Neighbour, PackMismatch, VectorRepository
 from common.errors import DependencyUnavailable, JobFailed, PoisonMessage
 from common.handlers import HandlerResult, Outcome, per_message
@@ -69,6 +70,7 @@ class IndexHandler:
         self.feed = binary.feed if binary is not None else feed
         self.binary = binary  # None: search through pgvector's HNSW index
         self.search_threshold = SearchThreshold(threshold, false_matches_per_search, self._gallery_size)
+        self.unknown = UnknownFaces(main, vectors, store, self._publish)
 
     def _gallery_size(self, pack: str) -> int:
         """Faces of the pack a search compares with: the codes in memory once loaded, else the stored rows. Both
@@ -228,6 +230,7 @@ class IndexHandler:
                 if len(matches) == limit:
                     break
             results.append(StoredSearchFace(box=face.box, score=face.score, matches=matches))
+        self._keep_unknown(message, pack, matrix, results)
         return StoredSearchResult(
             faces=results,
             threshold=threshold,
@@ -236,6 +239,22 @@ class IndexHandler:
             model_pack=pack,
             faces_seen=len(faces),
         )
+
+    def _keep_unknown(
+        self, message: EmbeddedMessage, pack: str, matrix: np.ndarray, results: list[StoredSearchFace]
+    ) -> None:
+        """Faces that matched nobody, kept where the search's collection asks (before the job's crops go)."""
+        unseen = [
+            UnseenFace(index, face.crop_key, list(face.box), face.score, matrix[index])
+            for index, (face, result) in enumerate(zip(message.faces, results, strict=True))
+            if not result.matches
+        ]
+        if not unseen:
+            return
+        policy = self.main.unknown_faces_policy(message.collection_id)
+        if policy is None or not policy.keep:
+            return
+        self.unknown.keep(message.collection_id, message.job_id, pack, unseen, policy.retention_hours)
 
     def _verify(self, message: EmbeddedMessage, pack: str, matrix: np.ndarray) -> VerifyResult:
         threshold = self._threshold(message, pack)

@@ -29,7 +29,7 @@ from ingest_api.deps import AppState
 from ingest_api.openapi import install_openapi
 from ingest_api.problems import install_problem_handlers
 from ingest_api.request_metrics import RequestMetrics
-from ingest_api.routers import faces, health, job_status, keys, metrics, pipeline, recognition, users
+from ingest_api.routers import faces, health, job_status, keys, metrics, pipeline, recognition, unknown, users
 from ingest_api.sweeper import start_orphan_sweep
 from ingest_api.uploads import DecodeSlots
 from ingest_api.waiter import JobWaiter
@@ -38,7 +38,15 @@ from schemas.streams import Stage
 log = structlog.get_logger(__name__)
 
 # Every router under /v1: the key check reads the scope each of their routes declares (auth.py).
-V1_ROUTERS = (users.router, faces.router, recognition.router, job_status.router, keys.router, pipeline.router)
+V1_ROUTERS = (
+    users.router,
+    faces.router,
+    recognition.router,
+    job_status.router,
+    keys.router,
+    pipeline.router,
+    unknown.router,
+)
 
 
 async def _log_pack(active_pack: ActivePack) -> None:

@@ -372,6 +372,11 @@ def _bench_search(args: argparse.Namespace) -> None:
 
 
 def _calibrate(args: argparse.Namespace) -> None:
+    if args.clusters:
+        from operations.calibrate_clusters import main as calibrate_clusters
+
+        calibrate_clusters(s.load(s.ModelSettings), args.pairs, args.output)
+        return
     from operations.calibrate import main as calibrate
 
     calibrate(s.load(s.ModelSettings), args.pairs, args.output)
@@ -426,6 +431,9 @@ def _add_measurements(commands: Commands) -> None:
         help="folder with pairs.tsv and images/",
     )
     calibrate.add_argument("--output", type=Path, default=Path("CALIBRATION.md"))
+    calibrate.add_argument(
+        "--clusters", action="store_true", help="choose the pack's unknown-face clustering parameters instead"
+    )
 
 
 # -- the command --------------------------------------------------------------------------------------------
