@@ -9,6 +9,9 @@ The order makes every cut-short erasure safe and finishable by running it again:
 4. Redis traces (job_traces), then an AOF rewrite; then the photos and crops of the jobs still in flight, except
    those whose entry a worker holds: the index stage refuses such a job and deletes them;
 5. the main rows last: until then a second DELETE finds the face or user and finishes the work.
+
+Erasing a collection erases every person in it this way, one at a time, then the collection's row: cut short, the
+same DELETE erases the people left and the row.
 """
 
 from __future__ import annotations
@@ -17,13 +20,17 @@ import redis
 import structlog
 
 from common.db import job_traces
-from common.db.main_repository import FaceRow, MainRepository
+from common.db.main_repository import CollectionNotEmpty, FaceRow, MainRepository
+from common.db.unknown_faces import UnknownFaces
 from common.db.vector_repository import VectorRepository
 from common.errors import DependencyUnavailable
 from common.objects import ObjectStore, discard_job_objects
 from schemas.jobs import ErrorCode
 
 log = structlog.get_logger(__name__)
+
+# Times a collection's erasure looks again for people created while it ran before it gives up.
+ERASE_COLLECTION_ROUNDS = 5
 
 
 class Erasure:
@@ -51,6 +58,29 @@ class Erasure:
         self.main.delete_user(user_id)  # and, by cascade, the face rows
         log.info("erasure.user_erased", user_id=user_id, faces=len(faces), jobs=len(job_ids))
         return True
+
+    def erase_collection(self, collection_id: int, *, keep_row: bool = False) -> int:
+        """Erase every person of the collection (as erase_user), then its row unless ``keep_row`` (the default
+        collection is only ever emptied). Returns how many people were erased. People added while it runs are
+        erased too; raises CollectionNotEmpty if they keep coming faster than they are erased."""
+        erased = 0
+        for _ in range(ERASE_COLLECTION_ROUNDS):
+            while user_ids := self.main.collection_user_ids(collection_id):
+                for user_id in user_ids:
+                    erased += int(self.erase_user(user_id))
+            # Its unknown faces (vectors and crops; the rows, clusters and rejections with them).
+            UnknownFaces(self.main, self.vectors, self.store).erase_collection(collection_id)
+            if keep_row:
+                break
+            try:
+                self.main.delete_collection(collection_id)
+            except CollectionNotEmpty:
+                continue  # a person was created meanwhile: erase them too
+            break
+        else:
+            raise CollectionNotEmpty(collection_id)
+        log.info("erasure.collection_erased", collection_id=collection_id, users=erased, row_deleted=not keep_row)
+        return erased
 
     def erase_face(self, face_id: int) -> bool:
         face = self.main.begin_face_erasure(face_id)

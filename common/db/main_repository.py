@@ -1,4 +1,4 @@
-"""SQL for the main database: users and faces."""
+"""SQL for the main database: collections, users and faces, API keys."""
 
 from __future__ import annotations
 
@@ -33,8 +33,32 @@ class OneConnection:
             yield conn
 
 
+DEFAULT_COLLECTION_ID = 1  # "default" (migration 0005): every person made before collections is there
+DEFAULT_COLLECTION = "default"
+
+
 class DuplicateEmail(ValueError):
     pass
+
+
+class DuplicateExternalId(ValueError):
+    """Another person of the collection has this external id."""
+
+
+class DuplicateFaceExternalId(ValueError):
+    """Another face of the collection has this external id."""
+
+
+class DuplicateCollection(ValueError):
+    pass
+
+
+class UnknownCollection(LookupError):
+    pass
+
+
+class CollectionNotEmpty(RuntimeError):
+    """People were added to the collection while it was being erased: erase it again."""
 
 
 class UnknownUser(LookupError):
@@ -54,6 +78,15 @@ class Erased(LookupError):
 
 
 @dataclass(frozen=True)
+class CollectionRow:
+    id: int
+    name: str
+    keep_unknown_faces: bool
+    unknown_retention_hours: int
+    created_at: datetime
+
+
+@dataclass(frozen=True)
 class UserRow:
     id: int
     email: str
@@ -61,6 +94,8 @@ class UserRow:
     is_active: bool
     created_at: datetime
     updated_at: datetime
+    collection_id: int
+    external_id: str | None
 
 
 @dataclass(frozen=True)
@@ -73,6 +108,8 @@ class NewFace:
     det_score: float
     faces_seen: int
     model_pack: str
+    collection_id: int = DEFAULT_COLLECTION_ID  # the job's: a user of another collection is refused (UnknownUser)
+    external_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -87,6 +124,8 @@ class FaceRow:
     faces_seen: int
     model_pack: str
     created_at: datetime
+    collection_id: int
+    external_id: str | None
 
 
 @dataclass(frozen=True)
@@ -97,6 +136,18 @@ class ApiKeyRow:
     prefix: str
     created_at: datetime
     revoked_at: datetime | None
+    collection_ids: list[int] | None  # None: every collection
+
+
+@dataclass(frozen=True)
+class KeyGrant:
+    """What a live key may do: its scope, and the collections it may see (None: every collection)."""
+
+    scope: str
+    collection_ids: frozenset[int] | None
+
+    def sees(self, collection_id: int) -> bool:
+        return self.collection_ids is None or collection_id in self.collection_ids
 
 
 @dataclass(frozen=True)
@@ -110,6 +161,7 @@ class FaceOwner:
     face_id: int
     user_id: int
     image_key: str
+    external_id: str | None = None  # the user's
 
 
 @dataclass(frozen=True)
@@ -211,9 +263,17 @@ _UNKNOWN_COLUMNS = (
     " from_face_id, to_face_id, created_at, expires_at"
 )
 _CLUSTER_COLUMNS = "id, collection_id, model_pack, named_user_id, dismissed_at, created_at"
-_USER_COLUMNS = "id, email, full_name, is_active, created_at, updated_at"
-_FACE_COLUMNS = "id, user_id, job_id, image_key, crop_key, box, det_score, faces_seen, model_pack, created_at"
-_KEY_COLUMNS = "id, name, scope, prefix, created_at, revoked_at"
+_COLLECTION_COLUMNS = "id, name, keep_unknown_faces, unknown_retention_hours, created_at"
+_USER_COLUMNS = "id, email, full_name, is_active, created_at, updated_at, collection_id, external_id"
+_FACE_COLUMNS = (
+    "id, user_id, job_id, image_key, crop_key, box, det_score, faces_seen, model_pack, created_at,"
+    " collection_id, external_id"
+)
+_KEY_COLUMNS = "id, name, scope, prefix, created_at, revoked_at, collection_ids"
+
+
+def _violated(exc: psycopg.errors.UniqueViolation) -> str:
+    return exc.diag.constraint_name or ""
 
 
 class MainRepository:
@@ -225,14 +285,87 @@ class MainRepository:
         """The repository over one connection per call (no pool to open or close)."""
         return cls(OneConnection(dsn))
 
-    def create_user(self, email: str, full_name: str) -> UserRow:
-        with self.pool.connection() as conn, conn.cursor(row_factory=class_row(UserRow)) as cur:
+    # -- collections ---------------------------------------------------------------------------------
+
+    def create_collection(self, name: str) -> CollectionRow:
+        with self.pool.connection() as conn, conn.cursor(row_factory=class_row(CollectionRow)) as cur:
             cur.execute(
-                f"INSERT INTO users (email, full_name) VALUES (%s, %s)"
-                f" ON CONFLICT (collection_id, lower(email)) DO NOTHING RETURNING {_USER_COLUMNS}",
-                (email, full_name),
+                f"INSERT INTO collections (name) VALUES (%s) ON CONFLICT (name) DO NOTHING"
+                f" RETURNING {_COLLECTION_COLUMNS}",
+                (name,),
             )
             row = cur.fetchone()
+        if row is None:
+            raise DuplicateCollection(name)
+        return row
+
+    def get_collection(self, collection_id: int) -> CollectionRow | None:
+        with self.pool.connection() as conn, conn.cursor(row_factory=class_row(CollectionRow)) as cur:
+            cur.execute(f"SELECT {_COLLECTION_COLUMNS} FROM collections WHERE id = %s", (collection_id,))
+            return cur.fetchone()
+
+    def collection_named(self, name: str) -> CollectionRow | None:
+        with self.pool.connection() as conn, conn.cursor(row_factory=class_row(CollectionRow)) as cur:
+            cur.execute(f"SELECT {_COLLECTION_COLUMNS} FROM collections WHERE name = %s", (name,))
+            return cur.fetchone()
+
+    def list_collections(self, ids: Sequence[int] | None = None) -> list[CollectionRow]:
+        """Every collection in id order, or those of ``ids``."""
+        with self.pool.connection() as conn, conn.cursor(row_factory=class_row(CollectionRow)) as cur:
+            cur.execute(
+                f"SELECT {_COLLECTION_COLUMNS} FROM collections WHERE %s::bigint[] IS NULL OR id = ANY(%s) ORDER BY id",
+                (None if ids is None else list(ids),) * 2,
+            )
+            return cur.fetchall()
+
+    def collection_user_ids(self, collection_id: int, limit: int = 1000) -> list[int]:
+        """Some of the collection's people (every one when fewer than ``limit``), in id order."""
+        with self.pool.connection() as conn:
+            rows = conn.execute(
+                "SELECT id FROM users WHERE collection_id = %s ORDER BY id LIMIT %s", (collection_id, limit)
+            ).fetchall()
+        return [int(row[0]) for row in rows]
+
+    def delete_collection(self, collection_id: int) -> bool:
+        """Delete the row of an emptied collection, and take it out of the keys limited to it (a key limited to
+        nothing else then sees nothing, not everything). The default collection stays. Raises CollectionNotEmpty
+        when a person is still in it."""
+        if collection_id == DEFAULT_COLLECTION_ID:
+            return False
+        try:
+            with self.pool.connection() as conn, conn.transaction():
+                deleted = conn.execute("DELETE FROM collections WHERE id = %s", (collection_id,)).rowcount == 1
+                conn.execute(
+                    "UPDATE api_keys SET collection_ids = array_remove(collection_ids, %s)"
+                    " WHERE %s = ANY(collection_ids)",
+                    (collection_id, collection_id),
+                )
+        except psycopg.errors.ForeignKeyViolation as exc:
+            raise CollectionNotEmpty(collection_id) from exc
+        return deleted
+
+    # -- users ---------------------------------------------------------------------------------------
+
+    def create_user(
+        self,
+        email: str,
+        full_name: str,
+        collection_id: int = DEFAULT_COLLECTION_ID,
+        external_id: str | None = None,
+    ) -> UserRow:
+        """Raises DuplicateEmail, DuplicateExternalId (both per collection), UnknownCollection."""
+        try:
+            with self.pool.connection() as conn, conn.cursor(row_factory=class_row(UserRow)) as cur:
+                cur.execute(
+                    f"INSERT INTO users (email, full_name, collection_id, external_id) VALUES (%s, %s, %s, %s)"
+                    f" ON CONFLICT (collection_id, lower(email)) DO NOTHING RETURNING {_USER_COLUMNS}",
+                    (email, full_name, collection_id, external_id),
+                )
+                row = cur.fetchone()
+        except psycopg.errors.UniqueViolation as exc:
+            raise DuplicateExternalId(external_id or "") from exc
+        except psycopg.errors.ForeignKeyViolation as exc:
+            raise UnknownCollection(collection_id) from exc
         if row is None:
             raise DuplicateEmail(email)
         return row
@@ -242,30 +375,65 @@ class MainRepository:
             cur.execute(f"SELECT {_USER_COLUMNS} FROM users WHERE id = %s", (user_id,))
             return cur.fetchone()
 
-    def list_users(self, after: int, limit: int, containing: str = "") -> list[UserRow]:
+    def list_users(
+        self,
+        after: int,
+        limit: int,
+        containing: str = "",
+        *,
+        collection_id: int | None = None,
+        email: str | None = None,
+        external_id: str | None = None,
+    ) -> list[UserRow]:
         """Keyset pagination: users with id > after, in id order; with ``containing``, only those whose name or
-        email contains it (case-insensitive, taken literally: % and _ match themselves)."""
+        email contains it (case-insensitive, taken literally: % and _ match themselves). ``collection_id``: only
+        that collection's (None: every collection); ``email`` (case-insensitive) and ``external_id``: exactly."""
         pattern = "%" + containing.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
         with self.pool.connection() as conn, conn.cursor(row_factory=class_row(UserRow)) as cur:
             cur.execute(
-                f"SELECT {_USER_COLUMNS} FROM users WHERE id > %s AND (%s = '' OR full_name ILIKE %s OR email ILIKE %s)"
-                " ORDER BY id LIMIT %s",
-                (after, containing, pattern, pattern, limit),
+                f"SELECT {_USER_COLUMNS} FROM users WHERE id > %(after)s"
+                " AND (%(containing)s = '' OR full_name ILIKE %(pattern)s OR email ILIKE %(pattern)s)"
+                " AND (%(collection)s::bigint IS NULL OR collection_id = %(collection)s)"
+                " AND (%(email)s::text IS NULL OR lower(email) = lower(%(email)s))"
+                " AND (%(external_id)s::text IS NULL OR external_id = %(external_id)s)"
+                " ORDER BY id LIMIT %(limit)s",
+                {
+                    "after": after,
+                    "containing": containing,
+                    "pattern": pattern,
+                    "collection": collection_id,
+                    "email": email,
+                    "external_id": external_id,
+                    "limit": limit,
+                },
             )
             return cur.fetchall()
 
     def update_user(
-        self, user_id: int, *, email: str | None, full_name: str | None, is_active: bool | None
+        self,
+        user_id: int,
+        *,
+        email: str | None,
+        full_name: str | None,
+        is_active: bool | None,
+        external_id: str | None = None,
+        clear_external_id: bool = False,
     ) -> UserRow | None:
+        """Set what is given (None: keep); ``clear_external_id`` removes the external id. Raises DuplicateEmail,
+        DuplicateExternalId."""
         try:
             with self.pool.connection() as conn, conn.cursor(row_factory=class_row(UserRow)) as cur:
                 cur.execute(
                     f"UPDATE users SET email = coalesce(%s, email), full_name = coalesce(%s, full_name),"
-                    f" is_active = coalesce(%s, is_active), updated_at = now() WHERE id = %s RETURNING {_USER_COLUMNS}",
-                    (email, full_name, is_active, user_id),
+                    f" is_active = coalesce(%s, is_active),"
+                    f" external_id = CASE WHEN %s THEN NULL ELSE coalesce(%s, external_id) END,"
+                    f" updated_at = now() WHERE id = %s RETURNING {_USER_COLUMNS}",
+                    (email, full_name, is_active, clear_external_id, external_id, user_id),
                 )
                 return cur.fetchone()
         except psycopg.errors.UniqueViolation as exc:
+            if _violated(exc) == "users_collection_external_id_key":
+                raise DuplicateExternalId(external_id or "") from exc
             raise DuplicateEmail(email or "") from exc
 
     def deactivate_user(self, user_id: int) -> bool:
@@ -299,20 +467,30 @@ class MainRepository:
             row = conn.execute("SELECT count(*) FROM faces").fetchone()
         return int(row[0]) if row else 0
 
+    def face_external_id_taken(self, collection_id: int, external_id: str) -> bool:
+        """Whether a served face of the collection has this external id."""
+        with self.pool.connection() as conn:
+            row = conn.execute(
+                "SELECT EXISTS (SELECT 1 FROM faces WHERE collection_id = %s AND external_id = %s AND served)",
+                (collection_id, external_id),
+            ).fetchone()
+        return bool(row and row[0])
+
     def delete_face(self, face_id: int) -> None:
         with self.pool.connection() as conn:
             conn.execute("DELETE FROM faces WHERE id = %s", (face_id,))
 
     # -- API keys ------------------------------------------------------------------------------------
 
-    def create_api_key(self, name: str, scope: Scope | str) -> NewApiKey:
-        """A new random key of this scope; the key itself is returned once and never stored."""
+    def create_api_key(self, name: str, scope: Scope | str, collection_ids: Sequence[int] | None = None) -> NewApiKey:
+        """A new random key of this scope, limited to ``collection_ids`` (None: every collection); the key itself
+        is returned once and never stored."""
         key, prefix, key_hash = new_key()
         with self.pool.connection() as conn, conn.cursor(row_factory=class_row(ApiKeyRow)) as cur:
             cur.execute(
-                f"INSERT INTO api_keys (name, scope, prefix, key_hash) VALUES (%s, %s, %s, %s)"
+                f"INSERT INTO api_keys (name, scope, prefix, key_hash, collection_ids) VALUES (%s, %s, %s, %s, %s)"
                 f" RETURNING {_KEY_COLUMNS}",
-                (name, Scope(scope).value, prefix, key_hash),
+                (name, Scope(scope).value, prefix, key_hash, None if collection_ids is None else list(collection_ids)),
             )
             row = cur.fetchone()
         assert row is not None
@@ -336,39 +514,61 @@ class MainRepository:
             ).fetchone()
         return str(row[0]) if row else None
 
+    def api_key_grant(self, key_hash: bytes) -> KeyGrant | None:
+        """The scope and collections of a live key with this hash, or None."""
+        with self.pool.connection() as conn:
+            row = conn.execute(
+                "SELECT scope, collection_ids FROM api_keys WHERE key_hash = %s AND revoked_at IS NULL", (key_hash,)
+            ).fetchone()
+        if row is None:
+            return None
+        return KeyGrant(str(row[0]), None if row[1] is None else frozenset(int(i) for i in row[1]))
+
     # -- enrollment and erasure: both lock the user row first (share / update), so they never interleave -----
 
     def add_face(self, face: NewFace) -> int:
         """Insert the face of an enroll job, not yet served, or return the id it already has (redelivery).
 
-        Raises Erased when the face or its user was erased, UnknownUser when the user is missing or inactive."""
+        Raises Erased when the face or its user was erased, UnknownUser when the user is missing, inactive or in
+        another collection than the job's, DuplicateFaceExternalId when another face of the collection has the
+        face's external id."""
         with self.pool.connection() as conn, conn.transaction():
-            user = conn.execute("SELECT is_active FROM users WHERE id = %s FOR SHARE", (face.user_id,)).fetchone()
+            user = conn.execute(
+                "SELECT is_active, collection_id FROM users WHERE id = %s FOR SHARE", (face.user_id,)
+            ).fetchone()
             _refuse_erased(conn, face.user_id, face.job_id, ())
             _refuse_returned(conn, face.user_id, face.job_id)
             found = conn.execute("SELECT id FROM faces WHERE job_id = %s", (face.job_id,)).fetchone()
             if found is not None:
                 return int(found[0])
-            if user is None or not user[0]:
+            # A person of another collection is no person of the job's: the job cannot reach outside it.
+            if user is None or not user[0] or int(user[1]) != face.collection_id:
                 raise UnknownUser(face.user_id)
-            row = conn.execute(
-                "WITH inserted AS ("
-                "  INSERT INTO faces (user_id, job_id, image_key, crop_key, box, det_score, faces_seen, model_pack)"
-                "  VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
-                "  ON CONFLICT (job_id) DO NOTHING RETURNING id"
-                ") SELECT id FROM inserted UNION ALL SELECT id FROM faces WHERE job_id = %s",
-                (
-                    face.user_id,
-                    face.job_id,
-                    face.image_key,
-                    face.crop_key,
-                    list(face.box),
-                    face.det_score,
-                    face.faces_seen,
-                    face.model_pack,
-                    face.job_id,
-                ),
-            ).fetchone()
+            try:
+                with conn.transaction():
+                    row = conn.execute(
+                        "WITH inserted AS ("
+                        "  INSERT INTO faces (user_id, job_id, image_key, crop_key, box, det_score, faces_seen,"
+                        "   model_pack, collection_id, external_id)"
+                        "  VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+                        "  ON CONFLICT (job_id) DO NOTHING RETURNING id"
+                        ") SELECT id FROM inserted UNION ALL SELECT id FROM faces WHERE job_id = %s",
+                        (
+                            face.user_id,
+                            face.job_id,
+                            face.image_key,
+                            face.crop_key,
+                            list(face.box),
+                            face.det_score,
+                            face.faces_seen,
+                            face.model_pack,
+                            face.collection_id,
+                            face.external_id,
+                            face.job_id,
+                        ),
+                    ).fetchone()
+            except psycopg.errors.UniqueViolation as exc:  # two enrolls raced for one external id
+                raise DuplicateFaceExternalId(face.external_id or "") from exc
             if row is None:  # the other worker's row committed after this statement's snapshot: the next one sees it
                 row = conn.execute("SELECT id FROM faces WHERE job_id = %s", (face.job_id,)).fetchone()
         assert row is not None
@@ -412,15 +612,16 @@ class MainRepository:
             conn.execute("UPDATE faces SET served = false WHERE user_id = %s", (user_id,))
         return faces
 
-    def face_owners(self, face_ids: Sequence[int]) -> dict[int, FaceOwner]:
-        """Owners of the given faces, active users only."""
+    def face_owners(self, face_ids: Sequence[int], collection_id: int | None = None) -> dict[int, FaceOwner]:
+        """Owners of the given faces, active users only; with ``collection_id``, faces of that collection only."""
         if not face_ids:
             return {}
         with self.pool.connection() as conn, conn.cursor(row_factory=class_row(FaceOwner)) as cur:
             cur.execute(
-                "SELECT f.id AS face_id, f.user_id, f.image_key FROM faces f JOIN users u ON u.id = f.user_id"
-                " WHERE f.id = ANY(%s) AND f.served AND u.is_active",
-                (list(face_ids),),
+                "SELECT f.id AS face_id, f.user_id, f.image_key, u.external_id"
+                " FROM faces f JOIN users u ON u.id = f.user_id"
+                " WHERE f.id = ANY(%s) AND f.served AND u.is_active AND (%s::bigint IS NULL OR f.collection_id = %s)",
+                (list(face_ids), collection_id, collection_id),
             )
             return {row.face_id: row for row in cur.fetchall()}
 
@@ -771,16 +972,6 @@ class MainRepository:
                 (face_job_id,),
             ).fetchall()
         return [int(row[0]) for row in rows]
-
-    def collection_named(self, name: str) -> tuple[int, str] | None:
-        with self.pool.connection() as conn:
-            row = conn.execute("SELECT id, name FROM collections WHERE name = %s", (name,)).fetchone()
-        return (int(row[0]), str(row[1])) if row else None
-
-    def collection_name(self, collection_id: int) -> str | None:
-        with self.pool.connection() as conn:
-            row = conn.execute("SELECT name FROM collections WHERE id = %s", (collection_id,)).fetchone()
-        return str(row[0]) if row else None
 
     def delete_collection_unknowns(self, collection_id: int) -> None:
         """Clusters and rejections of the collection (its unknown faces' vectors and crops are gone first)."""

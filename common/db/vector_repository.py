@@ -24,6 +24,9 @@ class HnswParameters:
     m: int = 32
     ef_construction: int = 128
     ef_search: int = 100  # at least; a search reading more candidates than this raises it to their number
+    # A search in one collection walks the graph until it has its candidates (hnsw.iterative_scan), visiting at
+    # most this many index tuples: a collection holding 1 % of a million faces needs ~100 x its candidates.
+    max_scan_tuples: int = 1_000_000
 
     @classmethod
     def from_settings(cls, settings: SearchIndexSettings) -> HnswParameters:
@@ -84,16 +87,24 @@ def index_statement(name: str, pack: str, index: PackIndex, hnsw: HnswParameters
     )
 
 
-def nearest_statement(pack: str, index: PackIndex) -> sql.Composed:
-    """k-NN through the pack's partial index; parameters ``q`` (the query vector) and ``limit``."""
+def nearest_statement(pack: str, index: PackIndex, *, in_collection: bool = False) -> sql.Composed:
+    """k-NN through the pack's partial index; parameters ``q`` (the query vector) and ``limit``, and with
+    ``in_collection`` ``collection`` (only that collection's faces: the scan goes on until it has ``limit`` of
+    them, hnsw.iterative_scan)."""
     # The pack is a literal, not a parameter, so the planner can match the partial index predicate in every
     # plan (a generic plan of `model_pack = $1` could not use it). The order is the index's (maybe half
     # precision); the similarity reported is computed from the full-precision vectors.
     return sql.SQL(
         "SELECT face_id, 1 - (embedding::vector({dim}) <=> %(q)s::vector({dim})) AS similarity"
-        " FROM face_embeddings WHERE model_pack = {pack}"
+        " FROM face_embeddings WHERE model_pack = {pack}{filter}"
         " ORDER BY {expression} <=> %(q)s::vector({dim})::{cast} LIMIT %(limit)s"
-    ).format(dim=sql.Literal(index.dim), pack=sql.Literal(pack), expression=index.expression(), cast=index.cast())
+    ).format(
+        dim=sql.Literal(index.dim),
+        pack=sql.Literal(pack),
+        filter=sql.SQL(" AND collection_id = %(collection)s" if in_collection else ""),
+        expression=index.expression(),
+        cast=index.cast(),
+    )
 
 
 class VectorRepository:
@@ -127,33 +138,48 @@ class VectorRepository:
         self._known[pack] = found
         return found
 
-    def add_embedding(self, face_id: int, pack: str, embedding: np.ndarray) -> None:
+    def add_embedding(self, face_id: int, pack: str, embedding: np.ndarray, collection_id: int = 1) -> None:
+        """``collection_id``: the face's (main database), kept here so that a search filters without a join."""
         self.ensure_pack(pack, int(embedding.shape[0]))
         with self.pool.connection() as conn:
             conn.execute(
-                "INSERT INTO face_embeddings (face_id, model_pack, embedding) VALUES (%s, %s, %s)"
+                "INSERT INTO face_embeddings (face_id, model_pack, embedding, collection_id) VALUES (%s, %s, %s, %s)"
                 " ON CONFLICT (face_id, model_pack) DO NOTHING",
-                (face_id, pack, embedding.astype(np.float32)),
+                (face_id, pack, embedding.astype(np.float32), collection_id),
             )
 
-    def nearest(self, pack: str, query: np.ndarray, limit: int) -> list[Neighbour]:
-        """The ``limit`` stored faces closest to ``query`` by cosine distance, through the pack's index."""
+    def nearest(self, pack: str, query: np.ndarray, limit: int, collection_id: int | None = None) -> list[Neighbour]:
+        """The ``limit`` stored faces closest to ``query`` by cosine distance, through the pack's index; with
+        ``collection_id``, of that collection only.
+
+        A filter applied after the graph walk would leave a small collection with few or no results (the walk
+        returns ef_search candidates, most of other collections); pgvector's iterative scan walks on until
+        ``limit`` rows pass the filter (relaxed order: the rows come out nearly sorted, so they are sorted
+        again by the full-precision similarity here)."""
         dim = int(query.shape[0])
         index = self.ensure_pack(pack, dim)
-        statement = nearest_statement(pack, index)
+        statement = nearest_statement(pack, index, in_collection=collection_id is not None)
         with self.pool.connection() as conn, conn.transaction():
             conn.execute(sql.SQL("SET LOCAL hnsw.ef_search = {}").format(sql.Literal(max(self.hnsw.ef_search, limit))))
-            rows = conn.execute(statement, {"q": query.astype(np.float32), "limit": limit}).fetchall()
-        return [Neighbour(int(face_id), float(similarity)) for face_id, similarity in rows]
+            if collection_id is not None:
+                conn.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
+                conn.execute(
+                    sql.SQL("SET LOCAL hnsw.max_scan_tuples = {}").format(sql.Literal(self.hnsw.max_scan_tuples))
+                )
+            rows = conn.execute(
+                statement, {"q": query.astype(np.float32), "limit": limit, "collection": collection_id}
+            ).fetchall()
+        found = [Neighbour(int(face_id), float(similarity)) for face_id, similarity in rows]
+        return sorted(found, key=lambda n: (-n.similarity, n.face_id)) if collection_id is not None else found
 
-    def binary_codes(self, pack: str, dim: int, batch: int = 50_000) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    def binary_codes(self, pack: str, dim: int, batch: int = 50_000) -> Iterator[Codes]:
         """Every embedding of ``pack`` as its sign bits (pgvector's binary_quantize), packed 8 to a byte, most
-        significant first (numpy's packbits order): (face ids, codes) ``batch`` rows at a time, read through a
-        server-side cursor so that a million rows never sit in memory twice."""
+        significant first (numpy's packbits order), with its face id and collection, ``batch`` rows at a time, read
+        through a server-side cursor so that a million rows never sit in memory twice."""
         # varbit_send gives the bits as bytea: a 4-byte bit count, then the packed bits.
         statement = sql.SQL(
-            "SELECT face_id, substring(varbit_send(binary_quantize(embedding::vector({dim}))::varbit) from 5)"
-            " FROM face_embeddings WHERE model_pack = %s"
+            "SELECT face_id, substring(varbit_send(binary_quantize(embedding::vector({dim}))::varbit) from 5),"
+            " collection_id FROM face_embeddings WHERE model_pack = %s"
         ).format(dim=sql.Literal(dim))
         with self.pool.connection() as conn, conn.transaction(), conn.cursor(name="fecapass_binary_codes") as cur:
             cur.itersize = batch
@@ -161,11 +187,11 @@ class VectorRepository:
             while rows := cur.fetchmany(batch):
                 yield _codes(rows, dim)
 
-    def binary_codes_of(self, pack: str, dim: int, face_ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    def binary_codes_of(self, pack: str, dim: int, face_ids: list[int]) -> Codes:
         """The codes (as binary_codes) of those of ``face_ids`` that have an embedding of ``pack``."""
         statement = sql.SQL(
-            "SELECT face_id, substring(varbit_send(binary_quantize(embedding::vector({dim}))::varbit) from 5)"
-            " FROM face_embeddings WHERE model_pack = %s AND face_id = ANY(%s)"
+            "SELECT face_id, substring(varbit_send(binary_quantize(embedding::vector({dim}))::varbit) from 5),"
+            " collection_id FROM face_embeddings WHERE model_pack = %s AND face_id = ANY(%s)"
         ).format(dim=sql.Literal(dim))
         with self.pool.connection() as conn:
             rows = conn.execute(statement, (pack, face_ids)).fetchall()
@@ -236,9 +262,22 @@ class VectorRepository:
             ).fetchall()
         return {int(row[0]) for row in rows}
 
-    def count(self, pack: str) -> int:
+    def count(self, pack: str, collection_id: int | None = None) -> int:
+        """Embeddings of the pack; with ``collection_id``, of that collection only."""
         with self.pool.connection() as conn:
-            row = conn.execute("SELECT count(*) FROM face_embeddings WHERE model_pack = %s", (pack,)).fetchone()
+            row = conn.execute(
+                "SELECT count(*) FROM face_embeddings WHERE model_pack = %s"
+                " AND (%s::bigint IS NULL OR collection_id = %s)",
+                (pack, collection_id, collection_id),
+            ).fetchone()
+        return int(row[0]) if row else 0
+
+    def count_in_collection(self, collection_id: int) -> int:
+        """Embeddings of the collection in every pack (an erased collection has none)."""
+        with self.pool.connection() as conn:
+            row = conn.execute(
+                "SELECT count(*) FROM face_embeddings WHERE collection_id = %s", (collection_id,)
+            ).fetchone()
         return int(row[0]) if row else 0
 
     def ping(self) -> None:
@@ -321,8 +360,26 @@ class VectorRepository:
         return sorted({str(row[0]) for row in rows})
 
 
-def _codes(rows: list[tuple[Any, ...]], dim: int) -> tuple[np.ndarray, np.ndarray]:
+@dataclass(frozen=True)
+class Codes:
+    """Binary codes read from PostgreSQL: row i is face ``ids[i]`` of collection ``collections[i]``."""
+
+    ids: np.ndarray  # int64
+    codes: np.ndarray  # uint8 [n, ceil(dim / 8)]
+    collections: np.ndarray  # int64
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        """(ids, codes): unpacks as the pair binary_codes returned before collections."""
+        return iter((self.ids, self.codes))
+
+    def of_collection(self, collection_id: int) -> tuple[np.ndarray, np.ndarray]:
+        chosen = self.collections == collection_id
+        return self.ids[chosen], self.codes[chosen]
+
+
+def _codes(rows: list[tuple[Any, ...]], dim: int) -> Codes:
     width = (dim + 7) // 8
     ids = np.array([int(row[0]) for row in rows], dtype=np.int64)
     codes = np.frombuffer(b"".join(bytes(row[1]) for row in rows), dtype=np.uint8)
-    return ids, codes.reshape(len(rows), width)
+    collections = np.array([int(row[2]) for row in rows], dtype=np.int64)
+    return Codes(ids, codes.reshape(len(rows), width), collections)

@@ -55,7 +55,7 @@ async def _collection(state: AppState, name: str) -> tuple[int, str]:
     found = await call_store(state.main.collection_named, name)
     if found is None:
         raise collection_not_found(name)
-    return found
+    return found.id, found.name
 
 
 async def _visible_cluster(state: AppState, cluster_id: int) -> int:
