@@ -775,13 +775,14 @@ class MainRepository:
                 )
         return placement
 
-    def waiting_unknown_faces(self, after: int, limit: int) -> list[UnknownFaceRow]:
-        """Unclustered unknown faces not expired, oldest first (the settle pass)."""
+    def waiting_unknown_faces(self, after: int, limit: int, collection_id: int | None = None) -> list[UnknownFaceRow]:
+        """Unclustered unknown faces not expired (of one collection, or all), oldest first (the settle pass)."""
         with self.pool.connection() as conn, conn.cursor(row_factory=class_row(UnknownFaceRow)) as cur:
             cur.execute(
                 f"SELECT {_UNKNOWN_COLUMNS} FROM unknown_faces WHERE id > %s AND cluster_id IS NULL"
-                " AND to_face_id IS NULL AND expires_at > now() ORDER BY id LIMIT %s",
-                (after, limit),
+                " AND to_face_id IS NULL AND expires_at > now() AND (%s::bigint IS NULL OR collection_id = %s)"
+                " ORDER BY id LIMIT %s",
+                (after, collection_id, collection_id, limit),
             )
             return cur.fetchall()
 

@@ -132,13 +132,14 @@ class UnknownFaces:
         placement = self.main.place_unknown_face(row.id, nearby, parameters)
         return placement is not None and not isinstance(placement, Wait)
 
-    def settle(self, limit: int = 10_000) -> SettleReport:
-        """Erase what has expired, then place again every waiting face (oldest first, at most ``limit``)."""
+    def settle(self, limit: int = 10_000, collection_id: int | None = None) -> SettleReport:
+        """Erase what has expired (everywhere), then place again every waiting face (oldest first, at most
+        ``limit``; of one collection, or all)."""
         expired = self.expire()
         placed = waiting = 0
         after = 0
         while placed + waiting < limit:
-            page = self.main.waiting_unknown_faces(after, min(PAGE, limit - placed - waiting))
+            page = self.main.waiting_unknown_faces(after, min(PAGE, limit - placed - waiting), collection_id)
             if not page:
                 break
             after = page[-1].id
