@@ -14,6 +14,7 @@ from starlette.concurrency import run_in_threadpool
 from common import clients
 from common.db.erasure import Erasure
 from common.db.main_repository import MainRepository
+from common.db.unknown_faces import UnknownFaces
 from common.db.vector_repository import VectorRepository
 from common.metrics import StreamCollector
 from common.objects import ObjectStore
@@ -23,6 +24,7 @@ from ingest_api.active_pack import ActivePack
 from ingest_api.auth import Authenticate, KeyChecker, check_every_operation_declared
 from ingest_api.backpressure import Backlog
 from ingest_api.body_limit import BodySizeLimit
+from ingest_api.clusters_sweeper import start_clusters_settle
 from ingest_api.config import ApiConfig
 from ingest_api.console import MOUNT_PATH, console_files
 from ingest_api.deps import AppState
@@ -71,7 +73,7 @@ def create_app(config: ApiConfig) -> FastAPI:
         store = ObjectStore(clients.minio_client(config.s3), config.s3.s3_bucket)
         presigner = ObjectStore(clients.minio_client(config.s3, public=True), config.s3.s3_bucket)
         waiter = JobWaiter(redis_client)
-        api, sweep = config.api, None
+        api, sweep, settle = config.api, None, None
         try:
             # Groups exist before the first event, whatever order the processes start in.
             for stage in Stage:
@@ -99,10 +101,13 @@ def create_app(config: ApiConfig) -> FastAPI:
                 sync_redis=sync_redis,
             )
             sweep = start_orphan_sweep(config.api, store, redis_client, main)
+            settle = start_clusters_settle(config.api, UnknownFaces(main, vectors, store), redis_client)
             yield
         finally:
             if sweep is not None:
                 sweep.cancel()  # between pages; a delete in flight finishes in its thread
+            if settle is not None:
+                settle.cancel()
             await waiter.stop()
             await redis_client.aclose()
             sync_redis.close()

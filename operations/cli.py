@@ -382,6 +382,40 @@ def _calibrate(args: argparse.Namespace) -> None:
     calibrate(s.load(s.ModelSettings), args.pairs, args.output)
 
 
+def _clusters_settle(args: argparse.Namespace) -> None:
+    from common import clients
+    from common.db.main_repository import MainRepository
+    from common.db.unknown_faces import UnknownFaces
+    from common.db.vector_repository import VectorRepository
+    from common.objects import ObjectStore
+
+    database, s3 = s.load(s.DatabaseSettings), s.load(s.S3Settings)
+    main = MainRepository.at(database.main_db_dsn.get_secret_value())
+    with clients.vector_db_pool(database) as pool:
+        collection_id = None
+        if args.collection is not None:
+            found = main.collection_named(args.collection)
+            if found is None:
+                refuse(LookupError(f"no collection named {args.collection}"))
+            collection_id = found.id
+        unknown = UnknownFaces(main, VectorRepository(pool), ObjectStore(clients.minio_client(s3), s3.s3_bucket))
+        report = unknown.settle(limit=args.limit, collection_id=collection_id)
+    print(f"placed {report.placed}, still waiting {report.waiting}, expired and erased {report.expired}")
+
+
+def _add_clusters(commands: Commands) -> None:
+    clusters = commands.add_parser("clusters", help="unknown faces kept by searches, grouped for naming")
+    actions = clusters.add_subparsers(dest="action", required=True)
+    settle = command(
+        actions,
+        "settle",
+        _clusters_settle,
+        "erase unknown faces past their collection's retention, place again those waiting for a cluster",
+    )
+    settle.add_argument("--limit", type=int, default=10_000, help="waiting faces placed at most")
+    settle.add_argument("--collection", help="place the waiting faces of this collection only (expiry: every one)")
+
+
 def _add_measurements(commands: Commands) -> None:
     bench = command(
         commands, "bench", _bench, "measure the pipeline against a plain insightface loop, write BENCHMARKS.md"
@@ -445,6 +479,7 @@ def parser() -> argparse.ArgumentParser:
     _add_services(commands)
     _add_keys(commands)
     _add_dlq(commands)
+    _add_clusters(commands)
     models_cli.add_commands(commands)
     _add_measurements(commands)
     return root

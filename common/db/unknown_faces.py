@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import structlog
 
-from common.clustering import Wait, parameters_for
+from common.clustering import Placement, Wait, parameters_for
 from common.db.main_repository import (
     MainRepository,
     Naming,
@@ -73,7 +73,7 @@ class UnseenFace:
 
 @dataclass(frozen=True)
 class SettleReport:
-    placed: int  # waiting faces that joined or formed a cluster
+    placed: int  # waiting faces that joined a cluster or founded one (its other founders are not counted)
     waiting: int  # looked at, still waiting
     expired: int  # unknown faces erased after their collection's retention
 
@@ -125,12 +125,11 @@ class UnknownFaces:
             self.place(row)
         return kept
 
-    def place(self, row: UnknownFaceRow) -> bool:
-        """Place one waiting face; True when it joined or formed a cluster."""
+    def place(self, row: UnknownFaceRow) -> Placement | None:
+        """Place one waiting face; None when it is gone or was placed meanwhile (a face founding a cluster)."""
         parameters = parameters_for(row.model_pack)
         nearby = self.vectors.unknown_neighbours(row.id, row.model_pack, parameters.max_distance, NEIGHBOURS)
-        placement = self.main.place_unknown_face(row.id, nearby, parameters)
-        return placement is not None and not isinstance(placement, Wait)
+        return self.main.place_unknown_face(row.id, nearby, parameters)
 
     def settle(self, limit: int = 10_000, collection_id: int | None = None) -> SettleReport:
         """Erase what has expired (everywhere), then place again every waiting face (oldest first, at most
@@ -138,16 +137,19 @@ class UnknownFaces:
         expired = self.expire()
         placed = waiting = 0
         after = 0
-        while placed + waiting < limit:
-            page = self.main.waiting_unknown_faces(after, min(PAGE, limit - placed - waiting), collection_id)
+        looked = 0
+        while looked < limit:
+            page = self.main.waiting_unknown_faces(after, min(PAGE, limit - looked), collection_id)
             if not page:
                 break
             after = page[-1].id
+            looked += len(page)
             for row in page:
-                if self.place(row):
-                    placed += 1
-                else:
+                placement = self.place(row)
+                if isinstance(placement, Wait):
                     waiting += 1
+                elif placement is not None:
+                    placed += 1
         report = SettleReport(placed=placed, waiting=waiting, expired=expired)
         log.info("unknown.settled", placed=placed, waiting=waiting, expired=expired)
         return report

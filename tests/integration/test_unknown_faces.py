@@ -280,7 +280,7 @@ def test_the_settle_pass_places_faces_that_waited(world: World) -> None:
     # A face kept while clustering could not place it (placed by nobody: as if its worker died after the rows)
     # waits; the settle pass places it.
     late = search_message(world, [world.face_of(person)], world.collection_id)
-    world.handler.unknown.place = lambda row: False  # type: ignore[method-assign]
+    world.handler.unknown.place = lambda row: None  # type: ignore[method-assign]
     world.handle(late)
     del world.handler.unknown.place
     (late_row,) = world.main.unknown_faces_of_job(late.job_id)
@@ -409,3 +409,31 @@ def test_erasing_a_collection_erases_its_unknown_faces_and_rejections(world: Wor
         for table in ("face_rejections", "unknown_clusters", "unknown_faces"):
             found = conn.execute(f"SELECT count(*) FROM {table} WHERE collection_id = %s", (world.collection_id,))
             assert found.fetchone() == (0,), table
+
+
+def test_the_settle_command_expires_and_places(
+    world: World,
+    env: dict[str, str],
+    services: LocalServices,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from operations import cli
+
+    monkeypatch.setenv("FECAPASS_MAIN_DB_DSN", services.dsn("fecapass_unknown_main"))
+    monkeypatch.setenv("FECAPASS_VECTOR_DB_DSN", services.dsn("fecapass_unknown_vector"))
+    person = world.person()
+    messages = [search_message(world, [world.face_of(person)], world.collection_id) for _ in range(3)]
+    world.handler.unknown.place = lambda row: None  # type: ignore[method-assign]
+    for message in messages:
+        world.handle(message)
+    del world.handler.unknown.place
+    assert world.clusters() == {}
+    world.unknown.expire()  # what other tests left to expire
+    capsys.readouterr()
+    name = world.main.get_collection(world.collection_id)
+    assert name is not None
+    cli.main(["clusters", "settle", "--collection", name.name])
+    # The first face founds the cluster with the other two.
+    assert "placed 1, still waiting 0, expired and erased 0" in capsys.readouterr().out
+    assert sorted(len(faces) for faces in world.clusters().values()) == [3]
