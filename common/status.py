@@ -86,6 +86,8 @@ def queue_job(pipe: Any, message: JobMessage, ttl_seconds: int) -> dict[str, str
         written["model_pack"] = message.pack
     if message.user_id is not None:
         written["user_id"] = str(message.user_id)
+    # Which keys may read the job: those of its collection (a hash without it is from before collections: default).
+    written["collection_id"] = str(message.collection_id)
     written.update(state=JobState.QUEUED.value, created_at=now())
     pipe.hset(key, mapping=written)
     pipe.expire(key, ttl_seconds)

@@ -4,6 +4,10 @@ person); PostgreSQL then ranks the best codes by their full vectors. BENCHMARKS.
 
 The codes are a cache of PostgreSQL's rows, kept current by the gallery feed (gallery_feed.py); a code never
 decides an answer: the candidates go to PostgreSQL, which computes every similarity from rows stored now.
+
+Each pack's codes are held per collection (one flat index each), so a search in a collection scans that
+collection's codes and nothing else: exact within the collection whatever its share of the gallery (a filter
+after a scan of every code would leave a 1 % collection with a few of its candidates, or none).
 """
 
 from __future__ import annotations
@@ -15,8 +19,8 @@ import faiss
 import numpy as np
 import structlog
 
-from common.db.vector_repository import Neighbour, VectorRepository
-from indexer.gallery_feed import Change, GalleryFeed, Position
+from common.db.vector_repository import Codes, Neighbour, VectorRepository
+from indexer.gallery_feed import DEFAULT_COLLECTION_ID, Change, GalleryFeed, Position
 
 log = structlog.get_logger()
 
@@ -59,45 +63,70 @@ class PackCodes:
         return [int(label) for label in labels[0] if label >= 0]
 
 
+@dataclass
+class PackGallery:
+    """A pack's codes, one set per collection."""
+
+    dim: int
+    collections: dict[int, PackCodes] = field(default_factory=dict)
+
+    def codes(self, collection_id: int) -> PackCodes:
+        found = self.collections.get(collection_id)
+        if found is None:
+            found = self.collections[collection_id] = PackCodes(self.dim)
+        return found
+
+    def size(self, collection_id: int) -> int:
+        found = self.collections.get(collection_id)
+        return 0 if found is None else len(found)
+
+    def add(self, read: Codes) -> None:
+        """Codes read from PostgreSQL, each into its collection's set (replacing any it had there)."""
+        for collection_id in np.unique(read.collections).tolist():
+            self.codes(int(collection_id)).replace(*read.of_collection(int(collection_id)))
+
+
 class BinaryIndex:
-    """Per pack codes, loaded from PostgreSQL when a pack is first searched, then kept current from the feed."""
+    """Per pack and collection codes, loaded from PostgreSQL when a pack is first searched, then kept current from
+    the feed."""
 
     def __init__(self, vectors: VectorRepository, feed: GalleryFeed, candidates: int) -> None:
         self.vectors = vectors
         self.feed = feed
         self.candidates = candidates
         faiss.omp_set_num_threads(SCAN_THREADS)
-        self._packs: dict[str, PackCodes] = {}
+        self._packs: dict[str, PackGallery] = {}
         self._positions: dict[str, Position] = {}
         self._lock = threading.Lock()
 
-    def loaded_size(self, pack: str) -> int | None:
-        """Codes of the pack in memory; None before the pack was loaded."""
+    def loaded_size(self, pack: str, collection_id: int = DEFAULT_COLLECTION_ID) -> int | None:
+        """Codes of the pack's collection in memory; None before the pack was loaded."""
         with self._lock:
-            codes = self._packs.get(pack)
-            return None if codes is None else len(codes)
+            gallery = self._packs.get(pack)
+            return None if gallery is None else gallery.size(collection_id)
 
-    def load(self, pack: str, dim: int) -> PackCodes:
+    def load(self, pack: str, dim: int) -> PackGallery:
         """Every code of the pack, read from PostgreSQL. The feed's end is taken first, so an entry published while
         the rows are read is applied afterwards (twice at worst: replace() keeps one code per face)."""
         start = self.feed.position()
-        codes = PackCodes(dim)
-        for ids, batch in self.vectors.binary_codes(pack, dim):
-            codes.add(ids, batch)
-        self._packs[pack], self._positions[pack] = codes, start
-        log.info("binary_index_loaded", pack=pack, faces=len(codes))
-        return codes
+        gallery = PackGallery(dim)
+        for read in self.vectors.binary_codes(pack, dim):
+            gallery.add(read)
+        self._packs[pack], self._positions[pack] = gallery, start
+        sizes = {collection: len(codes) for collection, codes in gallery.collections.items()}
+        log.info("binary_index_loaded", pack=pack, faces=sum(sizes.values()), collections=len(sizes))
+        return gallery
 
     def refresh(self, pack: str, dim: int) -> None:
         """Load the pack's codes or apply the feed's new entries (before counting the gallery)."""
         with self._lock:
             self._current(pack, dim)
 
-    def _current(self, pack: str, dim: int) -> PackCodes:
+    def _current(self, pack: str, dim: int) -> PackGallery:
         """The pack's codes with every feed entry published so far applied: a face whose enrollment finished before
         this search began is found."""
-        codes = self._packs.get(pack)
-        if codes is None or codes.dim != dim:
+        gallery = self._packs.get(pack)
+        if gallery is None or gallery.dim != dim:
             return self.load(pack, dim)
         read = self.feed.read(self._positions[pack])
         if read is None:
@@ -105,31 +134,38 @@ class BinaryIndex:
             return self.load(pack, dim)
         entries, self._positions[pack] = read
         added = sorted({i for e in entries if e.pack == pack and e.change is Change.ADD for i in e.face_ids})
-        removed = [i for e in entries if e.pack == pack and e.change is Change.REMOVE for i in e.face_ids]
-        codes.remove(np.array(removed, dtype=np.int64))
+        removed: dict[int, list[int]] = {}
+        for entry in entries:
+            if entry.concerns(pack) and entry.change is Change.REMOVE:
+                removed.setdefault(entry.collection_id, []).extend(entry.face_ids)
+        for collection_id, face_ids in removed.items():
+            if collection_id in gallery.collections:
+                gallery.collections[collection_id].remove(np.array(face_ids, dtype=np.int64))
         if added:
-            ids, batch = self.vectors.binary_codes_of(pack, dim, added)
-            codes.replace(ids, batch)
-        return codes
+            gallery.add(self.vectors.binary_codes_of(pack, dim, added))
+        return gallery
 
-    def nearest(self, pack: str, query: np.ndarray, limit: int) -> list[Neighbour]:
-        """The ``limit`` stored faces most similar to ``query``: the best codes by Hamming distance, ranked by
-        PostgreSQL on the full vectors of the rows stored now."""
+    def nearest(
+        self, pack: str, query: np.ndarray, limit: int, collection_id: int = DEFAULT_COLLECTION_ID
+    ) -> list[Neighbour]:
+        """The ``limit`` stored faces of the collection most similar to ``query``: the collection's best codes by
+        Hamming distance, ranked by PostgreSQL on the full vectors of the rows stored now."""
         dim = int(query.shape[0])
         k = max(self.candidates, limit)
         with self._lock:
-            candidates = self._current(pack, dim).nearest(binary_code(query), k)
+            codes = self._current(pack, dim).collections.get(collection_id)
+            candidates = codes.nearest(binary_code(query), k) if codes is not None and len(codes) else []
         ranked = self.vectors.rank(pack, query, candidates)
         if len(ranked) < len(candidates):
-            self._forget(pack, sorted(set(candidates) - {n.face_id for n in ranked}))
+            self._forget(pack, collection_id, sorted(set(candidates) - {n.face_id for n in ranked}))
         return ranked[:limit]
 
-    def _forget(self, pack: str, gone: list[int]) -> None:
+    def _forget(self, pack: str, collection_id: int, gone: list[int]) -> None:
         """Codes of faces PostgreSQL no longer holds (erased by a process that published no removal): dropped, so
         they stop taking candidate places. A code is published only once its row is stored, so a code without a
         row is one whose row was deleted."""
         if gone:
             with self._lock:
-                codes = self._packs.get(pack)
-                if codes is not None:
-                    codes.remove(np.array(gone, dtype=np.int64))
+                gallery = self._packs.get(pack)
+                if gallery is not None and collection_id in gallery.collections:
+                    gallery.collections[collection_id].remove(np.array(gone, dtype=np.int64))

@@ -11,6 +11,13 @@ A missed entry can never become a wrong answer. A face is added to the feed befo
 so every served face has an entry; a gap reloads. A missed removal only leaves a stale code in memory: the final
 ranking reads the full vectors of rows still stored, and the owners of faces still served, so the face is never
 returned, and its code is dropped when the ranking finds it gone.
+
+Each entry names the collection of its faces (``collection_id``; entries written before collections have none and
+are the default collection's, 1). A process reads the collection of an added face from PostgreSQL with its code,
+and drops a removed face's code from the collection the entry names: a face moved to another collection is
+published as a removal from the old one and an addition. An erasure (common/db/erasure.py) publishes the removal of
+the faces it erased in every pack (``*``), so that no process keeps their codes. The entries' format is in
+schemas/gallery.py.
 """
 
 from __future__ import annotations
@@ -20,19 +27,13 @@ from typing import Any
 
 import redis
 
-from common.gallery_changes import FEED, FEED_LENGTH, publish_change
-from common.gallery_changes import Change as Change  # re-exported: the feed's readers name it from here
+from schemas.gallery import DEFAULT_COLLECTION_ID, FEED, FEED_LENGTH, Change, FeedEntry
 from schemas.text import decode_text
+
+__all__ = ["DEFAULT_COLLECTION_ID", "FEED", "FEED_LENGTH", "Change", "FeedEntry", "GalleryFeed", "Position"]
 
 # Entries read per round trip when catching up.
 READ_COUNT = 10_000
-
-
-@dataclass(frozen=True)
-class FeedEntry:
-    change: Change
-    pack: str
-    face_ids: list[int]
 
 
 @dataclass(frozen=True)
@@ -54,8 +55,17 @@ class GalleryFeed:
         self.stream = stream
         self.length = length
 
-    def publish(self, change: Change, pack: str, face_ids: list[int]) -> None:
-        publish_change(self.client, change, pack, face_ids, self.stream, self.length)
+    def publish(
+        self, change: Change, pack: str, face_ids: list[int], collection_id: int = DEFAULT_COLLECTION_ID
+    ) -> None:
+        if not face_ids:
+            return
+        self.client.xadd(
+            self.stream,
+            FeedEntry(change, pack, face_ids, collection_id).to_fields(),
+            maxlen=self.length,
+            approximate=True,
+        )
 
     def position(self) -> Position:
         """The stream's end now: read from here after loading from PostgreSQL, nothing published after the load
@@ -88,7 +98,7 @@ class GalleryFeed:
                 break
             for entry_id, fields in batch:
                 last = decode_text(entry_id)
-                entries.append(_entry(fields))
+                entries.append(FeedEntry.from_fields(fields))
         if len(entries) != added - since.entries_added or last != end:
             return None
         return entries, Position(end, added)
@@ -99,9 +109,3 @@ class GalleryFeed:
         except redis.ResponseError:  # no such stream
             return None
         return info
-
-
-def _entry(fields: dict[bytes, bytes]) -> FeedEntry:
-    text = {decode_text(key): decode_text(value) for key, value in fields.items()}
-    ids = [int(value) for value in text.get("face_ids", "").split(",") if value]
-    return FeedEntry(Change(text["change"]), text["pack"], ids)

@@ -9,7 +9,7 @@ import numpy as np
 import psycopg
 import redis
 
-from common.db.main_repository import Erased, MainRepository, NewFace, UnknownUser
+from common.db.main_repository import DuplicateFaceExternalId, Erased, MainRepository, NewFace, UnknownUser
 from common.db.unknown_faces import UnknownFaces, UnseenFace
 from common.db.vector_repository import Neighbour, PackMismatch, VectorRepository
 from common.errors import DependencyUnavailable, JobFailed, PoisonMessage
@@ -72,25 +72,26 @@ class IndexHandler:
         self.search_threshold = SearchThreshold(threshold, false_matches_per_search, self._gallery_size)
         self.unknown = UnknownFaces(main, vectors, store, self._publish)
 
-    def _gallery_size(self, pack: str) -> int:
-        """Faces of the pack a search compares with: the codes in memory once loaded, else the stored rows. Both
-        may count a face being enrolled or erased right now: a gallery one face larger only raises the threshold."""
-        loaded = self.binary.loaded_size(pack) if self.binary is not None else None
-        return loaded if loaded is not None else self.vectors.count(pack)
+    def _gallery_size(self, pack: str, collection_id: int) -> int:
+        """Faces of the pack in the collection, which a search compares with: the codes in memory once loaded, else
+        the stored rows. Both may count a face being enrolled or erased right now: a gallery one face larger only
+        raises the threshold."""
+        loaded = self.binary.loaded_size(pack, collection_id) if self.binary is not None else None
+        return loaded if loaded is not None else self.vectors.count(pack, collection_id)
 
-    def _publish(self, change: Change, pack: str, face_ids: list[int]) -> None:
+    def _publish(self, change: Change, pack: str, face_ids: list[int], collection_id: int) -> None:
         if self.feed is None:
             return
         try:
-            self.feed.publish(change, pack, face_ids)
+            self.feed.publish(change, pack, face_ids, collection_id)
         except redis.RedisError as exc:
             # Retried like a database outage: an enroll is served only once its face is on the feed.
             raise DependencyUnavailable(f"gallery feed unavailable: {exc}") from exc
 
-    def _nearest(self, pack: str, query: np.ndarray, limit: int) -> list[Neighbour]:
+    def _nearest(self, pack: str, query: np.ndarray, limit: int, collection_id: int) -> list[Neighbour]:
         if self.binary is not None:
-            return self.binary.nearest(pack, query, limit)
-        return self.vectors.nearest(pack, query, limit)
+            return self.binary.nearest(pack, query, limit, collection_id)
+        return self.vectors.nearest(pack, query, limit, collection_id)
 
     def _threshold(self, message: EmbeddedMessage, pack: str) -> float:
         """Verify's threshold (1:1: the gallery's size plays no part)."""
@@ -148,6 +149,8 @@ class IndexHandler:
                     det_score=face.score,
                     faces_seen=message.faces_seen,
                     model_pack=pack,
+                    collection_id=message.collection_id,
+                    external_id=message.external_id,
                 ),
                 matrix[0],
             )
@@ -159,6 +162,11 @@ class IndexHandler:
         except UnknownUser as exc:
             discard_job_objects(self.store, message.job_id, crop_keys(message))
             raise JobFailed(ErrorCode.USER_NOT_FOUND, f"user {message.user_id} does not exist or is inactive") from exc
+        except DuplicateFaceExternalId as exc:  # the API checked; another enroll of the same id got there first
+            discard_job_objects(self.store, message.job_id, crop_keys(message))
+            raise JobFailed(
+                ErrorCode.FACE_EXTERNAL_ID_TAKEN, f"a face of this collection has external id {message.external_id}"
+            ) from exc
         return EnrollResult(
             user_id=message.user_id,
             face_id=face_id,
@@ -174,15 +182,15 @@ class IndexHandler:
         never inserted again, and an embedding written after an erasure deleted it is deleted here (Erased)."""
         try:
             face_id = self.main.add_face(new_face)
-            self.vectors.add_embedding(face_id, new_face.model_pack, embedding)
+            self.vectors.add_embedding(face_id, new_face.model_pack, embedding, new_face.collection_id)
             # Published before the face is served, so every served face is on the feed: a redo after a crash here
             # publishes again. A search that finds the code before the face is served leaves it out (face_owners
             # keeps served faces only).
-            self._publish(Change.ADD, new_face.model_pack, [face_id])
+            self._publish(Change.ADD, new_face.model_pack, [face_id], new_face.collection_id)
             self.main.serve_face(face_id, new_face.user_id, new_face.job_id)
         except Erased as exc:
             self.vectors.delete_faces(exc.face_ids)
-            self._publish(Change.REMOVE, new_face.model_pack, exc.face_ids)
+            self._publish(Change.REMOVE, new_face.model_pack, exc.face_ids, new_face.collection_id)
             raise
         return face_id
 
@@ -190,26 +198,29 @@ class IndexHandler:
         if message.face_id is None:
             raise PoisonMessage(ErrorCode.MALFORMED_MESSAGE, "reindex message without face_id")
         erased = ReindexResult(face_id=message.face_id, model_pack=pack, skipped="the face was erased")
-        if self.main.get_face(message.face_id) is None:
+        face = self.main.get_face(message.face_id)
+        if face is None:
             return erased
-        self.vectors.add_embedding(message.face_id, pack, matrix[0])
-        self._publish(Change.ADD, pack, [message.face_id])
+        self.vectors.add_embedding(message.face_id, pack, matrix[0], face.collection_id)
+        self._publish(Change.ADD, pack, [message.face_id], face.collection_id)
         # An erasure between the check and the insert would leave this vector behind: look again.
         if self.main.get_face(message.face_id) is None:
             self.vectors.delete_faces([message.face_id])
-            self._publish(Change.REMOVE, pack, [message.face_id])
+            self._publish(Change.REMOVE, pack, [message.face_id], face.collection_id)
             return erased
         return ReindexResult(face_id=message.face_id, model_pack=pack)
 
     def _search(self, message: EmbeddedMessage, pack: str, matrix: np.ndarray) -> StoredSearchResult:
+        collection_id = message.collection_id  # the gallery: nothing outside it is compared or returned
         if self.binary is not None:
             self.binary.refresh(pack, int(matrix.shape[1]))
-        chosen = self.search_threshold.choose(pack, message.threshold)
+        chosen = self.search_threshold.choose(pack, message.threshold, collection_id)
         threshold = chosen.value
         limit = message.limit or 10
         faces = message.faces
-        neighbours = [self._nearest(pack, row, limit * CANDIDATES_PER_RESULT) for row in matrix]
-        owners = self.main.face_owners(sorted({n.face_id for found in neighbours for n in found}))
+        neighbours = [self._nearest(pack, row, limit * CANDIDATES_PER_RESULT, collection_id) for row in matrix]
+        # Filtered by collection again: an embedding's collection is a copy of the face's (main database).
+        owners = self.main.face_owners(sorted({n.face_id for found in neighbours for n in found}), collection_id)
         results = []
         for face, found in zip(faces, neighbours, strict=True):
             matches: list[StoredMatch] = []
@@ -224,6 +235,7 @@ class IndexHandler:
                         user_id=owner.user_id,
                         face_id=neighbour.face_id,
                         similarity=round(neighbour.similarity, 4),
+                        external_id=owner.external_id,
                         image_key=owner.image_key,  # clients get a short-lived photo URL instead
                     )
                 )
@@ -265,7 +277,9 @@ class IndexHandler:
         if message.user_id is not None:
             stored = self.main.list_faces(message.user_id)
             user = self.main.get_user(message.user_id)
-            if user is None or not user.is_active:
+            # A person of another collection does not exist for this job (the API refused it; this holds whatever
+            # the entry says).
+            if user is None or not user.is_active or user.collection_id != message.collection_id:
                 raise JobFailed(ErrorCode.USER_NOT_FOUND, f"user {message.user_id} does not exist or is inactive")
             best = self.vectors.best_among(pack, matrix[0], [face.id for face in stored])
             if best is None:

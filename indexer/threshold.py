@@ -1,5 +1,8 @@
 """The search threshold: the request's, else FECAPASS_SIMILARITY_THRESHOLD, else chosen from the gallery's size so
-that one search expects at most FECAPASS_FALSE_MATCHES_PER_SEARCH false matches (CALIBRATION.md)."""
+that one search expects at most FECAPASS_FALSE_MATCHES_PER_SEARCH false matches (CALIBRATION.md).
+
+The gallery is the collection searched: a search compares the photo with that collection's faces only, so a small
+collection gets the lower threshold its size allows, whatever the other collections hold."""
 
 from __future__ import annotations
 
@@ -27,7 +30,7 @@ class SearchThreshold:
         self,
         setting: float | None,
         false_matches_per_search: float,
-        gallery_size: Callable[[str], int],
+        gallery_size: Callable[[str, int], int],  # (pack, collection id) -> faces
         *,
         clock: Callable[[], float] = time.monotonic,
         cache_seconds: float = GALLERY_SIZE_SECONDS,
@@ -37,19 +40,19 @@ class SearchThreshold:
         self._count = gallery_size
         self._clock = clock
         self._cache_seconds = cache_seconds
-        self._sizes: dict[str, tuple[float, int]] = {}
+        self._sizes: dict[tuple[str, int], tuple[float, int]] = {}
 
-    def gallery_size(self, pack: str) -> int:
+    def gallery_size(self, pack: str, collection_id: int = 1) -> int:
         now = self._clock()
-        cached = self._sizes.get(pack)
+        cached = self._sizes.get((pack, collection_id))
         if cached is not None and now - cached[0] < self._cache_seconds:
             return cached[1]
-        size = self._count(pack)
-        self._sizes[pack] = (now, size)
+        size = self._count(pack, collection_id)
+        self._sizes[(pack, collection_id)] = (now, size)
         return size
 
-    def choose(self, pack: str, requested: float | None) -> ChosenThreshold:
-        size = self.gallery_size(pack)
+    def choose(self, pack: str, requested: float | None, collection_id: int = 1) -> ChosenThreshold:
+        size = self.gallery_size(pack, collection_id)
         if requested is not None:
             return ChosenThreshold(requested, "request", size)
         if self.setting is not None:

@@ -25,13 +25,25 @@ from ingest_api.auth import Authenticate, KeyChecker, check_every_operation_decl
 from ingest_api.backpressure import Backlog
 from ingest_api.body_limit import BodySizeLimit
 from ingest_api.clusters_sweeper import start_clusters_settle
+from ingest_api.collection_access import CollectionDirectory
 from ingest_api.config import ApiConfig
 from ingest_api.console import MOUNT_PATH, console_files
 from ingest_api.deps import AppState
 from ingest_api.openapi import install_openapi
 from ingest_api.problems import install_problem_handlers
 from ingest_api.request_metrics import RequestMetrics
-from ingest_api.routers import faces, health, job_status, keys, metrics, pipeline, recognition, unknown, users
+from ingest_api.routers import (
+    collections,
+    faces,
+    health,
+    job_status,
+    keys,
+    metrics,
+    pipeline,
+    recognition,
+    unknown,
+    users,
+)
 from ingest_api.sweeper import start_orphan_sweep
 from ingest_api.uploads import DecodeSlots
 from ingest_api.waiter import JobWaiter
@@ -47,6 +59,7 @@ V1_ROUTERS = (
     job_status.router,
     keys.router,
     pipeline.router,
+    collections.router,
     unknown.router,
 )
 
@@ -99,6 +112,7 @@ def create_app(config: ApiConfig) -> FastAPI:
                     api.max_concurrent_decodes, api.max_decode_pixels_in_flight, api.decode_wait_seconds
                 ),
                 sync_redis=sync_redis,
+                collections=CollectionDirectory(main),
             )
             sweep = start_orphan_sweep(config.api, store, redis_client, main)
             settle = start_clusters_settle(config.api, UnknownFaces(main, vectors, store), redis_client)

@@ -4,6 +4,9 @@ One place enforces it: the `Authenticate` middleware, for every path under /v1 (
 The scope a route needs is declared once, as a dependency: each /v1 router carries ``READ`` (or ``WRITE``) and a
 route that needs more adds ``WRITE`` or ``ADMIN``; the strongest declared wins, and a /v1 route that declares none
 needs ``WRITE``. The dependencies also put the key in the OpenAPI document. Health and metrics need no key.
+
+A key may be limited to collections: the middleware leaves them beside the scope, and the routes hand them to
+``ingest_api.collection_access``, which answers 404 for anything outside them.
 """
 
 from __future__ import annotations
@@ -13,8 +16,8 @@ from collections.abc import Sequence
 from typing import Annotated
 
 from cachetools import TTLCache
-from fastapi import FastAPI, Request, Security
-from fastapi.params import Depends
+from fastapi import Depends, FastAPI, Request, Security
+from fastapi.params import Depends as DependsParam
 from fastapi.security import APIKeyHeader
 from starlette._utils import get_route_path  # the router's own reading of the path (FastAPI imports it too)
 from starlette.routing import BaseRoute
@@ -22,7 +25,7 @@ from starlette.types import ASGIApp, Receive, Send
 from starlette.types import Scope as AsgiScope
 
 from common.apikeys import Scope, hash_key
-from common.db.main_repository import MainRepository
+from common.db.main_repository import KeyGrant, MainRepository
 from ingest_api.problems import ApiError, problem_response
 from ingest_api.route_lookup import route_for
 from ingest_api.stores import call_store
@@ -31,8 +34,9 @@ from ingest_api.stores import call_store
 KEY_CACHE_SECONDS = 30
 SECURED_PREFIX = "/v1"
 API_KEY_HEADER = "X-API-Key"
-# Where the middleware leaves the key's scope for the route (request.state.api_key_scope).
+# Where the middleware leaves the key's scope for the route (request.state.api_key_scope), and its collections.
 GRANTED = "api_key_scope"
+GRANTED_COLLECTIONS = "api_key_collections"
 # Seconds a client refused for too many uploads in flight is told to wait.
 UPLOADS_RETRY_AFTER = 2
 
@@ -42,14 +46,17 @@ api_key_header = APIKeyHeader(name=API_KEY_HEADER, auto_error=False, description
 class KeyChecker:
     def __init__(self, main: MainRepository) -> None:
         self.main = main
-        self._cache: TTLCache[bytes, Scope | None] = TTLCache(maxsize=10_000, ttl=KEY_CACHE_SECONDS)
+        self._cache: TTLCache[bytes, KeyGrant | None] = TTLCache(maxsize=10_000, ttl=KEY_CACHE_SECONDS)
 
-    async def scope_of(self, key: str) -> Scope | None:
+    async def grant_of(self, key: str) -> KeyGrant | None:
         digest = hash_key(key)
         if digest not in self._cache:
-            scope = await call_store(self.main.api_key_scope, digest)
-            self._cache[digest] = Scope(scope) if scope else None
+            self._cache[digest] = await call_store(self.main.api_key_grant, digest)
         return self._cache[digest]
+
+    async def scope_of(self, key: str) -> Scope | None:
+        grant = await self.grant_of(key)
+        return Scope(grant.scope) if grant is not None else None
 
 
 class Needs:
@@ -71,8 +78,20 @@ WRITE = Security(Needs(Scope.WRITE))
 ADMIN = Security(Needs(Scope.ADMIN))
 
 
+def caller_grant(request: Request) -> KeyGrant:
+    """The calling key's scope and collections, as the middleware checked them."""
+    state = request.scope.get("state", {})
+    granted = state.get(GRANTED)
+    if granted is None:
+        raise RuntimeError(f"{request.url.path} reached without the Authenticate middleware")
+    return KeyGrant(str(granted), state.get(GRANTED_COLLECTIONS))
+
+
+Caller = Annotated[KeyGrant, Depends(caller_grant)]
+
+
 def declared_scope(route: BaseRoute) -> Scope:
-    dependencies: list[Depends] = getattr(route, "dependencies", [])
+    dependencies: list[DependsParam] = getattr(route, "dependencies", [])
     declared = {d.dependency.scope for d in dependencies if isinstance(d.dependency, Needs)}
     return max(declared, key=lambda scope: scope.rank) if declared else Scope.WRITE
 
@@ -110,14 +129,15 @@ class Authenticate:
         with_body = _has_body(headers)
         key = headers.get(API_KEY_HEADER.lower().encode(), b"").decode("latin-1")
         try:
-            granted = await self._check(scope, key)
+            grant = await self._check(scope, key)
         except ApiError as exc:
             response = problem_response(exc.status, exc.code, exc.detail, exc.headers)
             if with_body:  # the body is never read: the connection cannot carry another request
                 response.headers["Connection"] = "close"
             await response(scope, receive, send)
             return
-        scope.setdefault("state", {})[GRANTED] = granted.value
+        state = scope.setdefault("state", {})
+        state[GRANTED], state[GRANTED_COLLECTIONS] = grant.scope, grant.collection_ids
         if not with_body:
             await self.app(scope, receive, send)
             return
@@ -138,18 +158,19 @@ class Authenticate:
             if not self._uploads[key]:
                 del self._uploads[key]
 
-    async def _check(self, scope: AsgiScope, key: str) -> Scope:
+    async def _check(self, scope: AsgiScope, key: str) -> KeyGrant:
         challenge = {"WWW-Authenticate": "ApiKey"}
         if not key:
             raise ApiError(401, "missing_api_key", "send an API key in the X-API-Key header", headers=challenge)
         app = scope["app"]
         keys: KeyChecker = app.state.fecapass.keys
-        granted = await keys.scope_of(key)
-        if granted is None:
+        grant = await keys.grant_of(key)
+        if grant is None:
             raise ApiError(401, "invalid_api_key", "the API key is unknown or revoked", headers=challenge)
+        granted = Scope(grant.scope)
         route = route_for(self.routes, scope)
         # No route (404) or another method (405): any valid key may learn that.
         needed = declared_scope(route) if route is not None else Scope.READ
         if not granted.allows(needed):
             raise ApiError(403, "insufficient_scope", f"this key has the {granted} scope; {needed} is needed")
-        return granted
+        return grant

@@ -21,6 +21,7 @@ from ingest_api.waiter import JobWaiter
 
 if TYPE_CHECKING:
     from ingest_api.auth import KeyChecker
+    from ingest_api.collection_access import CollectionDirectory
 
 
 @dataclass
@@ -38,6 +39,7 @@ class AppState:
     active_pack: ActivePack
     decodes: DecodeSlots  # this process's bound on upload decoding (ingest_api/uploads.py)
     sync_redis: SyncRedis  # for the blocking helpers shared with the CLI (stream stats, dead letters)
+    collections: CollectionDirectory  # collection names to rows, cached
 
 
 def get_state(request: Request) -> AppState:

@@ -35,7 +35,7 @@ from common.db.vector_repository import (
 )
 from common.settings import ModelSettings
 from indexer.binary_index import BinaryIndex, binary_code
-from indexer.gallery_feed import Change, GalleryFeed
+from indexer.gallery_feed import DEFAULT_COLLECTION_ID, Change, GalleryFeed
 from indexer.stage import CANDIDATES_PER_RESULT
 from operations.bench import machine, percentile
 from operations.search_report import (
@@ -429,7 +429,7 @@ class BinaryTrial:
             vectors = VectorRepository(pool)
             index = BinaryIndex(vectors, feed, candidates)
             started = time.perf_counter()
-            codes = index.load(BENCH_PACK, self.dim)
+            codes = index.load(BENCH_PACK, self.dim).codes(DEFAULT_COLLECTION_ID)
             load_seconds = time.perf_counter() - started
             started = time.perf_counter()
             index.nearest(BENCH_PACK, self.queries[0], wanted)

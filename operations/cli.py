@@ -185,16 +185,25 @@ def _main_repository() -> Iterator[MainRepository]:
 
 def _key_create(args: argparse.Namespace) -> None:
     with _main_repository() as repository:
-        created = repository.create_api_key(args.name, args.scope)
+        ids = None
+        if args.collection:
+            found = {name: repository.collection_named(name) for name in args.collection}
+            if missing := [name for name, row in found.items() if row is None]:
+                raise SystemExit(f"no such collection: {', '.join(missing)}")
+            ids = [row.id for row in found.values() if row is not None]
+        created = repository.create_api_key(args.name, args.scope, ids)
         row, key = created.row, created.key
-        print(f"created key {row.id} ({row.name}, {row.scope}); it is shown only now:\n{key}")
+        limited = f", collections {', '.join(args.collection)}" if args.collection else ""
+        print(f"created key {row.id} ({row.name}, {row.scope}{limited}); it is shown only now:\n{key}")
 
 
 def _key_list(_: argparse.Namespace) -> None:
     with _main_repository() as repository:
+        names = {row.id: row.name for row in repository.list_collections()}
         for row in repository.list_api_keys():
             state = f"revoked {row.revoked_at:%Y-%m-%d %H:%M}" if row.revoked_at else "active"
-            print(f"{row.id}\t{row.prefix}...\t{row.scope}\t{state}\t{row.name}")
+            seen = "*" if row.collection_ids is None else ",".join(names.get(i, str(i)) for i in row.collection_ids)
+            print(f"{row.id}\t{row.prefix}...\t{row.scope}\t{state}\t{seen}\t{row.name}")
 
 
 def _key_revoke(args: argparse.Namespace) -> None:
@@ -210,13 +219,19 @@ def _add_keys(commands: Commands) -> None:
     create = command(actions, "create", _key_create, "create a key and print it once")
     create.add_argument("--name", required=True, help="who or what uses the key")
     create.add_argument(
+        "--collection",
+        action="append",
+        metavar="NAME",
+        help="limit the key to this collection (repeat for several); default: every collection",
+    )
+    create.add_argument(
         "--scope",
         choices=["read", "write", "admin"],
         required=True,
         help="read: search, verify, detect, read; write: also create, enroll, update and delete;"
         " admin: also list, create and revoke API keys (the console's Keys page)",
     )
-    command(actions, "list", _key_list, "every key: id, prefix, scope, state, name")
+    command(actions, "list", _key_list, "every key: id, prefix, scope, state, collections (* = all), name")
     revoke = command(actions, "revoke", _key_revoke, "revoke a key (takes effect within 30 s)")
     revoke.add_argument("id", type=int)
 

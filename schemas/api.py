@@ -14,6 +14,15 @@ from schemas.streams import JobKind
 
 # PostgreSQL text cannot hold NUL; refuse it with a 422 rather than fail on insert.
 FullName = Annotated[str, Field(max_length=200, pattern=r"^[^\x00]*$")]
+# A client's own id for a person or a face (an HR number, another system's key): unique per collection.
+ExternalId = Annotated[
+    str,
+    Field(min_length=1, max_length=200, pattern=r"^[^\x00]*$", description="the client's id, unique per collection"),
+]
+# As the collections table checks it (migration 0005): lower case, digits, - and _, up to 63 characters.
+COLLECTION_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+CollectionName = Annotated[str, Field(pattern=COLLECTION_NAME_PATTERN, description="a collection's name")]
+DEFAULT_COLLECTION = "default"
 
 
 def _valid_email(value: str) -> str:
@@ -34,6 +43,8 @@ Email = Annotated[str, AfterValidator(_valid_email), WithJsonSchema({"type": "st
 class UserCreate(BaseModel):
     email: Email
     full_name: FullName = ""
+    collection: CollectionName = Field(default=DEFAULT_COLLECTION, description="the collection the person is in")
+    external_id: ExternalId | None = None
 
 
 class UserUpdate(BaseModel):
@@ -41,6 +52,7 @@ class UserUpdate(BaseModel):
     full_name: FullName | None = None
     # Only JSON true or false: "off", 0 or "1" would each flip a person's status by a guess.
     is_active: StrictBool | None = None
+    external_id: ExternalId | None = Field(default=None, description="set it; an explicit null removes it")
 
 
 class User(BaseModel):
@@ -50,6 +62,8 @@ class User(BaseModel):
     is_active: bool
     created_at: datetime
     updated_at: datetime
+    collection: str = Field(description="the collection the person is in")
+    external_id: str | None = Field(description="the client's id for the person; null when unset")
 
 
 class UserPage(BaseModel):
@@ -60,6 +74,8 @@ class UserPage(BaseModel):
 class Face(BaseModel):
     id: int
     user_id: int
+    collection: str = Field(description="the collection of the face's person")
+    external_id: str | None = Field(description="the client's id for the face; null when unset")
     box: list[float] = Field(description="x1, y1, x2, y2 in pixels of the enrolled photo")
     det_score: float
     faces_seen: int = Field(description="faces found in the enrolled photo; the largest was enrolled")
@@ -67,6 +83,17 @@ class Face(BaseModel):
     created_at: datetime
     photo_url: str = Field(description="presigned, expires after FECAPASS_PRESIGN_SECONDS")
     crop_url: str = Field(description="the aligned face crop; presigned, expires likewise")
+
+
+class CollectionCreate(BaseModel):
+    name: CollectionName
+
+
+class Collection(BaseModel):
+    name: str
+    keep_unknown_faces: bool = Field(description="whether faces of searches that matched nobody are kept")
+    unknown_retention_hours: int
+    created_at: datetime
 
 
 class JobError(BaseModel):

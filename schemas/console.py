@@ -8,16 +8,26 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from schemas.api import CollectionName
+
 ScopeName = Literal["read", "write", "admin"]
 
 
 class Me(BaseModel):
     scope: ScopeName = Field(description="what this key may do: read < write < admin (admin also manages keys)")
+    collections: list[str] | None = Field(
+        default=None, description="the collections this key may see; null: every collection"
+    )
 
 
 class ApiKeyCreate(BaseModel):
     name: str = Field(min_length=1, max_length=200, pattern=r"^[^\x00]*$", description="who or what uses the key")
     scope: ScopeName
+    collections: list[CollectionName] | None = Field(
+        default=None,
+        max_length=1000,
+        description="limit the key to these collections (by name); null: every collection",
+    )
 
 
 class ApiKey(BaseModel):
@@ -27,6 +37,7 @@ class ApiKey(BaseModel):
     prefix: str = Field(description="the key's first characters, to recognise it; the key itself is not kept")
     created_at: datetime
     revoked_at: datetime | None
+    collections: list[str] | None = Field(default=None, description="the collections it may see; null: every one")
 
 
 class ApiKeyCreated(ApiKey):

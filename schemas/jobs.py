@@ -47,6 +47,7 @@ class ErrorCode(StrEnum):
     USER_NOT_FOUND = "user_not_found"
     FACE_ERASED = "face_erased"  # an enroll entry delivered again after its face was erased: nothing is stored
     USER_HAS_NO_FACES = "user_has_no_faces"
+    FACE_EXTERNAL_ID_TAKEN = "face_external_id_taken"  # another face of the collection has the enroll's external id
     MALFORMED_MESSAGE = "malformed_message"
     PACK_UNAVAILABLE = "pack_unavailable"
     TOO_MANY_DELIVERIES = "too_many_deliveries"

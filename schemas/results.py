@@ -57,6 +57,9 @@ class MatchBase(BaseModel):
     similarity: float = Field(
         description="cosine similarity of the two face embeddings, -1..1; same person above the threshold"
     )
+    # Left out when unset, like the other optional result fields: a webhook body (its JSON without nulls) and the
+    # API's result stay the same.
+    external_id: str | None = omitted_unless_set("the user's external id, when they have one")
 
 
 class StoredMatch(MatchBase):
@@ -113,6 +116,7 @@ class StoredSearchResult(SearchSummary):
                         user_id=match.user_id,
                         face_id=match.face_id,
                         similarity=match.similarity,
+                        external_id=match.external_id,
                         photo_url=presign(match.image_key),
                     )
                     for match in face.matches

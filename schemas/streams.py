@@ -146,6 +146,7 @@ class JobMessage(StreamMessage):
     collection_id: int = Field(
         default=1, description="the collection the job works in: enroll's person's, search's and verify's gallery"
     )
+    external_id: str | None = Field(default=None, description="enroll: the client's id for the new face")
     threshold: float | None = None
     limit: int | None = None
     pack: str | None = Field(

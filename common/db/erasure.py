@@ -5,7 +5,8 @@ The order makes every cut-short erasure safe and finishable by running it again:
 1. main database, one transaction: tombstones (job and face ids, the user id; see migration 0003), the user
    deactivated, the faces no longer served. From this commit on, nothing is served and the index stage refuses to
    store anything for these jobs, whatever is delivered to it again;
-2. embeddings in the vector database; 3. the faces' photos and crops in S3;
+2. embeddings in the vector database, and their removal published on the gallery feed (schemas/gallery.py), so
+   that no index process keeps the faces' binary codes in memory; 3. the faces' photos and crops in S3;
 4. Redis traces (job_traces), then an AOF rewrite; then the photos and crops of the jobs still in flight, except
    those whose entry a worker holds: the index stage refuses such a job and deletes them;
 5. the main rows last: until then a second DELETE finds the face or user and finishes the work.
@@ -25,6 +26,7 @@ from common.db.unknown_faces import UnknownFaces
 from common.db.vector_repository import VectorRepository
 from common.errors import DependencyUnavailable
 from common.objects import ObjectStore, discard_job_objects
+from schemas.gallery import EVERY_PACK, FEED, FEED_LENGTH, Change, FeedEntry
 from schemas.jobs import ErrorCode
 
 log = structlog.get_logger(__name__)
@@ -41,12 +43,14 @@ class Erasure:
         store: ObjectStore,
         redis_client: redis.Redis,
         job_ttl_seconds: int,
+        feed_stream: str = FEED,
     ) -> None:
         self.main = main
         self.vectors = vectors
         self.store = store
         self.redis = redis_client
         self.job_ttl_seconds = job_ttl_seconds
+        self.feed_stream = feed_stream
 
     def erase_user(self, user_id: int) -> bool:
         faces = self.main.begin_user_erasure(user_id)
@@ -95,6 +99,7 @@ class Erasure:
         self.vectors.delete_faces([face.id for face in faces])
         self.store.delete_many([key for face in faces for key in (face.image_key, face.crop_key)])
         try:
+            self._publish_removals(faces)
             running = self._erase_traces(job_ids, user_id, whole_user=whole_user)
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise DependencyUnavailable(f"Redis: {exc}") from exc  # 503: the same DELETE again finishes
@@ -103,6 +108,16 @@ class Erasure:
         for job_id in job_ids:
             if job_id not in running:
                 discard_job_objects(self.store, job_id)
+
+    def _publish_removals(self, faces: list[FaceRow]) -> None:
+        """Tell every index process to drop the faces' codes (they would drop them anyway once a search's ranking
+        found the rows gone, but a code is derived from the face: it does not stay until then)."""
+        by_collection: dict[int, list[int]] = {}
+        for face in faces:
+            by_collection.setdefault(face.collection_id, []).append(face.id)
+        for collection_id, face_ids in by_collection.items():
+            entry = FeedEntry(Change.REMOVE, EVERY_PACK, face_ids, collection_id)
+            self.redis.xadd(self.feed_stream, entry.to_fields(), maxlen=FEED_LENGTH, approximate=True)
 
     def _erase_traces(self, job_ids: list[str], user_id: int, *, whole_user: bool) -> set[str]:
         traces = job_traces.find_traces(self.redis, job_ids)

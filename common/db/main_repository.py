@@ -467,6 +467,12 @@ class MainRepository:
             row = conn.execute("SELECT count(*) FROM faces").fetchone()
         return int(row[0]) if row else 0
 
+    def face_collection(self, face_id: int) -> int | None:
+        """The collection of the face's row, served or not (an erasure cut short is finished in its collection)."""
+        with self.pool.connection() as conn:
+            row = conn.execute("SELECT collection_id FROM faces WHERE id = %s", (face_id,)).fetchone()
+        return int(row[0]) if row else None
+
     def face_external_id_taken(self, collection_id: int, external_id: str) -> bool:
         """Whether a served face of the collection has this external id."""
         with self.pool.connection() as conn:
@@ -964,6 +970,12 @@ class MainRepository:
             conn.execute("DELETE FROM faces WHERE id = %s", (face_id,))
         assert moved is not None
         return moved, face
+
+    def unknown_face_from(self, face_id: int) -> UnknownFaceRow | None:
+        """The unknown face an enrolled face became ("not this person")."""
+        with self.pool.connection() as conn, conn.cursor(row_factory=class_row(UnknownFaceRow)) as cur:
+            cur.execute(f"SELECT {_UNKNOWN_COLUMNS} FROM unknown_faces WHERE from_face_id = %s", (face_id,))
+            return cur.fetchone()
 
     def rejected_users(self, face_job_id: str) -> list[int]:
         """The people this face is not, the latest rejection last."""

@@ -32,8 +32,8 @@ from common.db.main_repository import (
     unknown_face_job_id,
 )
 from common.db.vector_repository import VectorRepository
-from common.gallery_changes import Change
 from common.objects import ObjectMissing, ObjectStore, crop_key, original_key
+from schemas.gallery import Change
 
 log = structlog.get_logger(__name__)
 
@@ -41,7 +41,7 @@ log = structlog.get_logger(__name__)
 NEIGHBOURS = 64
 PAGE = 500  # unknown faces settled or expired per database round trip
 
-Publish = Callable[[Change, str, list[int]], None]
+Publish = Callable[[Change, str, list[int], int], None]  # change, pack, face ids, collection id
 
 
 def copy_crop(store: ObjectStore, source_key: str, kept_key: str) -> bool:
@@ -87,10 +87,10 @@ class UnknownFaces:
         self.store = store
         self.publish = publish  # the gallery feed (None: no index process keeps codes in memory)
 
-    def _publish(self, change: Change, packs: list[str], face_ids: list[int]) -> None:
+    def _publish(self, change: Change, packs: list[str], face_ids: list[int], collection_id: int) -> None:
         if self.publish is not None:
             for pack in packs:
-                self.publish(change, pack, face_ids)
+                self.publish(change, pack, face_ids, collection_id)
 
     def keep(
         self, collection_id: int, job_id: str, pack: str, faces: list[UnseenFace], retention_hours: int
@@ -179,14 +179,16 @@ class UnknownFaces:
         """The cluster's faces become the person's enrolled faces, found by the next search. Errors as
         MainRepository.begin_naming."""
         naming = self.main.begin_naming(cluster_id, target)
+        cluster = self.main.get_cluster(cluster_id)
+        collection_id = cluster.collection_id if cluster is not None else 0
         if naming.moves:
             face_ids = [face_id for _, face_id in naming.moves]
             packs = self.vectors.unknown_to_faces(naming.moves) or [naming.model_pack]
             # Announced before served, as the index stage does: every served face is on the feed.
-            self._publish(Change.ADD, packs, face_ids)
+            self._publish(Change.ADD, packs, face_ids, collection_id)
             if not self.main.finish_naming(cluster_id, naming.user_id, face_ids):
                 self.vectors.delete_faces(face_ids)
-                self._publish(Change.REMOVE, packs, face_ids)
+                self._publish(Change.REMOVE, packs, face_ids, collection_id)
         log.info("unknown.cluster_named", cluster_id=cluster_id, user_id=naming.user_id, faces=len(naming.moves))
         return naming
 
@@ -199,7 +201,7 @@ class UnknownFaces:
         row, face = found
         user_id = face.user_id if face is not None else self.main.rejected_users(row.face_job_id)[-1]
         packs = self.vectors.face_to_unknown(face_id, row.id)
-        self._publish(Change.REMOVE, packs, [face_id])
+        self._publish(Change.REMOVE, packs, [face_id], row.collection_id)
         # Enrolled faces keep their crop at the enroll job's key; the unknown pool keeps its own copy, so that a
         # redelivered enroll entry (refused, deleting that job's objects) cannot take it.
         old_crop = face.crop_key if face is not None else crop_key(row.job_id, 0)

@@ -9,16 +9,17 @@ from fastapi.responses import JSONResponse
 from pydantic import AnyHttpUrl
 
 from common import egress
+from common.db.main_repository import UserRow
 from common.imaging import ImageInfo
 from ingest_api import jobs
-from ingest_api.auth import READ, WRITE
+from ingest_api.auth import READ, WRITE, Caller
 from ingest_api.deps import AppState, State
 from ingest_api.idempotency import Idempotency
 from ingest_api.openapi import problems
 from ingest_api.problems import ApiError, user_not_found
 from ingest_api.stores import call_store
 from ingest_api.uploads import read_photo
-from schemas.api import Job
+from schemas.api import DEFAULT_COLLECTION, CollectionName, ExternalId, Job
 from schemas.streams import JobKind
 
 router = APIRouter(prefix="/v1", tags=["recognition"], dependencies=[READ])
@@ -41,6 +42,9 @@ Threshold = Annotated[
     ),
 ]
 Photo = Annotated[UploadFile, File(description="JPEG, PNG, WebP, BMP, TIFF or GIF photo")]
+InCollection = Annotated[
+    CollectionName, Query(description="the collection (gallery) the request works in; unknown: 404")
+]
 CallbackQuery = Annotated[
     AnyHttpUrl | None,
     Query(description="POST the finished job here, signed with X-Fecapass-Signature (see README)"),
@@ -70,15 +74,25 @@ def callback(url: AnyHttpUrl | None) -> dict[str, Any]:
 JOB_RESPONSES: dict[int | str, dict[str, object]] = {200: {"model": Job}, **problems(404, 409, 413, 415, 422)}
 
 
+def face_external_id_taken(external_id: str) -> ApiError:
+    return ApiError(409, "face_external_id_taken", f"a face of this collection has external id {external_id}")
+
+
 async def photo_of(state: AppState, upload: UploadFile) -> tuple[bytes, ImageInfo]:
     cfg = state.config.pipeline
     return await read_photo(upload, cfg.max_upload_bytes, cfg.max_image_pixels, state.decodes)
 
 
-async def require_active_user(state: AppState, user_id: int) -> None:
+async def require_active_user(
+    state: AppState, caller: Caller, user_id: int, collection_id: int | None = None
+) -> UserRow:
+    """The active user, if the key may see them (and, given ``collection_id``, in that collection); else 404."""
     user = await call_store(state.main.get_user, user_id)
-    if user is None or not user.is_active:
+    if user is None or not user.is_active or not caller.sees(user.collection_id):
         raise user_not_found(user_id)
+    if collection_id is not None and user.collection_id != collection_id:
+        raise user_not_found(user_id)
+    return user
 
 
 @router.post(
@@ -89,18 +103,25 @@ async def enroll_face(
     file: Photo,
     request: Request,
     state: State,
+    caller: Caller,
     idempotency: Idempotency,
+    external_id: Annotated[
+        ExternalId | None, Query(description="the client's id for this face, unique in the user's collection")
+    ] = None,
     wait: WaitSeconds = 0,
     callback_url: CallbackUrl = None,
 ) -> JSONResponse:
-    """Enroll the largest face of the photo for the user."""
-    await require_active_user(state, user_id)
+    """Enroll the largest face of the photo for the user, in the user's collection."""
+    user = await require_active_user(state, caller, user_id)
+    if external_id is not None and await call_store(state.main.face_external_id_taken, user.collection_id, external_id):
+        raise face_external_id_taken(external_id)
     photo = await photo_of(state, file)
+    extra = {"user_id": user_id, "collection_id": user.collection_id, "external_id": external_id}
     submitted = await jobs.submit(
         state,
         kind=JobKind.ENROLL,
         photos=[photo],
-        extra={"user_id": user_id, **callback(callback_url)},
+        extra={**extra, **callback(callback_url)},
         idempotency=idempotency,
     )
     return await jobs.respond(state, request, submitted, wait)
@@ -111,7 +132,9 @@ async def search_faces(
     file: Photo,
     request: Request,
     state: State,
+    caller: Caller,
     idempotency: Idempotency,
+    collection: InCollection = DEFAULT_COLLECTION,
     threshold: Threshold = None,
     limit: Annotated[
         int | None, Query(ge=1, le=100, description="most people returned per face; default FECAPASS_SEARCH_LIMIT")
@@ -119,10 +142,12 @@ async def search_faces(
     wait: WaitSeconds = 0,
     callback_url: CallbackUrl = None,
 ) -> JSONResponse:
-    """Who is in this photo? Every face found gets its own list of matches."""
+    """Who is in this photo? Every face found gets its own list of matches, from the collection's people."""
     cfg = state.config.pipeline
+    gallery = await state.collections.visible(caller, collection)
     photo = await photo_of(state, file)
     extra = {
+        "collection_id": gallery.id,
         "threshold": threshold,
         "limit": cfg.search_limit if limit is None else limit,
         **callback(callback_url),
@@ -136,9 +161,13 @@ async def verify_face(
     file: Photo,
     request: Request,
     state: State,
+    caller: Caller,
     idempotency: Idempotency,
     second_file: Annotated[UploadFile | None, File(description="a second photo to compare with")] = None,
-    user_id: Annotated[int | None, Query(description="compare with this user's enrolled faces")] = None,
+    user_id: Annotated[
+        int | None, Query(description="compare with this user's enrolled faces (a user of the collection)")
+    ] = None,
+    collection: InCollection = DEFAULT_COLLECTION,
     threshold: Threshold = None,
     wait: WaitSeconds = 0,
     callback_url: CallbackUrl = None,
@@ -146,12 +175,14 @@ async def verify_face(
     """1:1: is the largest face of `file` the user `user_id` (their best face), or the person of `second_file`?"""
     if (user_id is None) == (second_file is None):
         raise ApiError(422, "invalid_request", "give exactly one of user_id or second_file")
+    gallery = await state.collections.visible(caller, collection)
     if user_id is not None:
-        await require_active_user(state, user_id)
+        await require_active_user(state, caller, user_id, gallery.id)
     photos = [await photo_of(state, file)]
     if second_file is not None:
         photos.append(await photo_of(state, second_file))
     extra = {
+        "collection_id": gallery.id,
         "threshold": threshold,
         "user_id": user_id,
         **callback(callback_url),
@@ -165,7 +196,9 @@ async def detect_faces(
     file: Photo,
     request: Request,
     state: State,
+    caller: Caller,
     idempotency: Idempotency,
+    collection: InCollection = DEFAULT_COLLECTION,
     wait: WaitSeconds = 0,
     callback_url: CallbackUrl = None,
 ) -> JSONResponse:
@@ -174,8 +207,9 @@ async def detect_faces(
     Keypoints and score are the active pack's: InsightFace packs give eye centres, nose tip and mouth corners
     with a 0..1 score; dlib gives the outer and inner corners of each eye and the base of the nose with its
     detector's margin (above 0)."""
+    # No gallery is read; the job belongs to the collection, so that only keys of that collection read it.
+    gallery = await state.collections.visible(caller, collection)
     photo = await photo_of(state, file)
-    submitted = await jobs.submit(
-        state, kind=JobKind.DETECT, photos=[photo], extra=callback(callback_url), idempotency=idempotency
-    )
+    extra = {"collection_id": gallery.id, **callback(callback_url)}
+    submitted = await jobs.submit(state, kind=JobKind.DETECT, photos=[photo], extra=extra, idempotency=idempotency)
     return await jobs.respond(state, request, submitted, wait)

@@ -10,14 +10,17 @@ from fastapi import APIRouter, Query
 
 from common.db.main_repository import ClusterTaken, DuplicateEmail, NamingTarget, UnknownUser
 from common.db.unknown_faces import UnknownFaces
-from common.gallery_changes import Change, publish_change
 from ingest_api import idempotency
-from ingest_api.auth import ADMIN, READ, WRITE
+from ingest_api.auth import ADMIN, READ, WRITE, Caller
+from ingest_api.collection_access import collection_not_found
 from ingest_api.deps import AppState, State
 from ingest_api.idempotency import Idempotency
 from ingest_api.openapi import problems
 from ingest_api.problems import ApiError, user_not_found
+from ingest_api.routers.faces import visible_face
 from ingest_api.stores import call_store
+from schemas.api import DEFAULT_COLLECTION, CollectionName
+from schemas.gallery import FEED, FEED_LENGTH, Change, FeedEntry
 from schemas.unknown import (
     Cluster,
     ClusterName,
@@ -33,54 +36,44 @@ from schemas.unknown import (
 router = APIRouter(prefix="/v1", tags=["unknown faces"], dependencies=[READ])
 
 SAMPLES = 4  # crops shown per cluster
-CollectionName = Annotated[str, Query(max_length=63, pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")]
+CollectionQuery = Annotated[CollectionName, Query(description="the collection whose clusters are listed")]
 
 
 def unknown_faces(state: AppState) -> UnknownFaces:
-    def publish(change: Change, pack: str, face_ids: list[int]) -> None:
-        publish_change(state.sync_redis, change, pack, face_ids)
+    def publish(change: Change, pack: str, face_ids: list[int], collection_id: int) -> None:
+        entry = FeedEntry(change, pack, face_ids, collection_id)
+        state.sync_redis.xadd(FEED, entry.to_fields(), maxlen=FEED_LENGTH, approximate=True)
 
     return UnknownFaces(state.main, state.vectors, state.store, publish)
-
-
-def collection_not_found(name: str) -> ApiError:
-    return ApiError(404, "collection_not_found", f"collection {name} not found")
 
 
 def cluster_not_found(cluster_id: int) -> ApiError:
     return ApiError(404, "cluster_not_found", f"cluster {cluster_id} not found")
 
 
-async def _collection(state: AppState, name: str) -> tuple[int, str]:
-    found = await call_store(state.main.collection_named, name)
-    if found is None:
-        raise collection_not_found(name)
-    return found.id, found.name
-
-
-async def _visible_cluster(state: AppState, cluster_id: int) -> int:
-    """The cluster's collection id; 404 for a cluster the caller cannot see."""
+async def _visible_cluster(state: AppState, caller: Caller, cluster_id: int) -> None:
+    """404 cluster_not_found for a cluster that does not exist or is in a collection the key may not see."""
     cluster = await call_store(state.main.get_cluster, cluster_id)
-    if cluster is None:
+    if cluster is None or not caller.sees(cluster.collection_id):
         raise cluster_not_found(cluster_id)
-    return cluster.collection_id
 
 
 @router.get("/clusters", response_model=ClusterPage, responses=problems(404))
 async def list_clusters(
     state: State,
-    collection: CollectionName = "default",
+    caller: Caller,
+    collection: CollectionQuery = DEFAULT_COLLECTION,
     after: Annotated[int, Query(ge=0, description="the last id of the previous page")] = 0,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> ClusterPage:
     """Clusters of unknown faces waiting for a name, with a few presigned sample crops each."""
-    collection_id, name = await _collection(state, collection)
-    rows = await call_store(state.main.list_clusters, collection_id, after, limit, SAMPLES)
+    found = await state.collections.visible(caller, collection)
+    rows = await call_store(state.main.list_clusters, found.id, after, limit, SAMPLES)
     expires = timedelta(seconds=state.config.pipeline.presign_seconds)
     items = [
         Cluster(
             id=row.id,
-            collection=name,
+            collection=found.name,
             model_pack=row.model_pack,
             faces=row.faces,
             samples=[
@@ -96,10 +89,12 @@ async def list_clusters(
 @router.post(
     "/clusters/{cluster_id}/name", response_model=NamedCluster, dependencies=[WRITE], responses=problems(404, 409)
 )
-async def name_cluster(cluster_id: int, body: ClusterName, state: State, key: Idempotency) -> NamedCluster:
+async def name_cluster(
+    cluster_id: int, body: ClusterName, state: State, caller: Caller, key: Idempotency
+) -> NamedCluster:
     """The cluster's faces become enrolled faces of the person (an existing one, or one created now), found by the
     next search. Faces marked "not this person" for them stay unknown. Naming again as the same person is a no-op."""
-    await _visible_cluster(state, cluster_id)
+    await _visible_cluster(state, caller, cluster_id)
     target = NamingTarget(user_id=body.user_id, email=body.email, full_name=body.full_name)
 
     async def name() -> NamedCluster:
@@ -133,9 +128,9 @@ async def name_cluster(cluster_id: int, body: ClusterName, state: State, key: Id
     dependencies=[WRITE],
     responses=problems(404, 409),
 )
-async def dismiss_cluster(cluster_id: int, state: State) -> DismissedCluster:
+async def dismiss_cluster(cluster_id: int, state: State, caller: Caller) -> DismissedCluster:
     """Erase the cluster's faces (rows, embeddings, crops); a search delivered again keeps none of them."""
-    await _visible_cluster(state, cluster_id)
+    await _visible_cluster(state, caller, cluster_id)
     try:
         erased = await call_store(unknown_faces(state).dismiss, cluster_id)
     except ClusterTaken as exc:
@@ -148,30 +143,37 @@ async def dismiss_cluster(cluster_id: int, state: State) -> DismissedCluster:
 @router.post(
     "/faces/{face_id}/not-this-person", response_model=ReturnedFace, dependencies=[WRITE], responses=problems(404)
 )
-async def not_this_person(face_id: int, state: State) -> ReturnedFace:
+async def not_this_person(face_id: int, state: State, caller: Caller) -> ReturnedFace:
     """The enrolled face leaves its person (the next search no longer matches them with it) for the unknown faces of
     its collection, and is never made their face again (naming a cluster as them leaves it out)."""
+    row = await call_store(state.main.get_face, face_id)
+    if row is not None:
+        await visible_face(state, caller, face_id)
+    else:  # asked again: the face is in the unknown pool of its collection now
+        moved = await call_store(state.main.unknown_face_from, face_id)
+        if moved is None or not caller.sees(moved.collection_id):
+            raise ApiError(404, "face_not_found", f"face {face_id} not found")
     returned = await call_store(unknown_faces(state).not_this_person, face_id)
     if returned is None:
         raise ApiError(404, "face_not_found", f"face {face_id} not found")
-    row, user_id = returned
-    placed = await call_store(state.main.get_unknown_face, row.id)
+    unknown_row, user_id = returned
+    placed = await call_store(state.main.get_unknown_face, unknown_row.id)
     return ReturnedFace(
         face_id=face_id,
         user_id=user_id,
-        unknown_face_id=row.id,
+        unknown_face_id=unknown_row.id,
         cluster_id=placed.cluster_id if placed is not None else None,
     )
 
 
 @router.get("/collections/{collection}/unknown-faces", response_model=UnknownFacesPolicy, responses=problems(404))
-async def get_policy(collection: str, state: State) -> UnknownFacesPolicy:
-    collection_id, name = await _collection(state, collection)
-    policy = await call_store(state.main.unknown_faces_policy, collection_id)
+async def get_policy(collection: CollectionName, state: State, caller: Caller) -> UnknownFacesPolicy:
+    found = await state.collections.visible(caller, collection)
+    policy = await call_store(state.main.unknown_faces_policy, found.id)
     if policy is None:
         raise collection_not_found(collection)
     return UnknownFacesPolicy(
-        collection=name, keep_unknown_faces=policy.keep, unknown_retention_hours=policy.retention_hours
+        collection=found.name, keep_unknown_faces=policy.keep, unknown_retention_hours=policy.retention_hours
     )
 
 
@@ -181,19 +183,21 @@ async def get_policy(collection: str, state: State) -> UnknownFacesPolicy:
     dependencies=[ADMIN],
     responses=problems(404),
 )
-async def set_policy(collection: str, body: UnknownFacesPolicyUpdate, state: State) -> UnknownFacesPolicy:
+async def set_policy(
+    collection: CollectionName, body: UnknownFacesPolicyUpdate, state: State, caller: Caller
+) -> UnknownFacesPolicy:
     """Keep (or stop keeping) the faces of this collection's searches that match nobody, and for how long. A new
     retention applies to the faces kept already; turning keeping off keeps no new faces and leaves the kept ones to
     their retention (dismiss their clusters to erase them now)."""
-    collection_id, name = await _collection(state, collection)
+    found = await state.collections.visible(caller, collection)
     policy = await call_store(
         state.main.set_unknown_faces_policy,
-        collection_id,
+        found.id,
         keep=body.keep_unknown_faces,
         retention_hours=body.unknown_retention_hours,
     )
     if policy is None:
         raise collection_not_found(collection)
     return UnknownFacesPolicy(
-        collection=name, keep_unknown_faces=policy.keep, unknown_retention_hours=policy.retention_hours
+        collection=found.name, keep_unknown_faces=policy.keep, unknown_retention_hours=policy.retention_hours
     )

@@ -42,6 +42,10 @@ SCOPES = {
     ("GET", "/v1/keys"): "admin",
     ("POST", "/v1/keys"): "admin",
     ("DELETE", "/v1/keys/{key_id}"): "admin",
+    ("GET", "/v1/collections"): "read",
+    ("GET", "/v1/collections/{name}"): "read",
+    ("POST", "/v1/collections"): "admin",
+    ("DELETE", "/v1/collections/{name}"): "admin",
 }
 # The keys that may use an operation of each scope.
 ALLOWED = {"read": ("read", "write", "admin"), "write": ("write", "admin"), "admin": ("admin",)}

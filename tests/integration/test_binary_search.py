@@ -259,7 +259,7 @@ def test_an_enrollment_through_the_stage_is_published_before_it_is_served(
 
 
 class FeedDown(GalleryFeed):
-    def publish(self, change: Change, pack: str, face_ids: list[int]) -> None:
+    def publish(self, change: Change, pack: str, face_ids: list[int], collection_id: int = 1) -> None:
         raise redis.ConnectionError("feed down")
 
 

@@ -397,9 +397,9 @@ def test_an_embedding_written_after_the_erasure_deleted_it_is_deleted_by_the_las
     erasure = world.erasure
 
     class ErasedMeanwhile(VectorRepository):
-        def add_embedding(self, face_id: int, pack: str, embedding: np.ndarray) -> None:
+        def add_embedding(self, face_id: int, pack: str, embedding: np.ndarray, collection_id: int = 1) -> None:
             assert erasure.erase_user(enroll.user_id)
-            super().add_embedding(face_id, pack, embedding)
+            super().add_embedding(face_id, pack, embedding, collection_id)
 
     paused = IndexHandler(world.main, ErasedMeanwhile(world.vectors.pool), world.store, 0.5, presign=presign)
     assert world.runner(paused).run_once() == 1

@@ -92,7 +92,7 @@ class Counter:
         self.size = size
         self.calls = 0
 
-    def __call__(self, pack: str) -> int:
+    def __call__(self, pack: str, collection_id: int) -> int:
         self.calls += 1
         return self.size
 
