@@ -45,8 +45,12 @@ class ClusterCalibration:
     seconds: float
 
 
-def embed_folder(settings: ModelSettings, folder: Path) -> tuple[np.ndarray, list[str]]:
-    """Embeddings of every photo of identities.csv where a face is found, and who each is."""
+def embed_folder(settings: ModelSettings, folder: Path, cache: Path | None = None) -> tuple[np.ndarray, list[str]]:
+    """Embeddings of every photo of identities.csv where a face is found, and who each is; with ``cache`` (an
+    .npz file), read from there when it exists, else written there (embedding is most of a run's time)."""
+    if cache is not None and cache.exists():
+        stored = np.load(cache)
+        return stored["embeddings"], [str(person) for person in stored["people"]]
     pack = PackLibrary(settings).get()
     with (folder / "identities.csv").open() as handle:
         rows = [(row["file"], row["identity"]) for row in csv.DictReader(handle)]
@@ -56,7 +60,10 @@ def embed_folder(settings: ModelSettings, folder: Path) -> tuple[np.ndarray, lis
         if vector is not None:
             vectors.append(vector)
             people.append(identity)
-    return np.vstack(vectors).astype(np.float32), people
+    embeddings = np.vstack(vectors).astype(np.float32)
+    if cache is not None:
+        np.savez(cache, embeddings=embeddings, people=np.array(people))
+    return embeddings, people
 
 
 def run_at(embeddings: np.ndarray, people: list[str], max_distance: float) -> ClusterRun:
@@ -114,9 +121,9 @@ def choose(embeddings: np.ndarray, people: list[str]) -> tuple[ClusterRun, list[
     return chosen, [runs[key] for key in sorted(runs)]
 
 
-def calibrate_clusters(settings: ModelSettings, folder: Path) -> ClusterCalibration:
+def calibrate_clusters(settings: ModelSettings, folder: Path, cache: Path | None = None) -> ClusterCalibration:
     started = time.perf_counter()
-    embeddings, people = embed_folder(settings, folder)
+    embeddings, people = embed_folder(settings, folder, cache)
     chosen, runs = choose(embeddings, people)
     return ClusterCalibration(settings.model_pack, len(people), chosen, runs, time.perf_counter() - started)
 
@@ -154,8 +161,8 @@ def report(result: ClusterCalibration, folder: Path) -> str:
     return "\n".join(lines)
 
 
-def main(settings: ModelSettings, folder: Path, output: Path) -> None:
-    result = calibrate_clusters(settings, folder)
+def main(settings: ModelSettings, folder: Path, output: Path, cache: Path | None = None) -> None:
+    result = calibrate_clusters(settings, folder, cache)
     existing = output.read_text() if output.exists() else ""
     from operations.calibrate import HEADER
 

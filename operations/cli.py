@@ -390,7 +390,7 @@ def _calibrate(args: argparse.Namespace) -> None:
     if args.clusters:
         from operations.calibrate_clusters import main as calibrate_clusters
 
-        calibrate_clusters(s.load(s.ModelSettings), args.pairs, args.output)
+        calibrate_clusters(s.load(s.ModelSettings), args.pairs, args.output, args.embeddings_cache)
         return
     from operations.calibrate import main as calibrate
 
@@ -482,6 +482,9 @@ def _add_measurements(commands: Commands) -> None:
     calibrate.add_argument("--output", type=Path, default=Path("CALIBRATION.md"))
     calibrate.add_argument(
         "--clusters", action="store_true", help="choose the pack's unknown-face clustering parameters instead"
+    )
+    calibrate.add_argument(
+        "--embeddings-cache", type=Path, help="with --clusters: an .npz file the photos' embeddings are kept in"
     )
 
 

@@ -158,3 +158,20 @@ def test_not_this_person_needs_a_write_key_and_an_existing_face(api: TestClient,
     assert api.post("/v1/faces/999999999/not-this-person", headers=key(installation, "read")).status_code == 403
     missing = api.post("/v1/faces/999999999/not-this-person", headers=key(installation, "write"))
     assert missing.status_code == 404 and missing.json()["code"] == "face_not_found"
+
+
+def test_a_key_limited_to_other_collections_learns_nothing_of_these_clusters(
+    api: TestClient, installation: Installation, unknown: UnknownFaces
+) -> None:
+    collection_id, name = new_collection(installation)
+    cluster_id = a_cluster(installation, unknown, collection_id, faces=3)
+    other_id, _ = new_collection(installation)
+    limited = {"X-API-Key": installation.main.create_api_key("limited", "admin", [other_id]).key}
+    listed = api.get("/v1/clusters", params={"collection": name}, headers=limited)
+    assert listed.status_code == 404 and listed.json()["code"] == "collection_not_found"
+    policy = api.patch(f"/v1/collections/{name}/unknown-faces", json={"keep_unknown_faces": True}, headers=limited)
+    assert policy.status_code == 404 and policy.json()["code"] == "collection_not_found"
+    for action, body in (("name", {"email": new_email("x")}), ("dismiss", None)):
+        refused = api.post(f"/v1/clusters/{cluster_id}/{action}", json=body, headers=limited)
+        assert refused.status_code == 404 and refused.json()["code"] == "cluster_not_found", action
+    assert installation.main.list_clusters(collection_id, 0, 10, 4)[0].faces == 3

@@ -375,7 +375,17 @@ def test_not_this_person_is_visible_in_the_next_search_and_sticks(world: World) 
     assert world.main.rejected_users(row.face_job_id) == [user_id]
     with pytest.raises(Erased):
         world.main.add_face(
-            NewFace(user_id, row.job_id, original_key(row.job_id), crop_key(row.job_id, 0), (1, 2, 3, 4), 0.9, 1, PACK)
+            NewFace(
+                user_id,
+                row.job_id,
+                original_key(row.job_id),
+                crop_key(row.job_id, 0),
+                (1, 2, 3, 4),
+                0.9,
+                1,
+                PACK,
+                world.collection_id,
+            )
         )
     # Erasing the person erases their rejections.
     assert world.erasure().erase_user(user_id)
