@@ -809,15 +809,15 @@ class MainRepository:
             return cur.fetchall()
 
     def delete_unknown_faces(self, unknown_ids: Sequence[int]) -> None:
-        """The rows last (their vectors and crops are gone): with them their rejections, and clusters left empty
-        that nobody named or dismissed."""
+        """The rows last (their vectors and crops are gone), and clusters left empty that nobody named or
+        dismissed. Rejections stay (identifiers only) until their person or collection is erased: an enroll entry
+        of the face delivered again is still refused."""
         if not unknown_ids:
             return
         with self.pool.connection() as conn, conn.transaction():
             rows = conn.execute(
                 "DELETE FROM unknown_faces WHERE id = ANY(%s) RETURNING face_job_id, cluster_id", (list(unknown_ids),)
             ).fetchall()
-            conn.execute("DELETE FROM face_rejections WHERE face_job_id = ANY(%s)", ([str(r[0]) for r in rows],))
             conn.execute(
                 "DELETE FROM unknown_clusters c WHERE c.id = ANY(%s) AND c.named_user_id IS NULL"
                 " AND c.dismissed_at IS NULL AND NOT EXISTS (SELECT 1 FROM unknown_faces u WHERE u.cluster_id = c.id)",
