@@ -58,6 +58,9 @@ class SearchIndexSettings(_Base):
     hnsw_m: int = Field(default=32, ge=2, le=100)
     hnsw_ef_construction: int = Field(default=128, ge=4, le=1000)
     hnsw_ef_search: int = Field(default=100, ge=1, le=1000, description="at least the candidates a search reads")
+    # A search in one collection walks the graph on until it has its candidates of that collection (pgvector's
+    # iterative scan), visiting at most this many index tuples: a 1 % collection needs ~100 x its candidates.
+    hnsw_max_scan_tuples: int = Field(default=1_000_000, ge=1_000, le=100_000_000)
     # binary: an exact Hamming scan of every face's sign bits held in memory by each index process, then PostgreSQL
     # ranks the best codes by their full vectors; hnsw: pgvector's graph (BENCHMARKS.md, search at scale).
     search_index: Literal["binary", "hnsw"] = "binary"

@@ -25,12 +25,14 @@ class HnswParameters:
     ef_construction: int = 128
     ef_search: int = 100  # at least; a search reading more candidates than this raises it to their number
     # A search in one collection walks the graph until it has its candidates (hnsw.iterative_scan), visiting at
-    # most this many index tuples: a collection holding 1 % of a million faces needs ~100 x its candidates.
+    # most this many index tuples (FECAPASS_HNSW_MAX_SCAN_TUPLES).
     max_scan_tuples: int = 1_000_000
 
     @classmethod
     def from_settings(cls, settings: SearchIndexSettings) -> HnswParameters:
-        return cls(settings.hnsw_m, settings.hnsw_ef_construction, settings.hnsw_ef_search)
+        return cls(
+            settings.hnsw_m, settings.hnsw_ef_construction, settings.hnsw_ef_search, settings.hnsw_max_scan_tuples
+        )
 
 
 @dataclass(frozen=True)

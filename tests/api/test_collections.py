@@ -16,6 +16,8 @@ from fastapi.testclient import TestClient
 from common import clients
 from common.db.main_repository import NewFace
 from common.db.vector_repository import VectorRepository
+from common.objects import crop_key as crop_key_of
+from common.objects import original_key
 from schemas.jobs import job_key
 from schemas.streams import JobMessage, Stage
 from tests.api.conftest import Installation, key, new_email, photo
@@ -51,7 +53,7 @@ def limited_key(installation: Installation, scope: str, *collection_ids: int) ->
 def served_face(installation: Installation, vectors: VectorRepository, user_id: int, collection_id: int) -> Site:
     """A face as the index stage leaves it: row served, embedding, photo and crop in the bucket."""
     job_id = uuid.uuid4().hex
-    image_key, crop_key = f"originals/{job_id}/0", f"crops/{job_id}/0.png"
+    image_key, crop_key = original_key(job_id), crop_key_of(job_id, 0)
     for object_key in (image_key, crop_key):
         installation.store.put(object_key, photo(), "image/jpeg")
     face_id = installation.main.add_face(
