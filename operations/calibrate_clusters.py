@@ -5,6 +5,7 @@ clustering every photo the way the index stage does. Writes the pack's clusterin
 from __future__ import annotations
 
 import csv
+import itertools
 import math
 import platform
 import time
@@ -15,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from common.clustering import ClusterParameters, cluster_matrix
+from common.packs.catalog import FmrCurve, fmr_curve
 from common.packs.library import PackLibrary
 from common.settings import ModelSettings
 from operations.calibrate import embed_crop
@@ -128,6 +130,16 @@ def calibrate_clusters(settings: ModelSettings, folder: Path, cache: Path | None
     return ClusterCalibration(settings.model_pack, len(people), chosen, runs, time.perf_counter() - started)
 
 
+def rate_at(curve: FmrCurve, similarity: float) -> float | None:
+    """The per-pair false-match rate the pack's curve gives at ``similarity`` (log-linear between its points);
+    None outside the curve."""
+    for (high_rate, low_t), (low_rate, high_t) in itertools.pairwise(curve):
+        if low_t <= similarity <= high_t:
+            part = (similarity - low_t) / (high_t - low_t) if high_t > low_t else 1.0
+            return math.exp(math.log(high_rate) + part * (math.log(low_rate) - math.log(high_rate)))
+    return None
+
+
 def report(result: ClusterCalibration, folder: Path) -> str:
     chosen = result.chosen
     lines = [
@@ -158,6 +170,16 @@ def report(result: ClusterCalibration, folder: Path) -> str:
         " holds two people (clusters grow by single links: one stranger pair within max_distance can join two",
         "people's clusters, as the rows above show).",
     ]
+    curve = fmr_curve(result.pack)
+    rate = rate_at(curve, 1 - chosen.max_distance) if curve else None
+    if rate is not None:
+        lines += [
+            "",
+            "On the pack's false-match curve (above) a pair of photos of two different people is that similar at a"
+            f" rate of about {rate:.0e}: a collection holding N unknown faces holds about N^2/2 x {rate:.0e} such"
+            f" pairs ({1000**2 / 2 * rate:.1f} at 1,000 faces, {10_000**2 / 2 * rate:.0f} at 10,000), each of which"
+            " can join two people's clusters. Keep the retention short for busy collections.",
+        ]
     return "\n".join(lines)
 
 
