@@ -12,7 +12,7 @@ import psycopg
 from psycopg.rows import class_row
 
 from common.apikeys import Scope, new_key
-from common.clustering import ClusterParameters, Found, Join, Nearby, Placement, place
+from common.clustering import ClusterParameters, Found, Join, Nearby, Placement, Wait, place
 
 
 class Connections(Protocol):
@@ -766,6 +766,15 @@ class MainRepository:
                 [Nearby(face_id, distances[face_id], cluster) for face_id, cluster in clusters.items()], parameters
             )
             if isinstance(placement, Join):
+                # Naming and dismissal lock the cluster first: one that ended meanwhile takes no new face (this
+                # face waits for the next settle pass instead of sinking into a cluster nobody lists).
+                open_cluster = conn.execute(
+                    "SELECT 1 FROM unknown_clusters WHERE id = %s AND named_user_id IS NULL AND dismissed_at IS NULL"
+                    " FOR SHARE",
+                    (placement.cluster_id,),
+                ).fetchone()
+                if open_cluster is None:
+                    return Wait()
                 conn.execute(
                     "UPDATE unknown_faces SET cluster_id = %s WHERE id = %s", (placement.cluster_id, unknown_id)
                 )
