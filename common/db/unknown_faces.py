@@ -32,7 +32,7 @@ from common.db.main_repository import (
     unknown_face_job_id,
 )
 from common.db.vector_repository import VectorRepository
-from common.objects import ObjectMissing, ObjectStore, crop_key, original_key
+from common.objects import ObjectMissing, ObjectStore, ObjectUnreadable, crop_key, original_key
 from schemas.gallery import Change
 
 log = structlog.get_logger(__name__)
@@ -108,7 +108,12 @@ class UnknownFaces:
             if face_job_id in taken:
                 continue
             kept_key = unknown_crop_key(face_job_id)
-            if not copy_crop(self.store, face.crop_key, kept_key):
+            try:
+                copied = copy_crop(self.store, face.crop_key, kept_key)
+            except ObjectUnreadable as exc:  # one bad object: the search's answer does not wait on it
+                log.warning("unknown.crop_unreadable", job_id=job_id, face_index=face.face_index, error=str(exc))
+                continue
+            if not copied:
                 log.warning("unknown.crop_gone", job_id=job_id, face_index=face.face_index)
                 continue
             new_rows.append(

@@ -316,6 +316,12 @@ def test_naming_a_cluster_makes_its_person_found_by_the_next_search(world: World
     world.handle(messages[0])
     assert world.counts() == {"rows": 0, "vectors": 0, "crops": 4}
     assert len(world.main.list_faces(naming.user_id)) == 4
+    # Nor after that face is erased: erased stays erased.
+    (first,) = [face for face in faces if face.job_id == f"{messages[0].job_id}-0"]
+    assert world.erasure().erase_face(first.id)
+    world.handle(messages[0])
+    assert world.counts() == {"rows": 0, "vectors": 0, "crops": 3}
+    assert len(world.main.list_faces(naming.user_id)) == 3
 
 
 def test_naming_as_an_existing_person_adds_the_faces_to_them(world: World) -> None:
