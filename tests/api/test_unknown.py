@@ -12,6 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from common import clients
+from common.db.main_repository import NewFace
 from common.db.unknown_faces import UnknownFaces, UnseenFace
 from common.db.vector_repository import VectorRepository
 from common.objects import crop_key
@@ -175,3 +176,31 @@ def test_a_key_limited_to_other_collections_learns_nothing_of_these_clusters(
         refused = api.post(f"/v1/clusters/{cluster_id}/{action}", json=body, headers=limited)
         assert refused.status_code == 404 and refused.json()["code"] == "cluster_not_found", action
     assert installation.main.list_clusters(collection_id, 0, 10, 4)[0].faces == 3
+
+
+def test_not_this_person_answers_404_outside_the_keys_collections_and_the_same_when_repeated(
+    api: TestClient, installation: Installation
+) -> None:
+    collection_id, _ = new_collection(installation)
+    user = installation.main.create_user(new_email("owner"), "Owner", collection_id)
+    job_id = uuid.uuid4().hex
+    installation.store.put(crop_key(job_id, 0), b"crop")
+    # No embedding: registering a pack here would make it the shared installation's active one.
+    face = NewFace(
+        user.id, job_id, f"originals/{job_id}", crop_key(job_id, 0), (1, 2, 3, 4), 0.9, 1, PACK, collection_id
+    )
+    face_id = installation.main.add_face(face)
+    installation.main.serve_face(face_id, user.id, job_id)
+    other_id, _ = new_collection(installation)
+    limited = {"X-API-Key": installation.main.create_api_key("limited-w", "write", [other_id]).key}
+    url = f"/v1/faces/{face_id}/not-this-person"
+    refused = api.post(url, headers=limited)
+    assert refused.status_code == 404 and refused.json()["code"] == "face_not_found"
+    assert installation.main.get_face(face_id) is not None
+    first = api.post(url, headers=key(installation, "write"))
+    assert first.status_code == 200, first.text
+    assert first.json()["user_id"] == user.id and first.json()["face_id"] == face_id
+    assert installation.main.get_face(face_id) is None and installation.main.list_faces(user.id) == []
+    again = api.post(url, headers=key(installation, "write"))
+    assert again.status_code == 200 and again.json() == first.json()
+    assert api.post(url, headers=limited).status_code == 404  # now in the unknown pool: still not theirs to see
