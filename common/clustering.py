@@ -38,7 +38,7 @@ class ClusterParameters:
 CLUSTER_PARAMETERS: dict[str, ClusterParameters] = {
     "buffalo_sc_lite": ClusterParameters(max_distance=0.58, min_faces=3),
     "mbf128_lite": ClusterParameters(max_distance=0.44, min_faces=3),
-    DLIB: ClusterParameters(max_distance=0.05, min_faces=3),
+    DLIB: ClusterParameters(max_distance=0.037, min_faces=3),
 }
 # Packs not calibrated here: the insightface recognizers share buffalo_sc_lite's training and scale.
 UNCALIBRATED_PARAMETERS = CLUSTER_PARAMETERS["buffalo_sc_lite"]

@@ -23,7 +23,6 @@ from operations.calibrate import embed_crop
 from operations.reports import merged
 
 MIN_FACES = 3
-STEP = 0.01
 
 
 @dataclass(frozen=True)
@@ -45,6 +44,12 @@ class ClusterCalibration:
     chosen: ClusterRun
     runs: list[ClusterRun]
     seconds: float
+    step: float  # the grid max_distance was chosen on
+    cached: bool  # the embeddings were read from an earlier run's cache
+
+    @property
+    def digits(self) -> int:
+        return round(-math.log10(self.step))
 
 
 def embed_folder(settings: ModelSettings, folder: Path, cache: Path | None = None) -> tuple[np.ndarray, list[str]]:
@@ -101,33 +106,44 @@ def run_at(embeddings: np.ndarray, people: list[str], max_distance: float) -> Cl
     )
 
 
-def choose(embeddings: np.ndarray, people: list[str]) -> tuple[ClusterRun, list[ClusterRun]]:
-    """The largest max_distance (to STEP) below the nearest pair of photos of two different people (a single
-    stranger pair within max_distance can join two people's clusters: clusters grow by single links) at which
-    clustering makes no mixed cluster, and the runs around it for the report."""
+def step_for(nearest_stranger: float) -> float:
+    """The grid max_distance is chosen on: a tenth of the nearest stranger distance's order of magnitude (0.01 on
+    ArcFace's scale, where strangers are ~0.6 apart; 0.001 on dlib's, ten times narrower)."""
+    return float(10.0 ** (math.floor(math.log10(max(nearest_stranger, 1e-6))) - 1))
+
+
+def choose(embeddings: np.ndarray, people: list[str]) -> tuple[ClusterRun, list[ClusterRun], float]:
+    """The largest max_distance (on the step_for grid) below the nearest pair of photos of two different people (a
+    single stranger pair within max_distance can join two people's clusters: clusters grow by single links) at
+    which clustering makes no mixed cluster; the runs around it for the report; the grid's step."""
     names = np.array(people)
     upper = np.triu(np.ones((len(names), len(names)), dtype=bool), k=1)
     strangers = (1.0 - embeddings @ embeddings.T)[upper & (names[:, None] != names[None, :])]
-    candidate = round(math.floor((float(strangers.min()) - 1e-9) / STEP) * STEP, 2)
+    nearest = float(strangers.min())
+    step = step_for(nearest)
+    digits = round(-math.log10(step))
+    candidate = round(math.floor((nearest - 1e-9) / step) * step, digits)
     runs: dict[float, ClusterRun] = {}
     while candidate > 0:
         run = runs[candidate] = run_at(embeddings, people, candidate)
         if run.mixed_clusters == 0 and run.stranger_rate == 0:
             break
-        candidate = round(candidate - STEP, 2)
+        candidate = round(candidate - step, digits)
     chosen = runs[candidate]
-    for offset in (-0.05, -0.02, 0.02, 0.05, 0.1):
-        other = round(candidate + offset, 2)
+    for offset in (-5, -2, 2, 5, 10):
+        other = round(candidate + offset * step, digits)
         if 0 < other < 2 and other not in runs:
             runs[other] = run_at(embeddings, people, other)
-    return chosen, [runs[key] for key in sorted(runs)]
+    return chosen, [runs[key] for key in sorted(runs)], step
 
 
 def calibrate_clusters(settings: ModelSettings, folder: Path, cache: Path | None = None) -> ClusterCalibration:
     started = time.perf_counter()
+    cached = cache is not None and cache.exists()
     embeddings, people = embed_folder(settings, folder, cache)
-    chosen, runs = choose(embeddings, people)
-    return ClusterCalibration(settings.model_pack, len(people), chosen, runs, time.perf_counter() - started)
+    chosen, runs, step = choose(embeddings, people)
+    seconds = time.perf_counter() - started
+    return ClusterCalibration(settings.model_pack, len(people), chosen, runs, seconds, step, cached)
 
 
 def rate_at(curve: FmrCurve, similarity: float) -> float | None:
@@ -141,13 +157,14 @@ def rate_at(curve: FmrCurve, similarity: float) -> float | None:
 
 
 def report(result: ClusterCalibration, folder: Path) -> str:
-    chosen = result.chosen
+    chosen, digits = result.chosen, result.digits
     lines = [
         f"## Clustering of unknown faces: `{result.pack}`",
         "",
         f"Data: every photo of `{folder}/identities.csv` with a face found ({result.photos} photos), embedded as",
         f"for the threshold above. Written by `fecapass calibrate --clusters` on {platform.node() or 'this machine'}"
-        f" ({platform.machine()}), {result.seconds:.0f} s.",
+        f" ({platform.machine()}), {result.seconds:.0f} s"
+        + (" (the embeddings read from an earlier run's --embeddings-cache)." if result.cached else "."),
         "Each row clusters all the photos, in file order, with the index stage's rules (common/clustering.py) at",
         f"min_faces {MIN_FACES}, then one settle pass. Stranger pairs: pairs of photos of two different people within",
         "max_distance; people: those with at least min_faces photos.",
@@ -159,16 +176,16 @@ def report(result: ClusterCalibration, folder: Path) -> str:
     for run in result.runs:
         mark = "**" if run is chosen else ""
         lines.append(
-            f"| {mark}{run.max_distance:.2f}{mark} ({1 - run.max_distance:.2f}) | {run.stranger_rate:.2e}"
+            f"| {mark}{run.max_distance:.{digits}f}{mark} ({1 - run.max_distance:.{digits}f}) | {run.stranger_rate:.2e}"
             f" | {run.same_rate * 100:.1f} % | {run.clusters} | {run.mixed_clusters}"
             f" | {run.clustered_share * 100:.1f} % | {run.whole_people} of {run.people} |"
         )
     lines += [
         "",
-        f"Chosen for `{result.pack}`: **max_distance {chosen.max_distance:.2f}, min_faces {MIN_FACES}**: the largest",
-        f"max_distance (to {STEP}) at which no pair of photos of two different people is within it and no cluster"
-        " holds two people (clusters grow by single links: one stranger pair within max_distance can join two",
-        "people's clusters, as the rows above show).",
+        f"Chosen for `{result.pack}`: **max_distance {chosen.max_distance:.{digits}f}, min_faces {MIN_FACES}**: the",
+        f"largest max_distance (to {result.step:g}) at which no pair of photos of two different people is within it"
+        " and no cluster holds two people (clusters grow by single links: one stranger pair within max_distance",
+        "can join two people's clusters, as the rows above show).",
     ]
     curve = fmr_curve(result.pack)
     rate = rate_at(curve, 1 - chosen.max_distance) if curve else None
@@ -190,6 +207,7 @@ def main(settings: ModelSettings, folder: Path, output: Path, cache: Path | None
 
     output.write_text(merged(existing, HEADER, f"clusters-{result.pack}", report(result, folder)))
     print(
-        f"wrote {output}: {result.pack} max_distance {result.chosen.max_distance:.2f}, min_faces {MIN_FACES},"
+        f"wrote {output}: {result.pack} max_distance {result.chosen.max_distance:.{result.digits}f},"
+        f" min_faces {MIN_FACES},"
         f" {result.chosen.mixed_clusters} mixed clusters"
     )
