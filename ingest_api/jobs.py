@@ -40,6 +40,7 @@ CLIENT_ERROR_STATUS = {
     "user_not_found": 404,
     "face_erased": 404,  # the user or face was erased while the enroll ran
     "user_has_no_faces": 422,
+    "face_external_id_taken": 409,  # another enroll of the same external id got there first
 }
 
 

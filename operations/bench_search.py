@@ -4,6 +4,9 @@ Isotropic random vectors say nothing about faces (HNSW recall behaves very diffe
 embeddings are drawn from a model fitted to the pack's real embeddings of the LFW photos in ../shared: the mean,
 the spread between people and the spread within one person, scaled so that generated same-person pairs have the
 real median cosine. Each configuration is measured against an exact search of the same data in the same run.
+
+A collection holding ``collection_share`` of the people (1 %) is searched too, as the product searches a
+collection: the binary index scans its codes only, HNSW filters by collection with pgvector's iterative scan.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from indexer.stage import CANDIDATES_PER_RESULT
 from operations.bench import machine, percentile
 from operations.search_report import (
     BinaryMeasurement,
+    FilteredMeasurement,
     GeneratedEmbeddings,
     Measurement,
     SearchRun,
@@ -52,6 +56,7 @@ from operations.services import VECTOR_DB, LocalServices
 
 BENCH_PACK = "bench"
 BENCH_INDEX = "bench_hnsw"
+SMALL_COLLECTION = 2  # the collection holding collection_share of the people; the rest are in the default one
 # The product's query: `limit` people per face, read as limit * CANDIDATES_PER_RESULT nearest faces.
 DEFAULT_LIMIT = 10
 MAINTENANCE_WORK_MEM = "4GB"
@@ -75,6 +80,7 @@ class SearchBenchConfig:
     shared_buffers: str = "4GB"  # a server sized for a million embeddings; the report states it
     indexes: tuple[str, ...] = ("hnsw",)  # "hnsw" (pgvector's graph, each storage and m) and/or "binary"
     binary_candidates: tuple[int, ...] = (200, 400)
+    collection_share: float = 0.01  # people in a small collection searched on its own; 0: no filtered case
 
 
 # -- a generative model of the pack's embeddings ------------------------------------------------------------
@@ -179,15 +185,17 @@ class FaceModel:
 # -- PostgreSQL ---------------------------------------------------------------------------------------------
 
 
-def load(conn: psycopg.Connection, vectors: np.ndarray) -> float:
+def load(conn: psycopg.Connection, vectors: np.ndarray, collections: np.ndarray | None = None) -> float:
+    """Face i is ``vectors[i]``, in collection ``collections[i]`` (default: every face in the default one)."""
     started = time.perf_counter()
     conn.execute("TRUNCATE face_embeddings")
     register_vector(conn)
-    statement = "COPY face_embeddings (face_id, model_pack, embedding) FROM STDIN WITH (FORMAT BINARY)"
+    statement = "COPY face_embeddings (face_id, model_pack, embedding, collection_id) FROM STDIN WITH (FORMAT BINARY)"
     with conn.cursor().copy(statement) as copy:
-        copy.set_types(["int8", "text", "vector"])
+        copy.set_types(["int8", "text", "vector", "int8"])
         for face_id, vector in enumerate(vectors):
-            copy.write_row((face_id, BENCH_PACK, vector))
+            collection = DEFAULT_COLLECTION_ID if collections is None else int(collections[face_id])
+            copy.write_row((face_id, BENCH_PACK, vector, collection))
     conn.execute("VACUUM ANALYZE face_embeddings")
     return time.perf_counter() - started
 
@@ -272,7 +280,8 @@ def exact_neighbours(stored: np.ndarray, queries: np.ndarray, k: int) -> list[tu
     found = []
     for start in range(0, len(queries), 50):
         sims = queries[start : start + 50] @ stored.T
-        top = np.argpartition(-sims, k, axis=1)[:, :k]
+        # A small collection may hold fewer than k faces: every one is a candidate then.
+        top = np.argpartition(-sims, min(k, stored.shape[0] - 1), axis=1)[:, :k]
         for row, idx in zip(sims, top, strict=True):
             order = idx[np.argsort(-row[idx])]
             found.append((order, row[order]))
@@ -347,6 +356,9 @@ def run(config: SearchBenchConfig) -> Path:
                         run_seconds=time.perf_counter() - started,
                         measurements=tuple(figures.measurements),
                         binary=tuple(figures.binary),
+                        collection_share=config.collection_share if figures.filtered else None,
+                        collection_faces=figures.collection_faces if figures.filtered else None,
+                        filtered=tuple(figures.filtered),
                     )
                     results = load_results(where).with_run(measured)
                     save_results(where, results)
@@ -363,6 +375,99 @@ class SizeFigures(NamedTuple):
     own_share: float  # of the exact candidates at or above the threshold, photos of the query's person
     measurements: list[Measurement]
     binary: list[BinaryMeasurement]
+    collection_faces: int
+    filtered: list[FilteredMeasurement]
+
+
+@dataclass(frozen=True)
+class Queries:
+    """Queries with their truth: the exact candidates (face ids, similarities) and the ids of each one's person."""
+
+    vectors: np.ndarray
+    exact: list[tuple[np.ndarray, np.ndarray]]
+    same_person: list[set[int]]
+
+
+def recall_figures(found: list[list[int]], queries: Queries, threshold: float) -> tuple[float, float, float]:
+    """Person recall, match recall and recall@10 of the faces each query found."""
+    person, at10, match_found, match_total = [], [], 0, 0
+    for ids_found, (ids, sims), own in zip(found, queries.exact, queries.same_person, strict=True):
+        wanted = set(ids[sims >= threshold].tolist())
+        match_total += len(wanted)
+        match_found += len(wanted & set(ids_found))
+        at10.append(len(set(ids[:10].tolist()) & set(ids_found[:10])) / min(10, max(1, len(ids))))
+        person.append(len(own & set(ids_found)) / len(own))
+    return float(np.mean(person)), match_found / match_total if match_total else 1.0, float(np.mean(at10))
+
+
+def filtered_search(conn: psycopg.Connection, storage: str, query: np.ndarray, limit: int) -> tuple[list[int], float]:
+    """The product's k-NN statement in one collection (``nearest_statement``, in_collection), re-sorted by the
+    full-precision similarity as ``VectorRepository.nearest`` does after a relaxed-order scan."""
+    statement = nearest_statement(BENCH_PACK, PackIndex(len(query), storage), in_collection=True)
+    started = time.perf_counter()
+    rows = conn.execute(
+        statement, {"q": query, "limit": limit, "collection": SMALL_COLLECTION}, prepare=False
+    ).fetchall()
+    ordered = [int(face_id) for face_id, _ in sorted(rows, key=lambda row: (-float(row[1]), int(row[0])))]
+    return ordered, time.perf_counter() - started
+
+
+def measure_filtered_hnsw(
+    conn: psycopg.Connection, built: IndexBuild, queries: Queries, threshold: float, limit: int
+) -> FilteredMeasurement:
+    """The product's search in the small collection on this build, at the product's ef_search."""
+    product = HnswParameters()
+    candidates = limit * CANDIDATES_PER_RESULT
+    conn.execute(sql.SQL("SET hnsw.ef_search = {}").format(sql.Literal(max(product.ef_search, candidates))))
+    conn.execute("SET hnsw.iterative_scan = relaxed_order")
+    conn.execute(sql.SQL("SET hnsw.max_scan_tuples = {}").format(sql.Literal(product.max_scan_tuples)))
+    try:
+        for query in queries.vectors:  # untimed, as measure() does
+            filtered_search(conn, built.storage, query, candidates)
+        found, latencies = [], []
+        for query in queries.vectors:
+            ids, seconds = filtered_search(conn, built.storage, query, candidates)
+            found.append(ids)
+            latencies.append(seconds * 1000)
+    finally:
+        conn.execute("SET hnsw.iterative_scan = off")
+    person, match, at10 = recall_figures(found, queries, threshold)
+    return FilteredMeasurement(
+        index="hnsw",
+        configuration=f"{built.storage} m {built.m} ef_search {max(product.ef_search, candidates)}",
+        person_recall=person,
+        match_recall=match,
+        recall_at_10=at10,
+        p50_ms=statistics.median(latencies),
+        p99_ms=percentile(latencies, 99),
+        queries_per_second=1000 / statistics.mean(latencies),
+    )
+
+
+def _small_collection(
+    config: SearchBenchConfig,
+    model: FaceModel,
+    people: np.ndarray,
+    stored: np.ndarray,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray | None, Queries | None]:
+    """The collection of each stored face (every ``1 / collection_share``-th person in SMALL_COLLECTION) and
+    the queries of people of that collection, with the exact search of the collection; (None, None) without a
+    filtered case."""
+    if config.collection_share <= 0:
+        return None, None
+    step = max(1, round(1 / config.collection_share))
+    small_people = np.flatnonzero(np.arange(len(people)) % step == 0)
+    collections = np.where(np.arange(len(stored)) % len(people) % step == 0, SMALL_COLLECTION, DEFAULT_COLLECTION_ID)
+    in_small = np.flatnonzero(collections == SMALL_COLLECTION)
+    chosen = small_people[rng.integers(0, len(small_people), config.queries)]
+    vectors = model.photos(people[chosen], rng)
+    exact = [
+        (in_small[ids], sims)
+        for ids, sims in exact_neighbours(stored[in_small], vectors, DEFAULT_LIMIT * CANDIDATES_PER_RESULT)
+    ]
+    same = [{int(p) + k * len(people) for k in range(config.samples_per_person)} for p in chosen]
+    return collections, Queries(vectors, exact, same)
 
 
 def _measure_size(
@@ -378,7 +483,12 @@ def _measure_size(
     dim = len(model.mean)
     people = model.people(size // config.samples_per_person, rng)
     stored = np.vstack([model.photos(people, rng) for _ in range(config.samples_per_person)])
-    chosen = rng.integers(0, len(people), config.queries)
+    collections, small = _small_collection(config, model, people, stored, rng)
+    if collections is None:
+        chosen = rng.integers(0, len(people), config.queries)
+    else:  # the gallery's searches are of people of the default collection, as the binary index scans only it
+        default_people = np.flatnonzero(collections[: len(people)] == DEFAULT_COLLECTION_ID)  # face p: person p
+        chosen = default_people[rng.integers(0, len(default_people), config.queries)]
     queries = model.photos(people[chosen], rng)
     exact = exact_neighbours(stored, queries, limit * CANDIDATES_PER_RESULT)
     # Photo i of the stored set is of person i % len(people).
@@ -387,21 +497,28 @@ def _measure_size(
     own_share = sum(int((a == p).sum()) for a, p in zip(above, chosen, strict=True)) / max(
         1, sum(len(a) for a in above)
     )
-    load_seconds = load(conn, stored)
+    load_seconds = load(conn, stored, collections)
     del stored
+    conn.execute("ANALYZE face_embeddings")
     scan = exact_scan_ms(conn, queries, limit * CANDIDATES_PER_RESULT)
-    measurements = []
+    measurements, filtered = [], []
     if "hnsw" in config.indexes:
         for storage in config.storages:
             for m in config.m_values:
                 built = build(conn, storage, dim, m, config.ef_construction)
                 measurements += measure(conn, built, queries, exact, same_person, threshold, config.ef_search, limit)
+                if small is not None:
+                    filtered.append(measure_filtered_hnsw(conn, built, small, threshold, limit))
     binary = []
     if "binary" in config.indexes:
         assert services is not None, "the binary index needs the gallery feed's Redis"
-        trial = BinaryTrial(services, queries, exact, same_person, threshold, limit, dim)
-        binary = [trial.measure(candidates, model, people, rng) for candidates in config.binary_candidates]
-    return SizeFigures(load_seconds, scan, own_share, measurements, binary)
+        trial = BinaryTrial(services, queries, exact, same_person, threshold, limit, dim, small)
+        for candidates in config.binary_candidates:
+            whole, in_collection = trial.measure(candidates, model, people, rng)
+            binary.append(whole)
+            filtered += [in_collection] if in_collection is not None else []
+    small_faces = 0 if collections is None else int((collections == SMALL_COLLECTION).sum())
+    return SizeFigures(load_seconds, scan, own_share, measurements, binary, small_faces, filtered)
 
 
 @dataclass
@@ -416,10 +533,11 @@ class BinaryTrial:
     threshold: float
     limit: int
     dim: int
+    small: Queries | None = None  # searches in the small collection
 
     def measure(
         self, candidates: int, model: FaceModel, people: np.ndarray, rng: np.random.Generator
-    ) -> BinaryMeasurement:
+    ) -> tuple[BinaryMeasurement, FilteredMeasurement | None]:
         wanted = self.limit * CANDIDATES_PER_RESULT
         client = redis.Redis.from_url(self.services.redis_url)
         feed = GalleryFeed(client, stream=f"fecapass:gallery:bench:{candidates}")
@@ -429,7 +547,8 @@ class BinaryTrial:
             vectors = VectorRepository(pool)
             index = BinaryIndex(vectors, feed, candidates)
             started = time.perf_counter()
-            codes = index.load(BENCH_PACK, self.dim).codes(DEFAULT_COLLECTION_ID)
+            gallery = index.load(BENCH_PACK, self.dim)
+            codes = gallery.codes(DEFAULT_COLLECTION_ID)  # what a search of the gallery's people scans
             load_seconds = time.perf_counter() - started
             started = time.perf_counter()
             index.nearest(BENCH_PACK, self.queries[0], wanted)
@@ -454,7 +573,9 @@ class BinaryTrial:
                 at10.append(len(set(ids[:10].tolist()) & set(found[:10])) / 10)
                 person.append(len(own & set(found)) / len(own))
             findable = self._findable_ms(index, feed, model, people, rng)
-            memory_mib = len(codes) * (codes.index.code_size + 8) / 2**20  # codes and their int64 ids
+            held = sum(len(each) for each in gallery.collections.values())
+            memory_mib = held * (codes.index.code_size + 8) / 2**20  # codes and their int64 ids
+            in_collection = self._filtered(index, candidates, wanted)
         client.close()
         return BinaryMeasurement(
             candidates=candidates,
@@ -470,6 +591,29 @@ class BinaryTrial:
             rank_p50_ms=statistics.median(ranks),
             queries_per_second=1000 / statistics.mean(latencies),
             findable_ms=findable,
+        ), in_collection
+
+    def _filtered(self, index: BinaryIndex, candidates: int, wanted: int) -> FilteredMeasurement | None:
+        """The product's search in the small collection: that collection's codes scanned, then ranked."""
+        if self.small is None:
+            return None
+        for query in self.small.vectors[:20]:  # warm, as the gallery's searches are
+            index.nearest(BENCH_PACK, query, wanted, SMALL_COLLECTION)
+        found, latencies = [], []
+        for query in self.small.vectors:
+            started = time.perf_counter()
+            found.append([n.face_id for n in index.nearest(BENCH_PACK, query, wanted, SMALL_COLLECTION)])
+            latencies.append((time.perf_counter() - started) * 1000)
+        person, match, at10 = recall_figures(found, self.small, self.threshold)
+        return FilteredMeasurement(
+            index="binary",
+            configuration=f"candidates {candidates}",
+            person_recall=person,
+            match_recall=match,
+            recall_at_10=at10,
+            p50_ms=statistics.median(latencies),
+            p99_ms=percentile(latencies, 99),
+            queries_per_second=1000 / statistics.mean(latencies),
         )
 
     def _findable_ms(

@@ -379,6 +379,7 @@ def _bench_search(args: argparse.Namespace) -> None:
         shared_buffers=args.shared_buffers,
         indexes=tuple(args.index),
         binary_candidates=tuple(args.binary_candidates),
+        collection_share=args.collection_share,
     )
     try:
         print(f"wrote {bench_search(config)}")
@@ -465,6 +466,12 @@ def _add_measurements(commands: Commands) -> None:
         "--index", nargs="+", choices=["hnsw", "binary"], default=["hnsw"], help="the search indexes to measure"
     )
     scale.add_argument("--binary-candidates", type=int, nargs="+", default=[200, 400], help="codes PostgreSQL ranks")
+    scale.add_argument(
+        "--collection-share",
+        type=float,
+        default=0.01,
+        help="also search a collection holding this share of the people (0: no filtered case)",
+    )
     scale.add_argument("--fit-photos", type=int, help="fit the generator to this many photos only (quick runs)")
     scale.add_argument("--shared-buffers", default="4GB", help="PostgreSQL shared_buffers for the run")
     scale.add_argument(

@@ -9,7 +9,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import numpy as np
+import psycopg
 import pytest
 from fastapi.testclient import TestClient
 
@@ -59,7 +59,13 @@ def served_face(installation: Installation, vectors: VectorRepository, user_id: 
     face_id = installation.main.add_face(
         NewFace(user_id, job_id, image_key, crop_key, (1, 2, 3, 4), 0.9, 1, PACK, collection_id=collection_id)
     )
-    vectors.add_embedding(face_id, PACK, np.ones(8, dtype=np.float32) / np.sqrt(8), collection_id)
+    # Plain SQL: the repository's add_embedding would register PACK, and the first pack registered becomes the
+    # active pack of this installation's other tests.
+    with psycopg.connect(installation.env["FECAPASS_VECTOR_DB_DSN"]) as conn:
+        conn.execute(
+            "INSERT INTO face_embeddings (face_id, model_pack, embedding, collection_id) VALUES (%s, %s, %s, %s)",
+            (face_id, PACK, str([0.5] * 4), collection_id),
+        )
     installation.main.serve_face(face_id, user_id, job_id)
     row = installation.main.get_collection(collection_id)
     assert row is not None
@@ -315,3 +321,20 @@ def test_erasing_a_collection_leaves_nothing_of_it(
     assert api.delete(f"/v1/collections/{a.name}", headers=admin(installation)).status_code == 404
     assert api.get("/v1/collections", headers=site_key).json() == []
     assert api.get("/v1/users", headers=site_key).json()["code"] == "collection_not_found"
+
+
+def test_the_cli_creates_keys_limited_to_collections(
+    api: TestClient, installation: Installation, vectors: VectorRepository, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from operations.cli import main as fecapass
+
+    a, b = new_site(api, installation, vectors), new_site(api, installation, vectors)
+    for name, value in installation.env.items():
+        monkeypatch.setenv(name, value)
+    label = f"cli-site-{uuid.uuid4().hex[:6]}"
+    fecapass(["keys", "create", "--name", label, "--scope", "read", "--collection", a.name, "--collection", b.name])
+    [made] = [row for row in installation.main.list_api_keys() if row.name == label]
+    assert sorted(made.collection_ids or []) == sorted([a.id, b.id])
+    with pytest.raises(SystemExit, match="no such collection: no-such-site"):
+        fecapass(["keys", "create", "--name", "x", "--scope", "read", "--collection", "no-such-site"])
+    assert not [row for row in installation.main.list_api_keys() if row.name == "x"]

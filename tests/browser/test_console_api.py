@@ -45,7 +45,7 @@ def test_the_console_is_served_with_a_policy_that_allows_no_inline_script(consol
 def test_me_tells_each_key_its_scope(console: Console) -> None:
     for scope in ("read", "write", "admin"):
         with console.client(scope) as client:
-            assert client.get("/v1/me").json() == {"scope": scope}
+            assert client.get("/v1/me").json() == {"scope": scope, "collections": None}
     with httpx.Client(base_url=console.base_url) as anonymous:
         assert anonymous.get("/v1/me").json()["code"] == "missing_api_key"
         assert anonymous.get("/v1/me", headers={"X-API-Key": "fcp_guess"}).json()["code"] == "invalid_api_key"
@@ -72,7 +72,7 @@ def test_only_an_admin_key_manages_keys(console: Console) -> None:
         listed = admin.get("/v1/keys").json()
         assert body["id"] in [row["id"] for row in listed] and body["key"] not in str(listed)
         with httpx.Client(base_url=console.base_url, headers={"X-API-Key": body["key"]}) as made:
-            assert made.get("/v1/me").json() == {"scope": "write"}
+            assert made.get("/v1/me").json() == {"scope": "write", "collections": None}
         assert admin.post("/v1/keys", json={"name": "", "scope": "write"}).status_code == 422
         assert admin.post("/v1/keys", json={"name": "x", "scope": "root"}).status_code == 422
         assert admin.delete(f"/v1/keys/{body['id']}").status_code == 204

@@ -169,7 +169,7 @@ def test_an_admin_key_creates_and_revokes_a_key(page: Page, console: Console) ->
     shown = page.locator("#new-key").text_content() or ""
     assert shown.startswith("fcp_")
     with httpx_client(console, shown) as client:
-        assert client.get("/v1/me").json() == {"scope": "read"}
+        assert client.get("/v1/me").json() == {"scope": "read", "collections": None}
     (key_id, scope, revoked) = console.rows("SELECT id, scope, revoked_at FROM api_keys WHERE name = %s", name)[0]
     assert (scope, revoked) == ("read", None)
     row = page.locator(f"#keys tr[data-key-id='{key_id}']")

@@ -3,7 +3,15 @@ beside HNSW's."""
 
 from __future__ import annotations
 
-from operations.search_report import BinaryMeasurement, SearchResults, SearchRun, rendered, target_verdict
+from operations.search_report import (
+    BinaryMeasurement,
+    FilteredMeasurement,
+    SearchResults,
+    SearchRun,
+    rendered,
+    section_lines,
+    target_verdict,
+)
 from tests.unit.test_bench_reports import PIPELINE, WARM_MILLION, row, search_run
 
 
@@ -48,3 +56,28 @@ def test_a_binary_miss_says_by_how_much_and_which_came_closest() -> None:
     [line] = target_verdict([], 0.1, [binary_row(200, 0.98, 12.5), binary_row(400, 0.995, 20.0)])
     assert "missed" in line and "closest" in line
     assert "p99 12.5 ms" in line and "p99 2.5 ms over" in line and "person recall 0.010 short" in line
+
+
+def test_a_run_with_a_filtered_case_renders_its_table_and_older_runs_still_parse() -> None:
+    searched = FilteredMeasurement(
+        index="hnsw",
+        configuration="halfvec m 32 ef_search 100",
+        person_recall=0.998,
+        match_recall=0.97,
+        recall_at_10=0.99,
+        p50_ms=3.0,
+        p99_ms=9.5,
+        queries_per_second=300.0,
+    )
+    run = binary_run(1_000_000, binary_row(200, 0.999, 8.0)).model_copy(
+        update={"collection_share": 0.01, "collection_faces": 10_000, "filtered": (searched,)}
+    )
+    section = "\n".join(section_lines(run))
+    assert "**Search in a collection holding 1 % of the gallery** (10,000 faces;" in section
+    assert "| hnsw | halfvec m 32 ef_search 100 | 0.998 | 0.970 | 0.990 | 3.0 | 9.5 | 300 |" in section
+    # A run stored before collections (no such fields) reads back without a filtered table.
+    stored = run.model_dump(mode="json")
+    for field in ("collection_share", "collection_faces", "filtered"):
+        del stored[field]
+    older = SearchRun.model_validate(stored)
+    assert older.filtered == () and "collection holding" not in "\n".join(section_lines(older))
