@@ -8,6 +8,8 @@ not a model, are under test here; tests/integration/test_unknown_clusters_lfw.py
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,7 +20,8 @@ import pytest
 import redis
 
 from common import clients
-from common.clustering import parameters_for
+from common.clustering import ClusterParameters, Nearby, Placement, parameters_for, place
+from common.db import main_repository
 from common.db.erasure import Erasure
 from common.db.main_repository import (
     ClusterTaken,
@@ -453,3 +456,37 @@ def test_the_settle_command_expires_and_places(
     # The first face founds the cluster with the other two.
     assert "placed 1, still waiting 0, expired and erased 0" in capsys.readouterr().out
     assert sorted(len(faces) for faces in world.clusters().values()) == [3]
+
+
+def test_two_workers_placing_at_once_make_one_cluster(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    person = world.person()
+    aside = unit(world.rng.standard_normal(DIM))
+    aside = unit(aside - float(aside @ person) * person)  # orthogonal to the person's direction
+    for face in (person, unit(person + 0.1 * aside)):
+        world.search(face)  # two faces: they wait
+    # Two late faces, each near both waiting ones but not near each other (distance 0.66 > max_distance).
+    late = [search_message(world, [unit(person + sign * 0.7 * aside)], world.collection_id) for sign in (1, -1)]
+    world.handler.unknown.place = lambda row: None  # type: ignore[method-assign]
+    for message in late:
+        world.handle(message)
+    del world.handler.unknown.place
+    rows = [row for message in late for row in world.main.unknown_faces_of_job(message.job_id)]
+    assert world.clusters() == {} and len(rows) == 2
+    # Each late face alone would found a cluster with the two waiting. Two workers place them at once: each decides
+    # (clustering.place, inside the placement's transaction) only when both have got there, or after 2 s. Without
+    # the collection's lock both decide on the same memberships and found two clusters (the second keeps only its own
+    # face); with it the second waits for the first to commit, decides on what it committed, and joins its cluster.
+    both_deciding = threading.Barrier(2)
+
+    def decide(nearby: list[Nearby], parameters: ClusterParameters) -> Placement:
+        with contextlib.suppress(threading.BrokenBarrierError):  # the other worker waits for the lock this one holds
+            both_deciding.wait(timeout=2)
+        return place(nearby, parameters)
+
+    monkeypatch.setattr(main_repository, "place", decide)
+    workers = [threading.Thread(target=world.unknown.place, args=(row,)) for row in rows]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=60)
+    assert [len(faces) for faces in world.clusters().values()] == [4]
