@@ -8,6 +8,7 @@ not a model, are under test here; tests/integration/test_unknown_clusters_lfw.py
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import threading
 import uuid
@@ -490,3 +491,32 @@ def test_two_workers_placing_at_once_make_one_cluster(world: World, monkeypatch:
     for worker in workers:
         worker.join(timeout=60)
     assert [len(faces) for faces in world.clusters().values()] == [4]
+
+
+def test_the_api_settles_on_its_own(world: World, services: LocalServices) -> None:
+    import redis.asyncio as aioredis
+
+    from ingest_api.clusters_sweeper import settle_forever
+    from tests.conftest import redis_client_url
+
+    person = world.person()
+    for _ in range(3):
+        world.search(world.face_of(person))
+    with world.main.pool.connection() as conn:
+        conn.execute("UPDATE unknown_faces SET expires_at = now() WHERE collection_id = %s", (world.collection_id,))
+
+    async def run() -> bool:
+        client = aioredis.Redis.from_url(redis_client_url(services))
+        task = asyncio.create_task(settle_forever(world.unknown, client, every_seconds=0.05))
+        try:
+            for _ in range(200):  # bounded: 10 s at most
+                await asyncio.sleep(0.05)
+                if world.counts()["rows"] == 0:
+                    return True
+            return False
+        finally:
+            task.cancel()
+            await client.aclose()
+
+    assert asyncio.run(run())  # a pass ran and erased the expired faces
+    assert world.counts() == {"rows": 0, "vectors": 0, "crops": 0}
