@@ -175,6 +175,9 @@ class ApiSettings(_Base):
     orphan_after_seconds: int = Field(default=3600, ge=300)
     # How often one API process (a Redis lock picks it) sweeps the originals; 0 turns the sweep off.
     orphan_sweep_seconds: float = Field(default=3600.0, ge=0)
+    # How often one API process (a Redis lock picks it) settles unknown faces: erases those past their collection's
+    # retention and places again those waiting for a cluster; 0 turns it off (`fecapass clusters settle` by hand).
+    clusters_settle_seconds: float = Field(default=600.0, ge=0)
 
     @property
     def base_url(self) -> str:

@@ -10,11 +10,13 @@ import psycopg
 import redis
 
 from common.db.main_repository import DuplicateFaceExternalId, Erased, MainRepository, NewFace, Reassigned, UnknownUser
+from common.db.unknown_faces import UnknownFaces, UnseenFace
 from common.db.vector_repository import Neighbour, PackMismatch, VectorRepository
 from common.errors import DependencyUnavailable, JobFailed, PoisonMessage
 from common.handlers import HandlerResult, Outcome, per_message
 from common.objects import ObjectStore, discard_job_objects
 from common.packs.catalog import default_threshold
+from common.transient import TransientStore
 from indexer.binary_index import BinaryIndex
 from indexer.gallery_feed import Change, GalleryFeed
 from indexer.threshold import SearchThreshold
@@ -59,6 +61,7 @@ class IndexHandler:
         false_matches_per_search: float = 0.1,
         feed: GalleryFeed | None = None,
         binary: BinaryIndex | None = None,
+        transient: TransientStore | None = None,
     ) -> None:
         self.main = main
         self.vectors = vectors
@@ -69,6 +72,8 @@ class IndexHandler:
         self.feed = binary.feed if binary is not None else feed
         self.binary = binary  # None: search through pgvector's HNSW index
         self.search_threshold = SearchThreshold(threshold, false_matches_per_search, self._gallery_size)
+        # Crops of searches are Redis blobs: the unknown faces a collection keeps are copied from there.
+        self.unknown = UnknownFaces(main, vectors, store, self._publish, transient)
 
     def _gallery_size(self, pack: str, collection_id: int) -> int:
         """Faces of the pack in the collection, which a search compares with: the codes in memory once loaded, else
@@ -243,6 +248,7 @@ class IndexHandler:
                 if len(matches) == limit:
                     break
             results.append(StoredSearchFace(box=face.box, score=face.score, matches=matches))
+        self._keep_unknown(message, pack, matrix, results)
         return StoredSearchResult(
             faces=results,
             threshold=threshold,
@@ -251,6 +257,22 @@ class IndexHandler:
             model_pack=pack,
             faces_seen=len(faces),
         )
+
+    def _keep_unknown(
+        self, message: EmbeddedMessage, pack: str, matrix: np.ndarray, results: list[StoredSearchFace]
+    ) -> None:
+        """Faces that matched nobody, kept where the search's collection asks (before the job's crops go)."""
+        unseen = [
+            UnseenFace(index, face.crop_key, list(face.box), face.score, matrix[index])
+            for index, (face, result) in enumerate(zip(message.faces, results, strict=True))
+            if not result.matches
+        ]
+        if not unseen:
+            return
+        policy = self.main.unknown_faces_policy(message.collection_id)
+        if policy is None or not policy.keep:
+            return
+        self.unknown.keep(message.collection_id, message.job_id, pack, unseen, policy.retention_hours)
 
     def _verify(self, message: EmbeddedMessage, pack: str, matrix: np.ndarray) -> VerifyResult:
         threshold = self._threshold(message, pack)

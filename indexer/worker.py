@@ -11,6 +11,7 @@ from common import settings as s
 from common.db.main_repository import MainRepository
 from common.db.vector_repository import HnswParameters, VectorRepository
 from common.objects import ObjectStore
+from common.transient import TransientStore
 from indexer.binary_index import BinaryIndex
 from indexer.gallery_feed import GalleryFeed
 from indexer.stage import IndexHandler
@@ -26,7 +27,9 @@ def index_handler() -> Iterator[IndexHandler]:
     presigner = ObjectStore(clients.minio_client(s3, public=True), s3.s3_bucket)
     expires = timedelta(seconds=pipeline.presign_seconds)
     search = s.load(s.SearchIndexSettings)
-    feed = GalleryFeed(clients.redis_client(s.load(s.RedisSettings)))
+    redis_client = clients.redis_client(s.load(s.RedisSettings))
+    feed = GalleryFeed(redis_client)
+    transient = TransientStore(redis_client, pipeline.transient_ttl_seconds)
     with clients.main_db_pool(database) as main_pool, clients.vector_db_pool(database) as vector_pool:
         vectors = VectorRepository(vector_pool, HnswParameters.from_settings(search))
         binary = BinaryIndex(vectors, feed, search.binary_candidates) if search.search_index == "binary" else None
@@ -44,4 +47,5 @@ def index_handler() -> Iterator[IndexHandler]:
             false_matches_per_search=pipeline.false_matches_per_search,
             feed=feed,
             binary=binary,
+            transient=transient,
         )

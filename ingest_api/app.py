@@ -15,6 +15,7 @@ from common import clients
 from common.db.corrections import Corrections
 from common.db.erasure import Erasure
 from common.db.main_repository import MainRepository
+from common.db.unknown_faces import UnknownFaces
 from common.db.vector_repository import VectorRepository
 from common.metrics import StreamCollector
 from common.objects import ObjectStore
@@ -25,6 +26,7 @@ from ingest_api.active_pack import ActivePack
 from ingest_api.auth import Authenticate, KeyChecker, check_every_operation_declared
 from ingest_api.backpressure import Backlog
 from ingest_api.body_limit import BodySizeLimit
+from ingest_api.clusters_sweeper import start_clusters_settle
 from ingest_api.collection_access import CollectionDirectory
 from ingest_api.config import ApiConfig
 from ingest_api.console import MOUNT_PATH, console_files
@@ -32,7 +34,18 @@ from ingest_api.deps import AppState
 from ingest_api.openapi import install_openapi
 from ingest_api.problems import install_problem_handlers
 from ingest_api.request_metrics import RequestMetrics
-from ingest_api.routers import collections, faces, health, job_status, keys, metrics, pipeline, recognition, users
+from ingest_api.routers import (
+    collections,
+    faces,
+    health,
+    job_status,
+    keys,
+    metrics,
+    pipeline,
+    recognition,
+    unknown,
+    users,
+)
 from ingest_api.sweeper import start_orphan_sweep
 from ingest_api.uploads import DecodeSlots
 from ingest_api.waiter import JobWaiter
@@ -49,6 +62,7 @@ V1_ROUTERS = (
     keys.router,
     pipeline.router,
     collections.router,
+    unknown.router,
 )
 
 
@@ -74,7 +88,7 @@ def create_app(config: ApiConfig) -> FastAPI:
         store = ObjectStore(clients.minio_client(config.s3), config.s3.s3_bucket)
         presigner = ObjectStore(clients.minio_client(config.s3, public=True), config.s3.s3_bucket)
         waiter = JobWaiter(redis_client)
-        api, sweep = config.api, None
+        api, sweep, settle = config.api, None, None
         try:
             # Groups exist before the first event, whatever order the processes start in.
             for stage in Stage:
@@ -108,10 +122,13 @@ def create_app(config: ApiConfig) -> FastAPI:
                 collections=CollectionDirectory(main),
             )
             sweep = start_orphan_sweep(config.api, store, redis_client, main)
+            settle = start_clusters_settle(config.api, UnknownFaces(main, vectors, store), redis_client)
             yield
         finally:
             if sweep is not None:
                 sweep.cancel()  # between pages; a delete in flight finishes in its thread
+            if settle is not None:
+                settle.cancel()
             await waiter.stop()
             await redis_client.aclose()
             sync_redis.close()

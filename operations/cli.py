@@ -393,9 +393,48 @@ def _bench_search(args: argparse.Namespace) -> None:
 
 
 def _calibrate(args: argparse.Namespace) -> None:
+    if args.clusters:
+        from operations.calibrate_clusters import main as calibrate_clusters
+
+        calibrate_clusters(s.load(s.ModelSettings), args.pairs, args.output, args.embeddings_cache)
+        return
     from operations.calibrate import main as calibrate
 
     calibrate(s.load(s.ModelSettings), args.pairs, args.output)
+
+
+def _clusters_settle(args: argparse.Namespace) -> None:
+    from common import clients
+    from common.db.main_repository import MainRepository
+    from common.db.unknown_faces import UnknownFaces
+    from common.db.vector_repository import VectorRepository
+    from common.objects import ObjectStore
+
+    database, s3 = s.load(s.DatabaseSettings), s.load(s.S3Settings)
+    main = MainRepository.at(database.main_db_dsn.get_secret_value())
+    with clients.vector_db_pool(database) as pool:
+        collection_id = None
+        if args.collection is not None:
+            found = main.collection_named(args.collection)
+            if found is None:
+                refuse(LookupError(f"no collection named {args.collection}"))
+            collection_id = found.id
+        unknown = UnknownFaces(main, VectorRepository(pool), ObjectStore(clients.minio_client(s3), s3.s3_bucket))
+        report = unknown.settle(limit=args.limit, collection_id=collection_id)
+    print(f"placed {report.placed}, still waiting {report.waiting}, expired and erased {report.expired}")
+
+
+def _add_clusters(commands: Commands) -> None:
+    clusters = commands.add_parser("clusters", help="unknown faces kept by searches, grouped for naming")
+    actions = clusters.add_subparsers(dest="action", required=True)
+    settle = command(
+        actions,
+        "settle",
+        _clusters_settle,
+        "erase unknown faces past their collection's retention, place again those waiting for a cluster",
+    )
+    settle.add_argument("--limit", type=int, default=10_000, help="waiting faces placed at most")
+    settle.add_argument("--collection", help="place the waiting faces of this collection only (expiry: every one)")
 
 
 def _add_measurements(commands: Commands) -> None:
@@ -469,6 +508,12 @@ def _add_measurements(commands: Commands) -> None:
         help="folder with pairs.tsv and images/",
     )
     calibrate.add_argument("--output", type=Path, default=Path("CALIBRATION.md"))
+    calibrate.add_argument(
+        "--clusters", action="store_true", help="choose the pack's unknown-face clustering parameters instead"
+    )
+    calibrate.add_argument(
+        "--embeddings-cache", type=Path, help="with --clusters: an .npz file the photos' embeddings are kept in"
+    )
 
 
 # -- the command --------------------------------------------------------------------------------------------
@@ -480,6 +525,7 @@ def parser() -> argparse.ArgumentParser:
     _add_services(commands)
     _add_keys(commands)
     _add_dlq(commands)
+    _add_clusters(commands)
     models_cli.add_commands(commands)
     _add_measurements(commands)
     return root

@@ -26,6 +26,7 @@ import structlog
 
 from common.db import job_traces
 from common.db.main_repository import CollectionNotEmpty, FaceRow, MainRepository, Merge
+from common.db.unknown_faces import UnknownFaces
 from common.db.vector_repository import VectorRepository
 from common.errors import DependencyUnavailable
 from common.objects import ObjectStore, discard_job_objects
@@ -91,6 +92,8 @@ class Erasure:
             while user_ids := self.main.collection_user_ids(collection_id):
                 for user_id in user_ids:
                     erased += int(self.erase_user(user_id))
+            # Its unknown faces (vectors and crops; the rows, clusters and rejections with them).
+            UnknownFaces(self.main, self.vectors, self.store).erase_collection(collection_id)
             if keep_row:
                 break
             try:

@@ -12,6 +12,7 @@ import psycopg
 from psycopg.rows import class_row
 
 from common.apikeys import Scope, new_key
+from common.clustering import ClusterParameters, Found, Join, Nearby, Placement, Wait, place
 from common.errors import TransientError
 
 # Tries of a face move whose face changes owner between the read and the lock (another correction at once).
@@ -202,6 +203,105 @@ class Move:
     moved: bool  # False: it already belonged to the user
 
 
+@dataclass(frozen=True)
+class UnknownPolicy:
+    keep: bool
+    retention_hours: int
+
+
+@dataclass(frozen=True)
+class NewUnknownFace:
+    collection_id: int
+    job_id: str
+    face_index: int
+    crop_key: str  # the kept copy (common/db/unknown_faces.py), not the job's own crop
+    box: Sequence[float]
+    det_score: float
+    model_pack: str
+
+    @property
+    def face_job_id(self) -> str:
+        return unknown_face_job_id(self.job_id, self.face_index)
+
+
+def unknown_face_job_id(job_id: str, face_index: int) -> str:
+    """The identity a face of a search keeps for life: its faces.job_id once named (one face per enroll job there)."""
+    return f"{job_id}-{face_index}"
+
+
+def unknown_crop_key(face_job_id: str) -> str:
+    """Where an unknown face's crop is kept (a search's own crops are deleted when its job ends)."""
+    return f"unknown/{face_job_id}.png"
+
+
+@dataclass(frozen=True)
+class UnknownFaceRow:
+    id: int
+    collection_id: int
+    job_id: str
+    face_index: int
+    face_job_id: str
+    crop_key: str
+    box: list[float]
+    det_score: float
+    model_pack: str
+    cluster_id: int | None
+    from_face_id: int | None
+    to_face_id: int | None
+    created_at: datetime
+    expires_at: datetime
+
+
+@dataclass(frozen=True)
+class ClusterRow:
+    id: int
+    collection_id: int
+    model_pack: str
+    named_user_id: int | None
+    dismissed_at: datetime | None
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class ClusterSummary:
+    id: int
+    model_pack: str
+    created_at: datetime
+    faces: int
+    sample_crop_keys: list[str]
+
+
+@dataclass(frozen=True)
+class NamingTarget:
+    """An existing person of the cluster's collection (user_id), or a new one (email, full_name)."""
+
+    user_id: int | None = None
+    email: str | None = None
+    full_name: str = ""
+
+
+@dataclass(frozen=True)
+class Naming:
+    user_id: int
+    created: bool  # this call created the person
+    model_pack: str
+    moves: list[tuple[int, int]]  # (unknown face id, face id) whose embeddings are still to move
+    left_out: int  # faces rejected for this person, left waiting
+
+
+class ClusterTaken(ValueError):
+    """The cluster was named as someone else, or dismissed."""
+
+    def __init__(self, cluster_id: int, how: str) -> None:
+        super().__init__(f"cluster {cluster_id} was {how}")
+        self.how = how
+
+
+_UNKNOWN_COLUMNS = (
+    "id, collection_id, job_id, face_index, face_job_id, crop_key, box, det_score, model_pack, cluster_id,"
+    " from_face_id, to_face_id, created_at, expires_at"
+)
+_CLUSTER_COLUMNS = "id, collection_id, model_pack, named_user_id, dismissed_at, created_at"
 _COLLECTION_COLUMNS = "id, name, keep_unknown_faces, unknown_retention_hours, created_at"
 _USER_COLUMNS = "id, email, full_name, is_active, created_at, updated_at, collection_id, external_id"
 _FACE_COLUMNS = (
@@ -490,6 +590,7 @@ class MainRepository:
             if moved is not None:
                 raise Reassigned(face.job_id, face_id=int(moved[0]), user_id=int(moved[1]))
             _refuse_erased(conn, face.user_id, face.job_id, ())
+            _refuse_returned(conn, face.user_id, face.job_id)
             found = conn.execute("SELECT id FROM faces WHERE job_id = %s", (face.job_id,)).fetchone()
             if found is not None:
                 return int(found[0])
@@ -678,6 +779,394 @@ class MainRepository:
         with self.pool.connection() as conn:
             conn.execute("SELECT 1")
 
+    # -- unknown faces (migration 0007; common/db/unknown_faces.py says how the steps fit together) ------------
+
+    def unknown_faces_policy(self, collection_id: int) -> UnknownPolicy | None:
+        """Whether the collection keeps the unknown faces of its searches, and for how long; None: no collection."""
+        with self.pool.connection() as conn:
+            row = conn.execute(
+                "SELECT keep_unknown_faces, unknown_retention_hours FROM collections WHERE id = %s", (collection_id,)
+            ).fetchone()
+        return UnknownPolicy(bool(row[0]), int(row[1])) if row else None
+
+    def set_unknown_faces_policy(
+        self, collection_id: int, *, keep: bool | None, retention_hours: int | None
+    ) -> UnknownPolicy | None:
+        """Change the policy; a new retention applies to the faces kept already (their expiry moves with it)."""
+        with self.pool.connection() as conn, conn.transaction():
+            row = conn.execute(
+                "UPDATE collections SET keep_unknown_faces = coalesce(%s, keep_unknown_faces),"
+                " unknown_retention_hours = coalesce(%s, unknown_retention_hours) WHERE id = %s"
+                " RETURNING keep_unknown_faces, unknown_retention_hours",
+                (keep, retention_hours, collection_id),
+            ).fetchone()
+            if row is None:
+                return None
+            if retention_hours is not None:
+                conn.execute(
+                    "UPDATE unknown_faces SET expires_at = created_at + make_interval(hours => %s)"
+                    " WHERE collection_id = %s",
+                    (retention_hours, collection_id),
+                )
+        return UnknownPolicy(bool(row[0]), int(row[1]))
+
+    def unknown_faces_of_job(self, job_id: str) -> list[UnknownFaceRow]:
+        with self.pool.connection() as conn, conn.cursor(row_factory=class_row(UnknownFaceRow)) as cur:
+            cur.execute(
+                f"SELECT {_UNKNOWN_COLUMNS} FROM unknown_faces WHERE job_id = %s ORDER BY face_index", (job_id,)
+            )
+            return cur.fetchall()
+
+    def face_identities_taken(self, face_job_ids: Sequence[str]) -> set[str]:
+        """Which of these face identities must not be kept as unknown again: kept already, enrolled (a named
+        face), erased or dismissed."""
+        if not face_job_ids:
+            return set()
+        with self.pool.connection() as conn:
+            rows = conn.execute(
+                "SELECT id FROM unnest(%s::text[]) AS t(id) WHERE"
+                " EXISTS (SELECT 1 FROM unknown_faces u WHERE u.face_job_id = t.id)"
+                " OR EXISTS (SELECT 1 FROM faces f WHERE f.job_id = t.id)"
+                " OR EXISTS (SELECT 1 FROM erased_faces e WHERE e.job_id = t.id)"
+                " OR EXISTS (SELECT 1 FROM erased_unknown_faces d WHERE d.face_job_id = t.id)",
+                (list(face_job_ids),),
+            ).fetchall()
+        return {str(row[0]) for row in rows}
+
+    def add_unknown_faces(self, faces: Sequence[NewUnknownFace], retention_hours: int) -> list[UnknownFaceRow]:
+        """Insert these faces of one search (a face kept already is left as it is); returns the job's rows."""
+        if not faces:
+            return []
+        with self.pool.connection() as conn, conn.transaction():
+            for face in faces:
+                conn.execute(
+                    "INSERT INTO unknown_faces (collection_id, job_id, face_index, face_job_id, crop_key, box,"
+                    " det_score, model_pack, expires_at)"
+                    " SELECT %s, %s, %s, %s, %s, %s, %s, %s, now() + make_interval(hours => %s)"
+                    " WHERE NOT EXISTS (SELECT 1 FROM faces WHERE job_id = %s)"
+                    " AND NOT EXISTS (SELECT 1 FROM erased_faces WHERE job_id = %s)"
+                    " AND NOT EXISTS (SELECT 1 FROM erased_unknown_faces WHERE face_job_id = %s)"
+                    " ON CONFLICT DO NOTHING",
+                    (
+                        face.collection_id,
+                        face.job_id,
+                        face.face_index,
+                        face.face_job_id,
+                        face.crop_key,
+                        list(face.box),
+                        face.det_score,
+                        face.model_pack,
+                        retention_hours,
+                        face.face_job_id,
+                        face.face_job_id,
+                        face.face_job_id,
+                    ),
+                )
+        return self.unknown_faces_of_job(faces[0].job_id)
+
+    def get_unknown_face(self, unknown_id: int) -> UnknownFaceRow | None:
+        with self.pool.connection() as conn, conn.cursor(row_factory=class_row(UnknownFaceRow)) as cur:
+            cur.execute(f"SELECT {_UNKNOWN_COLUMNS} FROM unknown_faces WHERE id = %s", (unknown_id,))
+            return cur.fetchone()
+
+    def place_unknown_face(
+        self, unknown_id: int, nearby: Sequence[tuple[int, float]], parameters: ClusterParameters
+    ) -> Placement | None:
+        """Apply clustering's placement of the face among ``nearby`` (unknown face id, cosine distance), deciding
+        on the cluster memberships read under the collection's lock (two workers placing at once see each other's
+        clusters); None when the face is gone or placed already."""
+        with self.pool.connection() as conn, conn.transaction():
+            me = conn.execute(
+                "SELECT collection_id, model_pack, cluster_id FROM unknown_faces WHERE id = %s AND to_face_id IS NULL",
+                (unknown_id,),
+            ).fetchone()
+            if me is None or me[2] is not None:
+                return None
+            collection_id, pack = int(me[0]), str(me[1])
+            conn.execute("SELECT pg_advisory_xact_lock(hashtext('fecapass.unknown_faces'), %s::int)", (collection_id,))
+            ids = [face_id for face_id, _ in nearby if face_id != unknown_id]
+            rows = conn.execute(
+                "SELECT u.id, u.cluster_id FROM unknown_faces u LEFT JOIN unknown_clusters c ON c.id = u.cluster_id"
+                " WHERE u.id = ANY(%s) AND u.collection_id = %s AND u.model_pack = %s AND u.to_face_id IS NULL"
+                " AND (u.cluster_id IS NULL OR (c.named_user_id IS NULL AND c.dismissed_at IS NULL))",
+                (ids, collection_id, pack),
+            ).fetchall()
+            clusters = {int(row[0]): (int(row[1]) if row[1] is not None else None) for row in rows}
+            distances = dict(nearby)
+            placement = place(
+                [Nearby(face_id, distances[face_id], cluster) for face_id, cluster in clusters.items()], parameters
+            )
+            if isinstance(placement, Join):
+                # Naming and dismissal lock the cluster first: one that ended meanwhile takes no new face (this
+                # face waits for the next settle pass instead of sinking into a cluster nobody lists).
+                open_cluster = conn.execute(
+                    "SELECT 1 FROM unknown_clusters WHERE id = %s AND named_user_id IS NULL AND dismissed_at IS NULL"
+                    " FOR SHARE",
+                    (placement.cluster_id,),
+                ).fetchone()
+                if open_cluster is None:
+                    return Wait()
+                conn.execute(
+                    "UPDATE unknown_faces SET cluster_id = %s WHERE id = %s", (placement.cluster_id, unknown_id)
+                )
+            elif isinstance(placement, Found):
+                row = conn.execute(
+                    "INSERT INTO unknown_clusters (collection_id, model_pack) VALUES (%s, %s) RETURNING id",
+                    (collection_id, pack),
+                ).fetchone()
+                assert row is not None
+                conn.execute(
+                    "UPDATE unknown_faces SET cluster_id = %s WHERE id = ANY(%s) AND cluster_id IS NULL",
+                    (int(row[0]), [unknown_id, *placement.face_ids]),
+                )
+        return placement
+
+    def waiting_unknown_faces(self, after: int, limit: int, collection_id: int | None = None) -> list[UnknownFaceRow]:
+        """Unclustered unknown faces not expired (of one collection, or all), oldest first (the settle pass)."""
+        with self.pool.connection() as conn, conn.cursor(row_factory=class_row(UnknownFaceRow)) as cur:
+            cur.execute(
+                f"SELECT {_UNKNOWN_COLUMNS} FROM unknown_faces WHERE id > %s AND cluster_id IS NULL"
+                " AND to_face_id IS NULL AND expires_at > now() AND (%s::bigint IS NULL OR collection_id = %s)"
+                " ORDER BY id LIMIT %s",
+                (after, collection_id, collection_id, limit),
+            )
+            return cur.fetchall()
+
+    def expired_unknown_faces(self, limit: int) -> list[UnknownFaceRow]:
+        with self.pool.connection() as conn, conn.cursor(row_factory=class_row(UnknownFaceRow)) as cur:
+            cur.execute(
+                f"SELECT {_UNKNOWN_COLUMNS} FROM unknown_faces WHERE expires_at <= now() AND to_face_id IS NULL"
+                " ORDER BY expires_at, id LIMIT %s",
+                (limit,),
+            )
+            return cur.fetchall()
+
+    def collection_unknown_faces(self, collection_id: int) -> list[UnknownFaceRow]:
+        with self.pool.connection() as conn, conn.cursor(row_factory=class_row(UnknownFaceRow)) as cur:
+            cur.execute(
+                f"SELECT {_UNKNOWN_COLUMNS} FROM unknown_faces WHERE collection_id = %s ORDER BY id", (collection_id,)
+            )
+            return cur.fetchall()
+
+    def delete_unknown_faces(self, unknown_ids: Sequence[int]) -> None:
+        """The rows last (their vectors and crops are gone), and clusters left empty that nobody named or
+        dismissed. Rejections stay (identifiers only) until their person or collection is erased: an enroll entry
+        of the face delivered again is still refused."""
+        if not unknown_ids:
+            return
+        with self.pool.connection() as conn, conn.transaction():
+            rows = conn.execute(
+                "DELETE FROM unknown_faces WHERE id = ANY(%s) RETURNING face_job_id, cluster_id", (list(unknown_ids),)
+            ).fetchall()
+            conn.execute(
+                "DELETE FROM unknown_clusters c WHERE c.id = ANY(%s) AND c.named_user_id IS NULL"
+                " AND c.dismissed_at IS NULL AND NOT EXISTS (SELECT 1 FROM unknown_faces u WHERE u.cluster_id = c.id)",
+                ([int(r[1]) for r in rows if r[1] is not None],),
+            )
+
+    def forget_old_clusters(self) -> int:
+        """Named and dismissed clusters (kept so that repeating the call answers the same) once their collection's
+        retention has passed since they were made, and empty ones."""
+        with self.pool.connection() as conn:
+            return conn.execute(
+                "DELETE FROM unknown_clusters c USING collections k WHERE k.id = c.collection_id"
+                " AND NOT EXISTS (SELECT 1 FROM unknown_faces u WHERE u.cluster_id = c.id)"
+                " AND ((c.named_user_id IS NULL AND c.dismissed_at IS NULL)"
+                "      OR c.created_at + make_interval(hours => k.unknown_retention_hours) <= now())"
+            ).rowcount
+
+    def list_clusters(self, collection_id: int, after: int, limit: int, samples: int) -> list[ClusterSummary]:
+        """Clusters waiting for a name, in id order, with their face counts and the crops of their best faces."""
+        with self.pool.connection() as conn, conn.cursor(row_factory=class_row(ClusterSummary)) as cur:
+            cur.execute(
+                "SELECT c.id, c.model_pack, c.created_at, count(u.id) AS faces,"
+                " (array_agg(u.crop_key ORDER BY u.det_score DESC, u.id))[1:%s] AS sample_crop_keys"
+                " FROM unknown_clusters c JOIN unknown_faces u ON u.cluster_id = c.id AND u.to_face_id IS NULL"
+                " WHERE c.collection_id = %s AND c.id > %s AND c.named_user_id IS NULL AND c.dismissed_at IS NULL"
+                " GROUP BY c.id ORDER BY c.id LIMIT %s",
+                (samples, collection_id, after, limit),
+            )
+            return cur.fetchall()
+
+    def get_cluster(self, cluster_id: int) -> ClusterRow | None:
+        with self.pool.connection() as conn, conn.cursor(row_factory=class_row(ClusterRow)) as cur:
+            cur.execute(f"SELECT {_CLUSTER_COLUMNS} FROM unknown_clusters WHERE id = %s", (cluster_id,))
+            return cur.fetchone()
+
+    def begin_naming(self, cluster_id: int, target: NamingTarget) -> Naming:
+        """One transaction: the person found or created, the cluster's faces inserted as their faces (not served
+        until their embeddings are in face_embeddings), faces rejected for that person left out (back to waiting).
+        Naming again as the same person returns the same naming (with what is left to finish); another person:
+        ClusterTaken. Raises LookupError for an unknown cluster, UnknownUser, DuplicateEmail."""
+        with self.pool.connection() as conn, conn.transaction():
+            with conn.cursor(row_factory=class_row(ClusterRow)) as cur:
+                cluster = cur.execute(
+                    f"SELECT {_CLUSTER_COLUMNS} FROM unknown_clusters WHERE id = %s FOR UPDATE", (cluster_id,)
+                ).fetchone()
+            if cluster is None:
+                raise LookupError(cluster_id)
+            if cluster.dismissed_at is not None:
+                raise ClusterTaken(cluster_id, "dismissed")
+            if cluster.named_user_id is not None:
+                if not _names_user(conn, target, cluster.named_user_id):
+                    raise ClusterTaken(cluster_id, f"named as user {cluster.named_user_id}")
+                return Naming(cluster.named_user_id, False, cluster.model_pack, _moves(conn, cluster_id), 0)
+            user_id, created = _naming_user(conn, cluster.collection_id, target)
+            rejected = conn.execute(
+                "UPDATE unknown_faces u SET cluster_id = NULL WHERE u.cluster_id = %s AND u.to_face_id IS NULL"
+                " AND EXISTS (SELECT 1 FROM face_rejections r WHERE r.face_job_id = u.face_job_id AND r.user_id = %s)",
+                (cluster_id, user_id),
+            ).rowcount
+            conn.execute(
+                "WITH moved AS ("
+                "  INSERT INTO faces (user_id, collection_id, job_id, image_key, crop_key, box, det_score, faces_seen,"
+                "                     model_pack, served)"
+                "  SELECT %s, u.collection_id, u.face_job_id, u.crop_key, u.crop_key, u.box, u.det_score, 1,"
+                "         u.model_pack, false"
+                "  FROM unknown_faces u WHERE u.cluster_id = %s AND u.to_face_id IS NULL ORDER BY u.id"
+                "  RETURNING id, job_id"
+                ") UPDATE unknown_faces u SET to_face_id = moved.id FROM moved WHERE u.face_job_id = moved.job_id",
+                (user_id, cluster_id),
+            )
+            conn.execute("UPDATE unknown_clusters SET named_user_id = %s WHERE id = %s", (user_id, cluster_id))
+            return Naming(user_id, created, cluster.model_pack, _moves(conn, cluster_id), rejected)
+
+    def finish_naming(self, cluster_id: int, user_id: int, face_ids: Sequence[int]) -> bool:
+        """Serve the named faces (their embeddings are committed) and drop their unknown rows; False (nothing
+        served) when the person was erased meanwhile: the caller deletes the embeddings it wrote."""
+        with self.pool.connection() as conn, conn.transaction():
+            conn.execute("SELECT 1 FROM users WHERE id = %s FOR SHARE", (user_id,))
+            erased = conn.execute("SELECT 1 FROM erased_users WHERE user_id = %s", (user_id,)).fetchone()
+            if erased is None:
+                conn.execute(
+                    "UPDATE faces f SET served = true WHERE f.id = ANY(%s) AND f.user_id = %s"
+                    " AND NOT EXISTS (SELECT 1 FROM erased_faces e WHERE e.job_id = f.job_id)",
+                    (list(face_ids), user_id),
+                )
+            conn.execute(
+                "DELETE FROM unknown_faces WHERE cluster_id = %s AND to_face_id = ANY(%s)", (cluster_id, list(face_ids))
+            )
+        return erased is None
+
+    def begin_dismissal(self, cluster_id: int) -> list[UnknownFaceRow]:
+        """Mark the cluster dismissed and tombstone its faces (a redelivered search keeps none of them again);
+        returns the faces still to erase. Raises LookupError for an unknown cluster, ClusterTaken once named."""
+        with self.pool.connection() as conn, conn.transaction():
+            with conn.cursor(row_factory=class_row(ClusterRow)) as cur:
+                cluster = cur.execute(
+                    f"SELECT {_CLUSTER_COLUMNS} FROM unknown_clusters WHERE id = %s FOR UPDATE", (cluster_id,)
+                ).fetchone()
+            if cluster is None:
+                raise LookupError(cluster_id)
+            if cluster.named_user_id is not None:
+                raise ClusterTaken(cluster_id, f"named as user {cluster.named_user_id}")
+            conn.execute(
+                "UPDATE unknown_clusters SET dismissed_at = coalesce(dismissed_at, now()) WHERE id = %s", (cluster_id,)
+            )
+            with conn.cursor(row_factory=class_row(UnknownFaceRow)) as cur:
+                faces = cur.execute(
+                    f"SELECT {_UNKNOWN_COLUMNS} FROM unknown_faces WHERE cluster_id = %s AND to_face_id IS NULL"
+                    " ORDER BY id",
+                    (cluster_id,),
+                ).fetchall()
+            conn.execute(
+                "INSERT INTO erased_unknown_faces (face_job_id) SELECT unnest(%s::text[]) ON CONFLICT DO NOTHING",
+                ([face.face_job_id for face in faces],),
+            )
+        return faces
+
+    def begin_not_this_person(self, face_id: int) -> tuple[UnknownFaceRow, FaceRow | None] | None:
+        """One transaction: the enrolled face leaves its person for the unknown pool of its collection (a new
+        unknown row, from_face_id = the face, its crop under unknown_crop_key) and the rejection (face, person) is
+        recorded; returns the unknown row and the face row it was. Asked again for the same face: the unknown row and
+        None (the caller finishes what is left). None for a face that is neither."""
+        with self.pool.connection() as conn, conn.transaction():
+            with conn.cursor(row_factory=class_row(FaceRow)) as cur:
+                face = cur.execute(f"SELECT {_FACE_COLUMNS} FROM faces WHERE id = %s AND served", (face_id,)).fetchone()
+            if face is None:
+                with conn.cursor(row_factory=class_row(UnknownFaceRow)) as unknown:
+                    again = unknown.execute(
+                        f"SELECT {_UNKNOWN_COLUMNS} FROM unknown_faces WHERE from_face_id = %s", (face_id,)
+                    ).fetchone()
+                return None if again is None else (again, None)
+            conn.execute("SELECT 1 FROM users WHERE id = %s FOR UPDATE", (face.user_id,))
+            if conn.execute("UPDATE faces SET served = false WHERE id = %s AND served", (face_id,)).rowcount != 1:
+                return None  # an erasure got there first
+            conn.execute(
+                "INSERT INTO face_rejections (face_job_id, user_id, collection_id)"
+                " SELECT job_id, user_id, collection_id FROM faces WHERE id = %s ON CONFLICT DO NOTHING",
+                (face_id,),
+            )
+            with conn.cursor(row_factory=class_row(UnknownFaceRow)) as cur:
+                moved = cur.execute(
+                    "INSERT INTO unknown_faces (collection_id, job_id, face_index, face_job_id, crop_key, box,"
+                    " det_score, model_pack, from_face_id, expires_at)"
+                    " SELECT f.collection_id, f.job_id, 0, f.job_id, %s, f.box, f.det_score, f.model_pack, f.id,"
+                    " now() + make_interval(hours => k.unknown_retention_hours)"
+                    " FROM faces f JOIN collections k ON k.id = f.collection_id WHERE f.id = %s"
+                    f" RETURNING {_UNKNOWN_COLUMNS}",
+                    (unknown_crop_key(face.job_id), face_id),
+                ).fetchone()
+            conn.execute("DELETE FROM faces WHERE id = %s", (face_id,))
+        assert moved is not None
+        return moved, face
+
+    def unknown_face_from(self, face_id: int) -> UnknownFaceRow | None:
+        """The unknown face an enrolled face became ("not this person")."""
+        with self.pool.connection() as conn, conn.cursor(row_factory=class_row(UnknownFaceRow)) as cur:
+            cur.execute(f"SELECT {_UNKNOWN_COLUMNS} FROM unknown_faces WHERE from_face_id = %s", (face_id,))
+            return cur.fetchone()
+
+    def rejected_users(self, face_job_id: str) -> list[int]:
+        """The people this face is not, the latest rejection last."""
+        with self.pool.connection() as conn:
+            rows = conn.execute(
+                "SELECT user_id FROM face_rejections WHERE face_job_id = %s ORDER BY created_at, user_id",
+                (face_job_id,),
+            ).fetchall()
+        return [int(row[0]) for row in rows]
+
+    def delete_collection_unknowns(self, collection_id: int) -> None:
+        """Clusters and rejections of the collection (its unknown faces' vectors and crops are gone first)."""
+        with self.pool.connection() as conn, conn.transaction():
+            conn.execute("DELETE FROM unknown_faces WHERE collection_id = %s", (collection_id,))
+            conn.execute("DELETE FROM unknown_clusters WHERE collection_id = %s", (collection_id,))
+            conn.execute("DELETE FROM face_rejections WHERE collection_id = %s", (collection_id,))
+
+
+def _names_user(conn: psycopg.Connection[Any], target: NamingTarget, user_id: int) -> bool:
+    if target.user_id is not None:
+        return target.user_id == user_id
+    row = conn.execute("SELECT lower(email) = lower(%s) FROM users WHERE id = %s", (target.email, user_id)).fetchone()
+    return bool(row and row[0])
+
+
+def _naming_user(conn: psycopg.Connection[Any], collection_id: int, target: NamingTarget) -> tuple[int, bool]:
+    """The person a cluster is named as (locked against an erasure), and whether this call created them."""
+    if target.user_id is not None:
+        row = conn.execute(
+            "SELECT is_active, collection_id FROM users WHERE id = %s FOR SHARE", (target.user_id,)
+        ).fetchone()
+        if row is None or not row[0] or int(row[1]) != collection_id:
+            raise UnknownUser(target.user_id)
+        return target.user_id, False
+    created = conn.execute(
+        "INSERT INTO users (email, full_name, collection_id) VALUES (%s, %s, %s)"
+        " ON CONFLICT (collection_id, lower(email)) DO NOTHING RETURNING id",
+        (target.email, target.full_name, collection_id),
+    ).fetchone()
+    if created is None:
+        raise DuplicateEmail(target.email or "")
+    return int(created[0]), True
+
+
+def _moves(conn: psycopg.Connection[Any], cluster_id: int) -> list[tuple[int, int]]:
+    rows = conn.execute(
+        "SELECT id, to_face_id FROM unknown_faces WHERE cluster_id = %s AND to_face_id IS NOT NULL ORDER BY id",
+        (cluster_id,),
+    ).fetchall()
+    return [(int(row[0]), int(row[1])) for row in rows]
+
 
 @dataclass(frozen=True)
 class _LockedUser:
@@ -726,6 +1215,19 @@ def _refuse_erased(conn: psycopg.Connection[Any], user_id: int, job_id: str, fac
     if user_erased or erased_face is not None:
         known = [*face_ids, *([int(erased_face)] if erased_face is not None else [])]
         raise Erased(job_id, user_erased=user_erased, face_ids=known)
+
+
+def _refuse_returned(conn: psycopg.Connection[Any], user_id: int, job_id: str) -> None:
+    """A face sent back to the unknown pool ("not this person") or dismissed there is not this person's face again,
+    whatever enroll entry is delivered again."""
+    row = conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM face_rejections WHERE face_job_id = %s AND user_id = %s)"
+        " OR EXISTS (SELECT 1 FROM unknown_faces WHERE face_job_id = %s)"
+        " OR EXISTS (SELECT 1 FROM erased_unknown_faces WHERE face_job_id = %s)",
+        (job_id, user_id, job_id, job_id),
+    ).fetchone()
+    if row is not None and row[0]:
+        raise Erased(job_id, user_erased=False, face_ids=())
 
 
 def _tombstone_faces(conn: psycopg.Connection[Any], faces: Sequence[FaceRow]) -> None:

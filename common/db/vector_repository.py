@@ -318,6 +318,81 @@ class VectorRepository:
         with self.pool.connection() as conn:
             conn.execute("SELECT 1")
 
+    # -- unknown faces (vector migration 0005): never in face_embeddings, so never a search's candidate ------------
+
+    def add_unknown_embedding(self, unknown_id: int, pack: str, collection_id: int, embedding: np.ndarray) -> None:
+        with self.pool.connection() as conn:
+            conn.execute(
+                "INSERT INTO unknown_face_embeddings (unknown_face_id, model_pack, collection_id, embedding)"
+                " VALUES (%s, %s, %s, %s) ON CONFLICT (unknown_face_id, model_pack) DO NOTHING",
+                (unknown_id, pack, collection_id, embedding.astype(np.float32)),
+            )
+
+    def unknown_neighbours(
+        self, unknown_id: int, pack: str, max_distance: float, limit: int
+    ) -> list[tuple[int, float]]:
+        """The unknown faces of the face's collection and pack within ``max_distance`` (cosine distance) of it,
+        nearest first: an exact scan (a collection keeps a retention period's unknown faces, not a gallery)."""
+        with self.pool.connection() as conn:
+            rows = conn.execute(
+                "SELECT o.unknown_face_id, o.embedding <=> s.embedding AS distance"
+                " FROM unknown_face_embeddings s JOIN unknown_face_embeddings o"
+                "   ON o.collection_id = s.collection_id AND o.model_pack = s.model_pack"
+                " WHERE s.unknown_face_id = %s AND s.model_pack = %s AND o.unknown_face_id <> s.unknown_face_id"
+                "   AND (o.embedding <=> s.embedding) <= %s"
+                " ORDER BY distance, o.unknown_face_id LIMIT %s",
+                (unknown_id, pack, max_distance, limit),
+            ).fetchall()
+        return [(int(face_id), float(distance)) for face_id, distance in rows]
+
+    def has_unknown_embedding(self, unknown_id: int, pack: str) -> bool:
+        with self.pool.connection() as conn:
+            row = conn.execute(
+                "SELECT 1 FROM unknown_face_embeddings WHERE unknown_face_id = %s AND model_pack = %s",
+                (unknown_id, pack),
+            ).fetchone()
+        return row is not None
+
+    def delete_unknown_embeddings(self, unknown_ids: list[int]) -> int:
+        if not unknown_ids:
+            return 0
+        with self.pool.connection() as conn:
+            return conn.execute(
+                "DELETE FROM unknown_face_embeddings WHERE unknown_face_id = ANY(%s)", (unknown_ids,)
+            ).rowcount
+
+    def unknown_to_faces(self, moves: list[tuple[int, int]]) -> list[str]:
+        """Move the embeddings of named unknown faces to face_embeddings, every pack, in one transaction:
+        (unknown face id, face id) pairs; returns the packs they were in. Safe to repeat."""
+        if not moves:
+            return []
+        unknown_ids, face_ids = [m[0] for m in moves], [m[1] for m in moves]
+        with self.pool.connection() as conn, conn.transaction():
+            rows = conn.execute(
+                "INSERT INTO face_embeddings (face_id, model_pack, embedding, collection_id)"
+                " SELECT m.face_id, e.model_pack, e.embedding, e.collection_id FROM unknown_face_embeddings e"
+                " JOIN unnest(%s::bigint[], %s::bigint[]) AS m(unknown_id, face_id) ON m.unknown_id = e.unknown_face_id"
+                " ON CONFLICT (face_id, model_pack) DO NOTHING RETURNING model_pack",
+                (unknown_ids, face_ids),
+            ).fetchall()
+            conn.execute("DELETE FROM unknown_face_embeddings WHERE unknown_face_id = ANY(%s)", (unknown_ids,))
+        return sorted({str(row[0]) for row in rows})
+
+    def face_to_unknown(self, face_id: int, unknown_id: int) -> list[str]:
+        """Move an enrolled face's embeddings (every pack) to the unknown pool, in one transaction; returns the
+        packs moved. Safe to repeat."""
+        with self.pool.connection() as conn, conn.transaction():
+            conn.execute(
+                "INSERT INTO unknown_face_embeddings (unknown_face_id, model_pack, collection_id, embedding)"
+                " SELECT %s, model_pack, collection_id, embedding FROM face_embeddings WHERE face_id = %s"
+                " ON CONFLICT (unknown_face_id, model_pack) DO NOTHING",
+                (unknown_id, face_id),
+            )
+            rows = conn.execute(
+                "DELETE FROM face_embeddings WHERE face_id = %s RETURNING model_pack", (face_id,)
+            ).fetchall()
+        return sorted({str(row[0]) for row in rows})
+
 
 @dataclass(frozen=True)
 class Codes:

@@ -28,6 +28,7 @@ COMMANDS = {
     "dlq show",
     "dlq replay",
     "dlq purge",
+    "clusters settle",
     "models list",
     "models pull",
     "models check",
