@@ -48,6 +48,12 @@ SCOPES = {
     ("GET", "/v1/collections/{name}"): "read",
     ("POST", "/v1/collections"): "admin",
     ("DELETE", "/v1/collections/{name}"): "admin",
+    ("GET", "/v1/clusters"): "read",
+    ("POST", "/v1/clusters/{cluster_id}/name"): "write",
+    ("POST", "/v1/clusters/{cluster_id}/dismiss"): "write",
+    ("POST", "/v1/faces/{face_id}/not-this-person"): "write",
+    ("GET", "/v1/collections/{collection}/unknown-faces"): "read",
+    ("PATCH", "/v1/collections/{collection}/unknown-faces"): "admin",
 }
 # The keys that may use an operation of each scope.
 ALLOWED = {"read": ("read", "write", "admin"), "write": ("write", "admin"), "admin": ("admin",)}
