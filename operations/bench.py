@@ -4,6 +4,7 @@ is taken in the same run as its baseline and written to BENCHMARKS.md with the m
 
 from __future__ import annotations
 
+import asyncio
 import multiprocessing
 import os
 import platform
@@ -30,6 +31,10 @@ from schemas.streams import PIPELINE, Stage
 
 # Issue 16: the pipeline delivers at least this fraction of the best plain insightface loop's photos per second.
 THROUGHPUT_TARGET = 0.95
+# Issue 18: `fecapass enroll` delivers at least this fraction of the pipeline's photos per second.
+ENROLL_TARGET = 0.9
+# Bulk enroll: photos per person (a person is looked up and created once, as for a team's staff folder).
+ENROLL_PHOTOS_PER_PERSON = 10
 
 
 @dataclass
@@ -267,6 +272,28 @@ def pipeline_throughput(running: Running, paths: list[Path]) -> tuple[Throughput
     return Throughput(len(blobs) / wall, cpu), latencies, per_photo
 
 
+def enroll_throughput(running: Running, paths: list[Path], folder: Path) -> float:
+    """`fecapass enroll` as the command runs it (in this process, the same window as the pipeline measurement's
+    16 uploads in flight) over the same photos: photos per second from its start (people looked up and created
+    included) to its last result. Each photo is a copy made unique by a trailer after the image data: a photo's
+    content is enrolled once per collection, and the photos repeat when more are asked for than there are."""
+    from operations.enroll_plan import Person, Photo
+    from operations.enroll_run import EnrollOptions, enroll_photos
+
+    folder.mkdir(parents=True, exist_ok=True)
+    photos = []
+    for number, path in enumerate(paths):
+        copy = folder / f"{number:06d}{path.suffix}"
+        copy.write_bytes(path.read_bytes() + f"fecapass-bench-{number}".encode())
+        person = f"bench-{number // ENROLL_PHOTOS_PER_PERSON}"
+        photos.append(Photo(copy, Person(None, person, person)))
+    options = EnrollOptions(running.base_url, running.key, window=16, timeout=120)
+    run = asyncio.run(enroll_photos(photos, options, lambda _: None))
+    unexpected = [r for r in run.failures if r.code != "no_face"]  # a photo without a face is a finished job too
+    assert not unexpected, unexpected[:3]
+    return len(photos) / run.seconds
+
+
 # Where a search's time goes outside the stages, from the job's status hash and the client's clock (one machine).
 UPLOAD = "upload (sent to event written)"
 HOPS = "waits between stages (4)"
@@ -350,6 +377,7 @@ class PipelineRun:
     throughput: Throughput
     latencies: list[float]
     cpu_per_photo: dict[str, float]
+    enroll_photos_per_second: float
 
 
 def run(config: BenchConfig) -> Path:
@@ -369,7 +397,8 @@ def run(config: BenchConfig) -> Path:
             running = start_pipeline(config, Path(tmp) / f"workers{workers}", list(Stage), workers)
             try:
                 throughput, under_load, cpu = pipeline_throughput(running, paths)
-                runs.append(PipelineRun(workers, throughput, under_load, cpu))
+                enroll_rate = enroll_throughput(running, paths, Path(tmp) / f"enroll{workers}")
+                runs.append(PipelineRun(workers, throughput, under_load, cpu, enroll_rate))
                 if workers == 1:
                     one_face = (config.photos_dir / SEARCH_PHOTO).read_bytes()
                     totals, per_stage = search_latency(running, one_face, config.searches)
@@ -383,6 +412,7 @@ def run(config: BenchConfig) -> Path:
         finally:
             stop_pipeline(running)
     _report_pipeline(report, config, paths, base, runs)
+    report_enroll(report, runs)
     _report_latency(report, config, totals, per_stage)
     report.section(
         "Ingest",
@@ -491,6 +521,30 @@ def _report_pipeline(
     if ratio < THROUGHPUT_TARGET:
         costs = {name: summed(fastest, name) for name in names if name != LOAD_GENERATOR}
         report.lines += ["", *why_slower(best, fastest.throughput, costs)]
+
+
+def report_enroll(report: Report, runs: list[PipelineRun]) -> None:
+    report.section(
+        "Bulk enroll (`fecapass enroll`)",
+        "The command (operations/enroll.py, through the Python client, 16 requests in flight) enrolls the same",
+        f"photos on the same pipeline right after its measurement above, {ENROLL_PHOTOS_PER_PERSON} photos per",
+        "person (each person looked up and created by the command, inside the time), against the pipeline's",
+        "photos/s of the same run.",
+        "",
+    )
+    rows = []
+    for run in runs:
+        ratio = run.enroll_photos_per_second / run.throughput.photos_per_second
+        rows.append(
+            [
+                "1 process" if run.workers == 1 else f"{run.workers} processes",
+                f"{run.throughput.photos_per_second:.1f}",
+                f"{run.enroll_photos_per_second:.1f}",
+                f"**{ratio:.2f}**",
+                _verdict(ratio >= ENROLL_TARGET),
+            ]
+        )
+    report.table(["per stage", "pipeline photos/s", "enroll photos/s", "ratio", f"target {ENROLL_TARGET:.2f}"], rows)
 
 
 # The stages that run what the baseline runs: decoding and the two models.

@@ -124,16 +124,12 @@ class People:
         return user
 
     async def _lookup(self, person: Person) -> User | None:
-        # The filters are exact on the API; the answer is checked again here all the same: one wrong match would
-        # enroll photos for the wrong person.
+        # Exact matches only (the client checks them again against a server that does not filter).
         if person.external_id:
             users = await self._client.list_users(collection=self._collection, external_id=person.external_id)
-            matches = [u for u in users if u.external_id == person.external_id]
         else:
-            email = (person.email or "").lower()
             users = await self._client.list_users(collection=self._collection, email=person.email)
-            matches = [u for u in users if u.email.lower() == email]
-        return matches[0] if matches else None
+        return users[0] if users else None
 
 
 class Enroller:
@@ -196,15 +192,14 @@ class Enroller:
             idempotency_key=enroll_idempotency_key(self._collection_name, user_id, digest),
             wait=min(REQUEST_WAIT_SECONDS, self._options.timeout),
         )
-        if job.state in ("queued", "processing"):
+        if not job.finished:
             left = self._options.timeout - (time.monotonic() - started)
             job = await self._client.wait_for_job(job.job_id, timeout=max(left, 0.1))
         return job
 
     def _judged(self, photo: Photo, job: Job) -> PhotoResult:
-        if job.state == "done":
-            created_at = getattr(job, "created_at", None)
-            if isinstance(created_at, int | float) and created_at < self._started_at:
+        if job.done:
+            if job.created_at is not None and job.created_at < self._started_at:
                 # The Idempotency-Key gave back the job of an earlier run, finished already.
                 return PhotoResult(photo, Outcome.SKIPPED, "", "enrolled by an earlier run")
             return PhotoResult(photo, Outcome.ENROLLED)
@@ -226,8 +221,8 @@ def _message(exc: FecapassError) -> str:
 
 async def enroll_photos(photos: list[Photo], options: EnrollOptions, on_result: OnResult) -> RunResult:
     started = time.perf_counter()
-    http_timeout = min(REQUEST_WAIT_SECONDS, options.timeout) + TRANSFER_SECONDS
-    async with AsyncFecapass(options.api_url, options.api_key, timeout=http_timeout) as client:
+    # The client adds each request's wait to this read timeout.
+    async with AsyncFecapass(options.api_url, options.api_key, timeout=TRANSFER_SECONDS) as client:
         enroller = Enroller(client, options, on_result)
         results = await enroller.run(photos)
     return RunResult(results, enroller.people.found, enroller.people.created, time.perf_counter() - started)
