@@ -110,7 +110,8 @@ class LineReporter:
         self._counts[result.outcome] += 1
         done = sum(self._counts.values())
         if result.outcome is Outcome.FAILED:
-            self._console.print(f"failed: {result.photo.path}: {result.code}: {result.message}", highlight=False)
+            why = f"{result.code}: {result.message}" if result.message else result.code
+            self._console.print(f"failed: {result.photo.path}: {why}", highlight=False)
         now = time.monotonic()
         if done % self._step and done != self._total and now - self._last_line < PLAIN_EVERY_SECONDS:
             return
