@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import logging
 import time
 from collections import Counter
 from pathlib import Path
@@ -165,6 +166,8 @@ def plan(folder: Path, manifest: Path | None) -> list[Photo]:
 def run_command(photos: list[Photo], options: EnrollOptions, failures: Path, console: Console | None = None) -> int:
     """Enroll, show the summary, write the failures; the exit status: 0, or 1 when any photo failed."""
     console = console or Console()
+    # httpx logs every request at INFO: thousands of lines that would tear the bar and bury the summary.
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger("httpx").getEffectiveLevel()))
     with reporter(console, len(photos)) as report:
         run = asyncio.run(enroll_photos(photos, options, report))
     console.print(summary_table(run))
