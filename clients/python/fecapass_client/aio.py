@@ -1,0 +1,198 @@
+"""``AsyncFecapass``: the asyncio twin of ``Fecapass``, with the same methods, arguments and results. Its operations
+and retries are those of _operations.py and _exchange.py; this class only sends the requests (httpx.AsyncClient)
+and sleeps (asyncio.sleep)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable
+from types import TracebackType
+from typing import TypeVar
+
+import httpx
+
+from fecapass_client import _operations as ops
+from fecapass_client._exchange import Operation, Outcome, RetryPolicy, Sleep, plan
+from fecapass_client._operations import Photo
+from fecapass_client._session import client_headers
+from fecapass_client.models import Face, Health, Job, Me, User
+
+T = TypeVar("T")
+
+
+class AsyncFecapass:
+    """A Fecapass API at ``base_url`` with an API key, for asyncio. Use it as an async context manager, or await
+    ``aclose()``. Failed calls raise ``FecapassError`` subclasses (fecapass_client.errors)."""
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        *,
+        timeout: float = 30.0,
+        max_retries: int = 4,
+        transport: httpx.AsyncBaseTransport | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        self.retry = retry or RetryPolicy(max_retries=max_retries)
+        self._rng = random.Random()
+        self._sleep: Callable[[float], Awaitable[None]] = asyncio.sleep  # the one other thing it does besides sending
+        self._http = httpx.AsyncClient(
+            base_url=base_url, headers=client_headers(api_key), timeout=timeout, transport=transport
+        )
+
+    async def __aenter__(self) -> AsyncFecapass:
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def _run(self, operation: Operation[T]) -> T:
+        steps = plan(operation, self.retry, self._rng)
+        outcome: Outcome = None
+        try:
+            while True:
+                step = steps.send(outcome)
+                if isinstance(step, Sleep):
+                    await self._sleep(step.seconds)
+                    outcome = None
+                    continue
+                try:
+                    outcome = await self._http.send(step.call.request(self._http))
+                except httpx.TransportError as exc:
+                    outcome = exc
+        except StopIteration as finished:
+            result: T = finished.value
+            return result
+
+    # -- people --------------------------------------------------------------------------------------------
+
+    async def create_user(
+        self,
+        email: str,
+        full_name: str = "",
+        *,
+        collection: str | None = None,
+        external_id: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> User:
+        return await self._run(ops.create_user(email, full_name, collection, external_id, idempotency_key))
+
+    async def get_user(self, user_id: int) -> User:
+        return await self._run(ops.get_user(user_id))
+
+    async def list_users(
+        self,
+        *,
+        collection: str | None = None,
+        email: str | None = None,
+        external_id: str | None = None,
+        query: str | None = None,
+        limit: int = 100,
+    ) -> list[User]:
+        return await self._run(ops.list_users(collection, email, external_id, query, limit))
+
+    async def update_user(
+        self,
+        user_id: int,
+        *,
+        email: str | None = None,
+        full_name: str | None = None,
+        is_active: bool | None = None,
+        external_id: str | None = None,
+    ) -> User:
+        return await self._run(ops.update_user(user_id, email, full_name, is_active, external_id))
+
+    async def delete_user(self, user_id: int) -> None:
+        await self._run(ops.delete_user(user_id))
+
+    async def list_faces(self, user_id: int) -> list[Face]:
+        return await self._run(ops.list_faces(user_id))
+
+    async def get_face(self, face_id: int) -> Face:
+        return await self._run(ops.get_face(face_id))
+
+    async def delete_face(self, face_id: int) -> None:
+        await self._run(ops.delete_face(face_id))
+
+    # -- recognition ---------------------------------------------------------------------------------------
+
+    async def enroll(
+        self,
+        user_id: int,
+        photo: Photo,
+        *,
+        filename: str | None = None,
+        external_id: str | None = None,
+        idempotency_key: str | None = None,
+        wait: float = 0,
+        callback_url: str | None = None,
+    ) -> Job:
+        return await self._run(ops.enroll(user_id, photo, filename, external_id, idempotency_key, wait, callback_url))
+
+    async def search(
+        self,
+        photo: Photo,
+        *,
+        collection: str | None = None,
+        threshold: float | None = None,
+        limit: int | None = None,
+        wait: float = 0,
+        filename: str | None = None,
+        idempotency_key: str | None = None,
+        callback_url: str | None = None,
+    ) -> Job:
+        return await self._run(
+            ops.search(photo, filename, collection, threshold, limit, wait, idempotency_key, callback_url)
+        )
+
+    async def verify(
+        self,
+        photo: Photo,
+        *,
+        user_id: int | None = None,
+        second_photo: Photo | None = None,
+        collection: str | None = None,
+        threshold: float | None = None,
+        wait: float = 0,
+        filename: str | None = None,
+        idempotency_key: str | None = None,
+        callback_url: str | None = None,
+    ) -> Job:
+        return await self._run(
+            ops.verify(
+                photo, user_id, second_photo, filename, collection, threshold, wait, idempotency_key, callback_url
+            )
+        )
+
+    async def detect(
+        self,
+        photo: Photo,
+        *,
+        collection: str | None = None,
+        wait: float = 0,
+        filename: str | None = None,
+        idempotency_key: str | None = None,
+        callback_url: str | None = None,
+    ) -> Job:
+        return await self._run(ops.detect(photo, filename, collection, wait, idempotency_key, callback_url))
+
+    async def get_job(self, job_id: str) -> Job:
+        return await self._run(ops.get_job(job_id))
+
+    async def wait_for_job(self, job_id: str, timeout: float = 60.0) -> Job:
+        return await self._run(ops.wait_for_job(job_id, timeout))
+
+    # -- the service ---------------------------------------------------------------------------------------
+
+    async def me(self) -> Me:
+        return await self._run(ops.me())
+
+    async def health(self) -> Health:
+        return await self._run(ops.health())
