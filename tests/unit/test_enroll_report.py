@@ -94,27 +94,25 @@ def test_the_failures_csv_lists_file_person_code_and_message(tmp_path: Path) -> 
     assert path.read_text().splitlines() == ["file,person,code,message"]
 
 
-def job(state: str, *, created_at: float, code: str | None = None) -> Job:
+def job(state: str, *, age: float, code: str | None = None) -> Job:
+    """A finished job created ``age`` seconds ago (negative: after now)."""
     error = JobError(code, "why") if code else None
+    created_at = time.time() - age
     return Job("j1", "enroll", state, "http://api/v1/jobs/j1", "originals/j1", created_at=created_at, error=error)
 
 
 @pytest.mark.parametrize(
-    ("answer", "outcome", "code"),
+    ("state", "age", "code", "outcome"),
     [
-        (job("done", created_at=time.time() + 1), Outcome.ENROLLED, ""),
-        (job("done", created_at=time.time() - 3600), Outcome.SKIPPED, ""),  # the Idempotency-Key's earlier job
-        (job("failed", created_at=time.time() + 1, code="no_face"), Outcome.FAILED, "no_face"),
-        (
-            job("failed", created_at=time.time() + 1, code="face_external_id_taken"),
-            Outcome.SKIPPED,
-            "face_external_id_taken",
-        ),
+        ("done", -1, None, Outcome.ENROLLED),
+        ("done", 3600, None, Outcome.SKIPPED),  # the Idempotency-Key gave back an earlier run's job
+        ("failed", -1, "no_face", Outcome.FAILED),
+        ("failed", -1, "face_external_id_taken", Outcome.SKIPPED),  # two runs raced; the other enrolled it
     ],
-    ids=["done now", "done before this run", "no face", "enrolled before"],
+    ids=["done now", "done before this run", "no face", "enrolled by another"],
 )
-def test_how_a_finished_job_counts(answer: Job, outcome: Outcome, code: str) -> None:
+def test_how_a_finished_job_counts(state: str, age: float, code: str | None, outcome: Outcome) -> None:
     client = AsyncFecapass("http://127.0.0.1:9", "key")  # never called: only the answer is judged
     enroller = Enroller(client, EnrollOptions("http://127.0.0.1:9", "key"), lambda _: None)
-    judged = enroller._judged(Photo(Path("a.jpg"), ADA), answer)
-    assert (judged.outcome, judged.code) == (outcome, code)
+    judged = enroller._judged(Photo(Path("a.jpg"), ADA), job(state, age=age, code=code))
+    assert (judged.outcome, judged.code) == (outcome, code or "")
