@@ -19,6 +19,8 @@ import psycopg
 import pytest
 import redis
 
+from common.apikeys import hash_key
+from ingest_api.idempotency import KEY_PREFIX as IDEMPOTENCY_PREFIX
 from operations import cli
 from operations.enroll_plan import from_folders, synthetic_email
 from operations.enroll_run import EnrollOptions, Outcome, PhotoResult, RunResult, enroll_photos
@@ -162,3 +164,39 @@ def test_an_interrupted_run_resumes_to_exactly_one_face_per_photo(pipeline: Runn
     assert faces_per_user(pipeline, emails) == {synthetic_email(p): n for p, n in per_person.items()}
     assert len(enroll_jobs(pipeline, emails)) == len(photos)  # one job per photo, not one per attempt
     shutil.rmtree(folder)
+
+
+def serves_face_external_ids(pipeline: RunningPipeline) -> bool:
+    with pipeline.client() as client:
+        operation = client.get("/openapi.json").json()["paths"]["/v1/users/{user_id}/faces"]["post"]
+    return any(parameter["name"] == "external_id" for parameter in operation.get("parameters", []))
+
+
+def test_after_the_idempotency_ttl_a_photo_enrolled_before_is_skipped_by_its_face_external_id(
+    pipeline: RunningPipeline, tmp_path: Path
+) -> None:
+    if not serves_face_external_ids(pipeline):
+        pytest.skip("this API takes no face external_id on enroll (collections, issue 18, not merged here)")
+    tag = uuid.uuid4().hex[:8]
+    person = f"obama-{tag}"
+    for name in single_photos()["obama"]:
+        unique_copy(BASIC / name, tmp_path / "photos" / person / name, tag)
+    photos = from_folders(tmp_path / "photos")
+    options = EnrollOptions(pipeline.base_url, pipeline.keys["write"], timeout=90)
+    first = asyncio.run(enroll_photos(photos, options, lambda _: None))
+    assert first.count(Outcome.ENROLLED) == len(photos)
+    jobs = enroll_jobs(pipeline, [synthetic_email(person)])
+    # The API has forgotten every Idempotency-Key of this API key, as it does after its TTL.
+    client = redis.Redis.from_url(pipeline.env["FECAPASS_REDIS_URL"])
+    try:
+        prefix = f"{IDEMPOTENCY_PREFIX}{hash_key(pipeline.keys['write']).hex()[:32]}:"
+        forgotten = list(client.scan_iter(f"{prefix}*"))
+        assert forgotten
+        client.delete(*forgotten)
+    finally:
+        client.close()
+
+    again = asyncio.run(enroll_photos(photos, options, lambda _: None))
+    assert [(r.outcome, r.code) for r in again.results] == [(Outcome.SKIPPED, "face_external_id_taken")] * len(photos)
+    assert enroll_jobs(pipeline, [synthetic_email(person)]) == jobs  # refused at the door: no new job
+    assert faces_per_user(pipeline, [synthetic_email(person)]) == {synthetic_email(person): len(photos)}
