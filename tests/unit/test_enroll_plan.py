@@ -147,3 +147,23 @@ def test_keys_are_deterministic_and_change_with_each_part() -> None:
         "default", Person("a@example.com", None)
     )
     assert face_external_id(digest) == face_external_id(digest) != face_external_id("cd" * 32)
+
+
+def test_the_command_refuses_an_unusable_input_before_sending_anything(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from operations import cli
+
+    unreachable = ["--api", "http://127.0.0.1:9"]  # nothing listens: any request would fail the run otherwise
+    monkeypatch.delenv("FECAPASS_API_KEY", raising=False)
+    with pytest.raises(SystemExit) as exit:
+        cli.main(["enroll", str(tmp_path), *unreachable])
+    assert exit.value.code == 2
+    assert "an API key with write scope is needed" in capsys.readouterr().err
+    monkeypatch.setenv("FECAPASS_API_KEY", "from-the-environment")
+    touch(tmp_path / "stray.jpg")
+    with pytest.raises(SystemExit) as exit:
+        cli.main(["enroll", str(tmp_path), *unreachable])
+    assert exit.value.code == 2
+    assert "belong to nobody" in capsys.readouterr().err
+    assert not (tmp_path / "failures.csv").exists()
