@@ -29,10 +29,12 @@ def api_url(installation: Installation) -> Iterator[str]:
 
 def people_folder(root: Path, people: dict[str, int], seed: int) -> Path:
     """A folder per person with ``count`` distinct photos each (noise images: the API accepts them; no stage runs)."""
+    made = 0
     for person, count in people.items():
         (root / person).mkdir(parents=True)
         for number in range(count):
-            (root / person / f"{number}.jpg").write_bytes(photo(seed=seed * 100 + hash(person) % 50 + number))
+            (root / person / f"{number}.jpg").write_bytes(photo(seed=seed * 1000 + made))
+            made += 1
     return root
 
 
@@ -119,7 +121,9 @@ def test_two_runs_at_once_create_each_person_once(installation: Installation, ap
                 for key in (installation.keys["write"], other_key)
             )
         )
-        assert all(r.code == "job_timeout" for run in runs for r in run.results)
+        assert all(r.code == "job_timeout" for run in runs for r in run.results), [
+            (r.code, r.message) for run in runs for r in run.results
+        ]
         return [run.people_created for run in runs]
 
     created = asyncio.run(both())
@@ -157,3 +161,19 @@ def test_a_read_key_or_no_key_is_refused(installation: Installation, api_url: st
     assert run_cli([*argv, "--api-key", installation.keys["read"]]) == 1
     assert [row["code"] for row in read_failures(failures)] == ["insufficient_scope"]
     assert users_named(installation, [email], []) == []
+
+
+def test_a_person_whose_email_belongs_to_someone_else_fails_with_the_conflict_and_nobody_is_created(
+    installation: Installation, api_url: str, tmp_path: Path
+) -> None:
+    email = f"taken.{uuid.uuid4().hex[:8]}@example.com"
+    existing = installation.main.create_user(email, "Someone Else")  # no external id
+    (tmp_path / "a.jpg").write_bytes(photo(seed=5))
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(f"file,email,external_id,name\na.jpg,{email},E-{uuid.uuid4().hex[:8]},Ada\n")
+    failures = tmp_path / "failures.csv"
+    argv = [str(tmp_path), "--manifest", str(manifest), "--api", api_url, "--api-key", installation.keys["write"]]
+    assert run_cli([*argv, "--failures", str(failures), "--timeout", WAIT_UNTIL_GIVEN_UP]) == 1
+    assert [row["code"] for row in read_failures(failures)] == ["email_taken"]
+    assert users_named(installation, [email], []) == [(existing.id, email)]
+    assert enroll_jobs_of(installation, [existing.id]) == {}  # never enrolled for the person who has the email
