@@ -19,7 +19,9 @@ COPY embedder ./embedder
 COPY indexer ./indexer
 COPY webhook_sender ./webhook_sender
 COPY operations ./operations
-RUN pip install --no-cache-dir .
+# The Python client (its own distribution, httpx only): `fecapass enroll` sends the photos through it.
+COPY clients/python ./clients/python
+RUN pip install --no-cache-dir ./clients/python .
 # The GPU image (compose.gpu.yaml, the Kubernetes gpu overlay): onnxruntime-gpu with pip's CUDA and cuDNN in
 # place of the CPU onnxruntime. Both install the same module, so the CPU one goes first.
 ARG ONNXRUNTIME_GPU=false

@@ -3,9 +3,11 @@ allowed upload in flight (FECAPASS_MAX_UPLOADS_PER_KEY=1), and object storage go
 
 from __future__ import annotations
 
+import socket
 import time
 from urllib.parse import urlsplit
 
+import httpx
 import pytest
 from fecapass_client import Fecapass, RateLimited, Unavailable
 
@@ -14,19 +16,30 @@ from tests.api.robust_support import TcpProxy
 from tests.client.conftest import ClientInstallation, Recording, served
 
 
+def stall_an_upload(url: str, key: str) -> socket.socket:
+    """An upload that stops after its headers: the key's one upload in flight until the socket is closed.
+    Returns once the API counts it (a probe with the same key is refused), so no test races it."""
+    address = urlsplit(url)
+    stalled = raw_request(
+        (address.hostname or "", address.port or 0),
+        f"POST /v1/detect HTTP/1.1\nHost: x\nX-API-Key: {key}\nContent-Type: multipart/form-data; boundary=b\n"
+        "Content-Length: 100000",
+        b"--b\r\n",
+    )
+    for _ in range(100):  # bounded: 10 s at most
+        probe = httpx.post(f"{url}/v1/detect", headers={"X-API-Key": key}, content=b"x", timeout=10)
+        if probe.status_code == 429:
+            return stalled
+        time.sleep(0.1)
+    stalled.close()
+    raise AssertionError("the stalled upload was never counted")
+
+
 def test_too_many_uploads_is_retried_after_retry_after(client_installation: ClientInstallation) -> None:
     key = client_installation.new_key("read")
     queued = client_installation.queued()
     with served(client_installation.config(max_uploads_per_key="1")) as url:
-        address = urlsplit(url)
-        # An upload that stalls after its headers: the key's one upload in flight, until it is closed.
-        stalled = raw_request(
-            (address.hostname or "", address.port or 0),
-            f"POST /v1/detect HTTP/1.1\nHost: x\nX-API-Key: {key}\nContent-Type: multipart/form-data; boundary=b\n"
-            "Content-Length: 100000",
-            b"--b\r\n",
-        )
-        time.sleep(0.5)  # for the API to take it in; bounded, not asserted on
+        stalled = stall_an_upload(url, key)
         slept: list[float] = []
 
         def sleep(seconds: float) -> None:
@@ -82,14 +95,7 @@ def test_retries_stop_at_max_retries_zero(client_installation: ClientInstallatio
     """max_retries=0: the 429 itself is what the caller gets, with its Retry-After."""
     key = client_installation.new_key("read")
     with served(client_installation.config(max_uploads_per_key="1")) as url:
-        address = urlsplit(url)
-        stalled = raw_request(
-            (address.hostname or "", address.port or 0),
-            f"POST /v1/search HTTP/1.1\nHost: x\nX-API-Key: {key}\nContent-Type: multipart/form-data; boundary=b\n"
-            "Content-Length: 100000",
-            b"--b\r\n",
-        )
-        time.sleep(0.5)
+        stalled = stall_an_upload(url, key)
         try:
             with Fecapass(url, key, max_retries=0) as api, pytest.raises(RateLimited) as limited:
                 api.search(photo(seed=71))

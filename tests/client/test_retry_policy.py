@@ -180,6 +180,15 @@ def test_a_delete_whose_answer_was_lost_is_done() -> None:
         api.delete_user(5)
 
 
+def test_a_redirect_is_neither_followed_nor_taken_for_success() -> None:
+    script = Script(then=lambda request: httpx.Response(307, headers={"Location": "http://elsewhere.test/v1/x"}))
+    api, slept = client(script)
+    with pytest.raises(FecapassError) as redirected:
+        api.delete_user(5)
+    assert (redirected.value.status, redirected.value.code) == (307, "http_307")
+    assert [request.url.host for request in script.requests] == ["fecapass.test"] and slept == []
+
+
 def test_health_when_not_ready_is_an_answer() -> None:
     script = Script(httpx.Response(503, json={"status": "unavailable", "checks": {"redis": "error: ConnectionError"}}))
     api, slept = client(script)

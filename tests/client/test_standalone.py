@@ -74,3 +74,15 @@ def test_its_distribution_needs_httpx_only_and_ships_its_types() -> None:
     assert project["name"] == "fecapass-client" and project["requires-python"] == ">=3.10"
     assert [requirement.split(">")[0] for requirement in project["dependencies"]] == ["httpx"]
     assert (Path(fecapass_client.__file__).parent / "py.typed").is_file()
+
+
+def test_it_type_checks_for_python_3_10() -> None:
+    """Its oldest supported Python: a stdlib name that 3.10 lacks (datetime.UTC, typing.Self, enum.StrEnum) fails."""
+    done = subprocess.run(
+        [sys.executable, "-m", "mypy", "--python-version", "3.10", "-p", "fecapass_client"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr

@@ -66,6 +66,8 @@ def test_list_users_follows_every_page_and_filters_by_email(
         api.create_user(f"x{made[2].email}", "contains the other's address")
         assert api.list_users(email=made[2].email.upper()) == [made[2]]
         assert api.list_users(email=f"nobody.{token}@example.com") == []
+        # Longer than the API's `q` takes (200): matched by the client alone, not refused by the API.
+        assert api.list_users(email=f"{'n' * 64}@{'d' * 63}.{'e' * 63}.{token}.example.com") == []
 
 
 def test_errors_are_exceptions_by_status_and_code(base_url: str, client_installation: ClientInstallation) -> None:

@@ -130,7 +130,8 @@ def exchange(call: Call, policy: RetryPolicy, rng: random.Random) -> Generator[S
             delay = policy.delay(retry, None, rng)
         elif isinstance(outcome, httpx.Response):
             status, body = outcome.status_code, _body(outcome)
-            if status < 400 or status in call.answers:
+            # 2xx only: a redirect is not followed (the API key would go along) and not taken for an answer.
+            if 200 <= status < 300 or status in call.answers:
                 return Answer(status, body)
             if status == 404 and call.gone_is_done and may_have_arrived:
                 return Answer(204, None)  # the attempt whose answer was lost deleted it

@@ -17,6 +17,8 @@ from fecapass_client.errors import InvalidResponse, JobTimeout
 from fecapass_client.models import Face, Health, Job, Me, User, UserPage, parse, parse_job
 
 Photo = Union[bytes, str, "os.PathLike[str]"]
+# The longest `q` the API takes (GET /v1/users).
+QUERY_MAX_LENGTH = 200
 # The longest single long poll asked of the server (the API caps it at FECAPASS_MAX_WAIT_SECONDS anyway).
 LONG_POLL_SECONDS = 30.0
 # Between polls when the server answered before the wait asked for (its cap is lower, or 0).
@@ -90,7 +92,7 @@ def list_users(
     if email is not None:
         params["email"] = email
     q = query if query is not None else email
-    if q is not None:
+    if q is not None and len(q) <= QUERY_MAX_LENGTH:  # a longer address is matched here only
         params["q"] = q
     users: list[User] = []
     after = 0

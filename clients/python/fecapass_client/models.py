@@ -6,10 +6,11 @@ break the other."""
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any, TypeVar, Union
 
 from fecapass_client.errors import InvalidResponse
@@ -175,7 +176,7 @@ class Job:
     faces_seen: int | None = None
     query_time_ms: float | None = None
     error: JobError | None = None
-    result: JobResult | dict[str, Any] | None = field(default=None, metadata={"parsed_by": "parse_job"})
+    result: JobResult | dict[str, Any] | None = None  # read by parse_job, as its kind says
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False, metadata={"client_only": True})
 
     @property
@@ -240,8 +241,10 @@ def parse_job(data: Any) -> Job:
     if not isinstance(data, dict):
         raise InvalidResponse(f"expected a job object, got {type(data).__name__}")
     result = data.get("result")
+    if result is not None and not isinstance(result, dict):
+        raise InvalidResponse(f"Job.result: expected an object, got {type(result).__name__}")
     kind = RESULT_TYPES.get(str(data.get("kind")))
-    if isinstance(result, dict) and kind is not None:
+    if result is not None and kind is not None:
         result = parse(kind, result)
     return parse(Job, data, result=result, raw=data)
 
@@ -277,11 +280,22 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
     return _scalar(hint, value, where)
 
 
+# Python 3.10's fromisoformat reads neither the "Z" the API writes for UTC nor fractions of other than 3 or 6 digits.
+_ISO = re.compile(r"^(?P<time>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(?P<fraction>\d+))?(?P<zone>Z|[+-]\d\d:\d\d)?$")
+
+
+def _datetime(value: str, where: str) -> datetime:
+    found = _ISO.match(value)
+    if found is None:
+        raise InvalidResponse(f"{where}: not an ISO 8601 time: {value!r}")
+    fraction = (found["fraction"] or "").ljust(6, "0")[:6]
+    zone = found["zone"] or "Z"  # the API's times are UTC
+    return datetime.fromisoformat(f"{found['time']}.{fraction}{'+00:00' if zone == 'Z' else zone}")
+
+
 def _scalar(hint: Any, value: Any, where: str) -> Any:
     if hint is datetime and isinstance(value, str):
-        # Python 3.10's fromisoformat does not read the "Z" that the API writes for UTC.
-        parsed = datetime.fromisoformat(value[:-1] + "+00:00" if value.endswith("Z") else value)
-        return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=timezone.utc)
+        return _datetime(value, where)
     if hint is bool and isinstance(value, bool):
         return value
     if hint is int and isinstance(value, int) and not isinstance(value, bool):
