@@ -12,6 +12,7 @@ import statistics
 import subprocess
 import tempfile
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -276,16 +277,18 @@ def enroll_throughput(running: Running, paths: list[Path], folder: Path) -> floa
     """`fecapass enroll` as the command runs it (in this process, the same window as the pipeline measurement's
     16 uploads in flight) over the same photos: photos per second from its start (people looked up and created
     included) to its last result. Each photo is a copy made unique by a trailer after the image data: a photo's
-    content is enrolled once per collection, and the photos repeat when more are asked for than there are."""
+    content is enrolled once per collection, and the photos repeat when more are asked for than there are. The
+    people are new ones too: the run's own lookups and creates are part of its time."""
     from operations.enroll_plan import Person, Photo
     from operations.enroll_run import EnrollOptions, enroll_photos
 
     folder.mkdir(parents=True, exist_ok=True)
+    run_tag = uuid.uuid4().hex  # a second measurement on the same installation must not find the first's photos
     photos = []
     for number, path in enumerate(paths):
         copy = folder / f"{number:06d}{path.suffix}"
-        copy.write_bytes(path.read_bytes() + f"fecapass-bench-{number}".encode())
-        person = f"bench-{number // ENROLL_PHOTOS_PER_PERSON}"
+        copy.write_bytes(path.read_bytes() + f"fecapass-bench-{run_tag}-{number}".encode())
+        person = f"bench-{run_tag[:8]}-{number // ENROLL_PHOTOS_PER_PERSON}"
         photos.append(Photo(copy, Person(None, person, person)))
     options = EnrollOptions(running.base_url, running.key, window=16, timeout=120)
     run = asyncio.run(enroll_photos(photos, options, lambda _: None))
