@@ -142,11 +142,12 @@ def summary_table(run: RunResult) -> Table:
         table.add_row(f"failed: {code}", str(count))
     table.add_section()
     table.add_row("total", str(len(run.results)))
-    rate = len(run.results) / run.seconds if run.seconds else 0.0
-    table.caption = (
-        f"people: {run.people_found} found, {run.people_created} created; {run.seconds:.1f} s, {rate:.1f} photos/s"
-    )
     return table
+
+
+def summary_line(run: RunResult) -> str:
+    rate = len(run.results) / run.seconds if run.seconds else 0.0
+    return f"people: {run.people_found} found, {run.people_created} created; {run.seconds:.1f} s, {rate:.1f} photos/s"
 
 
 def write_failures(path: Path, failures: list[PhotoResult]) -> None:
@@ -154,7 +155,7 @@ def write_failures(path: Path, failures: list[PhotoResult]) -> None:
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(FAILURE_COLUMNS)
-        for failure in failures:
+        for failure in sorted(failures, key=lambda f: str(f.photo.path)):
             writer.writerow([str(failure.photo.path), failure.photo.person.label, failure.code, failure.message])
 
 
@@ -171,6 +172,7 @@ def run_command(photos: list[Photo], options: EnrollOptions, failures: Path, con
     with reporter(console, len(photos)) as report:
         run = asyncio.run(enroll_photos(photos, options, report))
     console.print(summary_table(run))
+    console.print(summary_line(run), highlight=False)
     write_failures(failures, run.failures)
     if run.failures:
         console.print(f"{len(run.failures)} photos failed: listed in {failures}", highlight=False)

@@ -175,7 +175,7 @@ class Enroller:
             user_id = await self.people.user_id(photo.person)
             job = await self._enroll(photo, user_id, data, digest)
         except JobTimeout as exc:
-            return PhotoResult(photo, Outcome.FAILED, "job_timeout", str(exc))
+            return PhotoResult(photo, Outcome.FAILED, exc.code, exc.detail)
         except FecapassError as exc:
             if exc.code in ALREADY_ENROLLED:
                 return PhotoResult(photo, Outcome.SKIPPED, exc.code, "enrolled by an earlier run")

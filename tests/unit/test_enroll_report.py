@@ -12,7 +12,7 @@ import pytest
 from fecapass_client import AsyncFecapass, Job, JobError
 from rich.console import Console
 
-from operations.enroll import BarReporter, LineReporter, reporter, summary_table, write_failures
+from operations.enroll import BarReporter, LineReporter, reporter, summary_line, summary_table, write_failures
 from operations.enroll_plan import Person, Photo
 from operations.enroll_run import Enroller, EnrollOptions, Outcome, PhotoResult, RunResult
 
@@ -78,16 +78,20 @@ def test_the_summary_counts_each_outcome_and_each_failure_code() -> None:
     rows = {tuple(cell.strip() for cell in line.strip("│┃ ").split("│")) for line in out.getvalue().splitlines()}
     assert {("enrolled", "1"), ("skipped (done before)", "1"), ("failed: job_timeout", "1")} <= rows
     assert {("failed: no_face", "2"), ("total", "5")} <= rows
-    assert "people: 1 found, 2 created; 2.5 s, 2.0 photos/s" in " ".join(out.getvalue().split())
+    assert summary_line(run) == "people: 1 found, 2 created; 2.5 s, 2.0 photos/s"
 
 
 def test_the_failures_csv_lists_file_person_code_and_message(tmp_path: Path) -> None:
     path = tmp_path / "failures.csv"
-    failures = [result("c.jpg", Outcome.FAILED, "no_face", "no face found, with a comma", person=E7)]
+    failures = [
+        result("c.jpg", Outcome.FAILED, "no_face", "no face found, with a comma", person=E7),
+        result("a.jpg", Outcome.FAILED, "job_timeout", 'job j1 still "queued"'),
+    ]
     write_failures(path, failures)
     with path.open(newline="") as handle:
-        assert list(csv.reader(handle)) == [
+        assert list(csv.reader(handle)) == [  # by file, whatever order the photos finished in
             ["file", "person", "code", "message"],
+            [str(Path("photos/a.jpg")), "ada@example.com", "job_timeout", 'job j1 still "queued"'],
             [str(Path("photos/c.jpg")), "E-7", "no_face", "no face found, with a comma"],
         ]
     write_failures(path, [])  # a run with no failure leaves no stale rows of the last one
