@@ -1,6 +1,6 @@
 """``fecapass enroll`` on the whole product (the API and every stage as processes, real models): the people and
-faces it makes, a second run that makes nothing new, an interrupted run that resumes to one face per photo, and the
-photo without a face in the failures CSV. Counted in PostgreSQL and in Redis's job hashes.
+faces it makes, a second run that makes nothing new, an interrupted run (its task cancelled, or the process killed)
+that resumes to one face per photo, and the photo without a face in the failures CSV. Counted in PostgreSQL and in Redis's job hashes.
 
 Each test enrolls copies of ../shared/faces/basic made unique by a trailer after the image data (decoders ignore
 it): a photo's content hash is its face's external id, and the session's other tests enroll the originals."""
@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import os
 import re
 import shutil
+import signal
+import subprocess
+import sys
 import uuid
 from collections import Counter
 from pathlib import Path
@@ -200,3 +204,35 @@ def test_after_the_idempotency_ttl_a_photo_enrolled_before_is_skipped_by_its_fac
     assert [(r.outcome, r.code) for r in again.results] == [(Outcome.SKIPPED, "face_external_id_taken")] * len(photos)
     assert enroll_jobs(pipeline, [synthetic_email(person)]) == jobs  # refused at the door: no new job
     assert faces_per_user(pipeline, [synthetic_email(person)]) == {synthetic_email(person): len(photos)}
+
+
+def test_a_killed_command_resumes_to_exactly_one_face_per_photo(pipeline: RunningPipeline, tmp_path: Path) -> None:
+    """`fecapass enroll` as a process, killed (SIGKILL: no clean-up of any kind) after its first photos."""
+    tag = uuid.uuid4().hex[:8]
+    folder = tmp_path / "photos"
+    for identity in ("obama", "alex_lacamoire", "kit_harington"):
+        for name in single_photos()[identity]:
+            unique_copy(BASIC / name, folder / f"{identity}-{tag}" / name, tag)
+    photos = from_folders(folder)
+    emails = [synthetic_email(person) for person in {p.person.label for p in photos}]
+    command = [sys.executable, "-m", "operations.cli", "enroll", str(folder), "--api", pipeline.base_url]
+    command += ["--window", "2", "--failures", str(tmp_path / "failures.csv")]
+    env = {**os.environ, "FECAPASS_API_KEY": pipeline.keys["write"], "FECAPASS_LOG_LEVEL": "WARNING"}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None
+        # Not a terminal: a line per photo (each tenth of 10), "1/10 (10 %): enrolled 1, ..."
+        for line in process.stdout:
+            if re.match(r"2/\d+ ", line):
+                break
+        process.kill()
+    finally:
+        process.wait(30)
+    assert process.returncode == -signal.SIGKILL
+
+    with pytest.raises(SystemExit) as resumed:
+        cli.main(["enroll", str(folder), "--api", pipeline.base_url, "--api-key", pipeline.keys["write"]])
+    assert resumed.value.code == 0
+    per_person = Counter(synthetic_email(p.person.label) for p in photos)
+    assert faces_per_user(pipeline, emails) == dict(per_person)
+    assert len(enroll_jobs(pipeline, emails)) == len(photos)
