@@ -191,3 +191,19 @@ def test_the_enroll_rate_is_weighed_against_the_pipeline_of_the_same_run() -> No
     report_enroll(report, runs)
     assert "| 1 process | 10.0 | 9.5 | **0.95** | met |" in report.lines
     assert "| 2 processes | 12.0 | 10.0 | **0.83** | missed |" in report.lines
+    assert not any(line.startswith("Why") for line in report.lines)  # no CPU measured: nothing to explain
+
+
+def test_a_missed_enroll_target_says_which_processes_spend_more() -> None:
+    search = {"api": 6.0, "detect-1": 16.0, "detect-2": 17.0, "index-1": 2.0, "load generator (this process)": 2.0}
+    enroll = {"api": 14.0, "detect-1": 17.0, "detect-2": 16.2, "index-1": 4.0, "load generator (this process)": 5.0}
+    runs = [
+        PipelineRun(2, Throughput(10.0, 43.0), [], search, enroll_photos_per_second=8.0, enroll_cpu_per_photo=enroll)
+    ]
+    report = Report()
+    report_enroll(report, runs)
+    assert report.lines[-1] == (
+        "Why the target is missed: an enroll costs 56 CPU ms a photo (all processes, the command's own included)"
+        " against a search's 43; by process, enroll minus search: api +8.0, load generator (this process) +3.0,"
+        " index +2.0 ms."
+    )
