@@ -1,6 +1,7 @@
 """``fecapass enroll`` on the whole product (the API and every stage as processes, real models): the people and
 faces it makes, a second run that makes nothing new, an interrupted run (its task cancelled, or the process killed)
-that resumes to one face per photo, and the photo without a face in the failures CSV. Counted in PostgreSQL and in Redis's job hashes.
+that resumes to one face per photo, and the photo without a face in the failures CSV. Counted in PostgreSQL and in
+Redis's job hashes.
 
 Each test enrolls copies of ../shared/faces/basic made unique by a trailer after the image data (decoders ignore
 it): a photo's content hash is its face's external id, and the session's other tests enroll the originals."""
