@@ -5,7 +5,7 @@ Resuming rests on two keys derived from the photo (operations/enroll_plan.py), n
 it holds on any machine, after a lost working folder, and for two runs at once:
 - the face's external id is the photo's content hash: the API refuses a photo already enrolled in the collection
   with 409 ``face_external_id_taken``, which is reported as skipped, however long ago it was enrolled;
-- the request's Idempotency-Key is derived from (collection, person, content hash): a re-run within the API's
+- the request's Idempotency-Key is derived from (collection, user id, content hash): a re-run within the API's
   idempotency TTL gets the first run's job back, so a photo whose job was still running when the first run was
   interrupted is waited for, not enrolled twice.
 A photo whose job failed (``no_face``) fails again on the next run from the same remembered job (never retried in a
@@ -200,7 +200,9 @@ class Enroller:
     def _judged(self, photo: Photo, job: Job) -> PhotoResult:
         if job.done:
             if job.created_at is not None and job.created_at < self._started_at:
-                # The Idempotency-Key gave back the job of an earlier run, finished already.
+                # The Idempotency-Key gave back the job of an earlier run, finished already. (The API's clock
+                # against this one: a server behind by seconds counts the first seconds' jobs as skipped; the
+                # faces are right either way, only the summary's split is.)
                 return PhotoResult(photo, Outcome.SKIPPED, "", "enrolled by an earlier run")
             return PhotoResult(photo, Outcome.ENROLLED)
         error = job.error
