@@ -139,7 +139,8 @@ class Enroller:
         self._on_result = on_result
         self._collection_name = options.collection or DEFAULT_COLLECTION
         self.people = People(client, options.collection)
-        self._photo_of: dict[str, Photo] = {}  # content hash -> the first photo with it in this run
+        # content hash -> the first photo with it in this run, and its result once known
+        self._first: dict[str, tuple[Photo, asyncio.Future[PhotoResult]]] = {}
         self.results: list[PhotoResult] = []
         self._started_at = time.time()
 
@@ -161,16 +162,34 @@ class Enroller:
             data, digest = await asyncio.to_thread(_read, photo)
         except OSError as exc:
             return PhotoResult(photo, Outcome.FAILED, "unreadable_file", str(exc))
-        first = self._photo_of.setdefault(digest, photo)
-        if first is not photo:
-            if first.person.key == photo.person.key:
-                return PhotoResult(photo, Outcome.SKIPPED, "duplicate", f"the same photo as {first.path}")
+        if digest in self._first:
+            return await self._copy(photo, *self._first[digest])
+        outcome: asyncio.Future[PhotoResult] = asyncio.get_running_loop().create_future()
+        self._first[digest] = (photo, outcome)
+        try:
+            result = await self._enrolled(photo, data, digest)
+            outcome.set_result(result)
+        finally:
+            if not outcome.done():  # interrupted: its copies must not wait for ever
+                outcome.cancel()
+        return result
+
+    async def _copy(self, photo: Photo, first: Photo, outcome: asyncio.Future[PhotoResult]) -> PhotoResult:
+        """A second file with the same content: it shares the first's fate (a photo is one face)."""
+        if first.person.key != photo.person.key:
             return PhotoResult(
                 photo,
                 Outcome.FAILED,
                 "photo_of_two_people",
                 f"the same photo as {first.path}, listed for {first.person.label}: a photo is enrolled for one person",
             )
+        # Shielded: this copy cancelled (the run interrupted) leaves the first's result to the first.
+        result = await asyncio.shield(outcome)
+        if result.outcome is Outcome.FAILED:
+            return PhotoResult(photo, Outcome.FAILED, result.code, f"the same photo as {first.path}: {result.message}")
+        return PhotoResult(photo, Outcome.SKIPPED, "duplicate", f"the same photo as {first.path}")
+
+    async def _enrolled(self, photo: Photo, data: bytes, digest: str) -> PhotoResult:
         try:
             user_id = await self.people.user_id(photo.person)
             job = await self._enroll(photo, user_id, data, digest)

@@ -177,3 +177,22 @@ def test_a_person_whose_email_belongs_to_someone_else_fails_with_the_conflict_an
     assert [row["code"] for row in read_failures(failures)] == ["email_taken"]
     assert users_named(installation, [email], []) == [(existing.id, email)]
     assert enroll_jobs_of(installation, [existing.id]) == {}  # never enrolled for the person who has the email
+
+
+def test_copies_of_a_photo_share_its_one_job_and_a_photo_of_two_people_fails(
+    installation: Installation, api_url: str, tmp_path: Path
+) -> None:
+    ada, bob = (f"{name}.{uuid.uuid4().hex[:8]}@example.com" for name in ("ada", "bob"))
+    same = photo(seed=7)
+    for person, name in ((ada, "a.jpg"), (ada, "a-copy.jpg"), (bob, "not-bob.jpg")):
+        (tmp_path / "photos" / person).mkdir(parents=True, exist_ok=True)
+        (tmp_path / "photos" / person / name).write_bytes(same)
+    options = EnrollOptions(api_url, installation.keys["write"], timeout=float(WAIT_UNTIL_GIVEN_UP))
+    run = asyncio.run(enroll_photos(from_folders(tmp_path / "photos"), options, lambda _: None))
+    by_file = {r.photo.path.name: r for r in run.results}
+    assert by_file["a.jpg"].code == "job_timeout"  # no stage runs
+    # The copy fails as its original did, from the original's one job; the photo listed for Bob is refused.
+    assert by_file["a-copy.jpg"].code == "job_timeout" and "the same photo as" in by_file["a-copy.jpg"].message
+    assert by_file["not-bob.jpg"].code == "photo_of_two_people"
+    users = users_named(installation, [ada, bob], [])
+    assert len(enroll_jobs_of(installation, [u for u, _ in users])) == 1
