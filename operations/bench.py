@@ -4,6 +4,7 @@ is taken in the same run as its baseline and written to BENCHMARKS.md with the m
 
 from __future__ import annotations
 
+import asyncio
 import multiprocessing
 import os
 import platform
@@ -11,6 +12,7 @@ import statistics
 import subprocess
 import tempfile
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +32,10 @@ from schemas.streams import PIPELINE, Stage
 
 # Issue 16: the pipeline delivers at least this fraction of the best plain insightface loop's photos per second.
 THROUGHPUT_TARGET = 0.95
+# Issue 18: `fecapass enroll` delivers at least this fraction of the pipeline's photos per second.
+ENROLL_TARGET = 0.9
+# Bulk enroll: photos per person (a person is looked up and created once, as for a team's staff folder).
+ENROLL_PHOTOS_PER_PERSON = 10
 
 
 @dataclass
@@ -281,6 +287,33 @@ def pipeline_throughput(running: Running, paths: list[Path]) -> tuple[Throughput
     return Throughput(len(blobs) / wall, cpu), latencies, per_photo
 
 
+def enroll_throughput(running: Running, paths: list[Path], folder: Path) -> tuple[float, dict[str, float]]:
+    """`fecapass enroll` as the command runs it (in this process, the same window as the pipeline measurement's
+    16 uploads in flight) over the same photos: photos per second from its start (people looked up and created
+    included) to its last result. Each photo is a copy made unique by a trailer after the image data: a photo's
+    content is enrolled once per collection, and the photos repeat when more are asked for than there are. The
+    people are new ones too: the run's own lookups and creates are part of its time. Also each process's CPU
+    milliseconds per photo, as pipeline_throughput measures them (the copies are made before)."""
+    from operations.enroll_plan import Person, Photo
+    from operations.enroll_run import EnrollOptions, enroll_photos
+
+    folder.mkdir(parents=True, exist_ok=True)
+    run_tag = uuid.uuid4().hex  # a second measurement on the same installation must not find the first's photos
+    photos = []
+    for number, path in enumerate(paths):
+        copy = folder / f"{number:06d}{path.suffix}"
+        copy.write_bytes(path.read_bytes() + f"fecapass-bench-{run_tag}-{number}".encode())
+        person = f"bench-{run_tag[:8]}-{number // ENROLL_PHOTOS_PER_PERSON}"
+        photos.append(Photo(copy, Person(None, person, person)))
+    options = EnrollOptions(running.base_url, running.key, window=16, timeout=120)
+    before = cpu_seconds(running)
+    run = asyncio.run(enroll_photos(photos, options, lambda _: None))
+    after = cpu_seconds(running)
+    unexpected = [r for r in run.failures if r.code != "no_face"]  # a photo without a face is a finished job too
+    assert not unexpected, unexpected[:3]
+    return len(photos) / run.seconds, {name: (after[name] - before[name]) * 1000 / len(photos) for name in before}
+
+
 # Where a search's time goes outside the stages, from the job's status hash and the client's clock (one machine).
 UPLOAD = "upload (sent to event written)"
 HOPS = "waits between stages (4)"
@@ -364,6 +397,8 @@ class PipelineRun:
     throughput: Throughput
     latencies: list[float]
     cpu_per_photo: dict[str, float]
+    enroll_photos_per_second: float
+    enroll_cpu_per_photo: dict[str, float] = field(default_factory=dict)
 
 
 def run(config: BenchConfig) -> Path:
@@ -383,7 +418,8 @@ def run(config: BenchConfig) -> Path:
             running = start_pipeline(config, Path(tmp) / f"workers{workers}", list(Stage), workers)
             try:
                 throughput, under_load, cpu = pipeline_throughput(running, paths)
-                runs.append(PipelineRun(workers, throughput, under_load, cpu))
+                enroll_rate, enroll_cpu = enroll_throughput(running, paths, Path(tmp) / f"enroll{workers}")
+                runs.append(PipelineRun(workers, throughput, under_load, cpu, enroll_rate, enroll_cpu))
                 if workers == 1:
                     one_face = (config.photos_dir / SEARCH_PHOTO).read_bytes()
                     totals, per_stage = search_latency(running, one_face, config.searches)
@@ -397,6 +433,7 @@ def run(config: BenchConfig) -> Path:
         finally:
             stop_pipeline(running)
     _report_pipeline(report, config, paths, base, runs)
+    report_enroll(report, runs)
     _report_latency(report, config, totals, per_stage)
     report.section(
         "Ingest",
@@ -505,6 +542,54 @@ def _report_pipeline(
     if ratio < THROUGHPUT_TARGET:
         costs = {name: summed(fastest, name) for name in names if name != LOAD_GENERATOR}
         report.lines += ["", *why_slower(best, fastest.throughput, costs)]
+
+
+def report_enroll(report: Report, runs: list[PipelineRun]) -> None:
+    report.section(
+        "Bulk enroll (`fecapass enroll`)",
+        "The command (operations/enroll.py, through the Python client, 16 requests in flight) enrolls the same",
+        f"photos on the same pipeline right after its measurement above, {ENROLL_PHOTOS_PER_PERSON} photos per",
+        "person (each person looked up and created by the command, inside the time), against the pipeline's",
+        "photos/s of the same run.",
+        "",
+    )
+    rows = []
+    for run in runs:
+        ratio = run.enroll_photos_per_second / run.throughput.photos_per_second
+        rows.append(
+            [
+                "1 process" if run.workers == 1 else f"{run.workers} processes",
+                f"{run.throughput.photos_per_second:.1f}",
+                f"{run.enroll_photos_per_second:.1f}",
+                f"**{ratio:.2f}**",
+                _verdict(ratio >= ENROLL_TARGET),
+            ]
+        )
+    report.table(["per stage", "pipeline photos/s", "enroll photos/s", "ratio", f"target {ENROLL_TARGET:.2f}"], rows)
+    fastest = max(runs, key=lambda r: r.throughput.photos_per_second)
+    ratio = fastest.enroll_photos_per_second / fastest.throughput.photos_per_second
+    if ratio < ENROLL_TARGET and fastest.enroll_cpu_per_photo:
+        report.lines += ["", why_enroll_slower(fastest)]
+
+
+def why_enroll_slower(run: PipelineRun) -> str:
+    """Where an enroll spends more CPU than a search of the same photo, process by process (both CPU-bound on the
+    same cores: the rates go as the inverse of the CPU per photo)."""
+
+    def by_kind(costs: dict[str, float]) -> dict[str, float]:
+        summed: dict[str, float] = {}
+        for name, value in costs.items():
+            summed[_process_kind(name)] = summed.get(_process_kind(name), 0.0) + value
+        return summed
+
+    search, enroll = by_kind(run.cpu_per_photo), by_kind(run.enroll_cpu_per_photo)
+    extra = sorted(((enroll.get(k, 0.0) - search.get(k, 0.0), k) for k in enroll), reverse=True)
+    shown = ", ".join(f"{name} {value:+.1f}" for value, name in extra if abs(value) >= 0.5)
+    return (
+        f"Why the target is missed: an enroll costs {sum(enroll.values()):.0f} CPU ms a photo (all processes, the"
+        f" command's own included) against a search's {sum(search.values()):.0f}; by process, enroll minus search:"
+        f" {shown} ms."
+    )
 
 
 # The stages that run what the baseline runs: decoding and the two models.

@@ -327,6 +327,60 @@ def _add_dlq(commands: Commands) -> None:
         action.add_argument("--id", help="only this entry (needs --stage)")
 
 
+# -- people -------------------------------------------------------------------------------------------------
+
+
+def _enroll(args: argparse.Namespace) -> None:
+    import os
+
+    from operations.enroll import plan, run_command
+    from operations.enroll_plan import PlanError
+    from operations.enroll_run import EnrollOptions
+
+    key = args.api_key or os.environ.get("FECAPASS_API_KEY")
+    if not key:
+        refuse(ValueError("an API key with write scope is needed: --api-key or FECAPASS_API_KEY"))
+    try:
+        photos = plan(args.dir, args.manifest)
+    except PlanError as exc:
+        refuse(exc)
+    options = EnrollOptions(args.api, key, args.collection, args.window, args.timeout)
+    raise SystemExit(run_command(photos, options, args.failures))
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _add_people(commands: Commands) -> None:
+    enroll = command(
+        commands,
+        "enroll",
+        _enroll,
+        "enroll a folder per person (or a CSV manifest) through the API: resumable, with progress and a summary",
+    )
+    enroll.add_argument(
+        "dir",
+        type=Path,
+        help="a folder per person: named by their email (with @) or external id; or the manifest's base",
+    )
+    enroll.add_argument("--manifest", type=Path, help="CSV with columns file, email and/or external_id, name")
+    enroll.add_argument("--api", default="http://127.0.0.1:8000", help="the API's base URL")
+    enroll.add_argument("--api-key", help="a key with write scope (default: FECAPASS_API_KEY)")
+    enroll.add_argument("--collection", help="the collection to enroll into (default: the API's default)")
+    enroll.add_argument("--window", type=_positive_int, default=16, help="requests in flight")
+    enroll.add_argument(
+        "--failures",
+        type=Path,
+        default=Path("failures.csv"),
+        help="CSV of the failed photos (file, person, code, message)",
+    )
+    enroll.add_argument("--timeout", type=float, default=120.0, help="seconds each photo's job may take")
+
+
 # -- measurements -------------------------------------------------------------------------------------------
 
 
@@ -527,6 +581,7 @@ def parser() -> argparse.ArgumentParser:
     _add_dlq(commands)
     _add_clusters(commands)
     models_cli.add_commands(commands)
+    _add_people(commands)
     _add_measurements(commands)
     return root
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
-from operations.bench import Throughput, best_batches, why_slower
+from operations.bench import PipelineRun, Report, Throughput, best_batches, report_enroll, why_slower
 from operations.reports import BENCHMARKS_HEADER as HEADER
 from operations.reports import merged
 from operations.search_report import (
@@ -180,3 +180,30 @@ def test_benchmarks_md_search_sections_are_those_of_its_measurements_file() -> N
     assert rendered(report, results) == report
     for run in results.runs:
         assert f"<!-- section:{run.section} -->" in report
+
+
+def test_the_enroll_rate_is_weighed_against_the_pipeline_of_the_same_run() -> None:
+    runs = [
+        PipelineRun(1, Throughput(10.0, 190.0), [], {}, enroll_photos_per_second=9.5),
+        PipelineRun(2, Throughput(12.0, 170.0), [], {}, enroll_photos_per_second=10.0),
+    ]
+    report = Report()
+    report_enroll(report, runs)
+    assert "| 1 process | 10.0 | 9.5 | **0.95** | met |" in report.lines
+    assert "| 2 processes | 12.0 | 10.0 | **0.83** | missed |" in report.lines
+    assert not any(line.startswith("Why") for line in report.lines)  # no CPU measured: nothing to explain
+
+
+def test_a_missed_enroll_target_says_which_processes_spend_more() -> None:
+    search = {"api": 6.0, "detect-1": 16.0, "detect-2": 17.0, "index-1": 2.0, "load generator (this process)": 2.0}
+    enroll = {"api": 14.0, "detect-1": 17.0, "detect-2": 16.2, "index-1": 4.0, "load generator (this process)": 5.0}
+    runs = [
+        PipelineRun(2, Throughput(10.0, 43.0), [], search, enroll_photos_per_second=8.0, enroll_cpu_per_photo=enroll)
+    ]
+    report = Report()
+    report_enroll(report, runs)
+    assert report.lines[-1] == (
+        "Why the target is missed: an enroll costs 56 CPU ms a photo (all processes, the command's own included)"
+        " against a search's 43; by process, enroll minus search: api +8.0, load generator (this process) +3.0,"
+        " index +2.0 ms."
+    )

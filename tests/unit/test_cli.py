@@ -40,6 +40,7 @@ COMMANDS = {
     "bench",
     "bench-search",
     "calibrate",
+    "enroll",
 }
 
 
@@ -102,6 +103,11 @@ def test_every_command_is_in_the_table_with_its_own_handler() -> None:
         (["models", "activate", "buffalo_l"], models_cli._activate, {"name": "buffalo_l", "allow_missing": False}),
         (["reindex", "--pack", "dlib"], models_cli._reindex, {"pack": "dlib", "window": 64, "max_faces": None}),
         (["up"], cli._up, {"data_dir": Path(".fecapass"), "api_port": 8000, "workers": 1, "metrics_port": 9101}),
+        (
+            ["enroll", "photos"],
+            cli._enroll,
+            {"dir": Path("photos"), "manifest": None, "api": "http://127.0.0.1:8000", "window": 16, "timeout": 120.0},
+        ),
         (
             ["bench-search", "--summary-only"],
             cli._bench_search,
