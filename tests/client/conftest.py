@@ -20,7 +20,7 @@ from ingest_api.config import ApiConfig
 from operations.services import LocalServices
 from schemas.jobs import JOB_KEY_PREFIX
 from schemas.streams import Stage
-from tests.api.conftest import NO_MODELS, api_config, serving
+from tests.api.conftest import NO_MODELS, Installation, api_config, serving
 from tests.e2e.conftest import fresh_installation
 
 REDIS_DB = 9  # this installation's: no stage process of the other tests reads its streams
@@ -38,8 +38,20 @@ class ClientInstallation:
     def config(self, **settings: str) -> ApiConfig:
         return api_config(self.env, **settings)
 
-    def new_key(self, scope: str = "write") -> str:
-        return MainRepository.at(self.env["FECAPASS_MAIN_DB_DSN"]).create_api_key("client-tests", scope).key
+    @property
+    def main(self) -> MainRepository:
+        return MainRepository.at(self.env["FECAPASS_MAIN_DB_DSN"])
+
+    def as_api_installation(self) -> Installation:
+        """This installation as tests/api's helpers take it (faces and clusters made as the stages make them)."""
+        return Installation(self.env, self.main, self.store, self.redis, self.keys)
+
+    def new_key(self, scope: str = "write", collection_ids: list[int] | None = None) -> str:
+        return self.main.create_api_key("client-tests", scope, collection_ids).key
+
+    def sql(self, query: str, *args: object) -> list[tuple[object, ...]]:
+        with psycopg.connect(self.env["FECAPASS_MAIN_DB_DSN"]) as conn:
+            return conn.execute(query, args).fetchall()
 
     def queued(self) -> int:
         """Jobs on the detect stream: what the uploads put in the pipeline."""

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from fecapass_client import EnrollResult, InvalidResponse, SearchResult, User
+from fecapass_client import EnrollResult, InvalidResponse, Match, Me, ReturnedFace, SearchResult, User
 from fecapass_client.models import parse, parse_job
 
 USER = {
@@ -17,6 +17,8 @@ USER = {
     "is_active": True,
     "created_at": "2026-12-01T10:55:14.642956Z",
     "updated_at": "2026-12-01T10:55:14Z",
+    "collection": "default",
+    "external_id": None,
 }
 
 
@@ -35,17 +37,33 @@ def test_times_in_every_iso_form_the_api_may_write(text: str, expected: datetime
     assert parsed == expected and parsed.utcoffset() is not None
 
 
-def test_fields_a_newer_server_adds_are_ignored_and_those_it_lacks_default() -> None:
+def test_fields_a_newer_server_adds_are_ignored() -> None:
     user = parse(User, {**USER, "a_field_from_the_future": [1, 2]})
-    assert (user.collection, user.external_id) == (None, None)
-    assert parse(User, {**USER, "collection": "site-a", "external_id": "E-1"}).collection == "site-a"
+    assert (user.collection, user.external_id) == ("default", None)
+    assert parse(User, {**USER, "collection": "site-a", "external_id": "E-1"}).external_id == "E-1"
     assert user.created_at - user.updated_at == timedelta(microseconds=642956)
+
+
+def test_optional_fields_left_out_default_and_a_keys_collections_are_a_tuple() -> None:
+    match = {"user_id": 1, "face_id": 2, "similarity": 0.7, "photo_url": "http://s3/x"}
+    assert parse(Match, match).external_id is None  # the API leaves it out for a person without one
+    assert parse(Match, {**match, "external_id": "E-1"}).external_id == "E-1"
+    assert parse(Me, {"scope": "read"}).collections is None
+    assert parse(Me, {"scope": "read", "collections": None}).collections is None
+    assert parse(Me, {"scope": "write", "collections": ["site-a", "site-b"]}).collections == ("site-a", "site-b")
+    returned = {"face_id": 2, "user_id": 1, "unknown_face_id": 3, "cluster_id": None}
+    assert parse(ReturnedFace, returned).cluster_id is None
+    with pytest.raises(InvalidResponse):  # required by the API, even when null
+        parse(ReturnedFace, {key: value for key, value in returned.items() if key != "cluster_id"})
 
 
 @pytest.mark.parametrize(
     "broken",
     [
         {key: value for key, value in USER.items() if key != "email"},  # a required field missing
+        {key: value for key, value in USER.items() if key != "collection"},  # required since collections exist
+        {key: value for key, value in USER.items() if key != "external_id"},  # required, null when unset
+        {**USER, "collection": None},
         {**USER, "id": None},
         {**USER, "id": "7"},  # a string is not an id
         {**USER, "is_active": 1},  # nor 1 a boolean

@@ -1,6 +1,7 @@
 """Python client for the Fecapass face-recognition API: ``Fecapass`` (sync) and ``AsyncFecapass`` (asyncio).
 
-Depends on httpx only; it imports nothing of the server."""
+Depends on httpx (and sniffio, which spares httpcore a failed import per request) only; it imports nothing of the
+server."""
 
 from __future__ import annotations
 
@@ -24,8 +25,12 @@ from fecapass_client.errors import (
     ValidationFailed,
 )
 from fecapass_client.models import (
+    Cluster,
+    ClusterSample,
+    Collection,
     DetectedFace,
     DetectResult,
+    DismissedCluster,
     EnrollResult,
     Face,
     FoundFace,
@@ -35,10 +40,13 @@ from fecapass_client.models import (
     JobResult,
     Match,
     Me,
+    NamedCluster,
     Quality,
     ReindexResult,
+    ReturnedFace,
     SearchFace,
     SearchResult,
+    UnknownFacesPolicy,
     User,
     VerifiedFace,
     VerifyResult,
@@ -46,10 +54,14 @@ from fecapass_client.models import (
 
 __all__ = [
     "AsyncFecapass",
+    "Cluster",
+    "ClusterSample",
+    "Collection",
     "Conflict",
     "ConnectionFailed",
     "DetectResult",
     "DetectedFace",
+    "DismissedCluster",
     "EnrollResult",
     "Face",
     "Fecapass",
@@ -64,16 +76,19 @@ __all__ = [
     "JobTimeout",
     "Match",
     "Me",
+    "NamedCluster",
     "NotFound",
     "PayloadTooLarge",
     "Quality",
     "RateLimited",
     "ReindexResult",
     "RetryPolicy",
+    "ReturnedFace",
     "SearchFace",
     "SearchResult",
     "Unauthorized",
     "Unavailable",
+    "UnknownFacesPolicy",
     "UnsupportedMedia",
     "User",
     "ValidationFailed",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import mimetypes
 import os
+import re
 import time
 import uuid
 from collections.abc import Callable
@@ -14,7 +15,23 @@ from urllib.parse import quote
 
 from fecapass_client._exchange import Answer, Call, Operation, Sleep, expect_list, expect_object
 from fecapass_client.errors import InvalidResponse, JobTimeout
-from fecapass_client.models import Face, Health, Job, Me, User, UserPage, parse, parse_job
+from fecapass_client.models import (
+    Cluster,
+    ClusterPage,
+    Collection,
+    DismissedCluster,
+    Face,
+    Health,
+    Job,
+    Me,
+    NamedCluster,
+    ReturnedFace,
+    UnknownFacesPolicy,
+    User,
+    UserPage,
+    parse,
+    parse_job,
+)
 
 Photo = Union[bytes, str, "os.PathLike[str]"]
 # The longest `q` the API takes (GET /v1/users).
@@ -24,6 +41,8 @@ LONG_POLL_SECONDS = 30.0
 # Between polls when the server answered before the wait asked for (its cap is lower, or 0).
 POLL_INTERVAL_SECONDS = 0.5
 POLL_INTERVAL_CAP_SECONDS = 2.0
+# A collection's name, as the API checks it: it goes into URL paths, where ".." or "/" would name another resource.
+COLLECTION_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 
 
 def new_idempotency_key() -> str:
@@ -34,6 +53,13 @@ def _id(value: int, name: str) -> int:
     """An id for a URL path: an int, never a string that could carry a path of its own."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    return value
+
+
+def _name(value: str) -> str:
+    """A collection's name for a URL path: refused here unless the API could have made it."""
+    if not isinstance(value, str) or not COLLECTION_NAME.fullmatch(value):
+        raise ValueError(f"not a collection name (lower case letters, digits, - and _): {value!r}")
     return value
 
 
@@ -124,6 +150,116 @@ def get_face(face_id: int) -> Operation[Face]:
 
 def delete_face(face_id: int) -> Operation[None]:
     return _once(Call("DELETE", f"/v1/faces/{_id(face_id, 'face_id')}", gone_is_done=True), lambda _: None)
+
+
+def move_face(face_id: int, user_id: int) -> Operation[Face]:
+    """Repeating a move that was done changes nothing, so a retry after a lost answer is safe without a key."""
+    call = Call("POST", f"/v1/faces/{_id(face_id, 'face_id')}/move", json={"user_id": _id(user_id, "user_id")})
+    return _once(call, lambda a: parse(Face, expect_object(a)))
+
+
+def merge_users(into_user_id: int, from_user_id: int) -> Operation[User]:
+    """Repeating a merge that was done answers with the same user, so a retry needs no key either."""
+    body = {"from_user_id": _id(from_user_id, "from_user_id")}
+    return _once(Call("POST", f"/v1/users/{_id(into_user_id, 'into_user_id')}/merge", json=body), _one)
+
+
+# -- collections -------------------------------------------------------------------------------------------------
+
+
+def _collection(answer: Answer | None) -> Collection:
+    return parse(Collection, expect_object(answer))
+
+
+def list_collections() -> Operation[list[Collection]]:
+    return _once(
+        Call("GET", "/v1/collections"), lambda answer: [parse(Collection, item) for item in expect_list(answer)]
+    )
+
+
+def get_collection(name: str) -> Operation[Collection]:
+    return _once(Call("GET", f"/v1/collections/{_name(name)}"), _collection)
+
+
+def create_collection(name: str) -> Operation[Collection]:
+    return _once(Call("POST", "/v1/collections", json={"name": _name(name)}), _collection)
+
+
+def delete_collection(name: str) -> Operation[None]:
+    return _once(Call("DELETE", f"/v1/collections/{_name(name)}", gone_is_done=True), lambda _: None)
+
+
+# -- unknown faces -----------------------------------------------------------------------------------------------
+
+
+def list_clusters(collection: str | None, limit: int) -> Operation[list[Cluster]]:
+    """Every page, ``limit`` clusters a page."""
+    params: dict[str, str | int | float] = {"limit": limit}
+    if collection is not None:
+        params["collection"] = _name(collection)
+    clusters: list[Cluster] = []
+    after = 0
+    while True:
+        page = parse(ClusterPage, expect_object((yield Call("GET", "/v1/clusters", params={**params, "after": after}))))
+        clusters.extend(page.items)
+        if page.next_after is None:
+            return clusters
+        if page.next_after <= after:  # a page that does not move forward would loop for ever
+            raise InvalidResponse(f"next_after {page.next_after} after {after}")
+        after = page.next_after
+
+
+def name_cluster(
+    cluster_id: int, user_id: int | None, email: str | None, full_name: str | None, idempotency_key: str | None
+) -> Operation[NamedCluster]:
+    if (user_id is None) == (email is None):
+        raise ValueError("give exactly one of user_id (an existing person) or email (a new one)")
+    if user_id is not None and full_name is not None:
+        raise ValueError("full_name names a new person: give it with email, not with user_id")
+    body = _given(user_id=None if user_id is None else _id(user_id, "user_id"), email=email, full_name=full_name)
+    call = Call(
+        "POST",
+        f"/v1/clusters/{_id(cluster_id, 'cluster_id')}/name",
+        json=body,
+        idempotency_key=idempotency_key or new_idempotency_key(),
+    )
+    return _once(call, lambda a: parse(NamedCluster, expect_object(a)))
+
+
+def dismiss_cluster(cluster_id: int) -> Operation[DismissedCluster]:
+    return _once(
+        Call("POST", f"/v1/clusters/{_id(cluster_id, 'cluster_id')}/dismiss"),
+        lambda a: parse(DismissedCluster, expect_object(a)),
+    )
+
+
+def not_this_person(face_id: int) -> Operation[ReturnedFace]:
+    return _once(
+        Call("POST", f"/v1/faces/{_id(face_id, 'face_id')}/not-this-person"),
+        lambda a: parse(ReturnedFace, expect_object(a)),
+    )
+
+
+def _policy(answer: Answer | None) -> UnknownFacesPolicy:
+    return parse(UnknownFacesPolicy, expect_object(answer))
+
+
+def unknown_faces_policy(collection: str) -> Operation[UnknownFacesPolicy]:
+    return _once(Call("GET", f"/v1/collections/{_name(collection)}/unknown-faces"), _policy)
+
+
+def set_unknown_faces_policy(
+    collection: str, keep: bool | None, retention_hours: int | None
+) -> Operation[UnknownFacesPolicy]:
+    if keep is None and retention_hours is None:
+        raise ValueError("give keep, retention_hours or both")
+    if keep is not None and not isinstance(keep, bool):
+        raise TypeError(f"keep must be a bool, got {type(keep).__name__}")
+    body = _given(keep_unknown_faces=keep, unknown_retention_hours=retention_hours)
+    return _once(Call("PATCH", f"/v1/collections/{_name(collection)}/unknown-faces", json=body), _policy)
+
+
+# -- jobs --------------------------------------------------------------------------------------------------------
 
 
 def _job(answer: Answer | None) -> Job:

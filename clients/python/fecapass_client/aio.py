@@ -16,7 +16,19 @@ from fecapass_client import _operations as ops
 from fecapass_client._exchange import Operation, Outcome, RetryPolicy, Sleep, plan
 from fecapass_client._operations import Photo
 from fecapass_client._session import client_headers
-from fecapass_client.models import Face, Health, Job, Me, User
+from fecapass_client.models import (
+    Cluster,
+    Collection,
+    DismissedCluster,
+    Face,
+    Health,
+    Job,
+    Me,
+    NamedCluster,
+    ReturnedFace,
+    UnknownFacesPolicy,
+    User,
+)
 
 T = TypeVar("T")
 
@@ -120,6 +132,61 @@ class AsyncFecapass:
 
     async def delete_face(self, face_id: int) -> None:
         await self._run(ops.delete_face(face_id))
+
+    async def merge_users(self, into_user_id: int, from_user_id: int) -> User:
+        """Merge person ``from_user_id`` into ``into_user_id``: their faces move there, then they are erased."""
+        return await self._run(ops.merge_users(into_user_id, from_user_id))
+
+    async def move_face(self, face_id: int, user_id: int) -> Face:
+        """Give the face to another person of its collection (it was enrolled for the wrong one)."""
+        return await self._run(ops.move_face(face_id, user_id))
+
+    # -- collections ---------------------------------------------------------------------------------------
+
+    async def list_collections(self) -> list[Collection]:
+        return await self._run(ops.list_collections())
+
+    async def get_collection(self, name: str) -> Collection:
+        return await self._run(ops.get_collection(name))
+
+    async def create_collection(self, name: str) -> Collection:
+        return await self._run(ops.create_collection(name))
+
+    async def delete_collection(self, name: str) -> None:
+        """Erase the collection and everyone in it (the ``default`` collection is emptied and stays)."""
+        await self._run(ops.delete_collection(name))
+
+    # -- unknown faces -------------------------------------------------------------------------------------
+
+    async def list_clusters(self, *, collection: str | None = None, limit: int = 50) -> list[Cluster]:
+        return await self._run(ops.list_clusters(collection, limit))
+
+    async def name_cluster(
+        self,
+        cluster_id: int,
+        *,
+        user_id: int | None = None,
+        email: str | None = None,
+        full_name: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> NamedCluster:
+        """The cluster's faces become enrolled faces of an existing person (``user_id``) or of a new one (``email``,
+        ``full_name``)."""
+        return await self._run(ops.name_cluster(cluster_id, user_id, email, full_name, idempotency_key))
+
+    async def dismiss_cluster(self, cluster_id: int) -> DismissedCluster:
+        return await self._run(ops.dismiss_cluster(cluster_id))
+
+    async def not_this_person(self, face_id: int) -> ReturnedFace:
+        return await self._run(ops.not_this_person(face_id))
+
+    async def unknown_faces_policy(self, collection: str) -> UnknownFacesPolicy:
+        return await self._run(ops.unknown_faces_policy(collection))
+
+    async def set_unknown_faces_policy(
+        self, collection: str, *, keep: bool | None = None, retention_hours: int | None = None
+    ) -> UnknownFacesPolicy:
+        return await self._run(ops.set_unknown_faces_policy(collection, keep, retention_hours))
 
     # -- recognition ---------------------------------------------------------------------------------------
 

@@ -1,7 +1,7 @@
 """Typed results: frozen dataclasses read from the API's JSON, field for field as the API's OpenAPI document names
-them (tests/client/test_drift.py compares the two). Fields an older server does not send yet (``collection``,
-``external_id``) default to None; fields a newer server adds are ignored, so an upgrade of either side does not
-break the other."""
+them (tests/client/test_drift.py compares the two). A field the API requires has no default here; one it may leave
+out defaults to None. Fields a newer server adds are ignored, so that an upgrade of the server does not break the
+client."""
 
 from __future__ import annotations
 
@@ -30,8 +30,8 @@ class User:
     is_active: bool
     created_at: datetime
     updated_at: datetime
-    collection: str | None = None  # None: a server without collections (everything is in `default`)
-    external_id: str | None = None
+    collection: str  # the collection's name
+    external_id: str | None  # None: the person has none
 
 
 @dataclass(frozen=True)
@@ -51,8 +51,8 @@ class Face:
     created_at: datetime
     photo_url: str  # presigned: it expires (FECAPASS_PRESIGN_SECONDS)
     crop_url: str
-    collection: str | None = None
-    external_id: str | None = None
+    collection: str
+    external_id: str | None
 
 
 @dataclass(frozen=True)
@@ -88,7 +88,7 @@ class Match:
     face_id: int
     similarity: float
     photo_url: str
-    external_id: str | None = None  # the user's, on a server with external ids
+    external_id: str | None = None  # the user's; left out of the JSON when they have none
 
 
 @dataclass(frozen=True)
@@ -195,6 +195,70 @@ class Job:
 @dataclass(frozen=True)
 class Me:
     scope: str  # read, write or admin
+    collections: tuple[str, ...] | None = None  # the collections the key may see; None: every collection
+
+
+@dataclass(frozen=True)
+class Collection:
+    name: str
+    keep_unknown_faces: bool  # whether faces of its searches that matched nobody are kept (unknown faces)
+    unknown_retention_hours: int
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class ClusterSample:
+    crop_url: str  # presigned: it expires (FECAPASS_PRESIGN_SECONDS)
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """Unknown faces of one person nobody has named yet."""
+
+    id: int
+    collection: str
+    model_pack: str
+    faces: int
+    samples: tuple[ClusterSample, ...]  # crops of its best-detected faces
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class ClusterPage:
+    items: tuple[Cluster, ...]
+    next_after: int | None
+
+
+@dataclass(frozen=True)
+class NamedCluster:
+    cluster_id: int
+    user_id: int
+    user_created: bool  # this call created the person
+    faces_added: int  # faces this call made enrolled faces of the person (0 when repeated)
+    faces_left_out: int  # faces marked "not this person" for them, left unknown
+
+
+@dataclass(frozen=True)
+class DismissedCluster:
+    cluster_id: int
+    faces_erased: int  # 0 when repeated
+
+
+@dataclass(frozen=True)
+class ReturnedFace:
+    """An enrolled face sent back to the unknown faces ("not this person")."""
+
+    face_id: int  # the enrolled face's id, no longer one
+    user_id: int  # the person it is not: never suggested for them again
+    unknown_face_id: int
+    cluster_id: int | None  # the cluster it joined at once, if any
+
+
+@dataclass(frozen=True)
+class UnknownFacesPolicy:
+    collection: str
+    keep_unknown_faces: bool
+    unknown_retention_hours: int
 
 
 @dataclass(frozen=True)
