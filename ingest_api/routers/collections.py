@@ -7,6 +7,7 @@ from fastapi import APIRouter, Response
 
 from common.db.main_repository import DEFAULT_COLLECTION_ID, CollectionNotEmpty, CollectionRow, DuplicateCollection
 from ingest_api.auth import ADMIN, READ, Caller
+from ingest_api.collection_access import collection_not_found
 from ingest_api.deps import State
 from ingest_api.openapi import problems
 from ingest_api.problems import ApiError
@@ -45,7 +46,12 @@ async def create_collection(body: CollectionCreate, state: State, caller: Caller
 
 @router.get("/{name}", response_model=Collection, responses=problems(404))
 async def get_collection(name: CollectionName, state: State, caller: Caller) -> Collection:
-    return view(await state.collections.visible(caller, name))
+    row = await state.collections.visible(caller, name)
+    # Read again: the cached row's unknown-face policy may be older than a PATCH of it (on this or another process).
+    fresh = await call_store(state.main.get_collection, row.id)
+    if fresh is None:
+        raise collection_not_found(name)
+    return view(fresh)
 
 
 @router.delete("/{name}", status_code=204, dependencies=[ADMIN], responses=problems(404, 409))

@@ -17,6 +17,7 @@ from fecapass_client import (
     UnsupportedMedia,
 )
 
+from common.transient import photo_blob_key
 from tests.api.conftest import new_email, photo
 from tests.client.conftest import MAX_UPLOAD_BYTES, AsyncRecording, ClientInstallation, Recording
 
@@ -39,10 +40,11 @@ def test_an_enroll_is_a_typed_job_read_back_by_id(
         verified = api.verify(photo(seed=3), second_photo=photo(seed=4))
         detected = api.detect(photo(seed=5))
         assert (verified.kind, detected.kind) == ("verify", "detect")
-    # The API stored each photo (verify's two) and queued each job.
-    stored = client_installation.store.keys("originals/")
-    assert {f"originals/{job.job_id}", f"originals/{searched.job_id}", f"originals/{detected.job_id}"} <= set(stored)
-    assert {f"originals/{verified.job_id}", f"originals/{verified.job_id}.1"} <= set(stored)
+    # The API stored each photo: an enroll's in S3 (a face row will point at it), the others in Redis (transient).
+    assert f"originals/{job.job_id}" in client_installation.store.keys("originals/")
+    transient = [photo_blob_key(searched.job_id), photo_blob_key(detected.job_id), photo_blob_key(verified.job_id)]
+    transient.append(photo_blob_key(verified.job_id, 1))
+    assert client_installation.redis.exists(*transient) == 4
 
 
 def test_photo_refusals_are_exceptions(base_url: str, client_installation: ClientInstallation) -> None:

@@ -11,7 +11,7 @@ import httpx
 import pytest
 from fecapass_client import Fecapass, RateLimited, Unavailable
 
-from tests.api.conftest import photo, raw_request
+from tests.api.conftest import new_email, photo, raw_request
 from tests.api.robust_support import TcpProxy
 from tests.client.conftest import ClientInstallation, Recording, served
 
@@ -58,10 +58,13 @@ def test_too_many_uploads_is_retried_after_retry_after(client_installation: Clie
 
 def test_object_storage_down_is_retried_and_then_reported(client_installation: ClientInstallation) -> None:
     s3 = TcpProxy(int(client_installation.env["FECAPASS_S3_ENDPOINT"].rsplit(":", 1)[1]))
-    key = client_installation.new_key("read")
+    """An enroll's photo goes to S3 (a search's stays in Redis): with S3 cut, the API answers 503."""
+    key = client_installation.new_key("write")
     queued = client_installation.queued()
     try:
         with served(client_installation.config(s3_endpoint=f"127.0.0.1:{s3.port}")) as url:
+            with Fecapass(url, key) as setup:
+                user = setup.create_user(new_email("s3-down"))
             s3.cut()
             slept: list[float] = []
 
@@ -72,7 +75,7 @@ def test_object_storage_down_is_retried_and_then_reported(client_installation: C
             transport = Recording()
             with Fecapass(url, key, transport=transport) as api:
                 api._sleep = back_up
-                job = api.search(photo(seed=61))
+                job = api.enroll(user.id, photo(seed=61))
             assert transport.statuses == [503, 202] and slept == [5.0]  # dependency_unavailable's Retry-After
             assert client_installation.queued() - queued == 1
 
@@ -82,7 +85,7 @@ def test_object_storage_down_is_retried_and_then_reported(client_installation: C
                 retries: list[float] = []
                 api._sleep = retries.append
                 with pytest.raises(Unavailable) as down:
-                    api.search(photo(seed=62))
+                    api.enroll(user.id, photo(seed=62))
             assert transport.statuses == [503, 503, 503] and retries == [5.0, 5.0]
             assert (down.value.code, down.value.retry_after) == ("dependency_unavailable", 5.0)
             assert client_installation.queued() - queued == 1
