@@ -5,9 +5,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import psycopg
 import pytest
 import redis
+from numpy.typing import ArrayLike
 
 from common import clients
 from common.db.migrate import migrate_all
@@ -26,6 +28,13 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServices
     migrate_all(running.dsn(MAIN_DB), running.dsn(VECTOR_DB))
     yield running
     running.stop()
+
+
+def unit(vectors: ArrayLike) -> np.ndarray:
+    """``vectors`` (one, or one a row) scaled to length 1, as float32: as embeddings are stored and searched."""
+    array = np.asarray(vectors)
+    result: np.ndarray = (array / np.linalg.norm(array, axis=-1, keepdims=True)).astype(np.float32)
+    return result
 
 
 def new_database(services: LocalServices, name: str) -> str:

@@ -15,16 +15,12 @@ from common.settings import DatabaseSettings
 from operations.bench_gallery import WARM_ENROLLS, Databases, enroll_latency, write_main_gallery
 from operations.bench_search import BENCH_IVFFLAT, Truth, build, exact_neighbours, load, measure_ivfflat
 from operations.services import LocalServices
+from tests.conftest import unit
 
 DIM = 32
 PEOPLE = 40
 PHOTOS = 5  # per person: stored photo i is of person i % PEOPLE
 PACK = "benchpaths"
-
-
-def unit(rows: np.ndarray) -> np.ndarray:
-    result: np.ndarray = (rows / np.linalg.norm(rows, axis=-1, keepdims=True)).astype(np.float32)
-    return result
 
 
 @pytest.fixture(scope="module")

@@ -24,26 +24,11 @@ from schemas.jobs import job_key
 from schemas.results import StoredSearchResult, VerifyResult, parse_stored_result
 from schemas.streams import AlignedFace, EmbeddedMessage, JobKind, Stage, encode_embeddings
 from schemas.text import decode_fields
+from tests.conftest import unit
 
 FAST = StreamSettings(read_count=8, block_ms=50, claim_idle_ms=100, max_deliveries=3)
 DIM = 64
 GALLERY = 60
-
-
-@pytest.fixture
-def pack() -> str:
-    """A pack of its own per test, so each test's gallery is exactly what it enrolled."""
-    return f"binary-{uuid.uuid4().hex[:8]}"
-
-
-@pytest.fixture
-def feed(redis_client: redis.Redis) -> GalleryFeed:
-    return GalleryFeed(redis_client, stream=f"fecapass:gallery:test:{uuid.uuid4().hex[:8]}")
-
-
-def unit(vector: np.ndarray) -> np.ndarray:
-    result: np.ndarray = (vector / np.linalg.norm(vector)).astype(np.float32)
-    return result
 
 
 def enroll(main: MainRepository, vectors: VectorRepository, pack: str, embedding: np.ndarray) -> int:

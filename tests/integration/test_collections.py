@@ -39,6 +39,7 @@ from indexer.stage import IndexHandler
 from schemas.jobs import ErrorCode, job_key, user_jobs_key
 from schemas.results import EnrollResult, StoredResult, StoredSearchResult, VerifyResult
 from schemas.streams import AlignedFace, EmbeddedMessage, JobKind, encode_embeddings
+from tests.conftest import unit
 
 PACK, DIM = "coll8", 8
 
@@ -174,22 +175,6 @@ def test_a_collection_with_people_or_the_default_one_is_not_deleted(
 # -- the index stage ---------------------------------------------------------------------------------------
 
 SEARCH_DIM = 64
-
-
-@pytest.fixture
-def pack() -> str:
-    """A pack of its own per test: its partial HNSW index and its codes hold only what the test enrolled."""
-    return f"coll-{uuid.uuid4().hex[:8]}"
-
-
-@pytest.fixture
-def feed(redis_client: redis.Redis) -> GalleryFeed:
-    return GalleryFeed(redis_client, stream=f"fecapass:gallery:test:{uuid.uuid4().hex[:8]}")
-
-
-def unit(vector: np.ndarray) -> np.ndarray:
-    result: np.ndarray = (vector / np.linalg.norm(vector)).astype(np.float32)
-    return result
 
 
 def near(vector: np.ndarray, distance: float, rng: np.random.Generator) -> np.ndarray:

@@ -44,6 +44,7 @@ from schemas.streams import (
     encode_embeddings,
 )
 from schemas.text import decode_fields
+from tests.conftest import unit
 
 PACK, DIM, TTL = "erase8", 8, 600
 # Redelivery without waiting: a failed entry is claimed again by the next iteration.
@@ -167,10 +168,6 @@ def enrolled(world: World, rng: np.random.Generator) -> Enroll:
     assert world.runner().run_once() == 1
     assert job(world.redis, enroll.job_id)["state"] == "done"
     return enroll
-
-
-def unit(vector: np.ndarray) -> np.ndarray:
-    return (vector / np.linalg.norm(vector)).astype(np.float32)
 
 
 def job(client: redis.Redis, job_id: str) -> dict[str, str]:

@@ -35,15 +35,10 @@ from schemas.streams import (
     encode_embeddings,
 )
 from schemas.text import decode_fields
-from tests.conftest import redis_client_url
+from tests.conftest import redis_client_url, unit
 
 FAST = StreamSettings(read_count=8, block_ms=50, claim_idle_ms=100, max_deliveries=3)
 PACK = "results-test"
-
-
-def unit(values: list[float]) -> np.ndarray:
-    vector = np.asarray(values, dtype=np.float32)
-    return vector / np.linalg.norm(vector)
 
 
 def signed(key: str) -> str:

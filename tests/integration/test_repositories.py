@@ -22,13 +22,9 @@ from common.db.vector_repository import (
 )
 from common.settings import DatabaseSettings
 from operations.services import MAIN_DB, VECTOR_DB, LocalServices
-from tests.conftest import new_database
+from tests.conftest import new_database, unit
 
 DEPLOYMENT = Path(__file__).resolve().parents[2] / "DEPLOYMENT.md"
-
-
-def unit(vector: np.ndarray) -> np.ndarray:
-    return (vector / np.linalg.norm(vector)).astype(np.float32)
 
 
 def new_face(user_id: int, job_id: str | None = None) -> NewFace:

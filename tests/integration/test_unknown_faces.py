@@ -47,6 +47,7 @@ from schemas.streams import (
     JobMessage,
     encode_embeddings,
 )
+from tests.conftest import unit
 
 # An uncalibrated pack name: clustering uses buffalo_sc_lite's parameters for it.
 PACK, DIM = "unknown64", 64
@@ -124,10 +125,6 @@ class World:
         for cluster_id, face_id in rows:
             found.setdefault(int(cluster_id), set()).add(int(face_id))
         return found
-
-
-def unit(vector: np.ndarray) -> np.ndarray:
-    return (vector / np.linalg.norm(vector)).astype(np.float32)
 
 
 def presign(key: str) -> str:
