@@ -30,9 +30,20 @@ from indexer.stage import IndexHandler
 from schemas.gallery import EVERY_PACK, Change, FeedEntry
 from schemas.jobs import job_key, user_jobs_key
 from schemas.results import StoredSearchResult
-from schemas.streams import AlignedFace, EmbeddedMessage, JobKind, Stage, encode_embeddings
+from schemas.streams import Stage
 from tests.integration import test_erasure
-from tests.integration.test_erasure import DIM, PACK, TTL, Enroll, FailingOnce, face_rows, job, presign, submit
+from tests.integration.test_erasure import (
+    DIM,
+    PACK,
+    TTL,
+    Enroll,
+    FailingOnce,
+    face_rows,
+    job,
+    presign,
+    search_entry,
+    submit,
+)
 
 SIDE_BY_SIDE = StreamSettings(read_count=1, block_ms=20, claim_idle_ms=60_000, max_deliveries=5, retry_backoff_ms=1)
 
@@ -85,18 +96,7 @@ def face_of(world: World, enroll: Enroll) -> int:
 
 def owners_found(world: World, embedding: np.ndarray) -> list[tuple[int, int]]:
     """(user id, face id) of the matches of a search with this embedding, through the binary codes."""
-    query = EmbeddedMessage(
-        job_id=uuid.uuid4().hex,
-        kind=JobKind.SEARCH,
-        image_key="originals/query",
-        faces=[AlignedFace(box=(0, 0, 10, 10), keypoints=[(1, 1)] * 5, score=0.9, crop_key="crops/query/0.png")],
-        faces_seen=1,
-        crop_size=112,
-        embeddings=encode_embeddings(embedding[None, :]),
-        dim=DIM,
-        pack=PACK,
-    )
-    finished = world.searcher.handle(query).result
+    finished = world.searcher.handle(search_entry(embedding)).result
     assert finished is not None and isinstance(finished.stored, StoredSearchResult)
     return [(match.user_id, match.face_id) for face in finished.stored.faces for match in face.matches]
 

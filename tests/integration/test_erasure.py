@@ -196,20 +196,24 @@ def embeddings_of(world: World, enroll: Enroll) -> int:
     return int(row[0])
 
 
-def search_matches(world: World, enroll: Enroll) -> list[int]:
-    """Face ids a search with the job's own embedding finds."""
-    query = EmbeddedMessage(
+def search_entry(embedding: np.ndarray) -> EmbeddedMessage:
+    """The index stage's entry of a search of one face with this embedding."""
+    return EmbeddedMessage(
         job_id=uuid.uuid4().hex,
         kind=JobKind.SEARCH,
         image_key="originals/query",
         faces=[AlignedFace(box=(0, 0, 10, 10), keypoints=[(1, 1)] * 5, score=0.9, crop_key="crops/query/0.png")],
         faces_seen=1,
         crop_size=112,
-        embeddings=encode_embeddings(enroll.embedding[None, :]),
+        embeddings=encode_embeddings(embedding[None, :]),
         dim=DIM,
         pack=PACK,
     )
-    finished = world.handler.handle(query).result
+
+
+def search_matches(world: World, enroll: Enroll) -> list[int]:
+    """Face ids a search with the job's own embedding finds."""
+    finished = world.handler.handle(search_entry(enroll.embedding)).result
     assert finished is not None and isinstance(finished.stored, StoredSearchResult)
     return [match.face_id for face in finished.stored.faces for match in face.matches]
 
