@@ -66,7 +66,7 @@ def write_main_gallery(
         return DEFAULT_COLLECTION_ID if collections is None else int(collections[face])
 
     with psycopg.connect(databases.main, autocommit=True) as conn:
-        conn.execute("TRUNCATE faces, users, erased_faces, erased_users")
+        conn.execute("TRUNCATE faces, users, erased_faces, erased_users, face_rejections")
         for other in sorted({collection(face) for face in range(min(people, faces))} - {DEFAULT_COLLECTION_ID}):
             conn.execute(
                 "INSERT INTO collections (id, name) VALUES (%s, %s) ON CONFLICT DO NOTHING", (other, f"bench-{other}")

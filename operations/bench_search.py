@@ -16,6 +16,7 @@ import itertools
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -310,17 +311,27 @@ class PassFigures(NamedTuple):
     queries_per_second: float
 
 
-def timed_pass(conn: psycopg.Connection, truth: Truth, storage: str) -> PassFigures:
-    """Every query through the product's k-NN statement under the session's settings now, after an untimed pass:
-    right after a build the index and the rows are not all in memory yet, and cold reads would be charged to
-    whichever setting is measured first."""
-    for query in truth.queries:
-        search(conn, truth.pack, storage, query, truth.candidates)
-    latencies, found = [], []
-    for query in truth.queries:
-        ids, seconds = search(conn, truth.pack, storage, query, truth.candidates)
+SearchOne = Callable[[np.ndarray], tuple[list[int], float]]  # a query -> the face ids found, the seconds taken
+
+
+def timed_searches(
+    queries: np.ndarray, search_one: SearchOne, warm: int | None = None
+) -> tuple[list[list[int]], list[float]]:
+    """The face ids each query found and its milliseconds, after an untimed pass over the first ``warm`` queries
+    (all of them unless told): right after a build the index and the rows are not all in memory yet, and cold
+    reads would be charged to whichever setting is measured first."""
+    for query in queries[:warm]:
+        search_one(query)
+    found, latencies = [], []
+    for query in queries:
+        ids, seconds = search_one(query)
         found.append(ids)
         latencies.append(seconds * 1000)
+    return found, latencies
+
+
+def pass_figures(found: list[list[int]], latencies: list[float], truth: Truth) -> PassFigures:
+    """The recall of the faces each query of ``truth`` found, and the latencies (ms) of those searches."""
     person, match, at10 = recall_figures(found, truth)
     return PassFigures(
         person_recall=person,
@@ -330,6 +341,14 @@ def timed_pass(conn: psycopg.Connection, truth: Truth, storage: str) -> PassFigu
         p99_ms=percentile(latencies, 99),
         queries_per_second=1000 / statistics.mean(latencies),
     )
+
+
+def timed_pass(conn: psycopg.Connection, truth: Truth, storage: str) -> PassFigures:
+    """Every query through the product's k-NN statement under the session's settings now."""
+    found, latencies = timed_searches(
+        truth.queries, lambda query: search(conn, truth.pack, storage, query, truth.candidates)
+    )
+    return pass_figures(found, latencies, truth)
 
 
 def measure(conn: psycopg.Connection, built: IndexBuild, truth: Truth, ef_values: tuple[int, ...]) -> list[Measurement]:
@@ -531,25 +550,15 @@ def measure_filtered_hnsw(conn: psycopg.Connection, built: IndexBuild, truth: Tr
     conn.execute("SET hnsw.iterative_scan = relaxed_order")
     conn.execute(sql.SQL("SET hnsw.max_scan_tuples = {}").format(sql.Literal(product.max_scan_tuples)))
     try:
-        for query in truth.queries:  # untimed, as measure() does
-            filtered_search(conn, truth.pack, built.storage, query, candidates)
-        found, latencies = [], []
-        for query in truth.queries:
-            ids, seconds = filtered_search(conn, truth.pack, built.storage, query, candidates)
-            found.append(ids)
-            latencies.append(seconds * 1000)
+        found, latencies = timed_searches(
+            truth.queries, lambda query: filtered_search(conn, truth.pack, built.storage, query, candidates)
+        )
     finally:
         conn.execute("SET hnsw.iterative_scan = off")
-    person, match, at10 = recall_figures(found, truth)
     return FilteredMeasurement(
         index="hnsw",
         configuration=f"{built.storage} m {built.m} ef_search {max(product.ef_search, candidates)}",
-        person_recall=person,
-        match_recall=match,
-        recall_at_10=at10,
-        p50_ms=statistics.median(latencies),
-        p99_ms=percentile(latencies, 99),
-        queries_per_second=1000 / statistics.mean(latencies),
+        **pass_figures(found, latencies, truth)._asdict(),
     )
 
 
@@ -699,12 +708,10 @@ class BinaryTrial:
             cold_ms = (time.perf_counter() - started) * 1000
             for query in self.truth.queries[:20]:  # warm: PostgreSQL's pages of the rows ranked
                 index.nearest(pack, query, wanted)
-            latencies, scans, ranks, person, at10 = [], [], [], [], []
-            match_found = match_total = 0
-            truth = self.truth
-            for query, (ids, sims), own in zip(truth.queries, truth.exact, truth.same_person, strict=True):
+            found, latencies, scans, ranks = [], [], [], []
+            for query in self.truth.queries:
                 started = time.perf_counter()
-                found = [n.face_id for n in index.nearest(pack, query, wanted)]
+                found.append([n.face_id for n in index.nearest(pack, query, wanted)])
                 latencies.append((time.perf_counter() - started) * 1000)
                 started = time.perf_counter()
                 chosen = codes.nearest(binary_code(query), candidates)
@@ -712,11 +719,6 @@ class BinaryTrial:
                 started = time.perf_counter()
                 vectors.rank(pack, query, chosen)
                 ranks.append((time.perf_counter() - started) * 1000)
-                above = set(ids[sims >= self.truth.threshold].tolist())
-                match_total += len(above)
-                match_found += len(above & set(found))
-                at10.append(len(set(ids[:10].tolist()) & set(found[:10])) / 10)
-                person.append(len(own & set(found)) / len(own))
             findable = self._findable_ms(index, feed, model, people, rng)
             held = sum(len(each) for each in gallery.collections.values())
             memory_mib = held * (codes.index.code_size + 8) / 2**20  # codes and their int64 ids
@@ -727,14 +729,9 @@ class BinaryTrial:
             load_seconds=load_seconds,
             memory_mib=memory_mib,
             cold_first_query_ms=cold_ms,
-            person_recall=float(np.mean(person)),
-            match_recall=match_found / match_total if match_total else 1.0,
-            recall_at_10=float(np.mean(at10)),
-            p50_ms=statistics.median(latencies),
-            p99_ms=percentile(latencies, 99),
+            **pass_figures(found, latencies, self.truth)._asdict(),
             scan_p50_ms=statistics.median(scans),
             rank_p50_ms=statistics.median(ranks),
-            queries_per_second=1000 / statistics.mean(latencies),
             findable_ms=findable,
         ), in_collection
 
@@ -742,23 +739,18 @@ class BinaryTrial:
         """The product's search in the small collection: that collection's codes scanned, then ranked."""
         if self.small is None:
             return None
-        for query in self.small.queries[:20]:  # warm, as the gallery's searches are
-            index.nearest(self.truth.pack, query, wanted, SMALL_COLLECTION)
-        found, latencies = [], []
-        for query in self.small.queries:
+
+        def nearest(query: np.ndarray) -> tuple[list[int], float]:
             started = time.perf_counter()
-            found.append([n.face_id for n in index.nearest(self.truth.pack, query, wanted, SMALL_COLLECTION)])
-            latencies.append((time.perf_counter() - started) * 1000)
-        person, match, at10 = recall_figures(found, self.small)
+            found = [n.face_id for n in index.nearest(self.truth.pack, query, wanted, SMALL_COLLECTION)]
+            return found, time.perf_counter() - started
+
+        # Warmed by 20 queries, as the gallery's searches are.
+        found, latencies = timed_searches(self.small.queries, nearest, warm=20)
         return FilteredMeasurement(
             index="binary",
             configuration=f"candidates {candidates}",
-            person_recall=person,
-            match_recall=match,
-            recall_at_10=at10,
-            p50_ms=statistics.median(latencies),
-            p99_ms=percentile(latencies, 99),
-            queries_per_second=1000 / statistics.mean(latencies),
+            **pass_figures(found, latencies, self.small)._asdict(),
         )
 
     def _findable_ms(

@@ -5,14 +5,17 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
+import psycopg
 import pytest
 import redis
+from numpy.typing import ArrayLike
 
 from common import clients
 from common.db.migrate import migrate_all
 from common.job_bytes import JobBytes
 from common.objects import ObjectStore
-from common.settings import S3Settings
+from common.settings import DatabaseSettings, S3Settings
 from common.transient import TransientStore
 from operations.services import MAIN_DB, VECTOR_DB, LocalServices
 
@@ -25,6 +28,30 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServices
     migrate_all(running.dsn(MAIN_DB), running.dsn(VECTOR_DB))
     yield running
     running.stop()
+
+
+def unit(vectors: ArrayLike) -> np.ndarray:
+    """``vectors`` (one, or one a row) scaled to length 1, as float32: as embeddings are stored and searched."""
+    array = np.asarray(vectors)
+    result: np.ndarray = (array / np.linalg.norm(array, axis=-1, keepdims=True)).astype(np.float32)
+    return result
+
+
+def new_database(services: LocalServices, name: str) -> str:
+    """An empty database ``name`` on the test server (one a previous run left is dropped first); its DSN."""
+    with psycopg.connect(services.dsn("postgres"), autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return services.dsn(name)
+
+
+def migrated_databases(services: LocalServices, name: str) -> DatabaseSettings:
+    """A main and a vector database of their own, ``fecapass_{name}_main`` and ``fecapass_{name}_vector``, new and
+    migrated: what is stored there (packs, galleries, collections) reaches no other test's data, nor theirs it."""
+    main_dsn = new_database(services, f"fecapass_{name}_main")
+    vector_dsn = new_database(services, f"fecapass_{name}_vector")
+    migrate_all(main_dsn, vector_dsn)
+    return DatabaseSettings(main_db_dsn=main_dsn, vector_db_dsn=vector_dsn)
 
 
 @pytest.fixture(scope="session")

@@ -11,18 +11,17 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import psycopg
 import pytest
 import redis
 
 from common import clients
 from common.db.main_repository import MainRepository
-from common.db.migrate import migrate_all
 from common.objects import ObjectStore
 from common.settings import S3Settings
 from operations.installation import Installation
 from operations.services import MAIN_DB, LocalServices
 from schemas.streams import Stage
+from tests.conftest import migrated_databases
 from tests.shared_data import BASIC, MODEL_ROOT, PACK, labels, require_basic, require_pack
 
 WORKERS_PER_STAGE = 2
@@ -59,12 +58,7 @@ def fresh_installation(services: LocalServices, name: str, redis_db: int) -> dic
     """Settings for an installation of its own on the shared servers: two new databases, a Redis database
     and a bucket, so that what its tests do cannot reach any other test's data."""
     bucket = "fecapass-" + name.lower().replace("_", "-")
-    main_db, vector_db = f"fecapass_{name}_main", f"fecapass_{name}_vector"
-    with psycopg.connect(services.dsn("postgres"), autocommit=True) as conn:
-        for database in (main_db, vector_db):
-            conn.execute(f'DROP DATABASE IF EXISTS "{database}"')
-            conn.execute(f'CREATE DATABASE "{database}"')
-    migrate_all(services.dsn(main_db), services.dsn(vector_db))
+    databases = migrated_databases(services, name)
     s3 = S3Settings(
         s3_endpoint=services.s3_endpoint,
         s3_access_key=services.credentials.s3_access_key,
@@ -75,8 +69,8 @@ def fresh_installation(services: LocalServices, name: str, redis_db: int) -> dic
     redis.Redis.from_url(redis_url).flushdb()
     return {
         **services.environment(),
-        "FECAPASS_MAIN_DB_DSN": services.dsn(main_db),
-        "FECAPASS_VECTOR_DB_DSN": services.dsn(vector_db),
+        "FECAPASS_MAIN_DB_DSN": databases.main_db_dsn.get_secret_value(),
+        "FECAPASS_VECTOR_DB_DSN": databases.vector_db_dsn.get_secret_value(),
         "FECAPASS_REDIS_URL": redis_url,
         "FECAPASS_S3_BUCKET": bucket,
     }

@@ -10,11 +10,12 @@ import numpy as np
 import psycopg
 import pytest
 
-from common.db.migrate import migrate_all
 from common.db.vector_repository import HnswParameters, index_name
+from common.settings import DatabaseSettings
 from operations.bench_gallery import WARM_ENROLLS, Databases, enroll_latency, write_main_gallery
 from operations.bench_search import BENCH_IVFFLAT, Truth, build, exact_neighbours, load, measure_ivfflat
 from operations.services import LocalServices
+from tests.conftest import unit
 
 DIM = 32
 PEOPLE = 40
@@ -22,20 +23,9 @@ PHOTOS = 5  # per person: stored photo i is of person i % PEOPLE
 PACK = "benchpaths"
 
 
-def unit(rows: np.ndarray) -> np.ndarray:
-    result: np.ndarray = (rows / np.linalg.norm(rows, axis=-1, keepdims=True)).astype(np.float32)
-    return result
-
-
 @pytest.fixture(scope="module")
-def databases(services: LocalServices) -> Databases:
-    names = ("fecapass_benchpaths_main", "fecapass_benchpaths_vector")
-    with psycopg.connect(services.dsn("postgres"), autocommit=True) as conn:
-        for name in names:
-            conn.execute(f"DROP DATABASE IF EXISTS {name}")
-            conn.execute(f"CREATE DATABASE {name}")
-    migrate_all(services.dsn(names[0]), services.dsn(names[1]))
-    return Databases(services.dsn(names[0]), services.dsn(names[1]))
+def databases(module_databases: DatabaseSettings) -> Databases:
+    return Databases(module_databases.main_db_dsn.get_secret_value(), module_databases.vector_db_dsn.get_secret_value())
 
 
 @pytest.fixture(scope="module")

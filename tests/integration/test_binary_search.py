@@ -5,64 +5,30 @@ that every search result reports, through the index stage."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 
 import numpy as np
-import psycopg
 import pytest
 import redis
 
-from common import clients
 from common.db.main_repository import MainRepository, NewFace
 from common.db.vector_repository import VectorRepository
 from common.errors import DependencyUnavailable
 from common.objects import ObjectStore
 from common.packs.catalog import default_threshold, gallery_threshold
 from common.runner import StageRunner, ensure_group
-from common.settings import DatabaseSettings, StreamSettings
+from common.settings import StreamSettings
 from indexer.binary_index import BinaryIndex, binary_code
 from indexer.gallery_feed import Change, GalleryFeed
 from indexer.stage import IndexHandler
-from operations.services import LocalServices
 from schemas.jobs import job_key
 from schemas.results import StoredSearchResult, VerifyResult, parse_stored_result
 from schemas.streams import AlignedFace, EmbeddedMessage, JobKind, Stage, encode_embeddings
 from schemas.text import decode_fields
+from tests.conftest import unit
 
 FAST = StreamSettings(read_count=8, block_ms=50, claim_idle_ms=100, max_deliveries=3)
 DIM = 64
 GALLERY = 60
-
-
-@pytest.fixture(scope="module")
-def repositories(services: LocalServices) -> Iterator[tuple[MainRepository, VectorRepository]]:
-    names = ("fecapass_binary_main", "fecapass_binary_vector")
-    with psycopg.connect(services.dsn("postgres"), autocommit=True) as conn:
-        for database in names:
-            conn.execute(f"DROP DATABASE IF EXISTS {database}")
-            conn.execute(f"CREATE DATABASE {database}")
-    from common.db.migrate import migrate_all
-
-    migrate_all(services.dsn(names[0]), services.dsn(names[1]))
-    settings = DatabaseSettings(main_db_dsn=services.dsn(names[0]), vector_db_dsn=services.dsn(names[1]))
-    with clients.main_db_pool(settings) as main_pool, clients.vector_db_pool(settings) as vector_pool:
-        yield MainRepository(main_pool), VectorRepository(vector_pool)
-
-
-@pytest.fixture
-def pack() -> str:
-    """A pack of its own per test, so each test's gallery is exactly what it enrolled."""
-    return f"binary-{uuid.uuid4().hex[:8]}"
-
-
-@pytest.fixture
-def feed(redis_client: redis.Redis) -> GalleryFeed:
-    return GalleryFeed(redis_client, stream=f"fecapass:gallery:test:{uuid.uuid4().hex[:8]}")
-
-
-def unit(vector: np.ndarray) -> np.ndarray:
-    result: np.ndarray = (vector / np.linalg.norm(vector)).astype(np.float32)
-    return result
 
 
 def enroll(main: MainRepository, vectors: VectorRepository, pack: str, embedding: np.ndarray) -> int:

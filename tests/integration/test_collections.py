@@ -8,14 +8,12 @@ index processes' codes or the bucket."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 
 import numpy as np
 import psycopg
 import pytest
 import redis
 
-from common import clients
 from common.apikeys import hash_key
 from common.db.erasure import Erasure
 from common.db.job_traces import queue_job_owner
@@ -31,35 +29,19 @@ from common.db.main_repository import (
     UnknownCollection,
     UnknownUser,
 )
-from common.db.migrate import migrate_all
 from common.db.vector_repository import VectorRepository
 from common.errors import JobFailed
 from common.objects import ObjectStore, original_key
 from common.objects import crop_key as crop_key_of
-from common.settings import DatabaseSettings
 from indexer.binary_index import BinaryIndex
 from indexer.gallery_feed import GalleryFeed
 from indexer.stage import IndexHandler
-from operations.services import LocalServices
 from schemas.jobs import ErrorCode, job_key, user_jobs_key
 from schemas.results import EnrollResult, StoredResult, StoredSearchResult, VerifyResult
 from schemas.streams import AlignedFace, EmbeddedMessage, JobKind, encode_embeddings
+from tests.conftest import unit
 
 PACK, DIM = "coll8", 8
-
-
-@pytest.fixture(scope="module")
-def repositories(services: LocalServices) -> Iterator[tuple[MainRepository, VectorRepository]]:
-    with psycopg.connect(services.dsn("postgres"), autocommit=True) as conn:
-        for database in ("fecapass_coll_main", "fecapass_coll_vector"):
-            conn.execute(f"DROP DATABASE IF EXISTS {database}")
-            conn.execute(f"CREATE DATABASE {database}")
-    migrate_all(services.dsn("fecapass_coll_main"), services.dsn("fecapass_coll_vector"))
-    settings = DatabaseSettings(
-        main_db_dsn=services.dsn("fecapass_coll_main"), vector_db_dsn=services.dsn("fecapass_coll_vector")
-    )
-    with clients.main_db_pool(settings) as main_pool, clients.vector_db_pool(settings) as vector_pool:
-        yield MainRepository(main_pool), VectorRepository(vector_pool)
 
 
 def name() -> str:
@@ -193,22 +175,6 @@ def test_a_collection_with_people_or_the_default_one_is_not_deleted(
 # -- the index stage ---------------------------------------------------------------------------------------
 
 SEARCH_DIM = 64
-
-
-@pytest.fixture
-def pack() -> str:
-    """A pack of its own per test: its partial HNSW index and its codes hold only what the test enrolled."""
-    return f"coll-{uuid.uuid4().hex[:8]}"
-
-
-@pytest.fixture
-def feed(redis_client: redis.Redis) -> GalleryFeed:
-    return GalleryFeed(redis_client, stream=f"fecapass:gallery:test:{uuid.uuid4().hex[:8]}")
-
-
-def unit(vector: np.ndarray) -> np.ndarray:
-    result: np.ndarray = (vector / np.linalg.norm(vector)).astype(np.float32)
-    return result
 
 
 def near(vector: np.ndarray, distance: float, rng: np.random.Generator) -> np.ndarray:

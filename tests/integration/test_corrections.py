@@ -10,49 +10,42 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import faiss
 import numpy as np
-import psycopg
 import pytest
 import redis
 
-from common import clients
 from common.db.corrections import Corrections
 from common.db.erasure import Erasure
 from common.db.main_repository import CollectionMismatch, MainRepository, NewFace, UnknownFace, UnknownUser
-from common.db.migrate import migrate_all
 from common.db.vector_repository import VectorRepository
 from common.objects import ObjectStore, crop_key, original_key
-from common.runner import StageRunner, ensure_group
-from common.settings import DatabaseSettings, StreamSettings
+from common.runner import StageRunner
+from common.settings import StreamSettings
 from indexer.binary_index import BinaryIndex
 from indexer.gallery_feed import GalleryFeed
 from indexer.stage import IndexHandler
-from operations.services import LocalServices
 from schemas.gallery import EVERY_PACK, Change, FeedEntry
 from schemas.jobs import job_key, user_jobs_key
 from schemas.results import StoredSearchResult
-from schemas.streams import AlignedFace, EmbeddedMessage, JobKind, Stage, encode_embeddings
+from schemas.streams import Stage
 from tests.integration import test_erasure
-from tests.integration.test_erasure import DIM, PACK, TTL, Enroll, FailingOnce, face_rows, job, presign, submit
+from tests.integration.test_erasure import (
+    DIM,
+    PACK,
+    TTL,
+    Enroll,
+    FailingOnce,
+    face_rows,
+    job,
+    presign,
+    search_entry,
+    submit,
+)
 
-MAIN, VECTOR = "fecapass_corrections_main", "fecapass_corrections_vector"
 SIDE_BY_SIDE = StreamSettings(read_count=1, block_ms=20, claim_idle_ms=60_000, max_deliveries=5, retry_backoff_ms=1)
-
-
-@pytest.fixture(scope="module")
-def databases(services: LocalServices) -> Iterator[tuple[MainRepository, VectorRepository]]:
-    with psycopg.connect(services.dsn("postgres"), autocommit=True) as conn:
-        for database in (MAIN, VECTOR):
-            conn.execute(f"DROP DATABASE IF EXISTS {database}")
-            conn.execute(f"CREATE DATABASE {database}")
-    migrate_all(services.dsn(MAIN), services.dsn(VECTOR))
-    settings = DatabaseSettings(main_db_dsn=services.dsn(MAIN), vector_db_dsn=services.dsn(VECTOR))
-    with clients.main_db_pool(settings) as main_pool, clients.vector_db_pool(settings) as vector_pool:
-        yield MainRepository(main_pool), VectorRepository(vector_pool)
 
 
 @dataclass
@@ -68,25 +61,19 @@ class World(test_erasure.World):
 
 @pytest.fixture
 def world(
-    databases: tuple[MainRepository, VectorRepository], object_store: ObjectStore, redis_client: redis.Redis
+    repositories: tuple[MainRepository, VectorRepository], object_store: ObjectStore, redis_client: redis.Redis
 ) -> World:
-    main, vectors = databases
-    for stage in Stage:
-        ensure_group(redis_client, stage)
     feed = GalleryFeed(redis_client)  # the production stream: the API's erasure publishes there
-    erasure = Erasure(main, vectors, object_store, redis_client, TTL)
-    binary = BinaryIndex(vectors, feed, candidates=50)
+    enrolling = test_erasure.world_over(repositories, object_store, redis_client, feed)
+    binary = BinaryIndex(enrolling.vectors, feed, candidates=50)
     return World(
-        main,
-        vectors,
-        object_store,
-        redis_client,
-        erasure,
-        IndexHandler(main, vectors, object_store, threshold=0.5, presign=presign, feed=feed),
-        feed,
-        Corrections(main, erasure),
-        binary,
-        IndexHandler(main, vectors, object_store, threshold=0.5, presign=presign, binary=binary),
+        **vars(enrolling),
+        feed=feed,
+        corrections=Corrections(enrolling.main, enrolling.erasure),
+        binary=binary,
+        searcher=IndexHandler(
+            enrolling.main, enrolling.vectors, object_store, threshold=0.5, presign=presign, binary=binary
+        ),
     )
 
 
@@ -109,18 +96,7 @@ def face_of(world: World, enroll: Enroll) -> int:
 
 def owners_found(world: World, embedding: np.ndarray) -> list[tuple[int, int]]:
     """(user id, face id) of the matches of a search with this embedding, through the binary codes."""
-    query = EmbeddedMessage(
-        job_id=uuid.uuid4().hex,
-        kind=JobKind.SEARCH,
-        image_key="originals/query",
-        faces=[AlignedFace(box=(0, 0, 10, 10), keypoints=[(1, 1)] * 5, score=0.9, crop_key="crops/query/0.png")],
-        faces_seen=1,
-        crop_size=112,
-        embeddings=encode_embeddings(embedding[None, :]),
-        dim=DIM,
-        pack=PACK,
-    )
-    finished = world.searcher.handle(query).result
+    finished = world.searcher.handle(search_entry(embedding)).result
     assert finished is not None and isinstance(finished.stored, StoredSearchResult)
     return [(match.user_id, match.face_id) for face in finished.stored.faces for match in face.matches]
 

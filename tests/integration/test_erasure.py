@@ -11,27 +11,24 @@ import base64
 import re
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import psycopg
 import pytest
 import redis
 
-from common import clients, status
+from common import status
 from common.db.erasure import Erasure
 from common.db.job_traces import queue_job_owner
 from common.db.main_repository import MainRepository
-from common.db.migrate import migrate_all
 from common.db.vector_repository import VectorRepository
 from common.objects import ObjectStore, crop_key, original_key
 from common.runner import StageRunner, ensure_group
-from common.settings import DatabaseSettings, StreamSettings
+from common.settings import StreamSettings
+from indexer.gallery_feed import GalleryFeed
 from indexer.stage import IndexHandler
 from operations import dlq
-from operations.services import LocalServices
 from schemas.jobs import job_key
 from schemas.results import StoredSearchResult
 from schemas.streams import (
@@ -47,25 +44,12 @@ from schemas.streams import (
     encode_embeddings,
 )
 from schemas.text import decode_fields
+from tests.conftest import unit
 
 PACK, DIM, TTL = "erase8", 8, 600
 # Redelivery without waiting: a failed entry is claimed again by the next iteration.
 QUICK = StreamSettings(read_count=8, block_ms=20, claim_idle_ms=1, max_deliveries=5, retry_backoff_ms=1)
 CLOSED_FIELDS = {"kind", "state", "error_code", "error_message", "finished_at"}
-
-
-@pytest.fixture(scope="module")
-def databases(services: LocalServices) -> Iterator[tuple[MainRepository, VectorRepository]]:
-    with psycopg.connect(services.dsn("postgres"), autocommit=True) as conn:
-        for database in ("fecapass_erasure_main", "fecapass_erasure_vector"):
-            conn.execute(f"DROP DATABASE IF EXISTS {database}")
-            conn.execute(f"CREATE DATABASE {database}")
-    migrate_all(services.dsn("fecapass_erasure_main"), services.dsn("fecapass_erasure_vector"))
-    settings = DatabaseSettings(
-        main_db_dsn=services.dsn("fecapass_erasure_main"), vector_db_dsn=services.dsn("fecapass_erasure_vector")
-    )
-    with clients.main_db_pool(settings) as main_pool, clients.vector_db_pool(settings) as vector_pool:
-        yield MainRepository(main_pool), VectorRepository(vector_pool)
 
 
 def presign(key: str) -> str:
@@ -85,21 +69,31 @@ class World:
         return StageRunner(self.redis, handler or self.handler, QUICK, job_ttl_seconds=TTL, consumer=consumer)
 
 
-@pytest.fixture
-def world(
-    databases: tuple[MainRepository, VectorRepository], object_store: ObjectStore, redis_client: redis.Redis
+def world_over(
+    repositories: tuple[MainRepository, VectorRepository],
+    store: ObjectStore,
+    client: redis.Redis,
+    feed: GalleryFeed | None = None,
 ) -> World:
-    main, vectors = databases
+    """Every stage's consumer group, an erasure and the index stage (publishing to ``feed``) on these servers."""
+    main, vectors = repositories
     for stage in Stage:
-        ensure_group(redis_client, stage)
+        ensure_group(client, stage)
     return World(
         main,
         vectors,
-        object_store,
-        redis_client,
-        Erasure(main, vectors, object_store, redis_client, TTL),
-        IndexHandler(main, vectors, object_store, threshold=0.5, presign=presign),
+        store,
+        client,
+        Erasure(main, vectors, store, client, TTL),
+        IndexHandler(main, vectors, store, threshold=0.5, presign=presign, feed=feed),
     )
+
+
+@pytest.fixture
+def world(
+    repositories: tuple[MainRepository, VectorRepository], object_store: ObjectStore, redis_client: redis.Redis
+) -> World:
+    return world_over(repositories, object_store, redis_client)
 
 
 @dataclass
@@ -176,10 +170,6 @@ def enrolled(world: World, rng: np.random.Generator) -> Enroll:
     return enroll
 
 
-def unit(vector: np.ndarray) -> np.ndarray:
-    return (vector / np.linalg.norm(vector)).astype(np.float32)
-
-
 def job(client: redis.Redis, job_id: str) -> dict[str, str]:
     return decode_fields(client.hgetall(job_key(job_id)))
 
@@ -206,20 +196,24 @@ def embeddings_of(world: World, enroll: Enroll) -> int:
     return int(row[0])
 
 
-def search_matches(world: World, enroll: Enroll) -> list[int]:
-    """Face ids a search with the job's own embedding finds."""
-    query = EmbeddedMessage(
+def search_entry(embedding: np.ndarray) -> EmbeddedMessage:
+    """The index stage's entry of a search of one face with this embedding."""
+    return EmbeddedMessage(
         job_id=uuid.uuid4().hex,
         kind=JobKind.SEARCH,
         image_key="originals/query",
         faces=[AlignedFace(box=(0, 0, 10, 10), keypoints=[(1, 1)] * 5, score=0.9, crop_key="crops/query/0.png")],
         faces_seen=1,
         crop_size=112,
-        embeddings=encode_embeddings(enroll.embedding[None, :]),
+        embeddings=encode_embeddings(embedding[None, :]),
         dim=DIM,
         pack=PACK,
     )
-    finished = world.handler.handle(query).result
+
+
+def search_matches(world: World, enroll: Enroll) -> list[int]:
+    """Face ids a search with the job's own embedding finds."""
+    finished = world.handler.handle(search_entry(enroll.embedding)).result
     assert finished is not None and isinstance(finished.stored, StoredSearchResult)
     return [match.face_id for face in finished.stored.faces for match in face.matches]
 

@@ -16,6 +16,7 @@ from common.db.vector_repository import index_name
 from indexer.worker import index_handler
 from operations import cli
 from operations.services import LocalServices
+from tests.conftest import new_database
 
 DIM = 32
 
@@ -23,10 +24,7 @@ DIM = 32
 @pytest.fixture
 def vector_dsn(services: LocalServices, env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> str:
     """A vector database of this test's own, which the index stage's settings point at."""
-    name = f"fecapass_hnsw_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(services.dsn("postgres"), autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    dsn = services.dsn(name)
+    dsn = new_database(services, f"fecapass_hnsw_{uuid.uuid4().hex[:8]}")
     apply_migrations(dsn, "vector")
     monkeypatch.setenv("FECAPASS_VECTOR_DB_DSN", dsn)
     return dsn

@@ -7,21 +7,18 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import Iterator
 
 import numpy as np
-import psycopg
-import pytest
 import redis
 import redis.asyncio as aioredis
 
-from common import clients, status
+from common import status
 from common.db.main_repository import MainRepository, NewFace
 from common.db.vector_repository import VectorRepository
 from common.metrics import StreamCollector, stream_stats
 from common.objects import ObjectStore
 from common.runner import StageRunner, ensure_group
-from common.settings import DatabaseSettings, StreamSettings
+from common.settings import StreamSettings
 from indexer.stage import IndexHandler
 from ingest_api.backpressure import Backlog
 from ingest_api.jobs import job_from_hash
@@ -38,31 +35,10 @@ from schemas.streams import (
     encode_embeddings,
 )
 from schemas.text import decode_fields
-from tests.conftest import redis_client_url
+from tests.conftest import redis_client_url, unit
 
 FAST = StreamSettings(read_count=8, block_ms=50, claim_idle_ms=100, max_deliveries=3)
 PACK = "results-test"
-
-
-@pytest.fixture(scope="module")
-def repositories(services: LocalServices) -> Iterator[tuple[MainRepository, VectorRepository]]:
-    # Databases of their own: this pack must not become the active pack of other tests.
-    names = ("fecapass_results_main", "fecapass_results_vector")
-    with psycopg.connect(services.dsn("postgres"), autocommit=True) as conn:
-        for database in names:
-            conn.execute(f"DROP DATABASE IF EXISTS {database}")
-            conn.execute(f"CREATE DATABASE {database}")
-    from common.db.migrate import migrate_all
-
-    migrate_all(services.dsn(names[0]), services.dsn(names[1]))
-    settings = DatabaseSettings(main_db_dsn=services.dsn(names[0]), vector_db_dsn=services.dsn(names[1]))
-    with clients.main_db_pool(settings) as main_pool, clients.vector_db_pool(settings) as vector_pool:
-        yield MainRepository(main_pool), VectorRepository(vector_pool)
-
-
-def unit(values: list[float]) -> np.ndarray:
-    vector = np.asarray(values, dtype=np.float32)
-    return vector / np.linalg.norm(vector)
 
 
 def signed(key: str) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +10,6 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from common import clients
 from common.apikeys import KEY_PREFIX, Scope, hash_key
 from common.db.main_repository import DuplicateEmail, MainRepository, NewFace, UnknownUser
 from common.db.migrate import apply_migrations, migrate_all, migration_files
@@ -24,28 +22,9 @@ from common.db.vector_repository import (
 )
 from common.settings import DatabaseSettings
 from operations.services import MAIN_DB, VECTOR_DB, LocalServices
-
-
-@pytest.fixture(scope="module")
-def repositories(services: LocalServices) -> Iterator[tuple[MainRepository, VectorRepository]]:
-    # Databases of their own: the packs registered here must not become the active pack of the end-to-end tests.
-    with psycopg.connect(services.dsn("postgres"), autocommit=True) as conn:
-        for database in ("fecapass_repo_main", "fecapass_repo_vector"):
-            conn.execute(f"DROP DATABASE IF EXISTS {database}")
-            conn.execute(f"CREATE DATABASE {database}")
-    migrate_all(services.dsn("fecapass_repo_main"), services.dsn("fecapass_repo_vector"))
-    settings = DatabaseSettings(
-        main_db_dsn=services.dsn("fecapass_repo_main"), vector_db_dsn=services.dsn("fecapass_repo_vector")
-    )
-    with clients.main_db_pool(settings) as main_pool, clients.vector_db_pool(settings) as vector_pool:
-        yield MainRepository(main_pool), VectorRepository(vector_pool)
-
+from tests.conftest import new_database, unit
 
 DEPLOYMENT = Path(__file__).resolve().parents[2] / "DEPLOYMENT.md"
-
-
-def unit(vector: np.ndarray) -> np.ndarray:
-    return (vector / np.linalg.norm(vector)).astype(np.float32)
 
 
 def new_face(user_id: int, job_id: str | None = None) -> NewFace:
@@ -64,10 +43,7 @@ def test_migrations_are_idempotent(services: LocalServices) -> None:
 
 
 def test_one_server_one_database_works_too(services: LocalServices) -> None:
-    with psycopg.connect(services.dsn("postgres"), autocommit=True) as conn:
-        conn.execute("DROP DATABASE IF EXISTS fecapass_single")
-        conn.execute("CREATE DATABASE fecapass_single")
-    dsn = services.dsn("fecapass_single")
+    dsn = new_database(services, "fecapass_single")
     assert len(migrate_all(dsn, dsn)) == len(migration_files("main")) + len(migration_files("vector"))
     assert migrate_all(dsn, dsn) == []
 
@@ -253,18 +229,19 @@ def test_first_pack_is_active_until_another_is_activated(
 
 
 def test_api_keys_are_stored_as_hashes_and_revoked_once(
-    repositories: tuple[MainRepository, VectorRepository], services: LocalServices
+    repositories: tuple[MainRepository, VectorRepository], module_databases: DatabaseSettings
 ) -> None:
     main, _ = repositories
+    main_dsn = module_databases.main_db_dsn.get_secret_value()
     created = main.create_api_key("repo-test", "read")
     assert created.key.startswith(KEY_PREFIX) and created.row.prefix == created.key[:12]
     assert created.row.scope == "read" and created.row.revoked_at is None
-    with psycopg.connect(services.dsn("fecapass_repo_main")) as conn:
+    with psycopg.connect(main_dsn) as conn:
         stored = conn.execute("SELECT key_hash FROM api_keys WHERE id = %s", (created.row.id,)).fetchone()
     assert stored is not None and bytes(stored[0]) == hash_key(created.key) and created.key.encode() not in stored[0]
     assert main.api_key_scope(hash_key(created.key)) == "read"
     # The same method over one connection per call (tools and tests without a pool) sees the same rows.
-    other = MainRepository.at(services.dsn("fecapass_repo_main")).create_api_key("repo-test-2", Scope.WRITE)
+    other = MainRepository.at(main_dsn).create_api_key("repo-test-2", Scope.WRITE)
     assert main.api_key_scope(hash_key(other.key)) == "write"
     with pytest.raises(ValueError):
         main.create_api_key("bad", "root")  # admin is a scope since the console; an unknown one is refused

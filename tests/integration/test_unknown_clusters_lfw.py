@@ -7,23 +7,18 @@ from __future__ import annotations
 import csv
 import uuid
 from collections import Counter
-from collections.abc import Iterator
 
 import numpy as np
-import psycopg
 import pytest
 
-from common import clients
 from common.clustering import parameters_for
 from common.db.main_repository import MainRepository
-from common.db.migrate import migrate_all
 from common.db.unknown_faces import UnknownFaces, UnseenFace
 from common.db.vector_repository import VectorRepository
 from common.objects import ObjectStore, crop_key
 from common.packs.library import PackLibrary
-from common.settings import DatabaseSettings, ModelSettings
+from common.settings import ModelSettings
 from operations.calibrate import embed_crop
-from operations.services import LocalServices
 from tests.shared_data import LFW, MODEL_ROOT, require_pack
 
 # The three people with the most photos in ../shared/faces/lfw_gray (14, 14 and 12).
@@ -34,17 +29,8 @@ MIN_SHARE_CLUSTERED = 0.75
 
 
 @pytest.fixture(scope="module")
-def unknown(services: LocalServices, object_store: ObjectStore) -> Iterator[UnknownFaces]:
-    with psycopg.connect(services.dsn("postgres"), autocommit=True) as conn:
-        for database in ("fecapass_lfw_main", "fecapass_lfw_vector"):
-            conn.execute(f"DROP DATABASE IF EXISTS {database}")
-            conn.execute(f"CREATE DATABASE {database}")
-    migrate_all(services.dsn("fecapass_lfw_main"), services.dsn("fecapass_lfw_vector"))
-    settings = DatabaseSettings(
-        main_db_dsn=services.dsn("fecapass_lfw_main"), vector_db_dsn=services.dsn("fecapass_lfw_vector")
-    )
-    with clients.main_db_pool(settings) as main_pool, clients.vector_db_pool(settings) as vector_pool:
-        yield UnknownFaces(MainRepository(main_pool), VectorRepository(vector_pool), object_store)
+def unknown(repositories: tuple[MainRepository, VectorRepository], object_store: ObjectStore) -> UnknownFaces:
+    return UnknownFaces(*repositories, object_store)
 
 
 def photos() -> list[tuple[str, str]]:

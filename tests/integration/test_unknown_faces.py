@@ -12,15 +12,12 @@ import asyncio
 import contextlib
 import threading
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
-import psycopg
 import pytest
 import redis
 
-from common import clients
 from common.clustering import ClusterParameters, Nearby, Placement, parameters_for, place
 from common.db import main_repository
 from common.db.erasure import Erasure
@@ -32,7 +29,6 @@ from common.db.main_repository import (
     NewFace,
     unknown_crop_key,
 )
-from common.db.migrate import migrate_all
 from common.db.unknown_faces import SettleReport, UnknownFaces
 from common.db.vector_repository import VectorRepository
 from common.objects import ObjectStore, crop_key, original_key
@@ -51,25 +47,12 @@ from schemas.streams import (
     JobMessage,
     encode_embeddings,
 )
+from tests.conftest import unit
 
 # An uncalibrated pack name: clustering uses buffalo_sc_lite's parameters for it.
 PACK, DIM = "unknown64", 64
 PARAMETERS = parameters_for(PACK)
 SEARCH_THRESHOLD = 0.5
-
-
-@pytest.fixture(scope="module")
-def databases(services: LocalServices) -> Iterator[tuple[MainRepository, VectorRepository]]:
-    with psycopg.connect(services.dsn("postgres"), autocommit=True) as conn:
-        for database in ("fecapass_unknown_main", "fecapass_unknown_vector"):
-            conn.execute(f"DROP DATABASE IF EXISTS {database}")
-            conn.execute(f"CREATE DATABASE {database}")
-    migrate_all(services.dsn("fecapass_unknown_main"), services.dsn("fecapass_unknown_vector"))
-    settings = DatabaseSettings(
-        main_db_dsn=services.dsn("fecapass_unknown_main"), vector_db_dsn=services.dsn("fecapass_unknown_vector")
-    )
-    with clients.main_db_pool(settings) as main_pool, clients.vector_db_pool(settings) as vector_pool:
-        yield MainRepository(main_pool), VectorRepository(vector_pool)
 
 
 @dataclass
@@ -144,10 +127,6 @@ class World:
         return found
 
 
-def unit(vector: np.ndarray) -> np.ndarray:
-    return (vector / np.linalg.norm(vector)).astype(np.float32)
-
-
 def presign(key: str) -> str:
     return f"https://s3.invalid/{key}"
 
@@ -177,9 +156,9 @@ def search_message(world: World, embeddings: list[np.ndarray], collection_id: in
 
 @pytest.fixture
 def world(
-    databases: tuple[MainRepository, VectorRepository], object_store: ObjectStore, redis_client: redis.Redis
+    repositories: tuple[MainRepository, VectorRepository], object_store: ObjectStore, redis_client: redis.Redis
 ) -> World:
-    main, vectors = databases
+    main, vectors = repositories
     collection = main.create_collection(f"u-{uuid.uuid4().hex[:12]}")
     assert main.set_unknown_faces_policy(collection.id, keep=True, retention_hours=24) is not None
     transient = TransientStore(redis_client, 3600)
@@ -444,14 +423,14 @@ def test_erasing_a_collection_erases_its_unknown_faces_and_rejections(world: Wor
 def test_the_settle_command_expires_and_places(
     world: World,
     env: dict[str, str],
-    services: LocalServices,
+    module_databases: DatabaseSettings,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     from operations import cli
 
-    monkeypatch.setenv("FECAPASS_MAIN_DB_DSN", services.dsn("fecapass_unknown_main"))
-    monkeypatch.setenv("FECAPASS_VECTOR_DB_DSN", services.dsn("fecapass_unknown_vector"))
+    monkeypatch.setenv("FECAPASS_MAIN_DB_DSN", module_databases.main_db_dsn.get_secret_value())
+    monkeypatch.setenv("FECAPASS_VECTOR_DB_DSN", module_databases.vector_db_dsn.get_secret_value())
     person = world.person()
     messages = [search_message(world, [world.face_of(person)], world.collection_id) for _ in range(3)]
     world.handler.unknown.place = lambda row: None  # type: ignore[method-assign]
