@@ -13,6 +13,7 @@ from common.job_bytes import JobBytes
 from common.packs import Face
 from common.packs.library import PackLibrary, aligner_for, pack_for
 from common.packs.regions import Region
+from common.transient import region_blob_key
 from detector.quality import sharpness
 from schemas.jobs import ErrorCode
 from schemas.results import DetectedFace, DetectResult, FinishedResult, Quality
@@ -145,15 +146,18 @@ def detected_face(image: np.ndarray, face: Face) -> DetectedFace:
     return DetectedFace(box=wire.box, keypoints=wire.keypoints, score=wire.score, quality=quality)
 
 
-def region_of(face: FaceBox) -> Region | None:
-    """The face's region of its photo, or None for an entry written before the detect stage sent regions."""
+def region_of(message: DetectedMessage, index: int, max_pixels: int) -> Region | None:
+    """Face ``index``'s region of its photo, or None for an entry written before the detect stage sent regions. An
+    entry cannot point the align stage at another job's blob (which its write would delete), at an S3 object, or at
+    a canvas larger than a photo may be."""
+    face = message.faces[index]
     if face.region_key is None and face.region_box is None:
         return None
-    if face.region_key is None or face.region_box is None:
-        raise PoisonMessage(ErrorCode.MALFORMED_MESSAGE, "a face has region_key or region_box without the other")
+    if face.region_key != region_blob_key(message.job_id, index) or face.region_box is None:
+        raise PoisonMessage(ErrorCode.MALFORMED_MESSAGE, f"face {index} has no region_box or a foreign region_key")
     region = Region(*face.region_box)
-    if region.width < 0 or region.height < 0 or region.x1 < 0 or region.y1 < 0:
-        raise PoisonMessage(ErrorCode.MALFORMED_MESSAGE, f"region_box {face.region_box} is not a rectangle")
+    if min(region.x1, region.y1, region.width, region.height) < 0 or region.x2 * region.y2 > max_pixels:
+        raise PoisonMessage(ErrorCode.MALFORMED_MESSAGE, f"region_box {face.region_box} is not a region of a photo")
     return region
 
 
@@ -186,7 +190,7 @@ class AlignHandler:
         aligner = aligner_for(self.packs, message.pack, message.crop_size)
         faces = message.faces
         keys = message.image_keys
-        regions = [region_of(face) for face in faces]
+        regions = [region_of(message, index, self.max_image_pixels) for index in range(len(faces))]
         region_keys = [face.region_key for face in faces if face.region_key is not None]
         pixels = dict(zip(region_keys, self.objects.get_many(region_keys), strict=True))
         # An entry the detect stage wrote before regions: its photos, every pixel, as the plain insightface loop

@@ -313,6 +313,37 @@ def test_a_region_that_does_not_match_its_box_dead_letters_its_job_and_its_blobs
     assert blob_keys(pipeline.client) == [] and not pipeline.client.exists(BYTES_KEY)
 
 
+@pytest.mark.parametrize(
+    "tamper",
+    [
+        pytest.param(lambda victim, box: {"region_key": region_blob_key(victim, 0)}, id="another job's region"),
+        pytest.param(lambda victim, box: {"region_key": f"originals/{victim}"}, id="an S3 object"),
+        pytest.param(  # the same size as the region's pixels, far down and right: a canvas of 11 GB
+            lambda victim, box: {"region_box": (60_000, 60_000, 60_000 + box[2] - box[0], 60_000 + box[3] - box[1])},
+            id="a canvas past the limit",
+        ),
+    ],
+)
+def test_an_entry_cannot_point_align_at_bytes_not_its_own(pipeline: Pipeline, tamper: object) -> None:
+    photo = (BASIC / "obama_1.jpg").read_bytes()
+    attacker, victim = pipeline.submit(JobKind.SEARCH, photo), pipeline.submit(JobKind.SEARCH, photo)
+    pipeline.runners[0].run_once()
+    entry_id = next(i for i, f in pipeline.client.xrange(Stage.ALIGN.stream) if f[b"job_id"] == attacker.encode())
+    entry = detected_entry(pipeline, attacker)
+    forged = entry.model_copy(
+        update={"faces": [entry.faces[0].model_copy(update=tamper(victim, entry.faces[0].region_box))]}
+    )  # type: ignore[operator]
+    pipeline.client.xdel(Stage.ALIGN.stream, entry_id)
+    pipeline.client.xadd(Stage.ALIGN.stream, forged.to_fields())
+    pipeline.runners[1].run_once()
+    assert pipeline.state(attacker)["error_code"] == "malformed_message"
+    assert pipeline.client.xlen(Stage.ALIGN.dead_letter_stream) == 1
+    # The victim's region was neither read into the attacker's crop nor deleted by its dead letter.
+    assert not pipeline.client.exists(crop_blob_key(attacker, 0))
+    assert pipeline.run(victim)["state"] == "done"
+    assert blob_keys(pipeline.client) == [] and not pipeline.client.exists(BYTES_KEY)
+
+
 def test_bytes_are_counted_with_every_write_and_a_count_left_by_expiry_heals(job_bytes: JobBytes) -> None:
     store, client = job_bytes.transient, job_bytes.transient.client
     store.put("fecapass:blob:count:photo", b"x" * 1000)
