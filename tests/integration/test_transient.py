@@ -20,6 +20,7 @@ from common.db.migrate import migrate_all
 from common.db.vector_repository import VectorRepository
 from common.errors import TransientError
 from common.handlers import HandlerResult, StageHandler
+from common.imaging import decode
 from common.job_bytes import JobBytes
 from common.metrics import StreamCollector
 from common.packs.library import PackLibrary
@@ -31,11 +32,12 @@ from common.transient import (
     WINDOW_MS,
     PhotoExpired,
     crop_blob_key,
+    job_blob_keys,
     minimum_ttl_seconds,
     photo_blob_key,
     region_blob_key,
 )
-from detector.stages import AlignHandler, DetectHandler
+from detector.stages import AlignHandler, DetectHandler, from_wire
 from embedder.stage import EmbedHandler
 from indexer.stage import IndexHandler
 from operations.services import LocalServices
@@ -390,3 +392,29 @@ def test_a_transient_crop_can_be_kept_in_s3_before_its_job_ends(job_bytes: JobBy
     with pytest.raises(PhotoExpired):
         job_bytes.keep_crop(blob, job_id, 3)
     job_bytes.store.delete_many([kept])
+
+
+def test_a_verify_sends_a_region_of_each_photo_and_its_crops_are_those_of_the_photos(job_bytes: JobBytes) -> None:
+    require_pack()
+    packs = PackLibrary(ModelSettings(model_pack=PACK, model_root=MODEL_ROOT, ort_threads=1))
+    job_id = uuid.uuid4().hex
+    photos = [(require_basic() / name).read_bytes() for name in ("obama_1.jpg", "biden_1.jpg")]
+    for source, photo in enumerate(photos):
+        job_bytes.transient.put(photo_blob_key(job_id, source), photo)
+    keys = [photo_blob_key(job_id, source) for source in (0, 1)]
+    message = JobMessage(job_id=job_id, kind=JobKind.VERIFY, image_key=keys[0], second_image_key=keys[1], pack=PACK)
+    detected = DetectHandler(job_bytes, packs, MAX_PIXELS).handle(message)
+    assert detected.forward is not None and list(detected.release) == message.image_keys
+    entry = DetectedMessage.from_fields(detected.forward.to_fields())
+    assert [(f.source, f.region_key) for f in entry.faces] == [(s, region_blob_key(job_id, s)) for s in (0, 1)]
+    aligned = AlignHandler(job_bytes, packs, MAX_PIXELS).handle(entry)
+    assert aligned.forward is not None
+    assert set(aligned.release) == {*message.image_keys, region_blob_key(job_id, 0), region_blob_key(job_id, 1)}
+    result = AlignedMessage.from_fields(aligned.forward.to_fields())
+    aligner = packs.aligner(PACK, entry.crop_size)
+    for face, photo in zip(result.faces, photos, strict=True):
+        assert "region" not in face.model_dump(exclude_none=True)  # later stages do not carry the region
+        expected = aligner.align(decode(photo, MAX_PIXELS), from_wire(face))
+        crop = cv2.imdecode(np.frombuffer(job_bytes.get(face.crop_key), np.uint8), cv2.IMREAD_COLOR)
+        assert np.array_equal(crop, expected)
+    job_bytes.transient.delete(job_blob_keys(job_id, crops=2))
