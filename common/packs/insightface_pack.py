@@ -12,7 +12,7 @@ from functools import cached_property
 import cv2
 import numpy as np
 
-from common.packs.alignment import align_face, similarity_transform
+from common.packs.alignment import align_face, fast_similarity_transform
 from common.packs.arcface import FaceRecognizer
 from common.packs.base import Face, PackInfo
 from common.packs.insightface_files import PackFiles, load_session
@@ -32,7 +32,7 @@ class ArcFaceAligner:
 
     def region(self, face: Face, image_size: tuple[int, int]) -> Region:
         # The crop's outermost pixel centres, mapped back into the photo: the warp samples inside their hull.
-        inverse = cv2.invertAffineTransform(similarity_transform(face.keypoints, self.crop_size))
+        inverse = cv2.invertAffineTransform(fast_similarity_transform(face.keypoints, self.crop_size))
         last = self.crop_size - 1
         corners = np.array([[0, 0, 1], [last, 0, 1], [0, last, 1], [last, last, 1]], dtype=np.float64) @ inverse.T
         return covering(corners, image_size, SAMPLING_MARGIN)
