@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 from common.errors import TransientError
 from common.objects import ObjectMissing, ObjectStore, crop_key, discard_job_objects
-from common.transient import TransientStore, crop_blob_key, is_transient
+from common.transient import TransientStore, crop_blob_key, is_transient, region_blob_key
 from schemas.streams import JobKind, JobMessage
 
 
@@ -43,6 +43,13 @@ class JobBytes:
             key = crop_blob_key(message.job_id, face_index)
             self.transient.put(key, png)
         return key
+
+    def put_regions(self, message: JobMessage, regions: Sequence[bytes]) -> list[str]:
+        """Store each face's region of its photo (raw pixels, read once by the align stage) in Redis, for every kind:
+        an enroll keeps its photo and crop, never the region. Keys are the same on every delivery."""
+        keys = [region_blob_key(message.job_id, index) for index in range(len(regions))]
+        self.transient.put_many(keys, regions)
+        return keys
 
     def keep_crop(self, key: str, job_id: str, face_index: int) -> str:
         """The crop under ``key`` made durable: a transient one copied to S3 (``crops/<job>/<face>.png``, where an

@@ -1,11 +1,14 @@
-"""Transient bytes: the photo of a search, verify or detect job and every crop on its way to the embed stage, held
+"""Transient bytes: the photo of a search, verify or detect job, every face's region of its photo on its way from the
+detect stage to the align stage (raw pixels: the align stage decodes no photo) and every crop on its way to the
+embed stage, held
 in Redis under ``fecapass:blob:<job>:<name>`` with a TTL, where an S3 put, get and delete would cost an HTTP request
 each and the S3 server's CPU. Enrolled photos and their crops stay in S3 (a face row points at them); so does the
 photo a reindex reads (the enrolled one).
 
 The bytes live in their own string keys, never in a stream entry (entries stay flat readable text). A job's blobs
 are deleted by the write that ends the job (common/runner.py: the final write, a failure or a dead letter, in the
-same script), its photos already when the align stage has cut the crops; the TTL bounds whatever a crash or an
+same script), its photos already with the detect stage's forward write (the regions hold all the align stage reads)
+and its regions when the align stage has cut the crops; the TTL bounds whatever a crash or an
 unreadable dead letter leaves. A stage that finds a blob gone (expired while its message waited) fails the job with
 ``photo_expired`` at once: Redis is the only copy, so waiting cannot bring it back.
 
@@ -68,13 +71,24 @@ def crop_blob_key(job_id: str, face_index: int) -> str:
     return blob_key(job_id, f"crop.{face_index}")
 
 
+def region_blob_key(job_id: str, face_index: int) -> str:
+    return blob_key(job_id, f"region.{face_index}")
+
+
 def job_blob_keys(job_id: str, crops: int) -> list[str]:
-    """Every blob a job can have: its photos and ``crops`` crops (deleting one that was never written costs nothing)."""
-    return [photo_blob_key(job_id, s) for s in range(PHOTOS_PER_JOB)] + [crop_blob_key(job_id, i) for i in range(crops)]
+    """Every blob a job can have: its photos and, for ``crops`` faces, their regions and crops (deleting one that was
+    never written costs nothing)."""
+    faces = range(crops)
+    return (
+        [photo_blob_key(job_id, s) for s in range(PHOTOS_PER_JOB)]
+        + [region_blob_key(job_id, i) for i in faces]
+        + [crop_blob_key(job_id, i) for i in faces]
+    )
 
 
 def message_blob_keys(job_id: str, message: StreamMessage | None) -> list[str]:
-    """The blobs of the job an entry belongs to, as far as the entry tells (crops: one per face it carries)."""
+    """The blobs of the job an entry belongs to, as far as the entry tells (regions and crops: one per face it
+    carries)."""
     faces = getattr(message, "faces", None) if isinstance(message, JobMessage) else None
     return job_blob_keys(job_id, len(faces) if faces else 0)
 
@@ -178,7 +192,12 @@ class TransientStore:
 
     def put(self, key: str, data: bytes) -> None:
         """Store a blob, counted but never refused: a stage must finish the jobs the API admitted."""
-        self._put(keys=[BYTES_KEY, key], args=[self.ttl_ms, 0, data])
+        self.put_many([key], [data])
+
+    def put_many(self, keys: Sequence[str], values: Sequence[bytes]) -> None:
+        """Store blobs in one round trip, counted but never refused."""
+        if keys:
+            self._put(keys=[BYTES_KEY, *keys], args=[self.ttl_ms, 0, *values])
 
     def get(self, key: str) -> bytes:
         data = self.client.get(key)

@@ -12,6 +12,8 @@ from common.imaging import ImageError, ImageTooLarge, decode, encode_png
 from common.job_bytes import JobBytes
 from common.packs import Face
 from common.packs.library import PackLibrary, aligner_for, pack_for
+from common.packs.regions import Region
+from common.transient import region_blob_key
 from detector.quality import sharpness
 from schemas.jobs import ErrorCode
 from schemas.results import DetectedFace, DetectResult, FinishedResult, Quality
@@ -83,7 +85,9 @@ class DetectHandler:
 
     def _handle(self, message: JobMessage) -> Outcome:
         pack = pack_for(self.packs, message.pack)
+        aligner = aligner_for(self.packs, pack.info.name, pack.info.crop_size)
         kept: list[FaceBox] = []
+        regions: list[bytes] = []
         seen = 0
         for source, key in enumerate(message.image_keys):
             # Every pixel, as the plain insightface loop: on a photo decoded at 1/2 or 1/4 size through DCT scaling,
@@ -98,11 +102,21 @@ class DetectHandler:
                 self.objects.discard(message)
                 return Outcome(result=FinishedResult.without_photos(detect_result(image, faces)))
             seen += len(faces) if source == 0 else 0
-            kept += [to_wire(face, source) for face in self._chosen(message, faces)]
+            for face in self._chosen(message, faces):
+                wire = to_wire(face, source)
+                # The align stage decodes no photo: it gets the pixels its warp reads for the face as the wire
+                # carries it (keypoints rounded), raw (a memcpy each way; PNG at level 1 costs ms, BENCHMARKS.md).
+                region = aligner.region(from_wire(wire), image.shape[:2])
+                regions.append(region.of(image).tobytes())
+                kept.append(wire.model_copy(update={"region_box": region.as_tuple()}))
+        keys = self.objects.put_regions(message, regions)
+        kept = [face.model_copy(update={"region_key": key}) for face, key in zip(kept, keys, strict=True)]
         forward = message.advance(
             DetectedMessage, faces=kept, faces_seen=seen, pack=pack.info.name, crop_size=pack.info.crop_size
         )
-        return Outcome(forward=forward, status_fields={"faces_seen": str(seen)})
+        # The regions hold all the align stage reads: a transient photo goes with this write (an enroll's, in S3,
+        # stays for its face row; a reindex's is that same enrolled photo).
+        return Outcome(forward=forward, status_fields={"faces_seen": str(seen)}, release=message.image_keys)
 
     def _chosen(self, message: JobMessage, faces: list[Face]) -> list[Face]:
         if message.kind is JobKind.REINDEX:
@@ -132,6 +146,30 @@ def detected_face(image: np.ndarray, face: Face) -> DetectedFace:
     return DetectedFace(box=wire.box, keypoints=wire.keypoints, score=wire.score, quality=quality)
 
 
+def region_of(message: DetectedMessage, index: int, max_pixels: int) -> Region | None:
+    """Face ``index``'s region of its photo, or None for an entry written before the detect stage sent regions. An
+    entry cannot point the align stage at another job's blob (which its write would delete), at an S3 object, or at
+    a canvas larger than a photo may be."""
+    face = message.faces[index]
+    if face.region_key is None and face.region_box is None:
+        return None
+    if face.region_key != region_blob_key(message.job_id, index) or face.region_box is None:
+        raise PoisonMessage(ErrorCode.MALFORMED_MESSAGE, f"face {index} has no region_box or a foreign region_key")
+    region = Region(*face.region_box)
+    if min(region.x1, region.y1, region.width, region.height) < 0 or region.x2 * region.y2 > max_pixels:
+        raise PoisonMessage(ErrorCode.MALFORMED_MESSAGE, f"region_box {face.region_box} is not a region of a photo")
+    return region
+
+
+def region_pixels(data: bytes, region: Region) -> np.ndarray:
+    """The region's raw BGR bytes as pixels (read-only, no copy)."""
+    if len(data) != region.width * region.height * 3:
+        raise PoisonMessage(
+            ErrorCode.MALFORMED_MESSAGE, f"{len(data)} bytes of pixels for a {region.width}x{region.height} region"
+        )
+    return np.frombuffer(data, dtype=np.uint8).reshape(region.height, region.width, 3)
+
+
 class AlignHandler:
     stage = Stage.ALIGN
     message_type = DetectedMessage
@@ -152,18 +190,25 @@ class AlignHandler:
         aligner = aligner_for(self.packs, message.pack, message.crop_size)
         faces = message.faces
         keys = message.image_keys
-        # Every pixel, as the plain insightface loop: norm_crop's bilinear warp samples single pixels of a large
-        # face, so a crop warped from a JPEG decoded at 1/2 or 1/4 size (DCT-averaged pixels) is a different crop
-        # (cosine 0.97 to 0.998 to the full-size one on ../shared/faces/basic, even at 3 pixels per crop pixel).
-        sources = {face.source for face in faces}
+        regions = [region_of(message, index, self.max_image_pixels) for index in range(len(faces))]
+        region_keys = [face.region_key for face in faces if face.region_key is not None]
+        pixels = dict(zip(region_keys, self.objects.get_many(region_keys), strict=True))
+        # An entry the detect stage wrote before regions: its photos, every pixel, as the plain insightface loop
+        # (norm_crop's bilinear warp samples single pixels of a large face, so a crop warped from a JPEG decoded at
+        # 1/2 or 1/4 size, DCT-averaged pixels, is a different crop: cosine 0.97 to 0.998 to the full-size one).
+        sources = {face.source for face, region in zip(faces, regions, strict=True) if region is None}
         images = {source: load_image(self.objects, keys[source], self.max_image_pixels) for source in sources}
         aligned: list[AlignedFace] = []
-        for index, face in enumerate(faces):
-            crop = aligner.align(images[face.source], from_wire(face))
+        for index, (face, region) in enumerate(zip(faces, regions, strict=True)):
+            if region is None or face.region_key is None:
+                crop = aligner.align(images[face.source], from_wire(face))
+            else:
+                crop = aligner.align_region(region_pixels(pixels[face.region_key], region), region, from_wire(face))
             key = self.objects.put_crop(message, index, encode_png(crop))
-            aligned.append(AlignedFace(**dict(face), crop_key=key))
-        # No later stage reads the photos: transient ones are deleted with this write (kept ones are not touched).
-        return Outcome(forward=message.advance(AlignedMessage, faces=aligned), release=keys)
+            aligned.append(AlignedFace(**face.model_dump(exclude={"region_key", "region_box"}), crop_key=key))
+        # No later stage reads the photos or the regions: transient ones are deleted with this write (kept ones are
+        # not touched; the detect stage already let the photos go, but an entry without regions did not).
+        return Outcome(forward=message.advance(AlignedMessage, faces=aligned), release=[*keys, *region_keys])
 
     def handle_batch(self, messages: Sequence[DetectedMessage]) -> list[HandlerResult]:
         return per_message(self.handle)(messages)

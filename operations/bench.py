@@ -609,8 +609,8 @@ def why_slower(best: Throughput, pipeline: Throughput, costs: dict[str, float]) 
         " what the baseline does"
         f" (decode, both models), spend {models:.0f} ms together; on top of that come "
         + ", ".join(f"{name} {value:.0f}" for value, name in others)
-        + " ms (the align stage's second full decode of the photo, the Redis round trips for the photo and every"
-        " crop, the API's upload handling; see the profile below).",
+        + " ms (the Redis round trips for the photo, each face's region and every crop, the PNG crops, the API's"
+        " upload handling; see the profile below).",
     ]
 
 
@@ -645,8 +645,8 @@ def _report_latency(
     if above > 30:
         median = {name: statistics.median(values) for name, values in per_stage.items()}
         report.lines[-1] += (
-            f" Why: the align stage takes {median['align']:.0f} ms (it reads the photo from Redis and decodes it"
-            f" again, then writes the crops), the index stage {median['index']:.0f} ms; outside the stages, the upload"
+            f" Why: the align stage takes {median['align']:.0f} ms (it reads the faces' regions from Redis,"
+            f" warps them, writes the crops), the index stage {median['index']:.0f} ms; outside the stages, the upload"
             f" takes {median[UPLOAD]:.0f} ms (receiving it, the header check, the photo's SET), the waits between"
             f" stages {median[HOPS]:.0f} ms together, and the answer {median[ANSWER]:.0f} ms."
         )

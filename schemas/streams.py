@@ -6,7 +6,8 @@ base64 of little-endian float32, the only binary-ish field, and it never holds i
 
 Each stage reads its own model, and each stage's output is the next one's input with the stage's fields added:
 ``JobMessage`` (what the API or ``fecapass reindex`` submits; the detect stage reads it) -> ``DetectedMessage``
-(+ faces, faces_seen, crop_size; align) -> ``AlignedMessage`` (+ a crop per face; embed) -> ``EmbeddedMessage``
+(+ faces, faces_seen, crop_size, and per face the region of the photo to warp; align) -> ``AlignedMessage``
+(+ a crop per face; embed) -> ``EmbeddedMessage``
 (+ embeddings, dim; index). An entry that lacks what its stage needs fails validation and is dead-lettered as
 malformed. The wire layout is the same for every version of these models (version ``1``), so entries written
 before the split still parse.
@@ -83,6 +84,13 @@ class FaceBox(BaseModel):
     )
     score: float
     source: int = Field(default=0, description="0: the job's photo, 1: its second photo (verify)")
+    # Detect -> align only (absent from entries written before regions, and from every later stage's entry).
+    region_key: str | None = Field(
+        default=None, description="transient blob of the photo pixels the align stage warps: raw BGR, row by row"
+    )
+    region_box: tuple[int, int, int, int] | None = Field(
+        default=None, description="where those pixels are in the photo: x1, y1, x2, y2 (the far ones excluded)"
+    )
 
     @property
     def area(self) -> float:

@@ -23,3 +23,21 @@ def align_face(image_bgr: np.ndarray, keypoints: np.ndarray, crop_size: int = 11
 def similarity_transform(keypoints: np.ndarray, crop_size: int = 112) -> np.ndarray:
     """The 2x3 matrix ``align_face`` applies (exposed for tests and debugging)."""
     return np.asarray(face_align.estimate_norm(keypoints, image_size=crop_size))
+
+
+def fast_similarity_transform(keypoints: np.ndarray, crop_size: int = 112) -> np.ndarray:
+    """``similarity_transform`` by Umeyama's closed form, as scikit-image estimates it, equal to float rounding and
+    some 20 times cheaper: for the bounds of what a warp reads (common/packs/regions.py), never for the warp."""
+    if crop_size % 112 == 0:
+        target = face_align.arcface_dst * (crop_size / 112.0)
+    else:
+        target = face_align.arcface_dst * (crop_size / 128.0) + (8.0 * crop_size / 128.0, 0.0)
+    source = np.asarray(keypoints, dtype=np.float64)
+    source_mean, target_mean = source.mean(axis=0), target.mean(axis=0)
+    centred = source - source_mean
+    covariance = (target - target_mean).T @ centred / len(source)
+    signs = np.array([1.0, -1.0 if np.linalg.det(covariance) < 0 else 1.0])
+    left, singular, right = np.linalg.svd(covariance)
+    rotation = left @ np.diag(signs) @ right
+    scale = float(singular @ signs) / float(centred.var(axis=0).sum())
+    return np.hstack([scale * rotation, (target_mean - scale * rotation @ source_mean)[:, None]])

@@ -12,6 +12,8 @@ from typing import Protocol
 
 import numpy as np
 
+from common.packs.regions import Region
+
 
 class ModelPackError(RuntimeError):
     """A pack that cannot be found or loaded; the message says where it looked and what to do."""
@@ -73,6 +75,14 @@ class Aligner(Protocol):
 
     def align(self, image_bgr: np.ndarray, face: Face) -> np.ndarray:
         """The face warped to the recognizer's crop: crop_size x crop_size x 3 BGR."""
+        ...
+
+    def region(self, face: Face, image_size: tuple[int, int]) -> Region:
+        """Every pixel ``align`` reads for this face, in a photo of ``image_size`` (height, width)."""
+        ...
+
+    def align_region(self, pixels: np.ndarray, region: Region, face: Face) -> np.ndarray:
+        """``align`` from the region's pixels alone (BGR): byte-identical to ``align`` on the whole photo."""
         ...
 
 

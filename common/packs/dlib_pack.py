@@ -16,6 +16,7 @@ import dlib
 import numpy as np
 
 from common.packs.base import Face, ModelPackError, PackInfo, check_crops, kept_faces, unit_rows
+from common.packs.regions import SAMPLING_MARGIN, Region, covering, on_canvas
 from common.settings import ModelSettings
 
 NAME = "dlib"
@@ -26,6 +27,8 @@ LANDMARKS_FILE = "shape_predictor_5_face_landmarks.dat"
 RESNET_FILE = "dlib_face_recognition_resnet_model_v1.dat"
 # The HOG detector's window is 80 px; one upsampling finds faces down to ~40 px of the (downscaled) image.
 UPSAMPLE = 1
+# Deeper than any photo the API admits needs: a 150 px chip from a face of 150 * 2**12 px.
+PYRAMID_LEVELS_MAX = 12
 
 
 def weights_folder() -> Path:
@@ -51,17 +54,47 @@ def _rectangle(box: np.ndarray) -> dlib.rectangle:
     return dlib.rectangle(x1, y1, x2, y2)
 
 
+def _detection(face: Face) -> dlib.full_object_detection:
+    if face.keypoints.shape != (5, 2):
+        raise ValueError(f"expected 5x2 keypoints, got {face.keypoints.shape}")
+    points = [dlib.point(round(float(x)), round(float(y))) for x, y in face.keypoints]
+    return dlib.full_object_detection(_rectangle(face.box), points)
+
+
 class DlibAligner:
     """dlib's face chip from the 5 landmarks (what the descriptor was trained on): geometry only, no weights."""
 
     crop_size = CHIP_SIZE
 
     def align(self, image_bgr: np.ndarray, face: Face) -> np.ndarray:
-        if face.keypoints.shape != (5, 2):
-            raise ValueError(f"expected 5x2 keypoints, got {face.keypoints.shape}")
-        points = [dlib.point(round(float(x)), round(float(y))) for x, y in face.keypoints]
-        detection = dlib.full_object_detection(_rectangle(face.box), points)
-        chip = dlib.get_face_chip(_rgb(image_bgr), detection, size=CHIP_SIZE, padding=CHIP_PADDING)
+        return self._chip(_rgb(image_bgr), face)
+
+    def region(self, face: Face, image_size: tuple[int, int]) -> Region:
+        # dlib's extract_image_chips reads the chip's rotated rectangle grown by 2 px, and for a chip much smaller
+        # than the face, by 2 * grow + 2 more per level of the image pyramid it samples from (levels are counted
+        # here with every halving rounded up, and one more, so the estimate never falls short).
+        details = dlib.get_face_chip_details(_detection(face), size=CHIP_SIZE, padding=CHIP_PADDING)
+        rect = details.rect
+        left, top, right, bottom = rect.left(), rect.top(), rect.right(), rect.bottom()
+        width, height, grow = right - left + 1, bottom - top + 1, 2.0
+        for _ in range(PYRAMID_LEVELS_MAX + 1):
+            width, height = width / 2 + 1, height / 2 + 1
+            if width * height <= details.rows * details.cols:
+                break
+            grow = grow * 2 + 2
+        grow = grow * 2 + 2
+        centre = np.array([(left + right) / 2, (top + bottom) / 2])
+        cos, sin = np.cos(details.angle), np.sin(details.angle)
+        turn = np.array([[cos, -sin], [sin, cos]])
+        corners = (np.array([[left, top], [right, top], [left, bottom], [right, bottom]]) - centre) @ turn.T + centre
+        return covering(corners, image_size, grow + SAMPLING_MARGIN)
+
+    def align_region(self, pixels: np.ndarray, region: Region, face: Face) -> np.ndarray:
+        # Only the region changes colour order; the canvas around it stays zeros that dlib never reads.
+        return self._chip(on_canvas(_rgb(pixels) if pixels.size else pixels, region), face)
+
+    def _chip(self, image_rgb: np.ndarray, face: Face) -> np.ndarray:
+        chip = dlib.get_face_chip(image_rgb, _detection(face), size=CHIP_SIZE, padding=CHIP_PADDING)
         return np.asarray(cv2.cvtColor(np.asarray(chip), cv2.COLOR_RGB2BGR))
 
 

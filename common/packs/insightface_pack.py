@@ -9,12 +9,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from functools import cached_property
 
+import cv2
 import numpy as np
 
-from common.packs.alignment import align_face
+from common.packs.alignment import align_face, fast_similarity_transform
 from common.packs.arcface import FaceRecognizer
 from common.packs.base import Face, PackInfo
 from common.packs.insightface_files import PackFiles, load_session
+from common.packs.regions import SAMPLING_MARGIN, Region, covering, on_canvas
 from common.packs.scrfd import FaceDetector
 from common.settings import ModelSettings
 
@@ -27,6 +29,16 @@ class ArcFaceAligner:
 
     def align(self, image_bgr: np.ndarray, face: Face) -> np.ndarray:
         return align_face(image_bgr, face.keypoints, self.crop_size)
+
+    def region(self, face: Face, image_size: tuple[int, int]) -> Region:
+        # The crop's outermost pixel centres, mapped back into the photo: the warp samples inside their hull.
+        inverse = cv2.invertAffineTransform(fast_similarity_transform(face.keypoints, self.crop_size))
+        last = self.crop_size - 1
+        corners = np.array([[0, 0, 1], [last, 0, 1], [0, last, 1], [last, last, 1]], dtype=np.float64) @ inverse.T
+        return covering(corners, image_size, SAMPLING_MARGIN)
+
+    def align_region(self, pixels: np.ndarray, region: Region, face: Face) -> np.ndarray:
+        return self.align(on_canvas(pixels, region), face)
 
 
 class InsightFacePack:

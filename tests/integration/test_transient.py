@@ -20,6 +20,7 @@ from common.db.migrate import migrate_all
 from common.db.vector_repository import VectorRepository
 from common.errors import TransientError
 from common.handlers import HandlerResult, StageHandler
+from common.imaging import decode
 from common.job_bytes import JobBytes
 from common.metrics import StreamCollector
 from common.packs.library import PackLibrary
@@ -31,15 +32,17 @@ from common.transient import (
     WINDOW_MS,
     PhotoExpired,
     crop_blob_key,
+    job_blob_keys,
     minimum_ttl_seconds,
     photo_blob_key,
+    region_blob_key,
 )
-from detector.stages import AlignHandler, DetectHandler
+from detector.stages import AlignHandler, DetectHandler, from_wire
 from embedder.stage import EmbedHandler
 from indexer.stage import IndexHandler
 from operations.services import LocalServices
 from schemas.jobs import JobState, job_key
-from schemas.streams import AlignedFace, AlignedMessage, JobKind, JobMessage, Stage
+from schemas.streams import AlignedFace, AlignedMessage, DetectedMessage, JobKind, JobMessage, Stage
 from tests.shared_data import BASIC, MODEL_ROOT, PACK, require_basic, require_pack
 
 FAST = StreamSettings(read_count=8, block_ms=20, claim_idle_ms=50, max_deliveries=2)
@@ -150,9 +153,9 @@ def test_a_search_never_touches_s3_and_leaves_no_blob(pipeline: Pipeline, servic
     faces = int(final["faces_seen"])
     assert faces >= 5
     by_stage = {stage: blobs for stage, blobs, _ in seen}
-    assert by_stage[Stage.DETECT] == [photo_blob_key(job_id)]
-    # Align cut the crops and let the photo go in the same write; embed read the crops; the index stage's final
-    # write deleted them.
+    # Detect sent each face's region of the photo and let the photo go in the same write; align cut the crops
+    # from the regions and let them go; embed read the crops; the index stage's final write deleted them.
+    assert by_stage[Stage.DETECT] == sorted(region_blob_key(job_id, i) for i in range(faces))
     assert by_stage[Stage.ALIGN] == sorted(crop_blob_key(job_id, i) for i in range(faces))
     assert by_stage[Stage.EMBED] == by_stage[Stage.ALIGN]
     assert by_stage[Stage.INDEX] == []
@@ -171,7 +174,8 @@ def test_an_enroll_keeps_its_photo_and_crop_in_s3(
     job_id = pipeline.submit(JobKind.ENROLL, (BASIC / "obama_1.jpg").read_bytes(), user_id=user.id)
     seen: list[tuple[Stage, list[str], list[str]]] = []
     assert pipeline.run(job_id, seen)["state"] == "done"
-    assert all(blobs == [] for _, blobs, _ in seen)  # an enroll puts nothing in Valkey
+    # An enroll's only transient bytes are its face's region, from detect to align; photo and crop are in S3.
+    assert [blobs for _, blobs, _ in seen] == [[region_blob_key(job_id, 0)], [], [], []]
     assert bucket_files(services, job_id) == [f"crops/{job_id}/0.png", f"originals/{job_id}"]
     [face] = repositories[0].list_faces(user.id)
     assert (face.image_key, face.crop_key) == (f"originals/{job_id}", f"crops/{job_id}/0.png")
@@ -255,6 +259,93 @@ def test_a_poison_crop_dead_letters_its_job_and_deletes_its_blobs(pipeline: Pipe
     assert blob_keys(pipeline.client) == [] and not pipeline.client.exists(BYTES_KEY)
 
 
+def detected_entry(pipeline: Pipeline, job_id: str) -> DetectedMessage:
+    [(_, fields)] = [(i, f) for i, f in pipeline.client.xrange(Stage.ALIGN.stream) if f[b"job_id"] == job_id.encode()]
+    return DetectedMessage.from_fields(fields)
+
+
+def test_an_entry_written_before_regions_is_aligned_from_its_photo_into_the_same_crops(pipeline: Pipeline) -> None:
+    photo = (BASIC / "multi_two_people.jpg").read_bytes()
+    new, old = pipeline.submit(JobKind.SEARCH, photo), pipeline.submit(JobKind.SEARCH, photo)
+    pipeline.runners[0].run_once()  # both detected: regions sent, photos released
+    assert blob_keys(pipeline.client) == sorted(
+        region_blob_key(job, i) for job in (new, old) for i in range(len(detected_entry(pipeline, job).faces))
+    )
+    # The old job's entry as a detect stage before regions wrote it: no region fields, the photo still in Valkey.
+    entry_id = next(i for i, f in pipeline.client.xrange(Stage.ALIGN.stream) if f[b"job_id"] == old.encode())
+    legacy = detected_entry(pipeline, old)
+    bare = legacy.model_copy(
+        update={"faces": [f.model_copy(update={"region_key": None, "region_box": None}) for f in legacy.faces]}
+    )
+    assert "region" not in str(bare.to_fields()["faces"]) and "region_key" in str(legacy.to_fields()["faces"])
+    pipeline.client.xdel(Stage.ALIGN.stream, entry_id)
+    pipeline.objects.transient.delete([region_blob_key(old, i) for i in range(len(legacy.faces))])
+    pipeline.objects.transient.put(photo_blob_key(old), photo)
+    pipeline.client.xadd(Stage.ALIGN.stream, bare.to_fields())
+    pipeline.runners[1].run_once()
+    crops = {job: [pipeline.client.get(crop_blob_key(job, i)) for i in range(len(legacy.faces))] for job in (new, old)}
+    assert all(crops[new]) and crops[new] == crops[old]  # byte for byte, the same PNG crops
+    # Align let go of the old job's photo and of the new job's regions.
+    assert blob_keys(pipeline.client) == sorted(
+        crop_blob_key(job, i) for job in (new, old) for i in range(len(legacy.faces))
+    )
+    for job in (new, old):
+        assert pipeline.run(job)["state"] == "done"
+    assert blob_keys(pipeline.client) == [] and not pipeline.client.exists(BYTES_KEY)
+
+
+def test_a_job_failed_in_align_keeps_no_region(pipeline: Pipeline) -> None:
+    job_id = pipeline.submit(JobKind.SEARCH, (BASIC / "multi_group_t1.jpg").read_bytes())
+    pipeline.runners[0].run_once()
+    faces = len(detected_entry(pipeline, job_id).faces)
+    assert faces >= 5 and blob_keys(pipeline.client) == sorted(region_blob_key(job_id, i) for i in range(faces))
+    pipeline.objects.transient.delete([region_blob_key(job_id, 0)])  # gone while the entry waited
+    pipeline.runners[1].run_once()
+    assert pipeline.state(job_id)["error_code"] == "photo_expired"
+    assert blob_keys(pipeline.client) == [] and not pipeline.client.exists(BYTES_KEY)
+
+
+def test_a_region_that_does_not_match_its_box_dead_letters_its_job_and_its_blobs(pipeline: Pipeline) -> None:
+    job_id = pipeline.submit(JobKind.SEARCH, (BASIC / "obama_1.jpg").read_bytes())
+    pipeline.runners[0].run_once()
+    pipeline.objects.transient.put(region_blob_key(job_id, 0), b"\x00" * 12)  # not the box's pixels
+    pipeline.runners[1].run_once()
+    assert pipeline.client.xlen(Stage.ALIGN.dead_letter_stream) == 1
+    assert pipeline.state(job_id)["error_code"] == "malformed_message"
+    assert blob_keys(pipeline.client) == [] and not pipeline.client.exists(BYTES_KEY)
+
+
+@pytest.mark.parametrize(
+    "tamper",
+    [
+        pytest.param(lambda victim, box: {"region_key": region_blob_key(victim, 0)}, id="another job's region"),
+        pytest.param(lambda victim, box: {"region_key": f"originals/{victim}"}, id="an S3 object"),
+        pytest.param(  # the same size as the region's pixels, far down and right: a canvas of 11 GB
+            lambda victim, box: {"region_box": (60_000, 60_000, 60_000 + box[2] - box[0], 60_000 + box[3] - box[1])},
+            id="a canvas past the limit",
+        ),
+    ],
+)
+def test_an_entry_cannot_point_align_at_bytes_not_its_own(pipeline: Pipeline, tamper: object) -> None:
+    photo = (BASIC / "obama_1.jpg").read_bytes()
+    attacker, victim = pipeline.submit(JobKind.SEARCH, photo), pipeline.submit(JobKind.SEARCH, photo)
+    pipeline.runners[0].run_once()
+    entry_id = next(i for i, f in pipeline.client.xrange(Stage.ALIGN.stream) if f[b"job_id"] == attacker.encode())
+    entry = detected_entry(pipeline, attacker)
+    forged = entry.model_copy(
+        update={"faces": [entry.faces[0].model_copy(update=tamper(victim, entry.faces[0].region_box))]}
+    )  # type: ignore[operator]
+    pipeline.client.xdel(Stage.ALIGN.stream, entry_id)
+    pipeline.client.xadd(Stage.ALIGN.stream, forged.to_fields())
+    pipeline.runners[1].run_once()
+    assert pipeline.state(attacker)["error_code"] == "malformed_message"
+    assert pipeline.client.xlen(Stage.ALIGN.dead_letter_stream) == 1
+    # The victim's region was neither read into the attacker's crop nor deleted by its dead letter.
+    assert not pipeline.client.exists(crop_blob_key(attacker, 0))
+    assert pipeline.run(victim)["state"] == "done"
+    assert blob_keys(pipeline.client) == [] and not pipeline.client.exists(BYTES_KEY)
+
+
 def test_bytes_are_counted_with_every_write_and_a_count_left_by_expiry_heals(job_bytes: JobBytes) -> None:
     store, client = job_bytes.transient, job_bytes.transient.client
     store.put("fecapass:blob:count:photo", b"x" * 1000)
@@ -301,3 +392,29 @@ def test_a_transient_crop_can_be_kept_in_s3_before_its_job_ends(job_bytes: JobBy
     with pytest.raises(PhotoExpired):
         job_bytes.keep_crop(blob, job_id, 3)
     job_bytes.store.delete_many([kept])
+
+
+def test_a_verify_sends_a_region_of_each_photo_and_its_crops_are_those_of_the_photos(job_bytes: JobBytes) -> None:
+    require_pack()
+    packs = PackLibrary(ModelSettings(model_pack=PACK, model_root=MODEL_ROOT, ort_threads=1))
+    job_id = uuid.uuid4().hex
+    photos = [(require_basic() / name).read_bytes() for name in ("obama_1.jpg", "biden_1.jpg")]
+    for source, photo in enumerate(photos):
+        job_bytes.transient.put(photo_blob_key(job_id, source), photo)
+    keys = [photo_blob_key(job_id, source) for source in (0, 1)]
+    message = JobMessage(job_id=job_id, kind=JobKind.VERIFY, image_key=keys[0], second_image_key=keys[1], pack=PACK)
+    detected = DetectHandler(job_bytes, packs, MAX_PIXELS).handle(message)
+    assert detected.forward is not None and list(detected.release) == message.image_keys
+    entry = DetectedMessage.from_fields(detected.forward.to_fields())
+    assert [(f.source, f.region_key) for f in entry.faces] == [(s, region_blob_key(job_id, s)) for s in (0, 1)]
+    aligned = AlignHandler(job_bytes, packs, MAX_PIXELS).handle(entry)
+    assert aligned.forward is not None
+    assert set(aligned.release) == {*message.image_keys, region_blob_key(job_id, 0), region_blob_key(job_id, 1)}
+    result = AlignedMessage.from_fields(aligned.forward.to_fields())
+    aligner = packs.aligner(PACK, entry.crop_size)
+    for face, photo in zip(result.faces, photos, strict=True):
+        assert "region" not in face.model_dump(exclude_none=True)  # later stages do not carry the region
+        expected = aligner.align(decode(photo, MAX_PIXELS), from_wire(face))
+        crop = cv2.imdecode(np.frombuffer(job_bytes.get(face.crop_key), np.uint8), cv2.IMREAD_COLOR)
+        assert np.array_equal(crop, expected)
+    job_bytes.transient.delete(job_blob_keys(job_id, crops=2))
