@@ -119,10 +119,23 @@ def upload(client: httpx.Client, path: str, name: str, params: dict[str, Any] | 
         return client.post(path, files={"file": (name, handle)}, params=params or {})
 
 
-def create_user(client: httpx.Client, name: str) -> int:
-    response = client.post("/v1/users", json={"email": f"{name}.{uuid.uuid4().hex[:8]}@example.com", "full_name": name})
+def create_user(client: httpx.Client, name: str, collection: str | None = None) -> int:
+    body = {"email": f"{name}.{uuid.uuid4().hex[:8]}@example.com", "full_name": name}
+    response = client.post("/v1/users", json=body if collection is None else {**body, "collection": collection})
     assert response.status_code == 201, response.text
     return int(response.json()["id"])
+
+
+@pytest.fixture(scope="module")
+def own_collection(pipeline: RunningPipeline) -> Iterator[str]:
+    """A collection of the module's own, erased at its end: the people a module enrolls are then never candidates
+    of the session's other searches (``enrolled``'s searches expect their own people first)."""
+    name = f"e2e-{uuid.uuid4().hex[:8]}"
+    admin = {"X-API-Key": create_key_in(pipeline.env["FECAPASS_MAIN_DB_DSN"], "admin", "own-collection")}
+    with httpx.Client(base_url=pipeline.base_url, timeout=90, headers=admin) as client:
+        client.post("/v1/collections", json={"name": name}).raise_for_status()
+        yield name
+        client.delete(f"/v1/collections/{name}").raise_for_status()
 
 
 @pytest.fixture(scope="session")

@@ -18,10 +18,8 @@ import subprocess
 import sys
 import uuid
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import psycopg
 import pytest
 import redis
@@ -31,24 +29,12 @@ from ingest_api.idempotency import KEY_PREFIX as IDEMPOTENCY_PREFIX
 from operations import cli
 from operations.enroll_plan import from_folders, synthetic_email
 from operations.enroll_run import EnrollOptions, Outcome, PhotoResult, RunResult, enroll_photos
-from tests.e2e.conftest import RunningPipeline, create_key_in
+from tests.e2e.conftest import RunningPipeline
 from tests.shared_data import BASIC, labels
 
 pytestmark = pytest.mark.e2e
 
 NO_FACE = "aligned112_tom_hanks.png"  # an aligned crop: the detector finds no face in it
-
-
-@pytest.fixture(scope="module")
-def collection(pipeline: RunningPipeline) -> Iterator[str]:
-    """A collection of this module's own: the people it enrolls are not candidates of the session's other searches
-    (tests/e2e/test_pipeline.py expects its own people first), and erasing it at the end leaves nothing behind."""
-    name = f"enroll-e2e-{uuid.uuid4().hex[:8]}"
-    admin = {"X-API-Key": create_key_in(pipeline.env["FECAPASS_MAIN_DB_DSN"], "admin", "enroll-e2e")}
-    with httpx.Client(base_url=pipeline.base_url, timeout=90, headers=admin) as client:
-        client.post("/v1/collections", json={"name": name}).raise_for_status()
-        yield name
-        client.delete(f"/v1/collections/{name}").raise_for_status()
 
 
 def unique_copy(source: Path, target: Path, tag: str) -> Path:
@@ -101,7 +87,7 @@ def summary_count(text: str, row: str) -> int:
 
 
 def test_bulk_enroll_creates_people_and_faces_and_a_second_run_enrolls_nothing_new(
-    pipeline: RunningPipeline, collection: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    pipeline: RunningPipeline, own_collection: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     tag = uuid.uuid4().hex[:8]
     photos = single_photos()
@@ -118,7 +104,7 @@ def test_bulk_enroll_creates_people_and_faces_and_a_second_run_enrolls_nothing_n
     emails = [synthetic_email(f"{identity}-{tag}") for identity in [*photos, "tom_hanks"]]
     failures = tmp_path / "failures.csv"
     argv = ["enroll", str(tmp_path / "photos"), "--manifest", str(manifest), "--api", pipeline.base_url]
-    argv += ["--collection", collection]
+    argv += ["--collection", own_collection]
     argv += ["--api-key", pipeline.keys["write"], "--failures", str(failures), "--window", "8"]
 
     with pytest.raises(SystemExit) as first:
@@ -147,7 +133,7 @@ def test_bulk_enroll_creates_people_and_faces_and_a_second_run_enrolls_nothing_n
 
 
 def test_an_interrupted_run_resumes_to_exactly_one_face_per_photo(
-    pipeline: RunningPipeline, collection: str, tmp_path: Path
+    pipeline: RunningPipeline, own_collection: str, tmp_path: Path
 ) -> None:
     tag = uuid.uuid4().hex[:8]
     folder = tmp_path / "photos"
@@ -157,7 +143,7 @@ def test_an_interrupted_run_resumes_to_exactly_one_face_per_photo(
     photos = from_folders(folder)
     per_person = Counter(photo.person.label for photo in photos)
     emails = [synthetic_email(person) for person in per_person]
-    options = EnrollOptions(pipeline.base_url, pipeline.keys["write"], collection=collection, window=4, timeout=90)
+    options = EnrollOptions(pipeline.base_url, pipeline.keys["write"], collection=own_collection, window=4, timeout=90)
     stop_after = 3
     seen: list[PhotoResult] = []
 
@@ -195,7 +181,7 @@ def serves_face_external_ids(pipeline: RunningPipeline) -> bool:
 
 
 def test_after_the_idempotency_ttl_a_photo_enrolled_before_is_skipped_by_its_face_external_id(
-    pipeline: RunningPipeline, collection: str, tmp_path: Path
+    pipeline: RunningPipeline, own_collection: str, tmp_path: Path
 ) -> None:
     if not serves_face_external_ids(pipeline):
         pytest.skip("this API takes no face external_id on enroll (collections, issue 18, not merged here)")
@@ -204,7 +190,7 @@ def test_after_the_idempotency_ttl_a_photo_enrolled_before_is_skipped_by_its_fac
     for name in single_photos()["obama"]:
         unique_copy(BASIC / name, tmp_path / "photos" / person / name, tag)
     photos = from_folders(tmp_path / "photos")
-    options = EnrollOptions(pipeline.base_url, pipeline.keys["write"], collection=collection, timeout=90)
+    options = EnrollOptions(pipeline.base_url, pipeline.keys["write"], collection=own_collection, timeout=90)
     first = asyncio.run(enroll_photos(photos, options, lambda _: None))
     assert first.count(Outcome.ENROLLED) == len(photos)
     jobs = enroll_jobs(pipeline, [synthetic_email(person)])
@@ -225,7 +211,7 @@ def test_after_the_idempotency_ttl_a_photo_enrolled_before_is_skipped_by_its_fac
 
 
 def test_a_killed_command_resumes_to_exactly_one_face_per_photo(
-    pipeline: RunningPipeline, collection: str, tmp_path: Path
+    pipeline: RunningPipeline, own_collection: str, tmp_path: Path
 ) -> None:
     """`fecapass enroll` as a process, killed (SIGKILL: no clean-up of any kind) after its first photos."""
     tag = uuid.uuid4().hex[:8]
@@ -236,7 +222,7 @@ def test_a_killed_command_resumes_to_exactly_one_face_per_photo(
     photos = from_folders(folder)
     emails = [synthetic_email(person) for person in {p.person.label for p in photos}]
     command = [sys.executable, "-m", "operations.cli", "enroll", str(folder), "--api", pipeline.base_url]
-    command += ["--collection", collection]
+    command += ["--collection", own_collection]
     command += ["--window", "2", "--failures", str(tmp_path / "failures.csv")]
     env = {**os.environ, "FECAPASS_API_KEY": pipeline.keys["write"], "FECAPASS_LOG_LEVEL": "WARNING"}
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True)
@@ -253,7 +239,7 @@ def test_a_killed_command_resumes_to_exactly_one_face_per_photo(
 
     with pytest.raises(SystemExit) as resumed:
         argv = ["enroll", str(folder), "--api", pipeline.base_url, "--api-key", pipeline.keys["write"]]
-        cli.main([*argv, "--collection", collection])
+        cli.main([*argv, "--collection", own_collection])
     assert resumed.value.code == 0
     per_person = Counter(synthetic_email(p.person.label) for p in photos)
     assert faces_per_user(pipeline, emails) == dict(per_person)
