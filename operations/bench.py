@@ -62,6 +62,10 @@ class Report:
         self.lines += ["| " + " | ".join(row) + " |" for row in rows]
 
 
+# Issue 16: a one-face search's median total at most this much above the median model (detect + embed) time.
+SEARCH_OVERHEAD_TARGET_MS = 20
+
+
 def photo_files(folder: Path, count: int) -> list[Path]:
     single = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
     usable = [p for p in single if not p.name.startswith("aligned112")]
@@ -639,10 +643,10 @@ def _report_latency(
     above = statistics.median(totals) - model_ms
     report.lines += [
         "",
-        f"Median total minus median detect + embed stage time: {above:.1f} ms (target: at most 30 ms above the"
-        f" model time: {_verdict(above <= 30)}).",
+        f"Median total minus median detect + embed stage time: {above:.1f} ms (target: at most"
+        f" {SEARCH_OVERHEAD_TARGET_MS} ms above the model time: {_verdict(above <= SEARCH_OVERHEAD_TARGET_MS)}).",
     ]
-    if above > 30:
+    if above > SEARCH_OVERHEAD_TARGET_MS:
         median = {name: statistics.median(values) for name, values in per_stage.items()}
         report.lines[-1] += (
             f" Why: the align stage takes {median['align']:.0f} ms (it reads the faces' regions from Redis,"
