@@ -65,7 +65,7 @@ class SearchIndexSettings(_Base):
     # ranks the best codes by their full vectors; hnsw: pgvector's graph (BENCHMARKS.md, search at scale).
     search_index: Literal["binary", "hnsw"] = "binary"
     # Codes a binary scan hands PostgreSQL to rank by the full vectors (per face searched; at least 4x the limit).
-    binary_candidates: int = Field(default=200, ge=10, le=5000)
+    binary_candidates: int = Field(default=150, ge=10, le=5000)
     # Whether each pack's HNSW index is built and maintained: unset, only with search_index hnsw (the binary index
     # needs none; a million-face build takes 1.6 h on 2 cores and every insert pays for it); true keeps it for a
     # switch back to hnsw without a build (`fecapass models build-index` builds it later).

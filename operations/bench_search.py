@@ -94,7 +94,7 @@ class SearchBenchConfig:
     fit_photos: int | None = None  # fit to this many LFW photos only (the smoke test)
     shared_buffers: str = "4GB"  # a server sized for a million embeddings; the report states it
     indexes: tuple[str, ...] = ("hnsw",)  # "hnsw" (pgvector's graph, each storage and m), "ivfflat", "binary"
-    binary_candidates: tuple[int, ...] = (200, 400)
+    binary_candidates: tuple[int, ...] = (100, 150, 200, 400)
     ivfflat_lists: int | None = None  # None: the square root of the size (1,000 at a million)
     ivfflat_probes: tuple[int, ...] = (4, 16, 64, 256)
     enrolls: int = 0  # enrolls timed through the index stage's handler with the gallery stored (0: none)
