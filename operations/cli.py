@@ -529,7 +529,9 @@ def _add_measurements(commands: Commands) -> None:
         default=["hnsw"],
         help="the search indexes to measure",
     )
-    scale.add_argument("--binary-candidates", type=int, nargs="+", default=[100, 150, 200, 400], help="codes PostgreSQL ranks")
+    scale.add_argument(
+        "--binary-candidates", type=int, nargs="+", default=[100, 150, 200, 400], help="codes PostgreSQL ranks"
+    )
     scale.add_argument("--ivfflat-lists", type=int, help="IVFFlat cells (default: the square root of the size)")
     scale.add_argument("--ivfflat-probes", type=int, nargs="+", default=[4, 16, 64, 256], help="cells searched")
     scale.add_argument(
