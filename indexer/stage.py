@@ -269,10 +269,10 @@ class IndexHandler:
         ]
         if not unseen:
             return
-        policy = self.main.unknown_faces_policy(message.collection_id)
-        if policy is None or not policy.keep:
+        collection = self.main.get_collection(message.collection_id)
+        if collection is None or not collection.keep_unknown_faces:
             return
-        self.unknown.keep(message.collection_id, message.job_id, pack, unseen, policy.retention_hours)
+        self.unknown.keep(message.collection_id, message.job_id, pack, unseen, collection.unknown_retention_hours)
 
     def _verify(self, message: EmbeddedMessage, pack: str, matrix: np.ndarray) -> VerifyResult:
         threshold = self._threshold(message, pack)

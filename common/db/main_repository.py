@@ -204,12 +204,6 @@ class Move:
 
 
 @dataclass(frozen=True)
-class UnknownPolicy:
-    keep: bool
-    retention_hours: int
-
-
-@dataclass(frozen=True)
 class NewUnknownFace:
     collection_id: int
     job_id: str
@@ -781,25 +775,19 @@ class MainRepository:
 
     # -- unknown faces (migration 0007; common/db/unknown_faces.py says how the steps fit together) ------------
 
-    def unknown_faces_policy(self, collection_id: int) -> UnknownPolicy | None:
-        """Whether the collection keeps the unknown faces of its searches, and for how long; None: no collection."""
-        with self.pool.connection() as conn:
-            row = conn.execute(
-                "SELECT keep_unknown_faces, unknown_retention_hours FROM collections WHERE id = %s", (collection_id,)
-            ).fetchone()
-        return UnknownPolicy(bool(row[0]), int(row[1])) if row else None
-
     def set_unknown_faces_policy(
         self, collection_id: int, *, keep: bool | None, retention_hours: int | None
-    ) -> UnknownPolicy | None:
-        """Change the policy; a new retention applies to the faces kept already (their expiry moves with it)."""
+    ) -> CollectionRow | None:
+        """Change the collection's unknown-face policy (its row has it: get_collection reads it); a new retention
+        applies to the faces kept already (their expiry moves with it)."""
         with self.pool.connection() as conn, conn.transaction():
-            row = conn.execute(
-                "UPDATE collections SET keep_unknown_faces = coalesce(%s, keep_unknown_faces),"
-                " unknown_retention_hours = coalesce(%s, unknown_retention_hours) WHERE id = %s"
-                " RETURNING keep_unknown_faces, unknown_retention_hours",
-                (keep, retention_hours, collection_id),
-            ).fetchone()
+            with conn.cursor(row_factory=class_row(CollectionRow)) as cur:
+                row = cur.execute(
+                    "UPDATE collections SET keep_unknown_faces = coalesce(%s, keep_unknown_faces),"
+                    " unknown_retention_hours = coalesce(%s, unknown_retention_hours) WHERE id = %s"
+                    f" RETURNING {_COLLECTION_COLUMNS}",
+                    (keep, retention_hours, collection_id),
+                ).fetchone()
             if row is None:
                 return None
             if retention_hours is not None:
@@ -808,7 +796,7 @@ class MainRepository:
                     " WHERE collection_id = %s",
                     (retention_hours, collection_id),
                 )
-        return UnknownPolicy(bool(row[0]), int(row[1]))
+        return row
 
     def unknown_faces_of_job(self, job_id: str) -> list[UnknownFaceRow]:
         with self.pool.connection() as conn, conn.cursor(row_factory=class_row(UnknownFaceRow)) as cur:

@@ -8,7 +8,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from common.db.main_repository import ClusterTaken, DuplicateEmail, NamingTarget, UnknownUser
+from common.db.main_repository import ClusterTaken, CollectionRow, DuplicateEmail, NamingTarget, UnknownUser
 from common.db.unknown_faces import UnknownFaces
 from ingest_api import idempotency
 from ingest_api.auth import ADMIN, READ, WRITE, Caller
@@ -166,15 +166,21 @@ async def not_this_person(face_id: int, state: State, caller: Caller) -> Returne
     )
 
 
+def policy_view(row: CollectionRow) -> UnknownFacesPolicy:
+    return UnknownFacesPolicy(
+        collection=row.name,
+        keep_unknown_faces=row.keep_unknown_faces,
+        unknown_retention_hours=row.unknown_retention_hours,
+    )
+
+
 @router.get("/collections/{collection}/unknown-faces", response_model=UnknownFacesPolicy, responses=problems(404))
 async def get_policy(collection: CollectionName, state: State, caller: Caller) -> UnknownFacesPolicy:
     found = await state.collections.visible(caller, collection)
-    policy = await call_store(state.main.unknown_faces_policy, found.id)
+    policy = await call_store(state.main.get_collection, found.id)  # fresh: the cached row may be 10 s old
     if policy is None:
         raise collection_not_found(collection)
-    return UnknownFacesPolicy(
-        collection=found.name, keep_unknown_faces=policy.keep, unknown_retention_hours=policy.retention_hours
-    )
+    return policy_view(policy)
 
 
 @router.patch(
@@ -198,6 +204,4 @@ async def set_policy(
     )
     if policy is None:
         raise collection_not_found(collection)
-    return UnknownFacesPolicy(
-        collection=found.name, keep_unknown_faces=policy.keep, unknown_retention_hours=policy.retention_hours
-    )
+    return policy_view(policy)

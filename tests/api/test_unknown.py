@@ -70,8 +70,8 @@ def test_a_collection_policy_is_read_by_any_key_and_changed_by_admin_keys(
     assert api.patch(url, json=body, headers=key(installation, "write")).status_code == 403
     changed = api.patch(url, json=body, headers=key(installation, "admin"))
     assert changed.status_code == 200 and changed.json()["keep_unknown_faces"] is True
-    policy = installation.main.unknown_faces_policy(collection_id)
-    assert policy is not None and policy.keep and policy.retention_hours == 48
+    policy = installation.main.get_collection(collection_id)
+    assert policy is not None and policy.keep_unknown_faces and policy.unknown_retention_hours == 48
     for wrong in ({"unknown_retention_hours": 0}, {"keep_unknown_faces": "yes"}, {"retention": 5}):
         refused = api.patch(url, json=wrong, headers=key(installation, "admin"))
         assert refused.status_code == 422 and refused.json()["code"] == "invalid_request", wrong

@@ -180,8 +180,8 @@ def test_a_key_limited_to_another_collection_cannot_touch_its_clusters(
                 cluster_call()
             assert hidden_cluster.value.code == "cluster_not_found"
     assert unknown_in(client_installation, collection_id) == 3
-    policy = client_installation.main.unknown_faces_policy(collection_id)
-    assert policy is not None and not policy.keep
+    policy = client_installation.main.get_collection(collection_id)
+    assert policy is not None and not policy.keep_unknown_faces
 
 
 def test_naming_takes_exactly_one_person_before_any_request(
@@ -228,8 +228,8 @@ def test_a_collections_policy_is_read_by_any_key_and_changed_by_admin_keys(
     with Fecapass(base_url, client_installation.keys["admin"]) as admin:
         changed = admin.set_unknown_faces_policy(name, keep=True, retention_hours=48)
         assert changed == UnknownFacesPolicy(name, True, 48)
-        stored = client_installation.main.unknown_faces_policy(collection_id)
-        assert stored is not None and (stored.keep, stored.retention_hours) == (True, 48)
+        stored = client_installation.main.get_collection(collection_id)
+        assert stored is not None and (stored.keep_unknown_faces, stored.unknown_retention_hours) == (True, 48)
         assert admin.set_unknown_faces_policy(name, retention_hours=12) == UnknownFacesPolicy(name, True, 12)
         assert admin.get_collection(name).unknown_retention_hours == 12
         with pytest.raises(ValidationFailed) as refused:
@@ -239,8 +239,8 @@ def test_a_collections_policy_is_read_by_any_key_and_changed_by_admin_keys(
             admin.set_unknown_faces_policy(name)
         with pytest.raises(TypeError):
             admin.set_unknown_faces_policy(name, keep="yes")  # type: ignore[arg-type]
-    stored = client_installation.main.unknown_faces_policy(collection_id)
-    assert stored is not None and (stored.keep, stored.retention_hours) == (True, 12)
+    stored = client_installation.main.get_collection(collection_id)
+    assert stored is not None and (stored.keep_unknown_faces, stored.unknown_retention_hours) == (True, 12)
 
 
 def test_the_async_client_lists_names_and_dismisses_alike(
