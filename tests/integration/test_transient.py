@@ -212,6 +212,25 @@ def test_an_enrolls_crop_is_read_from_its_copy_in_redis_and_from_s3_without_it(
     job_bytes.store.delete_many([durable])
 
 
+def test_the_embed_stage_reads_an_enrolls_crop_from_its_copy_not_from_s3(
+    pipeline: Pipeline, repositories: tuple[MainRepository, VectorRepository]
+) -> None:
+    """The S3 object is made unreadable as an image after the align stage: the job still ends done, so the embed
+    stage read the Redis copy (one request fewer to S3 per enroll); the face row still points at the S3 key."""
+    main = repositories[0]
+    user = main.create_user(f"transient.{uuid.uuid4().hex[:8]}@example.com", "Copied Person")
+    assert user is not None
+    job_id = pipeline.submit(JobKind.ENROLL, (BASIC / "obama_1.jpg").read_bytes(), user_id=user.id)
+    pipeline.runners[0].run_once()
+    pipeline.runners[1].run_once()
+    crop = f"crops/{job_id}/0.png"
+    pipeline.objects.store.put(crop, b"not an image", "image/png")
+    final = pipeline.run(job_id)
+    assert final["state"] == "done", final
+    [face] = main.list_faces(user.id)
+    assert face.crop_key == crop and blob_keys(pipeline.client) == []
+
+
 def test_an_enroll_failed_in_the_index_stage_leaves_no_crop_in_s3_and_no_blob(
     pipeline: Pipeline, services: LocalServices, repositories: tuple[MainRepository, VectorRepository]
 ) -> None:
