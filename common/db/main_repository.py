@@ -578,31 +578,31 @@ class MainRepository:
         face's external id, Reassigned when the job's face was served and then moved to another user (a replay of
         a finished enroll).
 
-        Three round trips (the pool's check, the lock with every check, the insert with its commit) where one
-        statement at a time took eleven: the statements of a pipeline still run one after the other, each with its
-        own snapshot taken once the one before it is done, so the checks see what an erasure that held the lock
-        committed, as they did one by one."""
+        Three round trips and six commands (the pool's check; BEGIN, the lock and one statement of every check; the
+        insert and COMMIT) where one command at a time took eleven of each: the statements of a pipeline still run
+        one after the other, and the checks' statement takes its snapshot once the lock is granted, so it sees what
+        an erasure that held the lock committed, as the checks one by one did."""
         with self.pool.connection() as conn:
             with conn.pipeline():
                 user_read = conn.execute(
                     "SELECT is_active, collection_id FROM users WHERE id = %s FOR SHARE", (face.user_id,)
                 )
-                moved_read = conn.execute(
-                    "SELECT id, user_id FROM faces WHERE job_id = %s AND served AND user_id <> %s",
-                    (face.job_id, face.user_id),
+                checks_read = conn.execute(
+                    "SELECT (SELECT id FROM faces WHERE job_id = %(job)s),"
+                    " (SELECT user_id FROM faces WHERE job_id = %(job)s AND served),"
+                    f" {_ERASED_COLUMNS}, {_RETURNED_COLUMN}",
+                    {"user": face.user_id, "job": face.job_id},
                 )
-                erased_read = _read_erased(conn, face.user_id, face.job_id)
-                returned_read = _read_returned(conn, face.user_id, face.job_id)
-                found_read = conn.execute("SELECT id FROM faces WHERE job_id = %s", (face.job_id,))
+            checks = checks_read.fetchone()
+            assert checks is not None
+            found, served_to = checks[0], checks[1]
             # Before the tombstones: the user of a face merged away is erased, and that must not erase the face.
-            moved = moved_read.fetchone()
-            if moved is not None:
-                raise Reassigned(face.job_id, face_id=int(moved[0]), user_id=int(moved[1]))
-            _check_erased(erased_read.fetchone(), face.job_id, ())
-            _check_returned(returned_read.fetchone(), face.job_id)
-            found = found_read.fetchone()
+            if served_to is not None and int(served_to) != face.user_id:
+                raise Reassigned(face.job_id, face_id=int(found), user_id=int(served_to))
+            _check_erased(checks[2:4], face.job_id, ())
+            _check_returned(checks[4:], face.job_id)
             if found is not None:
-                return int(found[0])
+                return int(found)
             user = user_read.fetchone()
             # A person of another collection is no person of the job's: the job cannot reach outside it.
             if user is None or not user[0] or int(user[1]) != face.collection_id:
@@ -1215,16 +1215,25 @@ def _faces_of(conn: psycopg.Connection[Any], user_id: int) -> list[FaceRow]:
         return cur.execute(f"SELECT {_FACE_COLUMNS} FROM faces WHERE user_id = %s ORDER BY id", (user_id,)).fetchall()
 
 
+# Whether the user is tombstoned, and the tombstone of the job's face (parameters user, job).
+_ERASED_COLUMNS = (
+    "EXISTS (SELECT 1 FROM erased_users WHERE user_id = %(user)s),"
+    " (SELECT face_id FROM erased_faces WHERE job_id = %(job)s)"
+)
+# Whether the job's face went back to the unknown pool, away from this user (parameters user, job).
+_RETURNED_COLUMN = (
+    "EXISTS (SELECT 1 FROM face_rejections WHERE face_job_id = %(job)s AND user_id = %(user)s)"
+    " OR EXISTS (SELECT 1 FROM unknown_faces WHERE face_job_id = %(job)s)"
+    " OR EXISTS (SELECT 1 FROM erased_unknown_faces WHERE face_job_id = %(job)s)"
+)
+
+
 def _read_erased(conn: psycopg.Connection[Any], user_id: int, job_id: str) -> psycopg.Cursor[Any]:
-    return conn.execute(
-        "SELECT EXISTS (SELECT 1 FROM erased_users WHERE user_id = %s),"
-        " (SELECT face_id FROM erased_faces WHERE job_id = %s)",
-        (user_id, job_id),
-    )
+    return conn.execute(f"SELECT {_ERASED_COLUMNS}", {"user": user_id, "job": job_id})
 
 
-def _check_erased(row: tuple[Any, ...] | None, job_id: str, face_ids: Sequence[int]) -> None:
-    """Raise Erased when _read_erased's row finds the user or the job's face tombstoned."""
+def _check_erased(row: Sequence[Any] | None, job_id: str, face_ids: Sequence[int]) -> None:
+    """Raise Erased when the _ERASED_COLUMNS of a row find the user or the job's face tombstoned."""
     assert row is not None
     user_erased, erased_face = bool(row[0]), row[1]
     if user_erased or erased_face is not None:
@@ -1232,18 +1241,9 @@ def _check_erased(row: tuple[Any, ...] | None, job_id: str, face_ids: Sequence[i
         raise Erased(job_id, user_erased=user_erased, face_ids=known)
 
 
-def _read_returned(conn: psycopg.Connection[Any], user_id: int, job_id: str) -> psycopg.Cursor[Any]:
-    return conn.execute(
-        "SELECT EXISTS (SELECT 1 FROM face_rejections WHERE face_job_id = %s AND user_id = %s)"
-        " OR EXISTS (SELECT 1 FROM unknown_faces WHERE face_job_id = %s)"
-        " OR EXISTS (SELECT 1 FROM erased_unknown_faces WHERE face_job_id = %s)",
-        (job_id, user_id, job_id, job_id),
-    )
-
-
-def _check_returned(row: tuple[Any, ...] | None, job_id: str) -> None:
+def _check_returned(row: Sequence[Any] | None, job_id: str) -> None:
     """A face sent back to the unknown pool ("not this person") or dismissed there is not this person's face again,
-    whatever enroll entry is delivered again (_read_returned's row)."""
+    whatever enroll entry is delivered again (the _RETURNED_COLUMN of a row)."""
     if row is not None and row[0]:
         raise Erased(job_id, user_erased=False, face_ids=())
 
