@@ -43,7 +43,8 @@ from embedder.stage import EmbedHandler
 from indexer.stage import IndexHandler
 from operations.services import LocalServices
 from schemas.jobs import JobState, job_key
-from schemas.streams import AlignedFace, AlignedMessage, DetectedMessage, JobKind, JobMessage, Stage
+from schemas.results import EnrollResult
+from schemas.streams import AlignedFace, AlignedMessage, DetectedMessage, EmbeddedMessage, JobKind, JobMessage, Stage
 from tests.shared_data import BASIC, MODEL_ROOT, PACK, require_basic, require_pack
 
 FAST = StreamSettings(read_count=8, block_ms=20, claim_idle_ms=50, max_deliveries=2)
@@ -229,6 +230,29 @@ def test_the_embed_stage_reads_an_enrolls_crop_from_its_copy_not_from_s3(
     assert final["state"] == "done", final
     [face] = main.list_faces(user.id)
     assert face.crop_key == crop and blob_keys(pipeline.client) == []
+
+
+def test_an_enroll_delivered_again_to_the_index_stage_after_it_finished_stores_no_second_face(
+    pipeline: Pipeline, services: LocalServices, repositories: tuple[MainRepository, VectorRepository]
+) -> None:
+    """A replay of the index stage's entry once the job is done (its crop copy already gone with the final write):
+    the same face, one row, one embedding, the photo and crop still in S3."""
+    main, vectors = repositories
+    user = main.create_user(f"transient.{uuid.uuid4().hex[:8]}@example.com", "Replayed Person")
+    assert user is not None
+    job_id = pipeline.submit(JobKind.ENROLL, (BASIC / "obama_1.jpg").read_bytes(), user_id=user.id)
+    assert pipeline.run(job_id)["state"] == "done"
+    [face] = main.list_faces(user.id)
+    [fields] = [f for _, f in pipeline.client.xrange(Stage.INDEX.stream) if f[b"job_id"] == job_id.encode()]
+    handler = IndexHandler(main, vectors, pipeline.objects.store, presign=str)
+    replayed = handler.handle(EmbeddedMessage.from_fields(fields))
+    assert replayed.result is not None and isinstance(replayed.result.stored, EnrollResult)
+    assert replayed.result.stored.face_id == face.id
+    assert [f.id for f in main.list_faces(user.id)] == [face.id]
+    with vectors.pool.connection() as conn:
+        rows = conn.execute("SELECT count(*) FROM face_embeddings WHERE face_id = %s", (face.id,)).fetchone()
+    assert rows is not None and rows[0] == 1
+    assert pipeline.s3_files(job_id) == [face.crop_key, face.image_key] and blob_keys(pipeline.client) == []
 
 
 def test_an_enroll_failed_in_the_index_stage_leaves_no_crop_in_s3_and_no_blob(
