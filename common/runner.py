@@ -688,7 +688,7 @@ def _webhook(
 
 
 def _flat(fields: dict[Any, Any]) -> list[str]:
-    return [decode_text(item) for pair in fields.items() for item in pair]
+    return [item if type(item) is str else decode_text(item) for pair in fields.items() for item in pair]
 
 
 def _ranked(write: tuple[int, list[str]]) -> list[str]:
