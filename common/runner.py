@@ -1,13 +1,16 @@
 """The one stage runner: every stage process is this loop around a handler.
 
-It owns all stream commands: XREADGROUP (block, count), the handler call, then one Lua script per entry that
-checks the entry is still this consumer's (its pending entry names this consumer, with the delivery count it was
-read with) and only then XADDs the output, writes the job's status (forward only: see common/status.py), queues
-the webhook, and XACKs. A consumer that was paused while another claimed and finished its entries (SIGSTOP, a
-long GC, a VM migration) therefore writes nothing when it wakes up: ``stage.claim_lost``. Entries idle past the
-visibility timeout are taken over with XAUTOCLAIM; an entry delivered more than ``max_deliveries`` times goes to
-``<stream>:dead`` with its last error, before its handler sees it again. SIGTERM stops reading, lets the batch
-in hand finish and be acked, then leaves the group cleanly.
+It owns all stream commands: XREADGROUP (block, count), one START script that marks the batch's jobs as in this
+stage, the handler call, then one SETTLE script for the batch that, entry by entry, checks the entry is still this
+consumer's (its pending entry names this consumer, with the delivery count it was read with) and only then XADDs
+the output, writes the job's status (forward only: see common/status.py), queues the webhook, and XACKs. A consumer
+that was paused while another claimed and finished its entries (SIGSTOP, a long GC, a VM migration) therefore
+writes nothing when it wakes up: ``stage.claim_lost``. While ``run`` runs, the SETTLE script also reads the next
+entries already waiting, so a stage with work queued costs two round trips a batch (a round trip costs the
+process far more CPU than its commands cost Redis); a stage without waits in a blocking XREADGROUP. Entries idle
+past the visibility timeout are taken over with XAUTOCLAIM; an entry delivered more than ``max_deliveries`` times
+goes to ``<stream>:dead`` with its last error, before its handler sees it again. SIGTERM stops reading, lets the
+batch in hand (and what was read ahead) finish and be acked, then leaves the group cleanly.
 
 Whatever bytes an entry holds, it cannot stop a stage: the parse is guarded, and the dead-letter path reads
 fields leniently. Each loop turn beats the heartbeat that ``fecapass healthcheck --heartbeat`` checks.
