@@ -178,9 +178,14 @@ class StageRunner:
         self._read_ahead = False
         # Entries read ahead are in hand like a batch: they finish and are acked before the consumer leaves.
         while self._in_hand:
-            self._with_redis(self.run_once, retry=False)
+            self._with_redis(self._finish_in_hand, retry=False)
         self._with_redis(self._leave_group, retry=False)
         self.log.info("stage.stopped")
+
+    def _finish_in_hand(self) -> None:
+        """The entries read ahead, and nothing more (no claim of other consumers' work while leaving)."""
+        entries, self._in_hand = self._in_hand, []
+        self._process(entries)
 
     def _beat(self) -> None:
         if self.heartbeat is not None:
