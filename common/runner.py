@@ -6,8 +6,9 @@ consumer's (its pending entry names this consumer, with the delivery count it wa
 the output, writes the job's status (forward only: see common/status.py), queues the webhook, and XACKs. A consumer
 that was paused while another claimed and finished its entries (SIGSTOP, a long GC, a VM migration) therefore
 writes nothing when it wakes up: ``stage.claim_lost``. While ``run`` runs, the SETTLE script also reads the next
-entries already waiting, so a stage with work queued costs two round trips a batch (a round trip costs the
-process far more CPU than its commands cost Redis); a stage without waits in a blocking XREADGROUP. Entries idle
+entries already waiting and marks their jobs as in this stage, so a stage with work queued costs one round trip a
+batch (a round trip costs the process far more CPU than its commands cost Redis); a stage without waits in a
+blocking XREADGROUP. Entries idle
 past the visibility timeout are taken over with XAUTOCLAIM; an entry delivered more than ``max_deliveries`` times
 goes to ``<stream>:dead`` with its last error, before its handler sees it again. SIGTERM stops reading, lets the
 batch in hand (and what was read ahead) finish and be acked, then leaves the group cleanly.
@@ -39,7 +40,7 @@ from common.handlers import HandlerResult, Outcome, StageHandler
 from common.heartbeat import Heartbeat
 from common.metrics import STAGE_BATCH_SECONDS, STAGE_BATCH_SIZE, STAGE_ENTRIES
 from common.settings import StreamSettings
-from schemas.jobs import JOB_DONE_CHANNEL, STAGE_STATE, ErrorCode, JobState, job_key
+from schemas.jobs import JOB_DONE_CHANNEL, JOB_KEY_PREFIX, STAGE_STATE, ErrorCode, JobState, job_key
 from schemas.results import FinishedResult
 from schemas.streams import JobMessage, MalformedMessage, Stage, StreamMessage
 from schemas.text import decode_text
@@ -65,6 +66,7 @@ class Entry:
     message_id: str
     fields: dict[bytes, bytes]
     deliveries: int
+    started: bool = False  # read ahead, and its job marked as in this stage by the same script: no START needed
 
 
 @dataclass
@@ -347,7 +349,8 @@ class StageRunner:
                 parsed.append((entry, message))
             except Exception as exc:  # MalformedMessage, or whatever else a hostile entry makes the parser raise
                 self._dead_letter(entry, self._parse_leniently(entry), ErrorCode.MALFORMED_MESSAGE, _describe(exc))
-        runnable = self._start(parsed)
+        started = [(entry, message) for entry, message in parsed if entry.started]
+        runnable = started + self._start([(entry, message) for entry, message in parsed if not entry.started])
         if not runnable:
             self.flush(read_ahead=True)
             return
@@ -570,14 +573,20 @@ class StageRunner:
             Stage.WEBHOOK.stream,
             transient.BYTES_KEY,
         ]
-        args: list[str | int] = [*self._group(), self.job_ttl_seconds, JOB_DONE_CHANNEL, read_ahead]
+        rank, fields = status.stage_started(self.stage) if self.stage in STAGE_STATE and read_ahead else (0, [])
+        args: list[str | int] = [*self._group(), self.job_ttl_seconds, JOB_DONE_CHANNEL, read_ahead, rank]
+        args += [JOB_KEY_PREFIX, len(fields), *fields]
         for write in writes:
             keys += [job_key(write.job_id) if write.job_id else self.stage.stream, *write.freed]
             entry = write.entry
             args += [entry.message_id, entry.deliveries, write.job_id, len(write.freed), *write.sections]
-        results, read = cast(tuple[list[int], list[FlatEntry]], self._settle_script(keys=keys, args=args))
+        answer = cast(tuple[list[int], list[FlatEntry], list[bytes]], self._settle_script(keys=keys, args=args))
+        results, read, verdicts = answer
         # An entry read with '>' has never been delivered before: its count is 1.
-        in_hand = [Entry(decode_text(i), dict(zip(flat[::2], flat[1::2], strict=True)), 1) for i, flat in read]
+        in_hand = [
+            Entry(decode_text(i), dict(zip(flat[::2], flat[1::2], strict=True)), 1, started=verdict == b"ok")
+            for (i, flat), verdict in zip(read, verdicts, strict=True)
+        ]
         return [bool(int(written)) for written in results[::2]], in_hand
 
     def _record_retry(self, entry: Entry, error: BaseException) -> None:

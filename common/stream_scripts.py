@@ -56,20 +56,27 @@ return verdicts
 # KEYS: stream, errors hash, next stream, dead-letter stream, webhook stream, the transient bytes' counter, then per
 # write its job hash (the stream when it has no job) followed by the transient blobs the write frees (all of the
 # job's when it ends it), deleted with it.
-# ARGV: group, consumer, ttl, job-done channel, read-ahead count, then per write: id, deliveries, job id ('' for none),
-# how many blobs it frees, then five sections, each a count and that many items: the output's fields, the dead
-# letter's fields, the stage-finished write (rank, then fields), the finishing write (rank, then fields), the
-# webhook's fields. Returns {{written, finished} per write, flat; then, when the read-ahead count is not 0, the next
-# entries waiting for the group (XREADGROUP '>' without BLOCK, as {id, {field, value, ...}} each): a stage with work
-# queued reads its next batch in the round trip that settles the last one}. The PUBLISH and the webhook happen only
-# when a write is what finished its job.
+# ARGV: group, consumer, ttl, job-done channel, read-ahead count, the stage-started rank (0: a stage without job
+# states), the job hashes' key prefix, the count of the stage-started fields and those fields, then per write: id,
+# deliveries, job id ('' for none), how many blobs it frees, then five sections, each a count and that many items: the
+# output's fields, the dead letter's fields, the stage-finished write (rank, then fields), the finishing write (rank,
+# then fields), the webhook's fields. The PUBLISH and the webhook happen only when a write is what finished its job.
+# Returns {{written, finished} per write, flat; the entries read ahead; a verdict per entry read ahead}: with a
+# read-ahead count, the script also reads the next entries waiting for the group (XREADGROUP '>' without BLOCK, as
+# {id, {field, value, ...}} each) and does START's write for each (it has just been read: it is ours): 'ok'; an
+# entry that names no job, or a finished one, is 'unstarted', left to START (which acks it unrun, or dead-letters
+# it when it is malformed). A stage with work queued thus reads and starts its next batch in the round trip that
+# settles the last one.
 SETTLE = (
     _PREAMBLE
     + """
 local stream, errors, next_stream, dead_stream = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local webhook_stream, counter = KEYS[5], KEYS[6]
 local group, consumer, ttl, channel, read_ahead = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
-local at, key_at = 6, 7
+local start_rank, job_prefix, start_count = tonumber(ARGV[6]), ARGV[7], tonumber(ARGV[8])
+local start_fields = {}
+for k = 1, start_count do start_fields[k] = ARGV[8 + k] end
+local at, key_at = 9 + start_count, 7
 local function section()
   local n = tonumber(ARGV[at])
   local items = {}
@@ -107,12 +114,26 @@ while at <= #ARGV do
     results[#results + 1] = finished
   end
 end
-local next_entries = {}
+local next_entries, verdicts = {}, {}
 if read_ahead > 0 then
   local read = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', read_ahead, 'STREAMS', stream, '>')
   if read then next_entries = read[1][2] end
+  for i, entry in ipairs(next_entries) do
+    local fields, job_id = entry[2], nil
+    for k = 1, #fields, 2 do
+      if fields[k] == 'job_id' then job_id = fields[k + 1] end  -- the last one, as the runner's parse reads it
+    end
+    verdicts[i] = 'unstarted'
+    if start_rank > 0 and job_id then
+      local job = job_prefix .. job_id
+      if job_rank(job) < TERMINAL or job_erased(job) then
+        job_write(job, start_rank, start_fields, ttl)
+        verdicts[i] = 'ok'
+      end
+    end
+  end
 end
-return {results, next_entries}
+return {results, next_entries, verdicts}
 """
 )
 

@@ -15,8 +15,8 @@ from common.handlers import HandlerResult, Outcome
 from common.runner import StageRunner, ensure_group
 from common.settings import StreamSettings
 from schemas.results import FinishedResult, ReindexResult
-from schemas.streams import JobMessage, Stage, StreamMessage
-from tests.integration.test_exactly_once import pending_of
+from schemas.streams import JobMessage, Stage
+from tests.integration.test_exactly_once import dead_letters, finish_job, pending_of
 from tests.integration.test_runner import FAST, ScriptedHandler, enqueue, job, pending_count
 
 ONE_AT_A_TIME = StreamSettings(read_count=1, block_ms=50, claim_idle_ms=100, max_deliveries=3)
@@ -101,6 +101,8 @@ def test_entries_read_ahead_are_each_run_and_acked_once_and_finished_before_leav
     # before the consumer left its group. The fifth was never read.
     assert handler.calls == ["ahead-0", "ahead-1", "ahead-2", "ahead-3"]
     assert forwarded(redis_client) == handler.calls
+    for job_id in handler.calls:  # read ahead or not, each job was marked as in this stage before it ran
+        assert {"align_started_at", "align_finished_at"} <= job(redis_client, job_id).keys()
     assert pending_count(redis_client) == 0
     info = group_info(redis_client)
     assert int(info["lag"]) == 1 and int(info["consumers"]) == 0
@@ -126,15 +128,16 @@ def test_an_entry_read_ahead_then_claimed_away_runs_once_by_its_new_owner(redis_
     ensure_group(redis_client, Stage.ALIGN)
     ids = [enqueue(redis_client, f"taken-{index}") for index in range(2)]
 
-    class ClaimedWhileInHand(StageRunner):
-        def _start(self, parsed: list[tuple[Any, StreamMessage]]) -> list[tuple[Any, StreamMessage]]:
-            if parsed[0][1].job_id == "taken-1":  # read ahead; paused past the visibility timeout before it starts
+    class PausedWithTheOneReadAhead(ScriptedHandler):
+        def handle_batch(self, messages: Sequence[JobMessage]) -> list[HandlerResult]:
+            if messages[0].job_id == "taken-1":  # read ahead; paused past the visibility timeout while it runs
                 redis_client.xclaim(Stage.ALIGN.stream, Stage.ALIGN.group, "b", 0, [ids[1]])
-            return super()._start(parsed)
+            return super().handle_batch(messages)
 
-    reader = ScriptedHandler()
-    ClaimedWhileInHand(redis_client, reader, ONE_AT_A_TIME, job_ttl_seconds=600, consumer="a").run(max_iterations=2)
-    assert reader.calls == ["taken-0"]
+    reader = PausedWithTheOneReadAhead()
+    StageRunner(redis_client, reader, ONE_AT_A_TIME, job_ttl_seconds=600, consumer="a").run(max_iterations=2)
+    assert reader.calls == ["taken-0", "taken-1"]
+    assert forwarded(redis_client) == ["taken-0"]  # the reader's write of taken-1 was refused
     assert pending_of(redis_client, ids[1]) == {"consumer": "b", "deliveries": 2}
     time.sleep(ONE_AT_A_TIME.claim_idle_ms / 1000 * 1.5)
     rescuer = ScriptedHandler()
@@ -142,6 +145,28 @@ def test_an_entry_read_ahead_then_claimed_away_runs_once_by_its_new_owner(redis_
     assert rescuer.calls == ["taken-1"]
     assert forwarded(redis_client) == ["taken-0", "taken-1"]
     assert pending_count(redis_client) == 0
+
+
+def test_entries_read_ahead_of_finished_jobs_are_acked_unrun_or_dead_lettered_when_malformed(
+    redis_client: redis.Redis,
+) -> None:
+    ensure_group(redis_client, Stage.ALIGN)
+    enqueue(redis_client, "first")
+    finish_job(redis_client, "done-bad")
+    redis_client.xadd(Stage.ALIGN.stream, {"v": "1", "job_id": "done-bad", "kind": "paint"})
+    enqueue(redis_client, "done-dup")
+    finish_job(redis_client, "done-dup")
+    enqueue(redis_client, "live")
+    handler = ScriptedHandler()
+    # One at a time: each of the two entries of done jobs is read ahead by the write that settles the one before.
+    StageRunner(redis_client, handler, ONE_AT_A_TIME, job_ttl_seconds=600, consumer="a").run(max_iterations=4)
+    assert handler.calls == ["first", "live"]  # the duplicate of the done job never ran
+    assert forwarded(redis_client) == ["first", "live"]
+    assert [d["dead_error_code"] for d in dead_letters(redis_client)] == ["malformed_message"]
+    for finished in ("done-bad", "done-dup"):
+        state = job(redis_client, finished)
+        assert state["state"] == "done" and "align_started_at" not in state and "error_code" not in state
+    assert pending_count(redis_client) == 0 and int(group_info(redis_client)["lag"]) == 0
 
 
 def test_a_batch_redelivered_after_a_crash_is_run_and_acked_once_each(redis_client: redis.Redis) -> None:
