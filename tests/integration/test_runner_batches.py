@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis
@@ -23,7 +23,8 @@ ONE_AT_A_TIME = StreamSettings(read_count=1, block_ms=50, claim_idle_ms=100, max
 
 
 def forwarded(client: redis.Redis, stage: Stage = Stage.EMBED) -> list[str]:
-    return [fields[b"job_id"].decode() for _, fields in client.xrange(stage.stream)]
+    entries = cast(list[tuple[bytes, dict[bytes, bytes]]], client.xrange(stage.stream))
+    return [fields[b"job_id"].decode() for _, fields in entries]
 
 
 def group_info(client: redis.Redis, stage: Stage = Stage.ALIGN) -> dict[str, Any]:
@@ -52,7 +53,8 @@ def test_an_entry_claimed_away_from_a_batch_writes_nothing_and_the_rest_settle(
     class LosesTheMiddleOne(handler_type):  # type: ignore[valid-type,misc]
         def handle_batch(self, messages: Sequence[JobMessage]) -> list[HandlerResult]:
             redis_client.xclaim(stage.stream, stage.group, "b", 0, [ids[1]])  # another consumer took it meanwhile
-            return super().handle_batch(messages)
+            results: list[HandlerResult] = super().handle_batch(messages)
+            return results
 
     handler = LosesTheMiddleOne()
     StageRunner(redis_client, handler, FAST, job_ttl_seconds=600, consumer="a").run_once()
