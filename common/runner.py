@@ -269,7 +269,9 @@ class StageRunner:
 
     def run_once(self) -> int:
         """Claim stale work or read new work, process it; returns how many entries were handled."""
-        entries = self._claim_stale() if time.monotonic() >= self._next_claim else []
+        # What was read ahead goes first: claimed work could keep it waiting (an outage) until another consumer claims
+        # it, counting a delivery.
+        entries = self._claim_stale() if not self._in_hand and time.monotonic() >= self._next_claim else []
         if not entries:
             entries, self._in_hand = self._in_hand or self._read_new(), []
         if entries:
