@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 import uvicorn
 from fastapi import FastAPI
 
@@ -21,3 +23,11 @@ def server_config(config: ApiConfig, app: FastAPI) -> uvicorn.Config:
         proxy_headers=bool(proxies),
         forwarded_allow_ips=proxies or None,
     )
+
+
+def freeze_startup_objects() -> None:
+    """Put what start-up made (modules, FastAPI's routes and models, hundreds of thousands of objects that live as
+    long as the process) out of the collector's reach: a full collection walked them all, a 260-280 ms stall of
+    the event loop under load, which alone put the ingest p99 past 100 ms."""
+    gc.collect()
+    gc.freeze()
