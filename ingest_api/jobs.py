@@ -176,28 +176,31 @@ def idempotency_lost() -> ApiError:
     )
 
 
-async def _discard_unqueued(state: AppState, job_id: str, keys: list[str], multi_error: BaseException | None) -> None:
+async def _discard_unqueued(state: AppState, job_id: str, keys: list[str], script_error: BaseException | None) -> None:
     """Delete the photos of a submit that failed after storing them, unless its job may exist after all.
 
-    ``multi_error``: the error of a submit script that was sent, None when the submit failed before it. A script
+    ``script_error``: the error of a submit script that was sent, None when the submit failed before it. A script
     whose answer was lost may have run: Redis answering that the job's hash is absent settles it, and so does an
     error that sent nothing (no connection could be made). Otherwise, or if S3 is down too, the orphan sweep
-    deletes the photos later."""
+    deletes the photos later (and a blob's TTL its blobs)."""
     queued = False
+    # Only the script stores blobs: a script that never left this process stored none.
+    blobs_sent = script_error is not None and not _nothing_sent(script_error)
     try:
-        if multi_error is not None:
+        if script_error is not None:
             try:
                 queued = bool(await asyncio.shield(state.redis.exists(job_key(job_id))))
             except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
-                if not _nothing_sent(multi_error):
+                if blobs_sent:
                     raise
         if not queued:
             originals = [key for key in keys if not is_transient(key)]
-            await asyncio.shield(state.transient.delete([key for key in keys if is_transient(key)]))
             if originals:
                 await asyncio.shield(run_in_threadpool(state.store.delete_many, originals))
+            if blobs_sent:
+                await asyncio.shield(state.transient.delete([key for key in keys if is_transient(key)]))
     except Exception as exc:  # the submit's own error is what the client must see
-        log.warning("api.orphan_left", job_id=job_id, keys=keys, error=repr(exc), cause=repr(multi_error))
+        log.warning("api.orphan_left", job_id=job_id, keys=keys, error=repr(exc), cause=repr(script_error))
     else:
         log.info("api.orphan_deleted" if not queued else "api.queued_despite_error", job_id=job_id, keys=keys)
 
