@@ -1,8 +1,8 @@
 """Queueing a job in one Redis round trip: one script checks the idempotency claim and the transient byte cap, then
-stores the job's transient photos, writes its status hash, its event on the detect stream, its owner and the
-idempotency record. A MULTI after a separate put cost two round trips (three more with the WATCH of a claim), and
-a claim taken over between the WATCH and the EXEC was only found by the EXEC failing; in a script the check and the
-writes are one atomic step.
+stores the job's transient photos (or an enroll photo's copy), writes its status hash, its event on the detect
+stream, its owner and the idempotency record. A put script and then a MULTI cost two round trips (two more with the
+WATCH and GET of a claim), and a claim taken over in between was found only by the EXEC failing; in a script the
+checks and the writes are one atomic step.
 
 The writes are those the helpers of common/status.py and common/db/job_traces.py make on a MULTI pipe: they are
 recorded on a ``Writes`` instead (the same calls), so the hash and the entry keep one home. Within the script the
