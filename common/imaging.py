@@ -115,7 +115,7 @@ def check_pixels(data: bytes) -> None:
     CRC, and its data inflated as a stream must fill the frame (a 7000x7000 PNG costs its inflate, not a 150 MB
     image). Anything else has every pixel read, a JPEG without its end marker at 1/8 scale through DCT scaling. A
     JPEG corrupt in a way the marker does not show fails its job as undecodable_image in the detect stage."""
-    if data[:3] == b"\xff\xd8\xff" and _ends_complete(data):
+    if is_complete_jpeg(data):
         return
     if data.startswith(PNG_SIGNATURE):
         _inflate_png(data)
@@ -129,6 +129,11 @@ def check_pixels(data: bytes) -> None:
                 image.load()
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, zlib.error) as exc:
         raise UndecodableImage(f"cannot decode image: {exc}") from exc
+
+
+def is_complete_jpeg(data: bytes) -> bool:
+    """What ``check_pixels`` accepts from its bytes alone, decoding nothing (the API then needs no decode slot)."""
+    return data[:3] == b"\xff\xd8\xff" and _ends_complete(data)
 
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -1,13 +1,17 @@
 """The one stage runner: every stage process is this loop around a handler.
 
-It owns all stream commands: XREADGROUP (block, count), the handler call, then one Lua script per entry that
-checks the entry is still this consumer's (its pending entry names this consumer, with the delivery count it was
-read with) and only then XADDs the output, writes the job's status (forward only: see common/status.py), queues
-the webhook, and XACKs. A consumer that was paused while another claimed and finished its entries (SIGSTOP, a
-long GC, a VM migration) therefore writes nothing when it wakes up: ``stage.claim_lost``. Entries idle past the
-visibility timeout are taken over with XAUTOCLAIM; an entry delivered more than ``max_deliveries`` times goes to
-``<stream>:dead`` with its last error, before its handler sees it again. SIGTERM stops reading, lets the batch
-in hand finish and be acked, then leaves the group cleanly.
+It owns all stream commands: XREADGROUP (block, count), one START script that marks the batch's jobs as in this
+stage, the handler call, then one SETTLE script for the batch that, entry by entry, checks the entry is still this
+consumer's (its pending entry names this consumer, with the delivery count it was read with) and only then XADDs
+the output, writes the job's status (forward only: see common/status.py), queues the webhook, and XACKs. A consumer
+that was paused while another claimed and finished its entries (SIGSTOP, a long GC, a VM migration) therefore
+writes nothing when it wakes up: ``stage.claim_lost``. While ``run`` runs, the SETTLE script also reads the next
+entries already waiting and marks their jobs as in this stage, so a stage with work queued costs one round trip a
+batch (a round trip costs the process far more CPU than its commands cost Redis); a stage without waits in a
+blocking XREADGROUP. Entries idle
+past the visibility timeout are taken over with XAUTOCLAIM; an entry delivered more than ``max_deliveries`` times
+goes to ``<stream>:dead`` with its last error, before its handler sees it again. SIGTERM stops reading, lets the
+batch in hand (and what was read ahead) finish and be acked, then leaves the group cleanly.
 
 Whatever bytes an entry holds, it cannot stop a stage: the parse is guarded, and the dead-letter path reads
 fields leniently. Each loop turn beats the heartbeat that ``fecapass healthcheck --heartbeat`` checks.
@@ -25,7 +29,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import redis
 import structlog
@@ -36,7 +40,7 @@ from common.handlers import HandlerResult, Outcome, StageHandler
 from common.heartbeat import Heartbeat
 from common.metrics import STAGE_BATCH_SECONDS, STAGE_BATCH_SIZE, STAGE_ENTRIES
 from common.settings import StreamSettings
-from schemas.jobs import JOB_DONE_CHANNEL, STAGE_STATE, ErrorCode, JobState, job_key
+from schemas.jobs import JOB_DONE_CHANNEL, JOB_KEY_PREFIX, STAGE_STATE, ErrorCode, JobState, job_key
 from schemas.results import FinishedResult
 from schemas.streams import JobMessage, MalformedMessage, Stage, StreamMessage
 from schemas.text import decode_text
@@ -48,6 +52,13 @@ DEAD_LETTER_FIELDS = 200
 DEAD_LETTER_FIELD_CHARS = 64 * 1024
 ERROR_CHARS = 2000
 MAX_JOB_ID_CHARS = 200
+# What a stage can do with an entry, as fecapass_stage_entries_total counts it.
+OUTCOMES = ("processed", "job_failed", "retried", "dead_lettered", "claim_lost", "already_finished")
+
+Item = TypeVar("Item")
+# A stream entry as a script returns it: its id, then its fields and values in one list.
+FlatEntry = tuple[bytes, list[bytes]]
+Answer = TypeVar("Answer")
 
 
 @dataclass
@@ -55,6 +66,18 @@ class Entry:
     message_id: str
     fields: dict[bytes, bytes]
     deliveries: int
+    started: bool = False  # read ahead, and its job marked as in this stage by the same script: no START needed
+
+
+@dataclass
+class Write:
+    """One entry's settling write, queued until the batch's writes go to Redis together (``StageRunner.flush``)."""
+
+    entry: Entry
+    job_id: str
+    freed: Sequence[str]
+    sections: list[str | int]  # the five sections of the SETTLE script, each a count and its items
+    written: Callable[[], None] | None = None  # what to count and log once it is written
 
 
 def consumer_name() -> str:
@@ -96,7 +119,15 @@ class StageRunner:
         self._next_claim = 0.0
         self._next_housekeeping = 0.0
         self._failures = 0
+        self._writes: list[Write] = []
+        # Entries read with the last batch's settling write (``run`` reads ahead; a lone ``run_once`` does not).
+        self._read_ahead = False
+        self._in_hand: list[Entry] = []
         self.log = log.bind(stage=self.stage.value, consumer=self.consumer)
+        # The metric children, looked up once: a labels() lookup per entry is measurable next to a Redis hop.
+        self._entries = {outcome: STAGE_ENTRIES.labels(self.stage.value, outcome) for outcome in OUTCOMES}
+        self._batch_seconds = STAGE_BATCH_SECONDS.labels(self.stage.value)
+        self._batch_size = STAGE_BATCH_SIZE.labels(self.stage.value)
         self.heartbeat = (
             Heartbeat(heartbeat_file, self.stage.value, self.consumer, min(1.0, heartbeat_max_age_seconds / 4))
             if heartbeat_file
@@ -105,7 +136,8 @@ class StageRunner:
         # An XREADGROUP blocks no longer than a quarter of the heartbeat's max age: an idle stage is alive.
         longest_block_ms = max(1, int(heartbeat_max_age_seconds * 250)) if heartbeat_file else settings.block_ms
         self.block_ms = min(settings.block_ms, longest_block_ms)
-        # Scripts run by SHA; redis-py loads them again when Redis answers NOSCRIPT (after a restart).
+        # Scripts run by SHA (EVALSHA); redis-py loads them again when Redis answers NOSCRIPT (after a restart). None
+        # runs on a pipeline: redis-py sends a SCRIPT EXISTS round trip before every pipeline that holds a script.
         self._start_script = client.register_script(stream_scripts.START)
         self._settle_script = client.register_script(stream_scripts.SETTLE)
         self._keep_script = client.register_script(stream_scripts.KEEP)
@@ -138,14 +170,24 @@ class StageRunner:
         self._with_redis(lambda: ensure_group(self.client, self.stage))
         self.log.info("stage.started", stream=self.stage.stream, group=self.stage.group)
         iterations = 0
+        self._read_ahead = True
         while not self._stopping and (max_iterations is None or iterations < max_iterations):
             self._beat()
             self._with_redis(self.run_once)
             if time.monotonic() >= self._next_housekeeping:
                 self._with_redis(self.housekeeping)
             iterations += 1
+        self._read_ahead = False
+        # Entries read ahead are in hand like a batch: they finish and are acked before the consumer leaves.
+        while self._in_hand:
+            self._with_redis(self._finish_in_hand, retry=False)
         self._with_redis(self._leave_group, retry=False)
         self.log.info("stage.stopped")
+
+    def _finish_in_hand(self) -> None:
+        """The entries read ahead, and nothing more (no claim of other consumers' work while leaving)."""
+        entries, self._in_hand = self._in_hand, []
+        self._process(entries)
 
     def _beat(self) -> None:
         if self.heartbeat is not None:
@@ -227,9 +269,11 @@ class StageRunner:
 
     def run_once(self) -> int:
         """Claim stale work or read new work, process it; returns how many entries were handled."""
-        entries = self._claim_stale() if time.monotonic() >= self._next_claim else []
+        # What was read ahead goes first: claimed work could keep it waiting (an outage) until another consumer claims
+        # it, counting a delivery.
+        entries = self._claim_stale() if not self._in_hand and time.monotonic() >= self._next_claim else []
         if not entries:
-            entries = self._read_new()
+            entries, self._in_hand = self._in_hand or self._read_new(), []
         if entries:
             self._process(entries)
         return len(entries)
@@ -286,6 +330,7 @@ class StageRunner:
         ]
 
     def _process(self, entries: list[Entry]) -> None:
+        self._writes = []  # a batch cut short by an error leaves its entries pending: nothing of it is written later
         parsed: list[tuple[Entry, StreamMessage]] = []
         for entry in entries:
             self._beat()
@@ -306,8 +351,10 @@ class StageRunner:
                 parsed.append((entry, message))
             except Exception as exc:  # MalformedMessage, or whatever else a hostile entry makes the parser raise
                 self._dead_letter(entry, self._parse_leniently(entry), ErrorCode.MALFORMED_MESSAGE, _describe(exc))
-        runnable = self._start(parsed)
+        started = [(entry, message) for entry, message in parsed if entry.started]
+        runnable = started + self._start([(entry, message) for entry, message in parsed if not entry.started])
         if not runnable:
+            self.flush(read_ahead=True)
             return
 
         batch = runnable
@@ -322,6 +369,7 @@ class StageRunner:
                     waiting.append((entry, message))
                 else:
                     self._settle(entry, message, result, len(batch), elapsed_ms)
+            self.flush(read_ahead=not waiting)
             if all(isinstance(r, BaseException) and not isinstance(r, StageError) for r in results):
                 self._back_off()  # nothing went through: do not spin
             else:
@@ -341,29 +389,30 @@ class StageRunner:
         are finished already (a duplicate, a replay of a done job): those are acked without being run."""
         if self.stage not in STAGE_STATE or not parsed:
             return parsed
-        with self.client.pipeline(transaction=False) as pipe:
-            for entry, message in parsed:
-                rank, fields = status.stage_started(self.stage)
-                self._start_script(
-                    keys=[self.stage.stream, errors_key(self.stage), job_key(message.job_id)],
-                    args=[*self._fence(entry), self.job_ttl_seconds, rank, *fields],
-                    client=pipe,
-                )
-            answers = pipe.execute(raise_on_error=False)
         runnable = []
-        for (entry, message), answer in zip(parsed, answers, strict=True):
-            if isinstance(answer, redis.ConnectionError | redis.TimeoutError):
-                raise answer
+        for (entry, message), answer in zip(parsed, self._start_batch(parsed), strict=True):
             if isinstance(answer, Exception):
                 self._write_failed(entry, message.job_id, answer)
-            elif decode_text(answer) == "lost":
+            elif answer == "lost":
                 self._claim_lost(entry, message.job_id)
-            elif decode_text(answer) == "finished":
-                STAGE_ENTRIES.labels(self.stage.value, "already_finished").inc()
+            elif answer == "finished":
+                self._entries["already_finished"].inc()
                 self.log.info("stage.job_already_finished", job_id=message.job_id, message_id=entry.message_id)
             else:
                 runnable.append((entry, message))
         return runnable
+
+    def _start_batch(self, parsed: list[tuple[Entry, StreamMessage]]) -> list[str | redis.ResponseError]:
+        """The START script's verdict per entry, the whole batch in one call."""
+        rank, fields = status.stage_started(self.stage)
+
+        def verdicts(batch: list[tuple[Entry, StreamMessage]]) -> list[str]:
+            keys = [self.stage.stream, errors_key(self.stage), *(job_key(message.job_id) for _, message in batch)]
+            fences = [item for entry, _ in batch for item in (entry.message_id, entry.deliveries)]
+            args = [*self._group(), self.job_ttl_seconds, rank, len(fields), *fields, *fences]
+            return [decode_text(answer) for answer in self._start_script(keys=keys, args=args)]
+
+        return _isolated(verdicts, parsed)
 
     def _keep(self, waiting: list[tuple[Entry, StreamMessage]]) -> list[tuple[Entry, StreamMessage]]:
         """Keep the entries of a batch waiting out an outage ours, without counting a delivery."""
@@ -381,34 +430,41 @@ class StageRunner:
         except Exception as exc:  # a batch-wide failure: every entry shares it
             results = [exc] * len(batch)
         elapsed_ms = (time.perf_counter() - started) * 1000
-        STAGE_BATCH_SECONDS.labels(self.stage.value).observe(elapsed_ms / 1000)
-        STAGE_BATCH_SIZE.labels(self.stage.value).observe(len(batch))
+        self._batch_seconds.observe(elapsed_ms / 1000)
+        self._batch_size.observe(len(batch))
         return results, elapsed_ms
 
     def _settle(
         self, entry: Entry, message: StreamMessage, result: HandlerResult, batch_size: int, elapsed_ms: float
     ) -> None:
-        bound = self.log.bind(job_id=message.job_id, message_id=entry.message_id)
+        ids = {"job_id": message.job_id, "message_id": entry.message_id}
         if isinstance(result, RetryThenFail) and entry.deliveries >= self.settings.max_deliveries:
             result = JobFailed(result.code, result.message)  # the last delivery failed too: the job fails
         if isinstance(result, Outcome):
-            if self._complete(entry, message, result):
-                STAGE_ENTRIES.labels(self.stage.value, "processed").inc()
-                bound.info("stage.handled", batch=batch_size, batch_ms=round(elapsed_ms, 1))
+
+            def handled() -> None:
+                self._entries["processed"].inc()
+                self.log.info("stage.handled", **ids, batch=batch_size, batch_ms=round(elapsed_ms, 1))
+
+            self._complete(entry, message, result, handled)
         elif isinstance(result, JobFailed):
-            if self._fail_job(entry, message, result):
-                STAGE_ENTRIES.labels(self.stage.value, "job_failed").inc()
-                bound.info("stage.job_failed", code=str(result.code), reason=result.message)
+            code, reason = str(result.code), result.message
+
+            def failed() -> None:
+                self._entries["job_failed"].inc()
+                self.log.info("stage.job_failed", **ids, code=code, reason=reason)
+
+            self._fail_job(entry, message, result, failed)
         elif isinstance(result, PoisonMessage):
             self._dead_letter(entry, message, result.code, result.message)
         else:
             self._record_retry(entry, result)
-            STAGE_ENTRIES.labels(self.stage.value, "retried").inc()
-            bound.warning("stage.retry_later", deliveries=entry.deliveries, error=_describe(result))
+            self._entries["retried"].inc()
+            self.log.warning("stage.retry_later", **ids, deliveries=entry.deliveries, error=_describe(result))
 
-    # -- outcomes, each one fenced script ----------------------------------------------------------------
+    # -- outcomes: fenced writes, a batch's together in one script ------------------------------------------
 
-    def _complete(self, entry: Entry, message: StreamMessage, outcome: Outcome) -> bool:
+    def _complete(self, entry: Entry, message: StreamMessage, outcome: Outcome, written: Callable[[], None]) -> None:
         forward: list[str] = []
         if outcome.forward is not None:
             next_stage = self.stage.next
@@ -426,24 +482,20 @@ class StageRunner:
         freed = [key for key in outcome.release if transient.is_transient(key)]
         if final:
             freed = transient.message_blob_keys(job_id, message)
-        return (
-            self._write(entry, job_id, forward=forward, note=note, final=final, webhook=webhook, freed=freed)
-            is not None
-        )
+        self._write(entry, job_id, forward=forward, note=note, final=final, webhook=webhook, freed=freed, then=written)
 
-    def _fail_job(self, entry: Entry, message: StreamMessage, error: StageError) -> bool:
+    def _fail_job(self, entry: Entry, message: StreamMessage, error: StageError, written: Callable[[], None]) -> None:
         if self.stage not in STAGE_STATE:  # the webhook stage: a failed delivery does not un-finish its job
-            return self._write(entry, "") is not None
-        return (
-            self._write(
-                entry,
-                message.job_id,
-                note=_ranked(status.stage_finished(self.stage)),
-                final=_ranked(status.failed(error.code, error.message)),
-                webhook=_webhook(message, JobState.FAILED, error=(str(error.code), error.message)),
-                freed=transient.message_blob_keys(message.job_id, message),
-            )
-            is not None
+            self._write(entry, "", then=written)
+            return
+        self._write(
+            entry,
+            message.job_id,
+            note=_ranked(status.stage_finished(self.stage)),
+            final=_ranked(status.failed(error.code, error.message)),
+            webhook=_webhook(message, JobState.FAILED, error=(str(error.code), error.message)),
+            freed=transient.message_blob_keys(message.job_id, message),
+            then=written,
         )
 
     def _dead_letter(self, entry: Entry, message: StreamMessage | None, code: ErrorCode, reason: str) -> None:
@@ -455,16 +507,18 @@ class StageRunner:
         # A dead job keeps no transient bytes: those its entry names go now (crops of an entry too broken to name
         # its faces, with their TTL).
         freed = transient.message_blob_keys(job_id, message) if job_id else []
-        if self._write(entry, job_id, dead=dead, final=final, webhook=webhook, freed=freed) is None:
-            return
-        STAGE_ENTRIES.labels(self.stage.value, "dead_lettered").inc()
-        self.log.error(
-            "stage.dead_lettered",
-            job_id=job_id or None,
-            message_id=entry.message_id,
-            code=str(code),
-            reason=reason[:ERROR_CHARS],
-        )
+
+        def dead_lettered() -> None:
+            self._entries["dead_lettered"].inc()
+            self.log.error(
+                "stage.dead_lettered",
+                job_id=job_id or None,
+                message_id=entry.message_id,
+                code=str(code),
+                reason=reason[:ERROR_CHARS],
+            )
+
+        self._write(entry, job_id, dead=dead, final=final, webhook=webhook, freed=freed, then=dead_lettered)
 
     def _write(
         self,
@@ -477,34 +531,65 @@ class StageRunner:
         final: Sequence[str] = (),
         webhook: Sequence[str] = (),
         freed: Sequence[str] = (),
-    ) -> bool | None:
-        """Settle one entry in one script; None when it is no longer ours (nothing written), else whether this
-        write finished the job."""
+        then: Callable[[], None] | None = None,
+    ) -> None:
+        """Queue the write that settles one entry; ``flush`` sends it, fenced, with the rest of its batch, and calls
+        ``then`` once it is written (nothing is written when the entry is no longer ours)."""
+        sections: list[str | int] = []
+        for section in (forward, dead, note, final, webhook):
+            sections += [len(section), *section]
+        self._writes.append(Write(entry, job_id, freed, sections, then))
+
+    def flush(self, *, read_ahead: bool = False) -> None:
+        """Send the queued writes, one SETTLE script for all of them; a write that Redis refuses is left pending
+        (redelivered, and dead-lettered after max_deliveries). With ``read_ahead`` (the batch is done) and while
+        ``run`` runs and is not stopping, the same script reads the next entries waiting: they are in hand."""
+        writes, self._writes = self._writes, []
+        if not writes:
+            return
+        reading = read_ahead and self._read_ahead and not self._stopping and not self._in_hand
+        read = self.settings.read_count if reading else 0
+
+        def settle(batch: list[Write]) -> list[bool]:
+            written, in_hand = self._settle_writes(batch, read if batch is writes else 0)
+            self._in_hand += in_hand
+            return written
+
+        answers: list[bool | redis.ResponseError] = _isolated(settle, writes)
+        for write, written in zip(writes, answers, strict=True):
+            if isinstance(written, redis.ResponseError):
+                self._write_failed(write.entry, write.job_id, written)
+            elif not written:
+                self._claim_lost(write.entry, write.job_id)
+            elif write.written is not None:
+                write.written()
+
+    def _settle_writes(self, writes: list[Write], read_ahead: int) -> tuple[list[bool], list[Entry]]:
+        """Whether each write was made (false: its entry is no longer ours), and the entries read ahead."""
         next_stage = self.stage.next
         keys = [
             self.stage.stream,
             errors_key(self.stage),
-            job_key(job_id) if job_id else self.stage.stream,
             next_stage.stream if next_stage else self.stage.stream,
             self.stage.dead_letter_stream,
             Stage.WEBHOOK.stream,
             transient.BYTES_KEY,
-            *freed,
         ]
-        args: list[str | int] = [*self._fence(entry), self.job_ttl_seconds, job_id, JOB_DONE_CHANNEL]
-        for section in (forward, dead, note, final, webhook):
-            args += [len(section), *section]
-        try:
-            written, finished = self._settle_script(keys=keys, args=args)
-        except redis.ResponseError as exc:
-            if "NOGROUP" in str(exc):
-                raise
-            self._write_failed(entry, job_id, exc)
-            return None
-        if not int(written):
-            self._claim_lost(entry, job_id)
-            return None
-        return bool(int(finished))
+        rank, fields = status.stage_started(self.stage) if self.stage in STAGE_STATE and read_ahead else (0, [])
+        args: list[str | int] = [*self._group(), self.job_ttl_seconds, JOB_DONE_CHANNEL, read_ahead, rank]
+        args += [JOB_KEY_PREFIX, len(fields), *fields]
+        for write in writes:
+            keys += [job_key(write.job_id) if write.job_id else self.stage.stream, *write.freed]
+            entry = write.entry
+            args += [entry.message_id, entry.deliveries, write.job_id, len(write.freed), *write.sections]
+        answer = cast(tuple[list[int], list[FlatEntry], list[bytes]], self._settle_script(keys=keys, args=args))
+        results, read, verdicts = answer
+        # An entry read with '>' has never been delivered before: its count is 1.
+        in_hand = [
+            Entry(decode_text(i), dict(zip(flat[::2], flat[1::2], strict=True)), 1, started=verdict == b"ok")
+            for (i, flat), verdict in zip(read, verdicts, strict=True)
+        ]
+        return [bool(int(written)) for written in results[::2]], in_hand
 
     def _record_retry(self, entry: Entry, error: BaseException) -> None:
         text = f"{type(error).__name__}: {_describe(error)}"[:ERROR_CHARS]
@@ -513,7 +598,7 @@ class StageRunner:
             self.log.warning("stage.claim_lost", message_id=entry.message_id, deliveries=entry.deliveries)
 
     def _claim_lost(self, entry: Entry, job_id: str | None) -> None:
-        STAGE_ENTRIES.labels(self.stage.value, "claim_lost").inc()
+        self._entries["claim_lost"].inc()
         self.log.warning(
             "stage.claim_lost", job_id=job_id or None, message_id=entry.message_id, deliveries=entry.deliveries
         )
@@ -542,6 +627,28 @@ class StageRunner:
             return JobMessage.from_fields({name: entry.fields[name] for name in needed if name in entry.fields})
         except Exception:  # nothing usable: the dead letter is still written, without a webhook
             return None
+
+
+def _isolated(call: Callable[[list[Item]], list[Answer]], items: list[Item]) -> list[Answer | redis.ResponseError]:
+    """``call`` on all ``items`` in one script; when Redis refuses that (a key of one item that is not what it should
+    be: an error stops the script where it is), on each item alone, so that only the broken one fails: its answer is
+    the error. The items the refused call had written already are then found not ours (acked) and write nothing."""
+    try:
+        return list(call(items))
+    except redis.ResponseError as exc:
+        if "NOGROUP" in str(exc):
+            raise
+        if len(items) == 1:
+            return [exc]
+    answers: list[Answer | redis.ResponseError] = []
+    for item in items:
+        try:
+            answers += call([item])
+        except redis.ResponseError as exc:
+            if "NOGROUP" in str(exc):
+                raise
+            answers.append(exc)
+    return answers
 
 
 def _job_id(entry: Entry, message: StreamMessage | None) -> str:
@@ -600,7 +707,7 @@ def _webhook(
 
 
 def _flat(fields: dict[Any, Any]) -> list[str]:
-    return [decode_text(item) for pair in fields.items() for item in pair]
+    return [item if type(item) is str else decode_text(item) for pair in fields.items() for item in pair]
 
 
 def _ranked(write: tuple[int, list[str]]) -> list[str]:

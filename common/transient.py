@@ -223,18 +223,12 @@ class TransientStore:
 
 
 class AsyncTransientStore:
-    """The blobs, for the API: photos are admitted only while the bytes held stay under the cap."""
+    """The blobs, for the API: stored (under the cap) by the submit script with their job (common/job_submit.py),
+    deleted here when a submit fails after sending them."""
 
-    def __init__(self, client: aioredis.Redis, ttl_seconds: int, max_bytes: int) -> None:
+    def __init__(self, client: aioredis.Redis) -> None:
         self.client = client
-        self.ttl_ms = ttl_seconds * 1000
-        self.max_bytes = max_bytes
-        self._put = client.register_script(PUT)
         self._delete = client.register_script(DELETE)
-
-    async def put(self, keys: Sequence[str], values: Sequence[bytes]) -> bool:
-        """Store every blob, or none when they would take the bytes held past FECAPASS_TRANSIENT_MAX_BYTES."""
-        return bool(int(await self._put(keys=[BYTES_KEY, *keys], args=[self.ttl_ms, self.max_bytes, *values])))
 
     async def delete(self, keys: Sequence[str]) -> int:
         return int(await self._delete(keys=[BYTES_KEY, *keys])) if keys else 0

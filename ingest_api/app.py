@@ -17,6 +17,7 @@ from common.db.erasure import Erasure
 from common.db.main_repository import MainRepository
 from common.db.unknown_faces import UnknownFaces
 from common.db.vector_repository import VectorRepository
+from common.job_submit import JobSubmitter
 from common.metrics import StreamCollector
 from common.objects import ObjectStore
 from common.packs.library import PackLibrary
@@ -103,7 +104,8 @@ def create_app(config: ApiConfig) -> FastAPI:
                 config=config,
                 redis=redis_client,
                 store=store,
-                transient=AsyncTransientStore(
+                transient=AsyncTransientStore(redis_client),
+                submitter=JobSubmitter(
                     redis_client, config.pipeline.transient_ttl_seconds, config.pipeline.transient_max_bytes
                 ),
                 main=main,

@@ -78,8 +78,9 @@ WRITE = Security(Needs(Scope.WRITE))
 ADMIN = Security(Needs(Scope.ADMIN))
 
 
-def caller_grant(request: Request) -> KeyGrant:
-    """The calling key's scope and collections, as the middleware checked them."""
+async def caller_grant(request: Request) -> KeyGrant:
+    """The calling key's scope and collections, as the middleware checked them. (async: FastAPI runs a plain def
+    dependency on a worker thread.)"""
     state = request.scope.get("state", {})
     granted = state.get(GRANTED)
     if granted is None:

@@ -13,6 +13,7 @@ from common.db.corrections import Corrections
 from common.db.erasure import Erasure
 from common.db.main_repository import MainRepository
 from common.db.vector_repository import VectorRepository
+from common.job_submit import JobSubmitter
 from common.objects import ObjectStore
 from common.transient import AsyncTransientStore
 from ingest_api.active_pack import ActivePack
@@ -32,6 +33,7 @@ class AppState:
     redis: aioredis.Redis
     store: ObjectStore  # kept photos (enroll)
     transient: AsyncTransientStore  # the other photos, in Redis (common/transient.py)
+    submitter: JobSubmitter  # queues a job and stores its transient photos in one script (common/job_submit.py)
     main: MainRepository
     vectors: VectorRepository
     waiter: JobWaiter
@@ -46,7 +48,8 @@ class AppState:
     collections: CollectionDirectory  # collection names to rows, cached
 
 
-def get_state(request: Request) -> AppState:
+async def get_state(request: Request) -> AppState:
+    # async: FastAPI runs a plain def dependency on a worker thread, a hop per request for an attribute read.
     state: AppState = request.app.state.fecapass
     return state
 

@@ -6,7 +6,8 @@ same key with a different request is refused with 422 ``idempotency_key_reused``
 
 Redis holds one record per key, claimed with SET NX: the first request writes a short-lived *pending* record,
 and replaces it with the final one (the job id, or the user's answer) when it succeeds, or deletes it when it
-fails, so that a retry is not refused. For a job the final record is written in the MULTI that queues the job:
+fails, so that a retry is not refused. For a job the final record is written by the script that queues the job
+(common/job_submit.py), which checks in the same step that the key still holds this request's pending record:
 a job never exists without it. A duplicate that arrives while the first is pending waits (briefly) for the
 outcome; a pending record whose request died expires by itself.
 """
@@ -32,7 +33,7 @@ from ingest_api.problems import ApiError
 
 HEADER = "Idempotency-Key"
 KEY_PREFIX = "fecapass:idempotency:"
-# A pending record outlives any submit (S3 put, MULTI) that is still going; a dead request's expires after it.
+# A pending record outlives any submit (S3 put, submit script) that is still going; a dead request's expires after it.
 PENDING_SECONDS = 30
 # A duplicate waits this long for the first request's outcome, then is told to retry (409).
 DUPLICATE_WAIT_SECONDS = 10.0
@@ -53,7 +54,7 @@ class IdempotencyKey:
     redis_key: str  # per API key and client key: fecapass:idempotency:<api key hash>:<client key hash>
 
 
-def idempotency_key(
+async def idempotency_key(  # async: FastAPI runs a plain def dependency on a worker thread
     request: Request,
     key: Annotated[
         str | None,

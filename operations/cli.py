@@ -67,14 +67,12 @@ def _up(args: argparse.Namespace) -> None:
 
 
 def _api(_: argparse.Namespace) -> None:
-    import uvicorn
-
     from ingest_api.app import create_app
     from ingest_api.config import ApiConfig
-    from ingest_api.server import server_config
+    from ingest_api.server import ApiServer, server_config
 
     config = ApiConfig.from_env()
-    server = uvicorn.Server(server_config(config, create_app(config)))
+    server = ApiServer(server_config(config, create_app(config)))
     server.run()
     if not server.started:  # the port was taken, or start-up failed: as uvicorn.run reports it
         raise SystemExit(3)

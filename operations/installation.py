@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -82,6 +82,7 @@ class Installation:
     api_port: int = 0
     stages: Sequence[Stage] = tuple(Stage)
     workers_per_stage: int = 1
+    stage_workers: Mapping[Stage, int] = field(default_factory=dict)  # per stage, over workers_per_stage
     metrics_port: int | None = 0  # first stage process's, the others count up from it; 0: off; None: any free
     metrics_host: str = "127.0.0.1"
     children: dict[str, Child] = field(default_factory=dict)
@@ -107,7 +108,7 @@ class Installation:
             if self.api:
                 self.spawn("api", ["api"])
             for stage in self.stages:
-                for _ in range(self.workers_per_stage):
+                for _ in range(self.stage_workers.get(stage, self.workers_per_stage)):
                     self.start_stage(stage)
             if self.api:
                 self.wait_ready(ready_timeout)

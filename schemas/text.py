@@ -24,4 +24,9 @@ def decode_text(value: object) -> str:
 
 def decode_fields(raw: Mapping[Any, Any]) -> dict[str, str]:
     """A Redis hash or stream entry as text keys and values."""
-    return {decode_text(key): decode_text(value) for key, value in raw.items()}
+    try:
+        # The common case, every key and value UTF-8 bytes, at the cost of one decode each (a stage does this for
+        # every entry it reads); anything else gives the same text as decode_text.
+        return {key.decode(): value.decode() for key, value in raw.items()}
+    except (AttributeError, UnicodeDecodeError):
+        return {decode_text(key): decode_text(value) for key, value in raw.items()}

@@ -89,6 +89,44 @@ def test_decode_slots_bound_running_checks_and_pixels() -> None:
     asyncio.run(scenario())
 
 
+def test_decode_slots_admit_waiting_checks_in_arrival_order() -> None:
+    """A check that finds others waiting queues behind them, even when room was freed in the same step: otherwise a
+    waiting check is overtaken again and again by later ones under a burst (a p99 of seconds)."""
+
+    async def scenario() -> list[str]:
+        slots = DecodeSlots(most=1, pixels=1000, wait_seconds=5)
+        order: list[str] = []
+
+        async def check(name: str) -> None:
+            async with slots.slot(1):
+                order.append(name)
+
+        async with slots.slot(1):
+            waiting = asyncio.create_task(check("waiting"))
+            await asyncio.sleep(0)
+        # Room freed: a later check arriving now, before the waiting one has run again, queues behind it.
+        await check("later")
+        await waiting
+        return order
+
+    assert asyncio.run(scenario()) == ["waiting", "later"]
+
+
+def test_a_check_that_gives_up_lets_those_behind_it_in() -> None:
+    async def scenario() -> None:
+        slots = DecodeSlots(most=2, pixels=1000, wait_seconds=0.05)
+        async with slots.slot(600):
+            with pytest.raises(ApiError):  # over the pixels: it waits, then gives up
+                async with slots.slot(900):
+                    pass
+            slots.wait_seconds = 5
+            async with slots.slot(100):  # fits beside the first: not stuck behind the one that left
+                assert slots.running == 2
+        assert slots.running == 0 and slots.pixels_in_flight == 0
+
+    asyncio.run(scenario())
+
+
 async def _hold(slots: DecodeSlots, cost: int) -> None:
     async with slots.slot(cost):
         pass

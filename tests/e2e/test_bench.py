@@ -12,6 +12,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from operations.bench import LAYOUTS
 from operations.search_report import load_results, rendered, results_path
 from tests.shared_data import BASIC, LFW, MODEL_ROOT, PACK, require_basic, require_pack
 
@@ -56,9 +57,9 @@ def test_bench_smoke_writes_every_section(tmp_path: Path) -> None:
     for heading in (*headings, "Resident memory"):
         assert f"### {heading}" in text
     assert "/ best baseline" in text and "Machine:" in text
-    # Both pipeline configurations ran and spent CPU; the CPU table splits it by process, stages summed.
+    # Every pipeline layout ran and spent CPU; the CPU table splits it by process, stages summed.
     efficiency = table_rows(text, "Pipeline efficiency")
-    for name in ("pipeline, 1 process per stage", "pipeline, 2 processes per stage"):
+    for name in (f"pipeline, {layout}" for layout in LAYOUTS):
         assert float(efficiency[name][0]) > 0 and float(efficiency[name][1]) > 0
     cpu = table_rows(text, "Where the CPU goes")
     for process in ("api", "detect", "align", "embed", "index", "valkey"):

@@ -12,6 +12,7 @@ import structlog
 
 from operations.installation import Installation, InstallationError, Restarts, Supervisor
 from operations.services import LocalServices, ServiceError
+from schemas.streams import Stage
 
 
 def test_backoff_doubles_up_to_its_cap_and_is_forgotten_after_a_stable_run() -> None:
@@ -92,3 +93,25 @@ def test_a_server_that_fails_to_start_again_stays_watched_and_is_retried(
     finally:
         services.processes["valkey"].kill()
         services.processes["valkey"].wait()
+
+
+def test_stage_workers_give_a_stage_its_own_process_count_over_the_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    started: list[str] = []
+
+    def start_stage(self: Installation, stage: Stage) -> str:
+        started.append(stage.value)
+        return stage.value
+
+    monkeypatch.setattr(Installation, "start_stage", start_stage)
+    installation = Installation(
+        env={},
+        log_dir=tmp_path,
+        api=False,
+        stages=[Stage.DETECT, Stage.ALIGN, Stage.EMBED],
+        workers_per_stage=1,
+        stage_workers={Stage.DETECT: 2, Stage.EMBED: 3},
+    )
+    installation.start()
+    assert started == ["detect", "detect", "align", "embed", "embed", "embed"]

@@ -223,3 +223,15 @@ def test_decoding_never_raises_on_bytes_that_are_not_utf8() -> None:
     assert decode_text(b"\xff\xfejob") == "\\xff\\xfejob"  # the bytes stay visible to whoever reads it
     assert decode_text(memoryview(b"ok")) == "ok" and decode_text(7) == "7" and decode_text("s") == "s"
     assert decode_fields({b"job_id": b"\x80", "kind": b"search"}) == {"job_id": "\\x80", "kind": "search"}
+
+
+@given(
+    st.dictionaries(
+        st.one_of(st.binary(max_size=8), st.text(max_size=8)),
+        st.one_of(st.binary(max_size=16), st.text(max_size=16), st.integers(), st.builds(memoryview, st.binary())),
+        max_size=6,
+    )
+)
+def test_decoding_fields_gives_the_text_of_each_key_and_value_whatever_they_are(raw: dict[object, object]) -> None:
+    # The UTF-8 fast path a stage takes for every entry must read exactly as the lenient decoding of each part.
+    assert decode_fields(raw) == {decode_text(key): decode_text(value) for key, value in raw.items()}

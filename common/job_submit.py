@@ -1,0 +1,137 @@
+"""Queueing a job in one Redis round trip: one script checks the idempotency claim and the transient byte cap, then
+stores the job's transient photos (or an enroll photo's copy), writes its status hash, its event on the detect
+stream, its owner and the idempotency record. A put script and then a MULTI cost two round trips (two more with the
+WATCH and GET of a claim), and a claim taken over in between was found only by the EXEC failing; in a script the
+checks and the writes are one atomic step.
+
+The writes are those the helpers of common/status.py and common/db/job_traces.py make on a MULTI pipe: they are
+recorded on a ``Writes`` instead (the same calls), so the hash and the entry keep one home. Within the script the
+photos are stored before the event is written: no event ever points at nothing, as with the put before the MULTI.
+A refused claim or cap stores and writes nothing.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import redis.asyncio as aioredis
+
+from common import transient
+
+EncodableArg = str | bytes | int
+
+
+class Queued(enum.Enum):
+    QUEUED = "queued"
+    CAP_FULL = "full"  # the photos would take the bytes held past the cap: nothing stored, nothing queued
+    CLAIM_LOST = "lost"  # the idempotency key is no longer this request's: nothing stored, nothing queued
+
+
+@dataclass
+class Writes:
+    """Redis writes recorded instead of sent, for ``JobSubmitter.queue`` to make after its checks: a stand-in for
+    the MULTI pipe that ``status.queue_job`` and ``queue_job_owner`` take (the commands they call, with redis-py's
+    names and arguments)."""
+
+    keys: list[str] = field(default_factory=list)
+    commands: list[tuple[str, int, list[EncodableArg]]] = field(default_factory=list)  # name, key's index, args
+
+    def _add(self, name: str, key: str, args: Sequence[EncodableArg]) -> None:
+        if key not in self.keys:
+            self.keys.append(key)
+        self.commands.append((name, self.keys.index(key), list(args)))
+
+    def hset(self, name: str, mapping: Mapping[str, EncodableArg]) -> None:
+        self._add("HSET", name, [item for pair in mapping.items() for item in pair])
+
+    def expire(self, name: str, time: int) -> None:
+        self._add("EXPIRE", name, [int(time)])
+
+    def xadd(self, name: str, fields: Mapping[str, EncodableArg]) -> None:
+        self._add("XADD", name, ["*", *(item for pair in fields.items() for item in pair)])
+
+    def sadd(self, name: str, *values: EncodableArg) -> None:
+        self._add("SADD", name, list(values))
+
+    def set(self, name: str, value: EncodableArg, ex: int) -> None:
+        self._add("SET", name, [value, "EX", int(ex)])
+
+
+# KEYS: the transient bytes' counter, the idempotency key (unread when ARGV[3] is ''), the blob keys, then the keys
+# of the writes. ARGV: blob ttl ms, cap (0: none), the claim's pending record ('' for none), whether the blobs are
+# copies the job can do without (1: past the cap they are left out and the job is still queued), the number of
+# blobs and their values, then each write: its command, its key's place among the writes' keys, a count, its
+# arguments.
+SUBMIT = (
+    transient.BLOB_LUA
+    + """
+local ttl, cap, pending, optional = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], ARGV[4] == '1'
+local blobs = tonumber(ARGV[5])
+if pending ~= '' then
+  local record = redis.call('GET', KEYS[2])
+  if record ~= false and record ~= pending then return 'lost' end
+end
+local stored = blobs
+if cap > 0 and blobs > 0 then
+  local adding = 0
+  for i = 1, blobs do adding = adding + #ARGV[5 + i] end
+  if blob_held(KEYS[1]) + adding > cap then
+    if not optional then return 'full' end
+    stored = 0
+  end
+end
+for i = 1, stored do blob_put(KEYS[1], KEYS[2 + i], ARGV[5 + i], ttl) end
+local first = 3 + blobs  -- KEYS[first + i]: the write key at place i (0-based)
+local at = 6 + blobs
+while at <= #ARGV do
+  local command, key, count = ARGV[at], KEYS[first + tonumber(ARGV[at + 1])], tonumber(ARGV[at + 2])
+  redis.call(command, key, unpack(ARGV, at + 3, at + 2 + count))
+  at = at + 3 + count
+end
+return 'queued'
+"""
+)
+
+
+@dataclass(frozen=True)
+class ClaimCheck:
+    """The idempotency record a request holds (ingest_api/idempotency.py): the script queues the job only while
+    the key still holds it, or nothing (a pending record that expired, which no other request took)."""
+
+    redis_key: str
+    pending: bytes
+
+
+class JobSubmitter:
+    """The API's submit script (an asyncio client)."""
+
+    def __init__(self, client: aioredis.Redis, ttl_seconds: int, max_bytes: int) -> None:
+        self.ttl_ms = ttl_seconds * 1000
+        self.max_bytes = max_bytes
+        self._script = client.register_script(SUBMIT)
+
+    async def queue(
+        self,
+        blobs: Sequence[tuple[str, bytes]],
+        writes: Writes,
+        claim: ClaimCheck | None = None,
+        *,
+        copies: bool = False,
+    ) -> Queued:
+        """Store ``blobs`` (counted against the cap) and make ``writes``; or, refused, nothing. ``copies``: the
+        blobs are copies of what S3 holds, left out past the cap instead of refusing the job."""
+        keys = [transient.BYTES_KEY, claim.redis_key if claim is not None else "", *(key for key, _ in blobs)]
+        args: list[EncodableArg] = [
+            self.ttl_ms,
+            self.max_bytes,
+            claim.pending if claim is not None else "",
+            1 if copies else 0,
+            len(blobs),
+            *(data for _, data in blobs),
+        ]
+        for name, index, command_args in writes.commands:
+            args += [name, index, len(command_args), *command_args]
+        answer = await self._script(keys=[*keys, *writes.keys], args=args)
+        return Queued(answer.decode() if isinstance(answer, bytes) else str(answer))
