@@ -5,10 +5,11 @@ this and does not care which one holds the bytes."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 from common.errors import TransientError
-from common.objects import ObjectMissing, ObjectStore, crop_key, discard_job_objects
-from common.transient import TransientStore, crop_blob_key, is_transient, region_blob_key
+from common.objects import ObjectMissing, ObjectStore, crop_key, crop_location, discard_job_objects
+from common.transient import PhotoExpired, TransientStore, crop_blob_key, is_transient, region_blob_key
 from schemas.streams import JobKind, JobMessage
 
 
@@ -35,14 +36,37 @@ class JobBytes:
 
     def put_crop(self, message: JobMessage, face_index: int, png: bytes) -> str:
         """Store a face's crop, under a key that is the same on every delivery (a redelivery overwrites it): in S3 for
-        an enroll (its face row points at it), in Redis for every other kind (read once by the embed stage)."""
-        if message.kind is JobKind.ENROLL:
-            key = crop_key(message.job_id, face_index)
-            self.store.put(key, png, content_type="image/png")
-        else:
-            key = crop_blob_key(message.job_id, face_index)
-            self.transient.put(key, png)
+        an enroll (its face row points at it), in Redis for every other kind (read once by the embed stage).
+
+        An enroll's crop also goes to Redis, under the blob key another kind's crop would have: the embed stage
+        reads that copy (get_crops) instead of the S3 object, which would cost an HTTP request and the S3 server's
+        CPU. The copy goes with the job's final write, as every crop blob does; S3 holds the crop either way."""
+        blob = crop_blob_key(message.job_id, face_index)
+        if message.kind is not JobKind.ENROLL:
+            self.transient.put(blob, png)
+            return blob
+        key = crop_key(message.job_id, face_index)
+        self.store.put(key, png, content_type="image/png")
+        self.transient.put(blob, png)
         return key
+
+    def get_crops(self, keys: Sequence[str]) -> list[bytes]:
+        """The crops under ``keys`` (put_crop's), every Redis read in one round trip: an enroll's crop from its copy
+        in Redis, or from S3 where the copy is gone (expired, or the message was written before copies existed)."""
+        in_redis = {key: key if is_transient(key) else _copy_of(key) for key in keys}
+        wanted = sorted({blob for blob in in_redis.values() if blob is not None})
+        found = (
+            dict(zip(wanted, cast(list[bytes | None], self.transient.client.mget(wanted)), strict=True))
+            if wanted
+            else {}
+        )
+        crops = []
+        for key in keys:
+            data = found.get(in_redis[key] or "")
+            if data is None and is_transient(key):
+                raise PhotoExpired(key)  # the blob is the only copy of a crop that is not an enroll's
+            crops.append(data if data is not None else self.get(key))
+        return crops
 
     def put_regions(self, message: JobMessage, regions: Sequence[bytes]) -> list[str]:
         """Store each face's region of its photo (raw pixels, read once by the align stage) in Redis, for every kind:
@@ -65,3 +89,9 @@ class JobBytes:
         """Delete what a job that keeps no face left in S3. Its blobs are deleted by the runner, in the script of the
         write that ends the job (a handler's delete could come before a settle that turns out not to be its own)."""
         discard_job_objects(self.store, message.job_id, crop_keys, image_keys=message.image_keys)
+
+
+def _copy_of(key: str) -> str | None:
+    """The Redis copy an enroll's S3 crop has (put_crop); None for a key that is no crop."""
+    location = crop_location(key)
+    return crop_blob_key(*location) if location is not None else None

@@ -57,6 +57,15 @@ def crop_key(job_id: str, face_index: int) -> str:
     return f"crops/{job_id}/{face_index}.png"
 
 
+def crop_location(key: str) -> tuple[str, int] | None:
+    """The job id and face index in a crop's key (``crop_key``'s inverse); None for any other key."""
+    parts = key.split("/")
+    if len(parts) != 3 or parts[0] != "crops" or not parts[2].endswith(".png"):
+        return None
+    index = parts[2].removesuffix(".png")
+    return (parts[1], int(index)) if index.isdigit() else None
+
+
 def crop_prefix(job_id: str) -> str:
     return f"crops/{job_id}/"
 

@@ -39,7 +39,7 @@ class EmbedHandler:
         message's expired crop fails only its own job."""
         try:
             keys = [face.crop_key for message in messages for face in message.faces]
-            everything = dict(zip(keys, self.objects.get_many(keys), strict=True))
+            everything = dict(zip(keys, self.objects.get_crops(keys), strict=True))
             return [{face.crop_key: everything[face.crop_key] for face in m.faces} for m in messages]
         except Exception:  # found again below, and kept as each message's own error
             pass
@@ -47,7 +47,7 @@ class EmbedHandler:
         for message in messages:
             keys = [face.crop_key for face in message.faces]
             try:
-                results.append(dict(zip(keys, self.objects.get_many(keys), strict=True)))
+                results.append(dict(zip(keys, self.objects.get_crops(keys), strict=True)))
             except Exception as exc:
                 results.append(exc)
         return results

@@ -506,14 +506,19 @@ class MainRepository:
             row = conn.execute("SELECT collection_id FROM faces WHERE id = %s", (face_id,)).fetchone()
         return int(row[0]) if row else None
 
-    def face_external_id_taken(self, collection_id: int, external_id: str) -> bool:
-        """Whether a served face of the collection has this external id."""
+    def enroll_target(self, user_id: int, external_id: str | None) -> tuple[UserRow | None, bool]:
+        """What the API checks before it takes an enroll, in one query: the user, and whether a served face of the
+        user's collection has ``external_id`` already (False without one, or without the user)."""
         with self.pool.connection() as conn:
             row = conn.execute(
-                "SELECT EXISTS (SELECT 1 FROM faces WHERE collection_id = %s AND external_id = %s AND served)",
-                (collection_id, external_id),
+                f"SELECT {_USER_COLUMNS}, %(external_id)s::text IS NOT NULL AND EXISTS (SELECT 1 FROM faces f"
+                "  WHERE f.collection_id = users.collection_id AND f.external_id = %(external_id)s AND f.served)"
+                " FROM users WHERE id = %(user_id)s",
+                {"user_id": user_id, "external_id": external_id},
             ).fetchone()
-        return bool(row and row[0])
+        if row is None:
+            return None, False
+        return UserRow(*row[:-1]), bool(row[-1])
 
     def delete_face(self, face_id: int) -> None:
         with self.pool.connection() as conn:
@@ -571,29 +576,40 @@ class MainRepository:
         Raises Erased when the face or its user was erased, UnknownUser when the user is missing, inactive or in
         another collection than the job's, DuplicateFaceExternalId when another face of the collection has the
         face's external id, Reassigned when the job's face was served and then moved to another user (a replay of
-        a finished enroll)."""
-        with self.pool.connection() as conn, conn.transaction():
-            user = conn.execute(
-                "SELECT is_active, collection_id FROM users WHERE id = %s FOR SHARE", (face.user_id,)
-            ).fetchone()
+        a finished enroll).
+
+        Three round trips and six commands (the pool's check; BEGIN, the lock and one statement of every check; the
+        insert and COMMIT) where one command at a time took eleven of each: the statements of a pipeline still run
+        one after the other, and the checks' statement takes its snapshot once the lock is granted, so it sees what
+        an erasure that held the lock committed, as the checks one by one did."""
+        with self.pool.connection() as conn:
+            with conn.pipeline():
+                user_read = conn.execute(
+                    "SELECT is_active, collection_id FROM users WHERE id = %s FOR SHARE", (face.user_id,)
+                )
+                checks_read = conn.execute(
+                    "SELECT (SELECT id FROM faces WHERE job_id = %(job)s),"
+                    " (SELECT user_id FROM faces WHERE job_id = %(job)s AND served),"
+                    f" {_ERASED_COLUMNS}, {_RETURNED_COLUMN}",
+                    {"user": face.user_id, "job": face.job_id},
+                )
+            checks = checks_read.fetchone()
+            assert checks is not None
+            found, served_to = checks[0], checks[1]
             # Before the tombstones: the user of a face merged away is erased, and that must not erase the face.
-            moved = conn.execute(
-                "SELECT id, user_id FROM faces WHERE job_id = %s AND served AND user_id <> %s",
-                (face.job_id, face.user_id),
-            ).fetchone()
-            if moved is not None:
-                raise Reassigned(face.job_id, face_id=int(moved[0]), user_id=int(moved[1]))
-            _refuse_erased(conn, face.user_id, face.job_id, ())
-            _refuse_returned(conn, face.user_id, face.job_id)
-            found = conn.execute("SELECT id FROM faces WHERE job_id = %s", (face.job_id,)).fetchone()
+            if served_to is not None and int(served_to) != face.user_id:
+                raise Reassigned(face.job_id, face_id=int(found), user_id=int(served_to))
+            _check_erased(checks[2:4], face.job_id, ())
+            _check_returned(checks[4:], face.job_id)
             if found is not None:
-                return int(found[0])
+                return int(found)
+            user = user_read.fetchone()
             # A person of another collection is no person of the job's: the job cannot reach outside it.
             if user is None or not user[0] or int(user[1]) != face.collection_id:
                 raise UnknownUser(face.user_id)
             try:
-                with conn.transaction():
-                    row = conn.execute(
+                with conn.pipeline():
+                    inserted = conn.execute(
                         "WITH inserted AS ("
                         "  INSERT INTO faces (user_id, job_id, image_key, crop_key, box, det_score, faces_seen,"
                         "   model_pack, collection_id, external_id)"
@@ -613,20 +629,27 @@ class MainRepository:
                             face.external_id,
                             face.job_id,
                         ),
-                    ).fetchone()
+                    )
+                    conn.commit()
             except psycopg.errors.UniqueViolation as exc:  # two enrolls raced for one external id
                 raise DuplicateFaceExternalId(face.external_id or "") from exc
+            row = inserted.fetchone()
             if row is None:  # the other worker's row committed after this statement's snapshot: the next one sees it
                 row = conn.execute("SELECT id FROM faces WHERE job_id = %s", (face.job_id,)).fetchone()
         assert row is not None
         return int(row[0])
 
     def serve_face(self, face_id: int, user_id: int, job_id: str) -> None:
-        """Serve the face once its embedding is committed; raises Erased if it was erased meanwhile."""
-        with self.pool.connection() as conn, conn.transaction():
-            conn.execute("SELECT 1 FROM users WHERE id = %s FOR SHARE", (user_id,))
-            _refuse_erased(conn, user_id, job_id, (face_id,))
-            if conn.execute("UPDATE faces SET served = true WHERE id = %s", (face_id,)).rowcount != 1:
+        """Serve the face once its embedding is committed; raises Erased if it was erased meanwhile. The lock, the
+        check and the update go in one round trip (a pipeline: each statement after the one before it), and the
+        update is rolled back when the check finds a tombstone."""
+        with self.pool.connection() as conn:
+            with conn.pipeline():
+                conn.execute("SELECT 1 FROM users WHERE id = %s FOR SHARE", (user_id,))
+                erased_read = _read_erased(conn, user_id, job_id)
+                served = conn.execute("UPDATE faces SET served = true WHERE id = %s", (face_id,))
+            _check_erased(erased_read.fetchone(), job_id, (face_id,))
+            if served.rowcount != 1:
                 # Deleted without a tombstone (by hand, or before tombstones existed): erased all the same.
                 raise Erased(job_id, user_erased=False, face_ids=[face_id])
 
@@ -1192,12 +1215,25 @@ def _faces_of(conn: psycopg.Connection[Any], user_id: int) -> list[FaceRow]:
         return cur.execute(f"SELECT {_FACE_COLUMNS} FROM faces WHERE user_id = %s ORDER BY id", (user_id,)).fetchall()
 
 
-def _refuse_erased(conn: psycopg.Connection[Any], user_id: int, job_id: str, face_ids: Sequence[int]) -> None:
-    row = conn.execute(
-        "SELECT EXISTS (SELECT 1 FROM erased_users WHERE user_id = %s),"
-        " (SELECT face_id FROM erased_faces WHERE job_id = %s)",
-        (user_id, job_id),
-    ).fetchone()
+# Whether the user is tombstoned, and the tombstone of the job's face (parameters user, job).
+_ERASED_COLUMNS = (
+    "EXISTS (SELECT 1 FROM erased_users WHERE user_id = %(user)s),"
+    " (SELECT face_id FROM erased_faces WHERE job_id = %(job)s)"
+)
+# Whether the job's face went back to the unknown pool, away from this user (parameters user, job).
+_RETURNED_COLUMN = (
+    "EXISTS (SELECT 1 FROM face_rejections WHERE face_job_id = %(job)s AND user_id = %(user)s)"
+    " OR EXISTS (SELECT 1 FROM unknown_faces WHERE face_job_id = %(job)s)"
+    " OR EXISTS (SELECT 1 FROM erased_unknown_faces WHERE face_job_id = %(job)s)"
+)
+
+
+def _read_erased(conn: psycopg.Connection[Any], user_id: int, job_id: str) -> psycopg.Cursor[Any]:
+    return conn.execute(f"SELECT {_ERASED_COLUMNS}", {"user": user_id, "job": job_id})
+
+
+def _check_erased(row: Sequence[Any] | None, job_id: str, face_ids: Sequence[int]) -> None:
+    """Raise Erased when the _ERASED_COLUMNS of a row find the user or the job's face tombstoned."""
     assert row is not None
     user_erased, erased_face = bool(row[0]), row[1]
     if user_erased or erased_face is not None:
@@ -1205,15 +1241,9 @@ def _refuse_erased(conn: psycopg.Connection[Any], user_id: int, job_id: str, fac
         raise Erased(job_id, user_erased=user_erased, face_ids=known)
 
 
-def _refuse_returned(conn: psycopg.Connection[Any], user_id: int, job_id: str) -> None:
+def _check_returned(row: Sequence[Any] | None, job_id: str) -> None:
     """A face sent back to the unknown pool ("not this person") or dismissed there is not this person's face again,
-    whatever enroll entry is delivered again."""
-    row = conn.execute(
-        "SELECT EXISTS (SELECT 1 FROM face_rejections WHERE face_job_id = %s AND user_id = %s)"
-        " OR EXISTS (SELECT 1 FROM unknown_faces WHERE face_job_id = %s)"
-        " OR EXISTS (SELECT 1 FROM erased_unknown_faces WHERE face_job_id = %s)",
-        (job_id, user_id, job_id, job_id),
-    ).fetchone()
+    whatever enroll entry is delivered again (the _RETURNED_COLUMN of a row)."""
     if row is not None and row[0]:
         raise Erased(job_id, user_erased=False, face_ids=())
 

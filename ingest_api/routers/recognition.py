@@ -86,8 +86,11 @@ async def photo_of(state: AppState, upload: Upload) -> tuple[bytes, ImageInfo]:
 async def require_active_user(
     state: AppState, caller: Caller, user_id: int, collection_id: int | None = None
 ) -> UserRow:
+    return active_user(await call_store(state.main.get_user, user_id), caller, user_id, collection_id)
+
+
+def active_user(user: UserRow | None, caller: Caller, user_id: int, collection_id: int | None = None) -> UserRow:
     """The active user, if the key may see them (and, given ``collection_id``, in that collection); else 404."""
-    user = await call_store(state.main.get_user, user_id)
     if user is None or not user.is_active or not caller.sees(user.collection_id):
         raise user_not_found(user_id)
     if collection_id is not None and user.collection_id != collection_id:
@@ -112,9 +115,11 @@ async def enroll_face(
     callback_url: CallbackUrl = None,
 ) -> JSONResponse:
     """Enroll the largest face of the photo for the user, in the user's collection."""
-    user = await require_active_user(state, caller, user_id)
-    if external_id is not None and await call_store(state.main.face_external_id_taken, user.collection_id, external_id):
-        raise face_external_id_taken(external_id)
+    # The user and their face's external id in one query: each query is a hop to the thread pool and a round trip.
+    found, taken = await call_store(state.main.enroll_target, user_id, external_id)
+    user = active_user(found, caller, user_id)
+    if taken:
+        raise face_external_id_taken(str(external_id))
     photo = await photo_of(state, file)
     extra = {"user_id": user_id, "collection_id": user.collection_id, "external_id": external_id}
     submitted = await jobs.submit(

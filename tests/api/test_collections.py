@@ -293,6 +293,43 @@ def test_an_enrolls_face_external_id_is_unique_in_the_collection(
     assert (queued.job_id, queued.collection_id, queued.external_id) == (fresh.json()["job_id"], a.id, "photo-8")
 
 
+def test_an_enroll_asks_whose_external_id_only_of_a_person_the_key_sees(
+    api: TestClient, installation: Installation, vectors: VectorRepository
+) -> None:
+    """The user and the external id are checked in one query: a person the key cannot see, a deactivated one, an
+    unknown id answer 404 whether or not the external id is taken (a 409 would tell a key of another site that the
+    person exists and has that photo), and an id taken in another collection is free in this one."""
+    a, b = new_site(api, installation, vectors), new_site(api, installation, vectors)
+    with installation.main.pool.connection() as conn:
+        conn.execute("UPDATE faces SET external_id = 'taken-1' WHERE id = %s", (a.face_id,))
+    asleep = api.post(
+        "/v1/users",
+        json={"email": new_email("asleep"), "full_name": "Asleep", "collection": a.name},
+        headers=admin(installation),
+    ).json()["id"]
+    installation.main.deactivate_user(asleep)
+    before = installation.submitted()
+
+    def enroll(user_id: int, headers: dict[str, str], external_id: str = "taken-1") -> tuple[int, str]:
+        answer = api.post(
+            f"/v1/users/{user_id}/faces",
+            params={"external_id": external_id},
+            files={"file": ("a.jpg", photo())},
+            headers=headers,
+        )
+        return answer.status_code, answer.json().get("code", "")
+
+    of_b = limited_key(installation, "write", b.id)
+    assert enroll(a.user_id, of_b) == (404, "user_not_found")
+    assert enroll(asleep, key(installation, "write")) == (404, "user_not_found")
+    assert enroll(10**12, key(installation, "write")) == (404, "user_not_found")
+    assert enroll(a.user_id, key(installation, "write")) == (409, "face_external_id_taken")
+    assert installation.submitted() == before  # nothing queued for any of them
+    assert enroll(b.user_id, of_b)[0] == 202  # taken in a, free in b
+    after = installation.submitted()
+    assert after[1] - before[1] == 1 and after[0] > before[0]  # one job queued, its photo stored
+
+
 def test_erasing_a_collection_leaves_nothing_of_it(
     api: TestClient, installation: Installation, vectors: VectorRepository
 ) -> None:

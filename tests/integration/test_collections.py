@@ -131,7 +131,15 @@ def test_faces_stay_in_their_users_collection(repositories: tuple[MainRepository
     main.serve_face(face_id, ann.id, face.job_id)
     row = main.get_face(face_id)
     assert row is not None and (row.collection_id, row.external_id) == (a, "photo-1")
-    assert main.face_external_id_taken(a, "photo-1") and not main.face_external_id_taken(b, "photo-1")
+    found, taken = main.enroll_target(ann.id, "photo-1")
+    assert found is not None and (found.id, found.collection_id, taken) == (ann.id, a, True)
+    bob = main.create_user(email(), "Bob", b)
+    assert main.enroll_target(bob.id, "photo-1") == (bob, False)  # taken in a, not in bob's b
+    assert main.enroll_target(ann.id, None) == (main.get_user(ann.id), False)
+    assert main.enroll_target(ann.id, "photo-2") == (main.get_user(ann.id), False)
+    assert main.enroll_target(10**12, "photo-1") == (None, False)
+    main.add_face(new_face(ann.id, a, "photo-3"))  # not served yet: its external id is not taken
+    assert main.enroll_target(ann.id, "photo-3") == (main.get_user(ann.id), False)
     with pytest.raises(DuplicateFaceExternalId):
         main.add_face(new_face(ann.id, a, "photo-1"))
     assert main.face_owners([face_id], a)[face_id].user_id == ann.id

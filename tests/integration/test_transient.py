@@ -1,5 +1,6 @@
 """Transient bytes on the real servers: a search's photo and crops live in Valkey only, through the real detect,
-align, embed and index handlers under the real runner; an enroll's stay in S3. Counted from the S3 folder and from
+align, embed and index handlers under the real runner; an enroll's stay in S3 (its crop with a copy in Valkey for
+the embed stage, gone with the job). Counted from the S3 folder and from
 Valkey's keys, at every step: nothing of a search in S3 at any point, no blob (and no count) left after a job ends
 done, failed or dead-lettered, a blob gone before its stage read it fails the job ``photo_expired`` at once."""
 
@@ -42,7 +43,8 @@ from embedder.stage import EmbedHandler
 from indexer.stage import IndexHandler
 from operations.services import LocalServices
 from schemas.jobs import JobState, job_key
-from schemas.streams import AlignedFace, AlignedMessage, DetectedMessage, JobKind, JobMessage, Stage
+from schemas.results import EnrollResult
+from schemas.streams import AlignedFace, AlignedMessage, DetectedMessage, EmbeddedMessage, JobKind, JobMessage, Stage
 from tests.shared_data import BASIC, MODEL_ROOT, PACK, require_basic, require_pack
 
 FAST = StreamSettings(read_count=8, block_ms=20, claim_idle_ms=50, max_deliveries=2)
@@ -174,11 +176,103 @@ def test_an_enroll_keeps_its_photo_and_crop_in_s3(
     job_id = pipeline.submit(JobKind.ENROLL, (BASIC / "obama_1.jpg").read_bytes(), user_id=user.id)
     seen: list[tuple[Stage, list[str], list[str]]] = []
     assert pipeline.run(job_id, seen)["state"] == "done"
-    # An enroll's only transient bytes are its face's region, from detect to align; photo and crop are in S3.
-    assert [blobs for _, blobs, _ in seen] == [[region_blob_key(job_id, 0)], [], [], []]
-    assert bucket_files(services, job_id) == [f"crops/{job_id}/0.png", f"originals/{job_id}"]
+    # An enroll's transient bytes: its face's region, from detect to align, and a copy of its crop for the embed
+    # stage, gone with the job's final write. Photo and crop are in S3 from the stage that wrote them on.
+    crop = f"crops/{job_id}/0.png"
+    copy = crop_blob_key(job_id, 0)
+    assert [blobs for _, blobs, _ in seen] == [[region_blob_key(job_id, 0)], [copy], [copy], []]
+    assert [files for _, _, files in seen] == [[f"originals/{job_id}"]] + [[crop, f"originals/{job_id}"]] * 3
+    assert not pipeline.client.exists(BYTES_KEY)
     [face] = repositories[0].list_faces(user.id)
-    assert (face.image_key, face.crop_key) == (f"originals/{job_id}", f"crops/{job_id}/0.png")
+    assert (face.image_key, face.crop_key) == (f"originals/{job_id}", crop)
+    assert pipeline.objects.store.get(crop)[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_an_enrolls_crop_is_read_from_its_copy_in_redis_and_from_s3_without_it(
+    job_bytes: JobBytes, services: LocalServices
+) -> None:
+    """The embed stage reads an enroll's crop from the Redis copy the align stage wrote beside the S3 object (the
+    copy is given other bytes here to tell which one was read), from S3 once the copy is gone; a search's crop has
+    no other copy than its blob."""
+    enroll, search = uuid.uuid4().hex, uuid.uuid4().hex
+    enroll_message = JobMessage(job_id=enroll, kind=JobKind.ENROLL, image_key=f"originals/{enroll}", pack=PACK)
+    search_message = JobMessage(job_id=search, kind=JobKind.SEARCH, image_key=photo_blob_key(search), pack=PACK)
+    durable = job_bytes.put_crop(enroll_message, 0, b"enroll crop")
+    transient = job_bytes.put_crop(search_message, 0, b"search crop")
+    assert (durable, transient) == (f"crops/{enroll}/0.png", crop_blob_key(search, 0))
+    assert bucket_files(services, enroll) == [durable] and bucket_files(services, search) == []
+    assert job_bytes.transient.get(crop_blob_key(enroll, 0)) == b"enroll crop"
+    job_bytes.transient.put(crop_blob_key(enroll, 0), b"the copy")
+    assert job_bytes.get_crops([durable, transient]) == [b"the copy", b"search crop"]
+    job_bytes.transient.delete([crop_blob_key(enroll, 0)])
+    assert job_bytes.get_crops([durable, transient]) == [b"enroll crop", b"search crop"]
+    job_bytes.transient.delete([transient])
+    with pytest.raises(PhotoExpired):
+        job_bytes.get_crops([durable, transient])
+    assert job_bytes.get_crops([]) == []
+    job_bytes.store.delete_many([durable])
+
+
+def test_the_embed_stage_reads_an_enrolls_crop_from_its_copy_not_from_s3(
+    pipeline: Pipeline, repositories: tuple[MainRepository, VectorRepository]
+) -> None:
+    """The S3 object is made unreadable as an image after the align stage: the job still ends done, so the embed
+    stage read the Redis copy (one request fewer to S3 per enroll); the face row still points at the S3 key."""
+    main = repositories[0]
+    user = main.create_user(f"transient.{uuid.uuid4().hex[:8]}@example.com", "Copied Person")
+    assert user is not None
+    job_id = pipeline.submit(JobKind.ENROLL, (BASIC / "obama_1.jpg").read_bytes(), user_id=user.id)
+    pipeline.runners[0].run_once()
+    pipeline.runners[1].run_once()
+    crop = f"crops/{job_id}/0.png"
+    pipeline.objects.store.put(crop, b"not an image", "image/png")
+    final = pipeline.run(job_id)
+    assert final["state"] == "done", final
+    [face] = main.list_faces(user.id)
+    assert face.crop_key == crop and blob_keys(pipeline.client) == []
+
+
+def test_an_enroll_delivered_again_to_the_index_stage_after_it_finished_stores_no_second_face(
+    pipeline: Pipeline, services: LocalServices, repositories: tuple[MainRepository, VectorRepository]
+) -> None:
+    """A replay of the index stage's entry once the job is done (its crop copy already gone with the final write):
+    the same face, one row, one embedding, the photo and crop still in S3."""
+    main, vectors = repositories
+    user = main.create_user(f"transient.{uuid.uuid4().hex[:8]}@example.com", "Replayed Person")
+    assert user is not None
+    job_id = pipeline.submit(JobKind.ENROLL, (BASIC / "obama_1.jpg").read_bytes(), user_id=user.id)
+    assert pipeline.run(job_id)["state"] == "done"
+    [face] = main.list_faces(user.id)
+    [fields] = [f for _, f in pipeline.client.xrange(Stage.INDEX.stream) if f[b"job_id"] == job_id.encode()]
+    handler = IndexHandler(main, vectors, pipeline.objects.store, presign=str)
+    replayed = handler.handle(EmbeddedMessage.from_fields(fields))
+    assert replayed.result is not None and isinstance(replayed.result.stored, EnrollResult)
+    assert replayed.result.stored.face_id == face.id
+    assert [f.id for f in main.list_faces(user.id)] == [face.id]
+    with vectors.pool.connection() as conn:
+        rows = conn.execute("SELECT count(*) FROM face_embeddings WHERE face_id = %s", (face.id,)).fetchone()
+    assert rows is not None and rows[0] == 1
+    assert pipeline.s3_files(job_id) == [face.crop_key, face.image_key] and blob_keys(pipeline.client) == []
+
+
+def test_an_enroll_failed_in_the_index_stage_leaves_no_crop_in_s3_and_no_blob(
+    pipeline: Pipeline, services: LocalServices, repositories: tuple[MainRepository, VectorRepository]
+) -> None:
+    main = repositories[0]
+    user = main.create_user(f"transient.{uuid.uuid4().hex[:8]}@example.com", "Leaving Person")
+    assert user is not None
+    job_id = pipeline.submit(JobKind.ENROLL, (BASIC / "obama_1.jpg").read_bytes(), user_id=user.id)
+    for runner in pipeline.runners[:3]:
+        runner.run_once()
+    assert pipeline.state(job_id)["state"] == "embedding"
+    assert pipeline.s3_files(job_id) == [f"crops/{job_id}/0.png", f"originals/{job_id}"]
+    assert blob_keys(pipeline.client) == [crop_blob_key(job_id, 0)]
+    main.deactivate_user(user.id)  # between the embed and the index stage
+    assert pipeline.runners[3].run_once() == 1
+    final = pipeline.state(job_id)
+    assert (final["state"], final["error_code"]) == ("failed", "user_not_found"), final
+    assert pipeline.s3_files(job_id) == [] and blob_keys(pipeline.client) == []
+    assert not pipeline.client.exists(BYTES_KEY) and main.list_faces(user.id) == []
 
 
 def submit_enroll_with_copy(pipeline: Pipeline, photo: bytes, user_id: int) -> str:

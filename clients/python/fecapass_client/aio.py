@@ -15,7 +15,7 @@ import httpx
 from fecapass_client import _operations as ops
 from fecapass_client._exchange import Operation, Outcome, RetryPolicy, Sleep, plan
 from fecapass_client._operations import Photo
-from fecapass_client._session import client_headers
+from fecapass_client._session import client_headers, verifies_tls
 from fecapass_client.models import (
     Cluster,
     Collection,
@@ -51,7 +51,11 @@ class AsyncFecapass:
         self._rng = random.Random()
         self._sleep: Callable[[float], Awaitable[None]] = asyncio.sleep  # the one other thing it does besides sending
         self._http = httpx.AsyncClient(
-            base_url=base_url, headers=client_headers(api_key), timeout=timeout, transport=transport
+            base_url=base_url,
+            headers=client_headers(api_key),
+            timeout=timeout,
+            transport=transport,
+            verify=verifies_tls(base_url),
         )
 
     async def __aenter__(self) -> AsyncFecapass:

@@ -14,7 +14,7 @@ import httpx
 from fecapass_client import _operations as ops
 from fecapass_client._exchange import Operation, Outcome, RetryPolicy, Sleep, plan
 from fecapass_client._operations import Photo
-from fecapass_client._session import client_headers
+from fecapass_client._session import client_headers, verifies_tls
 from fecapass_client.models import (
     Cluster,
     Collection,
@@ -50,7 +50,11 @@ class Fecapass:
         self._rng = random.Random()
         self._sleep: Callable[[float], None] = time.sleep  # the one other thing it does besides sending
         self._http = httpx.Client(
-            base_url=base_url, headers=client_headers(api_key), timeout=timeout, transport=transport
+            base_url=base_url,
+            headers=client_headers(api_key),
+            timeout=timeout,
+            transport=transport,
+            verify=verifies_tls(base_url),
         )
 
     def __enter__(self) -> Fecapass:
