@@ -7,6 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, File, Query, Request, UploadFile
 from fastapi.responses import JSONResponse
 from pydantic import AnyHttpUrl
+from starlette.concurrency import run_in_threadpool
 
 from common import egress
 from common.db.main_repository import UserRow
@@ -51,16 +52,20 @@ CallbackQuery = Annotated[
 ]
 
 
-def checked_callback_url(callback_url: CallbackQuery = None) -> AnyHttpUrl | None:
-    """Refuse a destination the webhook sender would refuse (common/egress.py). A plain def on purpose: FastAPI
-    runs it on a worker thread, off the event loop, where resolving the host may block."""
+def _check_callback_url(url: str) -> None:
     try:
-        if callback_url is not None:
-            egress.policy_from_env().check_url(str(callback_url))
+        egress.policy_from_env().check_url(url)
     except egress.EgressRefused as exc:
         raise ApiError(422, "callback_url_refused", f"callback_url refused: {exc}") from None
     except OSError:
         pass  # does not resolve (yet): the sender checks again when it connects
+
+
+async def checked_callback_url(callback_url: CallbackQuery = None) -> AnyHttpUrl | None:
+    """Refuse a destination the webhook sender would refuse (common/egress.py). Resolving the host may block, so
+    the check runs on a worker thread; an upload without a callback makes no thread hop (its cost is an upload's)."""
+    if callback_url is not None:
+        await run_in_threadpool(_check_callback_url, str(callback_url))
     return callback_url
 
 

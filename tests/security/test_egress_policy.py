@@ -3,6 +3,8 @@ resolver has normalised it, and the operator's allow and deny lists do what SECU
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from common import settings as s
@@ -149,9 +151,9 @@ def test_the_api_refuses_a_known_bad_callback_url_with_its_own_code(monkeypatch:
     policy_from_env.cache_clear()  # the API reads the settings once; this test wants the defaults
 
     with pytest.raises(ApiError) as refused:
-        checked_callback_url(AnyHttpUrl("http://2130706433:6379/"))
+        asyncio.run(checked_callback_url(AnyHttpUrl("http://2130706433:6379/")))
     assert refused.value.status == 422 and refused.value.code == "callback_url_refused"
     assert "loopback" in refused.value.detail
-    assert checked_callback_url(None) is None
+    assert asyncio.run(checked_callback_url(None)) is None
     # A name that does not resolve (yet) is let through: the sender decides when it connects.
-    assert checked_callback_url(AnyHttpUrl("http://does-not-resolve.invalid/hook")) is not None
+    assert asyncio.run(checked_callback_url(AnyHttpUrl("http://does-not-resolve.invalid/hook"))) is not None
