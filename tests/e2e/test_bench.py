@@ -61,6 +61,10 @@ def test_bench_smoke_writes_every_section(tmp_path: Path) -> None:
     efficiency = table_rows(text, "Pipeline efficiency")
     for name in (f"pipeline, {layout}" for layout in LAYOUTS):
         assert float(efficiency[name][0]) > 0 and float(efficiency[name][1]) > 0
+    # Enrolls ran by plain HTTP uploads and through the command, in every layout.
+    enrolls = table_rows(text, "Bulk enroll")
+    for layout in LAYOUTS:
+        assert float(enrolls[layout][1]) > 0 and float(enrolls[layout][2]) > 0, enrolls
     cpu = table_rows(text, "Where the CPU goes")
     for process in ("api", "detect", "align", "embed", "index", "valkey"):
         assert all(float(cell) > 0 for cell in cpu[process]), (process, cpu[process])

@@ -185,12 +185,20 @@ def test_benchmarks_md_search_sections_are_those_of_its_measurements_file() -> N
 def test_the_enroll_rate_is_weighed_against_the_pipeline_of_the_same_run() -> None:
     runs = [
         PipelineRun("1 process per stage", Throughput(10.0, 190.0), [], {}, enroll_photos_per_second=9.5),
-        PipelineRun("2 processes per stage", Throughput(12.0, 170.0), [], {}, enroll_photos_per_second=10.0),
+        PipelineRun(
+            "2 processes per stage",
+            Throughput(12.0, 170.0),
+            [],
+            {},
+            enroll_photos_per_second=10.0,
+            plain_enroll_photos_per_second=10.5,
+        ),
     ]
     report = Report()
     report_enroll(report, runs)
-    assert "| 1 process per stage | 10.0 | 9.5 | **0.95** | met |" in report.lines
-    assert "| 2 processes per stage | 12.0 | 10.0 | **0.83** | missed |" in report.lines
+    assert "| 1 process per stage | 10.0 | - | 9.5 | **0.95** | met | - |" in report.lines
+    # The verdict is the search rate's; the plain enrolls say what the command itself adds.
+    assert "| 2 processes per stage | 12.0 | 10.5 | 10.0 | **0.83** | missed | 0.95 |" in report.lines
     assert not any(line.startswith("Why") for line in report.lines)  # no CPU measured: nothing to explain
 
 
