@@ -496,7 +496,7 @@ def _add_measurements(commands: Commands) -> None:
     bench.add_argument("--photos-dir", type=Path, default=Path("../shared/faces/basic"))
     bench.add_argument("--photos", type=int, default=200)
     bench.add_argument("--searches", type=int, default=50)
-    bench.add_argument("--uploads", type=int, default=320)
+    bench.add_argument("--uploads", type=int, default=1000)
     bench.add_argument("--output", type=Path, default=Path("BENCHMARKS.md"))
     scale = command(
         commands,
