@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 import certifi
@@ -92,9 +93,25 @@ def _s3_http_client() -> urllib3.PoolManager:
     )
 
 
-def _configure_vector_connection(conn: Connection) -> None:
-    register_vector(conn)
-    conn.commit()
+def _session_settings(settings: DatabaseSettings) -> Callable[[Connection], None]:
+    idle_ms = int(settings.db_idle_in_transaction_seconds * 1000)
+
+    def configure(conn: Connection) -> None:
+        # SET, not the DSN's `options`: a DSN that brings options of its own keeps them.
+        conn.execute(f"SET idle_in_transaction_session_timeout = {idle_ms}")
+        conn.commit()
+
+    return configure
+
+
+def _vector_session_settings(settings: DatabaseSettings) -> Callable[[Connection], None]:
+    session = _session_settings(settings)
+
+    def configure(conn: Connection) -> None:
+        register_vector(conn)
+        session(conn)
+
+    return configure
 
 
 def main_db_pool(settings: DatabaseSettings, *, open_now: bool = False) -> ConnectionPool:
@@ -104,6 +121,7 @@ def main_db_pool(settings: DatabaseSettings, *, open_now: bool = False) -> Conne
         max_size=settings.db_pool_max,
         open=open_now,
         name="main",
+        configure=_session_settings(settings),
         # A connection broken by a database restart is replaced instead of failing a request; and a
         # request waits seconds, not the default 30, for a connection while the database is down.
         check=ConnectionPool.check_connection,
@@ -116,7 +134,7 @@ def vector_db_pool(settings: DatabaseSettings, *, open_now: bool = False) -> Con
         settings.vector_db_dsn.get_secret_value(),
         min_size=settings.db_pool_min,
         max_size=settings.db_pool_max,
-        configure=_configure_vector_connection,
+        configure=_vector_session_settings(settings),
         open=open_now,
         name="vector",
         check=ConnectionPool.check_connection,

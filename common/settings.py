@@ -49,6 +49,10 @@ class DatabaseSettings(_Base):
     db_pool_max: int = 8
     # How long a request waits for a pooled connection (all busy, or the database down) before it is a 503.
     db_pool_timeout_seconds: float = Field(default=5.0, gt=0)
+    # PostgreSQL ends a session that sits this long inside a transaction. None of ours pauses between statements for
+    # more than milliseconds; a process frozen mid-transaction (SIGSTOP, a paused VM) would otherwise hold its row
+    # locks until it is killed, and the consumer that claimed its entries would wait on them for as long.
+    db_idle_in_transaction_seconds: float = Field(default=10.0, gt=0)
 
 
 class SearchIndexSettings(_Base):

@@ -299,3 +299,31 @@ def test_the_sweep_deletes_nothing_when_most_old_originals_look_orphaned(
         pool.close()
     assert sorted(store.keys("")) == sorted(names)
     assert [entry["event"] for entry in logs if entry["log_level"] == "error"] == ["api.orphan_sweep_refused"]
+
+
+@pytest.mark.parametrize("factory", [clients.main_db_pool, clients.vector_db_pool])
+def test_a_session_frozen_inside_a_transaction_loses_its_locks_to_the_next_one(
+    services: LocalServices, factory: Any
+) -> None:
+    """A process stopped mid-transaction (SIGSTOP, a paused VM) must not hold its row locks until it is killed: the
+    consumer that claims its entries would wait on them as long. PostgreSQL ends such a session after
+    FECAPASS_DB_IDLE_IN_TRANSACTION_SECONDS, and the lock goes with it."""
+    settings = DatabaseSettings(
+        main_db_dsn=services.dsn(MAIN_DB), vector_db_dsn=services.dsn(VECTOR_DB), db_idle_in_transaction_seconds=1
+    )
+    table = f"frozen_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(services.dsn(MAIN_DB), autocommit=True) as setup:
+        setup.execute(f"CREATE TABLE {table} (id int PRIMARY KEY)")
+        setup.execute(f"INSERT INTO {table} VALUES (1)")
+    with factory(settings, open_now=True) as pool, pool.connection() as frozen:
+        if factory is clients.vector_db_pool:  # the vector pool's DSN names the other database
+            frozen.execute(f"CREATE TABLE {table} (id int PRIMARY KEY)")
+            frozen.execute(f"INSERT INTO {table} VALUES (1)")
+            frozen.commit()
+        frozen.execute(f"SELECT id FROM {table} WHERE id = 1 FOR UPDATE")  # and then nothing: the process froze
+        dsn = services.dsn(VECTOR_DB if factory is clients.vector_db_pool else MAIN_DB)
+        with psycopg.connect(dsn, autocommit=True) as other:
+            other.execute("SET lock_timeout = '20s'")  # without the session timeout: a LockNotAvailable
+            assert other.execute(f"SELECT id FROM {table} WHERE id = 1 FOR UPDATE").fetchone() == (1,)
+        with pytest.raises(psycopg.errors.IdleInTransactionSessionTimeout):  # woken, it finds its session ended
+            frozen.execute("SELECT 1")

@@ -152,12 +152,14 @@ def _pause_past_claim_idle(cluster: Cluster, ledger: Ledger, receiver: Receiver,
         for _, fields in cluster.redis().xrange(stage.stream, entry_id, entry_id)
     }
     claim_lost = log_count(cluster, paused, "stage.claim_lost")
-    wait_until(
-        lambda: all(s == "done" for s in cluster.states(sorted(jobs)).values()),
-        REDELIVERY_SECONDS,
-        f"{claimer} to claim and finish what {paused} holds",
-    )
-    cluster.signal(paused, signal.SIGCONT)
+    try:
+        wait_until(
+            lambda: all(s == "done" for s in cluster.states(sorted(jobs)).values()),
+            REDELIVERY_SECONDS,
+            f"{claimer} to claim and finish what {paused} holds",
+        )
+    finally:  # a failure here must not leave the shared cluster with a frozen stage for the tests after this one
+        cluster.signal(paused, signal.SIGCONT)
     wait_until(
         lambda: log_count(cluster, paused, "stage.claim_lost") > claim_lost,
         60,
