@@ -60,31 +60,24 @@ class Writes:
 
 
 # KEYS: the transient bytes' counter, the idempotency key (unread when ARGV[3] is ''), the blob keys, then the keys
-# of the writes. ARGV: blob ttl ms, cap (0: none), the claim's pending record ('' for none), whether the blobs are
-# copies the job can do without (1: past the cap they are left out and the job is still queued), the number of
-# blobs and their values, then each write: its command, its key's place among the writes' keys, a count, its
-# arguments.
+# of the writes. ARGV: blob ttl ms, cap (0: none), the claim's pending record ('' for none), the number of blobs
+# and their values, then each write: its command, its key's place among the writes' keys, a count, its arguments.
 SUBMIT = (
     transient.BLOB_LUA
     + """
-local ttl, cap, pending, optional = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], ARGV[4] == '1'
-local blobs = tonumber(ARGV[5])
+local ttl, cap, pending, blobs = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
 if pending ~= '' then
   local record = redis.call('GET', KEYS[2])
   if record ~= false and record ~= pending then return 'lost' end
 end
-local stored = blobs
 if cap > 0 and blobs > 0 then
   local adding = 0
-  for i = 1, blobs do adding = adding + #ARGV[5 + i] end
-  if blob_held(KEYS[1]) + adding > cap then
-    if not optional then return 'full' end
-    stored = 0
-  end
+  for i = 1, blobs do adding = adding + #ARGV[4 + i] end
+  if blob_held(KEYS[1]) + adding > cap then return 'full' end
 end
-for i = 1, stored do blob_put(KEYS[1], KEYS[2 + i], ARGV[5 + i], ttl) end
+for i = 1, blobs do blob_put(KEYS[1], KEYS[2 + i], ARGV[4 + i], ttl) end
 local first = 3 + blobs  -- KEYS[first + i]: the write key at place i (0-based)
-local at = 6 + blobs
+local at = 5 + blobs
 while at <= #ARGV do
   local command, key, count = ARGV[at], KEYS[first + tonumber(ARGV[at + 1])], tonumber(ARGV[at + 2])
   redis.call(command, key, unpack(ARGV, at + 3, at + 2 + count))
@@ -113,21 +106,14 @@ class JobSubmitter:
         self._script = client.register_script(SUBMIT)
 
     async def queue(
-        self,
-        blobs: Sequence[tuple[str, bytes]],
-        writes: Writes,
-        claim: ClaimCheck | None = None,
-        *,
-        copies: bool = False,
+        self, blobs: Sequence[tuple[str, bytes]], writes: Writes, claim: ClaimCheck | None = None
     ) -> Queued:
-        """Store ``blobs`` (counted against the cap) and make ``writes``; or, refused, nothing. ``copies``: the
-        blobs are copies of what S3 holds, left out past the cap instead of refusing the job."""
+        """Store ``blobs`` (counted against the cap) and make ``writes``; or, refused, nothing."""
         keys = [transient.BYTES_KEY, claim.redis_key if claim is not None else "", *(key for key, _ in blobs)]
         args: list[EncodableArg] = [
             self.ttl_ms,
             self.max_bytes,
             claim.pending if claim is not None else "",
-            1 if copies else 0,
             len(blobs),
             *(data for _, data in blobs),
         ]

@@ -13,7 +13,7 @@ from common.job_bytes import JobBytes
 from common.packs import Face
 from common.packs.library import PackLibrary, aligner_for, pack_for
 from common.packs.regions import Region
-from common.transient import PhotoExpired, region_blob_key
+from common.transient import region_blob_key
 from detector.quality import sharpness
 from schemas.jobs import ErrorCode
 from schemas.results import DetectedFace, DetectResult, FinishedResult, Quality
@@ -93,7 +93,7 @@ class DetectHandler:
             # Every pixel, as the plain insightface loop: on a photo decoded at 1/2 or 1/4 size through DCT scaling,
             # keypoints move by 0.4 to 16 px and embeddings land at cosine 0.92-0.9998 to the loop's
             # (BENCHMARKS.md, profile of the stages; tests/integration/test_embedding_equality.py).
-            image = self._photo(message, source, key)
+            image = load_image(self.objects, key, self.max_image_pixels)
             faces = pack.detect(image)
             if not faces:
                 where = "the second photo" if source else "the photo"
@@ -116,17 +116,7 @@ class DetectHandler:
         )
         # The regions hold all the align stage reads: a transient photo goes with this write (an enroll's, in S3,
         # stays for its face row; a reindex's is that same enrolled photo).
-        copies = [message.photo_copy] if message.photo_copy else []
-        return Outcome(forward=forward, status_fields={"faces_seen": str(seen)}, release=message.image_keys + copies)
-
-    def _photo(self, message: JobMessage, source: int, key: str) -> np.ndarray:
-        """The photo, from an enroll's copy in Redis where it is still there (a Redis get, not an S3 one)."""
-        if source == 0 and message.photo_copy is not None:
-            try:
-                return load_image(self.objects, message.photo_copy, self.max_image_pixels)
-            except PhotoExpired:  # expired, or left out past the byte cap: the photo itself is in S3
-                pass
-        return load_image(self.objects, key, self.max_image_pixels)
+        return Outcome(forward=forward, status_fields={"faces_seen": str(seen)}, release=message.image_keys)
 
     def _chosen(self, message: JobMessage, faces: list[Face]) -> list[Face]:
         if message.kind is JobKind.REINDEX:

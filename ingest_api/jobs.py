@@ -119,9 +119,9 @@ async def _store_and_queue(
     # A search, verify or detect photo is read once or twice and deleted within seconds: Redis, not S3.
     transient = kind in TRANSIENT_PHOTO_KINDS
     keys = [(photo_blob_key if transient else original_key)(job_id, source) for source in range(len(photos))]
-    # An enroll's photo is kept in S3; the detect stage reads a copy in Redis instead (an S3 get cost its server
-    # and client 1.6 ms of CPU for a 270 KB photo, a Redis get 0.3 ms).
-    blobs = [(photo_blob_key(job_id, source), data) for source, (data, _) in enumerate(photos)]
+    # An enroll's photo is kept: S3 only. The detect stage reads it from there, so an original that vanishes or
+    # is overwritten before it ran fails the job instead of leaving a face whose photo is not the one enrolled.
+    blobs = list(zip(keys, [data for data, _ in photos], strict=True)) if transient else []
     stored: list[str] = []
     sent = False  # whether the submit script went to Redis: only then can the job exist despite an error
     try:
@@ -130,11 +130,8 @@ async def _store_and_queue(
                 stored.append(key)  # before the put: a put that fails half-way may still have written it
                 await run_in_threadpool(state.store.put, key, data, info.content_type)
         second = keys[1] if len(keys) > 1 else None
-        copy = None if transient else blobs[0][0]
         pack = await state.active_pack.name()
-        message = JobMessage(
-            job_id=job_id, kind=kind, image_key=keys[0], second_image_key=second, photo_copy=copy, pack=pack, **extra
-        )
+        message = JobMessage(job_id=job_id, kind=kind, image_key=keys[0], second_image_key=second, pack=pack, **extra)
         ttl = state.config.pipeline.job_ttl_seconds
         writes = Writes()  # what the MULTI held; the script makes them after its checks (common/job_submit.py)
         written = status.queue_job(writes, message, ttl)
@@ -148,8 +145,7 @@ async def _store_and_queue(
             check = ClaimCheck(claim.key.redis_key, claim.pending)
         stored += [key for key, _ in blobs]  # before the script: its answer may be lost after it stored them
         sent = True
-        # A copy is left out past the byte cap rather than refuse the enroll: the detect stage then reads S3.
-        outcome = await state.submitter.queue(blobs, writes, check, copies=not transient)
+        outcome = await state.submitter.queue(blobs, writes, check)
         if outcome is not Queued.QUEUED:  # refused: the script stored and wrote nothing
             sent = False
             stored = [key for key in stored if not is_transient(key)]

@@ -150,11 +150,6 @@ class JobMessage(StreamMessage):
     kind: JobKind
     image_key: str
     second_image_key: str | None = None
-    photo_copy: str | None = Field(
-        default=None,
-        description="enroll: a transient copy of the photo at image_key (which stays the face's photo, in S3) for"
-        " the detect stage to read instead; gone (expired, or left out past the byte cap), it reads image_key",
-    )
     user_id: int | None = None
     collection_id: int = Field(
         default=1, description="the collection the job works in: enroll's person's, search's and verify's gallery"

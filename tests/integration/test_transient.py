@@ -275,51 +275,6 @@ def test_an_enroll_failed_in_the_index_stage_leaves_no_crop_in_s3_and_no_blob(
     assert not pipeline.client.exists(BYTES_KEY) and main.list_faces(user.id) == []
 
 
-def submit_enroll_with_copy(pipeline: Pipeline, photo: bytes, user_id: int) -> str:
-    """As the API submits an enroll: the photo to S3 (the face's), a copy in Valkey for the detect stage."""
-    job_id = uuid.uuid4().hex
-    original = f"originals/{job_id}"
-    pipeline.objects.store.put(original, photo, "image/jpeg")
-    pipeline.objects.transient.put(photo_blob_key(job_id), photo)
-    message = JobMessage(
-        job_id=job_id, kind=JobKind.ENROLL, image_key=original, photo_copy=photo_blob_key(job_id), pack=PACK
-    )
-    with pipeline.client.pipeline(transaction=True) as pipe:
-        status.queue_job(pipe, message.model_copy(update={"user_id": user_id}), 600)
-        pipe.execute()
-    return job_id
-
-
-def test_the_detect_stage_reads_an_enrolls_copy_and_lets_it_go(
-    pipeline: Pipeline, services: LocalServices, repositories: tuple[MainRepository, VectorRepository]
-) -> None:
-    user = repositories[0].create_user(f"copy.{uuid.uuid4().hex[:8]}@example.com", "Copied Photo")
-    assert user is not None
-    photo = (BASIC / "obama_1.jpg").read_bytes()
-    job_id = submit_enroll_with_copy(pipeline, photo, user.id)
-    # The S3 photo is unreadable for the detect stage's run: it can only have read the copy.
-    (services.data_dir / "s3" / services.bucket / "originals" / job_id).rename(services.data_dir / f"{job_id}.kept")
-    assert pipeline.runners[0].run_once() == 1
-    assert pipeline.state(job_id)["state"] != "failed"
-    assert blob_keys(pipeline.client) == [region_blob_key(job_id, 0)]  # the copy went with the detect write
-    (services.data_dir / f"{job_id}.kept").rename(services.data_dir / "s3" / services.bucket / "originals" / job_id)
-    assert pipeline.run(job_id)["state"] == "done"
-    [face] = repositories[0].list_faces(user.id)
-    assert face.image_key == f"originals/{job_id}"  # the face's photo is the S3 one
-    assert blob_keys(pipeline.client) == [] and not pipeline.client.exists(BYTES_KEY)
-
-
-def test_an_enroll_whose_copy_is_gone_is_detected_from_s3(
-    pipeline: Pipeline, repositories: tuple[MainRepository, VectorRepository]
-) -> None:
-    user = repositories[0].create_user(f"nocopy.{uuid.uuid4().hex[:8]}@example.com", "Photo Without Copy")
-    assert user is not None
-    job_id = submit_enroll_with_copy(pipeline, (BASIC / "obama_1.jpg").read_bytes(), user.id)
-    pipeline.objects.transient.delete([photo_blob_key(job_id)])  # expired, or left out past the byte cap
-    assert pipeline.run(job_id)["state"] == "done"  # not photo_expired: S3 holds the photo
-    assert len(repositories[0].list_faces(user.id)) == 1
-
-
 def test_a_failed_search_leaves_no_blob(pipeline: Pipeline) -> None:
     ok, blank = cv2.imencode(".jpg", np.full((240, 320, 3), 128, dtype=np.uint8))
     assert ok
