@@ -1,5 +1,5 @@
 """Queueing a job in one Redis round trip: one script checks the idempotency claim and the transient byte cap, then
-stores the job's transient photos (or an enroll photo's copy), writes its status hash, its event on the detect
+stores the job's transient photos, writes its status hash, its event on the detect
 stream, its owner and the idempotency record. A put script and then a MULTI cost two round trips (two more with the
 WATCH and GET of a claim), and a claim taken over in between was found only by the EXEC failing; in a script the
 checks and the writes are one atomic step.
