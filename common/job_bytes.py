@@ -5,7 +5,6 @@ this and does not care which one holds the bytes."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import cast
 
 from common.errors import TransientError
 from common.objects import ObjectMissing, ObjectStore, crop_key, crop_location, discard_job_objects
@@ -55,11 +54,7 @@ class JobBytes:
         in Redis, or from S3 where the copy is gone (expired, or the message was written before copies existed)."""
         in_redis = {key: key if is_transient(key) else _copy_of(key) for key in keys}
         wanted = sorted({blob for blob in in_redis.values() if blob is not None})
-        found = (
-            dict(zip(wanted, cast(list[bytes | None], self.transient.client.mget(wanted)), strict=True))
-            if wanted
-            else {}
-        )
+        found = dict(zip(wanted, self.transient.get_present(wanted), strict=True))
         crops = []
         for key in keys:
             data = found.get(in_redis[key] or "")

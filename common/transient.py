@@ -205,11 +205,13 @@ class TransientStore:
             raise PhotoExpired(key)
         return cast(bytes, data)
 
+    def get_present(self, keys: Sequence[str]) -> list[bytes | None]:
+        """One MGET for all of them; None for each one gone."""
+        return cast(list[bytes | None], self.client.mget(keys)) if keys else []
+
     def get_many(self, keys: Sequence[str]) -> list[bytes]:
         """One MGET for all of them; the first one gone fails."""
-        if not keys:
-            return []
-        found = cast(list[bytes | None], self.client.mget(keys))
+        found = self.get_present(keys)
         for key, data in zip(keys, found, strict=True):
             if data is None:
                 raise PhotoExpired(key)
