@@ -105,9 +105,9 @@ class ModelSettings(_Base):
     ort_graph_optimization: str = Field(default="all", pattern="^(disable|basic|extended|all)$")
     # onnxruntime's CPU memory arena: faster steady state, memory that is never handed back to the system.
     ort_memory_arena: bool = True
-    # Faces per recognizer forward pass in the embed stage. On CPU, batches past a few faces are no faster per
-    # face and larger ones slower (BENCHMARKS.md, embedding); on a GPU raise it.
-    embed_batch: int = Field(default=8, ge=1)
+    # Faces per recognizer forward pass in the embed stage. On CPU one at a time is fastest per face: a batch's
+    # activations outgrow the core's cache (BENCHMARKS.md, embedding); on a GPU raise it (compose.gpu.yaml: 32).
+    embed_batch: int = Field(default=1, ge=1)
 
 
 class PipelineSettings(_Base):

@@ -20,7 +20,7 @@ class EmbedHandler:
     stage = Stage.EMBED
     message_type = AlignedMessage
 
-    def __init__(self, objects: JobBytes, packs: PackLibrary, batch: int = 8) -> None:
+    def __init__(self, objects: JobBytes, packs: PackLibrary, batch: int = 1) -> None:
         self.objects = objects
         self.packs = packs
         self.batch = batch

@@ -583,6 +583,9 @@ def _report_pipeline(
         "done), 16 in flight, each stage process with one onnxruntime thread, against plain `FaceAnalysis.get`",
         "loops over the same photos on the same cores (models loaded before the clock starts). CPU per photo:",
         "all processes together (the pipeline's: API, stages, PostgreSQL, Valkey, S3; not the load generator).",
+        "The stages load the pack's ONNX files as onnxruntime's CPU kernels run them fastest (a recognizer's",
+        "PReLUs as convolutions, common/packs/onnx_graph.py: the same embeddings); the baseline runs the files as",
+        "insightface loads them.",
         "",
     )
     rows = [

@@ -9,9 +9,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import onnx
 import onnxruntime
 
 from common.packs.base import ModelPackError
+from common.packs.onnx_graph import prelu_as_convolutions
 from common.settings import ModelSettings
 
 CPU = "CPUExecutionProvider"
@@ -88,4 +90,14 @@ def build_session(path: Path, settings: ModelSettings, *, probe: bool = False) -
         preload = getattr(onnxruntime, "preload_dlls", None)
         if preload is not None:
             preload()
-    return onnxruntime.InferenceSession(str(path), sess_options=session_options(settings), providers=providers)
+        model: str | bytes = str(path)
+    else:
+        model = cpu_graph(path)
+    return onnxruntime.InferenceSession(model, sess_options=session_options(settings), providers=providers)
+
+
+def cpu_graph(path: Path) -> str | bytes:
+    """The model for onnxruntime's CPU kernels: its PReLUs rewritten (common/packs/onnx_graph.py), else the file
+    as it is. GPU providers get the file as it is: their PReLU is one fast kernel, and the rewrite adds two."""
+    rewritten, count = prelu_as_convolutions(onnx.load(str(path)))
+    return rewritten.SerializeToString() if count else str(path)

@@ -4,13 +4,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import onnxruntime
 import pytest
 
 from common.packs import ModelPackError
 from common.packs.insightface_files import find_pack
 from common.packs.library import warmed_library
-from common.packs.onnx_runtime import CPU, PROVIDER_NAMES, build_session, choose_providers, session_options
+from common.packs.onnx_runtime import (
+    CPU,
+    PROVIDER_NAMES,
+    build_session,
+    choose_providers,
+    cpu_graph,
+    session_options,
+)
 from common.packs.scrfd import FaceDetector
 from common.settings import ModelSettings
 from tests.shared_data import MODEL_ROOT, PACK, require_pack
@@ -108,3 +116,22 @@ def test_the_detector_keeps_the_providers_its_session_was_built_with() -> None:
     session.set_providers = lambda *args, **kwargs: calls.append(args) or original(*args, **kwargs)  # type: ignore[method-assign]
     FaceDetector(session, files.detector)
     assert calls == []
+
+
+def test_the_cpu_recognizer_runs_rewritten_and_answers_as_the_file_does() -> None:
+    """The recognizer's PReLUs become convolutions on the CPU (common/packs/onnx_graph.py); its outputs stay those
+    of the file, one crop or a batch. The detector has no PReLU and is loaded as it is."""
+    require_pack()
+    settings = ModelSettings(model_pack=PACK, model_root=MODEL_ROOT, ort_threads=1)
+    files = find_pack(settings)
+    assert isinstance(cpu_graph(files.recognizer), bytes)
+    assert cpu_graph(files.detector) == str(files.detector)
+    ours = build_session(files.recognizer, settings)
+    plain = onnxruntime.InferenceSession(str(files.recognizer), providers=[CPU])
+    name = plain.get_inputs()[0].name
+    crops = np.random.default_rng(5).uniform(-1, 1, (4, 3, files.crop_size, files.crop_size)).astype(np.float32)
+    for batch in (crops[:1], crops):
+        expected, got = plain.run(None, {name: batch})[0], ours.run(None, {name: batch})[0]
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+        cosine = (got * expected).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(expected, axis=1)
+        assert cosine.min() > 0.99999
