@@ -105,8 +105,8 @@ class ModelSettings(_Base):
     ort_graph_optimization: str = Field(default="all", pattern="^(disable|basic|extended|all)$")
     # onnxruntime's CPU memory arena: faster steady state, memory that is never handed back to the system.
     ort_memory_arena: bool = True
-    # Faces per recognizer forward pass in the embed stage. On CPU one at a time is fastest per face: a batch's
-    # activations outgrow the core's cache (BENCHMARKS.md, embedding); on a GPU raise it (compose.gpu.yaml: 32).
+    # Faces per recognizer forward pass in the embed stage. On CPU a batch is no faster per face (1 to 4 alike, 8 and
+    # more slower: BENCHMARKS.md, embedding); on a GPU raise it (compose.gpu.yaml: 32).
     embed_batch: int = Field(default=1, ge=1)
 
 
