@@ -131,6 +131,13 @@ def check_pixels(data: bytes) -> None:
         raise UndecodableImage(f"cannot decode image: {exc}") from exc
 
 
+def use_image_threads(count: int) -> None:
+    """OpenCV's threads for this process (process-wide); 0 keeps OpenCV's default, a thread per core. (OpenCV's
+    own 0 would mean no pool at all, which 1 already gives.)"""
+    if count > 0:
+        cv2.setNumThreads(count)
+
+
 def is_complete_jpeg(data: bytes) -> bool:
     """What ``check_pixels`` accepts from its bytes alone, decoding nothing (the API then needs no decode slot)."""
     return data[:3] == b"\xff\xd8\xff" and _ends_complete(data)

@@ -107,6 +107,7 @@ def _face_analysis_worker(root: str, pack: str, paths: list[str], threads: int, 
 
     if threads:
         os.environ["OMP_NUM_THREADS"] = str(threads)
+        cv2.setNumThreads(threads)  # as the stages do (FECAPASS_OPENCV_THREADS): the loop's best, fairly compared
     app = FaceAnalysis(
         name=pack, root=root, providers=["CPUExecutionProvider"], allowed_modules=["detection", "recognition"]
     )

@@ -11,6 +11,7 @@ from prometheus_client import start_http_server
 from common import clients
 from common import settings as s
 from common.handlers import StageHandler
+from common.imaging import use_image_threads
 from common.runner import StageRunner
 from common.transient import minimum_ttl_seconds
 from schemas.streams import Stage
@@ -54,6 +55,7 @@ def serve_metrics(host: str, port: int, stage: Stage) -> None:
 
 def run_worker(stage: Stage) -> None:
     observability = s.load(s.ObservabilitySettings)
+    use_image_threads(s.load(s.ModelSettings).image_threads)
     serve_metrics(observability.metrics_host, observability.metrics_port, stage)
     streams = s.load(s.StreamSettings)
     pipeline = s.load(s.PipelineSettings)

@@ -50,3 +50,25 @@ def test_hnsw_construction_list_must_cover_the_links(monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("FECAPASS_HNSW_EF_CONSTRUCTION", "64")
     with pytest.raises(s.SettingsError, match="FECAPASS_HNSW_EF_CONSTRUCTION"):
         s.load(s.SearchIndexSettings)
+
+
+def test_opencv_threads_follow_onnxruntime_threads_unless_set() -> None:
+    assert s.ModelSettings().image_threads == 0  # OpenCV's own default, as onnxruntime's
+    assert s.ModelSettings(ort_threads=1).image_threads == 1  # one core's process: its image work on one thread too
+    assert s.ModelSettings(ort_threads=1, opencv_threads=0).image_threads == 0
+    assert s.ModelSettings(ort_threads=0, opencv_threads=2).image_threads == 2
+
+
+def test_a_stage_process_sets_opencv_threads_once_and_zero_keeps_the_default() -> None:
+    import cv2
+
+    from common.imaging import use_image_threads
+
+    before = cv2.getNumThreads()
+    try:
+        use_image_threads(1)
+        assert cv2.getNumThreads() == 1
+        use_image_threads(0)  # not OpenCV's 0 (no pool): left as it was
+        assert cv2.getNumThreads() == 1
+    finally:
+        cv2.setNumThreads(before)
