@@ -64,7 +64,9 @@ def test_bench_smoke_writes_every_section(tmp_path: Path) -> None:
     # Enrolls ran by plain HTTP uploads and through the command, in every layout.
     enrolls = table_rows(text, "Bulk enroll")
     for layout in LAYOUTS:
-        assert float(enrolls[layout][1]) > 0 and float(enrolls[layout][2]) > 0, enrolls
+        plain, command, ratio = enrolls[layout][:3]
+        assert float(plain) > 0 and float(command) > 0, enrolls
+        assert float(ratio.strip("*")) == pytest.approx(float(command) / float(plain), rel=0.06, abs=0.01), enrolls
     cpu = table_rows(text, "Where the CPU goes")
     for process in ("api", "detect", "align", "embed", "index", "valkey"):
         assert all(float(cell) > 0 for cell in cpu[process]), (process, cpu[process])
