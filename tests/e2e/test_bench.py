@@ -68,7 +68,12 @@ def test_bench_smoke_writes_every_section(tmp_path: Path) -> None:
         assert float(plain) > 0 and float(command) > 0, enrolls
         assert float(ratio.strip("*")) == pytest.approx(float(command) / float(plain), rel=0.06, abs=0.01), enrolls
     cpu = table_rows(text, "Where the CPU goes")
+    # Process CPU comes in clock ticks (10 ms): over 12 photos a light process split in two (index: ~1 ms a photo)
+    # can read 0 in one layout, never in all.
     for process in ("api", "detect", "align", "embed", "index", "valkey"):
+        cells = [float(cell) for cell in cpu[process]]
+        assert all(cell >= 0 for cell in cells) and any(cell > 0 for cell in cells), (process, cpu[process])
+    for process in ("detect", "embed"):  # the models: tens of ms a photo in every layout
         assert all(float(cell) > 0 for cell in cpu[process]), (process, cpu[process])
     # A search's photo and crops are Redis blobs (common/transient.py): the S3 server is measured, and idle.
     assert all(float(cell) >= 0 for cell in cpu["s3"]), cpu["s3"]
