@@ -37,6 +37,8 @@ from schemas.streams import PIPELINE, Stage
 
 # Issue 16: the pipeline delivers at least this fraction of the best plain insightface loop's photos per second.
 THROUGHPUT_TARGET = 0.95
+# Each enroll measurement (plain HTTP and the command) is run this many times, alternately.
+ENROLL_ROUNDS = 2
 # Issue 18: `fecapass enroll` delivers at least this fraction of the pipeline's own enroll rate (plain HTTP enrolls).
 ENROLL_TARGET = 0.9
 # The pipeline layouts measured: processes per stage, and the stages that get more. The models' stages do nearly all
@@ -349,6 +351,16 @@ def enroll_throughput(running: Running, paths: list[Path], folder: Path) -> tupl
     return len(photos) / run.seconds, {name: (after[name] - before[name]) * 1000 / len(photos) for name in before}
 
 
+def enroll_rounds(running: Running, paths: list[Path], data: Path) -> tuple[float, tuple[float, dict[str, float]]]:
+    """Plain enrolls and the command, ENROLL_ROUNDS of each in turn, the faster round of each kept (and that
+    command round's CPU): a slow moment of the machine then costs one round, not the ratio between the two."""
+    plain, command = [], []
+    for round_number in range(ENROLL_ROUNDS):
+        plain.append(plain_enroll_throughput(running, paths))
+        command.append(enroll_throughput(running, paths, data / f"enroll{round_number}"))
+    return max(plain), max(command, key=lambda measured: measured[0])
+
+
 def plain_enroll_throughput(running: Running, paths: list[Path]) -> float:
     """Enrolls of the same photos by plain HTTP uploads, as pipeline_throughput sends searches (16 in flight, each
     waiting for its job), the people created before the clock starts: the pipeline's own enroll rate, which the
@@ -501,8 +513,7 @@ def run(config: BenchConfig) -> Path:
             running = start_pipeline(config, data, list(Stage), workers, stage_workers=stage_workers)
             try:
                 throughput, under_load, cpu = pipeline_throughput(running, paths)
-                plain_enrolls = plain_enroll_throughput(running, paths)
-                enroll_rate, enroll_cpu = enroll_throughput(running, paths, data / "enroll")
+                plain_enrolls, (enroll_rate, enroll_cpu) = enroll_rounds(running, paths, data)
                 runs.append(PipelineRun(layout, throughput, under_load, cpu, enroll_rate, enroll_cpu, plain_enrolls))
                 if number == 0:
                     one_face = (config.photos_dir / SEARCH_PHOTO).read_bytes()
@@ -637,7 +648,8 @@ def report_enroll(report: Report, runs: list[PipelineRun]) -> None:
         f"photos on the same pipeline right after its measurement above, {ENROLL_PHOTOS_PER_PERSON} photos per",
         "person (each person looked up and created by the command, inside the time), against plain HTTP enrolls",
         "of the same photos (16 in flight, the people created before the clock starts): the pipeline's own enroll",
-        "rate, which the target weighs the command against. Beside it, the command against the pipeline's search",
+        f"rate, which the target weighs the command against. Each is run {ENROLL_ROUNDS} times, in turn, and its",
+        "faster run kept. Beside it, the command against the pipeline's search",
         "rate of the same run: an enroll does what a search does and more (the photo and its crop written to S3,",
         "the face's rows), so it is slower than a search whatever the client.",
         "",
