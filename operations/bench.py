@@ -38,7 +38,7 @@ from schemas.streams import PIPELINE, Stage
 # Issue 16: the pipeline delivers at least this fraction of the best plain insightface loop's photos per second.
 THROUGHPUT_TARGET = 0.95
 # Each enroll measurement (plain HTTP and the command) is run this many times, alternately.
-ENROLL_ROUNDS = 2
+ENROLL_ROUNDS = 3
 # Issue 18: `fecapass enroll` delivers at least this fraction of the pipeline's own enroll rate (plain HTTP enrolls).
 ENROLL_TARGET = 0.9
 # The pipeline layouts measured: processes per stage, and the stages that get more. The models' stages do nearly all
