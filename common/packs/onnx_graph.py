@@ -1,8 +1,9 @@
 """Rewrites of a model's graph that give the same outputs for less CPU on onnxruntime's CPU kernels.
 
-PReLU with a slope per channel (the activation of every ArcFace recognizer: MobileFaceNet, IResNet) is 41 % of
-w600k_mbf's time on one CPU thread, not for its arithmetic: onnxruntime runs it as a generic broadcast outside the
-blocked (NCHWc) layout its convolutions use, so each one also converts the tensor out of that layout and back.
+PReLU with a slope per channel (the activation of insightface's ArcFace recognizers, MobileFaceNet and IResNet)
+is 41 % of w600k_mbf's time on one CPU thread, not for its arithmetic: onnxruntime runs it as a generic broadcast
+outside the blocked (NCHWc) layout its convolutions use, so each one also converts the tensor out of that layout
+and back.
 Written as convolutions and a ReLU, which stay in that layout, the same network takes a third less time
 (BENCHMARKS.md, profile):
 
