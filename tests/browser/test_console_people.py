@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import redis
@@ -12,7 +13,7 @@ from schemas.streams import Stage
 from tests.browser.conftest import NO_PLAYWRIGHT, Console, sign_in
 
 pytest.importorskip("playwright.sync_api", reason=NO_PLAYWRIGHT)
-from playwright.sync_api import Browser, Page, expect
+from playwright.sync_api import Browser, Page, Route, expect
 
 
 def unique(name: str) -> str:
@@ -106,6 +107,35 @@ def test_people_pages(page: Page, console: Console) -> None:
     page.get_by_role("button", name="Previous page").click()
     expect(page.locator("#people tbody tr")).to_have_count(20)
     expect(page.locator("#people")).to_contain_text(f"Pager 00 {tag}")
+
+
+def test_a_late_answer_to_the_first_page_does_not_replace_the_search(page: Page, console: Console) -> None:
+    """The list asks for the first page as it opens; a search sent before that answer is back must win, whatever
+    order the answers come in (the stale page's `next_after` once sent "Next page" past the search's people)."""
+    tag = uuid.uuid4().hex[:6]
+    with console.client("write") as client:
+        client.post("/v1/users", json={"email": f"late.{tag}@example.com", "full_name": f"Late Answer {tag}"})
+        other = uuid.uuid4().hex[:6]  # someone the search does not find, on the unfiltered first page
+        client.post("/v1/users", json={"email": f"other.{other}@example.com", "full_name": f"Someone Else {other}"})
+    held: list[Route] = []
+
+    def hold_the_unfiltered_list(route: Route) -> None:
+        if not parse_qs(urlsplit(route.request.url).query).get("q"):
+            held.append(route)  # answered below, after the search's answer
+        else:
+            route.continue_()
+
+    page.route("**/v1/users?*", hold_the_unfiltered_list)
+    sign_in(page, console.base_url, console.keys["read"], "#/people")
+    page.get_by_label("Search by name or email").fill(tag)
+    page.get_by_role("button", name="Search").click()
+    expect(page.locator("#people tbody tr")).to_have_count(1)
+    assert held  # the list opened with an unfiltered first page (once per render of the view)
+    for route in held:
+        route.fulfill(response=route.fetch())
+    page.wait_for_timeout(500)  # time for the late answer to be rendered, had it been
+    expect(page.locator("#people tbody tr")).to_have_count(1)
+    expect(page.locator("#people")).to_contain_text(f"Late Answer {tag}")
 
 
 def test_a_read_key_is_offered_no_write_action(page: Page, console: Console) -> None:

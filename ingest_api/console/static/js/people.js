@@ -15,8 +15,11 @@ export async function renderList(view) {
   const paging = h("div");
   const searchBox = h("input", { type: "search", id: "people-search", value: query, placeholder: "name or email" });
 
+  let loads = 0; // the newest load's number: an answer to an older one (the unfiltered first page, a page left) is dropped
   async function load() {
+    const mine = ++loads;
     const page = await api("GET", "/v1/users", { query: { after, limit: PAGE, q: query } });
+    if (mine !== loads) return; // a newer search or page was asked for while this one was on its way
     const rows = page.items.map((user) => h("tr", { dataset: { userId: String(user.id) } },
       h("td", {}, h("a", { href: `#/people/${user.id}` }, user.full_name || "(no name)")),
       h("td", {}, user.email),
