@@ -107,9 +107,11 @@ def _face_analysis_worker(root: str, pack: str, paths: list[str], threads: int, 
     import cv2
     from insightface.app import FaceAnalysis
 
+    from common.imaging import use_image_threads
+
     if threads:
         os.environ["OMP_NUM_THREADS"] = str(threads)
-        cv2.setNumThreads(threads)  # as the stages do (FECAPASS_OPENCV_THREADS): the loop's best, fairly compared
+        use_image_threads(threads)  # as the stages do (FECAPASS_OPENCV_THREADS): the loop's best, fairly compared
     app = FaceAnalysis(
         name=pack, root=root, providers=["CPUExecutionProvider"], allowed_modules=["detection", "recognition"]
     )

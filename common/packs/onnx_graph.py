@@ -44,6 +44,11 @@ def _per_channel_slope(slope: np.ndarray) -> np.ndarray | None:
     return None
 
 
+def _is_constant_prelu(node: onnx.NodeProto, initializers: set[str]) -> bool:
+    """A PReLU of the standard domain whose slope is a constant of the model (one it can read and rewrite)."""
+    return node.op_type == "PRelu" and node.domain in ("", "ai.onnx") and node.input[1] in initializers
+
+
 def _depthwise(source: str, weights: str, output: str, channels: int) -> onnx.NodeProto:
     """``output = weights[c] * source`` per channel: a 1x1 convolution with one group per channel."""
     return helper.make_node("Conv", [source, weights], [output], group=channels, kernel_shape=[1, 1])
@@ -51,8 +56,11 @@ def _depthwise(source: str, weights: str, output: str, channels: int) -> onnx.No
 
 def prelu_as_convolutions(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     """A copy of ``model`` with every per-channel PReLU of a float32 NCHW tensor written as convolutions (see the
-    module's docstring), and how many were rewritten. Any other PReLU (a slope that is a graph input, a 2-D
-    tensor, a shape not known) is kept as it is."""
+    module's docstring), and how many were rewritten (``model`` itself when none is). Any other PReLU (a slope
+    that is a graph input, a 2-D tensor, a shape not known) is kept as it is."""
+    constants = {tensor.name for tensor in model.graph.initializer}
+    if not any(_is_constant_prelu(node, constants) for node in model.graph.node):
+        return model, 0  # a detector, a ReLU6 recognizer: no copy and no shape inference at start-up
     rewritten = onnx.ModelProto()
     rewritten.CopyFrom(model)
     graph = rewritten.graph
@@ -61,7 +69,7 @@ def prelu_as_convolutions(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]
     nodes: list[onnx.NodeProto] = []
     count = 0
     for node in graph.node:
-        if node.op_type != "PRelu" or node.domain not in ("", "ai.onnx") or node.input[1] not in initializers:
+        if not _is_constant_prelu(node, constants):
             nodes.append(node)
             continue
         x, slope_name = node.input
