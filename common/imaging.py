@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+from isal import isal_zlib
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 SUPPORTED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF", "MPO"})
@@ -40,6 +41,7 @@ class ImageInfo:
     format: str
     width: int
     height: int
+    mode: str = ""  # Pillow's, from the header: "RGB", "L", "CMYK", "RGBA", "P", ...
 
     @property
     def content_type(self) -> str:
@@ -52,7 +54,7 @@ def probe(data: bytes, max_pixels: int) -> ImageInfo:
         raise NotAnImage("empty file")
     try:
         with Image.open(io.BytesIO(data)) as image:
-            info = ImageInfo(format=image.format or "", width=image.width, height=image.height)
+            info = ImageInfo(format=image.format or "", width=image.width, height=image.height, mode=image.mode)
     except UnidentifiedImageError as exc:
         raise NotAnImage("not a recognised image format") from exc
     except (OSError, SyntaxError, ValueError) as exc:
@@ -144,14 +146,24 @@ def is_complete_jpeg(data: bytes) -> bool:
 
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# isal's stubs declare its error an instance of Exception; at run time it is the exception class.
+_INFLATE_ERROR: type[Exception] = isal_zlib.error  # type: ignore[assignment]
 _INFLATE_STEP = 1 << 20
 
 
 def _inflate_png(data: bytes) -> None:
     """Walk the chunks (checking each CRC) and inflate the IDAT stream a megabyte at a time, discarding the output;
-    the frame is complete when the stream inflates to the declared raw size."""
-    expected = _png_raw_size(data)
-    inflater = zlib.decompressobj()
+    the frame is complete when the stream inflates to the declared raw size. ISA-L's inflate and CRC-32 give zlib's
+    results in under half its time (3.5 -> 1.6 ms for a PNG of ../shared/faces/basic, BENCHMARKS.md)."""
+    try:
+        _inflate_png_stream(data, _png_raw_size(data))
+    except _INFLATE_ERROR as exc:  # a chunk whose CRC is right but whose data is no deflate stream
+        raise UndecodableImage(f"the PNG's pixel data cannot be inflated: {exc}") from exc
+
+
+def _inflate_png_stream(data: bytes, expected: int) -> None:
+    inflater = isal_zlib.decompressobj()
+    view = memoryview(data)  # slices of it are not copies
     produced, offset = 0, 8
     while produced < expected:
         if offset + 8 > len(data):
@@ -160,12 +172,12 @@ def _inflate_png(data: bytes) -> None:
         end = offset + 8 + length
         if end + 4 > len(data):
             raise UndecodableImage("the PNG ends inside a chunk")
-        if zlib.crc32(data[offset + 4 : end]) != struct.unpack(">I", data[end : end + 4])[0]:
+        if isal_zlib.crc32(view[offset + 4 : end]) != struct.unpack(">I", data[end : end + 4])[0]:
             raise UndecodableImage(f"broken PNG chunk {kind!r} (CRC)")
         if kind == b"IEND":
             break
         if kind == b"IDAT":
-            pending = data[offset + 8 : end]
+            pending: bytes | memoryview = view[offset + 8 : end]
             while pending and produced < expected and not inflater.eof:
                 produced += len(inflater.decompress(pending, _INFLATE_STEP))
                 pending = inflater.unconsumed_tail
@@ -191,18 +203,14 @@ def decode_reduced(data: bytes, max_pixels: int, fraction: float) -> Decoded:
     that resizes photos to 640 px, or an aligner that makes 112 px crops, needs no more). Other formats are
     decoded at full size."""
     info = probe(data, max_pixels)
+    scale = _dct_scale(info, fraction) if info.format == "JPEG" else 1
+    decoded = _decode_with_opencv(data, info, scale)
+    if decoded is not None:
+        return Decoded(decoded, scale)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             with Image.open(io.BytesIO(data)) as image:
-                scale = _dct_scale(info, fraction) if image.format == "JPEG" else 1
-                if image.format == "JPEG" and image.mode in ("RGB", "L") and _ends_complete(data):
-                    # OpenCV decodes straight into a BGR array, EXIF orientation applied (the same pixels as
-                    # Pillow, in half the time: Pillow's array conversion copies the image twice).
-                    decoded = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), _OPENCV_JPEG_FLAGS[scale])
-                    if decoded is not None:
-                        return Decoded(decoded, scale)
-                image.seek(0)
                 if scale > 1:
                     image.draft("RGB", (-(-info.width // scale), -(-info.height // scale)))
                 image.load()
@@ -212,6 +220,56 @@ def decode_reduced(data: bytes, max_pixels: int, fraction: float) -> Decoded:
         raise UndecodableImage(f"cannot decode image: {exc}") from exc
     # cvtColor copies channels in reverse order an order of magnitude faster than numpy's rgb[:, :, ::-1].
     return Decoded(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), scale)
+
+
+def _decode_with_opencv(data: bytes, info: ImageInfo, scale: int) -> np.ndarray | None:
+    """The BGR pixels from OpenCV where they are Pillow's pixels, else None (Pillow's path decodes it). OpenCV
+    decodes straight into a BGR array in about half Pillow's time (Pillow's array conversion copies the image
+    twice; a PNG of ../shared/faces/basic: 14.0 -> 7.7 ms): a whole JPEG in RGB or grey, EXIF orientation applied
+    by both; an 8-bit RGB or RGBA PNG that nothing rotates and whose pixels are all opaque (Pillow lays transparent
+    ones on white)."""
+    buffer = np.frombuffer(data, dtype=np.uint8)
+    if info.format == "JPEG" and info.mode in ("RGB", "L") and _ends_complete(data):
+        decoded: np.ndarray | None = cv2.imdecode(buffer, _OPENCV_JPEG_FLAGS[scale])
+        return decoded
+    if info.format != "PNG" or info.mode not in ("RGB", "RGBA") or not _png_is_unrotated_still(data):
+        return None
+    # IMREAD_UNCHANGED keeps the alpha channel and the bit depth (a 16-bit PNG is left to Pillow) and reads no
+    # EXIF, which _png_is_unrotated_still has ruled out.
+    decoded = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED)
+    if decoded is None or decoded.dtype != np.uint8 or decoded.ndim != 3:
+        return None
+    if decoded.shape[2] == 4:
+        if int(decoded[:, :, 3].min()) < 255:
+            return None
+        return cv2.cvtColor(decoded, cv2.COLOR_BGRA2BGR)
+    return decoded if decoded.shape[2] == 3 else None
+
+
+# Text chunks where Pillow finds an orientation (``Image.getexif``: an eXIf chunk, a "Raw profile type exif" text,
+# an XMP packet's tiff:Orientation); a compressed one could hide either, so it counts as one.
+_PNG_ORIENTATION_MARKS = (b"Orientation", b"Raw profile type exif")
+
+
+def _png_is_unrotated_still(data: bytes) -> bool:
+    """No chunk of the PNG can rotate it (see above) or animate it (APNG: Pillow's first frame is not always
+    the default image OpenCV decodes). Reads the chunk headers and the text chunks only."""
+    offset = 8
+    while offset + 8 <= len(data):
+        length, kind = struct.unpack_from(">I4s", data, offset)
+        if kind in (b"eXIf", b"acTL", b"zTXt"):
+            return False
+        if kind in (b"tEXt", b"iTXt"):
+            text = data[offset + 8 : offset + 8 + length]
+            keyword_end = text.find(b"\0")
+            if kind == b"iTXt" and text[keyword_end + 1 : keyword_end + 2] == b"\1":
+                return False  # compressed
+            if any(mark in text for mark in _PNG_ORIENTATION_MARKS):
+                return False
+        if kind == b"IEND":
+            return True
+        offset += length + 12
+    return True  # no IEND: OpenCV refuses a truncated file, and Pillow's path says why
 
 
 _OPENCV_JPEG_FLAGS = {
@@ -254,7 +312,8 @@ def _to_rgb8(image: Image.Image) -> np.ndarray:
 def encode_png(image_bgr: np.ndarray) -> bytes:
     # Lossless, and as cheap as PNG gets: level 0 stores the pixels unpacked (~0.35 ms to encode a 112 px crop
     # and ~0.1 ms to decode it, against ~1.0 and ~0.4 at level 1) for a file 1.5 times larger (38 KB against 25).
-    # Crops are written once and read once by the embed stage; the bytes are cheaper than the CPU.
+    # What S3 keeps of a crop (an enroll's, a kept unknown face's: crop_url serves them); in Redis, on the way to the
+    # embed stage, a crop is its raw pixels (common/job_bytes.py).
     ok, encoded = cv2.imencode(".png", image_bgr, [cv2.IMWRITE_PNG_COMPRESSION, 0])
     if not ok:
         raise ValueError("PNG encoding failed")

@@ -1,6 +1,6 @@
 """Transient bytes: the photo of a search, verify or detect job, every face's region of its photo on its way from the
 detect stage to the align stage (raw pixels: the align stage decodes no photo) and every crop on its way to the
-embed stage, held
+embed stage (raw pixels too, common/job_bytes.py), held
 in Redis under ``fecapass:blob:<job>:<name>`` with a TTL, where an S3 put, get and delete would cost an HTTP request
 each and the S3 server's CPU. Enrolled photos and their crops stay in S3 (a face row points at them); so does the
 photo a reindex reads (the enrolled one).

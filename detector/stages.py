@@ -8,11 +8,11 @@ import numpy as np
 
 from common.errors import JobFailed, PoisonMessage
 from common.handlers import HandlerResult, Outcome, per_message
-from common.imaging import ImageError, ImageTooLarge, decode, encode_png
+from common.imaging import ImageError, ImageTooLarge, decode
 from common.job_bytes import JobBytes
 from common.packs import Face
 from common.packs.library import PackLibrary, aligner_for, pack_for
-from common.packs.regions import Region
+from common.packs.regions import Region, raw_bytes, raw_pixels
 from common.transient import region_blob_key
 from detector.quality import sharpness
 from schemas.jobs import ErrorCode
@@ -107,7 +107,7 @@ class DetectHandler:
                 # The align stage decodes no photo: it gets the pixels its warp reads for the face as the wire
                 # carries it (keypoints rounded), raw (a memcpy each way; PNG at level 1 costs ms, BENCHMARKS.md).
                 region = aligner.region(from_wire(wire), image.shape[:2])
-                regions.append(region.of(image).tobytes())
+                regions.append(raw_bytes(region.of(image)))
                 kept.append(wire.model_copy(update={"region_box": region.as_tuple()}))
         keys = self.objects.put_regions(message, regions)
         kept = [face.model_copy(update={"region_key": key}) for face, key in zip(kept, keys, strict=True)]
@@ -163,11 +163,12 @@ def region_of(message: DetectedMessage, index: int, max_pixels: int) -> Region |
 
 def region_pixels(data: bytes, region: Region) -> np.ndarray:
     """The region's raw BGR bytes as pixels (read-only, no copy)."""
-    if len(data) != region.width * region.height * 3:
+    pixels = raw_pixels(data, region.height, region.width)
+    if pixels is None:
         raise PoisonMessage(
             ErrorCode.MALFORMED_MESSAGE, f"{len(data)} bytes of pixels for a {region.width}x{region.height} region"
         )
-    return np.frombuffer(data, dtype=np.uint8).reshape(region.height, region.width, 3)
+    return pixels
 
 
 class AlignHandler:
@@ -204,7 +205,7 @@ class AlignHandler:
                 crop = aligner.align(images[face.source], from_wire(face))
             else:
                 crop = aligner.align_region(region_pixels(pixels[face.region_key], region), region, from_wire(face))
-            key = self.objects.put_crop(message, index, encode_png(crop))
+            key = self.objects.put_crop(message, index, crop)
             aligned.append(AlignedFace(**face.model_dump(exclude={"region_key", "region_box"}), crop_key=key))
         # No later stage reads the photos or the regions: transient ones are deleted with this write (kept ones are
         # not touched; the detect stage already let the photos go, but an entry without regions did not).

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import cv2
 import numpy as np
 
-from common.errors import PoisonMessage
 from common.handlers import HandlerResult, Outcome
-from common.job_bytes import JobBytes
+from common.job_bytes import JobBytes, crop_pixels
 from common.packs import ModelPack
 from common.packs.library import PackLibrary, pack_for
-from schemas.jobs import ErrorCode
 from schemas.streams import AlignedMessage, EmbeddedMessage, Stage, encode_embeddings
 
 
@@ -26,13 +23,8 @@ class EmbedHandler:
         self.batch = batch
 
     def _crops(self, message: AlignedMessage, data: dict[str, bytes]) -> list[np.ndarray]:
-        crops = []
-        for face in message.faces:
-            crop = cv2.imdecode(np.frombuffer(data[face.crop_key], dtype=np.uint8), cv2.IMREAD_COLOR)
-            if crop is None:
-                raise PoisonMessage(ErrorCode.UNDECODABLE_IMAGE, f"crop {face.crop_key} is not an image")
-            crops.append(crop)
-        return crops
+        # Raised here, a crop that is neither raw nor PNG fails its own message only, not the pack's whole batch.
+        return [crop_pixels(data[face.crop_key], message.crop_size, face.crop_key) for face in message.faces]
 
     def _fetch(self, messages: Sequence[AlignedMessage]) -> list[dict[str, bytes] | Exception]:
         """Every crop of the batch in one read where they are blobs; should that fail, message by message, so that one

@@ -263,7 +263,7 @@ class IndexHandler:
     ) -> None:
         """Faces that matched nobody, kept where the search's collection asks (before the job's crops go)."""
         unseen = [
-            UnseenFace(index, face.crop_key, list(face.box), face.score, matrix[index])
+            UnseenFace(index, face.crop_key, list(face.box), face.score, matrix[index], message.crop_size)
             for index, (face, result) in enumerate(zip(message.faces, results, strict=True))
             if not result.matches
         ]

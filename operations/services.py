@@ -400,6 +400,9 @@ class LocalServices:
             "yes" if self.durable else "no",
             "--appendfsync",
             "everysec",
+            # As compose.yaml: the AOF rewrite's snapshot is mostly image bytes in flight, which LZF cannot shrink.
+            "--rdbcompression",
+            "no",
             "--logfile",
             str(self.data_dir / "valkey.log"),
         ]

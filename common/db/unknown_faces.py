@@ -32,6 +32,7 @@ from common.db.main_repository import (
     unknown_face_job_id,
 )
 from common.db.vector_repository import VectorRepository
+from common.job_bytes import UndecodableCrop, crop_png
 from common.objects import ObjectMissing, ObjectStore, ObjectUnreadable, crop_key, original_key
 from common.transient import PhotoExpired, TransientStore, is_transient
 from schemas.gallery import Change
@@ -45,15 +46,23 @@ PAGE = 500  # unknown faces settled or expired per database round trip
 Publish = Callable[[Change, str, list[int], int], None]  # change, pack, face ids, collection id
 
 
-def copy_crop(store: ObjectStore, source_key: str, kept_key: str, transient: TransientStore | None = None) -> bool:
-    """Keep a crop under ``kept_key``; False when the source is gone (and nothing is kept there yet). The one place
-    that reads a job's crop for the unknown pool: where crops of searches live elsewhere than S3 (a Redis TTL),
-    this is what reads them from there."""
+def copy_crop(
+    store: ObjectStore,
+    source_key: str,
+    kept_key: str,
+    transient: TransientStore | None = None,
+    crop_size: int | None = None,
+) -> bool:
+    """Keep a crop under ``kept_key``, as a PNG (crop_url serves it); False when the source is gone (and nothing is
+    kept there yet). The one place that reads a job's crop for the unknown pool: where crops of searches live
+    elsewhere than S3 (a Redis TTL), this is what reads them from there. ``crop_size``: a blob's side (its
+    message's), without which its raw pixels cannot be read. Raises ``UndecodableCrop`` for a blob that holds no
+    crop of that size."""
     try:
         if is_transient(source_key):  # a search's crop lives in Redis until its job ends (common/transient.py)
-            if transient is None:
+            if transient is None or crop_size is None:
                 raise ObjectMissing(source_key)
-            data = transient.get(source_key)
+            data = crop_png(transient.get(source_key), crop_size, source_key)
         else:
             data = store.get(source_key)
     except (ObjectMissing, PhotoExpired):
@@ -75,6 +84,7 @@ class UnseenFace:
     box: list[float]
     det_score: float
     embedding: np.ndarray
+    crop_size: int  # the job's message's: a crop blob is raw pixels of this side
 
 
 @dataclass(frozen=True)
@@ -121,8 +131,8 @@ class UnknownFaces:
                 continue
             kept_key = unknown_crop_key(face_job_id)
             try:
-                copied = copy_crop(self.store, face.crop_key, kept_key, self.transient)
-            except ObjectUnreadable as exc:  # one bad object: the search's answer does not wait on it
+                copied = copy_crop(self.store, face.crop_key, kept_key, self.transient, face.crop_size)
+            except (ObjectUnreadable, UndecodableCrop) as exc:  # one bad crop: the search's answer does not wait on it
                 log.warning("unknown.crop_unreadable", job_id=job_id, face_index=face.face_index, error=str(exc))
                 continue
             if not copied:

@@ -29,6 +29,16 @@ def png_bomb(width: int, height: int) -> bytes:
     )
 
 
+def png_not_deflate() -> bytes:
+    """Every chunk's CRC right, its IDAT not a deflate stream (was a 500: the inflater's error went uncaught)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", 64, 64, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", b"\x07" * 200) + chunk(b"IEND", b"")
+
+
 def assert_problem(response: object, status: int, code: str) -> None:
     assert response.status_code == status, (code, response.text)  # type: ignore[attr-defined]
     assert response.headers["content-type"] == "application/problem+json"  # type: ignore[attr-defined]
@@ -44,6 +54,7 @@ def test_error_contract(api: TestClient, installation: Installation) -> None:
         ({"file": ("x.jpg", b"")}, 415, "unsupported_media_type"),
         ({"file": ("x.png", png_bomb(50_000, 50_000))}, 422, "image_too_large"),
         ({"file": ("x.jpg", truncated)}, 422, "undecodable_image"),
+        ({"file": ("x.png", png_not_deflate())}, 422, "undecodable_image"),
     ]
     read = key(installation, "read")
     before = installation.submitted()

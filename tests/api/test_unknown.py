@@ -51,7 +51,7 @@ def a_cluster(installation: Installation, unknown: UnknownFaces, collection_id: 
         installation.store.put(crop_key(job_id, 0), b"crop of " + job_id.encode())
         embedding = unit(person + 0.3 * unit(rng.standard_normal(DIM)))
         unknown.keep(
-            collection_id, job_id, PACK, [UnseenFace(0, crop_key(job_id, 0), [1, 2, 3, 4], 0.9, embedding)], 24
+            collection_id, job_id, PACK, [UnseenFace(0, crop_key(job_id, 0), [1, 2, 3, 4], 0.9, embedding, 112)], 24
         )
     clusters = installation.main.list_clusters(collection_id, 0, 10, 4)
     assert len(clusters) == 1 and clusters[0].faces == faces

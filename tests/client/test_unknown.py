@@ -59,7 +59,7 @@ def people_apart(installation: ClientInstallation, unknown: UnknownFaces, collec
             installation.store.put(crop_key(job_id, 0), b"crop of " + job_id.encode())
             embedding = unit(person + 0.3 * unit(rng.standard_normal(DIM)))
             unknown.keep(
-                collection_id, job_id, PACK, [UnseenFace(0, crop_key(job_id, 0), [1, 2, 3, 4], 0.9, embedding)], 24
+                collection_id, job_id, PACK, [UnseenFace(0, crop_key(job_id, 0), [1, 2, 3, 4], 0.9, embedding, 112)], 24
             )
 
 

@@ -21,8 +21,8 @@ from common.db.migrate import migrate_all
 from common.db.vector_repository import VectorRepository
 from common.errors import TransientError
 from common.handlers import HandlerResult, StageHandler
-from common.imaging import decode
-from common.job_bytes import JobBytes
+from common.imaging import PNG_SIGNATURE, decode, encode_png
+from common.job_bytes import JobBytes, crop_pixels
 from common.metrics import StreamCollector
 from common.packs.library import PackLibrary
 from common.runner import StageRunner, ensure_group
@@ -188,24 +188,49 @@ def test_an_enroll_keeps_its_photo_and_crop_in_s3(
     assert pipeline.objects.store.get(crop)[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_an_enrolls_crop_is_a_png_in_s3_and_its_copy_in_redis_the_same_pixels_raw(
+    pipeline: Pipeline, repositories: tuple[MainRepository, VectorRepository]
+) -> None:
+    user = repositories[0].create_user(f"transient.{uuid.uuid4().hex[:8]}@example.com", "Raw Person")
+    assert user is not None
+    job_id = pipeline.submit(JobKind.ENROLL, (BASIC / "obama_1.jpg").read_bytes(), user_id=user.id)
+    pipeline.runners[0].run_once()
+    pipeline.runners[1].run_once()
+    size = detected_crop_size(pipeline, job_id)
+    png = pipeline.objects.store.get(f"crops/{job_id}/0.png")
+    copy = pipeline.objects.transient.get(crop_blob_key(job_id, 0))
+    assert png.startswith(PNG_SIGNATURE) and not copy.startswith(PNG_SIGNATURE) and len(copy) == size * size * 3
+    from_s3 = cv2.imdecode(np.frombuffer(png, dtype=np.uint8), cv2.IMREAD_COLOR)  # what crop_url serves
+    assert from_s3.shape == (size, size, 3) and np.array_equal(from_s3, crop_pixels(copy, size, "copy"))
+    assert pipeline.run(job_id)["state"] == "done"
+    assert blob_keys(pipeline.client) == []
+
+
+def detected_crop_size(pipeline: Pipeline, job_id: str) -> int:
+    [fields] = [f for _, f in pipeline.client.xrange(Stage.EMBED.stream) if f[b"job_id"] == job_id.encode()]
+    return AlignedMessage.from_fields(fields).crop_size
+
+
 def test_an_enrolls_crop_is_read_from_its_copy_in_redis_and_from_s3_without_it(
     job_bytes: JobBytes, services: LocalServices
 ) -> None:
     """The embed stage reads an enroll's crop from the Redis copy the align stage wrote beside the S3 object (the
     copy is given other bytes here to tell which one was read), from S3 once the copy is gone; a search's crop has
-    no other copy than its blob."""
+    no other copy than its blob. Redis holds raw pixels, S3 a PNG."""
     enroll, search = uuid.uuid4().hex, uuid.uuid4().hex
+    enroll_crop, search_crop, other = (random_crop(seed) for seed in range(3))
     enroll_message = JobMessage(job_id=enroll, kind=JobKind.ENROLL, image_key=f"originals/{enroll}", pack=PACK)
     search_message = JobMessage(job_id=search, kind=JobKind.SEARCH, image_key=photo_blob_key(search), pack=PACK)
-    durable = job_bytes.put_crop(enroll_message, 0, b"enroll crop")
-    transient = job_bytes.put_crop(search_message, 0, b"search crop")
+    durable = job_bytes.put_crop(enroll_message, 0, enroll_crop)
+    transient = job_bytes.put_crop(search_message, 0, search_crop)
     assert (durable, transient) == (f"crops/{enroll}/0.png", crop_blob_key(search, 0))
     assert bucket_files(services, enroll) == [durable] and bucket_files(services, search) == []
-    assert job_bytes.transient.get(crop_blob_key(enroll, 0)) == b"enroll crop"
-    job_bytes.transient.put(crop_blob_key(enroll, 0), b"the copy")
-    assert job_bytes.get_crops([durable, transient]) == [b"the copy", b"search crop"]
+    assert job_bytes.transient.get(crop_blob_key(enroll, 0)) == enroll_crop.tobytes()
+    assert job_bytes.store.get(durable) == encode_png(enroll_crop)
+    job_bytes.transient.put(crop_blob_key(enroll, 0), other.tobytes())
+    assert job_bytes.get_crops([durable, transient]) == [other.tobytes(), search_crop.tobytes()]
     job_bytes.transient.delete([crop_blob_key(enroll, 0)])
-    assert job_bytes.get_crops([durable, transient]) == [b"enroll crop", b"search crop"]
+    assert job_bytes.get_crops([durable, transient]) == [encode_png(enroll_crop), search_crop.tobytes()]
     job_bytes.transient.delete([transient])
     with pytest.raises(PhotoExpired):
         job_bytes.get_crops([durable, transient])
@@ -335,11 +360,26 @@ def test_a_dead_lettered_job_keeps_no_blob(pipeline: Pipeline) -> None:
     assert blob_keys(pipeline.client) == [] and not pipeline.client.exists(BYTES_KEY)
 
 
-def test_a_poison_crop_dead_letters_its_job_and_deletes_its_blobs(pipeline: Pipeline) -> None:
+def random_crop(seed: int, size: int = 112) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        pytest.param(b"not an image at all", id="too short for raw pixels"),
+        pytest.param(random_crop(1).tobytes() + b"\0", id="one byte over"),
+        pytest.param(random_crop(1, 224).tobytes(), id="another size's raw pixels"),
+        pytest.param(PNG_SIGNATURE + b"\0" * 64, id="a broken PNG"),
+        pytest.param(encode_png(random_crop(1, 224)), id="a PNG of another size"),
+    ],
+)
+def test_a_poison_crop_dead_letters_its_job_and_deletes_its_blobs(pipeline: Pipeline, data: bytes) -> None:
     job_id = uuid.uuid4().hex
     crops = [crop_blob_key(job_id, i) for i in range(2)]
-    for key in [photo_blob_key(job_id), *crops]:
-        pipeline.objects.transient.put(key, b"not an image at all")
+    pipeline.objects.transient.put(photo_blob_key(job_id), b"not an image at all")
+    for key in crops:
+        pipeline.objects.transient.put(key, data)
     faces = [AlignedFace(box=(0, 0, 1, 1), keypoints=[(0, 0)] * 5, score=1.0, crop_key=key) for key in crops]
     message = AlignedMessage(
         job_id=job_id, kind=JobKind.SEARCH, image_key=photo_blob_key(job_id), faces=faces, faces_seen=2, pack=PACK,
@@ -378,7 +418,7 @@ def test_an_entry_written_before_regions_is_aligned_from_its_photo_into_the_same
     pipeline.client.xadd(Stage.ALIGN.stream, bare.to_fields())
     pipeline.runners[1].run_once()
     crops = {job: [pipeline.client.get(crop_blob_key(job, i)) for i in range(len(legacy.faces))] for job in (new, old)}
-    assert all(crops[new]) and crops[new] == crops[old]  # byte for byte, the same PNG crops
+    assert all(crops[new]) and crops[new] == crops[old]  # byte for byte, the same raw crops
     # Align let go of the old job's photo and of the new job's regions.
     assert blob_keys(pipeline.client) == sorted(
         crop_blob_key(job, i) for job in (new, old) for i in range(len(legacy.faces))
@@ -471,23 +511,6 @@ def test_the_default_ttl_outlasts_every_redelivery_under_production_defaults() -
     assert PipelineSettings.model_fields["transient_ttl_seconds"].default > minimum_ttl_seconds(production) == 600
 
 
-def test_a_transient_crop_can_be_kept_in_s3_before_its_job_ends(job_bytes: JobBytes, services: LocalServices) -> None:
-    """What a stage that keeps a search's face beyond its job calls (unknown-face clustering): the crop is copied to
-    S3 where an enroll's would be; the blob itself still goes with the job's final write."""
-    job_id = uuid.uuid4().hex
-    blob = crop_blob_key(job_id, 3)
-    job_bytes.transient.put(blob, b"crop bytes")
-    kept = job_bytes.keep_crop(blob, job_id, 3)
-    assert kept == f"crops/{job_id}/3.png"
-    assert job_bytes.store.get(kept) == b"crop bytes" and bucket_files(services, job_id) == [kept]
-    assert job_bytes.transient.get(blob) == b"crop bytes"
-    assert job_bytes.keep_crop(kept, job_id, 3) == kept  # already durable: nothing copied
-    job_bytes.transient.delete([blob])
-    with pytest.raises(PhotoExpired):
-        job_bytes.keep_crop(blob, job_id, 3)
-    job_bytes.store.delete_many([kept])
-
-
 def test_a_verify_sends_a_region_of_each_photo_and_its_crops_are_those_of_the_photos(job_bytes: JobBytes) -> None:
     require_pack()
     packs = PackLibrary(ModelSettings(model_pack=PACK, model_root=MODEL_ROOT, ort_threads=1))
@@ -509,6 +532,7 @@ def test_a_verify_sends_a_region_of_each_photo_and_its_crops_are_those_of_the_ph
     for face, photo in zip(result.faces, photos, strict=True):
         assert "region" not in face.model_dump(exclude_none=True)  # later stages do not carry the region
         expected = aligner.align(decode(photo, MAX_PIXELS), from_wire(face))
-        crop = cv2.imdecode(np.frombuffer(job_bytes.get(face.crop_key), np.uint8), cv2.IMREAD_COLOR)
-        assert np.array_equal(crop, expected)
+        blob = job_bytes.get(face.crop_key)
+        assert len(blob) == entry.crop_size**2 * 3  # raw pixels, no PNG
+        assert np.array_equal(crop_pixels(blob, entry.crop_size, face.crop_key), expected)
     job_bytes.transient.delete(job_blob_keys(job_id, crops=2))

@@ -60,7 +60,7 @@ def test_lfw_photos_of_a_person_cluster_together_and_people_stay_apart(
             continue
         job_id = uuid.uuid4().hex
         object_store.put(crop_key(job_id, 0), b"crop")
-        face = UnseenFace(0, crop_key(job_id, 0), [0, 0, 1, 1], 0.9, np.asarray(embedding, dtype=np.float32))
+        face = UnseenFace(0, crop_key(job_id, 0), [0, 0, 1, 1], 0.9, np.asarray(embedding, dtype=np.float32), 112)
         (row,) = unknown.keep(collection.id, job_id, pack_name, [face], retention_hours=24)
         people[row.id] = person
     unknown.settle(collection_id=collection.id)

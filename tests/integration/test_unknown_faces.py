@@ -14,9 +14,11 @@ import threading
 import uuid
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 import pytest
 import redis
+from structlog.testing import capture_logs
 
 from common.clustering import ClusterParameters, Nearby, Placement, parameters_for, place
 from common.db import main_repository
@@ -31,6 +33,8 @@ from common.db.main_repository import (
 )
 from common.db.unknown_faces import SettleReport, UnknownFaces
 from common.db.vector_repository import VectorRepository
+from common.imaging import PNG_SIGNATURE, encode_png
+from common.job_bytes import crop_blob
 from common.objects import ObjectStore, crop_key, original_key
 from common.settings import DatabaseSettings
 from common.transient import TransientStore, crop_blob_key, delete_blobs
@@ -131,8 +135,21 @@ def presign(key: str) -> str:
     return f"https://s3.invalid/{key}"
 
 
-def search_message(world: World, embeddings: list[np.ndarray], collection_id: int) -> EmbeddedMessage:
-    """A search entry as the embed stage writes it, its photo and crops stored as the earlier stages leave them."""
+def crop_of(job_id: str, face_index: int) -> np.ndarray:
+    """The pixels the align stage would have cut for this face (a pattern of its own)."""
+    return np.random.default_rng([int(job_id[:8], 16), face_index]).integers(0, 256, (112, 112, 3), dtype=np.uint8)
+
+
+def png_pixels(data: bytes) -> np.ndarray:
+    assert data.startswith(PNG_SIGNATURE)  # what crop_url serves
+    return np.asarray(cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR))
+
+
+def search_message(
+    world: World, embeddings: list[np.ndarray], collection_id: int, blobs: dict[int, bytes] | None = None
+) -> EmbeddedMessage:
+    """A search entry as the embed stage writes it, its photo and crops stored as the earlier stages leave them
+    (``blobs``: other bytes for some faces' crops)."""
     job_id = uuid.uuid4().hex
     world.seen_jobs.add(job_id)
     world.store.put(original_key(job_id), b"photo of " + job_id.encode())
@@ -144,7 +161,8 @@ def search_message(world: World, embeddings: list[np.ndarray], collection_id: in
         box = (10.0 + 100 * index, 10.0, 90.0 + 100 * index, 100.0)
         faces.append(FaceBox(box=box, keypoints=[(box[0] + i, box[1] + i) for i in range(5)], score=0.9 - index / 100))
         # As the align stage leaves a search's crops: Redis blobs, deleted by the job's final write.
-        world.transient.put(crop_blob_key(job_id, index), f"crop {index} of {job_id}".encode())
+        blob = (blobs or {}).get(index, crop_blob(crop_of(job_id, index)))
+        world.transient.put(crop_blob_key(job_id, index), blob)
     detected = base.advance(DetectedMessage, faces=faces, faces_seen=len(faces), crop_size=112)
     aligned = detected.advance(
         AlignedMessage,
@@ -208,7 +226,8 @@ def test_faces_that_match_nobody_are_kept_once_however_often_the_entry_is_delive
     assert not world.store.keys(f"crops/{message.job_id}/") and not world.store.keys(original_key(message.job_id))
     rows = world.main.unknown_faces_of_job(message.job_id)
     assert [row.face_index for row in rows] == [1, 2]
-    assert world.store.get(rows[0].crop_key) == f"crop 1 of {message.job_id}".encode()
+    # Kept as a PNG of the blob's raw pixels.
+    assert np.array_equal(png_pixels(world.store.get(rows[0].crop_key)), crop_of(message.job_id, 1))
     # The runner's final write deletes the job's blobs: the kept copies must not depend on them.
     assert delete_blobs(world.redis, [crop_blob_key(message.job_id, i) for i in range(3)]) > 0
     # Delivered again (its crops are gone by now), twice: nothing is kept twice, the result is the same.
@@ -219,6 +238,23 @@ def test_faces_that_match_nobody_are_kept_once_however_often_the_entry_is_delive
     # Unknown faces never become a search's candidates or matches.
     _, later = world.search(world.face_of(known))
     assert [m.user_id for m in later.faces[0].matches] == [user_id]
+
+
+def test_a_png_crop_blob_is_kept_as_it_is_and_one_that_is_no_crop_is_not_kept(world: World) -> None:
+    """A blob written before raw crops (a PNG) is kept byte for byte; one that is neither a PNG nor a crop's raw
+    pixels is left out with a warning, and the search still answers."""
+    old_png = encode_png(np.full((112, 112, 3), 7, dtype=np.uint8))
+    embeddings = [world.face_of(world.person()) for _ in range(3)]
+    message = search_message(world, embeddings, world.collection_id, blobs={0: old_png, 2: b"\0" * 100})
+    with capture_logs() as logs:
+        result = world.handle(message)
+    assert [len(face.matches) for face in result.faces] == [0, 0, 0]
+    rows = world.main.unknown_faces_of_job(message.job_id)
+    assert [row.face_index for row in rows] == [0, 1]
+    assert world.store.get(rows[0].crop_key) == old_png
+    assert np.array_equal(png_pixels(world.store.get(rows[1].crop_key)), crop_of(message.job_id, 1))
+    [warning] = [log for log in logs if log["event"] == "unknown.crop_unreadable"]
+    assert warning["face_index"] == 2 and "100 bytes" in warning["error"]
 
 
 def test_a_collection_that_does_not_ask_keeps_nothing(world: World) -> None:

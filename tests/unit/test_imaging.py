@@ -3,10 +3,12 @@ from __future__ import annotations
 import io
 import struct
 import zlib
+from collections.abc import Callable
 
+import cv2
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps, PngImagePlugin
 
 from common.imaging import (
     ImageTooLarge,
@@ -235,3 +237,139 @@ def test_decode_cost_counts_what_the_check_decodes() -> None:
     png_info = probe(encode(Image.new("RGB", (800, 600)), "PNG"), MAX)
     assert decode_cost(jpeg_info) == 100 * 75  # checked at 1/8 scale
     assert decode_cost(png_info) == 800 * 600
+
+
+# -- PNGs through OpenCV where it gives Pillow's pixels ---------------------------------------------------------
+
+
+def pillow_pixels(data: bytes) -> np.ndarray:
+    """What decode gave every PNG before OpenCV's path: Pillow, orientation applied, transparency on white."""
+    with Image.open(io.BytesIO(data)) as image:
+        image.load()
+        oriented = ImageOps.exif_transpose(image) or image
+        if oriented.mode in ("RGBA", "LA", "PA") or (oriented.mode == "P" and "transparency" in oriented.info):
+            rgba = oriented.convert("RGBA")
+            rgb = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
+        elif oriented.mode.startswith("I;16"):
+            return decode(data, MAX)  # checked by test_sixteen_bit_png_is_scaled_to_eight_bits
+        else:
+            rgb = oriented.convert("RGB")
+    return np.asarray(rgb)[:, :, ::-1]
+
+
+def noise_image(mode: str, size: tuple[int, int] = (97, 61)) -> Image.Image:
+    rng = np.random.default_rng(7)
+    rgba = Image.fromarray(rng.integers(0, 256, (size[1], size[0], 4), dtype=np.uint8), "RGBA")
+    return rgba.convert(mode)
+
+
+def with_orientation(image: Image.Image, **save: object) -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90
+    return encode(image, "PNG", exif=exif, **save)
+
+
+def xmp_rotated(image: Image.Image) -> bytes:
+    xmp = b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF><rdf:Description tiff:Orientation="8"/></rdf:RDF></x:xmpmeta>'
+    info = PngImagePlugin.PngInfo()
+    info.add_itxt("XML:com.adobe.xmp", xmp.decode())
+    return encode(image, "PNG", pnginfo=info)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: encode(noise_image("RGB"), "PNG"),
+        lambda: encode(noise_image("RGB"), "PNG", optimize=True),
+        lambda: adam7_interlaced(noise_image("RGB")),
+        lambda: encode(_opaque(noise_image("RGBA")), "PNG"),
+        lambda: encode(noise_image("RGBA"), "PNG"),  # transparent pixels: Pillow's path
+        lambda: encode(noise_image("L"), "PNG"),
+        lambda: encode(noise_image("LA"), "PNG"),
+        lambda: encode(noise_image("P"), "PNG"),
+        lambda: encode(noise_image("P"), "PNG", transparency=3),
+        lambda: with_orientation(noise_image("RGB")),
+        lambda: with_orientation(_opaque(noise_image("RGBA"))),
+        lambda: xmp_rotated(noise_image("RGB")),
+    ],
+    ids=[
+        "rgb",
+        "rgb-optimized",
+        "rgb-interlaced",
+        "rgba-opaque",
+        "rgba-transparent",
+        "grey",
+        "grey-alpha",
+        "palette",
+        "palette-transparent",
+        "exif-rotated",
+        "rgba-exif-rotated",
+        "xmp-rotated",
+    ],
+)
+def test_every_png_decodes_to_pillows_pixels(make: Callable[[], bytes]) -> None:
+    data = make()
+    assert np.array_equal(decode(data, MAX), pillow_pixels(data))
+
+
+def adam7_interlaced(image: Image.Image) -> bytes:
+    """Pillow writes no interlaced PNG; libpng (OpenCV) does not either, so the IDAT is built here."""
+    pixels = np.asarray(image.convert("RGB"))
+    height, width = pixels.shape[:2]
+    rows = b""
+    passes = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
+    for x0, y0, dx, dy in passes:
+        sub = pixels[y0::dy, x0::dx]
+        if sub.size:
+            rows += b"".join(b"\0" + row.tobytes() for row in sub)
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 1)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+
+
+def _opaque(image: Image.Image) -> Image.Image:
+    image = image.copy()
+    image.putalpha(255)
+    return image
+
+
+def test_rotated_pngs_are_rotated() -> None:
+    image = noise_image("RGB")  # 97 x 61
+    for data in (with_orientation(image), xmp_rotated(image)):
+        assert decode(data, MAX).shape == (97, 61, 3)
+
+
+def test_a_sixteen_bit_rgb_png_decodes_as_pillow_does() -> None:
+    pixels = np.random.default_rng(2).integers(0, 65536, (20, 30, 3), dtype=np.uint16)
+    ok, data = cv2.imencode(".png", pixels)
+    assert ok
+    assert np.array_equal(decode(data.tobytes(), MAX), pillow_pixels(data.tobytes()))
+
+
+def test_a_truncated_or_damaged_png_fails_or_decodes_as_pillow_would() -> None:
+    """Cut in its data: undecodable. Without its IEND, or its last IDAT bytes: Pillow decodes what is there, and so
+    does OpenCV, to the same pixels (the upload check refuses the second: its last chunk runs past the end)."""
+    data = encode(noise_image("RGB", (300, 200)), "PNG")
+    with pytest.raises(OSError):
+        pillow_pixels(data[: len(data) // 2])
+    with pytest.raises(UndecodableImage):
+        decode(data[: len(data) // 2], MAX)
+    for damaged in (data[:-12], data[:-30] + data[-12:]):
+        assert np.array_equal(decode(damaged, MAX), pillow_pixels(damaged))
+    with pytest.raises(UndecodableImage, match="ends inside a chunk"):
+        check_pixels(data[:-30] + data[-12:])
+
+
+def test_a_png_whose_data_is_no_deflate_stream_is_refused_as_undecodable() -> None:
+    """Every CRC right, the IDAT's bytes not zlib's: the upload check says undecodable (was an uncaught error)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", 4, 4, 8, 2, 0, 0, 0)
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", b"not a deflate stream") + chunk(b"IEND", b"")
+    with pytest.raises(UndecodableImage, match="cannot be inflated"):
+        check_pixels(png)
