@@ -1,9 +1,20 @@
-"""The SCRFD/RetinaFace detector: ``detect(image) -> list[Face]``. No I/O; the session is built by the caller."""
+"""The SCRFD/RetinaFace detector: ``detect(image) -> list[Face]``. No I/O; the session is built by the caller.
+
+insightface's ``RetinaFace`` loads the model and knows its outputs; ``FaceDetector`` then runs the steps of
+``RetinaFace.detect`` to the same numbers (tests/unit/test_scrfd.py compares them array for array), with two pieces
+of waste left out, about 2 of its ~5 ms a photo outside the network (BENCHMARKS.md):
+
+* insightface pads the resized photo to the square input and converts all of it to the network's float layout;
+  here only the photo's part is converted, into an input whose padding already holds what converted black is;
+* insightface decodes a box and five keypoints at every anchor (33,600 at 640 x 640) and keeps those whose score
+  passes the threshold; here only those are decoded, with the same arithmetic.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import cv2
 import numpy as np
 import onnxruntime
 from insightface.model_zoo.retinaface import RetinaFace
@@ -28,12 +39,78 @@ class FaceDetector:
         if not self._model.use_kps:
             raise ValueError(f"{model_file.name} predicts no keypoints; alignment needs a 5-point detector")
         self.min_face_size = min_face_size
+        model = self._model
+        # The input's width and height: det_size, or what the model file fixes (prepare keeps that one).
+        self._input_width, self._input_height = model.input_size
+        self._scale, self._mean = 1.0 / model.input_std, (model.input_mean,) * 3
+        # What blobFromImage makes of a black pixel: insightface's padding, as the network sees it.
+        self._padding = float(self._blob(np.zeros((1, 1, 3), dtype=np.uint8))[0, 0, 0, 0])
+        self._centres: dict[int, np.ndarray] = {}  # by stride
 
     def detect(self, image_bgr: np.ndarray) -> list[Face]:
         """Faces above threshold and minimum size, sorted left to right."""
-        boxes, keypoints = self._model.detect(image_bgr)
+        boxes, keypoints = self._detect(image_bgr)
         faces = [
             Face(box=box[:4].astype(np.float32), keypoints=kps.astype(np.float32), score=float(box[4]))
-            for box, kps in zip(boxes, keypoints if keypoints is not None else [], strict=True)
+            for box, kps in zip(boxes, keypoints, strict=True)
         ]
         return kept_faces(faces, self.min_face_size)
+
+    def _blob(self, image_bgr: np.ndarray) -> np.ndarray:
+        height, width = image_bgr.shape[:2]
+        blob: np.ndarray = cv2.dnn.blobFromImage(image_bgr, self._scale, (width, height), self._mean, swapRB=True)
+        return blob
+
+    def _detect(self, image_bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``RetinaFace.detect(image_bgr)`` (max_num 0): boxes with their scores (N x 5) and keypoints (N x 5 x 2)."""
+        model, width, height = self._model, self._input_width, self._input_height
+        # The fit into the input, as RetinaFace.detect computes it.
+        ratio = float(image_bgr.shape[0]) / image_bgr.shape[1]
+        if ratio > float(height) / width:
+            new_height, new_width = height, int(height / ratio)
+        else:
+            new_width, new_height = width, int(width * ratio)
+        det_scale = float(new_height) / image_bgr.shape[0]
+        part = self._blob(cv2.resize(image_bgr, (new_width, new_height)))
+        blob = np.full((1, 3, height, width), self._padding, dtype=np.float32)
+        blob[:, :, :new_height, :new_width] = part
+        outputs = model.session.run(model.output_names, {model.input_name: blob})
+        scores_list, boxes_list, kps_list = [], [], []
+        levels = model.fmc
+        for level, stride in enumerate(model._feat_stride_fpn):
+            scores = outputs[level]
+            kept = np.where(scores >= model.det_thresh)[0]
+            centres = self._anchor_centres(stride)[kept]
+            distances = outputs[level + levels][kept] * stride
+            boxes = np.stack(
+                [
+                    centres[:, 0] - distances[:, 0],
+                    centres[:, 1] - distances[:, 1],
+                    centres[:, 0] + distances[:, 2],
+                    centres[:, 1] + distances[:, 3],
+                ],
+                axis=-1,
+            )
+            offsets = outputs[level + 2 * levels][kept] * stride
+            points = np.stack([centres[:, i % 2] + offsets[:, i] for i in range(offsets.shape[1])], axis=-1)
+            scores_list.append(scores[kept])
+            boxes_list.append(boxes)
+            kps_list.append(points.reshape(len(kept), offsets.shape[1] // 2, 2))
+        scores = np.vstack(scores_list)
+        order = scores.ravel().argsort()[::-1]
+        detections = np.hstack((np.vstack(boxes_list) / det_scale, scores)).astype(np.float32, copy=False)[order, :]
+        keypoints = (np.vstack(kps_list) / det_scale)[order, :, :]
+        keep = model.nms(detections)
+        return detections[keep, :], keypoints[keep, :, :]
+
+    def _anchor_centres(self, stride: int) -> np.ndarray:
+        """Each anchor's centre at ``stride`` over the input, as RetinaFace.forward lays them out."""
+        if stride not in self._centres:
+            rows, columns = self._input_height // stride, self._input_width // stride
+            centres = np.stack(np.mgrid[:rows, :columns][::-1], axis=-1).astype(np.float32)
+            centres = (centres * stride).reshape((-1, 2))
+            anchors = self._model._num_anchors
+            if anchors > 1:
+                centres = np.stack([centres] * anchors, axis=1).reshape((-1, 2))
+            self._centres[stride] = centres
+        return self._centres[stride]
