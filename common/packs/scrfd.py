@@ -107,7 +107,8 @@ class FaceDetector:
         """Each anchor's centre at ``stride`` over the input, as RetinaFace.forward lays them out."""
         if stride not in self._centres:
             rows, columns = self._input_height // stride, self._input_width // stride
-            centres = np.stack(np.mgrid[:rows, :columns][::-1], axis=-1).astype(np.float32)
+            columns_grid, rows_grid = np.meshgrid(np.arange(columns), np.arange(rows))  # np.mgrid[...][::-1]
+            centres = np.stack([columns_grid, rows_grid], axis=-1).astype(np.float32)
             centres = (centres * stride).reshape((-1, 2))
             anchors = self._model._num_anchors
             if anchors > 1:
