@@ -40,6 +40,10 @@ from schemas.streams import PIPELINE, Stage
 THROUGHPUT_TARGET = 0.95
 # Each enroll measurement (plain HTTP and the command) is run this many times, alternately.
 ENROLL_ROUNDS = 3
+# Throughput rounds, the fastest kept, for the baseline loops and each pipeline layout alike: the shared machine's
+# speed drifts by more than the gap the target measures (one ingest ran at 593 to 902 uploads/s in one evening), and
+# a slow moment then costs a round, not the ratio.
+THROUGHPUT_ROUNDS = 3
 # Issue 18: `fecapass enroll` delivers at least this fraction of the pipeline's own enroll rate (plain HTTP enrolls).
 ENROLL_TARGET = 0.9
 # The pipeline layouts measured: processes per stage, and the stages that get more. The models' stages do nearly all
@@ -65,6 +69,7 @@ class BenchConfig:
     ingest_uploads: int = 1000
     concurrency: int = 32
     output: Path = Path("BENCHMARKS.md")
+    rounds: int = THROUGHPUT_ROUNDS  # of each throughput measurement, the fastest kept
 
 
 @dataclass
@@ -140,7 +145,8 @@ class Throughput:
 
 def baseline(config: BenchConfig, paths: list[Path]) -> dict[str, Throughput]:
     """FaceAnalysis.get loops over the photos: one process with default threads, and one single-thread
-    process per core, each photo read with cv2.imread. Model loading is not timed."""
+    process per core, each photo read with cv2.imread. Model loading is not timed. Each ``config.rounds`` times,
+    the fastest round kept."""
     names = [str(p) for p in paths]
     cores = os.cpu_count() or 1
     context = multiprocessing.get_context("spawn")
@@ -149,24 +155,29 @@ def baseline(config: BenchConfig, paths: list[Path]) -> dict[str, Throughput]:
         ("1 process, default threads", 1, 0),
         (f"{cores} processes x 1 thread", cores, 1),
     ):
-        ready, queue = context.Barrier(processes), context.Queue()
-        workers = [
-            context.Process(
-                target=_face_analysis_worker,
-                args=(str(config.model_root), config.pack, names[i::processes], threads, ready, queue),
-                daemon=True,  # an interrupted benchmark ends its loops too
-            )
-            for i in range(processes)
-        ]
-        for worker in workers:
-            worker.start()
-        loops = [queue.get(timeout=1800) for _ in workers]
-        for worker in workers:
-            worker.join()
-        wall = max(loop.finished for loop in loops) - min(loop.started for loop in loops)
-        cpu = sum(loop.cpu_seconds for loop in loops)
-        results[label] = Throughput(len(names) / wall, cpu * 1000 / len(names))
+        rounds = [_loop_round(context, config, names, processes, threads) for _ in range(config.rounds)]
+        results[label] = max(rounds, key=lambda measured: measured.photos_per_second)
     return results
+
+
+def _loop_round(context: Any, config: BenchConfig, names: list[str], processes: int, threads: int) -> Throughput:
+    ready, queue = context.Barrier(processes), context.Queue()
+    workers = [
+        context.Process(
+            target=_face_analysis_worker,
+            args=(str(config.model_root), config.pack, names[i::processes], threads, ready, queue),
+            daemon=True,  # an interrupted benchmark ends its loops too
+        )
+        for i in range(processes)
+    ]
+    for worker in workers:
+        worker.start()
+    loops = [queue.get(timeout=1800) for _ in workers]
+    for worker in workers:
+        worker.join()
+    wall = max(loop.finished for loop in loops) - min(loop.started for loop in loops)
+    cpu = sum(loop.cpu_seconds for loop in loops)
+    return Throughput(len(names) / wall, cpu * 1000 / len(names))
 
 
 # -- embedding batch sizes and threads --------------------------------------------------------------------
@@ -538,7 +549,8 @@ def run(config: BenchConfig) -> Path:
             data = Path(tmp) / f"layout{number}"
             running = start_pipeline(config, data, list(Stage), workers, stage_workers=stage_workers)
             try:
-                throughput, under_load, cpu = pipeline_throughput(running, paths)
+                rounds = [pipeline_throughput(running, paths) for _ in range(config.rounds)]
+                throughput, under_load, cpu = max(rounds, key=lambda measured: measured[0].photos_per_second)
                 plain_enrolls, (enroll_rate, enroll_cpu) = enroll_rounds(running, paths, data)
                 runs.append(PipelineRun(layout, throughput, under_load, cpu, enroll_rate, enroll_cpu, plain_enrolls))
                 if number == 0:
@@ -620,8 +632,9 @@ def _report_pipeline(
         f"{len(paths)} photos from `{config.photos_dir}`, each uploaded as a search (HTTP upload until the job is",
         "done), 16 in flight (threads of this process on http.client connections), each stage process with one",
         "onnxruntime thread, against plain `FaceAnalysis.get` loops over the same photos on the same cores (models",
-        "loaded before the clock starts). CPU per photo: all processes together (the pipeline's: API, stages,",
-        "PostgreSQL, Valkey, S3; not the load generator, whose CPU is in the next table).",
+        "loaded before the clock starts). Each row is the fastest of"
+        f" {config.rounds} rounds, the baseline's as the pipeline's. CPU per photo: all processes together (the",
+        "pipeline's: API, stages, PostgreSQL, Valkey, S3; not the load generator, whose CPU is in the next table).",
         "The stages load the pack's ONNX files as onnxruntime's CPU kernels run them fastest (a recognizer's",
         "PReLUs as convolutions, common/packs/onnx_graph.py: the same embeddings); the baseline runs the files as",
         "insightface loads them.",

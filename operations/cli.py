@@ -397,6 +397,7 @@ def _bench(args: argparse.Namespace) -> None:
         args.searches,
         args.uploads,
         output=args.output,
+        rounds=args.rounds,
     )
     try:
         print(f"wrote {bench(config)}")
@@ -497,6 +498,9 @@ def _add_measurements(commands: Commands) -> None:
     bench.add_argument("--photos", type=int, default=200)
     bench.add_argument("--searches", type=int, default=50)
     bench.add_argument("--uploads", type=int, default=1000)
+    bench.add_argument(
+        "--rounds", type=int, default=3, help="rounds of each throughput measurement (baseline, pipeline): the fastest"
+    )
     bench.add_argument("--output", type=Path, default=Path("BENCHMARKS.md"))
     scale = command(
         commands,

@@ -43,6 +43,8 @@ def test_bench_smoke_writes_every_section(tmp_path: Path) -> None:
             "3",
             "--uploads",
             "40",
+            "--rounds",
+            "1",
             "--output",
             str(output),
         ],
