@@ -140,18 +140,17 @@ local function blob_put(counter, key, data, ttl_ms)
 end
 """
 
-# KEYS: counter, blob keys. ARGV: ttl ms, cap (0: none), then one value per blob key. Stores every blob, or none
-# when the bytes held plus these would pass the cap; returns 1 or 0.
-PUT = (
+# A stage's blobs, written by plain SETs between these two in one MULTI (TransientStore.put_many): the bytes travel
+# once, where a script's ARGV copies and hashes each of them on its way to the SET (a put script cost a stage 206 us
+# a call for a photo's regions, BENCHMARKS.md). KEYS: counter, blob keys; UNCOUNT deletes what they held, COUNT
+# (ARGV: ttl ms) counts what they hold now.
+UNCOUNT = BLOB_LUA + "\nfor i = 2, #KEYS do blob_delete(KEYS[1], KEYS[i]) end\nreturn 1\n"
+COUNT = (
     BLOB_LUA
     + """
-local ttl, cap = tonumber(ARGV[1]), tonumber(ARGV[2])
-if cap > 0 then
-  local adding = 0
-  for i = 3, #ARGV do adding = adding + #ARGV[i] end
-  if blob_held(KEYS[1]) + adding > cap then return 0 end
-end
-for i = 2, #KEYS do blob_put(KEYS[1], KEYS[i], ARGV[i + 1], ttl) end
+local ttl = tonumber(ARGV[1])
+for i = 2, #KEYS do redis.call('HINCRBY', KEYS[1], blob_window(KEYS[i]), redis.call('STRLEN', KEYS[i])) end
+if redis.call('PTTL', KEYS[1]) < ttl + 2 * WINDOW_MS then redis.call('PEXPIRE', KEYS[1], ttl + 2 * WINDOW_MS) end
 return 1
 """
 )
@@ -186,7 +185,6 @@ class TransientStore:
     def __init__(self, client: redis.Redis, ttl_seconds: int) -> None:
         self.client = client
         self.ttl_ms = ttl_seconds * 1000
-        self._put = client.register_script(PUT)
         self._delete = client.register_script(DELETE)
         self._held = client.register_script(HELD)
 
@@ -195,9 +193,17 @@ class TransientStore:
         self.put_many([key], [data])
 
     def put_many(self, keys: Sequence[str], values: Sequence[bytes]) -> None:
-        """Store blobs in one round trip, counted but never refused."""
-        if keys:
-            self._put(keys=[BYTES_KEY, *keys], args=[self.ttl_ms, 0, *values])
+        """Store blobs in one round trip, counted but never refused: one MULTI, so that no client sees a blob
+        uncounted. The scripts go as EVAL, not EVALSHA: inside a MULTI a NOSCRIPT (after a Redis restart) would
+        fail the count and still run the SETs."""
+        if not keys:
+            return
+        pipe = self.client.pipeline(transaction=True)
+        pipe.eval(UNCOUNT, 1 + len(keys), BYTES_KEY, *keys)
+        for key, value in zip(keys, values, strict=True):
+            pipe.set(key, value, px=self.ttl_ms)
+        pipe.eval(COUNT, 1 + len(keys), BYTES_KEY, *keys, self.ttl_ms)
+        pipe.execute()
 
     def get(self, key: str) -> bytes:
         data = self.client.get(key)
