@@ -499,7 +499,7 @@ def _add_measurements(commands: Commands) -> None:
     bench.add_argument("--searches", type=int, default=50)
     bench.add_argument("--uploads", type=int, default=1000)
     bench.add_argument(
-        "--rounds", type=int, default=3, help="rounds of each throughput measurement (baseline, pipeline): the fastest"
+        "--rounds", type=int, default=3, help="rounds of each pipeline layout's throughput, the fastest kept"
     )
     bench.add_argument("--output", type=Path, default=Path("BENCHMARKS.md"))
     scale = command(
