@@ -7,6 +7,7 @@ import math
 import struct
 import warnings
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import cv2
@@ -164,26 +165,36 @@ def _inflate_png(data: bytes) -> None:
 def _inflate_png_stream(data: bytes, expected: int) -> None:
     inflater = isal_zlib.decompressobj()
     view = memoryview(data)  # slices of it are not copies
-    produced, offset = 0, 8
-    while produced < expected:
-        if offset + 8 > len(data):
-            raise UndecodableImage("the PNG ends before its pixel data does")
-        length, kind = struct.unpack(">I4s", data[offset : offset + 8])
-        end = offset + 8 + length
+    produced = 0
+    for kind, start, end in _png_chunks(data):
+        if produced >= expected:
+            break
         if end + 4 > len(data):
             raise UndecodableImage("the PNG ends inside a chunk")
-        if isal_zlib.crc32(view[offset + 4 : end]) != struct.unpack(">I", data[end : end + 4])[0]:
+        if isal_zlib.crc32(view[start - 4 : end]) != struct.unpack(">I", data[end : end + 4])[0]:
             raise UndecodableImage(f"broken PNG chunk {kind!r} (CRC)")
         if kind == b"IEND":
             break
         if kind == b"IDAT":
-            pending: bytes | memoryview = view[offset + 8 : end]
+            pending: bytes | memoryview = view[start:end]
             while pending and produced < expected and not inflater.eof:
                 produced += len(inflater.decompress(pending, _INFLATE_STEP))
                 pending = inflater.unconsumed_tail
-        offset = end + 4
+    else:
+        if produced < expected:
+            raise UndecodableImage("the PNG ends before its pixel data does")
     if produced < expected:
         raise UndecodableImage(f"the PNG's pixel data fills {produced} of {expected} bytes of its frame")
+
+
+def _png_chunks(data: bytes) -> Iterator[tuple[bytes, int, int]]:
+    """Each chunk's type and where its data starts and ends (the end may lie past the file's: the caller checks),
+    while a chunk's length and type fit in the file."""
+    offset = 8
+    while offset + 8 <= len(data):
+        length, kind = struct.unpack_from(">I4s", data, offset)
+        yield kind, offset + 8, offset + 8 + length
+        offset += length + 12
 
 
 @dataclass(frozen=True)
@@ -254,13 +265,11 @@ _PNG_ORIENTATION_MARKS = (b"Orientation", b"Raw profile type exif")
 def _png_is_unrotated_still(data: bytes) -> bool:
     """No chunk of the PNG can rotate it (see above) or animate it (APNG: Pillow's first frame is not always
     the default image OpenCV decodes). Reads the chunk headers and the text chunks only."""
-    offset = 8
-    while offset + 8 <= len(data):
-        length, kind = struct.unpack_from(">I4s", data, offset)
+    for kind, start, end in _png_chunks(data):
         if kind in (b"eXIf", b"acTL", b"zTXt"):
             return False
         if kind in (b"tEXt", b"iTXt"):
-            text = data[offset + 8 : offset + 8 + length]
+            text = data[start:end]
             keyword_end = text.find(b"\0")
             if kind == b"iTXt" and text[keyword_end + 1 : keyword_end + 2] == b"\1":
                 return False  # compressed
@@ -268,7 +277,6 @@ def _png_is_unrotated_still(data: bytes) -> bool:
                 return False
         if kind == b"IEND":
             return True
-        offset += length + 12
     return True  # no IEND: OpenCV refuses a truncated file, and Pillow's path says why
 
 
