@@ -130,13 +130,17 @@ local function blob_held(counter)
   end
   return total
 end
-local function blob_put(counter, key, data, ttl_ms)
-  blob_delete(counter, key)
-  redis.call('SET', key, data, 'PX', ttl_ms)
-  redis.call('HINCRBY', counter, blob_window(key), #data)
+local function blob_count(counter, key, ttl_ms)
+  -- The bytes a blob just stored under ``key`` holds, counted in its expiry's window.
+  redis.call('HINCRBY', counter, blob_window(key), redis.call('STRLEN', key))
   if redis.call('PTTL', counter) < ttl_ms + 2 * WINDOW_MS then
     redis.call('PEXPIRE', counter, ttl_ms + 2 * WINDOW_MS)
   end
+end
+local function blob_put(counter, key, data, ttl_ms)
+  blob_delete(counter, key)
+  redis.call('SET', key, data, 'PX', ttl_ms)
+  blob_count(counter, key, ttl_ms)
 end
 """
 
@@ -149,8 +153,7 @@ COUNT = (
     BLOB_LUA
     + """
 local ttl = tonumber(ARGV[1])
-for i = 2, #KEYS do redis.call('HINCRBY', KEYS[1], blob_window(KEYS[i]), redis.call('STRLEN', KEYS[i])) end
-if redis.call('PTTL', KEYS[1]) < ttl + 2 * WINDOW_MS then redis.call('PEXPIRE', KEYS[1], ttl + 2 * WINDOW_MS) end
+for i = 2, #KEYS do blob_count(KEYS[1], KEYS[i], ttl) end
 return 1
 """
 )
