@@ -1,13 +1,16 @@
-"""Queueing a job in one Redis round trip: one script checks the idempotency claim and the transient byte cap, then
-stores the job's transient photos, writes its status hash, its event on the detect
-stream, its owner and the idempotency record. A put script and then a MULTI cost two round trips (two more with the
-WATCH and GET of a claim), and a claim taken over in between was found only by the EXEC failing; in a script the
-checks and the writes are one atomic step.
+"""Queueing a job in one Redis round trip: one MULTI stores the job's transient photos (plain SETs, between an
+uncount and the submit script), and the script checks the idempotency claim and the transient byte cap, then counts
+the photos and writes the job's status hash, its event on the detect stream, its owner and the idempotency record.
+A put script and then a MULTI cost two round trips (two more with the WATCH and GET of a claim), and a claim taken
+over in between was found only by the EXEC failing; in one MULTI the checks and the writes are one atomic step.
+
+The photos are SET before the script runs, not passed to it: a script's ARGV copies every byte on its way to the SET
+(340 us of Redis for a search photo's submit, BENCHMARKS.md), a SET in a MULTI only stores it. No client sees them
+uncounted (a MULTI runs whole), and no event ever points at nothing (they are stored before it is written).
+A refused claim or cap deletes the photos in the same step and writes nothing: afterwards nothing is stored.
 
 The writes are those the helpers of common/status.py and common/db/job_traces.py make on a MULTI pipe: they are
-recorded on a ``Writes`` instead (the same calls), so the hash and the entry keep one home. Within the script the
-photos are stored before the event is written: no event ever points at nothing, as with the put before the MULTI.
-A refused claim or cap stores and writes nothing.
+recorded on a ``Writes`` instead (the same calls), so the hash and the entry keep one home.
 """
 
 from __future__ import annotations
@@ -59,25 +62,29 @@ class Writes:
         self._add("SET", name, [value, "EX", int(ex)])
 
 
-# KEYS: the transient bytes' counter, the idempotency key (unread when ARGV[3] is ''), the blob keys, then the keys
-# of the writes. ARGV: blob ttl ms, cap (0: none), the claim's pending record ('' for none), the number of blobs
-# and their values, then each write: its command, its key's place among the writes' keys, a count, its arguments.
+# KEYS: the transient bytes' counter, the idempotency key (unread when ARGV[3] is ''), the blob keys (just SET,
+# uncounted), then the keys of the writes. ARGV: blob ttl ms, cap (0: none), the claim's pending record ('' for none),
+# the number of blobs, then each write: its command, its key's place among the writes' keys, a count, its arguments.
 SUBMIT = (
     transient.BLOB_LUA
     + """
 local ttl, cap, pending, blobs = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
+local function refuse(answer)
+  for i = 1, blobs do redis.call('DEL', KEYS[2 + i]) end
+  return answer
+end
 if pending ~= '' then
   local record = redis.call('GET', KEYS[2])
-  if record ~= false and record ~= pending then return 'lost' end
+  if record ~= false and record ~= pending then return refuse('lost') end
 end
 if cap > 0 and blobs > 0 then
   local adding = 0
-  for i = 1, blobs do adding = adding + #ARGV[4 + i] end
-  if blob_held(KEYS[1]) + adding > cap then return 'full' end
+  for i = 1, blobs do adding = adding + redis.call('STRLEN', KEYS[2 + i]) end
+  if blob_held(KEYS[1]) + adding > cap then return refuse('full') end
 end
-for i = 1, blobs do blob_put(KEYS[1], KEYS[2 + i], ARGV[4 + i], ttl) end
+for i = 1, blobs do blob_count(KEYS[1], KEYS[2 + i], ttl) end
 local first = 3 + blobs  -- KEYS[first + i]: the write key at place i (0-based)
-local at = 5 + blobs
+local at = 5
 while at <= #ARGV do
   local command, key, count = ARGV[at], KEYS[first + tonumber(ARGV[at + 1])], tonumber(ARGV[at + 2])
   redis.call(command, key, unpack(ARGV, at + 3, at + 2 + count))
@@ -98,26 +105,29 @@ class ClaimCheck:
 
 
 class JobSubmitter:
-    """The API's submit script (an asyncio client)."""
+    """The API's submit: one MULTI of plain SETs and the submit script (an asyncio client)."""
 
     def __init__(self, client: aioredis.Redis, ttl_seconds: int, max_bytes: int) -> None:
+        self.client = client
         self.ttl_ms = ttl_seconds * 1000
         self.max_bytes = max_bytes
-        self._script = client.register_script(SUBMIT)
 
     async def queue(
         self, blobs: Sequence[tuple[str, bytes]], writes: Writes, claim: ClaimCheck | None = None
     ) -> Queued:
-        """Store ``blobs`` (counted against the cap) and make ``writes``; or, refused, nothing."""
-        keys = [transient.BYTES_KEY, claim.redis_key if claim is not None else "", *(key for key, _ in blobs)]
-        args: list[EncodableArg] = [
-            self.ttl_ms,
-            self.max_bytes,
-            claim.pending if claim is not None else "",
-            len(blobs),
-            *(data for _, data in blobs),
-        ]
+        """Store ``blobs`` (counted against the cap) and make ``writes``; or, refused, nothing. The scripts go as
+        EVAL, not EVALSHA: inside a MULTI a NOSCRIPT (after a Redis restart) would fail the checks and still run the
+        SETs, as in ``TransientStore.put_many``."""
+        blob_keys = [key for key, _ in blobs]
+        keys = [transient.BYTES_KEY, claim.redis_key if claim is not None else "", *blob_keys, *writes.keys]
+        args: list[EncodableArg] = [self.ttl_ms, self.max_bytes, claim.pending if claim is not None else "", len(blobs)]
         for name, index, command_args in writes.commands:
             args += [name, index, len(command_args), *command_args]
-        answer = await self._script(keys=[*keys, *writes.keys], args=args)
+        pipe = self.client.pipeline(transaction=True)
+        if blobs:  # whatever sits under a blob's name leaves the count first (a name is a job's: never, in practice)
+            pipe.eval(transient.UNCOUNT, 1 + len(blobs), transient.BYTES_KEY, *blob_keys)
+        for key, data in blobs:
+            pipe.set(key, data, px=self.ttl_ms)
+        pipe.eval(SUBMIT, len(keys), *keys, *args)
+        answer = (await pipe.execute())[-1]
         return Queued(answer.decode() if isinstance(answer, bytes) else str(answer))

@@ -1,4 +1,4 @@
-"""Submitting a job in one script (common/job_submit.py): one round trip, the idempotency claim checked in the same
+"""Submitting a job in one MULTI (common/job_submit.py): one round trip, the idempotency claim checked in the same
 step as the writes, a refused claim or cap that stores nothing, an answer lost after the script resolved from what
 Redis holds, a duplicate that arrives while the first is submitting, and an upload check that needs no decode slot
 for a whole JPEG. Counted in Valkey (blobs, job hashes, detect entries, the idempotency records) and the S3 bucket."""
@@ -85,12 +85,14 @@ def test_a_search_is_queued_by_one_script_with_its_photo_hash_entry_and_record(
     assert answer.status_code == 202, answer.text
     job_id = answer.json()["job_id"]
     sent = {name: after.get(name, 0) - before.get(name, 0) for name in after}
-    # The claim's SET NX, then one script for everything else: no separate put, no MULTI, no WATCH. (Valkey counts
-    # the commands a script calls too: those of the script are there, and no more.)
-    assert sent.get("cmdstat_evalsha") == 1, sent
-    assert not any(sent.get(f"cmdstat_{name}") for name in ("exec", "multi", "watch")), sent
+    # The claim's SET NX, then one MULTI for everything else: the uncount script, the photo's SET, the submit script;
+    # no separate put, no WATCH. (Valkey counts the commands a script calls too: those of the scripts are there, and
+    # no more.)
+    assert sent.get("cmdstat_multi") == 1 and sent.get("cmdstat_exec") == 1, sent
+    assert sent.get("cmdstat_eval") == 2 and not sent.get("cmdstat_evalsha") and not sent.get("cmdstat_watch"), sent
     assert sent.get("cmdstat_xadd") == 1 and sent.get("cmdstat_hset") == 1, sent
     assert valkey.get(photo_blob_key(job_id)) == photo
+    assert sum(int(v) for v in valkey.hvals(BYTES_KEY)) == len(photo) + len(jpeg(seed=40))  # both photos counted
     assert valkey.hget(job_key(job_id), "state") == b"queued" and valkey.ttl(job_key(job_id)) > 0
     assert [e[b"job_id"] for e in entries(valkey)][-1] == job_id.encode()
     assert [record["job_id"] for record in idempotency_records_held(valkey)] == [job_id]
