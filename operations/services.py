@@ -404,7 +404,7 @@ class LocalServices:
             "everysec",
             # As compose.yaml: the AOF rewrite's snapshot is mostly image bytes in flight, which LZF cannot shrink,
             # and a rewrite (a fork, copy-on-write faults while the child writes) once the file has grown by 1 GB of
-            # transient bytes instead of every 64 MB (Redis's default): once every ~1,400 photos, not every ~90.
+            # transient bytes instead of every 64 MB (Redis's default): once every ~1,400 photos, not every 50-90.
             "--rdbcompression",
             "no",
             "--auto-aof-rewrite-min-size",
