@@ -62,27 +62,24 @@ class Writes:
         self._add("SET", name, [value, "EX", int(ex)])
 
 
-# KEYS: the transient bytes' counter, the idempotency key (unread when ARGV[3] is ''), the blob keys (just SET,
-# uncounted), then the keys of the writes. ARGV: blob ttl ms, cap (0: none), the claim's pending record ('' for none),
+# KEYS: the transient bytes' counter, the idempotency key (unread when ARGV[3] is ''), the blob keys (just SET, not
+# yet counted), then the keys of the writes. ARGV: blob ttl ms, cap (0: none), the claim's pending record ('' for none),
 # the number of blobs, then each write: its command, its key's place among the writes' keys, a count, its arguments.
 SUBMIT = (
     transient.BLOB_LUA
     + """
 local ttl, cap, pending, blobs = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
+-- Counted first, so that whatever fails after this line leaves them counted, as the API's cleanup then uncounts them.
+for i = 1, blobs do blob_count(KEYS[1], KEYS[2 + i], ttl) end
 local function refuse(answer)
-  for i = 1, blobs do redis.call('DEL', KEYS[2 + i]) end
+  for i = 1, blobs do blob_delete(KEYS[1], KEYS[2 + i]) end
   return answer
 end
 if pending ~= '' then
   local record = redis.call('GET', KEYS[2])
   if record ~= false and record ~= pending then return refuse('lost') end
 end
-if cap > 0 and blobs > 0 then
-  local adding = 0
-  for i = 1, blobs do adding = adding + redis.call('STRLEN', KEYS[2 + i]) end
-  if blob_held(KEYS[1]) + adding > cap then return refuse('full') end
-end
-for i = 1, blobs do blob_count(KEYS[1], KEYS[2 + i], ttl) end
+if cap > 0 and blobs > 0 and blob_held(KEYS[1]) > cap then return refuse('full') end
 local first = 3 + blobs  -- KEYS[first + i]: the write key at place i (0-based)
 local at = 5
 while at <= #ARGV do

@@ -137,11 +137,6 @@ local function blob_count(counter, key, ttl_ms)
     redis.call('PEXPIRE', counter, ttl_ms + 2 * WINDOW_MS)
   end
 end
-local function blob_put(counter, key, data, ttl_ms)
-  blob_delete(counter, key)
-  redis.call('SET', key, data, 'PX', ttl_ms)
-  blob_count(counter, key, ttl_ms)
-end
 """
 
 # A stage's blobs, written by plain SETs between these two in one MULTI (TransientStore.put_many): the bytes travel

@@ -231,19 +231,21 @@ def test_past_the_cap_nothing_is_stored_and_the_key_is_free_for_the_retry(
     photo = jpeg(seed=45, size=(1000, 800))  # ~600 KB: one fits under the smallest cap, two do not
     config = api_config(services, pipeline={"transient_max_bytes": 1024 * 1024})
 
-    async def scenario() -> tuple[httpx.Response, httpx.Response, list[str], httpx.Response]:
+    async def scenario() -> tuple[httpx.Response, httpx.Response, list[str], int, httpx.Response]:
         async with running_app(config) as (_, client):
             first = await search(client, key, photo)
             refused = await search(client, key, jpeg(seed=46, size=(1000, 800)), idempotency="capped")
             held = blobs(valkey)
+            counted = sum(int(v) for v in valkey.hvals(BYTES_KEY))
             valkey.delete(*held)  # the first job ends (as its final write would, count aside)
             valkey.delete(BYTES_KEY)
-            return first, refused, held, await search(client, key, jpeg(seed=46, size=(1000, 800)), "capped")
+            return first, refused, held, counted, await search(client, key, jpeg(seed=46, size=(1000, 800)), "capped")
 
-    first, refused, held, retried = asyncio.run(scenario())
+    first, refused, held, counted, retried = asyncio.run(scenario())
     assert first.status_code == 202, first.text
     assert refused.status_code == 429 and refused.json()["code"] == "backlog_full", refused.text
-    assert held == [photo_blob_key(first.json()["job_id"])]  # the refused photo was not stored
+    # The refused photo was stored and counted inside the MULTI, then deleted and uncounted in the same step.
+    assert held == [photo_blob_key(first.json()["job_id"])] and counted == len(photo)
     assert retried.status_code == 202, retried.text  # its key was released, not left pending
     assert len(job_hashes(valkey)) == 2 and len(entries(valkey)) == 2
 
