@@ -1,5 +1,5 @@
-"""Queueing a job in one Redis round trip: one MULTI stores the job's transient photos (plain SETs, between an
-uncount and the submit script), and the script checks the idempotency claim and the transient byte cap, then counts
+"""Queueing a job in one Redis round trip: one MULTI stores the job's transient photos (plain SETs, before the
+submit script), and the script checks the idempotency claim and the transient byte cap, then counts
 the photos and writes the job's status hash, its event on the detect stream, its owner and the idempotency record.
 A put script and then a MULTI cost two round trips (two more with the WATCH and GET of a claim), and a claim taken
 over in between was found only by the EXEC failing; in one MULTI the checks and the writes are one atomic step.
@@ -112,17 +112,16 @@ class JobSubmitter:
     async def queue(
         self, blobs: Sequence[tuple[str, bytes]], writes: Writes, claim: ClaimCheck | None = None
     ) -> Queued:
-        """Store ``blobs`` (counted against the cap) and make ``writes``; or, refused, nothing. The scripts go as
+        """Store ``blobs`` (counted against the cap) and make ``writes``; or, refused, nothing. The script goes as
         EVAL, not EVALSHA: inside a MULTI a NOSCRIPT (after a Redis restart) would fail the checks and still run the
         SETs, as in ``TransientStore.put_many``."""
-        blob_keys = [key for key, _ in blobs]
-        keys = [transient.BYTES_KEY, claim.redis_key if claim is not None else "", *blob_keys, *writes.keys]
+        claim_key = claim.redis_key if claim is not None else ""
+        keys = [transient.BYTES_KEY, claim_key, *(key for key, _ in blobs), *writes.keys]
         args: list[EncodableArg] = [self.ttl_ms, self.max_bytes, claim.pending if claim is not None else "", len(blobs)]
         for name, index, command_args in writes.commands:
             args += [name, index, len(command_args), *command_args]
         pipe = self.client.pipeline(transaction=True)
-        if blobs:  # whatever sits under a blob's name leaves the count first (a name is a job's: never, in practice)
-            pipe.eval(transient.UNCOUNT, 1 + len(blobs), transient.BYTES_KEY, *blob_keys)
+        # No uncount before the SETs, unlike a stage's put: a blob's name holds a new job's id, so nothing is there.
         for key, data in blobs:
             pipe.set(key, data, px=self.ttl_ms)
         pipe.eval(SUBMIT, len(keys), *keys, *args)

@@ -44,7 +44,8 @@ ENROLL_ROUNDS = 3
 # first layout and one after each (``run``). The shared machine's speed drifts by more than the gap the target
 # measures (one ingest ran at 593 to 902 uploads/s in one evening): a slow moment then costs a round, not the ratio.
 THROUGHPUT_ROUNDS = 3
-BEST_LOOP = f"{os.cpu_count() or 1} processes x 1 thread"  # the loop the target weighs the pipeline against
+CORES = os.cpu_count() or 1
+BEST_LOOP = f"{CORES} processes x 1 thread"  # the loop the target weighs the pipeline against
 # Searches in flight while throughput is measured: enough that every stage's processes find work queued (at 16, the
 # cores idled for about 7 % of the time: 34.3 and 34.8 photos/s against 35.8 and 36.3 at 32, alternating runs).
 THROUGHPUT_IN_FLIGHT = 32
@@ -151,15 +152,11 @@ def baseline(config: BenchConfig, paths: list[Path]) -> dict[str, Throughput]:
     """FaceAnalysis.get loops over the photos: one process with default threads, and one single-thread
     process per core (BEST_LOOP), each photo read with cv2.imread. Model loading is not timed. One round each:
     ``run`` measures BEST_LOOP again after each pipeline layout and keeps its fastest round."""
-    cores = os.cpu_count() or 1
-    return {
-        "1 process, default threads": _loop_round(config, paths, 1, 0),
-        BEST_LOOP: _loop_round(config, paths, cores, 1),
-    }
+    return {"1 process, default threads": _loop_round(config, paths, 1, 0), BEST_LOOP: best_loop_round(config, paths)}
 
 
 def best_loop_round(config: BenchConfig, paths: list[Path]) -> Throughput:
-    return _loop_round(config, paths, os.cpu_count() or 1, 1)
+    return _loop_round(config, paths, CORES, 1)
 
 
 def _loop_round(config: BenchConfig, paths: list[Path], processes: int, threads: int) -> Throughput:
@@ -766,12 +763,11 @@ MODEL_STAGES = ("detect", "embed")
 
 def why_slower(best: Throughput, pipeline: Throughput, costs: dict[str, float]) -> list[str]:
     """Why the pipeline misses THROUGHPUT_TARGET of the baseline, from the CPU each process spends per photo."""
-    cores = os.cpu_count() or 1
     models = sum(costs.get(stage, 0.0) for stage in MODEL_STAGES)
     others = sorted(((v, k) for k, v in costs.items() if k not in MODEL_STAGES and v >= 0.5), reverse=True)
     return [
-        f"Why the target is missed: both are CPU-bound on the same {cores} cores, so photos/s is about"
-        f" {cores} x 1000 / CPU ms per photo. The pipeline spends {pipeline.cpu_ms_per_photo:.0f} ms a photo"
+        f"Why the target is missed: both are CPU-bound on the same {CORES} cores, so photos/s is about"
+        f" {CORES} x 1000 / CPU ms per photo. The pipeline spends {pipeline.cpu_ms_per_photo:.0f} ms a photo"
         f" against the baseline's {best.cpu_ms_per_photo:.0f}; {THROUGHPUT_TARGET:.2f} of the baseline's throughput"
         f" allows at most {best.cpu_ms_per_photo / THROUGHPUT_TARGET:.0f}. The detect and embed stages, which do"
         " what the baseline does"
