@@ -11,7 +11,18 @@ Written as convolutions and a ReLU, which stay in that layout, the same network 
 
 with both products a 1x1 depthwise convolution (weights s and 1 - s) and the sum fused into the second one by
 onnxruntime. For x < 0 this is s * x exactly; for x > 0 it is x within a float32 rounding (2e-6 on an embedding,
-cosine 1 - 1e-7 to the original graph's). Model code does no I/O: these take and return ModelProto."""
+cosine 1 - 1e-7 to the original graph's).
+
+Where x is a convolution's own output (its weights and bias constants of the model that nothing else reads, x read by
+nothing but the PReLU) and every slope is below 1, one product goes into that convolution instead: with 1 - s > 0,
+(1 - s) * relu(x) = relu((1 - s) * x), so the convolution computes u = (1 - s) * x with its weights and bias scaled per
+output channel, and
+
+    prelu(x) = relu(u) + s / (1 - s) * u
+
+is a ReLU and one 1x1 depthwise convolution with the sum fused into it: one pass over the tensor less for each PReLU
+(the recognizers' convolutions are followed by a batch norm that onnxruntime folds into them, or are already folded,
+as in insightface's files). Model code does no I/O: these take and return ModelProto."""
 
 from __future__ import annotations
 
@@ -54,6 +65,37 @@ def _depthwise(source: str, weights: str, output: str, channels: int) -> onnx.No
     return helper.make_node("Conv", [source, weights], [output], group=channels, kernel_shape=[1, 1])
 
 
+def _foldable_convolution(
+    graph: onnx.GraphProto, x: str, initializers: dict[str, onnx.TensorProto]
+) -> onnx.NodeProto | None:
+    """The convolution whose output ``x`` is, when its scale per output channel may change: a standard Conv whose
+    weights and bias are constants read by it alone, and ``x`` read by nothing else and not an output of the graph."""
+    producers = [node for node in graph.node if x in node.output]
+    if len(producers) != 1 or producers[0].op_type != "Conv" or producers[0].domain not in ("", "ai.onnx"):
+        return None
+    conv: onnx.NodeProto = producers[0]
+    readers = [node for node in graph.node if x in node.input]
+    if len(readers) != 1 or x in {output.name for output in graph.output}:
+        return None
+    constants = conv.input[1:]
+    # An initializer that is also a graph input (IR version < 4) may be fed at run time: not the model's to scale.
+    if not all(name in initializers for name in constants) or {i.name for i in graph.input} & set(constants):
+        return None
+    if any(name in node.input for node in graph.node if node is not conv for name in constants):
+        return None
+    if initializers[constants[0]].data_type != TensorProto.FLOAT:
+        return None
+    return conv
+
+
+def _scale_output_channels(conv: onnx.NodeProto, scale: np.ndarray, initializers: dict[str, onnx.TensorProto]) -> None:
+    """The convolution's weights [C_out, ...] and bias [C_out] times ``scale`` per output channel, in place."""
+    for position, name in enumerate(conv.input[1:]):
+        values = numpy_helper.to_array(initializers[name]).astype(np.float32)
+        shape = (-1,) + (1,) * (values.ndim - 1) if position == 0 else (-1,)
+        initializers[name].CopyFrom(numpy_helper.from_array(values * scale.reshape(shape), name))
+
+
 def prelu_as_convolutions(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     """A copy of ``model`` with every per-channel PReLU of a float32 NCHW tensor written as convolutions (see the
     module's docstring), and how many were rewritten (``model`` itself when none is). Any other PReLU (a slope
@@ -81,6 +123,17 @@ def prelu_as_convolutions(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]
             continue
         count += 1
         prefix = f"{y}/prelu"
+        conv = _foldable_convolution(graph, x, initializers) if bool((slope < 1).all()) else None
+        if conv is not None:
+            kept = 1.0 - slope  # > 0: relu((1 - s) x) = (1 - s) relu(x)
+            _scale_output_channels(conv, kept, initializers)
+            graph.initializer.append(numpy_helper.from_array((slope / kept).reshape(-1, 1, 1, 1), f"{prefix}/ratio"))
+            nodes += [
+                helper.make_node("Relu", [x], [f"{prefix}/positive"]),
+                _depthwise(x, f"{prefix}/ratio", f"{prefix}/scaled", slope.size),
+                helper.make_node("Add", [f"{prefix}/scaled", f"{prefix}/positive"], [y]),
+            ]
+            continue
         graph.initializer.extend(
             [
                 numpy_helper.from_array(slope.reshape(-1, 1, 1, 1), f"{prefix}/slope"),
