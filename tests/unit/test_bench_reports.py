@@ -6,7 +6,16 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
-from operations.bench import PipelineRun, Report, Throughput, best_batches, report_enroll, why_slower
+from operations.bench import (
+    LoopResult,
+    PipelineRun,
+    Report,
+    Throughput,
+    best_batches,
+    report_enroll,
+    steady_rate,
+    why_slower,
+)
 from operations.reports import BENCHMARKS_HEADER as HEADER
 from operations.reports import merged
 from operations.search_report import (
@@ -65,6 +74,23 @@ def test_pipeline_why_names_the_budget_and_the_costs_outside_the_model_stages() 
     )
     assert "spend 90 ms together" in line
     assert "align 22, api 16, s3 11 ms" in line and "webhook" not in line
+
+
+def test_loop_rate_counts_only_while_every_loop_runs() -> None:
+    # Two loops of 10 photos: one at 1 photo/s from t=100, one at 2 photos/s from t=100.5 (done at 105.5). From
+    # 100.5 (the last start) to 105.5 (the first finish): 5 photos of the first and 10 of the second.
+    slow = LoopResult(100.0, [100.0 + i for i in range(1, 11)], 10.0)
+    fast = LoopResult(100.5, [100.5 + i / 2 for i in range(1, 11)], 5.0)
+    assert steady_rate([slow, fast]) == 15 / 5.0
+    # One loop: its whole run.
+    assert steady_rate([slow]) == 1.0
+
+
+def test_a_layout_is_weighed_against_the_loop_beside_it() -> None:
+    run = PipelineRun("layout", Throughput(30.0, 60.0), [], {}, 0.0, loop=Throughput(32.0, 55.0))
+    assert run.ratio(Throughput(40.0, 50.0)) == 30.0 / 32.0
+    alone = PipelineRun("layout", Throughput(30.0, 60.0), [], {}, 0.0)  # no loop round beside it: the run's best
+    assert alone.ratio(Throughput(40.0, 50.0)) == 30.0 / 40.0
 
 
 def test_best_batch_per_thread_setting_against_the_stage_default() -> None:
