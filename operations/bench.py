@@ -343,7 +343,8 @@ def pipeline_throughput(running: Running, paths: list[Path]) -> tuple[Throughput
     millisecond a request) would be taken from the pipeline's share."""
     bodies = [multipart_photo(p.read_bytes()) for p in paths]
     lead = THROUGHPUT_IN_FLIGHT
-    order = [*bodies[:lead], *bodies, *bodies[:lead]]  # lead-in, measured, lead-out
+    around = [bodies[i % len(bodies)] for i in range(lead)]
+    order = [*around, *bodies, *around]  # lead-in, measured, lead-out
     poster = Poster(running)
     lock = threading.Lock()
     finished = 0
