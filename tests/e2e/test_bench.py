@@ -59,6 +59,7 @@ def test_bench_smoke_writes_every_section(tmp_path: Path) -> None:
     for heading in (*headings, "Resident memory"):
         assert f"### {heading}" in text
     assert "/ the loop beside it" in text and "Machine:" in text
+    assert "The two models' forward passes alone" in text and "Everything else the pipeline" in text
     # Every pipeline layout ran and spent CPU, each against loop rounds of its own; the CPU table splits it by
     # process, stages summed.
     efficiency = table_rows(text, "Pipeline efficiency")

@@ -7,11 +7,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from operations.bench import (
+    InferenceCost,
     LoopResult,
     PipelineRun,
     Report,
     Throughput,
     best_batches,
+    outside_inference,
     report_enroll,
     steady_rate,
     why_slower,
@@ -91,6 +93,17 @@ def test_a_layout_is_weighed_against_the_loop_beside_it() -> None:
     assert run.ratio(Throughput(40.0, 50.0)) == 30.0 / 32.0
     alone = PipelineRun("layout", Throughput(30.0, 60.0), [], {}, 0.0)  # no loop round beside it: the run's best
     assert alone.ratio(Throughput(40.0, 50.0)) == 30.0 / 40.0
+
+
+def test_work_outside_the_models_is_the_pipeline_cpu_less_the_forward_passes() -> None:
+    inference = InferenceCost(detector_ms=19.5, recognizer_ms=10.8, faces_per_photo=1.5, decode_ms=6.1)
+    assert inference.per_photo_ms == 19.5 + 10.8 * 1.5
+    over = PipelineRun("layout", Throughput(36.0, 52.0), [], {}, 0.0)
+    line = outside_inference(over, inference)
+    assert "35.7 ms a photo" in line and "52.0 - 35.7 = **16.3 ms**" in line and "(target 15: missed)" in line
+    assert "decode takes 6.1" in line
+    under = PipelineRun("layout", Throughput(40.0, 50.0), [], {}, 0.0)
+    assert "(target 15: met)" in outside_inference(under, inference)
 
 
 def test_best_batch_per_thread_setting_against_the_stage_default() -> None:
