@@ -388,13 +388,13 @@ def _own_cpu(process: psutil.Process) -> float:
 def pipeline_throughput(running: Running, paths: list[Path]) -> tuple[Throughput, list[float], dict[str, float]]:
     """Search jobs for every photo, THROUGHPUT_IN_FLIGHT at a time, each waiting for its job (``?wait=``), in steady
     state: THROUGHPUT_IN_FLIGHT searches go first (every thread's connection made, every stage's queue filled) and as
-    many more after the measured ones (the pipeline stays full until the last measured result), so that the window,
-    from the lead-in's last result to the last measured one, holds neither the pipeline's fill nor its drain: the
-    photos of a finite batch wait a latency for their first result and leave the cores idle while the last ones pass
-    the stages one by one (2-8 % of a 200-photo batch's time). Returns photos per second over the window, the measured
-    uploads' upload-to-result latencies, and each process's CPU milliseconds per photo over the window. The clients are
-    threads on http.client connections, as the ingest's: they share the pipeline's cores, and httpx's own CPU (about a
-    millisecond a request) would be taken from the pipeline's share."""
+    many more after the measured ones (the pipeline stays full to the end of the window), so that the window, from
+    the THROUGHPUT_IN_FLIGHT-th result to as many results later as there are photos, holds neither the fill nor the
+    drain: the photos of a finite batch wait a latency for their first result and leave the cores idle while the last
+    ones pass the stages one by one (2-8 % of a 200-photo batch's time). Returns photos per second over the window,
+    the measured uploads' upload-to-result latencies, and each process's CPU milliseconds per photo over the window.
+    The clients are threads on http.client connections, as the ingest's: they share the pipeline's cores, and httpx's
+    own CPU (about a millisecond a request) would be taken from the pipeline's share."""
     bodies = [multipart_photo(p.read_bytes()) for p in paths]
     lead = THROUGHPUT_IN_FLIGHT
     around = [bodies[i % len(bodies)] for i in range(lead)]
