@@ -26,6 +26,8 @@ as in insightface's files). Model code does no I/O: these take and return ModelP
 
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
@@ -66,26 +68,22 @@ def _depthwise(source: str, weights: str, output: str, channels: int) -> onnx.No
 
 
 def _foldable_convolution(
-    graph: onnx.GraphProto, x: str, initializers: dict[str, onnx.TensorProto]
+    x: str,
+    producers: dict[str, onnx.NodeProto],
+    readers: Counter[str],
+    fixed: set[str],
+    initializers: dict[str, onnx.TensorProto],
 ) -> onnx.NodeProto | None:
     """The convolution whose output ``x`` is, when its scale per output channel may change: a standard Conv whose
-    weights and bias are constants read by it alone, and ``x`` read by nothing else and not an output of the graph."""
-    producers = [node for node in graph.node if x in node.output]
-    if len(producers) != 1 or producers[0].op_type != "Conv" or producers[0].domain not in ("", "ai.onnx"):
-        return None
-    conv: onnx.NodeProto = producers[0]
-    readers = [node for node in graph.node if x in node.input]
-    if len(readers) != 1 or x in {output.name for output in graph.output}:
+    float weights and bias are constants read by it alone, and ``x`` read by nothing else. ``fixed``: the graph's
+    inputs and outputs (an initializer that is also an input, IR version < 4, may be fed at run time)."""
+    conv = producers.get(x)
+    if conv is None or conv.op_type != "Conv" or conv.domain not in ("", "ai.onnx") or readers[x] != 1 or x in fixed:
         return None
     constants = conv.input[1:]
-    # An initializer that is also a graph input (IR version < 4) may be fed at run time: not the model's to scale.
-    if not all(name in initializers for name in constants) or {i.name for i in graph.input} & set(constants):
+    if any(name not in initializers or name in fixed or readers[name] != 1 for name in constants):
         return None
-    if any(name in node.input for node in graph.node if node is not conv for name in constants):
-        return None
-    if initializers[constants[0]].data_type != TensorProto.FLOAT:
-        return None
-    return conv
+    return conv if initializers[constants[0]].data_type == TensorProto.FLOAT else None
 
 
 def _scale_output_channels(conv: onnx.NodeProto, scale: np.ndarray, initializers: dict[str, onnx.TensorProto]) -> None:
@@ -108,6 +106,9 @@ def prelu_as_convolutions(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]
     graph = rewritten.graph
     initializers = {tensor.name: tensor for tensor in graph.initializer}
     tensors = _ranks(rewritten)
+    producers = {output: node for node in graph.node for output in node.output}
+    readers = Counter(name for node in graph.node for name in node.input)
+    fixed = {value.name for value in (*graph.input, *graph.output)}
     nodes: list[onnx.NodeProto] = []
     count = 0
     for node in graph.node:
@@ -123,7 +124,8 @@ def prelu_as_convolutions(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]
             continue
         count += 1
         prefix = f"{y}/prelu"
-        conv = _foldable_convolution(graph, x, initializers) if bool((slope < 1).all()) else None
+        foldable = bool((slope < 1).all())
+        conv = _foldable_convolution(x, producers, readers, fixed, initializers) if foldable else None
         if conv is not None:
             kept = 1.0 - slope  # > 0: relu((1 - s) x) = (1 - s) relu(x)
             _scale_output_channels(conv, kept, initializers)
