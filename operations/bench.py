@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import numpy as np
@@ -215,42 +215,62 @@ class InferenceCost:
         return self.detector_ms + self.recognizer_ms * self.faces_per_photo
 
 
-def model_inference(config: BenchConfig, paths: list[Path]) -> InferenceCost:
-    """The forward passes alone, in this process with one onnxruntime and OpenCV thread and the stages' own sessions
-    (load_session: their options and graph rewrites), over the same photos: what no path between the stages can
-    remove. The rest of a pipeline's CPU a photo is everything else (decoding, resizing, anchors, alignment, Redis,
-    HTTP, the index)."""
-    import cv2
+class _TimedSession:
+    """An onnxruntime session whose ``run`` adds its CPU time to ``ms``: a model timed in the stages' own code path
+    (their input preparation, their calls), everything else passed through."""
 
+    def __init__(self, session: onnxruntime.InferenceSession) -> None:
+        self._session = session
+        self.ms = 0.0
+
+    def run(self, *args: Any, **kwargs: Any) -> Any:
+        started = time.process_time()
+        try:
+            return self._session.run(*args, **kwargs)
+        finally:
+            self.ms += (time.process_time() - started) * 1000
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._session, name)
+
+
+def model_inference(config: BenchConfig, paths: list[Path]) -> InferenceCost:
+    """The forward passes alone, in this process with one onnxruntime and OpenCV thread and the stages' own classes
+    and sessions (load_session: their options and graph rewrites), over the same photos: what no path between the
+    stages can remove. The rest of a pipeline's CPU a photo is everything else (decoding, resizing, anchors,
+    alignment, Redis, HTTP, the index)."""
     from common.imaging import decode, use_image_threads
+    from common.packs.arcface import FaceRecognizer
     from common.packs.insightface_files import find_pack, load_session
-    from common.packs.library import PackLibrary
+    from common.packs.insightface_pack import ArcFaceAligner
+    from common.packs.scrfd import FaceDetector
 
     use_image_threads(1)
     settings = ModelSettings(model_pack=config.pack, model_root=config.model_root, ort_threads=1)
-    pack, files = PackLibrary(settings).get(), find_pack(settings)
-    detector, recognizer = load_session(files.detector, settings), load_session(files.recognizer, settings)
-    side = files.crop_size
-    detector_ms = recognizer_ms = decode_ms = 0.0
+    files = find_pack(settings)
+    detection, recognition = (_TimedSession(load_session(f, settings)) for f in (files.detector, files.recognizer))
+    detector = FaceDetector(
+        cast(onnxruntime.InferenceSession, detection),
+        files.detector,
+        det_size=settings.det_size,
+        threshold=settings.det_threshold,
+        min_face_size=settings.min_face_size,
+    )
+    recognizer = FaceRecognizer(cast(onnxruntime.InferenceSession, recognition), files.recognizer)
+    aligner = ArcFaceAligner(files.crop_size)
+    detection.ms = recognition.ms = 0.0  # what the classes ran while loading (a probe of the output size)
+    decode_ms = 0.0
     faces = 0
     for path in paths:
         data = path.read_bytes()
         started = time.process_time()
         image = decode(data, 10**9)
         decode_ms += (time.process_time() - started) * 1000
-        blob = cv2.dnn.blobFromImage(cv2.resize(image, (640, 640)), 1 / 128, (640, 640), (127.5,) * 3, swapRB=True)
-        started = time.process_time()
-        detector.run(None, {detector.get_inputs()[0].name: blob})
-        detector_ms += (time.process_time() - started) * 1000
-        for face in pack.detect(image):
-            crop = cv2.dnn.blobFromImage(pack.align(image, face), 1 / 127.5, (side, side), (127.5,) * 3, swapRB=True)
-            started = time.process_time()
-            recognizer.run(None, {recognizer.get_inputs()[0].name: crop})
-            recognizer_ms += (time.process_time() - started) * 1000
+        for face in detector.detect(image):
+            recognizer.embed([aligner.align(image, face)])  # one face a pass: the embed stage's default batch
             faces += 1
-    return InferenceCost(
-        detector_ms / len(paths), recognizer_ms / max(faces, 1), faces / len(paths), decode_ms / len(paths)
-    )
+    count = len(paths)
+    return InferenceCost(detection.ms / count, recognition.ms / max(faces, 1), faces / count, decode_ms / count)
 
 
 def embedding_throughput(config: BenchConfig) -> list[tuple[str, int, float]]:
