@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Literal
 
 import redis
 from prometheus_client import Counter, Histogram
@@ -29,10 +31,34 @@ STAGE_BATCH_SECONDS = Histogram(
 STAGE_BATCH_SIZE = Histogram(
     "fecapass_stage_batch_size", "Entries handled together", ["stage"], buckets=(1, 2, 4, 8, 16, 32, 64, 128)
 )
+# The models' share of a stage's CPU (process_cpu_seconds_total): what the path around them costs is the rest.
+MODEL_FORWARD_CPU_SAMPLE = "fecapass_model_forward_cpu_seconds_total"
+MODEL_FORWARD_CPU_SECONDS = Counter(
+    MODEL_FORWARD_CPU_SAMPLE,
+    "CPU time of this process while a model's forward pass ran (all its threads: onnxruntime's pool too), by model",
+    ["model"],
+)
+MODEL_FORWARD_PASSES = Counter(
+    "fecapass_model_forward_passes_total", "Forward passes run (a batch of crops is one), by model", ["model"]
+)
 HTTP_REQUESTS = Counter(
     "fecapass_http_requests_total", "HTTP requests by route and status", ["method", "route", "status"]
 )
 HTTP_SECONDS = Histogram("fecapass_http_request_seconds", "HTTP request latency", ["method", "route"])
+
+
+ModelRole = Literal["detector", "recognizer"]
+
+
+@contextmanager
+def forward_pass(model: ModelRole) -> Iterator[None]:
+    """Count the process's CPU time while the block runs as ``model``'s forward pass."""
+    started = time.process_time()
+    try:
+        yield
+    finally:
+        MODEL_FORWARD_CPU_SECONDS.labels(model).inc(time.process_time() - started)
+        MODEL_FORWARD_PASSES.labels(model).inc()
 
 
 def backlog(pending: int, lag: int | None, length: int) -> int:

@@ -23,15 +23,18 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, get_args
 
 import httpx
 import numpy as np
 import onnxruntime
 import psutil
+from prometheus_client import REGISTRY, CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
 
 from common.db.main_repository import MainRepository
 from common.imaging import PNG_SIGNATURE
+from common.metrics import MODEL_FORWARD_CPU_SAMPLE, ModelRole
 from common.settings import ModelSettings
 from operations.installation import Installation, start_servers
 from operations.reports import BENCHMARKS_HEADER, merged
@@ -215,23 +218,13 @@ class InferenceCost:
         return self.detector_ms + self.recognizer_ms * self.faces_per_photo
 
 
-class _TimedSession:
-    """An onnxruntime session whose ``run`` adds its CPU time to ``ms``: a model timed in the stages' own code path
-    (their input preparation, their calls), everything else passed through."""
-
-    def __init__(self, session: onnxruntime.InferenceSession) -> None:
-        self._session = session
-        self.ms = 0.0
-
-    def run(self, *args: Any, **kwargs: Any) -> Any:
-        started = time.process_time()
-        try:
-            return self._session.run(*args, **kwargs)
-        finally:
-            self.ms += (time.process_time() - started) * 1000
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._session, name)
+def _forward_ms(registry: CollectorRegistry = REGISTRY) -> dict[ModelRole, float]:
+    """CPU ms of this process's forward passes so far, by model (common.metrics.forward_pass)."""
+    found = {}
+    for model in get_args(ModelRole):
+        value = registry.get_sample_value(MODEL_FORWARD_CPU_SAMPLE, {"model": model})
+        found[model] = (value or 0.0) * 1000
+    return found
 
 
 def model_inference(config: BenchConfig, paths: list[Path]) -> InferenceCost:
@@ -248,17 +241,16 @@ def model_inference(config: BenchConfig, paths: list[Path]) -> InferenceCost:
     use_image_threads(1)
     settings = ModelSettings(model_pack=config.pack, model_root=config.model_root, ort_threads=1)
     files = find_pack(settings)
-    detection, recognition = (_TimedSession(load_session(f, settings)) for f in (files.detector, files.recognizer))
     detector = FaceDetector(
-        cast(onnxruntime.InferenceSession, detection),
+        load_session(files.detector, settings, "detector"),
         files.detector,
         det_size=settings.det_size,
         threshold=settings.det_threshold,
         min_face_size=settings.min_face_size,
     )
-    recognizer = FaceRecognizer(cast(onnxruntime.InferenceSession, recognition), files.recognizer)
+    recognizer = FaceRecognizer(load_session(files.recognizer, settings, "recognizer"), files.recognizer)
     aligner = ArcFaceAligner(files.crop_size)
-    detection.ms = recognition.ms = 0.0  # what the classes ran while loading (a probe of the output size)
+    before = _forward_ms()  # what the classes ran while loading (a probe of the output size), and earlier calls
     decode_ms = 0.0
     faces = 0
     for path in paths:
@@ -269,8 +261,13 @@ def model_inference(config: BenchConfig, paths: list[Path]) -> InferenceCost:
         for face in detector.detect(image):
             recognizer.embed([aligner.align(image, face)])  # one face a pass: the embed stage's default batch
             faces += 1
-    count = len(paths)
-    return InferenceCost(detection.ms / count, recognition.ms / max(faces, 1), faces / count, decode_ms / count)
+    after, count = _forward_ms(), len(paths)
+    return InferenceCost(
+        (after["detector"] - before["detector"]) / count,
+        (after["recognizer"] - before["recognizer"]) / max(faces, 1),
+        faces / count,
+        decode_ms / count,
+    )
 
 
 def embedding_throughput(config: BenchConfig) -> list[tuple[str, int, float]]:
@@ -350,6 +347,7 @@ def start_pipeline(
             workers_per_stage=workers,
             stage_workers=stage_workers or {},
             log_dir=None if owned else data_dir,
+            metrics_port=None,  # each stage process serves its metrics on a free port: its forward passes' CPU
         )
         installation.start(ready_timeout=90)
     except BaseException:  # interrupted or failed half way: stop what was started
@@ -398,6 +396,24 @@ def cpu_seconds(running: Running) -> dict[str, float]:
     return times
 
 
+def forward_seconds(running: Running) -> dict[ModelRole, float]:
+    """CPU seconds so far of the forward passes of every stage process, by model, from their metrics: the models'
+    own time as they ran inside the pipeline, among its other processes."""
+    totals: dict[ModelRole, float] = dict.fromkeys(get_args(ModelRole), 0.0)
+    host = running.installation.metrics_host
+    for port in running.installation.metrics_ports.values():
+        text = httpx.get(f"http://{host}:{port}/metrics", timeout=10).text
+        found = {
+            sample.labels["model"]: sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == MODEL_FORWARD_CPU_SAMPLE
+        }
+        for model in totals:
+            totals[model] += found.get(model, 0.0)
+    return totals
+
+
 def _own_cpu(process: psutil.Process) -> float:
     try:
         return float(sum(process.cpu_times()[:4]))
@@ -405,14 +421,17 @@ def _own_cpu(process: psutil.Process) -> float:
         return 0.0
 
 
-def pipeline_throughput(running: Running, paths: list[Path]) -> tuple[Throughput, list[float], dict[str, float]]:
+def pipeline_throughput(
+    running: Running, paths: list[Path]
+) -> tuple[Throughput, list[float], dict[str, float], dict[ModelRole, float]]:
     """Search jobs for every photo, THROUGHPUT_IN_FLIGHT at a time, each waiting for its job (``?wait=``), in steady
     state: THROUGHPUT_IN_FLIGHT searches go first (every thread's connection made, every stage's queue filled) and as
     many more after the measured ones (the pipeline stays full to the end of the window), so that the window, from
     the THROUGHPUT_IN_FLIGHT-th result to as many results later as there are photos, holds neither the fill nor the
     drain: the photos of a finite batch wait a latency for their first result and leave the cores idle while the last
     ones pass the stages one by one (2-8 % of a 200-photo batch's time). Returns photos per second over the window,
-    the measured uploads' upload-to-result latencies, and each process's CPU milliseconds per photo over the window.
+    the measured uploads' upload-to-result latencies, each process's CPU milliseconds per photo over the window, and
+    the forward passes' (by model, all stage processes together).
     The clients are threads on http.client connections, as the ingest's: they share the pipeline's cores, and httpx's
     own CPU (about a millisecond a request) would be taken from the pipeline's share."""
     bodies = [multipart_photo(p.read_bytes()) for p in paths]
@@ -422,7 +441,7 @@ def pipeline_throughput(running: Running, paths: list[Path]) -> tuple[Throughput
     poster = Poster(running)
     lock = threading.Lock()
     finished = 0
-    marks: dict[str, tuple[float, dict[str, float]]] = {}
+    marks: dict[str, tuple[float, dict[str, float], dict[ModelRole, float]]] = {}
     latencies: list[float] = []
 
     def one(number: int) -> None:
@@ -436,14 +455,16 @@ def pipeline_throughput(running: Running, paths: list[Path]) -> tuple[Throughput
             if lead <= number < lead + len(bodies):
                 latencies.append(time.perf_counter() - sent)
             if finished in (lead, lead + len(bodies)):
-                marks["open" if finished == lead else "close"] = (time.perf_counter(), cpu_seconds(running))
+                mark = (time.perf_counter(), cpu_seconds(running), forward_seconds(running))
+                marks["open" if finished == lead else "close"] = mark
 
     with ThreadPoolExecutor(THROUGHPUT_IN_FLIGHT) as pool:
         list(pool.map(one, range(len(order))))
-    (opened, before), (closed, after) = marks["open"], marks["close"]
+    (opened, before, models_before), (closed, after, models_after) = marks["open"], marks["close"]
     per_photo = {name: (after[name] - before[name]) * 1000 / len(bodies) for name in before}
+    forward = {model: (models_after[model] - models_before[model]) * 1000 / len(bodies) for model in models_before}
     cpu = sum(value for name, value in per_photo.items() if name != LOAD_GENERATOR)
-    return Throughput(len(bodies) / (closed - opened), cpu), latencies, per_photo
+    return Throughput(len(bodies) / (closed - opened), cpu), latencies, per_photo, forward
 
 
 MULTIPART_BOUNDARY = "fecapass-bench-upload"
@@ -650,6 +671,7 @@ class PipelineRun:
     enroll_cpu_per_photo: dict[str, float] = field(default_factory=dict)
     plain_enroll_photos_per_second: float = 0.0  # enrolls by plain HTTP uploads (0: not measured)
     loop: Throughput | None = None  # the fastest BEST_LOOP round of those run between this layout's rounds
+    forward_per_photo: dict[ModelRole, float] = field(default_factory=dict)  # the models' CPU ms in the pipeline
 
     def ratio(self, best: Throughput) -> float:
         """Photos/s against the loop beside it (``best``, the run's fastest loop, where none ran beside it)."""
@@ -684,10 +706,12 @@ def run(config: BenchConfig) -> Path:
                 loop = max(loops, key=lambda measured: measured.photos_per_second)
                 if loop.photos_per_second > base[BEST_LOOP].photos_per_second:
                     base[BEST_LOOP] = loop
-                throughput, under_load, cpu = max(rounds, key=lambda measured: measured[0].photos_per_second)
+                throughput, under_load, cpu, forward = max(rounds, key=lambda measured: measured[0].photos_per_second)
                 plain_enrolls, (enroll_rate, enroll_cpu) = enroll_rounds(running, paths, data)
                 runs.append(
-                    PipelineRun(layout, throughput, under_load, cpu, enroll_rate, enroll_cpu, plain_enrolls, loop)
+                    PipelineRun(
+                        layout, throughput, under_load, cpu, enroll_rate, enroll_cpu, plain_enrolls, loop, forward
+                    )
                 )
                 if number == 0:
                     one_face = (config.photos_dir / SEARCH_PHOTO).read_bytes()
@@ -824,9 +848,14 @@ def _report_pipeline(
     def summed(run: PipelineRun, kind: str) -> float:
         return sum(value for name, value in run.cpu_per_photo.items() if _process_kind(name) == kind)
 
+    forward_rows = [
+        [f"{stage}: of it, the {model}'s forward passes", *[_ms(r.forward_per_photo.get(model)) for r in runs]]
+        for stage, model in FORWARD_OF_STAGE
+        if any(model in r.forward_per_photo for r in runs)
+    ]
     report.table(
         ["process", *[r.layout for r in runs]],
-        [[name, *[f"{summed(r, name):.1f}" for r in runs]] for name in names],
+        [[name, *[f"{summed(r, name):.1f}" for r in runs]] for name in names] + forward_rows,
     )
     report.lines += ["", outside_inference(fastest, inference)]
     if ratio < THROUGHPUT_TARGET:
@@ -924,17 +953,44 @@ def why_slower(best: Throughput, pipeline: Throughput, costs: dict[str, float]) 
 
 
 def outside_inference(run: PipelineRun, inference: InferenceCost) -> str:
-    """The pipeline's CPU a photo beyond the two models' forward passes, against OUTSIDE_INFERENCE_TARGET_MS."""
-    outside = run.throughput.cpu_ms_per_photo - inference.per_photo_ms
-    return (
+    """The pipeline's CPU a photo beyond the two models' forward passes as they ran in it (the stages' counters),
+    against OUTSIDE_INFERENCE_TARGET_MS, beside the same beyond the forward passes alone; without the counters,
+    against the latter."""
+    total, alone = run.throughput.cpu_ms_per_photo, inference.per_photo_ms
+    lines = [
         f"The two models' forward passes alone (one thread, the stages' sessions, these photos): the detector"
         f" {inference.detector_ms:.1f} ms a photo, the recognizer {inference.recognizer_ms:.1f} ms a face x"
-        f" {inference.faces_per_photo:.2f} faces a photo, {inference.per_photo_ms:.1f} ms a photo. Everything else"
-        f" the pipeline ({run.layout}) spends: {run.throughput.cpu_ms_per_photo:.1f} -"
-        f" {inference.per_photo_ms:.1f} = **{outside:.1f} ms** a photo (target {OUTSIDE_INFERENCE_TARGET_MS:.0f}:"
-        f" {_verdict(outside <= OUTSIDE_INFERENCE_TARGET_MS)}), of which the photo's decode takes"
-        f" {inference.decode_ms:.1f} (the loop's cv2.imread does the same work)."
+        f" {inference.faces_per_photo:.2f} faces a photo, {alone:.1f} ms a photo."
+    ]
+    models = alone
+    if run.forward_per_photo:
+        models = sum(run.forward_per_photo.values())
+        lines.append(
+            f" In the pipeline ({run.layout}), from the stages' own counters"
+            f" (`{MODEL_FORWARD_CPU_SAMPLE}`), they took {models:.1f} ms a photo (the detector"
+            f" {run.forward_per_photo['detector']:.1f}, the recognizer {run.forward_per_photo['recognizer']:.1f}):"
+            f" {models - alone:+.1f} ms against alone, the models' own slowdown among the pipeline's other processes"
+            " and the machine's drift between the two measurements."
+        )
+    outside = total - models
+    lines.append(
+        f" Everything else the pipeline ({run.layout}) spends: {total:.1f} - {models:.1f} = **{outside:.1f} ms** a"
+        f" photo (target {OUTSIDE_INFERENCE_TARGET_MS:.0f}: {_verdict(outside <= OUTSIDE_INFERENCE_TARGET_MS)})"
     )
+    if models != alone:
+        lines.append(f", {total - alone:.1f} against the forward passes alone")
+    lines.append(
+        f"; of it, the photo's decode takes {inference.decode_ms:.1f} (the loop's cv2.imread does the same work)."
+    )
+    return "".join(lines)
+
+
+# Which stage runs which model: the CPU table's rows for the forward passes inside the pipeline.
+FORWARD_OF_STAGE: tuple[tuple[str, ModelRole], ...] = (("detect", "detector"), ("embed", "recognizer"))
+
+
+def _ms(value: float | None) -> str:
+    return "" if value is None else f"{value:.1f}"
 
 
 def _process_kind(name: str) -> str:

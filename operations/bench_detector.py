@@ -54,7 +54,7 @@ def timed_keypoints(model: RetinaFace, image: np.ndarray, size: tuple[int, int])
 
 
 def detector(files: PackFiles, settings: ModelSettings) -> RetinaFace:
-    model = RetinaFace(model_file=str(files.detector), session=load_session(files.detector, settings))
+    model = RetinaFace(model_file=str(files.detector), session=load_session(files.detector, settings, "detector"))
     model.prepare(ctx_id=0, input_size=(DET_SIZE, DET_SIZE), det_thresh=0.5)
     return model
 
@@ -90,7 +90,7 @@ def session_options(settings: ModelSettings) -> list[str]:
     for level in OPTIMISATIONS:
         for arena in (True, False):
             variant = settings.model_copy(update={"ort_graph_optimization": level, "ort_memory_arena": arena})
-            session = load_session(files.detector, variant)
+            session = load_session(files.detector, variant, "detector")
             feed = {session.get_inputs()[0].name: blob}
             session.run(None, feed)
             rounds = []

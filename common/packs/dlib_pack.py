@@ -15,6 +15,7 @@ import cv2
 import dlib
 import numpy as np
 
+from common.metrics import forward_pass
 from common.packs.base import Face, ModelPackError, PackInfo, check_crops, kept_faces, unit_rows
 from common.packs.regions import SAMPLING_MARGIN, Region, covering, on_canvas
 from common.settings import ModelSettings
@@ -129,7 +130,8 @@ class DlibPack:
         rgb = _rgb(image_bgr)
         scale = min(1.0, self.max_side / max(rgb.shape[:2]))
         small = rgb if scale == 1.0 else cv2.resize(rgb, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
-        rectangles, scores, _ = self._detector.run(small, UPSAMPLE, 0.0)
+        with forward_pass("detector"):
+            rectangles, scores, _ = self._detector.run(small, UPSAMPLE, 0.0)
         faces = []
         for rectangle, score in zip(rectangles, scores, strict=True):
             box = np.array(
@@ -148,5 +150,7 @@ class DlibPack:
         if not crops:
             return np.zeros((0, DIM), dtype=np.float32)
         check_crops(crops, CHIP_SIZE)
-        descriptors = self._descriptor.compute_face_descriptor([_rgb(crop) for crop in crops])
+        rgb = [_rgb(crop) for crop in crops]
+        with forward_pass("recognizer"):
+            descriptors = self._descriptor.compute_face_descriptor(rgb)
         return unit_rows(np.array([np.asarray(d) for d in descriptors], dtype=np.float32))

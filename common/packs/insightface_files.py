@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np
 import onnxruntime
 
+from common.metrics import ModelRole
 from common.packs.base import ModelPackError
-from common.packs.onnx_runtime import build_session
+from common.packs.onnx_runtime import MeteredSession, build_session, probe_session
 from common.settings import ModelSettings
 
 
@@ -73,7 +74,7 @@ def find_pack(settings: ModelSettings, name: str | None = None) -> PackFiles:
         if detector is not None and recognizer is not None:
             break
         try:
-            session = build_session(path, settings, probe=True)
+            session = probe_session(path, settings)
         except Exception as exc:  # onnxruntime raises its own untyped errors for bad files
             raise ModelPackError(f"cannot load {path}: {exc}") from exc
         if detector is None and _is_detector(session):
@@ -91,8 +92,8 @@ def is_pack_folder(directory: Path) -> bool:
     return directory.is_dir() and any(directory.glob("*.onnx"))
 
 
-def load_session(path: Path, settings: ModelSettings) -> onnxruntime.InferenceSession:
-    return build_session(path, settings)
+def load_session(path: Path, settings: ModelSettings, model: ModelRole) -> MeteredSession:
+    return build_session(path, settings, model)
 
 
 def pull_pack(settings: ModelSettings, name: str | None = None) -> Path:

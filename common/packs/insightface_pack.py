@@ -55,7 +55,7 @@ class InsightFacePack:
     @cached_property
     def _detector(self) -> FaceDetector:
         return FaceDetector(
-            load_session(self.files.detector, self._settings),
+            load_session(self.files.detector, self._settings, "detector"),
             self.files.detector,
             det_size=self._settings.det_size,
             threshold=self._settings.det_threshold,
@@ -64,7 +64,7 @@ class InsightFacePack:
 
     @cached_property
     def _recognizer(self) -> FaceRecognizer:
-        return FaceRecognizer(load_session(self.files.recognizer, self._settings), self.files.recognizer)
+        return FaceRecognizer(load_session(self.files.recognizer, self._settings, "recognizer"), self.files.recognizer)
 
     def detect(self, image_bgr: np.ndarray) -> list[Face]:
         return self._detector.detect(image_bgr)

@@ -6,12 +6,14 @@ running on the CPU."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import onnx
 import onnxruntime
 
+from common.metrics import ModelRole, forward_pass
 from common.packs.base import ModelPackError
 from common.packs.onnx_graph import prelu_as_convolutions
 from common.settings import ModelSettings
@@ -76,13 +78,27 @@ def session_options(settings: ModelSettings, threads: int | None = None) -> onnx
     return options
 
 
-def build_session(path: Path, settings: ModelSettings, *, probe: bool = False) -> onnxruntime.InferenceSession:
-    """A session for ``path`` with this process's settings; ``probe``: a one-thread CPU session, only to read
-    a file's inputs and outputs (finding a pack's files must not start a GPU)."""
-    if probe:
-        return onnxruntime.InferenceSession(
-            str(path), sess_options=session_options(settings, threads=1), providers=[CPU]
-        )
+class MeteredSession(onnxruntime.InferenceSession):  # type: ignore[misc]  # onnxruntime ships no types
+    """A session whose forward passes count in the process's metrics as ``model``'s (common.metrics.forward_pass):
+    a stage's CPU then splits into its model's and the rest, in production and in `fecapass bench` alike."""
+
+    def __init__(self, model_file: str | bytes, model: ModelRole, **options: Any) -> None:
+        super().__init__(model_file, **options)
+        self.model: ModelRole = model
+
+    def run(self, output_names: Sequence[str] | None, input_feed: Mapping[str, Any], run_options: Any = None) -> Any:
+        with forward_pass(self.model):
+            return super().run(output_names, input_feed, run_options)
+
+
+def probe_session(path: Path, settings: ModelSettings) -> onnxruntime.InferenceSession:
+    """A one-thread CPU session only to read a file's inputs and outputs: finding a pack's files must not start a
+    GPU, nor count in the metrics."""
+    return onnxruntime.InferenceSession(str(path), sess_options=session_options(settings, threads=1), providers=[CPU])
+
+
+def build_session(path: Path, settings: ModelSettings, model: ModelRole) -> MeteredSession:
+    """A session for ``path`` with this process's settings, its forward passes counted as ``model``'s."""
     providers = choose_providers(settings.ort_providers, onnxruntime.get_available_providers())
     if providers != [CPU]:
         # onnxruntime-gpu with pip's CUDA and cuDNN (the gpu extra) finds those libraries only once they are
@@ -90,10 +106,10 @@ def build_session(path: Path, settings: ModelSettings, *, probe: bool = False) -
         preload = getattr(onnxruntime, "preload_dlls", None)
         if preload is not None:
             preload()
-        model: str | bytes = str(path)
+        graph: str | bytes = str(path)
     else:
-        model = cpu_graph(path)
-    return onnxruntime.InferenceSession(model, sess_options=session_options(settings), providers=providers)
+        graph = cpu_graph(path)
+    return MeteredSession(graph, model, sess_options=session_options(settings), providers=providers)
 
 
 def cpu_graph(path: Path) -> str | bytes:

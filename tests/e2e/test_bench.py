@@ -82,6 +82,13 @@ def test_bench_smoke_writes_every_section(tmp_path: Path) -> None:
         assert all(cell >= 0 for cell in cells) and any(cell > 0 for cell in cells), (process, cpu[process])
     for process in ("detect", "embed"):  # the models: tens of ms a photo in every layout
         assert all(float(cell) > 0 for cell in cpu[process]), (process, cpu[process])
+    # Of those, the forward passes, from the stages' own counters. A counter moves when a pass ends and process CPU
+    # in clock ticks: over the 12 photos of this run either side of the window can be off by a pass a process, so
+    # only that they were counted is asserted (the tests of the packs check the counts themselves).
+    for process, model in (("detect", "detector"), ("embed", "recognizer")):
+        forward = [float(cell) for cell in cpu[f"{process}: of it, the {model}'s forward passes"]]
+        assert len(forward) == len(LAYOUTS) and all(part > 0 for part in forward), (process, forward)
+    assert "In the pipeline (" in text and "against the forward passes alone" in text
     # A search's photo and crops are Redis blobs (common/transient.py): the S3 server is measured, and idle.
     assert all(float(cell) >= 0 for cell in cpu["s3"]), cpu["s3"]
     # A search's time: every stage, and the time outside them (upload, waits between stages, answer).

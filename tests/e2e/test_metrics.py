@@ -67,6 +67,22 @@ def test_every_stage_process_serves_its_counters(pipeline: RunningPipeline, enro
     assert all(processed[stage.value] > 0 for stage in PIPELINE), processed
 
 
+def test_the_model_stages_count_their_forward_passes(pipeline: RunningPipeline, enrolled: dict[str, Any]) -> None:
+    """The detect and embed processes split their CPU into their model's forward passes and the rest; no other
+    stage runs a model."""
+    passes: dict[str, dict[str, float]] = {}
+    for name, port in pipeline.metrics_ports.items():
+        found = samples(httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text)
+        stage = passes.setdefault(name.split("-")[0], {})
+        for labels, value in found.get("fecapass_model_forward_passes_total", []):
+            stage[labels["model"]] = stage.get(labels["model"], 0.0) + value
+        for labels, value in found.get("fecapass_model_forward_cpu_seconds_total", []):
+            assert value > 0 or stage.get(labels["model"], 0.0) == 0, (name, labels)
+    assert set(passes["detect"]) == {"detector"} and passes["detect"]["detector"] > 0, passes
+    assert set(passes["embed"]) == {"recognizer"} and passes["embed"]["recognizer"] > 0, passes
+    assert not any(passes.get(stage.value) for stage in Stage if stage not in (Stage.DETECT, Stage.EMBED)), passes
+
+
 def test_streams_command_prints_every_group(pipeline: RunningPipeline, enrolled: dict[str, Any]) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "operations.cli", "streams"],

@@ -98,12 +98,24 @@ def test_a_layout_is_weighed_against_the_loop_beside_it() -> None:
 def test_work_outside_the_models_is_the_pipeline_cpu_less_the_forward_passes() -> None:
     inference = InferenceCost(detector_ms=19.5, recognizer_ms=10.8, faces_per_photo=1.5, decode_ms=6.1)
     assert inference.per_photo_ms == 19.5 + 10.8 * 1.5
+    # Without the stages' counters: against the forward passes alone.
     over = PipelineRun("layout", Throughput(36.0, 52.0), [], {}, 0.0)
     line = outside_inference(over, inference)
     assert "35.7 ms a photo" in line and "52.0 - 35.7 = **16.3 ms**" in line and "(target 15: missed)" in line
-    assert "decode takes 6.1" in line
+    assert "decode takes 6.1" in line and "In the pipeline" not in line
     under = PipelineRun("layout", Throughput(40.0, 50.0), [], {}, 0.0)
     assert "(target 15: met)" in outside_inference(under, inference)
+
+
+def test_work_outside_the_models_uses_the_forward_passes_as_they_ran_in_the_pipeline() -> None:
+    inference = InferenceCost(detector_ms=19.5, recognizer_ms=10.8, faces_per_photo=1.5, decode_ms=6.1)
+    inside = {"detector": 21.5, "recognizer": 17.0}  # 38.5 against 35.7 alone
+    run = PipelineRun("layout", Throughput(36.0, 52.0), [], {}, 0.0, forward_per_photo=inside)  # type: ignore[arg-type]
+    line = outside_inference(run, inference)
+    assert "they took 38.5 ms a photo (the detector 21.5, the recognizer 17.0): +2.8 ms against alone" in line
+    assert "52.0 - 38.5 = **13.5 ms** a photo (target 15: met), 16.3 against the forward passes alone" in line
+    slower = PipelineRun("layout", Throughput(36.0, 56.0), [], {}, 0.0, forward_per_photo=inside)  # type: ignore[arg-type]
+    assert "56.0 - 38.5 = **17.5 ms** a photo (target 15: missed)" in outside_inference(slower, inference)
 
 
 def test_best_batch_per_thread_setting_against_the_stage_default() -> None:

@@ -23,8 +23,8 @@ def load_models(pack: str = PACK) -> tuple[FaceDetector, FaceRecognizer]:
     settings = ModelSettings(model_pack=pack, model_root=MODEL_ROOT)
     files = find_pack(settings)
     return (
-        FaceDetector(load_session(files.detector, settings), files.detector),
-        FaceRecognizer(load_session(files.recognizer, settings), files.recognizer),
+        FaceDetector(load_session(files.detector, settings, "detector"), files.detector),
+        FaceRecognizer(load_session(files.recognizer, settings, "recognizer"), files.recognizer),
     )
 
 
@@ -75,7 +75,7 @@ def test_min_face_size_filters_small_faces() -> None:
     require_pack()
     settings = ModelSettings(model_pack=PACK, model_root=MODEL_ROOT)
     files = find_pack(settings)
-    strict = FaceDetector(load_session(files.detector, settings), files.detector, min_face_size=120)
+    strict = FaceDetector(load_session(files.detector, settings, "detector"), files.detector, min_face_size=120)
     faces = strict.detect(photo("multi_group_t1.jpg"))  # six faces, all about 100-150 px
     assert all(face.min_side >= 120 for face in faces) and len(faces) < 6
 

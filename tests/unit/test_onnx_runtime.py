@@ -94,7 +94,7 @@ def test_settings_read_providers_and_options_from_the_environment(monkeypatch: p
 def test_a_missing_provider_stops_the_session_before_the_model_loads(tmp_path: Path) -> None:
     missing = next(name for name in PROVIDER_NAMES if not _installed(name))
     with pytest.raises(ModelPackError, match="FECAPASS_ORT_PROVIDERS"):
-        build_session(tmp_path / "never-read.onnx", ModelSettings(ort_providers=missing))
+        build_session(tmp_path / "never-read.onnx", ModelSettings(ort_providers=missing), "detector")
 
 
 def test_a_stage_asking_for_a_missing_provider_fails_at_start_up() -> None:
@@ -110,7 +110,7 @@ def test_the_detector_keeps_the_providers_its_session_was_built_with() -> None:
     require_pack()
     settings = ModelSettings(model_pack=PACK, model_root=MODEL_ROOT)
     files = find_pack(settings)
-    session = build_session(files.detector, settings)
+    session = build_session(files.detector, settings, "detector")
     calls: list[object] = []
     original = session.set_providers
     session.set_providers = lambda *args, **kwargs: calls.append(args) or original(*args, **kwargs)  # type: ignore[method-assign]
@@ -126,7 +126,7 @@ def test_the_cpu_recognizer_runs_rewritten_and_answers_as_the_file_does() -> Non
     files = find_pack(settings)
     assert isinstance(cpu_graph(files.recognizer), bytes)
     assert cpu_graph(files.detector) == str(files.detector)
-    ours = build_session(files.recognizer, settings)
+    ours = build_session(files.recognizer, settings, "recognizer")
     plain = onnxruntime.InferenceSession(str(files.recognizer), providers=[CPU])
     name = plain.get_inputs()[0].name
     crops = np.random.default_rng(5).uniform(-1, 1, (4, 3, files.crop_size, files.crop_size)).astype(np.float32)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from prometheus_client import REGISTRY
 
 from common.errors import JobFailed
 from common.imaging import decode
@@ -84,6 +85,31 @@ def test_each_pack_tells_people_apart_at_its_own_threshold(library: PackLibrary,
             assert float(first @ second) >= threshold, name
         for other in others:
             assert float(first @ other) < threshold, name
+
+
+def forward_passes(model: str) -> tuple[float, float]:
+    """This process's (passes, CPU seconds) of ``model``'s forward passes so far (common.metrics)."""
+    passes = REGISTRY.get_sample_value("fecapass_model_forward_passes_total", {"model": model})
+    seconds = REGISTRY.get_sample_value("fecapass_model_forward_cpu_seconds_total", {"model": model})
+    return passes or 0.0, seconds or 0.0
+
+
+@pytest.mark.parametrize("name", PACKS)
+def test_each_pack_counts_its_forward_passes_by_model(library: PackLibrary, name: str) -> None:
+    pack = pack_of(library, name)
+    size = pack.info.crop_size
+    crops = [np.random.default_rng(n).integers(0, 255, (size, size, 3), dtype=np.uint8) for n in range(3)]
+    pack.detect(np.zeros((480, 640, 3), dtype=np.uint8))  # the weights loaded (and any probe run) before counting
+    pack.embed(crops[:1])
+    detector, recognizer = forward_passes("detector"), forward_passes("recognizer")
+    pack.detect(np.full((480, 640, 3), 128, dtype=np.uint8))
+    after_detect = forward_passes("detector")
+    assert after_detect[0] == detector[0] + 1 and after_detect[1] > detector[1], name
+    assert forward_passes("recognizer") == recognizer, name  # a detection is not counted as the recognizer's
+    pack.embed(crops)
+    after_embed = forward_passes("recognizer")
+    assert after_embed[0] == recognizer[0] + 1 and after_embed[1] > recognizer[1], name  # one batch, one pass
+    assert forward_passes("detector") == after_detect, name
 
 
 def test_dlib_batches_give_the_same_vectors_as_one_by_one(library: PackLibrary) -> None:

@@ -22,7 +22,7 @@ MAX_PIXELS = 100_000_000
 def detector(pack: str, **options: float) -> FaceDetector:
     model_file = next(require_pack(pack).glob("det_*.onnx"))
     settings = ModelSettings(model_pack=pack, model_root=MODEL_ROOT, ort_threads=1)
-    return FaceDetector(load_session(model_file, settings), model_file, **options)  # type: ignore[arg-type]
+    return FaceDetector(load_session(model_file, settings, "detector"), model_file, **options)  # type: ignore[arg-type]
 
 
 def photos() -> Iterator[tuple[str, np.ndarray]]:
