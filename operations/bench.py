@@ -29,7 +29,7 @@ import httpx
 import numpy as np
 import onnxruntime
 import psutil
-from prometheus_client import REGISTRY, CollectorRegistry
+from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
 from common.db.main_repository import MainRepository
@@ -218,11 +218,11 @@ class InferenceCost:
         return self.detector_ms + self.recognizer_ms * self.faces_per_photo
 
 
-def _forward_ms(registry: CollectorRegistry = REGISTRY) -> dict[ModelRole, float]:
+def _forward_ms() -> dict[ModelRole, float]:
     """CPU ms of this process's forward passes so far, by model (common.metrics.forward_pass)."""
     found = {}
     for model in get_args(ModelRole):
-        value = registry.get_sample_value(MODEL_FORWARD_CPU_SAMPLE, {"model": model})
+        value = REGISTRY.get_sample_value(MODEL_FORWARD_CPU_SAMPLE, {"model": model})
         found[model] = (value or 0.0) * 1000
     return found
 
