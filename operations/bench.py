@@ -19,7 +19,7 @@ import threading
 import time
 import uuid
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +29,7 @@ import httpx
 import numpy as np
 import onnxruntime
 import psutil
-from prometheus_client import REGISTRY
+from prometheus_client import REGISTRY, Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 from common.db.main_repository import MainRepository
@@ -218,13 +218,21 @@ class InferenceCost:
         return self.detector_ms + self.recognizer_ms * self.faces_per_photo
 
 
+def forward_totals(families: Iterable[Metric]) -> dict[ModelRole, float]:
+    """CPU seconds of the forward passes counted in ``families`` (common.metrics.forward_pass), by model: this
+    process's registry or a stage process's scraped metrics."""
+    totals: dict[ModelRole, float] = dict.fromkeys(get_args(ModelRole), 0.0)
+    for family in families:
+        for sample in family.samples:
+            model = sample.labels.get("model")
+            if sample.name == MODEL_FORWARD_CPU_SAMPLE and model in totals:
+                totals[model] += sample.value
+    return totals
+
+
 def _forward_ms() -> dict[ModelRole, float]:
-    """CPU ms of this process's forward passes so far, by model (common.metrics.forward_pass)."""
-    found = {}
-    for model in get_args(ModelRole):
-        value = REGISTRY.get_sample_value(MODEL_FORWARD_CPU_SAMPLE, {"model": model})
-        found[model] = (value or 0.0) * 1000
-    return found
+    """CPU ms of this process's forward passes so far, by model."""
+    return {model: seconds * 1000 for model, seconds in forward_totals(REGISTRY.collect()).items()}
 
 
 def model_inference(config: BenchConfig, paths: list[Path]) -> InferenceCost:
@@ -411,14 +419,8 @@ def forward_seconds(running: Running) -> dict[ModelRole, float]:
             text = connection.getresponse().read().decode()
         finally:
             connection.close()
-        found = {
-            sample.labels["model"]: sample.value
-            for family in text_string_to_metric_families(text)
-            for sample in family.samples
-            if sample.name == MODEL_FORWARD_CPU_SAMPLE
-        }
-        for model in totals:
-            totals[model] += found.get(model, 0.0)
+        for model, seconds in forward_totals(text_string_to_metric_families(text)).items():
+            totals[model] += seconds
     return totals
 
 
@@ -463,7 +465,7 @@ def pipeline_throughput(
             finished += 1
             if lead <= number < lead + len(bodies):
                 latencies.append(time.perf_counter() - sent)
-            end = ("open" if finished == lead else "close") if finished in (lead, lead + len(bodies)) else None
+            end = {lead: "open", lead + len(bodies): "close"}.get(finished)
             if end:
                 marks[end] = (time.perf_counter(), cpu_seconds(running))
         if end:  # scraped outside the lock (tens of ms), which the other threads' results would otherwise wait for
@@ -942,8 +944,10 @@ def enroll_against_search(run: PipelineRun) -> str:
     )
 
 
-# The stages that run what the baseline runs: decoding and the two models.
-MODEL_STAGES = ("detect", "embed")
+# The stages that run what the baseline runs (decoding and the two models), and which model each runs: the CPU
+# table's rows for the forward passes inside the pipeline, and the processes whose counters are scraped.
+FORWARD_OF_STAGE: tuple[tuple[str, ModelRole], ...] = (("detect", "detector"), ("embed", "recognizer"))
+MODEL_STAGES = tuple(stage for stage, _ in FORWARD_OF_STAGE)
 
 
 def why_slower(best: Throughput, pipeline: Throughput, costs: dict[str, float]) -> list[str]:
@@ -988,16 +992,12 @@ def outside_inference(run: PipelineRun, inference: InferenceCost) -> str:
         f" Everything else the pipeline ({run.layout}) spends: {total:.1f} - {models:.1f} = **{outside:.1f} ms** a"
         f" photo (target {OUTSIDE_INFERENCE_TARGET_MS:.0f}: {_verdict(outside <= OUTSIDE_INFERENCE_TARGET_MS)})"
     )
-    if models != alone:
+    if run.forward_per_photo:
         lines.append(f", {total - alone:.1f} against the forward passes alone")
     lines.append(
         f"; of it, the photo's decode takes {inference.decode_ms:.1f} (the loop's cv2.imread does the same work)."
     )
     return "".join(lines)
-
-
-# Which stage runs which model: the CPU table's rows for the forward passes inside the pipeline.
-FORWARD_OF_STAGE: tuple[tuple[str, ModelRole], ...] = (("detect", "detector"), ("embed", "recognizer"))
 
 
 def _ms(value: float | None) -> str:

@@ -6,6 +6,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
+from prometheus_client import CollectorRegistry, Counter
+from prometheus_client.parser import text_string_to_metric_families
+
 from operations.bench import (
     InferenceCost,
     LoopResult,
@@ -13,6 +16,7 @@ from operations.bench import (
     Report,
     Throughput,
     best_batches,
+    forward_totals,
     outside_inference,
     report_enroll,
     steady_rate,
@@ -116,6 +120,21 @@ def test_work_outside_the_models_uses_the_forward_passes_as_they_ran_in_the_pipe
     assert "52.0 - 38.5 = **13.5 ms** a photo (target 15: met), 16.3 against the forward passes alone" in line
     slower = PipelineRun("layout", Throughput(36.0, 56.0), [], {}, 0.0, forward_per_photo=inside)  # type: ignore[arg-type]
     assert "56.0 - 38.5 = **17.5 ms** a photo (target 15: missed)" in outside_inference(slower, inference)
+
+
+def test_forward_totals_read_a_registry_and_scraped_text_alike() -> None:
+    registry = CollectorRegistry()
+    seconds = Counter("fecapass_model_forward_cpu_seconds_total", "", ["model"], registry=registry)
+    seconds.labels("detector").inc(1.5)
+    seconds.labels("detector").inc(0.25)
+    Counter("fecapass_model_forward_passes_total", "", ["model"], registry=registry).labels("detector").inc(9)
+    assert forward_totals(registry.collect()) == {"detector": 1.75, "recognizer": 0.0}
+    text = (
+        'fecapass_model_forward_cpu_seconds_total{model="recognizer"} 2.5\n'
+        'fecapass_model_forward_passes_total{model="recognizer"} 40\n'
+        "process_cpu_seconds_total 9.0\n"
+    )
+    assert forward_totals(text_string_to_metric_families(text)) == {"detector": 0.0, "recognizer": 2.5}
 
 
 def test_best_batch_per_thread_setting_against_the_stage_default() -> None:
