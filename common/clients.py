@@ -16,6 +16,7 @@ from psycopg_pool import ConnectionPool
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import ExponentialWithJitterBackoff
 
+from common.db import TRANSACTION_TIMEOUT_SINCE
 from common.job_bytes import JobBytes
 from common.objects import ObjectStore
 from common.settings import DatabaseSettings, RedisSettings, S3Settings
@@ -93,19 +94,22 @@ def _s3_http_client() -> urllib3.PoolManager:
     )
 
 
-def _session_settings(settings: DatabaseSettings) -> Callable[[Connection], None]:
+def _session_settings(settings: DatabaseSettings, *, stage: bool) -> Callable[[Connection], None]:
     idle_ms = int(settings.db_idle_in_transaction_seconds * 1000)
+    transaction_ms = int(settings.db_stage_transaction_seconds * 1000) if stage else 0
 
     def configure(conn: Connection) -> None:
         # SET, not the DSN's `options`: a DSN that brings options of its own keeps them.
         conn.execute(f"SET idle_in_transaction_session_timeout = {idle_ms}")
+        if transaction_ms and conn.info.server_version >= TRANSACTION_TIMEOUT_SINCE:  # older: the idle timeout only
+            conn.execute(f"SET transaction_timeout = {transaction_ms}")
         conn.commit()
 
     return configure
 
 
-def _vector_session_settings(settings: DatabaseSettings) -> Callable[[Connection], None]:
-    session = _session_settings(settings)
+def _vector_session_settings(settings: DatabaseSettings, *, stage: bool) -> Callable[[Connection], None]:
+    session = _session_settings(settings, stage=stage)
 
     def configure(conn: Connection) -> None:
         register_vector(conn)
@@ -114,14 +118,15 @@ def _vector_session_settings(settings: DatabaseSettings) -> Callable[[Connection
     return configure
 
 
-def main_db_pool(settings: DatabaseSettings, *, open_now: bool = False) -> ConnectionPool:
+def main_db_pool(settings: DatabaseSettings, *, open_now: bool = False, stage: bool = False) -> ConnectionPool:
+    """``stage``: a stage process's pool, whose transactions PostgreSQL ends after db_stage_transaction_seconds."""
     return ConnectionPool(
         settings.main_db_dsn.get_secret_value(),
         min_size=settings.db_pool_min,
         max_size=settings.db_pool_max,
         open=open_now,
         name="main",
-        configure=_session_settings(settings),
+        configure=_session_settings(settings, stage=stage),
         # A connection broken by a database restart is replaced instead of failing a request; and a
         # request waits seconds, not the default 30, for a connection while the database is down.
         check=ConnectionPool.check_connection,
@@ -129,12 +134,13 @@ def main_db_pool(settings: DatabaseSettings, *, open_now: bool = False) -> Conne
     )
 
 
-def vector_db_pool(settings: DatabaseSettings, *, open_now: bool = False) -> ConnectionPool:
+def vector_db_pool(settings: DatabaseSettings, *, open_now: bool = False, stage: bool = False) -> ConnectionPool:
+    """``stage``: as main_db_pool's."""
     return ConnectionPool(
         settings.vector_db_dsn.get_secret_value(),
         min_size=settings.db_pool_min,
         max_size=settings.db_pool_max,
-        configure=_vector_session_settings(settings),
+        configure=_vector_session_settings(settings, stage=stage),
         open=open_now,
         name="vector",
         check=ConnectionPool.check_connection,

@@ -53,6 +53,11 @@ class DatabaseSettings(_Base):
     # more than milliseconds; a process frozen mid-transaction (SIGSTOP, a paused VM) would otherwise hold its row
     # locks until it is killed, and the consumer that claimed its entries would wait on them for as long.
     db_idle_in_transaction_seconds: float = Field(default=10.0, gt=0)
+    # The stage processes' sessions end a transaction that lasts this long (PostgreSQL 17+'s transaction_timeout).
+    # A process frozen inside a pipeline (statements sent, the Sync not yet) is "active" to PostgreSQL, not idle, so
+    # the idle timeout never ends it: its row locks would hold the claimer of its entries until it woke. Not the
+    # API's: an erasure of a large collection is one long transaction.
+    db_stage_transaction_seconds: float = Field(default=10.0, gt=0)
 
 
 class SearchIndexSettings(_Base):

@@ -30,7 +30,10 @@ def index_handler() -> Iterator[IndexHandler]:
     redis_client = clients.redis_client(s.load(s.RedisSettings))
     feed = GalleryFeed(redis_client)
     transient = TransientStore(redis_client, pipeline.transient_ttl_seconds)
-    with clients.main_db_pool(database) as main_pool, clients.vector_db_pool(database) as vector_pool:
+    with (
+        clients.main_db_pool(database, stage=True) as main_pool,
+        clients.vector_db_pool(database, stage=True) as vector_pool,
+    ):
         vectors = VectorRepository(vector_pool, HnswParameters.from_settings(search))
         binary = BinaryIndex(vectors, feed, search.binary_candidates) if search.search_index == "binary" else None
         if binary is not None:

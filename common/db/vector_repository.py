@@ -11,6 +11,7 @@ import numpy as np
 from psycopg import sql
 from psycopg_pool import ConnectionPool
 
+from common.db import TRANSACTION_TIMEOUT_SINCE
 from common.settings import SearchIndexSettings
 
 _PACK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
@@ -216,6 +217,10 @@ class VectorRepository:
             " collection_id FROM face_embeddings WHERE model_pack = %s"
         ).format(dim=sql.Literal(dim))
         with self.pool.connection() as conn, conn.transaction(), conn.cursor(name="fecapass_binary_codes") as cur:
+            # Millions of codes take longer than a stage pool lets a transaction last: this read is the stage
+            # processes' one long transaction, and not one that holds locks.
+            if conn.info.server_version >= TRANSACTION_TIMEOUT_SINCE:
+                conn.execute("SET LOCAL transaction_timeout = 0")
             cur.itersize = batch
             cur.execute(statement, (pack,))
             while rows := cur.fetchmany(batch):

@@ -327,3 +327,50 @@ def test_a_session_frozen_inside_a_transaction_loses_its_locks_to_the_next_one(
             assert other.execute(f"SELECT id FROM {table} WHERE id = 1 FOR UPDATE").fetchone() == (1,)
         with pytest.raises(psycopg.errors.IdleInTransactionSessionTimeout):  # woken, it finds its session ended
             frozen.execute("SELECT 1")
+
+
+@pytest.mark.parametrize("factory", [clients.main_db_pool, clients.vector_db_pool])
+def test_a_stage_session_frozen_inside_a_pipeline_loses_its_locks_to_the_next_one(
+    services: LocalServices, factory: Any
+) -> None:
+    """Frozen with a pipeline's statements sent and its Sync not yet (psycopg's pipeline mode, as the index stage's
+    add_face and serve_face write): PostgreSQL counts the session active, not idle in transaction, so the idle
+    timeout never ends it. A stage pool's transaction timeout does, and the lock goes with it."""
+    settings = DatabaseSettings(
+        main_db_dsn=services.dsn(MAIN_DB),
+        vector_db_dsn=services.dsn(VECTOR_DB),
+        db_idle_in_transaction_seconds=1,
+        db_stage_transaction_seconds=2,
+    )
+    table = f"frozen_{uuid.uuid4().hex[:8]}"
+    dsn = services.dsn(VECTOR_DB if factory is clients.vector_db_pool else MAIN_DB)
+    with psycopg.connect(dsn, autocommit=True) as setup:
+        setup.execute(f"CREATE TABLE {table} (id int PRIMARY KEY)")
+    with factory(settings, open_now=True, stage=True) as pool, pool.connection() as frozen:
+        assert frozen.execute("SHOW transaction_timeout").fetchone() == ("2s",)
+        frozen.commit()
+        pipeline = frozen.pipeline()
+        pipeline.__enter__()
+        frozen.execute(f"INSERT INTO {table} VALUES (1)")
+        frozen.pgconn.flush()  # sent; and then nothing: the process froze before the pipeline's Sync
+        with psycopg.connect(dsn, autocommit=True) as other:
+            activity = "SELECT state FROM pg_stat_activity WHERE pid = %s AND backend_xid IS NOT NULL"
+            deadline = time.monotonic() + 10
+            while other.execute(activity, (frozen.info.backend_pid,)).fetchone() is None:  # the insert ran
+                assert time.monotonic() < deadline, "the frozen session's insert never ran"
+                time.sleep(0.05)
+            assert other.execute(activity, (frozen.info.backend_pid,)).fetchone() == ("active",)
+            other.execute("SET lock_timeout = '20s'")  # without the transaction timeout: a LockNotAvailable
+            started = time.monotonic()
+            other.execute(f"INSERT INTO {table} VALUES (1) ON CONFLICT DO NOTHING")
+            assert time.monotonic() - started < 10
+        with pytest.raises(psycopg.Error):  # woken, it finds its session ended
+            pipeline.__exit__(None, None, None)
+
+
+def test_the_api_pools_let_a_long_transaction_run(services: LocalServices) -> None:
+    """An erasure of a large collection is one long transaction: only the stages' pools end long ones."""
+    settings = DatabaseSettings(main_db_dsn=services.dsn(MAIN_DB), vector_db_dsn=services.dsn(VECTOR_DB))
+    for factory in (clients.main_db_pool, clients.vector_db_pool):
+        with factory(settings, open_now=True) as pool, pool.connection() as conn:
+            assert conn.execute("SHOW transaction_timeout").fetchone() == ("0",)

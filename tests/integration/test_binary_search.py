@@ -4,19 +4,21 @@ that every search result reports, through the index stage."""
 
 from __future__ import annotations
 
+import time
 import uuid
 
 import numpy as np
 import pytest
 import redis
 
+from common import clients
 from common.db.main_repository import MainRepository, NewFace
 from common.db.vector_repository import VectorRepository
 from common.errors import DependencyUnavailable
 from common.objects import ObjectStore
 from common.packs.catalog import default_threshold, gallery_threshold
 from common.runner import StageRunner, ensure_group
-from common.settings import StreamSettings
+from common.settings import DatabaseSettings, StreamSettings
 from indexer.binary_index import BinaryIndex, binary_code
 from indexer.gallery_feed import Change, GalleryFeed
 from indexer.stage import IndexHandler
@@ -71,6 +73,24 @@ def test_codes_are_pgvectors_binary_quantize_and_the_ranking_is_exact(
     for neighbour in found:
         assert neighbour.similarity == pytest.approx(float(stored[neighbour.face_id] @ query), abs=1e-5)
     assert index.loaded_size(pack) == GALLERY
+
+
+def test_the_codes_load_outlasts_a_stage_pools_transaction_timeout(
+    module_databases: DatabaseSettings, repositories: tuple[MainRepository, VectorRepository], pack: str
+) -> None:
+    """Loading millions of codes takes longer than a stage pool lets a transaction last: the load lifts the limit
+    for its own transaction, and the next transaction of that connection has it again."""
+    main, vectors = repositories
+    stored = gallery(main, vectors, pack, size=6)
+    settings = module_databases.model_copy(update={"db_stage_transaction_seconds": 0.5})
+    with clients.vector_db_pool(settings, open_now=True, stage=True) as pool:
+        loaded: list[int] = []
+        for codes in VectorRepository(pool).binary_codes(pack, DIM, batch=2):
+            time.sleep(0.3)  # a slow reader: the load lasts past the pool's transaction timeout
+            loaded += codes.ids.tolist()
+        assert sorted(loaded) == sorted(stored)
+        with pool.connection() as conn:
+            assert conn.execute("SHOW transaction_timeout").fetchone() == ("500ms",)
 
 
 def test_an_erased_face_is_never_returned_even_while_its_code_is_in_memory(
