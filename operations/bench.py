@@ -43,12 +43,11 @@ from schemas.streams import PIPELINE, Stage
 
 # Issue 16: the pipeline delivers at least this fraction of the best plain insightface loop's photos per second.
 THROUGHPUT_TARGET = 0.95
-# Each enroll measurement (plain HTTP and the command) is run this many times, alternately.
-ENROLL_ROUNDS = 3
-# Rounds of each pipeline layout's throughput, the fastest kept; the single-thread loops get one round before the
-# first layout and one after each pipeline round (``run``). The shared machine's speed drifts by more than the gap
-# the target measures (one ingest ran at 593 to 902 uploads/s in one evening): a slow moment then costs a round, not
-# the ratio, and each pipeline round has a loop round beside it.
+# Rounds of each pipeline layout's throughput and of its enrolls (plain HTTP and the command, alternately), the
+# fastest kept; the single-thread loops get one round before the first layout and one after each pipeline round
+# (``run``). The shared machine's speed drifts by more than the gap the target measures (one ingest ran at 593 to
+# 902 uploads/s in one evening): a slow moment then costs a round, not the ratio, and each pipeline round has a
+# loop round beside it.
 THROUGHPUT_ROUNDS = 3
 CORES = os.cpu_count() or 1
 BEST_LOOP = f"{CORES} processes x 1 thread"  # the loop the target weighs the pipeline against
@@ -81,6 +80,7 @@ class BenchConfig:
     concurrency: int = 32
     output: Path = Path("BENCHMARKS.md")
     rounds: int = THROUGHPUT_ROUNDS  # of each throughput measurement, the fastest kept
+    embed_seconds: float = 2.0  # each batch size of the recognizer alone is timed this long
 
 
 @dataclass
@@ -292,7 +292,7 @@ def embedding_throughput(config: BenchConfig) -> list[tuple[str, int, float]]:
             recognizer.embed(crops[:batch])  # warm up
             started = time.perf_counter()
             done = 0
-            while time.perf_counter() - started < 2.0:
+            while time.perf_counter() - started < config.embed_seconds:
                 recognizer.embed(crops[:batch])
                 done += batch
             rate = done / (time.perf_counter() - started)
@@ -555,11 +555,13 @@ def enroll_throughput(running: Running, paths: list[Path], folder: Path) -> tupl
     return len(photos) / run.seconds, {name: (after[name] - before[name]) * 1000 / len(photos) for name in before}
 
 
-def enroll_rounds(running: Running, paths: list[Path], data: Path) -> tuple[float, tuple[float, dict[str, float]]]:
-    """Plain enrolls and the command, ENROLL_ROUNDS of each in turn, the faster round of each kept (and that
+def enroll_rounds(
+    running: Running, paths: list[Path], data: Path, rounds: int
+) -> tuple[float, tuple[float, dict[str, float]]]:
+    """Plain enrolls and the command, ``rounds`` of each in turn, the faster round of each kept (and that
     command round's CPU): a slow moment of the machine then costs one round, not the ratio between the two."""
     plain, command = [], []
-    for round_number in range(ENROLL_ROUNDS):
+    for round_number in range(rounds):
         plain.append(plain_enroll_throughput(running, paths))
         command.append(enroll_throughput(running, paths, data / f"enroll{round_number}"))
     return max(plain), max(command, key=lambda measured: measured[0])
@@ -720,7 +722,7 @@ def run(config: BenchConfig) -> Path:
                 if loop.photos_per_second > base[BEST_LOOP].photos_per_second:
                     base[BEST_LOOP] = loop
                 throughput, under_load, cpu, forward = max(rounds, key=lambda measured: measured[0].photos_per_second)
-                plain_enrolls, (enroll_rate, enroll_cpu) = enroll_rounds(running, paths, data)
+                plain_enrolls, (enroll_rate, enroll_cpu) = enroll_rounds(running, paths, data, config.rounds)
                 runs.append(
                     PipelineRun(
                         layout, throughput, under_load, cpu, enroll_rate, enroll_cpu, plain_enrolls, loop, forward
@@ -739,7 +741,7 @@ def run(config: BenchConfig) -> Path:
         finally:
             stop_pipeline(running)
     _report_pipeline(report, config, paths, base, runs, model_inference(config, paths))
-    report_enroll(report, runs)
+    report_enroll(report, runs, config.rounds)
     _report_latency(report, config, totals, per_stage)
     report.section(
         "Ingest",
@@ -876,14 +878,14 @@ def _report_pipeline(
         report.lines += ["", *why_slower(beside, fastest.throughput, costs)]
 
 
-def report_enroll(report: Report, runs: list[PipelineRun]) -> None:
+def report_enroll(report: Report, runs: list[PipelineRun], rounds: int) -> None:
     report.section(
         "Bulk enroll (`fecapass enroll`)",
         "The command (operations/enroll.py, through the Python client, 16 requests in flight) enrolls the same",
         f"photos on the same pipeline right after its measurement above, {ENROLL_PHOTOS_PER_PERSON} photos per",
         "person (each person looked up and created by the command, inside the time), against plain HTTP enrolls",
         "of the same photos (16 in flight, the people created before the clock starts): the pipeline's own enroll",
-        f"rate, which the target weighs the command against. Each is run {ENROLL_ROUNDS} times, in turn, and its",
+        f"rate, which the target weighs the command against. Each is run {rounds} times, in turn, and its",
         "faster run kept. Beside it, the command against the pipeline's search",
         "rate of the same run: an enroll does what a search does and more (the photo and its crop written to S3,",
         "the face's rows), so it is slower than a search whatever the client.",

@@ -398,6 +398,7 @@ def _bench(args: argparse.Namespace) -> None:
         args.uploads,
         output=args.output,
         rounds=args.rounds,
+        embed_seconds=args.embed_seconds,
     )
     try:
         print(f"wrote {bench(config)}")
@@ -499,7 +500,13 @@ def _add_measurements(commands: Commands) -> None:
     bench.add_argument("--searches", type=int, default=50)
     bench.add_argument("--uploads", type=int, default=1000)
     bench.add_argument(
-        "--rounds", type=int, default=3, help="rounds of each pipeline layout's throughput, the fastest kept"
+        "--rounds",
+        type=int,
+        default=3,
+        help="rounds of each layout's throughput and enrolls, the fastest kept",
+    )
+    bench.add_argument(
+        "--embed-seconds", type=float, default=2.0, help="how long each batch size of the recognizer alone is timed"
     )
     bench.add_argument("--output", type=Path, default=Path("BENCHMARKS.md"))
     scale = command(

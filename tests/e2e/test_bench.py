@@ -45,6 +45,8 @@ def test_bench_smoke_writes_every_section(tmp_path: Path) -> None:
             "40",
             "--rounds",
             "1",
+            "--embed-seconds",
+            "0.2",
             "--output",
             str(output),
         ],

@@ -274,7 +274,7 @@ def test_the_enroll_rate_is_weighed_against_the_pipelines_own_enroll_rate() -> N
         ),
     ]
     report = Report()
-    report_enroll(report, runs)
+    report_enroll(report, runs, 3)
     # No plain enrolls measured: no verdict. The search rate is shown beside, never the verdict.
     assert "| 1 process per stage | - | 9.5 | - | - | 10.0 | 0.95 |" in report.lines
     assert "| 2 processes per stage | 10.5 | 10.0 | **0.95** | met | 12.0 | 0.83 |" in report.lines
@@ -301,7 +301,7 @@ def test_the_enroll_is_set_against_a_search_process_by_process() -> None:
         )
     ]
     report = Report()
-    report_enroll(report, runs)
+    report_enroll(report, runs, 3)
     assert report.lines[-1] == (
         "Enroll against search (2 processes per stage): an enroll costs 56 CPU ms a photo (all processes, the"
         " command's own included) against a search's 43; by process, enroll minus search: api +8.0, load generator"
