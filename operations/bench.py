@@ -56,13 +56,23 @@ BEST_LOOP = f"{CORES} processes x 1 thread"  # the loop the target weighs the pi
 THROUGHPUT_IN_FLIGHT = 32
 # Issue 18: `fecapass enroll` delivers at least this fraction of the pipeline's own enroll rate (plain HTTP enrolls).
 ENROLL_TARGET = 0.9
+
+
 # The pipeline layouts measured: processes per stage, and the stages that get more. The models' stages do nearly all
 # the work (BENCHMARKS.md, where the CPU goes): on few cores one process of align, index and the webhook sender
 # keeps up, and every process more contends for the same caches.
-LAYOUTS: dict[str, tuple[int, dict[Stage, int]]] = {
-    "1 process per stage": (1, {}),
-    "2 processes per stage": (2, {}),
-    "2 detect and embed, 1 of the rest": (1, {Stage.DETECT: 2, Stage.EMBED: 2}),
+@dataclass(frozen=True)
+class Layout:
+    title: str  # in the report's rows: "pipeline, <title>"
+    workers: int  # processes of every stage
+    stage_workers: dict[Stage, int] = field(default_factory=dict)  # the stages that get more
+
+
+# By the short name `fecapass bench --layouts` takes; the first one run also carries the search latency and memory.
+LAYOUTS: dict[str, Layout] = {
+    "one": Layout("1 process per stage", 1),
+    "two": Layout("2 processes per stage", 2),
+    "models": Layout("2 detect and embed, 1 of the rest", 1, {Stage.DETECT: 2, Stage.EMBED: 2}),
 }
 # Bulk enroll: photos per person (a person is looked up and created once, as for a team's staff folder).
 ENROLL_PHOTOS_PER_PERSON = 10
@@ -81,6 +91,7 @@ class BenchConfig:
     output: Path = Path("BENCHMARKS.md")
     rounds: int = THROUGHPUT_ROUNDS  # of each throughput measurement, the fastest kept
     embed_seconds: float = 2.0  # each batch size of the recognizer alone is timed this long
+    layouts: tuple[str, ...] = tuple(LAYOUTS)  # keys of LAYOUTS, run in this order
 
 
 @dataclass
@@ -706,9 +717,9 @@ def run(config: BenchConfig) -> Path:
     base = baseline(config, paths)
     runs: list[PipelineRun] = []
     with tempfile.TemporaryDirectory() as tmp:
-        for number, (layout, (workers, stage_workers)) in enumerate(LAYOUTS.items()):
+        for number, layout in enumerate(LAYOUTS[key] for key in config.layouts):
             data = Path(tmp) / f"layout{number}"
-            running = start_pipeline(config, data, list(Stage), workers, stage_workers=stage_workers)
+            running = start_pipeline(config, data, list(Stage), layout.workers, stage_workers=layout.stage_workers)
             try:
                 rounds, loops = [], []
                 for _ in range(config.rounds):
@@ -725,7 +736,7 @@ def run(config: BenchConfig) -> Path:
                 plain_enrolls, (enroll_rate, enroll_cpu) = enroll_rounds(running, paths, data, config.rounds)
                 runs.append(
                     PipelineRun(
-                        layout, throughput, under_load, cpu, enroll_rate, enroll_cpu, plain_enrolls, loop, forward
+                        layout.title, throughput, under_load, cpu, enroll_rate, enroll_cpu, plain_enrolls, loop, forward
                     )
                 )
                 if number == 0:

@@ -383,10 +383,14 @@ def _add_people(commands: Commands) -> None:
 
 
 def _bench(args: argparse.Namespace) -> None:
-    from operations.bench import BenchConfig
+    from operations.bench import LAYOUTS, BenchConfig
     from operations.bench import run as bench
     from operations.services import ServiceError, interrupt_on_sigterm
 
+    layouts = tuple(args.layouts or LAYOUTS)
+    if unknown := [name for name in layouts if name not in LAYOUTS]:
+        known = ", ".join(f"{name} ({layout.title})" for name, layout in LAYOUTS.items())
+        refuse(LookupError(f"no layout named {', '.join(unknown)}: the layouts are {known}"))
     interrupt_on_sigterm()
     model = s.load(s.ModelSettings)
     config = BenchConfig(
@@ -399,6 +403,7 @@ def _bench(args: argparse.Namespace) -> None:
         output=args.output,
         rounds=args.rounds,
         embed_seconds=args.embed_seconds,
+        layouts=layouts,
     )
     try:
         print(f"wrote {bench(config)}")
@@ -507,6 +512,12 @@ def _add_measurements(commands: Commands) -> None:
     )
     bench.add_argument(
         "--embed-seconds", type=float, default=2.0, help="how long each batch size of the recognizer alone is timed"
+    )
+    bench.add_argument(
+        "--layouts",
+        nargs="+",
+        metavar="NAME",
+        help="the pipeline layouts measured, by name (default: every one; a name it does not know lists them)",
     )
     bench.add_argument("--output", type=Path, default=Path("BENCHMARKS.md"))
     scale = command(

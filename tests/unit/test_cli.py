@@ -108,6 +108,7 @@ def test_every_command_is_in_the_table_with_its_own_handler() -> None:
             cli._enroll,
             {"dir": Path("photos"), "manifest": None, "api": "http://127.0.0.1:8000", "window": 16, "timeout": 120.0},
         ),
+        (["bench", "--layouts", "one", "models"], cli._bench, {"layouts": ["one", "models"], "rounds": 3}),
         (
             ["bench-search", "--summary-only"],
             cli._bench_search,
@@ -174,6 +175,23 @@ def test_dead_letter_id_needs_a_stage_before_anything_is_touched(
         with pytest.raises(SystemExit) as exit:
             cli.main(["dlq", action, "--id", "1-0"])
         assert exit.value.code == "--id needs --stage"
+
+
+def test_bench_refuses_a_layout_it_does_not_know_before_it_starts_anything(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from operations import bench
+
+    def started(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the benchmark started")
+
+    monkeypatch.setattr(bench, "run", started)
+    with pytest.raises(SystemExit) as exit:
+        cli.main(["bench", "--layouts", "one", "three"])
+    assert exit.value.code == 2
+    error = capsys.readouterr().err
+    assert "no layout named three" in error
+    assert all(f"{name} ({layout.title})" in error for name, layout in bench.LAYOUTS.items())
 
 
 def test_missing_settings_exit_2_with_the_variable(
