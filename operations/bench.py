@@ -58,17 +58,18 @@ THROUGHPUT_IN_FLIGHT = 32
 ENROLL_TARGET = 0.9
 
 
-# The pipeline layouts measured: processes per stage, and the stages that get more. The models' stages do nearly all
-# the work (BENCHMARKS.md, where the CPU goes): on few cores one process of align, index and the webhook sender
-# keeps up, and every process more contends for the same caches.
 @dataclass(frozen=True)
 class Layout:
+    """A pipeline layout measured: processes per stage, and the stages that get more."""
+
     title: str  # in the report's rows: "pipeline, <title>"
     workers: int  # processes of every stage
     stage_workers: dict[Stage, int] = field(default_factory=dict)  # the stages that get more
 
 
 # By the short name `fecapass bench --layouts` takes; the first one run also carries the search latency and memory.
+# The models' stages do nearly all the work (BENCHMARKS.md, where the CPU goes): on few cores one process of align,
+# index and the webhook sender keeps up, and every process more contends for the same caches.
 LAYOUTS: dict[str, Layout] = {
     "one": Layout("1 process per stage", 1),
     "two": Layout("2 processes per stage", 2),

@@ -387,6 +387,7 @@ def _bench(args: argparse.Namespace) -> None:
     from operations.bench import run as bench
     from operations.services import ServiceError, interrupt_on_sigterm
 
+    # Checked here, not by argparse's choices: the parser must not import the benchmark (it loads onnxruntime).
     layouts = tuple(args.layouts or LAYOUTS)
     if unknown := [name for name in layouts if name not in LAYOUTS]:
         known = ", ".join(f"{name} ({layout.title})" for name, layout in LAYOUTS.items())
