@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import structlog
@@ -10,7 +11,7 @@ import structlog
 from common.errors import JobFailed
 from common.packs.base import Aligner, ModelPack, ModelPackError, PackInfo
 from common.packs.catalog import DLIB, default_threshold, family, licence, threshold_source
-from common.packs.insightface_files import find_pack, is_pack_folder
+from common.packs.insightface_files import PackFiles, find_pack, is_pack_folder
 from common.settings import ModelSettings
 from schemas.jobs import ErrorCode
 
@@ -53,14 +54,17 @@ class PackLibrary:
     def __init__(self, settings: ModelSettings) -> None:
         self.settings = settings
         self._packs: dict[str, ModelPack] = {}
+        self._found: dict[str, tuple[PackInfo, PackFiles | None]] = {}  # dlib's files come with its package
 
     @property
     def default_name(self) -> str:
         return self.settings.model_pack
 
     def describe(self, name: str | None = None) -> PackInfo:
-        # Packs load their weights on first use, so describing one keeps it without loading any model.
-        return self.get(name).info
+        """What the pack is, read from its files: no model code is imported, so the API (which only describes
+        packs) does not pay the ~3 s of start-up CPU of importing insightface (which imports albumentations,
+        matplotlib and scikit-image) nor hold those modules."""
+        return self._find(name or self.default_name)[0]
 
     def get(self, name: str | None = None) -> ModelPack:
         """The pack, found on first use (its parts load when first called); ModelPackError when it is not
@@ -91,17 +95,26 @@ class PackLibrary:
                 found.append(PackListing(name, None, str(exc)))
         return found
 
+    def _find(self, name: str) -> tuple[PackInfo, PackFiles | None]:
+        if name not in self._found:
+            if name == DLIB:
+                from common.packs import dlib_pack
+
+                folder = dlib_pack.weights_folder()
+                self._found[name] = (_info(name, dlib_pack.DIM, dlib_pack.CHIP_SIZE, str(folder)), None)
+            else:
+                files = find_pack(self.settings, name)
+                self._found[name] = (_info(name, files.dim, files.crop_size, str(files.directory)), files)
+        return self._found[name]
+
     def _load(self, name: str) -> ModelPack:
-        if name == DLIB:
+        info, files = self._find(name)
+        if files is None:
             from common.packs import dlib_pack
 
-            folder = dlib_pack.weights_folder()
-            info = _info(name, dlib_pack.DIM, dlib_pack.CHIP_SIZE, str(folder))
-            return dlib_pack.DlibPack(folder, info, self.settings)
+            return dlib_pack.DlibPack(Path(info.location), info, self.settings)
         from common.packs.insightface_pack import InsightFacePack
 
-        files = find_pack(self.settings, name)
-        info = _info(name, files.dim, files.crop_size, str(files.directory))
         return InsightFacePack(files, info, self.settings)
 
 

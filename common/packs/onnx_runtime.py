@@ -10,12 +10,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import onnx
 import onnxruntime
 
 from common.metrics import ModelRole, forward_pass
 from common.packs.base import ModelPackError
-from common.packs.onnx_graph import prelu_as_convolutions
 from common.settings import ModelSettings
 
 CPU = "CPUExecutionProvider"
@@ -115,5 +113,11 @@ def build_session(path: Path, settings: ModelSettings, model: ModelRole) -> Mete
 def cpu_graph(path: Path) -> str | bytes:
     """The model for onnxruntime's CPU kernels: its PReLUs rewritten (common/packs/onnx_graph.py), else the file
     as it is. GPU providers get the file as it is: their PReLU is one fast kernel, and the rewrite adds two."""
+    # Imported here: onnx (with ml_dtypes) costs ~1 s of start-up, and only a process building a CPU session
+    # needs it, not one that only reads a pack's inputs and outputs (the API, `fecapass models list`).
+    import onnx
+
+    from common.packs.onnx_graph import prelu_as_convolutions
+
     rewritten, count = prelu_as_convolutions(onnx.load(str(path)))
     return rewritten.SerializeToString() if count else str(path)

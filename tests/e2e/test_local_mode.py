@@ -66,57 +66,6 @@ def data_dir() -> Iterator[Path]:
         yield folder
 
 
-def test_up_enroll_search_inspect_stop_and_restart(tmp_path: Path, data_dir: Path) -> None:
-    require_basic()
-    ports = {"api": free_port(), "postgres": free_port(), "redis": free_port(), "s3": free_port()}
-    base_url = f"http://127.0.0.1:{ports['api']}"
-    log = tmp_path / "up.log"
-    process = start_up(data_dir, ports, log)
-    try:
-        wait_ready(base_url, process, log)
-        banner = log.read_text()
-        assert base_url in banner and f"XINFO GROUPS {Stage.DETECT.stream}" in banner
-        assert "Model pack     dlib: 128-d, licence CC0" in banner
-        key = (data_dir / "api-key").read_text().strip()
-        assert key in banner
-        with httpx.Client(base_url=base_url, timeout=130, headers={"X-API-Key": key}) as client:
-            user = client.post("/v1/users", json={"email": "barack@example.com", "full_name": "Barack Obama"}).json()
-            with (BASIC / "obama_1.jpg").open("rb") as photo:
-                enrolled = client.post(f"/v1/users/{user['id']}/faces", files={"file": photo}, params={"wait": 120})
-            assert enrolled.status_code == 200 and enrolled.json()["state"] == "done"
-            with (BASIC / "obama_2.jpg").open("rb") as photo:
-                found = client.post("/v1/search", files={"file": photo}, params={"wait": 120}).json()
-            assert found["result"]["faces"][0]["matches"][0]["user_id"] == user["id"]
-            assert found["model_pack"] == found["result"]["model_pack"] == "dlib"
-            ready = client.get("/health/ready").json()
-            assert ready["model_pack"]["name"] == "dlib" and ready["model_pack"]["commercial_use"] is True
-        streams = redis.Redis(port=ports["redis"], password=printed_redis_password(banner), decode_responses=True)
-        for stage in Stage:
-            groups = streams.xinfo_groups(stage.stream)
-            assert [g["name"] for g in groups] == [stage.group]
-            assert groups[0]["pending"] == 0 and groups[0]["consumers"] >= 1
-        entry = streams.xrange(Stage.ALIGN.stream, count=1)[0][1]
-        assert entry["kind"] == "enroll" and entry["faces"].startswith("[{")  # readable fields
-    finally:
-        code = stop(process)
-    assert code == 0, log.read_text()[-3000:]
-    assert "Stopped." in log.read_text()
-
-    # Data survives a restart: the same person is still found.
-    process = start_up(data_dir, ports, log)
-    try:
-        wait_ready(base_url, process, log)
-        headers = {"X-API-Key": key}
-        with (
-            httpx.Client(base_url=base_url, timeout=130, headers=headers) as client,
-            (BASIC / "obama_3.jpg").open("rb") as photo,
-        ):
-            found = client.post("/v1/search", files={"file": photo}, params={"wait": 120}).json()
-        assert found["result"]["faces"][0]["matches"][0]["user_id"] == user["id"]
-    finally:
-        assert stop(process) == 0
-
-
 def test_up_stops_with_a_clear_message_when_the_pack_is_missing(tmp_path: Path, data_dir: Path) -> None:
     ports = {"api": free_port(), "postgres": free_port(), "redis": free_port(), "s3": free_port()}
     env = {**os.environ, "FECAPASS_MODEL_PACK": "no_such_pack", "FECAPASS_MODEL_ROOT": str(tmp_path)}
@@ -183,9 +132,10 @@ def private(path: Path) -> bool:
     return mode & 0o007 == 0 and (mode & 0o070 == 0 or (os.geteuid() == 0 and path.is_dir() and mode & 0o060 == 0))
 
 
-def test_up_restarts_what_dies_keeps_data_private_and_serves_metrics_on_the_given_port(
-    tmp_path: Path, data_dir: Path
-) -> None:
+def test_up_serves_restarts_what_dies_stops_cleanly_and_keeps_data_on_restart(tmp_path: Path, data_dir: Path) -> None:
+    """One `fecapass up` (each start is an initdb and every stage loading its pack, ~15 s on two cores) for what a
+    user does with it: the README's steps, its secrets and files, kill -9 of what it started, a clean stop; then a
+    second start on the same folder."""
     require_basic()
     ports = {"api": free_port(), "postgres": free_port(), "redis": free_port(), "s3": free_port()}
     ports["metrics"] = free_port()
@@ -195,57 +145,105 @@ def test_up_restarts_what_dies_keeps_data_private_and_serves_metrics_on_the_give
     try:
         wait_ready(base_url, process, log)
         key = (data_dir / "api-key").read_text().strip()
-
-        # --metrics-port: the first stage process (detect) serves its metrics there, on loopback only.
-        detect = child(process, stage_worker(Stage.DETECT))
-        deadline = time.monotonic() + 60
-        while not [c for c in detect.net_connections("tcp") if c.status == psutil.CONN_LISTEN]:
-            assert time.monotonic() < deadline, "detect never listened for metrics"
-            time.sleep(0.2)
-        listening = [c.laddr for c in detect.net_connections("tcp") if c.status == psutil.CONN_LISTEN]
-        assert [(a.ip, a.port) for a in listening] == [("127.0.0.1", ports["metrics"])]
-        assert "fecapass_stage" in httpx.get(f"http://127.0.0.1:{ports['metrics']}/metrics", timeout=5).text
-
-        # Valkey needs the password; the S3 key pair is not on rclone's command line for all to read.
-        password = printed_redis_password(log.read_text())
-        with pytest.raises(redis.exceptions.AuthenticationError):
-            redis.Redis(port=ports["redis"]).ping()
-        assert redis.Redis(port=ports["redis"], password=password).ping()
-        rclone = child(process, named("rclone"))
-        secret = (data_dir / "credentials.json").read_text().split('"s3_secret_key": "')[1].split('"')[0]
-        assert secret not in " ".join(rclone.cmdline()) and password not in " ".join(rclone.cmdline())
-        assert password not in " ".join(child(process, named("valkey-server")).cmdline())
-
+        user_id = enroll_search_and_inspect(base_url, key, ports["redis"], log.read_text())
+        metrics_on_loopback_and_secrets_hidden(process, ports, data_dir, log.read_text())
         with httpx.Client(base_url=base_url, timeout=130, headers={"X-API-Key": key}) as client:
-            user = client.post("/v1/users", json={"email": "barack@example.com"}).json()
-            with (BASIC / "obama_1.jpg").open("rb") as photo:
-                enrolled = client.post(f"/v1/users/{user['id']}/faces", files={"file": photo}, params={"wait": 120})
-            assert enrolled.status_code == 200 and enrolled.json()["state"] == "done", enrolled.text
-
-            # Photos, crops, the AOF, secrets, logs: the owner's only.
-            written = [p for p in data_dir.rglob("*") if not p.is_symlink() and not p.is_socket()]
-            assert any(p.is_file() for p in (data_dir / "s3").rglob("*"))
-            assert any(p.is_file() for p in (data_dir / "valkey").rglob("*"))
-            assert private(data_dir)
-            leaking = [str(p) for p in written if p != data_dir and not private(p)]
-            assert not leaking
-
-            # kill -9: Valkey, PostgreSQL's postmaster and a stage process each come back, and the installation
-            # answers again.
-            killed_and_replaced(process, named("valkey-server"))
-            wait_ready_again(base_url)
-            killed_and_replaced(process, named("postgres"))
-            wait_ready_again(base_url)
-            killed_and_replaced(process, stage_worker(Stage.DETECT))
-            with (BASIC / "obama_2.jpg").open("rb") as photo:
-                found = client.post("/v1/search", files={"file": photo}, params={"wait": 120}).json()
-            assert found["result"]["faces"][0]["matches"][0]["user_id"] == user["id"], found
+            files_private(data_dir)
+            what_dies_comes_back(process, base_url, client, user_id)
         restarts = [line for line in log.read_text().splitlines() if "installation.restarting" in line]
         for name in ("valkey", "postgres", "detect-0"):
             assert [line for line in restarts if name in line and "attempt" in line], name
     finally:
         code = stop(process)
     assert code == 0, log.read_text()[-3000:]
+    assert "Stopped." in log.read_text()
+
+    # Data survives a restart: the same person is still found.
+    process = start_up(data_dir, ports, log)
+    try:
+        wait_ready(base_url, process, log)
+        with (
+            httpx.Client(base_url=base_url, timeout=130, headers={"X-API-Key": key}) as client,
+            (BASIC / "obama_3.jpg").open("rb") as photo,
+        ):
+            found = client.post("/v1/search", files={"file": photo}, params={"wait": 120}).json()
+        assert found["result"]["faces"][0]["matches"][0]["user_id"] == user_id
+    finally:
+        assert stop(process) == 0
+
+
+def enroll_search_and_inspect(base_url: str, key: str, redis_port: int, banner: str) -> int:
+    """The README's steps: the banner's facts, an enroll and a search over curl's routes, the streams in
+    redis-cli with the printed password. Returns the enrolled user's id."""
+    assert base_url in banner and f"XINFO GROUPS {Stage.DETECT.stream}" in banner
+    assert "Model pack     dlib: 128-d, licence CC0" in banner
+    assert key in banner
+    with httpx.Client(base_url=base_url, timeout=130, headers={"X-API-Key": key}) as client:
+        user = client.post("/v1/users", json={"email": "barack@example.com", "full_name": "Barack Obama"}).json()
+        with (BASIC / "obama_1.jpg").open("rb") as photo:
+            enrolled = client.post(f"/v1/users/{user['id']}/faces", files={"file": photo}, params={"wait": 120})
+        assert enrolled.status_code == 200 and enrolled.json()["state"] == "done", enrolled.text
+        with (BASIC / "obama_2.jpg").open("rb") as photo:
+            found = client.post("/v1/search", files={"file": photo}, params={"wait": 120}).json()
+        assert found["result"]["faces"][0]["matches"][0]["user_id"] == user["id"]
+        assert found["model_pack"] == found["result"]["model_pack"] == "dlib"
+        ready = client.get("/health/ready").json()
+        assert ready["model_pack"]["name"] == "dlib" and ready["model_pack"]["commercial_use"] is True
+    streams = redis.Redis(port=redis_port, password=printed_redis_password(banner), decode_responses=True)
+    for stage in Stage:
+        groups = streams.xinfo_groups(stage.stream)
+        assert [g["name"] for g in groups] == [stage.group]
+        assert groups[0]["pending"] == 0 and groups[0]["consumers"] >= 1
+    entry = streams.xrange(Stage.ALIGN.stream, count=1)[0][1]
+    assert entry["kind"] == "enroll" and entry["faces"].startswith("[{")  # readable fields
+    return int(user["id"])
+
+
+def metrics_on_loopback_and_secrets_hidden(
+    up: subprocess.Popen[bytes], ports: dict[str, int], data_dir: Path, banner: str
+) -> None:
+    # --metrics-port: the first stage process (detect) serves its metrics there, on loopback only.
+    detect = child(up, stage_worker(Stage.DETECT))
+    deadline = time.monotonic() + 60
+    while not [c for c in detect.net_connections("tcp") if c.status == psutil.CONN_LISTEN]:
+        assert time.monotonic() < deadline, "detect never listened for metrics"
+        time.sleep(0.2)
+    listening = [c.laddr for c in detect.net_connections("tcp") if c.status == psutil.CONN_LISTEN]
+    assert [(a.ip, a.port) for a in listening] == [("127.0.0.1", ports["metrics"])]
+    assert "fecapass_stage" in httpx.get(f"http://127.0.0.1:{ports['metrics']}/metrics", timeout=5).text
+
+    # Valkey needs the password; the S3 key pair is not on rclone's command line for all to read.
+    password = printed_redis_password(banner)
+    with pytest.raises(redis.exceptions.AuthenticationError):
+        redis.Redis(port=ports["redis"]).ping()
+    assert redis.Redis(port=ports["redis"], password=password).ping()
+    rclone = child(up, named("rclone"))
+    secret = (data_dir / "credentials.json").read_text().split('"s3_secret_key": "')[1].split('"')[0]
+    assert secret not in " ".join(rclone.cmdline()) and password not in " ".join(rclone.cmdline())
+    assert password not in " ".join(child(up, named("valkey-server")).cmdline())
+
+
+def files_private(data_dir: Path) -> None:
+    """Photos, crops, the AOF, secrets, logs: the owner's only (once an enroll has written some of each)."""
+    written = [p for p in data_dir.rglob("*") if not p.is_symlink() and not p.is_socket()]
+    assert any(p.is_file() for p in (data_dir / "s3").rglob("*"))
+    assert any(p.is_file() for p in (data_dir / "valkey").rglob("*"))
+    assert private(data_dir)
+    leaking = [str(p) for p in written if p != data_dir and not private(p)]
+    assert not leaking
+
+
+def what_dies_comes_back(up: subprocess.Popen[bytes], base_url: str, client: httpx.Client, user_id: int) -> None:
+    """kill -9: Valkey, PostgreSQL's postmaster and a stage process each come back, and the installation answers
+    again: the enrolled person is still found."""
+    killed_and_replaced(up, named("valkey-server"))
+    wait_ready_again(base_url)
+    killed_and_replaced(up, named("postgres"))
+    wait_ready_again(base_url)
+    killed_and_replaced(up, stage_worker(Stage.DETECT))
+    with (BASIC / "obama_2.jpg").open("rb") as photo:
+        found = client.post("/v1/search", files={"file": photo}, params={"wait": 120}).json()
+    assert found["result"]["faces"][0]["matches"][0]["user_id"] == user_id, found
 
 
 def test_a_postmaster_pid_is_cleared_only_when_no_postgres_of_its_folder_runs(

@@ -137,6 +137,26 @@ def test_listing_describes_each_pack_and_flags_folders_it_cannot_load(tmp_path: 
     assert listing["broken"].info is None and "no recognizer" in (listing["broken"].problem or "")
 
 
+def test_describing_packs_imports_no_model_code() -> None:
+    """The API describes the active pack at start-up and on /health/ready: reading a pack's files must not import
+    insightface (with albumentations, matplotlib, scikit-image), onnx or dlib's models, seconds of start-up
+    CPU for a process that runs no model."""
+    require_pack()
+    probe = (
+        "import sys; from pathlib import Path; from common.packs.library import PackLibrary;"
+        " from common.settings import ModelSettings;"
+        f" listing = PackLibrary(ModelSettings(model_root=Path({str(MODEL_ROOT)!r}))).listing();"
+        " print(' '.join(f'{e.name}:{e.info.dim}' for e in listing if e.info));"
+        " print(' '.join(sorted(sys.modules)))"
+    )
+    run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    described, modules = run.stdout.splitlines()
+    assert {"dlib:128", "buffalo_sc_lite:512", "mbf128_lite:128"} <= set(described.split())
+    loaded = {name.partition(".")[0] for name in modules.split()}
+    assert loaded & {"insightface", "onnx", "albumentations", "matplotlib", "skimage"} == set()
+    assert "common.packs.insightface_pack" not in modules.split() and "onnxruntime" in loaded
+
+
 def test_a_pack_missing_on_a_worker_fails_the_job_with_the_reason(tmp_path: Path) -> None:
     packs = PackLibrary(ModelSettings(model_root=tmp_path))
     with pytest.raises(ModelPackError, match=r"buffalo_l.*not found"):
