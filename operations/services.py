@@ -307,9 +307,6 @@ class LocalServices:
     def start_postgres(self) -> None:
         bin_dir = _postgres_bin()
         pgdata = self.data_dir / "postgres"
-        socket_dir = self.data_dir / "pg-socket"
-        socket_dir.mkdir(mode=0o700, exist_ok=True)
-        self._chown_for_postgres(socket_dir)
         self._let_postgres_through()
         run_as = self._unprivileged()
         if not (pgdata / "PG_VERSION").exists():
@@ -348,8 +345,10 @@ class LocalServices:
             str(self.postgres_port),
             "-h",
             "127.0.0.1",
+            # No Unix-domain socket: everything connects over TCP, and a socket in the data folder failed the start
+            # of any folder deeper than ~90 characters (a socket's path holds at most 107 bytes).
             "-k",
-            str(socket_dir),
+            "",
             "-c",
             "max_connections=200",
             "-c",
