@@ -116,19 +116,3 @@ def _process_logging_untouched(monkeypatch: pytest.MonkeyPatch) -> None:
 def _isolated_cwd(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Run each test in an empty folder, so a developer's .env never reaches the settings under test."""
     monkeypatch.chdir(tmp_path)
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Where the suite runs on two pytest-xdist workers (pyproject's addopts, --dist loadgroup), each worker's
-    session starts its own servers. A module runs on one worker (its module fixtures start once), and so do all the
-    tests of each shared session cluster: the e2e pipeline and the reliability scenarios' cluster, each started
-    once in the run, not once per worker."""
-    for item in items:
-        module = item.nodeid.split("::", 1)[0]
-        if module.startswith("tests/reliability/"):
-            group = "reliability-cluster"
-        elif "pipeline" in getattr(item, "fixturenames", ()):
-            group = "e2e-pipeline"
-        else:
-            group = module
-        item.add_marker(pytest.mark.xdist_group(group))
