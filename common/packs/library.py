@@ -54,7 +54,7 @@ class PackLibrary:
     def __init__(self, settings: ModelSettings) -> None:
         self.settings = settings
         self._packs: dict[str, ModelPack] = {}
-        self._found: dict[str, tuple[PackInfo, PackFiles | None]] = {}  # dlib's files come with its package
+        self._found: dict[str, tuple[PackInfo, PackFiles | Path]] = {}  # dlib: the weights folder of its package
 
     @property
     def default_name(self) -> str:
@@ -95,13 +95,13 @@ class PackLibrary:
                 found.append(PackListing(name, None, str(exc)))
         return found
 
-    def _find(self, name: str) -> tuple[PackInfo, PackFiles | None]:
+    def _find(self, name: str) -> tuple[PackInfo, PackFiles | Path]:
         if name not in self._found:
             if name == DLIB:
                 from common.packs import dlib_pack
 
                 folder = dlib_pack.weights_folder()
-                self._found[name] = (_info(name, dlib_pack.DIM, dlib_pack.CHIP_SIZE, str(folder)), None)
+                self._found[name] = (_info(name, dlib_pack.DIM, dlib_pack.CHIP_SIZE, str(folder)), folder)
             else:
                 files = find_pack(self.settings, name)
                 self._found[name] = (_info(name, files.dim, files.crop_size, str(files.directory)), files)
@@ -109,10 +109,10 @@ class PackLibrary:
 
     def _load(self, name: str) -> ModelPack:
         info, files = self._find(name)
-        if files is None:
+        if not isinstance(files, PackFiles):
             from common.packs import dlib_pack
 
-            return dlib_pack.DlibPack(Path(info.location), info, self.settings)
+            return dlib_pack.DlibPack(files, info, self.settings)
         from common.packs.insightface_pack import InsightFacePack
 
         return InsightFacePack(files, info, self.settings)

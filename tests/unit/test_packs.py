@@ -139,8 +139,8 @@ def test_listing_describes_each_pack_and_flags_folders_it_cannot_load(tmp_path: 
 
 def test_describing_packs_imports_no_model_code() -> None:
     """The API describes the active pack at start-up and on /health/ready: reading a pack's files must not import
-    insightface (with albumentations, matplotlib, scikit-image), onnx or dlib's models, seconds of start-up
-    CPU for a process that runs no model."""
+    insightface (with albumentations, matplotlib, scikit-image) nor onnx, seconds of start-up CPU for a process
+    that runs no model."""
     require_pack()
     probe = (
         "import sys; from pathlib import Path; from common.packs.library import PackLibrary;"
