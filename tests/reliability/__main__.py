@@ -17,4 +17,6 @@ if __name__ == "__main__":
     os.environ.setdefault("FECAPASS_RELIABILITY_PRODUCTION", "1")  # claim idle, deliveries, read count
     os.environ.setdefault("FECAPASS_PG_OUTAGE_SECONDS", "20")
     os.environ.setdefault("FECAPASS_RELIABILITY_REPORT", str(ROOT / "RELIABILITY.md"))
-    sys.exit(pytest.main([str(ROOT / "tests" / "reliability"), "-q", "-p", "no:cacheprovider", *sys.argv[1:]]))
+    sys.exit(
+        pytest.main([str(ROOT / "tests" / "reliability"), "-q", "-p", "no:cacheprovider", "-n", "0", *sys.argv[1:]])
+    )
