@@ -8,10 +8,14 @@ of waste left out, about 2 of its ~5 ms a photo outside the network (BENCHMARKS.
   here only the photo's part is converted, into an input whose padding already holds what converted black is;
 * insightface decodes a box and five keypoints at every anchor (33,600 at 640 x 640) and keeps those whose score
   passes the threshold; here only those are decoded, with the same arithmetic.
+
+The network's input (4.9 MB at 640 x 640) is one buffer a thread, reused: a new one a photo cost more in page faults
+than its conversion (BENCHMARKS.md, profile).
 """
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import cv2
@@ -46,6 +50,7 @@ class FaceDetector:
         # What blobFromImage makes of a black pixel: insightface's padding, as the network sees it.
         self._padding = float(self._blob(np.zeros((1, 1, 3), dtype=np.uint8))[0, 0, 0, 0])
         self._centres: dict[int, np.ndarray] = {}  # by stride
+        self._inputs = threading.local()  # a thread's input buffer and the part of it the last photo filled
 
     def detect(self, image_bgr: np.ndarray) -> list[Face]:
         """Faces above threshold and minimum size, sorted left to right."""
@@ -71,9 +76,7 @@ class FaceDetector:
         else:
             new_width, new_height = width, int(width * ratio)
         det_scale = float(new_height) / image_bgr.shape[0]
-        part = self._blob(cv2.resize(image_bgr, (new_width, new_height)))
-        blob = np.full((1, 3, height, width), self._padding, dtype=np.float32)
-        blob[:, :, :new_height, :new_width] = part
+        blob = self._input(self._blob(cv2.resize(image_bgr, (new_width, new_height))))
         outputs = model.session.run(model.output_names, {model.input_name: blob})
         scores_list, boxes_list, kps_list = [], [], []
         levels = model.fmc
@@ -102,6 +105,21 @@ class FaceDetector:
         keypoints = (np.vstack(kps_list) / det_scale)[order, :, :]
         keep = model.nms(detections)
         return detections[keep, :], keypoints[keep, :, :]
+
+    def _input(self, part: np.ndarray) -> np.ndarray:
+        """The network's input: ``part`` (1 x 3 x h x w) top left, padding around it, in this thread's buffer. Of
+        the last photo's part, what this one does not cover goes back to padding."""
+        inputs, (height, width) = self._inputs, part.shape[2:]
+        blob: np.ndarray | None = getattr(inputs, "blob", None)
+        if blob is None:
+            blob = np.full((1, 3, self._input_height, self._input_width), self._padding, dtype=np.float32)
+            inputs.blob, inputs.filled = blob, (0, 0)
+        filled_height, filled_width = inputs.filled
+        blob[:, :, height:filled_height, :filled_width] = self._padding
+        blob[:, :, : min(height, filled_height), width:filled_width] = self._padding
+        blob[:, :, :height, :width] = part
+        inputs.filled = (height, width)
+        return blob
 
     def _anchor_centres(self, stride: int) -> np.ndarray:
         """Each anchor's centre at ``stride`` over the input, as RetinaFace.forward lays them out."""

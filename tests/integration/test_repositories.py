@@ -184,6 +184,35 @@ def test_a_crowded_pack_does_not_hide_another_packs_faces(
     assert index_name("quiet8") in query_plan(vectors, "quiet8", query)
 
 
+def test_a_collection_search_walks_as_far_as_its_settings_say(
+    repositories: tuple[MainRepository, VectorRepository],
+) -> None:
+    """The search's settings go to PostgreSQL as one statement of several SET LOCALs: each must still reach the
+    scan. 400 faces of one collection lie nearer the query than the 5 of another; the small collection's search
+    finds its faces only by iterative scan, and only as far as hnsw.max_scan_tuples lets it walk."""
+    main, vectors = repositories
+    rng = np.random.default_rng(17)
+    query = unit(rng.standard_normal(8))
+    crowded, small = main.create_collection(uuid.uuid4().hex).id, main.create_collection(uuid.uuid4().hex).id
+    user = main.create_user(f"{uuid.uuid4().hex}@example.com", "")
+    for _ in range(400):
+        vectors.add_embedding(
+            main.add_face(new_face(user.id)), "walk8", unit(query + 0.05 * rng.standard_normal(8)), crowded
+        )
+    few = [main.add_face(new_face(user.id)) for _ in range(5)]
+    for face_id in few:
+        vectors.add_embedding(face_id, "walk8", unit(rng.standard_normal(8)), small)
+    walking = VectorRepository(vectors.pool, HnswParameters(ef_search=40))
+    assert sorted(n.face_id for n in walking.nearest("walk8", query, 5, small)) == sorted(few)
+    # A walk cut short sees only the crowded collection's faces: none of the small one's.
+    cut = VectorRepository(vectors.pool, HnswParameters(ef_search=40, max_scan_tuples=1))
+    assert cut.nearest("walk8", query, 5, small) == []
+    # The settings were the transaction's own: the session's stay pgvector's defaults.
+    with vectors.pool.connection() as conn:
+        shown = [conn.execute(f"SHOW hnsw.{name}").fetchone() for name in ("iterative_scan", "max_scan_tuples")]
+    assert shown == [("off",), ("20000",)]
+
+
 def test_packs_are_kept_apart_and_dimension_is_fixed(
     repositories: tuple[MainRepository, VectorRepository],
 ) -> None:
