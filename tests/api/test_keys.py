@@ -64,8 +64,12 @@ def operations(api: TestClient) -> list[tuple[str, str]]:
     return [(method.upper(), path) for path, methods in paths.items() for method in methods]
 
 
-def concrete(path: str, user_id: int = 1) -> str:
-    return re.sub(r"\{job_id\}", "0" * 32, re.sub(r"\{\w+_id\}", str(user_id), path))
+def concrete(path: str, user_id: int = 1, key_id: int = 0) -> str:
+    """``path`` with its ids filled in: ``key_id`` apart from the others, so that a DELETE of /v1/keys/{key_id}
+    revokes the key it was given (no key has id 0), never one of the installation's keys whose id the user's id
+    happens to be."""
+    path = re.sub(r"\{key_id\}", str(key_id), re.sub(r"\{job_id\}", "0" * 32, path))
+    return re.sub(r"\{\w+_id\}", str(user_id), path)
 
 
 def test_every_operation_is_listed(api: TestClient) -> None:
@@ -113,10 +117,14 @@ def test_a_read_key_may_not_write(api: TestClient, installation: Installation) -
 
 def test_read_and_write_keys_reach_what_their_scope_allows(api: TestClient, installation: Installation) -> None:
     user_id = installation.main.create_user(new_email("scoped"), "Scoped").id
+    spare = installation.main.create_api_key("scoped-spare", "read").row.id  # what DELETE /v1/keys/{key_id} revokes
     for (method, path), scope in SCOPES.items():
         for name in ALLOWED[scope]:
-            response = api.request(method, concrete(path, user_id), headers=key(installation, name))
+            response = api.request(method, concrete(path, user_id, spare), headers=key(installation, name))
             assert response.status_code not in (401, 403), (method, path, name, response.text)
+    # Of the installation's keys, only the spare was revoked.
+    live = {row.name for row in installation.main.list_api_keys() if row.revoked_at is None}
+    assert {"api-tests-read", "api-tests-write", "api-tests-admin"} <= live and "scoped-spare" not in live
 
 
 def test_a_write_key_may_not_manage_keys(api: TestClient, installation: Installation) -> None:
