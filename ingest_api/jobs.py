@@ -78,8 +78,10 @@ async def submit(
     photos: list[tuple[bytes, ImageInfo]],
     extra: dict[str, Any],
     idempotency: IdempotencyKey | None = None,
+    job_id: str | None = None,
 ) -> Submitted:
-    """Store the photos, then enqueue the job; with an Idempotency-Key, a repeat gets the first job back.
+    """Store the photos, then enqueue the job (``job_id``, else a new id); with an Idempotency-Key, a repeat gets
+    the first job back.
 
     A store that is down raises through (503, ingest_api/problems.py). Whatever fails after the first photo is
     stored deletes the photos again unless the job was queued after all; what a crash leaves behind, the orphan
@@ -97,7 +99,7 @@ async def submit(
             return Submitted(job_id, decode_fields(await state.redis.hgetall(job_key(job_id))))
         claim = started
     try:
-        return await _store_and_queue(state, kind, photos, extra, claim)
+        return await _store_and_queue(state, kind, photos, extra, claim, job_id or new_job_id())
     except BaseException:
         if claim is not None:
             await idempotency_records.release_quietly(state.redis, claim)
@@ -110,12 +112,12 @@ async def _store_and_queue(
     photos: list[tuple[bytes, ImageInfo]],
     extra: dict[str, Any],
     claim: idempotency_records.Claim | None,
+    job_id: str,
 ) -> Submitted:
     if await state.backlog.full():
         raise ApiError(
             429, "backlog_full", "the service is behind on its work; retry later", headers={"Retry-After": "10"}
         )
-    job_id = uuid.uuid4().hex
     # A search, verify or detect photo is read once or twice and deleted within seconds: Redis, not S3.
     transient = kind in TRANSIENT_PHOTO_KINDS
     keys = [(photo_blob_key if transient else original_key)(job_id, source) for source in range(len(photos))]
@@ -261,21 +263,59 @@ def job_from_hash(raw: dict[str, str], job_id: str, status_url: str, presign: Pr
     )
 
 
+def new_job_id() -> str:
+    return uuid.uuid4().hex
+
+
 async def wait_for_job(state: AppState, request: Request, job_id: str, seconds: float) -> Job | None:
-    seconds = min(seconds, state.config.pipeline.max_wait_seconds)
     async with state.waiter.watch(job_id) as finished:
         job = await read_job(state, request, job_id)
         if job is None or job.state.terminal or seconds <= 0:
             return job
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(finished), timeout=seconds)
+        return await _read_when_finished(state, request, job_id, finished, seconds)
+
+
+async def _read_when_finished(
+    state: AppState, request: Request, job_id: str, finished: asyncio.Future[None], seconds: float
+) -> Job | None:
+    """The job once ``finished`` (its watch) fires or ``seconds`` (capped by FECAPASS_MAX_WAIT_SECONDS) pass."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(asyncio.shield(finished), timeout=min(seconds, state.config.pipeline.max_wait_seconds))
     return await read_job(state, request, job_id)
 
 
-async def respond(state: AppState, request: Request, submitted: Submitted, wait: float) -> JSONResponse:
-    """202 while the job runs; 200 with the result if it finished within ``wait`` seconds."""
+async def submit_and_respond(
+    state: AppState,
+    request: Request,
+    wait: float,
+    *,
+    kind: JobKind,
+    photos: list[tuple[bytes, ImageInfo]],
+    extra: dict[str, Any],
+    idempotency: IdempotencyKey | None = None,
+) -> JSONResponse:
+    """``submit``, then ``respond``. A caller who waits watches its job from before the job is queued: however
+    soon it finishes, the watch fires, and the job's hash is read once, when it is done (a watch begun after the
+    submit would need a read first, for a finish in between)."""
+    job_id = new_job_id()
+    if wait <= 0:
+        submitted = await submit(state, kind=kind, photos=photos, extra=extra, idempotency=idempotency, job_id=job_id)
+        return await respond(state, request, submitted, wait)
+    async with state.waiter.watch(job_id) as finished:
+        submitted = await submit(state, kind=kind, photos=photos, extra=extra, idempotency=idempotency, job_id=job_id)
+        # A repeat of an Idempotency-Key gets another job, not watched from before it was queued.
+        return await respond(state, request, submitted, wait, finished if submitted.job_id == job_id else None)
+
+
+async def respond(
+    state: AppState, request: Request, submitted: Submitted, wait: float, watched: asyncio.Future[None] | None = None
+) -> JSONResponse:
+    """202 while the job runs; 200 with the result if it finished within ``wait`` seconds. ``watched``: the job's
+    watch, begun before the job was queued."""
     job_id = submitted.job_id
-    if wait > 0:
+    if wait > 0 and watched is not None:
+        job = await _read_when_finished(state, request, job_id, watched, wait)
+    elif wait > 0:
         job = await wait_for_job(state, request, job_id, wait)
     else:  # answered from what was just written: no read back
         job = job_from_hash(submitted.status, job_id, job_url(request, job_id), photo_urls(state))

@@ -127,14 +127,15 @@ async def enroll_face(
         raise face_external_id_taken(str(external_id))
     photo = await photo_of(state, file)
     extra = {"user_id": user_id, "collection_id": user.collection_id, "external_id": external_id}
-    submitted = await jobs.submit(
+    return await jobs.submit_and_respond(
         state,
+        request,
+        wait,
         kind=JobKind.ENROLL,
         photos=[photo],
         extra={**extra, **callback(callback_url)},
         idempotency=idempotency,
     )
-    return await jobs.respond(state, request, submitted, wait)
 
 
 @router.post("/search", status_code=202, response_model=Job, responses=JOB_RESPONSES)
@@ -162,8 +163,9 @@ async def search_faces(
         "limit": cfg.search_limit if limit is None else limit,
         **callback(callback_url),
     }
-    submitted = await jobs.submit(state, kind=JobKind.SEARCH, photos=[photo], extra=extra, idempotency=idempotency)
-    return await jobs.respond(state, request, submitted, wait)
+    return await jobs.submit_and_respond(
+        state, request, wait, kind=JobKind.SEARCH, photos=[photo], extra=extra, idempotency=idempotency
+    )
 
 
 @router.post("/verify", status_code=202, response_model=Job, responses=JOB_RESPONSES)
@@ -197,8 +199,9 @@ async def verify_face(
         "user_id": user_id,
         **callback(callback_url),
     }
-    submitted = await jobs.submit(state, kind=JobKind.VERIFY, photos=photos, extra=extra, idempotency=idempotency)
-    return await jobs.respond(state, request, submitted, wait)
+    return await jobs.submit_and_respond(
+        state, request, wait, kind=JobKind.VERIFY, photos=photos, extra=extra, idempotency=idempotency
+    )
 
 
 @router.post("/detect", status_code=202, response_model=Job, responses=JOB_RESPONSES)
@@ -221,5 +224,6 @@ async def detect_faces(
     gallery = await state.collections.visible(caller, collection)
     photo = await photo_of(state, file)
     extra = {"collection_id": gallery.id, **callback(callback_url)}
-    submitted = await jobs.submit(state, kind=JobKind.DETECT, photos=[photo], extra=extra, idempotency=idempotency)
-    return await jobs.respond(state, request, submitted, wait)
+    return await jobs.submit_and_respond(
+        state, request, wait, kind=JobKind.DETECT, photos=[photo], extra=extra, idempotency=idempotency
+    )

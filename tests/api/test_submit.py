@@ -16,12 +16,14 @@ import redis
 import redis.asyncio
 import structlog
 
+from common import status
 from common.job_submit import ClaimCheck, JobSubmitter, Queued, Writes
 from common.transient import BLOB_PREFIX, BYTES_KEY, photo_blob_key
 from ingest_api import idempotency as idempotency_records
 from ingest_api.idempotency import KEY_PREFIX
 from operations.services import LocalServices
-from schemas.jobs import job_key
+from schemas.jobs import JOB_DONE_CHANNEL, JOB_KEY_PREFIX, job_key
+from schemas.results import DetectResult, FinishedResult
 from schemas.streams import Stage
 from tests.api.robust_support import (
     API_TEST_DB,
@@ -305,3 +307,73 @@ def own_png() -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", (64, 48), (120, 30, 200)).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def finish(valkey: redis.Redis, job_id: str) -> None:
+    """What the stage that finishes a job writes (common/runner.py's settle script): the final fields and the
+    wake-up on the job-done channel."""
+    _, fields = status.done(FinishedResult.without_photos(DetectResult(faces_seen=0, faces=[])))
+    with valkey.pipeline(transaction=True) as pipe:
+        pipe.hset(job_key(job_id), mapping=dict(zip(fields[::2], fields[1::2], strict=True)))
+        pipe.publish(JOB_DONE_CHANNEL, job_id)
+        pipe.execute()
+
+
+def test_a_waiting_caller_reads_its_job_once_when_it_is_done(services: LocalServices, valkey: redis.Redis) -> None:
+    """The job is watched from before it is queued, so the job's hash is read once, when the job is done: not
+    first to see whether it finished before the watch began. Counted against a caller who does not wait (the
+    submit script's own HGETALL is of the byte counter, common/transient.py)."""
+    key = create_api_key(services, "read")
+    headers = {"X-API-Key": key}
+
+    def hgetalls() -> int:
+        return command_calls(valkey).get("cmdstat_hgetall", 0)
+
+    async def scenario() -> tuple[int, int, httpx.Response]:
+        async with running_app(api_config(services)) as (_, client):
+            await search(client, key, jpeg(seed=50))  # the backlog figure and the active pack are read once
+            before = hgetalls()
+            queued = await client.post("/v1/detect", files={"file": ("a.jpg", jpeg(seed=51))}, headers=headers)
+            assert queued.status_code == 202, queued.text
+            unwaited, known = hgetalls() - before, set(job_hashes(valkey))
+            before = hgetalls()
+            waiting = asyncio.create_task(
+                client.post("/v1/detect?wait=30", files={"file": ("a.jpg", jpeg(seed=52))}, headers=headers)
+            )
+            while not (new := set(job_hashes(valkey)) - known):
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.2)  # the request is waiting now
+            finish(valkey, new.pop().removeprefix(JOB_KEY_PREFIX))
+            answer = await asyncio.wait_for(waiting, timeout=10)
+            return unwaited, hgetalls() - before, answer
+
+    unwaited, waited, answer = asyncio.run(scenario())
+    assert answer.status_code == 200 and answer.json()["state"] == "done", answer.text
+    assert waited == unwaited + 1, (waited, unwaited)
+
+
+def test_a_job_done_as_soon_as_it_is_queued_still_answers_the_caller_at_once(
+    services: LocalServices, valkey: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its finish is published before the submit returns: the watch began before, so the caller is answered then,
+    not after its 30 s of wait."""
+    key = create_api_key(services, "read")
+    queue = JobSubmitter.queue
+
+    async def queued_and_finished(self: JobSubmitter, blobs: Any, writes: Writes, check: Any) -> Queued:
+        outcome = await queue(self, blobs, writes, check)
+        for job_id in set(job_hashes(valkey)) - done:
+            finish(valkey, job_id.removeprefix(JOB_KEY_PREFIX))
+        return outcome
+
+    done = set(job_hashes(valkey))
+    monkeypatch.setattr(JobSubmitter, "queue", queued_and_finished)
+
+    async def scenario() -> httpx.Response:
+        async with running_app(api_config(services)) as (_, client):
+            headers = {"X-API-Key": key}
+            sent = client.post("/v1/detect?wait=30", files={"file": ("a.jpg", jpeg(seed=52))}, headers=headers)
+            return await asyncio.wait_for(sent, timeout=10)
+
+    answer = asyncio.run(scenario())
+    assert answer.status_code == 200 and answer.json()["state"] == "done", answer.text
