@@ -80,6 +80,18 @@ def test_pipeline_why_names_the_budget_and_the_costs_outside_the_model_stages() 
     )
     assert "spend 90 ms together" in line
     assert "align 22, api 16, s3 11 ms" in line and "webhook" not in line
+    # 12.5 photos/s x 150 ms on 2 cores, the loop's 24.6 x 81.
+    assert "kept the 2 cores 94 % busy, the loop 100 %" in line and "idle" not in line
+
+
+def test_pipeline_why_blames_idle_cores_where_its_cpu_per_photo_is_within_the_target() -> None:
+    costs = {"api": 2.5, "detect": 30.1, "embed": 14.9, "valkey": 2.5}
+    # 52.5 ms a photo against the loop's 51 (0.95 allows 54), at 36.4 photos/s with 0.5 ms of the load generator.
+    (line,) = why_slower(Throughput(39.0, 51.0), Throughput(36.4, 52.5), costs, load_generator_ms=0.5)
+    assert "spends 52 CPU ms a photo against the baseline's 51, within the 54" in line
+    assert "time its cores stood idle, not work" in line and "CPU-bound" not in line
+    assert "kept the 2 cores 96 % busy, the loop 99 %" in line
+    assert "spend 45 ms together" in line and "valkey 2, api 2 ms" in line
 
 
 def test_loop_rate_counts_only_while_every_loop_runs() -> None:
