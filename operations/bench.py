@@ -517,6 +517,13 @@ class Poster:
         }
         self._local = threading.local()
 
+    def close(self) -> None:
+        """Close the calling thread's connection, if it opened one."""
+        connection = getattr(self._local, "connection", None)
+        if connection is not None:
+            connection.close()
+            self._local.connection = None
+
     def post(self, path: str, body: bytes) -> tuple[int, bytes]:
         connection = getattr(self._local, "connection", None)
         if connection is None:
@@ -622,14 +629,12 @@ def search_latency(running: Running, photo: bytes, count: int) -> tuple[list[flo
     per_stage: dict[str, list[float]] = {stage.value: [] for stage in PIPELINE}
     outside: dict[str, list[float]] = {UPLOAD: [], HOPS: [], ANSWER: []}
     poster, body = Poster(running), multipart_photo(photo)
-    for _ in range(count):
-        sent, sent_at = time.perf_counter(), time.time()
-        status, answer = poster.post("/v1/search?wait=60", body)
-        totals.append((time.perf_counter() - sent) * 1000)
-        answered_at = time.time()
-        job = json.loads(answer)
-        if status != 200:
-            raise RuntimeError(f"search answered {status}: {answer[:500]!r}")
+    try:
+        answers = [_timed_search(poster, body) for _ in range(count)]
+    finally:
+        poster.close()
+    for sent_at, answered_at, elapsed_ms, job in answers:
+        totals.append(elapsed_ms)
         stages = [job["stages"][stage.value] for stage in PIPELINE]
         for stage, times in zip(PIPELINE, stages, strict=True):
             per_stage[stage.value].append((times["finished_at"] - times["started_at"]) * 1000)
@@ -639,6 +644,17 @@ def search_latency(running: Running, photo: bytes, count: int) -> tuple[list[flo
         outside[HOPS].append(waits * 1000)
         outside[ANSWER].append((answered_at - stages[-1]["finished_at"]) * 1000)
     return totals, {**per_stage, **outside}
+
+
+def _timed_search(poster: Poster, body: bytes) -> tuple[float, float, float, dict[str, Any]]:
+    """One waited search: sent and answered (wall clock), upload-to-answer ms, and the job it answered."""
+    sent, sent_at = time.perf_counter(), time.time()
+    status, answer = poster.post("/v1/search?wait=60", body)
+    elapsed_ms = (time.perf_counter() - sent) * 1000
+    answered_at = time.time()
+    if status != 200:
+        raise RuntimeError(f"search answered {status}: {answer[:500]!r}")
+    return sent_at, answered_at, elapsed_ms, json.loads(answer)
 
 
 def ingest_latency(
@@ -971,6 +987,11 @@ FORWARD_OF_STAGE: tuple[tuple[str, ModelRole], ...] = (("detect", "detector"), (
 MODEL_STAGES = tuple(stage for stage, _ in FORWARD_OF_STAGE)
 
 
+def _busy_share(photos_per_second: float, cpu_ms_per_photo: float) -> float:
+    """The share of the cores' time that work kept busy."""
+    return photos_per_second * cpu_ms_per_photo / (CORES * 1000)
+
+
 def why_slower(
     best: Throughput, pipeline: Throughput, costs: dict[str, float], load_generator_ms: float = 0.0
 ) -> list[str]:
@@ -978,8 +999,8 @@ def why_slower(
     1000 / CPU ms a photo, so pipeline / loop is exactly the product of two factors: what each spends a photo
     (the load generator's CPU with the pipeline's: it runs on the same cores) and how busy each kept the cores."""
     spent = pipeline.cpu_ms_per_photo + load_generator_ms
-    busy_pipeline = pipeline.photos_per_second * spent / (CORES * 1000)
-    busy_loop = best.photos_per_second * best.cpu_ms_per_photo / (CORES * 1000)
+    busy_pipeline = _busy_share(pipeline.photos_per_second, spent)
+    busy_loop = _busy_share(best.photos_per_second, best.cpu_ms_per_photo)
     models = sum(costs.get(stage, 0.0) for stage in MODEL_STAGES)
     others = sorted(((v, k) for k, v in costs.items() if k not in MODEL_STAGES and v >= 0.5), reverse=True)
     return [
