@@ -135,8 +135,11 @@ def _face_analysis_worker(root: str, pack: str, paths: list[str], threads: int, 
     import cv2
     from insightface.app import FaceAnalysis
 
+    from common.allocator import retain_freed_memory
     from common.imaging import use_image_threads
 
+    # As a stage process keeps freed memory (FECAPASS_HEAP_RETAIN_MB): the loop's best, fairly compared.
+    retain_freed_memory(ModelSettings().heap_retain_mb)
     if threads:
         os.environ["OMP_NUM_THREADS"] = str(threads)
         use_image_threads(threads)  # as the stages do (FECAPASS_OPENCV_THREADS): the loop's best, fairly compared

@@ -10,6 +10,7 @@ from prometheus_client import start_http_server
 
 from common import clients
 from common import settings as s
+from common.allocator import retain_freed_memory
 from common.handlers import StageHandler
 from common.imaging import use_image_threads
 from common.runner import StageRunner
@@ -55,7 +56,9 @@ def serve_metrics(host: str, port: int, stage: Stage) -> None:
 
 def run_worker(stage: Stage) -> None:
     observability = s.load(s.ObservabilitySettings)
-    use_image_threads(s.load(s.ModelSettings).image_threads)
+    models = s.load(s.ModelSettings)
+    use_image_threads(models.image_threads)
+    retain_freed_memory(models.heap_retain_mb)
     serve_metrics(observability.metrics_host, observability.metrics_port, stage)
     streams = s.load(s.StreamSettings)
     pipeline = s.load(s.PipelineSettings)
