@@ -69,11 +69,14 @@ class Layout:
 
 # By the short name `fecapass bench --layouts` takes; the first one run also carries the search latency and memory.
 # The models' stages do nearly all the work (BENCHMARKS.md, where the CPU goes): on few cores one process of align,
-# index and the webhook sender keeps up, and every process more contends for the same caches.
+# index and the webhook sender keeps up, and every process more contends for the same caches. The detect stage needs
+# about twice the embed stage's CPU: with two processes of each, the cores idled 1.1-1.3 % of the time under the
+# bench's searches (/proc/stat), with a third detect process 0.4 %.
 LAYOUTS: dict[str, Layout] = {
     "one": Layout("1 process per stage", 1),
     "two": Layout("2 processes per stage", 2),
     "models": Layout("2 detect and embed, 1 of the rest", 1, {Stage.DETECT: 2, Stage.EMBED: 2}),
+    "detect3": Layout("3 detect, 2 embed, 1 of the rest", 1, {Stage.DETECT: 3, Stage.EMBED: 2}),
 }
 # Bulk enroll: photos per person (a person is looked up and created once, as for a team's staff folder).
 ENROLL_PHOTOS_PER_PERSON = 10
