@@ -3,7 +3,7 @@
 A detect process allocates and frees a photo's worth of pixels for every photo (the decode, the resized copy, the
 network's input part). glibc hands large freed blocks back to the system (munmap, or a trim of the heap's top), and
 the next photo faults the same pages in again, zeroed by the kernel: ~360 page faults and ~0.7 ms of kernel CPU a
-photo of ../shared/faces/basic, about a twentieth of the stage's work outside its model (BENCHMARKS.md, profile).
+photo of ../shared/faces/basic, of the ~10 ms the stage spends outside its model (BENCHMARKS.md, profile).
 Its own heuristics (a threshold that rises with the largest block freed) do not settle for this mix of sizes.
 Keeping up to ``retain_mb`` MiB free in the heap, and taking blocks up to half of it from the heap, removes them.
 """

@@ -52,7 +52,9 @@ def test_freed_blocks_are_reused_without_faulting_their_pages_in_again() -> None
 def test_zero_leaves_glibcs_defaults_which_fault_the_freed_pages_in_every_round() -> None:
     applied, faults = _rounds(0)
     assert not applied
-    assert faults > 100  # the block's pages handed back and zeroed again by the kernel
+    # The blocks' pages handed back and zeroed again by the kernel (4 KiB or, with transparent huge pages, 2 MiB a
+    # fault: the count differs between machines, not that there are some).
+    assert faults > 0
 
 
 def test_a_stage_process_applies_its_setting_before_it_builds_its_handler(monkeypatch: pytest.MonkeyPatch) -> None:
