@@ -11,7 +11,6 @@ Keeping up to ``retain_mb`` MiB free in the heap, and taking blocks up to half o
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 from collections.abc import Callable
 from functools import cache
 
@@ -25,9 +24,10 @@ MAX_MMAP_THRESHOLD = 32 * 2**20
 @cache
 def _mallopt() -> Callable[[int, int], int] | None:
     """glibc's mallopt, or None where the C library is another (musl's is a stub, macOS has none)."""
+    # The process's own symbols, the C library's among them: find_library would run ldconfig at every start-up.
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or None)
-    except OSError:
+        libc = ctypes.CDLL(None)
+    except (OSError, TypeError):  # Windows opens no process handle this way
         return None
     if not hasattr(libc, "gnu_get_libc_version"):  # glibc's own: absent from musl and macOS
         return None

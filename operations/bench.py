@@ -998,9 +998,7 @@ def _busy_share(photos_per_second: float, cpu_ms_per_photo: float) -> float:
     return photos_per_second * cpu_ms_per_photo / (CORES * 1000)
 
 
-def why_slower(
-    best: Throughput, pipeline: Throughput, costs: dict[str, float], load_generator_ms: float = 0.0
-) -> list[str]:
+def why_slower(best: Throughput, pipeline: Throughput, costs: dict[str, float], load_generator_ms: float) -> list[str]:
     """Why the pipeline misses THROUGHPUT_TARGET of the loop. On the same cores photos/s = busy share x cores x
     1000 / CPU ms a photo, so pipeline / loop is exactly the product of two factors: what each spends a photo
     (the load generator's CPU with the pipeline's: it runs on the same cores) and how busy each kept the cores."""

@@ -74,7 +74,7 @@ def test_search_target_missed_cites_the_best_within_the_latency_and_the_best_ove
 
 def test_pipeline_why_names_the_budget_and_the_costs_outside_the_model_stages() -> None:
     costs = {"api": 16.0, "detect": 50.0, "embed": 40.0, "align": 22.0, "s3": 11.0, "webhook": 0.1}
-    (line,) = why_slower(Throughput(24.6, 81.0), Throughput(12.5, 150.0), costs)
+    (line,) = why_slower(Throughput(24.6, 81.0), Throughput(12.5, 150.0), costs, load_generator_ms=0.0)
     assert "The CPU a photo: 0.540 (the loop's 81.0 ms against the pipeline's 150.0" in line
     assert "0.95 of the loop's throughput allows 85.3 in all" in line
     # 12.5 photos/s x 150 ms on 2 cores against the loop's 24.6 x 81.
